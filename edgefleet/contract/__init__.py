@@ -1,0 +1,72 @@
+"""The EdgeFleet contract: the one vocabulary the converter, the agent and the server share.
+
+* :mod:`~edgefleet.contract.manifest` — ``manifest.json`` of an artifact.
+* :mod:`~edgefleet.contract.topics` — the MQTT topic layout, QoS and retained flags.
+* :mod:`~edgefleet.contract.payloads` — telemetry, state, event, status and desired-state JSON.
+
+Imports pydantic and the standard library only. Documented in ``docs/contract.md``.
+"""
+
+from edgefleet.contract.common import SCHEMA_VERSION, DeviceId, ModelName, ModelRef, ModelVersion
+from edgefleet.contract.errors import ContractError
+from edgefleet.contract.manifest import (
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ModelFile,
+    Preprocessing,
+    SelfTest,
+    Signature,
+    TensorSpec,
+    parse_manifest,
+    signing_bytes,
+)
+from edgefleet.contract.payloads import (
+    MAX_PAYLOAD_BYTES,
+    DesiredModel,
+    DesiredState,
+    Event,
+    LatencySummary,
+    Payload,
+    State,
+    Status,
+    Telemetry,
+    decode,
+    encode,
+)
+from edgefleet.contract.topics import CHANNELS, PREFIX, Channel, parse_topic, topic
+
+__all__ = [
+    "CHANNELS",
+    "MANIFEST_FILE",
+    "MAX_MANIFEST_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "PREFIX",
+    "SCHEMA_VERSION",
+    "Channel",
+    "ContractError",
+    "DesiredModel",
+    "DesiredState",
+    "DeviceId",
+    "Event",
+    "LatencySummary",
+    "Manifest",
+    "ModelFile",
+    "ModelName",
+    "ModelRef",
+    "ModelVersion",
+    "Payload",
+    "Preprocessing",
+    "SelfTest",
+    "Signature",
+    "State",
+    "Status",
+    "Telemetry",
+    "TensorSpec",
+    "decode",
+    "encode",
+    "parse_manifest",
+    "parse_topic",
+    "signing_bytes",
+    "topic",
+]

@@ -1,0 +1,77 @@
+"""Turning untrusted bytes into contract models, with one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from edgefleet.contract.common import SCHEMA_VERSION
+from edgefleet.contract.errors import ContractError
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Upgrades from schema version N to N+1, applied in order to a parsed JSON object before
+#: validation. Version 1 is the first; add ``MIGRATIONS[1] = upgrade_1_to_2`` with version 2.
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def describe_validation_error(err: ValidationError, *, limit: int = 3) -> str:
+    """Summarise a pydantic error in one line: ``field.path: message; ...``."""
+    parts = []
+    for item in err.errors()[:limit]:
+        loc = ".".join(str(p) for p in item["loc"]) or "(root)"
+        parts.append(f"{loc}: {item['msg']}")
+    more = err.error_count() - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def load_json_object(raw: bytes | str, *, what: str, max_bytes: int) -> dict[str, Any]:
+    """Parse ``raw`` as one JSON object of at most ``max_bytes``, or raise ContractError."""
+    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if size > max_bytes:
+        raise ContractError(f"{what} is {size} bytes; the limit is {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ContractError(f"{what} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ContractError(f"{what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def migrate(data: dict[str, Any], *, what: str) -> dict[str, Any]:
+    """Bring an object written under an older schema version up to :data:`SCHEMA_VERSION`."""
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ContractError(f"{what}: schema_version is missing or not an integer")
+    if version > SCHEMA_VERSION:
+        raise ContractError(
+            f"{what}: schema_version {version} is newer than this EdgeFleet understands "
+            f"({SCHEMA_VERSION}); upgrade EdgeFleet"
+        )
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise ContractError(f"{what}: no migration from schema_version {version}")
+        data = step(data)
+        version += 1
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any], *, what: str) -> M:
+    """Validate a migrated object against ``model``, converting errors to ContractError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ContractError(f"invalid {what}: {describe_validation_error(err)}") from err
+
+
+def canonical_json(data: Any) -> bytes:
+    """The byte form that is hashed and signed: sorted keys, no whitespace, ASCII only."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
