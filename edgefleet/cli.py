@@ -17,8 +17,7 @@ from edgefleet import __version__
 
 
 class Registrar(Protocol):
-    def register(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-        ...
+    def register(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None: ...
 
 
 #: subcommand → module that registers it (hand-written: no plugin discovery).

@@ -1,0 +1,257 @@
+"""The MQTT transport the agent and the server share: publish, subscribe, close.
+
+A thin layer over paho-mqtt (callback API v2) that owns what every EdgeFleet client needs:
+a Last Will, automatic reconnect with back-off, subscriptions restored after a reconnect, every
+``MQTTMessageInfo.rc`` checked, and a way to wait until QoS 1 publishes are acknowledged.
+paho is imported when a transport is created, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes, bool], None]
+"""Called on paho's network thread with (topic, payload, retained): keep it short."""
+
+
+class MqttError(Exception):
+    """The broker could not be reached, refused us, or refused a message."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, ca_file: str | None = None) -> BrokerAddress:
+        """Parse ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS, port 8883)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise MqttError(f"broker URL must start with mqtt:// or mqtts://, got {url[:80]!r}")
+        if not parts.hostname:
+            raise MqttError(f"broker URL has no host: {url[:80]!r}")
+        try:
+            port = parts.port
+        except ValueError as err:
+            raise MqttError(f"broker URL has an invalid port: {url[:80]!r}") from err
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+            ca_file=ca_file,
+        )
+
+    @property
+    def url(self) -> str:
+        """The URL without credentials (safe to log)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass
+class _Subscription:
+    qos: int
+    handler: MessageHandler
+
+
+class MqttTransport:
+    """One MQTT connection with a background network thread and automatic reconnect."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        client_id: str,
+        will: tuple[str, bytes] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        protocol: Literal[3, 5] = 3,
+        keepalive: int = 30,
+        max_queued: int = 0,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.address = address
+        self._protocol = protocol
+        self._keepalive = keepalive
+        self._on_connect_cb = on_connect
+        self._subs: dict[str, _Subscription] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        # QoS>0 publishes not yet known to be acknowledged (paho's MQTTMessageInfo objects).
+        self._pending: list[paho.MQTTMessageInfo] = []
+        self._started = False
+        self._closing = False
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
+            clean_session=None if protocol == 5 else True,
+        )
+        self._client.enable_logger(logging.getLogger("paho"))
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_queued_messages_set(max_queued)
+        self._client.max_inflight_messages_set(100)
+        if address.username is not None:
+            self._client.username_pw_set(address.username, address.password)
+        if address.tls:
+            context = ssl.create_default_context(cafile=address.ca_file)
+            self._client.tls_set_context(context)
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, *, wait: float | None = 10.0) -> None:
+        """Connect in the background; with ``wait``, block until the broker accepts us."""
+        if self._started:
+            raise MqttError("transport already started")
+        self._started = True
+        try:
+            self._client.connect_async(self.address.host, self.address.port, self._keepalive)
+        except (OSError, ValueError) as err:
+            raise MqttError(f"cannot connect to {self.address.url}: {err}") from err
+        self._client.loop_start()
+        if wait is None:
+            return
+        deadline = time.monotonic() + wait
+        while not self._connected.wait(timeout=0.05):
+            if self._refused is not None:
+                self.close()
+                raise MqttError(f"{self.address.url} refused the connection: {self._refused}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise MqttError(f"no connection to {self.address.url} within {wait:.0f} s")
+
+    def close(self) -> None:
+        """Disconnect cleanly (no Last Will) and stop the network thread."""
+        if not self._started:
+            return
+        self._started = False
+        self._closing = True
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._connected.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # -- messages ----------------------------------------------------------------------------
+    def subscribe(self, topic_filter: str, handler: MessageHandler, *, qos: int = 1) -> None:
+        with self._lock:
+            self._subs[topic_filter] = _Subscription(qos=qos, handler=handler)
+        if self.connected:
+            rc, _mid = self._client.subscribe(topic_filter, qos=qos)
+            self._check_rc(rc, f"subscribe to {topic_filter}")
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message; QoS 1 messages wait in paho's queue while disconnected."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        self._check_rc(info.rc, f"publish to {topic}", allow_no_conn=True)
+        if qos > 0:
+            with self._lock:
+                self._pending.append(info)
+                if len(self._pending) > 1024:
+                    self._pending = [i for i in self._pending if not i.is_published()]
+
+    def wait_published(self, timeout: float = 10.0) -> bool:
+        """Block until every QoS > 0 publish so far is acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.unacknowledged:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    @property
+    def unacknowledged(self) -> int:
+        """QoS > 0 messages published but not yet acknowledged by the broker."""
+        with self._lock:
+            self._pending = [i for i in self._pending if not i.is_published()]
+            return len(self._pending)
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+    def _handle_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            log.warning("mqtt connect refused", extra={"broker": self.address.url})
+            return
+        with self._lock:
+            subs = list(self._subs.items())
+        for topic_filter, sub in subs:
+            rc, _mid = client.subscribe(topic_filter, qos=sub.qos)
+            if rc != 0:
+                log.error("mqtt resubscribe failed", extra={"filter": topic_filter, "rc": rc})
+        self._connected.set()
+        log.info("mqtt connected", extra={"broker": self.address.url})
+        if self._on_connect_cb is not None:
+            try:
+                self._on_connect_cb()
+            except Exception:
+                log.exception("on_connect callback failed")
+
+    def _handle_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._closing:
+            log.warning("mqtt disconnected", extra={"broker": self.address.url})
+
+    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        import paho.mqtt.client as mqtt
+
+        with self._lock:
+            subs = list(self._subs.items())
+        for topic_filter, sub in subs:
+            if _matches(topic_filter, msg.topic, mqtt.topic_matches_sub):
+                try:
+                    sub.handler(msg.topic, bytes(msg.payload), bool(msg.retain))
+                except Exception:
+                    log.exception("mqtt handler failed", extra={"topic": msg.topic[:200]})
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _check_rc(self, rc: int, what: str, *, allow_no_conn: bool = False) -> None:
+        import paho.mqtt.client as mqtt
+
+        if rc == mqtt.MQTT_ERR_SUCCESS:
+            return
+        if allow_no_conn and rc == mqtt.MQTT_ERR_NO_CONN:
+            return
+        raise MqttError(f"{what} failed: {mqtt.error_string(rc)}")
+
+
+def _matches(topic_filter: str, topic: str, matcher: Callable[[str, str], bool]) -> bool:
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    return matcher(topic_filter, topic)

@@ -1,0 +1,79 @@
+"""Shared fixtures: real brokers and real databases.
+
+* ``mqtt_url`` runs each test against the server's embedded amqtt broker (on a free port) and
+  against the external broker named by ``EDGEFLEET_TEST_MQTT_URL`` (Mosquitto in CI).
+* ``database_url`` runs each test against SQLite (a file in ``tmp_path``) and against a fresh
+  PostgreSQL database created on ``EDGEFLEET_TEST_DATABASE_URL``'s server and dropped afterwards.
+
+Without those variables the external variants skip, with the reason. With
+``EDGEFLEET_REQUIRE_SERVICES=1`` (set by ``.ci/run``) a missing service is a failure instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.utils.net import free_port, wait_for_port
+
+REQUIRE_SERVICES = os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1"
+
+
+def _external(var: str, what: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{var} is not set but EDGEFLEET_REQUIRE_SERVICES=1 requires {what}")
+        pytest.skip(f"{what} not configured: set {var}")
+    return value
+
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+def mqtt_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A reachable MQTT broker URL: the embedded amqtt broker or the external one."""
+    if request.param == "mosquitto":
+        url = _external("EDGEFLEET_TEST_MQTT_URL", "an external MQTT broker")
+        parts = urlsplit(url)
+        try:
+            wait_for_port(parts.hostname or "127.0.0.1", parts.port or 1883, timeout=5)
+        except TimeoutError as err:
+            pytest.fail(f"external broker {url} is not reachable: {err}")
+        yield url
+        return
+    from fleet_server.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(host="127.0.0.1", port=free_port())
+    broker.start(timeout=10.0)
+    try:
+        yield broker.url
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'edgefleet.db'}"
+        return
+    base = _external("EDGEFLEET_TEST_DATABASE_URL", "a PostgreSQL server")
+    import psycopg
+
+    parts = urlsplit(base)
+    admin_dsn = urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, ""))
+    name = f"edgefleet_test_{secrets.token_hex(6)}"
+    try:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as err:
+        pytest.fail(f"PostgreSQL at {parts.hostname}:{parts.port} is not usable: {err}")
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
