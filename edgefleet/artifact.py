@@ -8,6 +8,7 @@ sizes, every SHA-256 checked. Standard library and the contract only.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -76,13 +77,20 @@ def pack_bundle(artifact_dir: Path, out_path: Path) -> Path:
     manifest = load_artifact(artifact_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".part")
-    with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+    # No file name or time in the gzip header and none in the tar headers: the same artifact
+    # always packs to the same bytes, so its SHA-256 identifies it.
+    with (
+        tmp.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for name in [MANIFEST_FILE, *sorted(f.path for f in manifest.files)]:
-            data = (artifact_dir / name).read_bytes()
+            path = artifact_dir / name
             info = tarfile.TarInfo(name)
-            info.size = len(data)
+            info.size = path.stat().st_size
             info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
     os.replace(tmp, out_path)
     return out_path
 
