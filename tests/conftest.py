@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,13 +38,7 @@ def _external(var: str, what: str) -> str:
 def mqtt_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A reachable MQTT broker URL: the embedded amqtt broker or the external one."""
     if request.param == "mosquitto":
-        url = _external("EDGEFLEET_TEST_MQTT_URL", "an external MQTT broker")
-        parts = urlsplit(url)
-        try:
-            wait_for_port(parts.hostname or "127.0.0.1", parts.port or 1883, timeout=5)
-        except TimeoutError as err:
-            pytest.fail(f"external broker {url} is not reachable: {err}")
-        yield url
+        yield external_mqtt_url()
         return
     from fleet_server.broker import EmbeddedBroker
 
@@ -55,12 +50,9 @@ def mqtt_url(request: pytest.FixtureRequest) -> Iterator[str]:
         broker.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a SQLite file, or a fresh PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'edgefleet.db'}"
-        return
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database on the configured server, dropped afterwards."""
     base = _external("EDGEFLEET_TEST_DATABASE_URL", "a PostgreSQL server")
     import psycopg
 
@@ -77,3 +69,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     finally:
         with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def external_mqtt_url() -> str:
+    """The external broker's URL, checked to be reachable (skip or fail if not configured)."""
+    url = _external("EDGEFLEET_TEST_MQTT_URL", "an external MQTT broker")
+    parts = urlsplit(url)
+    try:
+        wait_for_port(parts.hostname or "127.0.0.1", parts.port or 1883, timeout=5)
+    except TimeoutError as err:
+        pytest.fail(f"external broker {url} is not reachable: {err}")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'edgefleet.db'}"
+        return
+    with fresh_postgres_database() as url:
+        yield url

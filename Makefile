@@ -1,0 +1,33 @@
+# The two commands a newcomer runs from a fresh clone (Python >= 3.11 is all it needs):
+#   make demo   — set up .venv and run the end-to-end demo on the embedded defaults
+#   make test   — set up .venv and run the whole test suite (ruff and mypy included)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgefleet-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[agent,server,convert,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgefleet demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	for f in bench/*_bench.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

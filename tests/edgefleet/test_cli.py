@@ -1,0 +1,58 @@
+"""The ``edgefleet`` command: every subcommand registers, helps, and names missing extras."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgefleet.cli import SUBCOMMANDS, build_parser, main, missing_extra_message
+
+
+def test_every_subcommand_is_registered() -> None:
+    parser = build_parser()
+    for command in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([command, "--help"])
+        assert info.value.code == 0
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [
+        ("fastapi", "server"),
+        ("onnxruntime", "agent"),
+        ("skl2onnx", "convert"),
+        ("torch", "convert-torch"),
+    ],
+)
+def test_missing_extra_names_the_extra(module: str, extra: str) -> None:
+    err = ModuleNotFoundError(f"No module named '{module}'", name=f"{module}.sub")
+    message = missing_extra_message(err, "x")
+    assert f"pip install 'edgefleet[{extra}]'" in message and "\n" not in message
+
+
+def test_missing_extra_is_reported_by_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def handler(_args: object) -> int:
+        raise ModuleNotFoundError("No module named 'sqlmodel'", name="sqlmodel")
+
+    monkeypatch.setattr("edgefleet.demo_cli._run", handler)
+    assert main(["demo"]) == 3
+    assert "edgefleet[server]" in capsys.readouterr().err
+
+
+def test_module_entry_point_prints_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.startswith("edgefleet ")
