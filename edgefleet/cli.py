@@ -52,6 +52,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "onnx": "convert",
     "skl2onnx": "convert",
     "sklearn": "convert",
+    "joblib": "convert",
     "tensorflow": "convert-tf",
     "torch": "convert-torch",
 }

@@ -1,0 +1,264 @@
+"""``convert``: one trained model file → one verified (and optionally signed) ONNX artifact.
+
+load → ONNX → validate (fidelity against the source framework, top-1) → latency → self-test,
+reference stats, report → manifest (validated by the contract, signed) → written atomically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from converters.assemble import (
+    MODEL_FILE,
+    SELFTEST_FILE,
+    Conversion,
+    build_manifest,
+    build_report,
+)
+from converters.errors import ConvertError, InputError, one_line
+from converters.evaldata import (
+    EvalSet,
+    check_overrides,
+    deploy_batch,
+    load_eval,
+    static_batch,
+    synthetic_inputs,
+)
+from converters.inputs import check_preprocessing, check_source, read_sign_key
+from converters.onnx_graph import check_opset, name_dynamic_dims, tensor_specs
+from converters.options import ConvertOptions, ConvertTask
+from converters.report import REPORT_FILE, ConvertResult
+from converters.runtime import Latency, make_session, measure_latency, run_batched
+from converters.selftest import build_selftest
+from converters.sources import LoadedModel, loader_for
+from converters.stats import class_index, reference_stats
+from converters.validators import ValidationContext, run_validators
+from converters.writer import check_out_dir, write_artifact
+from edgefleet import __version__
+from edgefleet.artifact import hash_file
+from edgefleet.contract import Manifest, ModelFile, TensorSpec
+
+__all__ = ["ConvertOptions", "ConvertResult", "convert"]
+
+#: Modules every conversion needs, imported first so a missing extra is reported before input.
+REQUIRED_MODULES = ("numpy", "onnx", "onnxruntime")
+
+
+def default_name(source: Path) -> str:
+    """The source file's stem as a valid model name ('My Model.pkl' → 'my-model')."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", source.stem.lower())
+    name = re.sub(r"^[^a-z0-9]+", "", name)[:63]
+    return name or "model"
+
+
+def _tools(loaded: LoadedModel) -> dict[str, str]:
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    return {
+        "edgefleet": __version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        **loaded.tools,
+    }
+
+
+def _check_key(options: ConvertOptions) -> bytes | None:
+    if options.sign_key is None:
+        return None
+    from edgefleet.signing import SignatureError, load_private_key
+
+    pem = read_sign_key(options.sign_key)
+    try:
+        load_private_key(pem)
+    except SignatureError as err:
+        raise InputError(f"--sign-key {options.sign_key.name}: {one_line(err)}") from err
+    return pem
+
+
+def _reference(loaded: LoadedModel, feeds: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return loaded.reference(feeds)
+    except ConvertError:
+        raise
+    except Exception as err:  # the source framework's predict can raise anything
+        raise ConvertError(
+            f"the source {loaded.framework} model failed to predict: {one_line(err)}"
+        ) from err
+
+
+def _task(options: ConvertOptions, loaded: LoadedModel) -> ConvertTask:
+    task = options.task or loaded.task
+    if options.labels is not None and options.task is None and task == "raw":
+        task = "classification"
+    if options.labels is not None and task != "classification":
+        raise InputError(f"--labels needs a classifier; this is a {task} model")
+    return task
+
+
+def _score_width(outputs: list[TensorSpec]) -> int | None:
+    for spec in outputs:
+        if spec.dtype.startswith("float") and len(spec.shape) == 2:
+            width = spec.shape[1]
+            if isinstance(width, int) and width > 1:
+                return width
+    return None
+
+
+def _labels(options: ConvertOptions, loaded: LoadedModel, outputs: list[TensorSpec]) -> list[str]:
+    labels = options.labels if options.labels is not None else loaded.labels
+    width = _score_width(outputs)
+    if labels and width is not None and len(labels) != width:
+        raise InputError(f"{len(labels)} labels given but the model scores [{width}] classes")
+    return labels
+
+
+def _feeds(
+    options: ConvertOptions, inputs: list[TensorSpec]
+) -> tuple[dict[str, Any], EvalSet | None, str | None]:
+    """The rows to validate on: the eval set, or deterministic synthetic rows."""
+    if options.eval_data is None:
+        rows = synthetic_inputs(inputs, options.input_shapes, rows=options.synthetic_samples)
+        return rows, None, None
+    eval_set = load_eval(options.eval_data, inputs=inputs, max_bytes=options.max_eval_bytes)
+    batch = static_batch(inputs[0])
+    if batch is not None and eval_set.samples % batch:
+        raise InputError(
+            f"eval data has {eval_set.samples} rows, not a multiple of the model's fixed batch "
+            f"{batch}"
+        )
+    return eval_set.inputs, eval_set, hash_file(options.eval_data)[0]
+
+
+def _latency(
+    session: Any, feeds: dict[str, Any], inputs: list[TensorSpec], options: ConvertOptions
+) -> Latency:
+    """One deployment-sized batch (usually one row), one thread, after a warm-up."""
+    batch = deploy_batch(inputs[0], options.input_shapes)
+    rows = len(next(iter(feeds.values())))
+    sample = (
+        {k: v[:batch] for k, v in feeds.items()}
+        if rows >= batch
+        else synthetic_inputs(inputs, options.input_shapes, rows=batch)
+    )
+    return measure_latency(
+        session, sample, warmup=options.latency_warmup, runs=options.latency_runs
+    )
+
+
+def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult:
+    """Convert ``source`` into an artifact directory at ``out_dir``.
+
+    Raises :class:`InputError` for bad input (CLI exit 2) and :class:`ConvertError` when the
+    model cannot be converted or the converted model does not behave like the source (exit 1).
+    Nothing is left at ``out_dir`` (or beside it) when it raises; with ``force`` a previous
+    artifact there is replaced only once the new one is complete and verified.
+    """
+    started = time.perf_counter()
+    loader = loader_for(source)
+    for module in (*REQUIRED_MODULES, *loader.modules):
+        importlib.import_module(module)  # ModuleNotFoundError: the CLI names the extra
+    source_size = check_source(source)
+    check_out_dir(out_dir, force=options.force)
+    key_pem = _check_key(options)
+
+    loaded = loader.load(source, options=options)
+    model = loaded.onnx_model
+    name_dynamic_dims(model)
+    check_opset(model)
+    inputs, outputs = tensor_specs(model)
+    check_overrides(inputs, options.input_shapes)
+    if options.preprocessing is not None:
+        check_preprocessing(options.preprocessing, inputs[0])
+    task = _task(options, loaded)
+    labels = _labels(options, loaded, outputs)
+    model_bytes = model.SerializeToString()
+    timings = {"load_s": time.perf_counter() - started}
+
+    mark = time.perf_counter()
+    feeds, eval_set, eval_sha = _feeds(options, inputs)
+    batch = static_batch(inputs[0])
+    session = make_session(model_bytes)
+    onnx_out = run_batched(session, feeds, batch=batch)
+    checks = run_validators(
+        ValidationContext(
+            inputs=feeds,
+            onnx_outputs=onnx_out,
+            reference_outputs=_reference(loaded, feeds),
+            output_specs=outputs,
+            labels=eval_set.labels if eval_set is not None else None,
+            class_values=loaded.class_values,
+            task=task,
+            synthetic=eval_set is None,
+            options=options,
+        )
+    )
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        raise ConvertError(failed[0].message)
+    timings["validate_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    latency = _latency(session, feeds, inputs, options)
+    timings["latency_s"] = time.perf_counter() - mark
+    stats = None
+    if eval_set is not None:
+        stats = reference_stats(
+            feeds[inputs[0].name],
+            layout=options.preprocessing.layout if options.preprocessing else None,
+            predicted=class_index(onnx_out) if task == "classification" else None,
+            n_classes=len(labels) or _score_width(outputs),
+        )
+    conv = Conversion(
+        source=source,
+        source_kind=loader.kind,
+        source_sha256=hash_file(source)[0],
+        source_size=source_size,
+        loaded=loaded,
+        options=options,
+        name=options.name or default_name(source),
+        version=options.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S"),
+        task=task,
+        labels=labels,
+        inputs=inputs,
+        outputs=outputs,
+        model_bytes=len(model_bytes),
+        eval_set=eval_set,
+        eval_sha256=eval_sha,
+        rows=len(next(iter(feeds.values()))),
+        checks=checks,
+        latency=latency,
+        selftest=build_selftest(
+            session, feeds, onnx_out, count=options.selftest_samples, batch=batch
+        ),
+        stats=stats,
+        tools=_tools(loaded),
+    )
+    report = build_report(conv, timings={**timings, "total_s": time.perf_counter() - started})
+
+    def make_manifest(files: list[ModelFile]) -> Manifest:
+        manifest = build_manifest(conv, files)
+        if key_pem is None:
+            return manifest
+        from edgefleet.signing import sign_manifest
+
+        return sign_manifest(manifest, key_pem)
+
+    manifest = write_artifact(
+        out_dir,
+        files=[
+            (MODEL_FILE, model_bytes, "model"),
+            (SELFTEST_FILE, conv.selftest.npz, "selftest"),
+            (REPORT_FILE, report.to_json().encode(), "extra"),
+        ],
+        make_manifest=make_manifest,
+        force=options.force,
+    )
+    return ConvertResult(manifest=manifest, artifact_dir=out_dir, report=report)

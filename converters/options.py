@@ -1,0 +1,145 @@
+"""Typed options of one conversion, and the record of them kept in the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgefleet.contract import ModelName, ModelVersion, Preprocessing
+
+ConvertTask = Literal["classification", "regression", "raw"]
+
+#: Upper bounds for user-supplied side files, checked before they are read.
+MAX_EVAL_BYTES = 512 * 1024 * 1024
+MAX_LABELS = 100_000
+MAX_LABEL_CHARS = 256
+MAX_DIM = 1 << 20
+
+
+class ConvertOptions(BaseModel):
+    """Everything ``convert`` needs besides the source file and the output directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ModelName | None = Field(
+        default=None, description="Model name; defaults to the source file's stem, sanitised."
+    )
+    version: ModelVersion | None = Field(
+        default=None, description="Model version; defaults to the UTC time, e.g. 20261123.193000."
+    )
+    task: ConvertTask | None = Field(
+        default=None,
+        description="What the outputs mean; inferred from a scikit-learn model, else 'raw'.",
+    )
+    preprocessing: Preprocessing | None = Field(
+        default=None, description="Image → tensor recipe copied into the manifest."
+    )
+    labels: list[str] | None = Field(
+        default=None,
+        max_length=MAX_LABELS,
+        description="Class names by output index; defaults to a classifier's classes_.",
+    )
+    input_shapes: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="Input name → concrete shape used for synthetic inputs and latency runs.",
+    )
+    eval_data: Path | None = Field(
+        default=None,
+        description="An .npz with 'x' (or 'x/<input>' per input) and optionally 'y' labels.",
+    )
+    sign_key: Path | None = Field(
+        default=None, description="PEM Ed25519 private key that signs the manifest."
+    )
+    force: bool = Field(default=False, description="Replace an existing artifact at OUT_DIR.")
+    fidelity_atol: float = Field(
+        default=1e-3, ge=0, description="Allowed |onnx - source| on float outputs, absolute part."
+    )
+    fidelity_rtol: float = Field(
+        default=1e-3, ge=0, description="Allowed |onnx - source| on float outputs, relative part."
+    )
+    min_agreement: float = Field(
+        default=0.99,
+        ge=0,
+        le=1,
+        description="Least fraction of samples whose label/argmax must equal the source's.",
+    )
+    max_top1_drop: float = Field(
+        default=0.005, ge=0, le=1, description="Largest top-1 loss against the source allowed."
+    )
+    synthetic_samples: int = Field(
+        default=64, ge=1, le=4096, description="Rows generated when there is no eval data."
+    )
+    selftest_samples: int = Field(
+        default=4, ge=1, le=64, description="Rows stored in the self-test file."
+    )
+    latency_warmup: int = Field(
+        default=20, ge=1, le=10_000, description="Untimed runs before latency is measured."
+    )
+    latency_runs: int = Field(
+        default=200, ge=5, le=100_000, description="Timed single-row runs for p50/p95."
+    )
+    max_eval_bytes: int = Field(
+        default=MAX_EVAL_BYTES, ge=1, description="Largest eval file (and unpacked size) read."
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is None:
+            return None
+        if not labels:
+            raise ValueError("labels must not be empty")
+        for label in labels:
+            if not label or len(label) > MAX_LABEL_CHARS or "\n" in label or "\r" in label:
+                raise ValueError(f"each label must be one line of 1-{MAX_LABEL_CHARS} characters")
+        if len(set(labels)) != len(labels):
+            raise ValueError("labels must be unique")
+        return labels
+
+    @field_validator("input_shapes")
+    @classmethod
+    def _shapes(cls, shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+        if len(shapes) > 16:
+            raise ValueError("at most 16 input shapes")
+        for name, dims in shapes.items():
+            if not name or len(name) > 256:
+                raise ValueError("input names must be 1-256 characters")
+            if not 1 <= len(dims) <= 8 or any(not 1 <= d <= MAX_DIM for d in dims):
+                raise ValueError(f"shape of {name!r} needs 1-8 dimensions, each 1..{MAX_DIM}")
+        return shapes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConvertOptions:
+        if self.labels is not None and self.task not in (None, "classification"):
+            raise ValueError("labels only make sense for task 'classification'")
+        return self
+
+
+def config_record(
+    options: ConvertOptions, *, eval_sha256: str | None
+) -> dict[str, str | int | float | bool]:
+    """The options as the flat dict stored in ``manifest.build.config``."""
+    record: dict[str, str | int | float | bool] = {
+        "task": options.task or "auto",
+        "force": options.force,
+        "fidelity_atol": options.fidelity_atol,
+        "fidelity_rtol": options.fidelity_rtol,
+        "min_agreement": options.min_agreement,
+        "max_top1_drop": options.max_top1_drop,
+        "synthetic_samples": options.synthetic_samples,
+        "selftest_samples": options.selftest_samples,
+        "latency_warmup": options.latency_warmup,
+        "latency_runs": options.latency_runs,
+        "labels_given": options.labels is not None,
+        "preprocessing_given": options.preprocessing is not None,
+        "signed": options.sign_key is not None,
+    }
+    for name, dims in sorted(options.input_shapes.items()):
+        record[f"input_shape.{name}"] = ",".join(str(d) for d in dims)
+    if options.eval_data is not None:
+        record["eval_file"] = options.eval_data.name[:255]
+    if eval_sha256 is not None:
+        record["eval_sha256"] = eval_sha256
+    return record
