@@ -98,8 +98,10 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._refused: str | None = None
-        # QoS>0 publishes not yet known to be acknowledged (paho's MQTTMessageInfo objects).
-        self._pending: list[paho.MQTTMessageInfo] = []
+        # Message ids of QoS>0 publishes not yet acknowledged. paho may report an ack before
+        # publish() has returned the id to us: such ids wait briefly in _early (id → time).
+        self._pending: set[int] = set()
+        self._early: dict[int, float] = {}
         self._started = False
         self._closing = False
         self._client = mqtt.Client(
@@ -122,6 +124,7 @@ class MqttTransport:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, *, wait: float | None = 10.0) -> None:
@@ -178,9 +181,8 @@ class MqttTransport:
         self._check_rc(info.rc, f"publish to {topic}", allow_no_conn=True)
         if qos > 0:
             with self._lock:
-                self._pending.append(info)
-                if len(self._pending) > 1024:
-                    self._pending = [i for i in self._pending if not i.is_published()]
+                if self._early.pop(info.mid, None) is None:
+                    self._pending.add(info.mid)
 
     def wait_published(self, timeout: float = 10.0) -> bool:
         """Block until every QoS > 0 publish so far is acknowledged; False on timeout."""
@@ -195,7 +197,6 @@ class MqttTransport:
     def unacknowledged(self) -> int:
         """QoS > 0 messages published but not yet acknowledged by the broker."""
         with self._lock:
-            self._pending = [i for i in self._pending if not i.is_published()]
             return len(self._pending)
 
     # -- paho callbacks (network thread) -----------------------------------------------------
@@ -239,6 +240,22 @@ class MqttTransport:
                     sub.handler(msg.topic, bytes(msg.payload), bool(msg.retain))
                 except Exception:
                     log.exception("mqtt handler failed", extra={"topic": msg.topic[:200]})
+
+    def _handle_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if mid in self._pending:
+                self._pending.discard(mid)
+                return
+            # An ack that raced ahead of publish() (or a QoS 0 send): remember it briefly.
+            self._early[mid] = now
+            while self._early:
+                oldest_mid, seen = next(iter(self._early.items()))
+                if now - seen < 5.0:
+                    break
+                del self._early[oldest_mid]
 
     # -- helpers -----------------------------------------------------------------------------
     def _check_rc(self, rc: int, what: str, *, allow_no_conn: bool = False) -> None:

@@ -40,6 +40,8 @@ def load_json_object(raw: bytes | str, *, what: str, max_bytes: int) -> dict[str
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ContractError(f"{what} is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise ContractError(f"{what} is nested too deeply") from err
     if not isinstance(data, dict):
         raise ContractError(f"{what} must be a JSON object, got {type(data).__name__}")
     return data

@@ -1,0 +1,203 @@
+"""The agent's configuration: one TOML file, validated into :class:`AgentConfig`.
+
+Errors name every bad field on its own line (``mqtt.url: Field required``) so a device operator
+can fix the file in one pass.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.errors import AgentConfigError
+from edgefleet.contract import DeviceId
+
+#: A config file larger than this is refused unread.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: A token file larger than this is refused (a bearer token is a few hundred bytes).
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Config):
+    """How the agent reaches the broker."""
+
+    url: str = Field(description="Broker URL: mqtt://host[:port] or mqtts://host[:port].")
+    username: str | None = Field(default=None, description="Broker user name, if required.")
+    password: SecretStr | None = Field(default=None, description="Broker password, if required.")
+    ca_file: Path | None = Field(default=None, description="CA bundle for mqtts:// brokers.")
+    keepalive: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    connect_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="How long start-up waits for the broker before serving without it.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://host[:port] or mqtts://host[:port]")
+        try:
+            _ = parts.port
+        except ValueError as err:
+            raise ValueError("has an invalid port") from err
+        return value
+
+
+class FolderInputConfig(_Config):
+    """Images (.png, .jpg, ...) and ready tensors (.npy) read from a folder, in name order."""
+
+    type: Literal["folder"] = Field(description="Input source kind.")
+    path: Path = Field(description="The folder to read.")
+    pattern: str = Field(
+        default="*", min_length=1, max_length=255, description="Glob on file names, e.g. '*.png'."
+    )
+    loop: bool = Field(default=False, description="Cycle through the folder forever.")
+    rate_hz: float = Field(default=10.0, gt=0, le=10_000, description="Items per second, at most.")
+    poll_s: float = Field(
+        default=0.5, gt=0, le=60, description="How often an exhausted folder is listed again."
+    )
+    max_file_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1, le=1024**3, description="Larger files are skipped."
+    )
+
+
+#: Input-source configs, discriminated by ``type`` (one member per plugin in ``agent.inputs``).
+InputConfig = Annotated[FolderInputConfig, Field(discriminator="type")]
+
+
+class TelemetryConfig(_Config):
+    interval_s: float = Field(
+        default=5.0, ge=0.1, le=86_400, description="Seconds summarised per telemetry message."
+    )
+
+
+class EngineConfig(_Config):
+    threads: int = Field(default=1, ge=1, le=64, description="Intra-op threads per model.")
+    queue_size: int = Field(
+        default=8, ge=1, le=10_000, description="Inputs waiting for inference; oldest dropped."
+    )
+
+
+class AgentConfig(_Config):
+    """Everything one device needs to run."""
+
+    device_id: DeviceId = Field(description="This device's id (one MQTT topic level).")
+    server_url: str = Field(description="Fleet server base URL, used for bundle downloads.")
+    token: SecretStr | None = Field(default=None, description="Device bearer token.")
+    token_file: Path | None = Field(default=None, description="File holding the device token.")
+    data_dir: Path = Field(description="Artifacts, sequence numbers and the model pointer.")
+    device_class: str | None = Field(
+        default=None, max_length=64, description="Hardware class reported in state, e.g. 'pi4'."
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (PEM); when set, only signed manifests are served.",
+    )
+    max_bundle_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1, description="Largest bundle the agent downloads."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Minimum level of the JSON log lines on stderr."
+    )
+    mqtt: MqttConfig = Field(description="Broker connection.")
+    input: InputConfig | None = Field(default=None, description="Where inputs come from.")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Telemetry.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference engine.")
+
+    @field_validator("server_url")
+    @classmethod
+    def _server_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> AgentConfig:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("set exactly one of token and token_file")
+        return self
+
+    def bearer_token(self) -> str:
+        """The device token, read from ``token_file`` each time (so it can be rotated)."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        assert self.token_file is not None  # guaranteed by _one_token
+        return read_token_file(self.token_file)
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_TOKEN_BYTES + 1)
+    except OSError as err:
+        raise AgentConfigError(f"token_file: cannot read {path}: {err.strerror}") from err
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise AgentConfigError(f"token_file: {path} is larger than {MAX_TOKEN_BYTES} bytes")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError as err:
+        raise AgentConfigError(f"token_file: {path} is not ASCII") from err
+    if not token or any(c.isspace() for c in token):
+        raise AgentConfigError(f"token_file: {path} must hold one token without spaces")
+    return token
+
+
+def describe_errors(err: ValidationError) -> list[str]:
+    """One ``field.path: message`` line per error."""
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(root)"
+        lines.append(f"{loc}: {item['msg']}")
+    return lines
+
+
+def parse_config(text: str, *, source: str = "config") -> AgentConfig:
+    """Validate TOML text; AgentConfigError with one line per bad field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise AgentConfigError(f"{source}: not valid TOML: {err}") from err
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as err:
+        lines = "\n".join(f"{source}: {line}" for line in describe_errors(err))
+        raise AgentConfigError(lines) from err
+    if config.token_file is not None:
+        config.bearer_token()
+    return config
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a TOML config file (at most :data:`MAX_CONFIG_BYTES`)."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise AgentConfigError(f"{path}: cannot read: {err.strerror}") from err
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise AgentConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise AgentConfigError(f"{path}: not UTF-8 text") from err
+    return parse_config(text, source=str(path))

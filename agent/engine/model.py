@@ -1,0 +1,193 @@
+"""Loading an artifact into a served model: verify → session → warm-up → self-test.
+
+A :class:`LoadedModel` is only ever created by :func:`load_model`, so a model that exists has
+passed every check. Its :meth:`~LoadedModel.infer` checks feeds against the manifest with
+precomputed specs and hands them straight to the runtime.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.engine.base import BackendOptions, Session
+from agent.engine.registry import backend_for
+from agent.errors import InferenceError, ModelLoadError
+from edgefleet.artifact import ArtifactError, load_artifact
+from edgefleet.contract import Manifest, ModelRef, TensorSpec
+
+#: Self-test files are small; a bigger one is refused before numpy reads it.
+MAX_SELFTEST_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _InputSpec:
+    name: str
+    dims: tuple[int | None, ...]  # None: dynamic
+    dtype: np.dtype
+
+    def check(self, value: np.ndarray | None) -> None:
+        if value is None:
+            raise InferenceError(f"missing input {self.name!r}")
+        if value.dtype != self.dtype:
+            raise InferenceError(f"input {self.name!r}: dtype {value.dtype} != model {self.dtype}")
+        shape = value.shape
+        if len(shape) != len(self.dims) or any(
+            d is not None and d != s for d, s in zip(self.dims, shape, strict=True)
+        ):
+            want = tuple("?" if d is None else d for d in self.dims)
+            raise InferenceError(f"input {self.name!r}: shape {shape} does not fit model {want}")
+
+
+def numpy_dtype(spec: TensorSpec) -> np.dtype:
+    return np.dtype("bool" if spec.dtype == "bool" else spec.dtype)
+
+
+def static_shape(spec: TensorSpec, *, dynamic: int = 1) -> tuple[int, ...]:
+    """The spec's shape with every dynamic dimension set to ``dynamic``."""
+    return tuple(d if isinstance(d, int) else dynamic for d in spec.shape)
+
+
+class LoadedModel:
+    """A verified, warmed-up, self-tested model; safe to call from one thread at a time."""
+
+    def __init__(self, *, manifest: Manifest, directory: Path, session: Session) -> None:
+        self.manifest = manifest
+        self.directory = directory
+        self._session = session
+        self._inputs = tuple(
+            _InputSpec(
+                name=s.name,
+                dims=tuple(d if isinstance(d, int) else None for d in s.shape),
+                dtype=numpy_dtype(s),
+            )
+            for s in manifest.inputs
+        )
+        self._input_names = frozenset(s.name for s in manifest.inputs)
+        self._output_names = tuple(session.output_names)
+        self.scores_output = _scores_output(manifest)
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.manifest.ref
+
+    def infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; InferenceError names the input that does not fit."""
+        for spec in self._inputs:
+            spec.check(batch.get(spec.name))
+        if len(batch) != len(self._inputs):
+            extra = sorted(set(batch) - self._input_names)
+            raise InferenceError(f"unknown inputs {extra[:5]}")
+        return dict(zip(self._output_names, self._session.run(batch), strict=True))
+
+    def top1(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(class indices, confidences) per batch row for classifiers; None otherwise."""
+        if self.scores_output is None:
+            return None
+        scores = outputs[self.scores_output]
+        scores = scores.reshape(scores.shape[0], -1).astype(np.float32, copy=False)
+        if scores.size and (scores.min() < 0 or scores.max() > 1):
+            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores = shifted / shifted.sum(axis=1, keepdims=True)
+        index = scores.argmax(axis=1)
+        return index, scores[np.arange(scores.shape[0]), index]
+
+
+def _scores_output(manifest: Manifest) -> str | None:
+    """The output holding per-class scores: a float [batch, n_classes] tensor."""
+    if manifest.task != "classification":
+        return None
+    for spec in manifest.outputs:
+        if spec.dtype.startswith("float") and len(spec.shape) == 2:
+            classes = spec.shape[1]
+            if not manifest.labels or classes == len(manifest.labels) or isinstance(classes, str):
+                return spec.name
+    return None
+
+
+def load_model(
+    directory: Path, *, options: BackendOptions, trusted_keys: Sequence[bytes] = ()
+) -> LoadedModel:
+    """Verify and load an artifact directory, or raise ModelLoadError with a one-line reason."""
+    try:
+        manifest = load_artifact(directory)
+    except ArtifactError as err:
+        raise ModelLoadError(f"artifact {directory.name}: {err}") from err
+    if trusted_keys:
+        _verify_signature(manifest, trusted_keys)
+    session = backend_for(manifest.format).load(directory / manifest.model_file, options)
+    _check_names(manifest, session)
+    model = LoadedModel(manifest=manifest, directory=directory, session=session)
+    # Warm up once: the first run allocates buffers and picks kernels, so it is not timed.
+    warm = {s.name: np.zeros(static_shape(s), dtype=numpy_dtype(s)) for s in manifest.inputs}
+    try:
+        model.infer(warm)
+    except InferenceError as err:
+        raise ModelLoadError(f"{manifest.ref}: warm-up run failed: {err}") from err
+    run_self_test(model)
+    return model
+
+
+def _verify_signature(manifest: Manifest, trusted_keys: Sequence[bytes]) -> None:
+    from edgefleet.signing import SignatureError, verify_manifest
+
+    try:
+        verify_manifest(manifest, trusted_keys)
+    except SignatureError as err:
+        raise ModelLoadError(f"{manifest.ref}: {err}") from err
+
+
+def _check_names(manifest: Manifest, session: Session) -> None:
+    for kind, declared, actual in (
+        ("inputs", [s.name for s in manifest.inputs], session.input_names),
+        ("outputs", [s.name for s in manifest.outputs], session.output_names),
+    ):
+        if sorted(declared) != sorted(actual):
+            raise ModelLoadError(
+                f"{manifest.ref}: manifest {kind} {declared[:8]} != model {kind} {actual[:8]}"
+            )
+
+
+def run_self_test(model: LoadedModel) -> None:
+    """Run the manifest's self-test; ModelLoadError on any mismatch."""
+    test = model.manifest.self_test
+    ref = model.manifest.ref
+    if test is None:
+        return
+    path = model.directory / test.file
+    if path.stat().st_size > MAX_SELFTEST_BYTES:
+        raise ModelLoadError(f"{ref}: self-test file is larger than {MAX_SELFTEST_BYTES} bytes")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ModelLoadError(f"{ref}: unreadable self-test file: {err}") from err
+    feeds = {}
+    for spec in model.manifest.inputs:
+        value = arrays.get(f"input/{spec.name}")
+        if value is None:
+            raise ModelLoadError(f"{ref}: self-test has no input/{spec.name}")
+        feeds[spec.name] = value
+    try:
+        outputs = model.infer(feeds)
+    except InferenceError as err:
+        raise ModelLoadError(f"{ref}: self-test input rejected: {err}") from err
+    for name in test.outputs:
+        expected = arrays.get(f"output/{name}")
+        if expected is None:
+            raise ModelLoadError(f"{ref}: self-test has no output/{name}")
+        actual = outputs[name]
+        if actual.shape != expected.shape:
+            raise ModelLoadError(
+                f"{ref}: self-test output {name!r} shape {actual.shape} != {expected.shape}"
+            )
+        if not np.allclose(actual, expected, atol=test.atol, rtol=test.rtol):
+            worst = float(np.max(np.abs(actual.astype(np.float64) - expected)))
+            raise ModelLoadError(
+                f"{ref}: self-test output {name!r} differs (max abs diff {worst:.3g}, "
+                f"atol {test.atol}, rtol {test.rtol})"
+            )

@@ -1,0 +1,86 @@
+"""The agent's data directory: artifacts, downloads and the committed-model pointer.
+
+```
+<data_dir>/seq.json                    sequence numbers (agent.seq)
+<data_dir>/current.json                committed model: {"name", "version", "path"}
+<data_dir>/artifacts/<name>/<version>/ unpacked, verified artifacts
+<data_dir>/downloads/                  bundles being fetched (*.part)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.seq import write_json_atomic
+from edgefleet.contract import ModelRef
+
+log = logging.getLogger(__name__)
+
+POINTER_FILE = "current.json"
+MAX_POINTER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Committed:
+    ref: ModelRef
+    path: Path
+
+
+class DataDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.artifacts = root / "artifacts"
+        self.downloads = root / "downloads"
+        for path in (root, self.artifacts, self.downloads):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def artifact_dir(self, ref: ModelRef) -> Path:
+        # name and version are contract-validated: one safe path segment each.
+        return self.artifacts / ref.name / ref.version
+
+    def clear_downloads(self) -> None:
+        for entry in self.downloads.iterdir():
+            if entry.is_file():
+                entry.unlink(missing_ok=True)
+
+    def read_pointer(self) -> Committed | None:
+        """The committed model, or None if there is none or the pointer is unusable."""
+        path = self.root / POINTER_FILE
+        try:
+            if path.stat().st_size > MAX_POINTER_BYTES:
+                raise ValueError("pointer file too large")
+            data = json.loads(path.read_text())
+            if data.get("name") is None:
+                return None
+            ref = ModelRef(name=data["name"], version=data["version"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            log.warning("ignoring unusable model pointer", extra={"error": str(err)[:200]})
+            return None
+        return Committed(ref=ref, path=self.artifact_dir(ref))
+
+    def write_pointer(self, ref: ModelRef | None) -> None:
+        """Commit ``ref`` (None: no model) atomically, fsync + rename."""
+        data: dict[str, str | None] = {"name": None, "version": None, "path": None}
+        if ref is not None:
+            path = self.artifact_dir(ref).relative_to(self.root)
+            data = {"name": ref.name, "version": ref.version, "path": str(path)}
+        write_json_atomic(self.root / POINTER_FILE, data)
+
+    def prune(self, keep: set[ModelRef]) -> None:
+        """Delete unpacked artifacts other than ``keep`` (current and previous)."""
+        keep_dirs = {self.artifact_dir(r) for r in keep}
+        for name_dir in self.artifacts.iterdir():
+            if not name_dir.is_dir():
+                continue
+            for version_dir in name_dir.iterdir():
+                if version_dir not in keep_dirs:
+                    shutil.rmtree(version_dir, ignore_errors=True)
+            if not any(name_dir.iterdir()):
+                name_dir.rmdir()

@@ -1,0 +1,223 @@
+"""The reconciler: make the served model match the retained desired state.
+
+received → download (bounded, hashed) → unpack and verify → load + self-test → swap → commit
+pointer → committed. Every step is reported as an event; any failure reports ``update.failed``
+with its reason and leaves the old model serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urljoin, urlsplit
+
+from pydantic import ValidationError
+
+from agent.download import download
+from agent.engine import LoadedModel
+from agent.errors import AgentError, UpdateError
+from agent.state import AgentState, ModelSlot, Serving
+from agent.store import DataDir
+from edgefleet.artifact import ArtifactError, unpack_bundle
+from edgefleet.contract import DesiredModel, DesiredState, ModelRef
+from edgefleet.contract.payloads import EventKind
+
+log = logging.getLogger(__name__)
+
+
+class EventEmitter(Protocol):
+    def __call__(
+        self,
+        kind: EventKind,
+        *,
+        model: ModelRef | None = None,
+        detail: str = "",
+        progress: float | None = None,
+    ) -> None: ...
+
+
+class Updater:
+    def __init__(
+        self,
+        *,
+        store: DataDir,
+        slot: ModelSlot,
+        state: AgentState,
+        emit: EventEmitter,
+        load: Callable[[Path], LoadedModel],
+        token: Callable[[], str],
+        server_url: str,
+        max_bundle_bytes: int,
+        download_timeout: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.slot = slot
+        self.state = state
+        self._emit = emit
+        self._load = load
+        self._token = token
+        self._server_url = server_url.rstrip("/") + "/"
+        self._max_bundle = max_bundle_bytes
+        self._timeout = download_timeout
+        self._last_seq: int | None = None
+        self._pending: DesiredState | None = None
+        self._cond = threading.Condition()
+
+    # -- mailbox (called from the MQTT thread) -------------------------------------------
+    def offer(self, desired: DesiredState) -> None:
+        """Queue a desired state for :meth:`run`; a newer one replaces a waiting one."""
+        with self._cond:
+            if self._pending is None or desired.seq >= self._pending.seq:
+                self._pending = desired
+            self._cond.notify()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._cond:
+                if self._pending is None:
+                    self._cond.wait(timeout=0.5)
+                desired, self._pending = self._pending, None
+            if desired is None:
+                continue
+            try:
+                self.apply(desired)
+            except Exception as err:  # a bug must not end the updater thread; report it
+                log.exception("update crashed")
+                self._fail(None, f"internal error: {type(err).__name__}: {err}")
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- steps ---------------------------------------------------------------------------
+    def load_committed(self) -> None:
+        """At start: serve the committed model if its artifact still verifies."""
+        committed = self.store.read_pointer()
+        if committed is None:
+            self.state.update(phase="idle")
+            return
+        try:
+            serving = Serving.of(self._load(committed.path))
+        except (AgentError, OSError) as err:
+            reason = f"committed model {committed.ref} not served: {err}"
+            log.error("committed model failed to load", extra={"error": str(err)})
+            self.state.update(phase="failed", last_error=reason[:2000])
+            self._emit("model.load_failed", model=committed.ref, detail=reason[:2000])
+            return
+        self.slot.swap(serving)
+        ref = serving.model.ref
+        self.state.update(phase="serving", running=ref, desired=ref)
+        log.info("serving committed model", extra={"model": str(ref)})
+
+    def apply(self, desired: DesiredState) -> None:
+        """Act on one desired state (synchronously)."""
+        if self._last_seq is not None and desired.seq <= self._last_seq:
+            log.info("ignoring old desired state", extra={"seq": desired.seq})
+            return
+        self._last_seq = desired.seq
+        target = desired.model
+        running = self.slot.current.model.ref if self.slot.current else None
+        if target is None:
+            self._unload(running)
+            return
+        try:
+            ref = target.ref
+        except ValidationError as err:
+            detail = f"desired model has an invalid name or version: {err.errors()[0]['msg']}"
+            self._fail(None, detail)
+            return
+        self.state.update(desired=ref)
+        if ref == running:
+            self.state.update(phase="serving", last_error=None)
+            return
+        self._emit("update.received", model=ref, detail=f"desired seq {desired.seq}")
+        try:
+            serving = self._prepare(target, ref)
+        except (AgentError, ArtifactError, OSError) as err:
+            self._fail(ref, str(err))
+            return
+        self._emit("update.switching", model=ref)
+        old = self.slot.swap(serving)
+        try:
+            self.store.write_pointer(ref)
+        except OSError as err:
+            log.error("cannot write the model pointer", extra={"error": str(err)})
+        self.state.update(phase="serving", running=ref, last_error=None)
+        self._emit("update.committed", model=ref)
+        log.info("model committed", extra={"model": str(ref)})
+        keep = {ref} | ({old.model.ref} if old is not None else set())
+        self.store.prune(keep)
+
+    def _prepare(self, target: DesiredModel, ref: ModelRef) -> Serving:
+        dest = self.store.artifact_dir(ref)
+        if dest.exists():
+            self.state.update(phase="loading")
+            self._emit("update.self_test", model=ref, detail="artifact already on disk")
+            try:
+                return Serving.of(self._load(dest))
+            except AgentError as err:
+                log.warning("re-fetching unusable artifact", extra={"error": str(err)})
+                shutil.rmtree(dest, ignore_errors=True)
+        self._fetch(target, ref, dest)
+        self.state.update(phase="loading")
+        self._emit("update.self_test", model=ref)
+        try:
+            return Serving.of(self._load(dest))
+        except AgentError:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+
+    def _fetch(self, target: DesiredModel, ref: ModelRef, dest: Path) -> None:
+        if target.size > self._max_bundle:
+            raise UpdateError(f"bundle of {target.size} bytes exceeds max_bundle_bytes")
+        free = shutil.disk_usage(self.store.root).free
+        # The bundle and its unpacked files coexist for a moment; leave room for both and more.
+        if target.size * 3 > free:
+            raise UpdateError(f"not enough disk: bundle {target.size} bytes, {free} free")
+        url = urljoin(self._server_url, target.url)
+        self.state.update(phase="downloading")
+        self._emit("update.downloading", model=ref, progress=0.0)
+        bundle = download(
+            url=url,
+            token=self._token() if self._same_origin(url) else None,
+            dest=self.store.downloads / f"{target.sha256}.tar.gz",
+            size=target.size,
+            sha256=target.sha256,
+            timeout=self._timeout,
+        )
+        self.state.update(phase="verifying")
+        self._emit("update.verifying", model=ref, progress=1.0)
+        try:
+            manifest = unpack_bundle(bundle, dest, max_unpacked_bytes=self._max_bundle * 4)
+        except ArtifactError as err:
+            raise UpdateError(f"bad bundle: {err}") from err
+        finally:
+            bundle.unlink(missing_ok=True)
+        if manifest.ref != ref:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise UpdateError(f"bundle holds {manifest.ref}, not the desired {ref}")
+
+    def _same_origin(self, url: str) -> bool:
+        """The device token goes to the fleet server only, never to a third-party host."""
+        a, b = urlsplit(url), urlsplit(self._server_url)
+        return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+
+    def _unload(self, running: ModelRef | None) -> None:
+        if running is None:
+            self.state.update(phase="idle", desired=None)
+            return
+        self.slot.swap(None)
+        self.store.write_pointer(None)
+        self.state.update(phase="idle", running=None, desired=None, last_error=None)
+        self._emit("update.committed", detail="desired state has no model; serving none")
+
+    def _fail(self, ref: ModelRef | None, reason: str) -> None:
+        reason = reason.replace("\n", " ")[:2000]
+        log.error("update failed", extra={"model": str(ref), "error": reason})
+        phase = "serving" if self.slot.current is not None else "failed"
+        self.state.update(phase=phase, last_error=reason)
+        self._emit("update.failed", model=ref, detail=reason)

@@ -1,0 +1,115 @@
+"""The ``edgefleet agent`` parser and handlers, in process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from agent import cli
+from tests.utils.artifacts import digits_images
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="edgefleet")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_parser() -> None:
+    args = parse(["agent", "run", "--config", "/etc/edgefleet/agent.toml"])
+    assert args.handler is cli.run_command and args.config == Path("/etc/edgefleet/agent.toml")
+    args = parse(["agent", "infer", "art", "a.png", "b.npy", "--top-k", "5"])
+    assert args.handler is cli.infer_command and args.top_k == 5
+    assert args.inputs == [Path("a.png"), Path("b.npy")]
+    with pytest.raises(SystemExit):
+        parse(["agent", "infer", "art"])
+
+
+def test_infer_top_k(digits_v1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = digits_images(tmp_path, 2)
+    assert cli.infer_command(parse(["agent", "infer", str(digits_v1), *map(str, images)])) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in rows] == [str(p) for p in images]
+    assert all(len(r["top_k"]) == 3 and r["model"] == "digits@1.0.0" for r in rows)
+    scores = [t["score"] for t in rows[0]["top_k"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_infer_errors_are_json_lines(
+    digits_v1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.png"
+    args = parse(["agent", "infer", str(digits_v1), str(missing)])
+    assert cli.infer_command(args) == 1
+    row = json.loads(capsys.readouterr().out)
+    assert row["file"] == str(missing) and "cannot read" in row["error"]
+
+
+def test_infer_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.infer_command(parse(["agent", "infer", str(tmp_path / "nope"), "x.png"])) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert cli.infer_command(parse(["agent", "infer", str(tmp_path), "x", "--top-k", "0"])) == 2
+
+
+def test_infer_refuses_a_broken_artifact(
+    artifact_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (artifact_copy / "model.onnx").write_bytes(b"tampered")
+    assert cli.infer_command(parse(["agent", "infer", str(artifact_copy), "x.png"])) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "model.onnx" in err
+
+
+def test_run_with_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("[mqtt]\nurl = 'mqtt://x'\nbogus = 1\n")
+    assert cli.run_command(parse(["agent", "run", "--config", str(config)])) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert all(line.startswith(f"edgefleet agent: {config}: ") for line in lines), lines
+    assert any(line.endswith("mqtt.bogus: Extra inputs are not permitted") for line in lines)
+    assert any(line.endswith("device_id: Field required") for line in lines)
+
+
+def test_cli_module_imports_stdlib_only() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent.cli; "
+        "heavy = {'numpy', 'onnxruntime', 'cv2', 'paho', 'pydantic'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_infer_prints_raw_outputs_for_other_tasks(
+    artifact_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    import numpy as np
+
+    manifest = json.loads((artifact_copy / "manifest.json").read_text())
+    manifest["task"] = "raw"
+    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    tensor = artifact_copy.parent / "row.npy"
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(64, np.float32))
+    tensor.write_bytes(buf.getvalue())
+    assert cli.infer_command(parse(["agent", "infer", str(artifact_copy), str(tensor)])) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert set(row["outputs"]) == {"label", "probabilities"}
+    assert len(row["outputs"]["probabilities"][0]) == 10
+    assert row["outputs"]["label"] == [int(np.argmax(row["outputs"]["probabilities"][0]))]

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import MAX_CONFIG_BYTES, AgentConfig, load_config, parse_config
+from agent.errors import AgentConfigError
+
+VALID = """
+device_id = "dev-1"
+server_url = "http://127.0.0.1:8080/"
+token = "secret-token"
+data_dir = "/var/lib/edgefleet"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+username = "dev-1"
+password = "pw"
+keepalive = 20
+
+[input]
+type = "folder"
+path = "/data/in"
+pattern = "*.png"
+loop = true
+rate_hz = 20.0
+
+[telemetry]
+interval_s = 5.0
+
+[engine]
+threads = 2
+"""
+
+
+def test_valid_config_parses() -> None:
+    config = parse_config(VALID)
+    assert config.device_id == "dev-1"
+    assert config.server_url == "http://127.0.0.1:8080"
+    assert config.bearer_token() == "secret-token"
+    assert config.mqtt.keepalive == 20
+    assert config.mqtt.password is not None and config.mqtt.password.get_secret_value() == "pw"
+    assert config.input is not None and config.input.type == "folder"
+    assert config.input.path == Path("/data/in") and config.input.loop
+    assert config.engine.threads == 2
+    assert "secret-token" not in repr(config)
+
+
+def test_defaults_for_optional_sections() -> None:
+    minimal = "\n".join(
+        [
+            'device_id = "d"',
+            'server_url = "https://fleet.example"',
+            'token = "t"',
+            'data_dir = "/tmp/x"',
+            "[mqtt]",
+            'url = "mqtts://broker.example"',
+        ]
+    )
+    config = parse_config(minimal)
+    assert config.input is None
+    assert config.telemetry.interval_s == 5.0
+    assert config.engine.threads == 1
+
+
+def test_every_field_is_described() -> None:
+    from agent.config import EngineConfig, FolderInputConfig, MqttConfig, TelemetryConfig
+
+    for model in (AgentConfig, MqttConfig, FolderInputConfig, TelemetryConfig, EngineConfig):
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no description"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('device_id = "dev-1"', 'device_id = "Dev/1"', "device_id"),
+        ('device_id = "dev-1"', "", "device_id"),
+        ('server_url = "http://127.0.0.1:8080/"', 'server_url = "ftp://x"', "server_url"),
+        ('url = "mqtt://127.0.0.1:1883"', 'url = "http://127.0.0.1"', "mqtt.url"),
+        ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://host:99999"', "mqtt.url"),
+        ("keepalive = 20", "keepalive = 1", "mqtt.keepalive"),
+        ('type = "folder"', 'type = "camera"', "input"),
+        ("rate_hz = 20.0", "rate_hz = 0", "input.folder.rate_hz"),
+        ("rate_hz = 20.0", 'rate_hz = "fast"', "input.folder.rate_hz"),
+        ("interval_s = 5.0", "interval_s = -1", "telemetry.interval_s"),
+        ("threads = 2", "threads = 0", "engine.threads"),
+        ('token = "secret-token"', "", "(root)"),
+    ],
+)
+def test_each_bad_field_is_named(old: str, new: str, field: str) -> None:
+    assert old in VALID
+    with pytest.raises(AgentConfigError) as info:
+        parse_config(VALID.replace(old, new), source="agent.toml")
+    lines = str(info.value).splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"agent.toml: {field}"), lines[0]
+
+
+def test_one_line_per_bad_field() -> None:
+    text = VALID.replace("threads = 2", "threads = 0").replace("keepalive = 20", "keepalive = 0")
+    with pytest.raises(AgentConfigError) as info:
+        parse_config(text)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert any("engine.threads" in line for line in lines)
+    assert any("mqtt.keepalive" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (VALID + '\nsurprise = "x"\n', "surprise"),
+        (VALID.replace("threads = 2", "threads = 2\nturbo = true"), "engine.turbo"),
+        (VALID.replace("keepalive = 20", "keepalive = 20\nqos = 2"), "mqtt.qos"),
+    ],
+)
+def test_unknown_keys_are_rejected(text: str, field: str) -> None:
+    with pytest.raises(AgentConfigError, match=f"{field}: Extra inputs are not permitted"):
+        parse_config(text)
+
+
+def test_token_and_token_file_are_exclusive(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("abc\n")
+    text = VALID.replace('token = "secret-token"', f'token_file = "{token_file}"')
+    assert parse_config(text).bearer_token() == "abc"
+    both = VALID.replace('token = "secret-token"', f'token = "x"\ntoken_file = "{token_file}"')
+    with pytest.raises(AgentConfigError, match="exactly one of token and token_file"):
+        parse_config(both)
+
+
+@pytest.mark.parametrize("content", [b"", b"two words", b"\xff\xfe", b"x" * 20_000])
+def test_bad_token_file(tmp_path: Path, content: bytes) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(content)
+    text = VALID.replace('token = "secret-token"', f'token_file = "{token_file}"')
+    with pytest.raises(AgentConfigError, match="token_file"):
+        parse_config(text)
+
+
+def test_missing_token_file(tmp_path: Path) -> None:
+    text = VALID.replace('token = "secret-token"', f'token_file = "{tmp_path / "nope"}"')
+    with pytest.raises(AgentConfigError, match="token_file: cannot read"):
+        parse_config(text)
+
+
+def test_load_config_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(VALID)
+    assert load_config(path).device_id == "dev-1"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"device_id = [unclosed", "not valid TOML"),
+        (b"\x00\xff\x80garbage", "not UTF-8"),
+        (bytes(range(256)) * 10, "not UTF-8"),
+        (b"= = =", "not valid TOML"),
+        (b"", "device_id: Field required"),
+    ],
+)
+def test_garbage_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(content)
+    with pytest.raises(AgentConfigError, match=message):
+        load_config(path)
+
+
+def test_oversized_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(VALID + "#" * MAX_CONFIG_BYTES)
+    with pytest.raises(AgentConfigError, match="larger than"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AgentConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_example_config_parses(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "agent" / "agent.example.toml"
+    token = tmp_path / "token"
+    token.write_text("abc")
+    text = example.read_text().replace("/etc/edgefleet/token", str(token))
+    config = parse_config(text)
+    assert config.device_id == "pi-kitchen-01" and config.input is not None

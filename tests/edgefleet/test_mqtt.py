@@ -1,0 +1,162 @@
+"""The shared MQTT transport against real brokers: delivery, acks, retained, Last Will, outages."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgefleet.mqtt import BrokerAddress, MqttError, MqttTransport
+from tests.utils.net import free_port, wait_for_port
+
+
+def _wait(cond: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(cond) and cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_broker_url_parsing() -> None:
+    addr = BrokerAddress.from_url("mqtts://dev%2F1:p%40ss@broker.local")
+    assert (addr.host, addr.port, addr.tls) == ("broker.local", 8883, True)
+    assert (addr.username, addr.password) == ("dev/1", "p@ss")
+    assert addr.url == "mqtts://broker.local:8883"
+    for bad in ("http://x", "mqtt://", "mqtt://h:notaport", "x"):
+        with pytest.raises(MqttError):
+            BrokerAddress.from_url(bad)
+
+
+@pytest.mark.integration
+def test_publish_subscribe_ack_and_retained(mqtt_url: str) -> None:
+    addr = BrokerAddress.from_url(mqtt_url)
+    root = f"edgefleet/test/{time.time_ns()}"
+    got: list[tuple[str, bytes, bool]] = []
+    sub = MqttTransport(addr, client_id=f"sub-{time.time_ns()}")
+    sub.subscribe(f"{root}/+", lambda t, p, r: got.append((t, p, r)))
+    sub.start()
+    pub = MqttTransport(addr, client_id=f"pub-{time.time_ns()}")
+    pub.start()
+    try:
+        for i in range(500):
+            pub.publish(f"{root}/data", str(i).encode())
+        assert pub.wait_published(15)
+        assert pub.unacknowledged == 0
+        assert _wait(lambda: len(got) == 500)
+        assert [int(p) for _, p, _ in got] == list(range(500))
+        pub.publish(f"{root}/kept", b"retained", retain=True)
+        assert pub.wait_published(5)
+        late: list[tuple[str, bytes, bool]] = []
+        sub2 = MqttTransport(addr, client_id=f"late-{time.time_ns()}")
+        sub2.subscribe(f"{root}/kept", lambda t, p, r: late.append((t, p, r)))
+        sub2.start()
+        assert _wait(lambda: late == [(f"{root}/kept", b"retained", True)])
+        sub2.close()
+    finally:
+        pub.publish(f"{root}/kept", b"", retain=True)  # clear the retained message
+        pub.wait_published(5)
+        pub.close()
+        sub.close()
+
+
+@pytest.mark.integration
+def test_last_will_on_unclean_disconnect(mqtt_url: str) -> None:
+    addr = BrokerAddress.from_url(mqtt_url)
+    status = f"edgefleet/test/{time.time_ns()}/status"
+    got: list[bytes] = []
+    watcher = MqttTransport(addr, client_id=f"watch-{time.time_ns()}")
+    watcher.subscribe(status, lambda t, p, r: got.append(p))
+    watcher.start()
+    dying = MqttTransport(addr, client_id=f"dying-{time.time_ns()}", will=(status, b"offline"))
+    dying.start()
+    # Kill the socket without DISCONNECT: the broker must publish the will.
+    sock = dying._client.socket()
+    assert sock is not None
+    dying._client.loop_stop()
+    sock.close()
+    try:
+        assert _wait(lambda: b"offline" in got, timeout=15)
+    finally:
+        watcher.publish(status, b"", retain=True)
+        watcher.wait_published(5)
+        watcher.close()
+
+
+def test_connect_failure_is_one_clear_error() -> None:
+    port = free_port()
+    transport = MqttTransport(BrokerAddress("127.0.0.1", port), client_id="nobody")
+    with pytest.raises(MqttError, match=f"no connection to mqtt://127.0.0.1:{port}"):
+        transport.start(wait=1.5)
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto binary not installed")
+    port = free_port()
+    # mosquitto started as root drops to its own user before saving: pytest's tmp_path is not
+    # reachable for that user, so the store lives in a world-writable directory of its own.
+    store = Path(tempfile.mkdtemp(prefix="edgefleet-mosquitto-"))
+    store.chmod(0o777)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"persistence true\npersistence_location {store}/\n"
+    )
+    yield port, conf
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def _persistent_subscriber(port: int, topic: str, got: list[bytes]) -> paho.Client:
+    """A clean_session=False subscriber: the broker keeps its subscription across restarts."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="outage-sub", clean_session=False)
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_message = lambda _c, _u, msg: got.append(msg.payload)
+    client.reconnect_delay_set(min_delay=1, max_delay=1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+@pytest.mark.integration
+def test_qos1_published_during_outage_is_delivered_and_acked(
+    private_mosquitto: tuple[int, Path],
+) -> None:
+    port, conf = private_mosquitto
+    topic = "edgefleet/test/outage"
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port)
+    got: list[bytes] = []
+    sub = _persistent_subscriber(port, topic, got)
+    pub = MqttTransport(BrokerAddress("127.0.0.1", port), client_id="outage-pub")
+    pub.start()
+    try:
+        pub.publish(topic, b"before")
+        assert pub.wait_published(5) and _wait(lambda: got == [b"before"])
+        broker.terminate()  # SIGTERM: mosquitto saves the subscriber's session
+        broker.wait(10)
+        assert _wait(lambda: not pub.connected)
+        for i in range(20):
+            pub.publish(topic, str(i).encode())
+        assert pub.unacknowledged == 20
+        assert not pub.wait_published(0.5)
+        broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+        # paho reconnects with back-off (1 s, 2 s, ...): everything queued is sent and acked.
+        assert pub.wait_published(40), f"{pub.unacknowledged} still unacknowledged"
+        assert _wait(lambda: len(got) == 21, timeout=15), got
+        assert got[1:] == [str(i).encode() for i in range(20)]
+    finally:
+        pub.close()
+        sub.loop_stop()
+        sub.disconnect()
+        broker.terminate()
+        broker.wait(10)
