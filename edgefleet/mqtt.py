@@ -71,6 +71,31 @@ class BrokerAddress:
 class _Subscription:
     qos: int
     handler: MessageHandler
+    levels: tuple[str, ...]
+
+
+def _filter_levels(topic_filter: str) -> tuple[str, ...]:
+    """A subscription filter split into levels; ``$share/<group>/`` is not part of the match."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    return tuple(topic_filter.split("/"))
+
+
+def topic_matches(levels: tuple[str, ...], topic: str) -> bool:
+    """MQTT filter matching ('+' one level, '#' the rest) without building a matcher per call."""
+    parts = topic.split("/")
+    for i, level in enumerate(levels):
+        if level == "#":
+            return not (i == 0 and topic.startswith("$"))
+        if i >= len(parts):
+            return False
+        if level == "+":
+            if i == 0 and parts[0].startswith("$"):
+                return False
+            continue
+        if level != parts[i]:
+            return False
+    return len(parts) == len(levels)
 
 
 class MqttTransport:
@@ -86,6 +111,7 @@ class MqttTransport:
         protocol: Literal[3, 5] = 3,
         keepalive: int = 30,
         max_queued: int = 0,
+        clean_session: bool = True,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -108,7 +134,7 @@ class MqttTransport:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
-            clean_session=None if protocol == 5 else True,
+            clean_session=None if protocol == 5 else clean_session,
         )
         self._client.enable_logger(logging.getLogger("paho"))
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -119,6 +145,15 @@ class MqttTransport:
         if address.tls:
             context = ssl.create_default_context(cafile=address.ca_file)
             self._client.tls_set_context(context)
+        self._connect_properties: Any = None
+        if protocol == 5 and not clean_session:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            # MQTT v5: keep the session (subscriptions, queued QoS 1) for a day while away.
+            self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            self._connect_properties.SessionExpiryInterval = 86_400
+        self._clean_start = clean_session
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_connect = self._handle_connect
@@ -133,7 +168,16 @@ class MqttTransport:
             raise MqttError("transport already started")
         self._started = True
         try:
-            self._client.connect_async(self.address.host, self.address.port, self._keepalive)
+            if self._protocol == 5:
+                self._client.connect_async(
+                    self.address.host,
+                    self.address.port,
+                    self._keepalive,
+                    clean_start=self._clean_start,
+                    properties=self._connect_properties,
+                )
+            else:
+                self._client.connect_async(self.address.host, self.address.port, self._keepalive)
         except (OSError, ValueError) as err:
             raise MqttError(f"cannot connect to {self.address.url}: {err}") from err
         self._client.loop_start()
@@ -170,7 +214,9 @@ class MqttTransport:
     # -- messages ----------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: MessageHandler, *, qos: int = 1) -> None:
         with self._lock:
-            self._subs[topic_filter] = _Subscription(qos=qos, handler=handler)
+            self._subs[topic_filter] = _Subscription(
+                qos=qos, handler=handler, levels=_filter_levels(topic_filter)
+            )
         if self.connected:
             rc, _mid = self._client.subscribe(topic_filter, qos=qos)
             self._check_rc(rc, f"subscribe to {topic_filter}")
@@ -230,12 +276,10 @@ class MqttTransport:
             log.warning("mqtt disconnected", extra={"broker": self.address.url})
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        import paho.mqtt.client as mqtt
-
         with self._lock:
-            subs = list(self._subs.items())
-        for topic_filter, sub in subs:
-            if _matches(topic_filter, msg.topic, mqtt.topic_matches_sub):
+            subs = list(self._subs.values())
+        for sub in subs:
+            if topic_matches(sub.levels, msg.topic):
                 try:
                     sub.handler(msg.topic, bytes(msg.payload), bool(msg.retain))
                 except Exception:
@@ -266,9 +310,3 @@ class MqttTransport:
         if allow_no_conn and rc == mqtt.MQTT_ERR_NO_CONN:
             return
         raise MqttError(f"{what} failed: {mqtt.error_string(rc)}")
-
-
-def _matches(topic_filter: str, topic: str, matcher: Callable[[str, str], bool]) -> bool:
-    if topic_filter.startswith("$share/"):
-        topic_filter = topic_filter.split("/", 2)[2]
-    return matcher(topic_filter, topic)

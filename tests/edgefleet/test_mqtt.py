@@ -160,3 +160,20 @@ def test_qos1_published_during_outage_is_delivered_and_acked(
         sub.disconnect()
         broker.terminate()
         broker.wait(10)
+
+
+def test_topic_matching_agrees_with_paho() -> None:
+    from edgefleet.mqtt import _filter_levels, topic_matches
+
+    filters = ["#", "+", "a/#", "a/+", "a/+/c", "+/b/#", "a/b", "+/+", "$share/g/a/+", "a/b/c/#"]
+    topics = ["a", "a/b", "a/b/c", "a/x/c", "b/b/d", "a/b/c/d", "$SYS/x", "x", "a/", "/a", ""]
+    for topic_filter in filters:
+        plain = (
+            topic_filter.split("/", 2)[2] if topic_filter.startswith("$share/") else topic_filter
+        )
+        for topic in topics:
+            expected = paho.topic_matches_sub(plain, topic)
+            assert topic_matches(_filter_levels(topic_filter), topic) == expected, (
+                topic_filter,
+                topic,
+            )

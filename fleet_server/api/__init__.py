@@ -1,0 +1,15 @@
+"""HTTP API v1: one router per resource, collected here."""
+
+from fastapi import APIRouter
+
+from fleet_server.api import assignments, devices, health, ingest, models
+
+api_router = APIRouter(prefix="/api/v1")
+api_router.include_router(devices.router)
+api_router.include_router(models.router)
+api_router.include_router(assignments.router)
+api_router.include_router(ingest.router)
+
+root_router = health.router
+
+__all__ = ["api_router", "root_router"]

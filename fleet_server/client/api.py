@@ -1,0 +1,285 @@
+"""A small typed client for the fleet server's HTTP API v1 (httpx).
+
+Every method returns the parsed JSON and raises :class:`FleetClientError` (HTTP status and the
+server's one-line ``detail``) or :class:`FleetUnreachableError` (no answer from that URL).
+Responses are treated as untrusted: bounded in size, checked to be JSON of the expected shape.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from edgefleet.artifact import ArtifactError, pack_bundle
+
+#: Larger responses are cut off: nothing in the API is legitimately this big.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: Longest ``detail`` kept from an error response (it is printed on one line).
+MAX_DETAIL_CHARS = 300
+
+JsonObject = dict[str, Any]
+
+
+class FleetClientError(Exception):
+    """The server answered with an error, or the request could not be made (``status`` 0)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}" if status else detail)
+        self.status = status
+        self.detail = detail
+
+
+class FleetUnreachableError(FleetClientError):
+    """No HTTP answer at all: bad URL, connection refused, DNS failure, timeout."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(0, detail)
+
+
+def one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """Collapse whitespace and control characters so a message stays one printable line."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    flat = " ".join(cleaned.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class FleetClient:
+    """``FleetClient(base_url, token)``: one method per endpoint of the v1 API."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 10.0,
+        upload_timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = _check_base_url(base_url)
+        # The server hashes and verifies a bundle before it answers: give uploads longer.
+        self._upload_timeout = httpx.Timeout(timeout, read=max(timeout, upload_timeout))
+        headers = {"Accept": "application/json", "User-Agent": "edgefleet-cli"}
+        if token:
+            if not token.isascii() or not token.isprintable() or " " in token:
+                raise FleetClientError(0, "the token must be printable ASCII without spaces")
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FleetClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def health(self) -> JsonObject:
+        return _object(self._request("GET", "/healthz"))
+
+    def list_devices(self) -> list[JsonObject]:
+        return _objects(self._request("GET", "/api/v1/devices"))
+
+    def get_device(self, device_id: str) -> JsonObject:
+        return _object(self._request("GET", f"/api/v1/devices/{_segment(device_id)}"))
+
+    def add_device(
+        self, device_id: str, *, device_class: str | None = None, tags: Iterable[str] = ()
+    ) -> JsonObject:
+        body = {"device_id": device_id, "device_class": device_class, "tags": list(tags)}
+        return _object(self._request("POST", "/api/v1/devices", json_body=body))
+
+    def device_telemetry(self, device_id: str, *, limit: int = 100) -> list[JsonObject]:
+        path = f"/api/v1/devices/{_segment(device_id)}/telemetry"
+        return _objects(self._request("GET", path, params={"limit": limit}))
+
+    def list_models(self) -> list[JsonObject]:
+        return _objects(self._request("GET", "/api/v1/models"))
+
+    def get_model(self, name: str, version: str) -> JsonObject:
+        path = f"/api/v1/models/{_segment(name)}/{_segment(version)}"
+        return _object(self._request("GET", path))
+
+    def push_model(self, path: Path) -> JsonObject:
+        """Upload a bundle file, or pack an artifact directory into one first."""
+        path = Path(path)
+        if path.is_dir():
+            with tempfile.TemporaryDirectory(prefix="edgefleet-push-") as tmp:
+                bundle = Path(tmp) / f"{path.name or 'artifact'}.tar.gz"
+                try:
+                    pack_bundle(path, bundle)
+                except (ArtifactError, OSError) as err:
+                    raise FleetClientError(0, f"cannot pack {path}: {one_line(str(err))}") from err
+                return self.push_bundle(bundle)
+        return self.push_bundle(path)
+
+    def push_bundle(self, bundle: Path) -> JsonObject:
+        if not bundle.is_file():
+            raise FleetClientError(0, f"{bundle} is not a bundle file or an artifact directory")
+        try:
+            with bundle.open("rb") as fh:
+                files = {"bundle": (bundle.name, fh, "application/gzip")}
+                return _object(
+                    self._request(
+                        "POST", "/api/v1/models", files=files, timeout=self._upload_timeout
+                    )
+                )
+        except OSError as err:
+            raise FleetClientError(0, f"cannot read {bundle}: {err.strerror or err}") from err
+
+    def assign(
+        self,
+        name: str,
+        version: str,
+        *,
+        device_ids: Iterable[str] = (),
+        tag: str | None = None,
+    ) -> JsonObject:
+        body = {"model": name, "version": version, "device_ids": list(device_ids), "tag": tag}
+        return _object(self._request("POST", "/api/v1/assignments", json_body=body))
+
+    def ingest_stats(self) -> JsonObject:
+        return _object(self._request("GET", "/api/v1/ingest/stats"))
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: JsonObject | None = None,
+        params: dict[str, Any] | None = None,
+        files: dict[str, Any] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> Any:
+        try:
+            request = self._http.build_request(
+                method,
+                path,
+                json=json_body,
+                params=params,
+                files=files,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+            response = self._http.send(request, stream=True)
+        except httpx.TimeoutException as err:
+            raise FleetUnreachableError(f"no answer from {self.base_url} (timed out)") from err
+        except httpx.TransportError as err:
+            raise FleetUnreachableError(
+                f"cannot reach the fleet server at {self.base_url}: {one_line(str(err), 120)}"
+            ) from err
+        try:
+            raw = _read_bounded(response, self.base_url)
+        finally:
+            response.close()
+        return _decode(response, raw)
+
+
+def _check_base_url(url: str) -> str:
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as err:
+        raise FleetUnreachableError(f"invalid server URL {one_line(url, 80)!r}: {err}") from err
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FleetUnreachableError(
+            f"invalid server URL {one_line(url, 80)!r}: expected http(s)://host[:port]"
+        )
+    try:
+        _ = parts.port
+    except ValueError as err:
+        raise FleetUnreachableError(f"invalid port in server URL {one_line(url, 80)!r}") from err
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise FleetUnreachableError(
+            "the server URL must not hold credentials, a query or a fragment: pass --token"
+        )
+    return url.strip().rstrip("/")
+
+
+def _segment(value: str) -> str:
+    """One path segment, never a path: '../x' or 'a/b' cannot reach another endpoint."""
+    if not value or value in (".", ".."):
+        raise FleetClientError(0, f"invalid identifier {value!r}")
+    return quote(value, safe="")
+
+
+def _read_bounded(response: httpx.Response, base_url: str) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > MAX_RESPONSE_BYTES:
+                raise FleetClientError(
+                    response.status_code,
+                    f"response larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refused",
+                )
+            chunks.append(chunk)
+    except httpx.TimeoutException as err:
+        raise FleetUnreachableError(f"{base_url} stopped answering (timed out)") from err
+    except httpx.HTTPError as err:
+        raise FleetUnreachableError(
+            f"{base_url} broke off the response: {one_line(str(err), 120)}"
+        ) from err
+    return b"".join(chunks)
+
+
+def _decode(response: httpx.Response, raw: bytes) -> Any:
+    status = response.status_code
+    try:
+        data = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        data = _NOT_JSON
+    if status >= 400:
+        raise FleetClientError(status, _detail(data, response.reason_phrase))
+    if data is _NOT_JSON or data is None:
+        kind = response.headers.get("content-type", "no content type")
+        raise FleetClientError(status, f"expected JSON from the server, got {one_line(kind, 60)}")
+    return data
+
+
+_NOT_JSON = object()
+
+
+def _detail(data: object, reason: str) -> str:
+    if isinstance(data, dict):
+        detail = data.get("detail")
+        if isinstance(detail, str) and detail.strip():
+            return one_line(detail)
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            first = detail[0]
+            loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+            return one_line(f"{loc}: {first.get('msg', 'invalid')}" if loc else str(first))
+    return one_line(reason or "error") or "error"
+
+
+def _object(data: Any) -> JsonObject:
+    if not isinstance(data, dict):
+        raise FleetClientError(0, f"expected a JSON object from the server, got {_kind(data)}")
+    return data
+
+
+def _objects(data: Any) -> list[JsonObject]:
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise FleetClientError(
+            0, f"expected a JSON list of objects from the server, got {_kind(data)}"
+        )
+    return data
+
+
+def _kind(data: Any) -> str:
+    return "a list" if isinstance(data, list) else type(data).__name__

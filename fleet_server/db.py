@@ -1,0 +1,78 @@
+"""Engine, sessions and schema migrations; SQLite and PostgreSQL share every line here."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class DatabaseError(Exception):
+    """The database URL is unusable or the schema could not be migrated."""
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for logs and the startup line."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception as err:  # noqa: BLE001 - any parse failure means we print nothing secret
+        raise DatabaseError(f"invalid database URL: {type(err).__name__}") from err
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and foreign keys."""
+    try:
+        parsed = make_url(url)
+    except Exception as err:  # noqa: BLE001
+        raise DatabaseError(f"invalid database URL: {type(err).__name__}") from err
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+    finally:
+        cursor.close()
+
+
+def alembic_config(engine: Engine) -> Any:
+    """An Alembic Config built in code (no alembic.ini, no dependence on the cwd)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", "driver://configured-in-code")
+    config.attributes["engine"] = engine
+    return config
+
+
+def migrate(engine: Engine, *, revision: str = "head") -> None:
+    """Bring the schema up to ``revision`` (idempotent)."""
+    from alembic import command
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except (CommandError, SQLAlchemyError) as err:
+        raise DatabaseError(f"database migration failed: {err}") from err
+    log.info("database schema is current", extra={"revision": revision})

@@ -1,0 +1,1 @@
+"""The server's MQTT side: one transport, batched ingest of device messages, desired state out."""

@@ -1,0 +1,77 @@
+"""The server's one MQTT connection (embedded or external broker: the same code path)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from edgefleet.contract import Channel, DesiredState, encode, topic
+from edgefleet.contract.topics import fleet_filter
+from edgefleet.mqtt import BrokerAddress, MqttTransport
+from fleet_server.messaging.ingest import IngestWriter
+
+log = logging.getLogger(__name__)
+
+INGEST_CHANNELS = (Channel.TELEMETRY, Channel.STATE, Channel.EVENTS, Channel.STATUS)
+
+
+class FleetBus:
+    """Subscribes every device's telemetry/state/events/status into the ingest writer and
+    publishes retained desired state. After every (re)connect it republishes the desired state
+    of all assigned devices from the database, so a broker restart loses nothing."""
+
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        client_id: str,
+        writer: IngestWriter,
+        desired_source: Callable[[], Sequence[DesiredState]],
+    ) -> None:
+        self._writer = writer
+        self._desired_source = desired_source
+        self._transport = MqttTransport(
+            BrokerAddress.from_url(broker_url),
+            client_id=client_id,
+            on_connect=self._on_connect,
+        )
+        for channel in INGEST_CHANNELS:
+            self._transport.subscribe(fleet_filter(channel), writer.submit, qos=1)
+
+    @property
+    def connected(self) -> bool:
+        return self._transport.connected
+
+    @property
+    def broker(self) -> str:
+        return self._transport.address.url
+
+    def start(self, *, wait: float = 10.0) -> None:
+        self._transport.start(wait=wait)
+
+    def close(self) -> None:
+        self._transport.wait_published(timeout=2.0)
+        self._transport.close()
+
+    def publish_desired(self, state: DesiredState) -> None:
+        self._transport.publish(
+            topic(state.device_id, Channel.DESIRED), encode(state), qos=1, retain=True
+        )
+
+    def wait_published(self, timeout: float = 10.0) -> bool:
+        return self._transport.wait_published(timeout)
+
+    def _on_connect(self) -> None:
+        # Runs on paho's network thread: the database read happens elsewhere.
+        threading.Thread(target=self._republish, name="edgefleet-republish", daemon=True).start()
+
+    def _republish(self) -> None:
+        try:
+            states = self._desired_source()
+            for state in states:
+                self.publish_desired(state)
+        except Exception:  # noqa: BLE001 - logged; the next reconnect tries again
+            log.exception("republishing desired state failed")
+            return
+        log.info("desired state republished", extra={"devices": len(states)})

@@ -1,0 +1,26 @@
+"""Database tables and their API schemas, by domain. Importing this registers every table on
+``SQLModel.metadata`` (migrations compare against it)."""
+
+from fleet_server.models.devices import (
+    Device,
+    DeviceCreate,
+    DeviceCreated,
+    DevicePublic,
+    ModelRefPublic,
+)
+from fleet_server.models.models import ModelVersion, ModelVersionPublic
+from fleet_server.models.telemetry import EventPublic, EventRow, TelemetryPublic, TelemetryRow
+
+__all__ = [
+    "Device",
+    "DeviceCreate",
+    "DeviceCreated",
+    "DevicePublic",
+    "EventPublic",
+    "EventRow",
+    "ModelRefPublic",
+    "ModelVersion",
+    "ModelVersionPublic",
+    "TelemetryPublic",
+    "TelemetryRow",
+]

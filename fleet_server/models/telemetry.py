@@ -1,0 +1,58 @@
+"""Telemetry and event rows, one per message; (device_id, seq) is the primary key so a
+redelivered QoS 1 message is stored once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from fleet_server.models.types import UTCDateTime
+
+
+class TelemetryBase(SQLModel):
+    device_id: str = Field(
+        primary_key=True, max_length=63, foreign_key="device.device_id", ondelete="CASCADE"
+    )
+    seq: int = Field(primary_key=True, sa_type=sa.BigInteger, description="Device sequence no.")
+    ts: datetime = Field(sa_type=UTCDateTime, description="When the device sent it.")
+    received_at: datetime = Field(sa_type=UTCDateTime, description="When ingest stored it.")
+    interval_s: float = Field(description="Length of the summarised interval.")
+    model: dict[str, str] | None = Field(default=None, sa_type=sa.JSON)
+    inference_count: int = Field(sa_type=sa.BigInteger)
+    error_count: int = Field(sa_type=sa.BigInteger)
+    errors: dict[str, int] = Field(default_factory=dict, sa_type=sa.JSON)
+    latency_ms: dict[str, float | None] | None = Field(default=None, sa_type=sa.JSON)
+    dropped: int = Field(default=0, sa_type=sa.BigInteger)
+    system: dict[str, float] = Field(default_factory=dict, sa_type=sa.JSON)
+    confidence_histogram: list[int] = Field(default_factory=list, sa_type=sa.JSON)
+
+
+class TelemetryRow(TelemetryBase, table=True):
+    __tablename__ = "telemetry"
+
+
+class TelemetryPublic(TelemetryBase):
+    """A stored telemetry row as the API returns it."""
+
+
+class EventBase(SQLModel):
+    device_id: str = Field(
+        primary_key=True, max_length=63, foreign_key="device.device_id", ondelete="CASCADE"
+    )
+    seq: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    ts: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    event: str = Field(max_length=64)
+    model: dict[str, str] | None = Field(default=None, sa_type=sa.JSON)
+    progress: float | None = Field(default=None)
+    detail: str = Field(default="", max_length=2000)
+
+
+class EventRow(EventBase, table=True):
+    __tablename__ = "event"
+
+
+class EventPublic(EventBase):
+    """A stored event row as the API returns it."""

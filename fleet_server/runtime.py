@@ -1,0 +1,146 @@
+"""Everything the running server owns, started and stopped in order by the app lifespan:
+database (migrated) → embedded broker (if no broker URL) → ingest writer → MQTT bus."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, text
+from sqlmodel import Session
+
+from edgefleet.contract import DesiredState
+from edgefleet.mqtt import MqttError
+from fleet_server.db import make_engine, migrate, safe_url
+from fleet_server.messaging.bus import FleetBus
+from fleet_server.messaging.ingest import IngestWriter
+from fleet_server.messaging.stats import IngestStats, make_registry
+from fleet_server.services.assignments import current_desired_states
+from fleet_server.services.auth import resolve_operator_token
+from fleet_server.settings import ServerSettings
+from fleet_server.storage import ArtifactStore, create_store
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from fleet_server.broker import EmbeddedBroker
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The server cannot start with these settings; the message says why."""
+
+
+class Runtime:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.stats = IngestStats()
+        self.metrics: CollectorRegistry = make_registry(self.stats)
+        self.engine: Engine | None = None
+        self.store: ArtifactStore | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.writer: IngestWriter | None = None
+        self.bus: FleetBus | None = None
+        self.operator_token = ""
+        self.trusted_keys: list[bytes] = []
+        self.broker_url = ""
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.settings.data_dir / "tmp"
+
+    def start(self) -> None:
+        settings = self.settings
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(exist_ok=True)
+            self.trusted_keys = [path.read_bytes() for path in settings.trusted_keys]
+            self.operator_token = resolve_operator_token(settings=settings)
+        except (OSError, ValueError) as err:
+            raise StartupError(str(err)) from err
+        self.engine = make_engine(settings.resolved_database_url)
+        migrate(self.engine)
+        self.store = create_store(settings)
+        self.broker_url = settings.broker_url or self._start_embedded_broker()
+        self.writer = IngestWriter(
+            engine=self.engine,
+            stats=self.stats,
+            batch_size=settings.ingest_batch_size,
+            interval_s=settings.ingest_batch_interval_s,
+            queue_size=settings.ingest_queue_size,
+        )
+        self.writer.start()
+        self.bus = FleetBus(
+            broker_url=self.broker_url,
+            client_id=settings.resolved_mqtt_client_id,
+            writer=self.writer,
+            desired_source=self._desired_states,
+        )
+        try:
+            self.bus.start(wait=settings.broker_connect_timeout_s)
+        except MqttError as err:
+            raise StartupError(str(err)) from err
+        log.info(
+            "fleet server started",
+            extra={"db": safe_url(settings.resolved_database_url), "broker": self.bus.broker},
+        )
+
+    def _start_embedded_broker(self) -> str:
+        from fleet_server.broker import BrokerError, EmbeddedBroker
+
+        broker = EmbeddedBroker(
+            host=self.settings.embedded_broker_host, port=self.settings.embedded_broker_port
+        )
+        try:
+            broker.start(timeout=10.0)
+        except BrokerError as err:
+            raise StartupError(f"embedded broker did not start: {err}") from err
+        self.broker = broker
+        return broker.url
+
+    def _desired_states(self) -> list[DesiredState]:
+        if self.engine is None:
+            return []
+        with Session(self.engine) as session:
+            return list(
+                current_desired_states(
+                    session=session, public_url=self.settings.resolved_public_url
+                )
+            )
+
+    def stop(self) -> None:
+        """Stop in reverse order; each step runs even if an earlier one failed."""
+        if self.bus is not None:
+            _quietly("mqtt bus", self.bus.close)
+            self.bus = None
+        if self.writer is not None:
+            _quietly("ingest writer", self.writer.stop)
+            self.writer = None
+        if self.broker is not None:
+            _quietly("embedded broker", self.broker.stop)
+            self.broker = None
+        if self.engine is not None:
+            _quietly("database", self.engine.dispose)
+            self.engine = None
+        log.info("fleet server stopped")
+
+    def ready(self) -> dict[str, bool]:
+        db_ok = False
+        if self.engine is not None:
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                db_ok = True
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                db_ok = False
+        return {"database": db_ok, "broker": self.bus is not None and self.bus.connected}
+
+
+def _quietly(what: str, step: Callable[[], object]) -> None:
+    try:
+        step()
+    except Exception:  # noqa: BLE001 - shutdown continues with the next step
+        log.exception("stopping failed", extra={"component": what})

@@ -1,0 +1,142 @@
+"""Assigning a model version to devices: the database first, then retained MQTT desired state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlmodel import Session, col, select, update
+
+from edgefleet.contract import DesiredModel, DesiredState, DeviceId, ModelName, ModelVersion
+from edgefleet.mqtt import MqttError
+from fleet_server.models import Device
+from fleet_server.models import ModelVersion as ModelVersionRow
+from fleet_server.models.types import utcnow
+from fleet_server.services.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+
+class DesiredPublisher(Protocol):
+    def publish_desired(self, state: DesiredState) -> None:
+        """Publish ``state`` retained on the device's ``desired`` topic; MqttError if refused."""
+        ...
+
+
+class AssignmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelName = Field(description="Model name.")
+    version: ModelVersion = Field(description="Model version.")
+    device_ids: list[DeviceId] = Field(
+        default_factory=list, max_length=10_000, description="Devices to assign."
+    )
+    tag: str | None = Field(default=None, max_length=64, description="Also every device so tagged.")
+
+    @model_validator(mode="after")
+    def _targets(self) -> AssignmentCreate:
+        if not self.device_ids and not self.tag:
+            raise ValueError("give device_ids, a tag, or both")
+        return self
+
+
+class AssignmentPublic(BaseModel):
+    model: str
+    version: str
+    devices: list[str]
+
+
+def bundle_url(*, public_url: str, name: str, version: str) -> str:
+    return f"{public_url}/api/v1/models/{name}/{version}/bundle"
+
+
+def desired_state(
+    *, device: Device, model: ModelVersionRow | None, public_url: str
+) -> DesiredState:
+    """The retained ``desired`` payload for ``device`` at its current revision."""
+    desired = None
+    if model is not None:
+        desired = DesiredModel(
+            name=model.name,
+            version=model.version,
+            url=bundle_url(public_url=public_url, name=model.name, version=model.version),
+            sha256=model.sha256,
+            size=model.size,
+            signature=model.signature_value,
+        )
+    return DesiredState(
+        device_id=device.device_id,
+        seq=device.desired_revision,
+        ts=device.desired_at or utcnow(),
+        model=desired,
+    )
+
+
+def assign_model(
+    *,
+    session: Session,
+    publisher: DesiredPublisher,
+    public_url: str,
+    request: AssignmentCreate,
+) -> AssignmentPublic:
+    """Record the assignment per device (revision + 1), then publish each desired state."""
+    model = session.get(ModelVersionRow, (request.model, request.version))
+    if model is None:
+        raise NotFound(f"model {request.model}@{request.version} not found")
+    targets = set()
+    for device_id in request.device_ids:
+        if session.get(Device, device_id) is None:
+            raise NotFound(f"device {device_id!r} not found")
+        targets.add(device_id)
+    if request.tag is not None:
+        tagged = [d.device_id for d in session.exec(select(Device)) if request.tag in d.tags]
+        if not tagged:
+            raise NotFound(f"no device has tag {request.tag!r}")
+        targets.update(tagged)
+    ids = sorted(targets)
+    session.exec(
+        update(Device)
+        .where(col(Device.device_id).in_(ids))
+        .values(
+            desired_name=model.name,
+            desired_version=model.version,
+            desired_revision=col(Device.desired_revision) + 1,
+            desired_at=utcnow(),
+        )
+    )
+    session.commit()
+    devices = session.exec(select(Device).where(col(Device.device_id).in_(ids))).all()
+    publish_all(
+        publisher=publisher,
+        states=[desired_state(device=d, model=model, public_url=public_url) for d in devices],
+    )
+    log.info("model assigned", extra={"model": f"{model.name}@{model.version}", "devices": ids})
+    return AssignmentPublic(model=model.name, version=model.version, devices=ids)
+
+
+def publish_all(*, publisher: DesiredPublisher, states: Iterable[DesiredState]) -> int:
+    """Publish each state; a failure is logged (the server republishes on reconnect)."""
+    sent = 0
+    for state in states:
+        try:
+            publisher.publish_desired(state)
+            sent += 1
+        except MqttError as err:
+            log.warning(
+                "desired state not published",
+                extra={"device_id": state.device_id, "error": str(err)},
+            )
+    return sent
+
+
+def current_desired_states(*, session: Session, public_url: str) -> Sequence[DesiredState]:
+    """The desired state of every device that has an assignment (for republishing)."""
+    states = []
+    query = select(Device).where(col(Device.desired_name).is_not(None))
+    for device in session.exec(query):
+        model = session.get(ModelVersionRow, (device.desired_name, device.desired_version))
+        if model is not None:
+            states.append(desired_state(device=device, model=model, public_url=public_url))
+    return states

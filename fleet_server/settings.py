@@ -1,0 +1,144 @@
+"""Server settings: environment variables prefixed ``EDGEFLEET_``, overridable by CLI flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class LocalStoreConfig(BaseModel):
+    """Bundles in a local directory as ``<name>/<version>.tar.gz``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["local"] = Field(default="local", description="Store type key.")
+    root: Path | None = Field(
+        default=None, description="Directory for bundles; default <data_dir>/artifacts."
+    )
+
+
+#: One member today; an S3-compatible store joins as a discriminated union on ``kind``.
+StoreConfig = LocalStoreConfig
+
+
+class ServerSettings(BaseSettings):
+    """Everything the fleet server needs to start; no I/O happens when this is built."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid")
+
+    data_dir: Path = Field(
+        default=Path("edgefleet-data"),
+        description="Directory for the SQLite file, artifacts, temp uploads and the token file.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/edgefleet.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="mqtt://host:port of an external broker; None starts the embedded broker.",
+    )
+    broker_connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="How long startup waits for the broker."
+    )
+    embedded_broker_host: str = Field(
+        default="127.0.0.1", description="Interface the embedded broker listens on."
+    )
+    embedded_broker_port: int = Field(
+        default=1884, ge=0, le=65535, description="Port of the embedded broker."
+    )
+    host: str = Field(default="127.0.0.1", description="HTTP listen address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port.")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL devices use to download bundles; default http://<host>:<port>.",
+    )
+    operator_token: SecretStr | None = Field(
+        default=None,
+        description="Operator bearer token; unset: generated once into <data_dir>/operator_token.",
+    )
+    max_bundle_bytes: int = Field(
+        default=256 * MIB, ge=1, description="Largest bundle upload accepted, in bytes."
+    )
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="PEM public keys that verify signed manifests (JSON list or comma-separated).",
+    )
+    require_signed: bool = Field(
+        default=False, description="Refuse bundles whose manifest carries no trusted signature."
+    )
+    artifact_store: StoreConfig = Field(
+        default_factory=LocalStoreConfig, description="Where bundles are stored."
+    )
+    ingest_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Most messages written per DB transaction."
+    )
+    ingest_batch_interval_s: float = Field(
+        default=0.2, gt=0, le=10, description="Longest a received message waits for its batch."
+    )
+    ingest_queue_size: int = Field(
+        default=20_000, ge=1, description="Messages buffered between the MQTT thread and the DB."
+    )
+    mqtt_client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Client id of the server's MQTT connection; default "
+        "edgefleet-server-<host>-<pid>, unique so two servers on one broker never evict "
+        "each other.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of the server process."
+    )
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerSettings:
+        if self.require_signed and not self.trusted_keys:
+            raise ValueError("require_signed needs at least one trusted key")
+        if self.operator_token is not None and len(self.operator_token.get_secret_value()) < 16:
+            raise ValueError("operator_token must be at least 16 characters")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.resolve() / 'edgefleet.db'}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+    @property
+    def resolved_mqtt_client_id(self) -> str:
+        if self.mqtt_client_id:
+            return self.mqtt_client_id
+        host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32]
+        return f"edgefleet-server-{host}-{os.getpid()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.artifact_store.root or self.data_dir / "artifacts"

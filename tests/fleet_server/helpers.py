@@ -1,0 +1,155 @@
+"""Factories for fleet server tests: a running app, hostile bundles, an MQTT test client."""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from fleet_server.app import create_app
+from fleet_server.runtime import Runtime
+from fleet_server.settings import ServerSettings
+from tests.utils.net import free_port
+
+OPERATOR_TOKEN = "operator-token-for-tests-0123456789"  # noqa: S105 - test-only token
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> ServerSettings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "operator_token": OPERATOR_TOKEN,
+        "embedded_broker_port": free_port(),
+        "mqtt_client_id": f"edgefleet-server-test-{secrets.token_hex(4)}",
+        "public_url": "http://fleet.test:8080",
+        "ingest_batch_interval_s": 0.05,
+    }
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+@contextmanager
+def running_app(settings: ServerSettings) -> Iterator[tuple[TestClient, Runtime]]:
+    app = create_app(settings)
+    with TestClient(app) as client:
+        runtime = app.state.runtime
+        assert isinstance(runtime, Runtime)
+        yield client, runtime
+
+
+def operator() -> dict[str, str]:
+    return {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def unique_id(prefix: str = "dev") -> str:
+    """Device ids unique per test: an external broker keeps retained messages across tests."""
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def upload(
+    client: TestClient, bundle: bytes | Path, *, headers: dict[str, str] | None = None
+) -> Any:
+    data = bundle.read_bytes() if isinstance(bundle, Path) else bundle
+    files = {"bundle": ("model.tar.gz", data, "application/gzip")}
+    return client.post("/api/v1/models", files=files, headers=headers or operator())
+
+
+def tar_gz(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if data is None:
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def file_member(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    return info
+
+
+def rebundle(
+    artifact_dir: Path,
+    *,
+    extra: list[tuple[tarfile.TarInfo, bytes | None]],
+    manifest: bytes | None = None,
+) -> bytes:
+    """The artifact's files plus ``extra`` members (hostile ones), optionally a new manifest."""
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (file_member("manifest.json"), manifest or (artifact_dir / "manifest.json").read_bytes())
+    ]
+    for path in sorted(p for p in artifact_dir.iterdir() if p.name != "manifest.json"):
+        members.append((file_member(path.name), path.read_bytes()))
+    return tar_gz(members + extra)
+
+
+def manifest_of(artifact_dir: Path) -> dict[str, Any]:
+    data = json.loads((artifact_dir / "manifest.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class MqttProbe:
+    """A separate paho client: publishes like a device and records what it receives."""
+
+    def __init__(self, url: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from edgefleet.mqtt import BrokerAddress
+
+        address = BrokerAddress.from_url(url)
+        self.messages: list[tuple[str, bytes, bool, int]] = []
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"probe-{secrets.token_hex(4)}"
+        )
+        self._client.on_message = self._on_message
+        self._client.connect(address.host, address.port)
+        self._client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
+
+    def subscribe(self, topic_filter: str) -> None:
+        result, _ = self._client.subscribe(topic_filter, qos=1)
+        assert result == 0
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published()
+
+    def received(self, topic: str) -> list[tuple[str, bytes, bool, int]]:
+        with self._lock:
+            return [m for m in self.messages if m[0] == topic]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
