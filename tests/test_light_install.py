@@ -29,7 +29,7 @@ import agent
 names = [m.name for m in pkgutil.walk_packages(agent.__path__, "agent.")]
 for name in names:
     importlib.import_module(name)
-bad = sorted({sorted(FORBIDDEN_MODULES)!r} & {{m.split(".")[0] for m in sys.modules}})
+bad = sorted(set({sorted(FORBIDDEN_MODULES)!r}) & {{m.split(".")[0] for m in sys.modules}})
 assert not bad, f"agent pulled heavy modules: {{bad}}"
 import onnxruntime, cv2, numpy, paho.mqtt.client
 print(len(names))
