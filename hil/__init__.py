@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop and fleet simulation: real protocol, many devices, network faults."""
