@@ -1,0 +1,160 @@
+"""Telemetry ingest throughput: publishers → broker → server ingest → database, zero loss?
+
+Publishers run in separate processes (one paho client per process, speaking for many devices)
+and send QoS 1 telemetry as fast as the broker acknowledges it. The server is real (in-process
+uvicorn, its MQTT ingest and batched writer); the broker is a private Mosquitto tuned for a
+server subscriber (``max_queued_messages``), or any URL you pass. Reports received/stored msg/s
+at the server from the first to the last stored row, duplicates and loss, median over runs.
+
+    python bench/ingest_bench.py [--messages 40000] [--publishers 2] [--devices 200] [--runs 3]
+                                 [--database-url postgresql+psycopg://postgres@127.0.0.1/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@contextmanager
+def private_mosquitto() -> Iterator[str]:
+    from tests.utils.net import free_port, wait_for_port
+
+    binary = shutil.which("mosquitto")
+    if binary is None:
+        raise SystemExit("mosquitto is not installed; pass --broker URL")
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-bench-"))
+    conf = folder / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=10)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(url: str, devices: list[str], count: int, first_seq: int, go: mp.Event) -> None:  # type: ignore[type-arg]
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgefleet.contract import Channel, Telemetry, encode, topic
+    from edgefleet.mqtt import BrokerAddress
+
+    addr = BrokerAddress.from_url(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{time.time_ns()}")
+    client.max_inflight_messages_set(2000)
+    client.max_queued_messages_set(0)
+    client.connect(addr.host, addr.port)
+    client.loop_start()
+    model = {"name": "digits", "version": "1.0.0"}
+    payloads = []
+    for i in range(count):
+        device = devices[i % len(devices)]
+        telemetry = Telemetry(
+            device_id=device, seq=first_seq + i, interval_s=10, model=model,
+            inference_count=100, latency_ms={"p50": 1.0, "p95": 2.0},
+        )  # fmt: skip
+        payloads.append((topic(device, Channel.TELEMETRY), encode(telemetry)))
+    go.wait()
+    infos = [client.publish(t, p, qos=1) for t, p in payloads]
+    for info in infos[-200:]:
+        info.wait_for_publish(timeout=120)
+    client.loop_stop()
+    client.disconnect()
+
+
+def run_once(args: argparse.Namespace, broker_url: str, tmp: Path) -> tuple[float, int, int, int]:
+    from fleet_server.client.api import FleetClient
+    from tests.utils.server import live_server
+
+    with live_server(
+        tmp / f"run-{time.time_ns()}",
+        broker_url=broker_url,
+        database_url=args.database_url,
+        ingest_queue_size=max(100_000, args.messages),
+    ) as server:
+        client = FleetClient(server.url, server.token, timeout=60)
+        prefix = f"ing{time.time_ns() % 10**8}"
+        ids = [f"{prefix}-{i:04d}" for i in range(args.devices)]
+        for device_id in ids:
+            client.add_device(device_id)
+        ctx = mp.get_context("spawn")
+        go = ctx.Event()
+        per = args.messages // args.publishers
+        procs = [
+            ctx.Process(target=publish, args=(broker_url, ids[k :: args.publishers], per, 1, go))
+            for k in range(args.publishers)
+        ]
+        for proc in procs:
+            proc.start()
+        time.sleep(3.0)  # let every publisher build its payloads before the clock starts
+        stats = server.runtime.stats
+        go.set()
+        start = time.perf_counter()
+        total = per * args.publishers
+        last_change, last_stored = start, -1
+        while True:
+            time.sleep(0.05)
+            stored = stats.stored
+            if stored != last_stored:
+                last_stored, last_change = stored, time.perf_counter()
+            if stored + stats.duplicates >= total or time.perf_counter() - last_change > 10:
+                break
+        elapsed = last_change - start
+        for proc in procs:
+            proc.join(60)
+        rejected = sum(stats.totals()[0].values())
+        client.close()
+        return total / elapsed if stored >= total else stored / elapsed, stored, total, rejected
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=40_000)
+    parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--broker", default=None, help="broker URL (default: a private Mosquitto)")
+    parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-"))
+    results = []
+    with private_mosquitto() if args.broker is None else _given(args.broker) as broker_url:
+        for _ in range(args.runs):
+            results.append(run_once(args, broker_url, tmp))
+    rates = [r[0] for r in results]
+    print(f"\ningest: {args.messages} QoS 1 telemetry messages from {args.publishers} publisher "
+          f"processes, {args.devices} devices, db {args.database_url or 'SQLite'}")  # fmt: skip
+    for rate, stored, total, rejected in results:
+        print(f"  stored {stored}/{total} (lost {total - stored}, rejected {rejected}) "
+              f"at {rate:,.0f} msg/s")  # fmt: skip
+    print(f"  median {statistics.median(rates):,.0f} msg/s")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+@contextmanager
+def _given(url: str) -> Iterator[str]:
+    yield url
+
+
+if __name__ == "__main__":
+    sys.exit(main())
