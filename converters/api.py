@@ -20,6 +20,7 @@ from converters.assemble import (
     build_manifest,
     build_report,
 )
+from converters.calibration import peek_row_shape
 from converters.errors import ConvertError, InputError, one_line
 from converters.evaldata import (
     EvalSet,
@@ -32,6 +33,7 @@ from converters.evaldata import (
 from converters.inputs import check_preprocessing, check_source, read_sign_key
 from converters.onnx_graph import check_opset, name_dynamic_dims, tensor_specs
 from converters.options import ConvertOptions, ConvertTask
+from converters.quantize.stage import QuantStage, calibration_stats, quantize_stage
 from converters.report import REPORT_FILE, ConvertResult
 from converters.runtime import Latency, make_session, measure_latency, run_batched
 from converters.selftest import build_selftest
@@ -47,6 +49,44 @@ __all__ = ["ConvertOptions", "ConvertResult", "convert"]
 
 #: Modules every conversion needs, imported first so a missing extra is reported before input.
 REQUIRED_MODULES = ("numpy", "onnx", "onnxruntime")
+
+
+#: Sources that become TFLite artifacts (suffix → kind); everything else goes through ONNX.
+TFLITE_SOURCES = {".keras": "keras", ".tflite": "tflite"}
+
+
+def check_format(source: Path, tflite_kind: str | None, options: ConvertOptions) -> None:
+    """--format must be one the installed tool chain can make from this source."""
+    wanted = options.format
+    if wanted is None:
+        return
+    if tflite_kind is not None and wanted != "tflite":
+        raise InputError(
+            f"--format {wanted}: {source.name} converts to TFLite only (Keras → ONNX needs "
+            "tf2onnx, which this converter does not use); pass --format tflite"
+        )
+    if tflite_kind is None and wanted != "onnx":
+        raise InputError(
+            f"--format {wanted}: {source.name} converts to ONNX only (ONNX → TFLite needs "
+            "onnx2tf, which is not part of the environment); pass --format onnx"
+        )
+
+
+def _convert_tflite(
+    source: Path, out_dir: Path, options: ConvertOptions, *, kind: str
+) -> ConvertResult:
+    importlib.import_module("ai_edge_litert")  # ModuleNotFoundError: the CLI names the extra
+    if kind in ("keras", "savedmodel"):
+        importlib.import_module("tensorflow")
+    if kind != "savedmodel":
+        check_source(source)
+    check_out_dir(out_dir, force=options.force)
+    key_pem = _check_key(options)
+    if options.quantize_mode != "none" and options.calibration is None:
+        raise InputError(f"--quantize {options.quantize_mode} needs --calibration DATA")
+    from converters.tflite.convert import convert_tflite
+
+    return convert_tflite(source, out_dir, options, kind=kind, key_pem=key_pem)
 
 
 def default_name(source: Path) -> str:
@@ -162,13 +202,27 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
     artifact there is replaced only once the new one is complete and verified.
     """
     started = time.perf_counter()
+    tflite_kind = TFLITE_SOURCES.get(source.suffix.lower())
+    if source.is_dir() and (source / "saved_model.pb").is_file():
+        tflite_kind = "savedmodel"
+    check_format(source, tflite_kind, options)
+    if tflite_kind is not None:
+        return _convert_tflite(source, out_dir, options, kind=tflite_kind)
     loader = loader_for(source)
     for module in (*REQUIRED_MODULES, *loader.modules):
         importlib.import_module(module)  # ModuleNotFoundError: the CLI names the extra
     source_size = check_source(source)
     check_out_dir(out_dir, force=options.force)
     key_pem = _check_key(options)
+    if options.quantize_mode != "none" and options.calibration is None:
+        raise InputError(f"--quantize {options.quantize_mode} needs --calibration DATA")
 
+    import onnx
+
+    if loader.kind == "pytorch" and "input" not in options.input_shapes and options.calibration:
+        # A PyTorch module declares no input shape: one calibration row, batch 1, gives it.
+        row = peek_row_shape(options.calibration, preprocessing=options.preprocessing)
+        options = options.model_copy(update={"input_shapes": {"input": [1, *row]}})
     loaded = loader.load(source, options=options)
     model = loaded.onnx_model
     name_dynamic_dims(model)
@@ -205,11 +259,45 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
         raise ConvertError(failed[0].message)
     timings["validate_s"] = time.perf_counter() - mark
 
+    quant: QuantStage | None = None
+    if options.quantize_mode != "none":
+        mark = time.perf_counter()
+        quant = quantize_stage(
+            model=model,
+            session=session,
+            inputs=inputs,
+            feeds=feeds,
+            onnx_out=onnx_out,
+            eval_set=eval_set,
+            labels=labels,
+            class_values=loaded.class_values,
+            task=task,
+            options=options,
+        )
+        checks.append(quant.check())
+        chosen = onnx.load_from_string(quant.outcome.model_bytes)
+        name_dynamic_dims(chosen)
+        model_bytes = chosen.SerializeToString()
+        inputs, outputs = tensor_specs(chosen)
+        feeds, onnx_out = quant.feeds, quant.outcome.outputs
+        batch = static_batch(inputs[0])
+        session = make_session(model_bytes)
+        timings["quantize_s"] = time.perf_counter() - mark
+
     mark = time.perf_counter()
     latency = _latency(session, feeds, inputs, options)
     timings["latency_s"] = time.perf_counter() - mark
     stats = None
-    if eval_set is not None:
+    if quant is not None:
+        stats = calibration_stats(
+            quant,
+            session,
+            batch=batch,
+            layout=options.preprocessing.layout if options.preprocessing else None,
+            n_classes=len(labels) or _score_width(outputs),
+            classify=task == "classification",
+        )
+    elif eval_set is not None:
         stats = reference_stats(
             feeds[inputs[0].name],
             layout=options.preprocessing.layout if options.preprocessing else None,
@@ -236,10 +324,16 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
         checks=checks,
         latency=latency,
         selftest=build_selftest(
-            session, feeds, onnx_out, count=options.selftest_samples, batch=batch
+            session,
+            feeds,
+            onnx_out,
+            count=options.selftest_samples,
+            batch=batch,
+            quantized=quant is not None and quant.config is not None,
         ),
         stats=stats,
         tools=_tools(loaded),
+        quant=quant,
     )
     report = build_report(conv, timings={**timings, "total_s": time.perf_counter() - started})
 

@@ -10,6 +10,9 @@ from pydantic import ValidationError
 from converters.errors import ConvertError
 from converters.evaldata import EvalSet
 from converters.options import ConvertOptions, ConvertTask, config_record
+from converters.quantize.configs import config_record as quant_record
+from converters.quantize.configs import precision_of
+from converters.quantize.stage import QuantStage
 from converters.report import REPORT_FILE, ConvertReport, EvalReport, SourceReport
 from converters.runtime import Latency
 from converters.selftest import SelfTestData
@@ -48,6 +51,7 @@ class Conversion:
     selftest: SelfTestData
     stats: ReferenceStats | None
     tools: dict[str, str]
+    quant: QuantStage | None = None
 
 
 def check_value(checks: list[CheckResult], check: str, key: str) -> float | None:
@@ -67,6 +71,20 @@ def extra_metrics(checks: list[CheckResult]) -> dict[str, float]:
         for k, v in c.values.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
+
+
+def _top1(conv: Conversion) -> float | None:
+    """The shipped model's top-1: the quantized candidate's when one was chosen."""
+    quantized = check_value(conv.checks, "quantized", "top1")
+    return quantized if quantized is not None else check_value(conv.checks, "top1", "top1")
+
+
+def _build_config(conv: Conversion) -> dict[str, str | int | float | bool]:
+    record = config_record(conv.options, eval_sha256=conv.eval_sha256)
+    if conv.quant is not None:
+        record.update(quant_record(conv.quant.config))
+        record["quant.chosen"] = conv.quant.outcome.report.chosen
+    return record
 
 
 def build_report(conv: Conversion, *, timings: dict[str, float]) -> ConvertReport:
@@ -96,6 +114,7 @@ def build_report(conv: Conversion, *, timings: dict[str, float]) -> ConvertRepor
         tools=conv.tools,
         timings_s=timings,
         notes=conv.loaded.notes,
+        quantization=conv.quant.outcome.report if conv.quant is not None else None,
     )
 
 
@@ -106,7 +125,7 @@ def build_manifest(conv: Conversion, files: list[ModelFile]) -> Manifest:
             name=conv.name,
             version=conv.version,
             format="onnx",
-            precision="fp32",
+            precision=precision_of(conv.quant.config) if conv.quant is not None else "fp32",
             model_file=MODEL_FILE,
             files=files,
             inputs=conv.inputs,
@@ -121,7 +140,7 @@ def build_manifest(conv: Conversion, files: list[ModelFile]) -> Manifest:
                 original_file=conv.source.name[:255],
             ),
             metrics=Metrics(
-                top1=check_value(conv.checks, "top1", "top1"),
+                top1=_top1(conv),
                 eval_samples=conv.eval_set.samples if conv.eval_set is not None else None,
                 latency_ms_p50=conv.latency.p50_ms,
                 latency_ms_p95=conv.latency.p95_ms,
@@ -136,7 +155,10 @@ def build_manifest(conv: Conversion, files: list[ModelFile]) -> Manifest:
             ),
             reference_stats=conv.stats,
             build=BuildInfo(
-                config=config_record(conv.options, eval_sha256=conv.eval_sha256),
+                config=_build_config(conv),
+                calibration_sha256=(
+                    conv.quant.calibration.sha256 if conv.quant is not None else None
+                ),
                 report_file=REPORT_FILE,
             ),
         )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,14 +19,18 @@ if TYPE_CHECKING:
     from converters.options import ConvertOptions
 
 DESCRIPTION = (
-    "Convert a trained model (scikit-learn .pkl/.joblib or .onnx) into a validated ONNX artifact "
-    "with a manifest, a self-test and a report. Pickles run code when loaded: only convert "
-    "pickles you trust."
+    "Convert a trained model (scikit-learn .pkl/.joblib, PyTorch .pt/.pth, .onnx, Keras .keras "
+    "or SavedModel, .tflite) into a validated, optionally quantized ONNX or TFLite artifact "
+    "with a manifest, a self-test and a report. "
+    "Pickles run code when loaded: only convert pickles you trust. "
+    "'edgefleet convert keygen -o DIR' writes an Ed25519 signing key pair."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, metavar="SOURCE", help="Model file to convert.")
+    parser.add_argument(
+        "source", type=Path, metavar="SOURCE", help="Model file (or SavedModel directory)."
+    )
     parser.add_argument(
         "-o",
         "--out",
@@ -65,6 +71,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sign-key", type=Path, metavar="PEM", help="Ed25519 private key to sign the manifest."
     )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DATA",
+        help="Calibration data: .npz (x, optional y) or an image folder (one sub-folder per "
+        "class gives labels; needs --preprocessing).",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["auto", "int8", "fp16", "none"],
+        help="auto (default with --calibration): fastest candidate within --max-drop, else "
+        "fp32; int8/fp16: that precision or fail; none (default without): fp32.",
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        metavar="X",
+        help="Largest metric drop vs fp32 (top-1 with labels, else argmax agreement/cosine).",
+    )
+    parser.add_argument(
+        "--target",
+        metavar="PROFILE",
+        help="Device profile (built-in name or .toml) the candidates are chosen for "
+        "(default: this host).",
+    )
+    parser.add_argument(
+        "--calibration-method",
+        action="append",
+        choices=["minmax", "entropy", "percentile"],
+        metavar="METHOD",
+        help="Range estimator to try (repeatable; default minmax, entropy and percentile).",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["onnx", "tflite", "all"],
+        help="Artifact format (default: tflite for .keras/.tflite sources, onnx otherwise); "
+        "each source converts to one format with the installed tools.",
+    )
+    parser.add_argument(
+        "--min-speedup",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="Latency gate: a candidate must be at least X times faster than fp32 (default 1: "
+        "strictly faster).",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="Load a pickled torch nn.Module (runs code from the file: only your own files).",
+    )
+    parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
     parser.add_argument(
         "--json", action="store_true", help="Print the manifest and report as JSON."
     )
@@ -115,16 +174,59 @@ def options_from_args(args: argparse.Namespace) -> tuple[Path, Path, ConvertOpti
             eval_data=args.eval_data,
             sign_key=args.sign_key,
             force=args.force,
+            calibration=args.calibration,
+            quantize=args.quantize,
+            max_drop=args.max_drop,
+            target=args.target,
+            trust_pickle=args.trust_pickle,
+            min_speedup=args.min_speedup,
+            format=args.format,
+            progress=not args.quiet,
+            **({"calibration_methods": args.calibration_method} if args.calibration_method else {}),
         )
     except ValidationError as err:
         raise InputError(f"bad option: {describe_validation_error(err)}") from err
     return args.source, args.out_dir, options
 
 
+#: ``edgefleet convert keygen -o DIR``: SOURCE ``keygen`` (when no such file exists).
+KEYGEN = "keygen"
+
+
+def keygen(out_dir: Path, *, as_json: bool, force: bool) -> int:
+    """Write an Ed25519 pair (``signing.pem``, ``signing.pub.pem``) into ``out_dir``."""
+    from edgefleet.signing import generate_keypair
+
+    private, public = out_dir / "signing.pem", out_dir / "signing.pub.pem"
+    if (private.exists() or public.exists()) and not force:
+        print(
+            f"edgefleet convert: error: {private} or {public} exists; pass --force to replace",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # Generated beside the destination, then renamed: a replaced pair is never half-written.
+        with tempfile.TemporaryDirectory(prefix=".keygen-", dir=out_dir) as tmp:
+            key_id = generate_keypair(Path(tmp) / private.name, Path(tmp) / public.name)
+            os.replace(Path(tmp) / public.name, public)
+            os.replace(Path(tmp) / private.name, private)
+    except OSError as err:
+        print(f"edgefleet convert: error: cannot write keys: {err}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps({"key_id": key_id, "private": str(private), "public": str(public)}))
+    else:
+        print(f"key {key_id}: private {private} (keep secret), public {public}")
+    return 0
+
+
 def handle(args: argparse.Namespace) -> int:
     """Run one conversion; print a summary (or JSON); return the exit code."""
     from converters.errors import ConvertError, one_line
 
+    if str(args.source) == KEYGEN and not args.source.exists():
+        return keygen(args.out_dir, as_json=args.json, force=args.force)
     try:
         source, out_dir, options = options_from_args(args)
         from converters.api import convert

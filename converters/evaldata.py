@@ -51,26 +51,25 @@ def _key_for(spec: TensorSpec, single: bool) -> str:
     return X_KEY if single else f"{X_KEY}/{spec.name}"
 
 
-def _conform(array: Any, spec: TensorSpec, *, key: str, name: str) -> Any:
+def conform(array: Any, spec: TensorSpec, *, key: str, what: str) -> Any:
+    """``array`` cast to the input's dtype, after checking kind, rank, fixed dims and finiteness."""
     import numpy as np
 
     if array.dtype.kind not in "iubf":
-        raise InputError(f"eval data {name}: {key} has dtype {array.dtype}, not a number type")
+        raise InputError(f"{what}: {key} has dtype {array.dtype}, not a number type")
     target = np.dtype(spec.dtype)
     if target.kind in _INT_KINDS and array.dtype.kind not in _INT_KINDS:
-        raise InputError(f"eval data {name}: {key} is {array.dtype} but the input is {spec.dtype}")
+        raise InputError(f"{what}: {key} is {array.dtype} but the input is {spec.dtype}")
     if array.ndim != len(spec.shape):
         raise InputError(
-            f"eval data {name}: {key} has shape {list(array.shape)}, the input needs {spec.shape}"
+            f"{what}: {key} has shape {list(array.shape)}, the input needs {spec.shape}"
         )
     for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape[1:], strict=True)):
         if isinstance(want, int) and got != want:
-            raise InputError(
-                f"eval data {name}: {key} dimension {axis + 1} is {got}; the input needs {want}"
-            )
+            raise InputError(f"{what}: {key} dimension {axis + 1} is {got}; the input needs {want}")
     cast = np.ascontiguousarray(array.astype(target, copy=False))
     if target.kind == "f" and not np.isfinite(cast).all():
-        raise InputError(f"eval data {name}: {key} holds NaN or infinite values (as {target})")
+        raise InputError(f"{what}: {key} holds NaN or infinite values (as {target})")
     return cast
 
 
@@ -92,7 +91,7 @@ def load_eval(path: Path, *, inputs: list[TensorSpec], max_bytes: int) -> EvalSe
                     f"eval data {path.name} lacks {missing}; it holds {sorted(data.files)[:8]}"
                 )
             for spec, key in zip(inputs, wanted, strict=True):
-                arrays[spec.name] = _conform(data[key], spec, key=key, name=path.name)
+                arrays[spec.name] = conform(data[key], spec, key=key, what=f"eval data {path.name}")
             labels = np.asarray(data[Y_KEY]) if Y_KEY in data.files else None
     except InputError:
         raise

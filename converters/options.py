@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edgefleet.contract import ModelName, ModelVersion, Preprocessing
 
 ConvertTask = Literal["classification", "regression", "raw"]
+QuantizeMode = Literal["auto", "int8", "fp16", "none"]
+CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
+
+DEFAULT_METHODS: tuple[CalibrationMethodName, ...] = ("minmax", "entropy", "percentile")
 
 #: Upper bounds for user-supplied side files, checked before they are read.
 MAX_EVAL_BYTES = 512 * 1024 * 1024
@@ -80,6 +84,58 @@ class ConvertOptions(BaseModel):
     latency_runs: int = Field(
         default=200, ge=5, le=100_000, description="Timed single-row runs for p50/p95."
     )
+    calibration: Path | None = Field(
+        default=None,
+        description="Calibration data: an .npz (x or x/<input>, optional y) or an image folder "
+        "(flat, or one sub-folder per class), preprocessed by --preprocessing.",
+    )
+    quantize: QuantizeMode | None = Field(
+        default=None,
+        description="auto: fastest candidate within --max-drop (fp32 if none qualifies); "
+        "int8/fp16: that precision or fail; none: fp32. Default: auto with calibration, else none.",
+    )
+    max_drop: float = Field(
+        default=0.01, ge=0, le=1, description="Largest metric drop vs fp32 a candidate may have."
+    )
+    target: str | None = Field(
+        default=None, description="Device profile (name or .toml) the candidates are chosen for."
+    )
+    calibration_rows: int = Field(
+        default=256, ge=1, le=100_000, description="Calibration rows fed to the calibrators."
+    )
+    calibration_methods: list[CalibrationMethodName] = Field(
+        default_factory=lambda: list(DEFAULT_METHODS),
+        min_length=1,
+        description="Range estimators tried (MinMax for every format, the others on one).",
+    )
+    max_exclusion_steps: int = Field(
+        default=6, ge=0, le=100, description="Accuracy-budget loop: most tensors spared."
+    )
+    max_eval_rows: int = Field(
+        default=2048, ge=1, description="Calibration rows validated on when there is no --eval."
+    )
+    gate_threads: int = Field(default=1, ge=1, le=64, description="Latency-gate threads.")
+    gate_rounds: int = Field(
+        default=15, ge=1, le=10_000, description="Interleaved latency-gate rounds."
+    )
+    gate_runs_per_round: int = Field(
+        default=20, ge=1, le=10_000, description="Timed runs per model per round."
+    )
+    min_speedup: float = Field(
+        default=1.0,
+        ge=1.0,
+        le=100.0,
+        description="Latency gate: a candidate must be at least this much faster than fp32.",
+    )
+    format: Literal["onnx", "tflite", "all"] | None = Field(
+        default=None,
+        description="Artifact format; default: tflite for .keras/.tflite sources, else onnx.",
+    )
+    trust_pickle: bool = Field(
+        default=False,
+        description="Allow unpickling a whole torch nn.Module (runs code from the file).",
+    )
+    progress: bool = Field(default=False, description="Progress lines on stderr.")
     max_eval_bytes: int = Field(
         default=MAX_EVAL_BYTES, ge=1, description="Largest eval file (and unpacked size) read."
     )
@@ -110,6 +166,12 @@ class ConvertOptions(BaseModel):
                 raise ValueError(f"shape of {name!r} needs 1-8 dimensions, each 1..{MAX_DIM}")
         return shapes
 
+    @property
+    def quantize_mode(self) -> QuantizeMode:
+        if self.quantize is not None:
+            return self.quantize
+        return "auto" if self.calibration is not None else "none"
+
     @model_validator(mode="after")
     def _consistent(self) -> ConvertOptions:
         if self.labels is not None and self.task not in (None, "classification"):
@@ -136,6 +198,14 @@ def config_record(
         "preprocessing_given": options.preprocessing is not None,
         "signed": options.sign_key is not None,
     }
+    record["quantize"] = options.quantize_mode
+    if options.quantize_mode != "none":
+        record["max_drop"] = options.max_drop
+        record["target"] = options.target or "host"
+        record["calibration_rows"] = options.calibration_rows
+        record["calibration_methods"] = ",".join(options.calibration_methods)
+    if options.calibration is not None:
+        record["calibration_file"] = options.calibration.name[:255]
     for name, dims in sorted(options.input_shapes.items()):
         record[f"input_shape.{name}"] = ",".join(str(d) for d in dims)
     if options.eval_data is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from converters.quantize.report import QuantizationReport, table
 from converters.validators import CheckResult
 from edgefleet.contract import Manifest
 
@@ -51,6 +52,9 @@ class ConvertReport(BaseModel):
     tools: dict[str, str] = Field(description="Tool name → version.")
     timings_s: dict[str, float] = Field(description="Seconds spent per conversion step.")
     notes: list[str] = Field(default_factory=list, description="Things worth knowing.")
+    quantization: QuantizationReport | None = Field(
+        default=None, description="Every quantization candidate with its numbers and verdict."
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
@@ -83,6 +87,17 @@ def summary(result: ConvertResult) -> str:
     lines.append(
         f"  latency  p50 {r.latency_ms_p50:.3f} ms  p95 {r.latency_ms_p95:.3f} ms  (1 thread)"
     )
+    if r.quantization is not None:
+        q = r.quantization
+        lines.append(
+            f"  quantize {q.mode} for {q.target} ({q.target_arch}"
+            f"{', int8-fast' if q.target_int8_fast else ''}), budget {q.metric} drop <= "
+            f"{q.max_drop}, {q.eval_rows} {q.eval_source} rows, calibration "
+            f"{q.calibration_samples} rows of {q.calibration_file}"
+            + (f", load {q.host_load}" if q.host_load is not None else "")
+        )
+        lines.extend(table(q))
+        lines.append(f"  chosen   {q.chosen}")
     signed = f"signed by {m.signature.key_id}" if m.signature else "unsigned"
     lines.append(f"  manifest {signed}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from edgefleet.contract.manifest import ReferenceStats
@@ -56,5 +57,67 @@ def reference_stats(
         channel_std=data.std(axis=0).tolist(),
         histogram_edges=edges.tolist(),
         channel_histograms=histograms,
+        output_distribution=distribution,
+    )
+
+
+def streaming_reference_stats(
+    batches: Callable[[], Iterator[Any]],
+    *,
+    layout: str | None,
+    predict: Callable[[dict[str, Any]], Any | None] | None,
+    n_classes: int | None,
+) -> ReferenceStats:
+    """:func:`reference_stats` over a stream of input batches (two passes, constant memory).
+
+    ``batches`` returns a fresh iterator of ``{input name: array}`` dicts; the first input is
+    described. ``predict`` maps a batch to predicted class indices (or None).
+    """
+    import numpy as np
+
+    count = 0
+    total: Any = None
+    squares: Any = None
+    low, high = np.inf, -np.inf
+    wide = False
+    for feeds in batches():
+        data = _channels_last(np.asarray(next(iter(feeds.values())), np.float64), layout)
+        wide = wide or data.shape[1] > MAX_CHANNELS
+        if wide:
+            data = data.reshape(-1, 1)
+        if total is None or total.shape[0] != data.shape[1]:
+            total, squares = np.zeros(data.shape[1]), np.zeros(data.shape[1])
+        total += data.sum(axis=0)
+        squares += (data * data).sum(axis=0)
+        count += data.shape[0]
+        low, high = min(low, float(data.min())), max(high, float(data.max()))
+    if high <= low:
+        high = low + 1.0
+    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    histograms = np.zeros((len(total), HISTOGRAM_BINS), dtype=np.int64)
+    classes = np.zeros(n_classes or 1, dtype=np.int64)
+    samples = 0
+    for feeds in batches():
+        x = next(iter(feeds.values()))
+        samples += len(x)
+        data = _channels_last(np.asarray(x, np.float64), layout)
+        if wide:
+            data = data.reshape(-1, 1)
+        for c in range(data.shape[1]):
+            histograms[c] += np.histogram(data[:, c], bins=edges)[0]
+        predicted = predict(feeds) if predict is not None and n_classes else None
+        if predicted is not None:
+            classes += np.bincount(np.asarray(predicted, np.int64), minlength=len(classes))[
+                : len(classes)
+            ]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean * mean, 0.0))
+    distribution = (classes / max(samples, 1)).tolist() if predict is not None and n_classes else []
+    return ReferenceStats(
+        samples=samples,
+        channel_mean=mean.tolist(),
+        channel_std=std.tolist(),
+        histogram_edges=edges.tolist(),
+        channel_histograms=histograms.tolist(),
         output_distribution=distribution,
     )

@@ -14,6 +14,7 @@ from converters.errors import InputError
 from converters.sources.base import LoadedModel, Reference, SourceLoader
 from converters.sources.onnx_source import OnnxLoader
 from converters.sources.sklearn_source import SklearnLoader
+from converters.sources.torch_source import TorchLoader
 
 __all__ = ["LOADERS", "LoadedModel", "Reference", "SourceLoader", "loader_for"]
 
@@ -21,6 +22,7 @@ __all__ = ["LOADERS", "LoadedModel", "Reference", "SourceLoader", "loader_for"]
 LOADERS: dict[str, SourceLoader] = {
     SklearnLoader.kind: SklearnLoader(),
     OnnxLoader.kind: OnnxLoader(),
+    TorchLoader.kind: TorchLoader(),
 }
 
 

@@ -77,3 +77,34 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
 def fast_options() -> dict[str, Any]:
     """ConvertOptions fields that keep latency measurement short in tests."""
     return {"latency_warmup": 3, "latency_runs": 20}
+
+
+@dataclass(frozen=True)
+class CnnSetup:
+    """A small PyTorch CNN trained on digits 28×28, saved as TorchScript, with data files."""
+
+    torchscript: Path
+    net: Any
+    calib_npz: Path
+    eval_npz: Path
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    work: Path
+
+
+@pytest.fixture(scope="session")
+def cnn_setup(tmp_path_factory: pytest.TempPathFactory) -> CnnSetup:
+    pytest.importorskip("torch", reason="the PyTorch CNN needs the convert-torch extra")
+    import torch
+
+    from tests.converters.factories import digits_28, train_cnn
+
+    work = tmp_path_factory.mktemp("cnn")
+    x, y = digits_28()
+    net = train_cnn(x[:TRAIN_ROWS], y[:TRAIN_ROWS], epochs=3)
+    path = work / "cnn.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    calib = write_npz(work / "calib.npz", x=x[:256], y=y[:256])
+    x_eval, y_eval = x[TRAIN_ROWS:], y[TRAIN_ROWS:]
+    eval_npz = write_npz(work / "eval.npz", x=x_eval, y=y_eval)
+    return CnnSetup(path, net, calib, eval_npz, x_eval, y_eval, work)

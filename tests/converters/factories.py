@@ -90,3 +90,128 @@ def leftovers(parent: Path, name: str) -> list[str]:
     return sorted(
         p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.")
     )
+
+
+def digits_28() -> tuple[np.ndarray, np.ndarray]:
+    """Digits upsampled to 1×28×28 in [0, 1] (NCHW), with labels."""
+    import cv2
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = data.images.astype(np.float32) / 16.0
+    x = np.stack([cv2.resize(i, (28, 28), interpolation=cv2.INTER_LINEAR) for i in images])
+    return x[:, None].astype(np.float32), data.target.astype(np.int64)
+
+
+def small_cnn() -> Any:
+    """A 3-conv + 2-FC CNN for 1×28×28 digits."""
+    import torch
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
+    ).to(torch.float32)  # fmt: skip
+
+
+def train_cnn(x: np.ndarray, y: np.ndarray, *, epochs: int = 3, seed: int = 0) -> Any:
+    """Train :func:`small_cnn` with Adam (seconds on two cores); returned in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = small_cnn()
+    data, target = torch.from_numpy(x), torch.from_numpy(y)
+    optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(data))
+        for start in range(0, len(data), 32):
+            idx = order[start : start + 32]
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(data[idx]), target[idx])
+            loss.backward()
+            optimiser.step()
+    return net.eval()
+
+
+def conv_onnx(*, opset: int, seed: int = 0) -> Any:
+    """Conv → Relu → GlobalAveragePool → Flatten → Gemm on [batch, 3, 16, 16], built by hand."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    b = rng.standard_normal(8).astype(np.float32) * 0.1
+    fc = rng.standard_normal((5, 8)).astype(np.float32)
+    fb = np.zeros(5, np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+            helper.make_node("Flatten", ["g"], ["f"], axis=1, name="flatten"),
+            helper.make_node("Gemm", ["f", "FC", "FB"], ["scores"], transB=1, name="fc"),
+        ],
+        "old_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 5])],
+        initializer=[
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(fc, "FC"),
+            numpy_helper.from_array(fb, "FB"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    return model
+
+
+def fragile_onnx(*, seed: int = 0, features: int = 16, hidden: int = 32) -> Any:
+    """An MLP whose hidden tensor ``h2`` has one channel scaled by 1e4 (and ignored afterwards).
+
+    fp32 output does not depend on that channel, but a per-tensor int8 range for ``h2`` is set
+    by it, which rounds every other channel to zero: quantizing ``h2`` breaks the model.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((features, hidden)).astype(np.float32)
+    b1 = rng.standard_normal(hidden).astype(np.float32) * 0.1
+    scale = np.ones(hidden, np.float32)
+    scale[0] = 1e4
+    w2 = rng.standard_normal((hidden, 10)).astype(np.float32)
+    w2[0] = 0.0
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["m1"], name="fc1"),
+            helper.make_node("Add", ["m1", "B1"], ["a1"], name="bias1"),
+            helper.make_node("Relu", ["a1"], ["h"], name="relu1"),
+            helper.make_node("Mul", ["h", "S"], ["h2"], name="outlier"),
+            helper.make_node("MatMul", ["h2", "W2"], ["scores"], name="fc2"),
+        ],
+        "fragile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[
+            numpy_helper.from_array(w1, "W1"),
+            numpy_helper.from_array(b1, "B1"),
+            numpy_helper.from_array(scale, "S"),
+            numpy_helper.from_array(w2, "W2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def image_tree(folder: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """Write 1×H×W images in [0, 1] as 8-bit PNGs, one sub-folder per class."""
+    import cv2
+
+    for index, (image, label) in enumerate(zip(x, y, strict=True)):
+        sub = folder / str(int(label))
+        sub.mkdir(parents=True, exist_ok=True)
+        pixels = np.clip(np.rint(image[0] * 255), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(sub / f"{index:04d}.png"), pixels)
+    return folder

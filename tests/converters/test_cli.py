@@ -57,7 +57,8 @@ def test_parser_defaults_and_every_flag() -> None:
         ["m.pkl"],
         ["-o", "out"],
         ["m.pkl", "-o", "out", "--task", "detection"],
-        ["m.pkl", "-o", "out", "--quantize", "int8"],
+        ["m.pkl", "-o", "out", "--quantize", "int4"],
+        ["m.pkl", "-o", "out", "--max-drop", "lots"],
         ["m.pkl", "-o", "out", "--json=yes"],
     ],
 )

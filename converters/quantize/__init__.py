@@ -1,0 +1,1 @@
+"""Quantization: typed configs, engines, candidates, the accuracy budget and the latency gate."""

@@ -1,0 +1,288 @@
+"""``convert`` for TFLite artifacts: a Keras ``.keras`` model or a SavedModel directory (fp32,
+fp16, full-int8 candidates; same accuracy budget and latency gate as ONNX), or an existing
+``.tflite`` file (validated with LiteRT and wrapped as is). Called by
+:func:`converters.api.convert` for these sources."""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from converters.calibration import CalibrationSet, open_calibration
+from converters.errors import ConvertError, InputError, one_line
+from converters.evaldata import load_eval, synthetic_inputs
+from converters.options import ConvertOptions, config_record
+from converters.quantize import metrics
+from converters.quantize.gate import benchmark
+from converters.quantize.report import QuantizationReport
+from converters.quantize.stage import calibration_rows, progress_printer
+from converters.report import REPORT_FILE, ConvertReport, ConvertResult, EvalReport, SourceReport
+from converters.stats import class_index, reference_stats
+from converters.tflite.candidates import TfliteConfig, convert_keras
+from converters.tflite.runner import TfliteRunner
+from converters.tflite.select import choose_candidate
+from converters.validators import ValidationContext, run_validators
+from edgefleet.artifact import hash_file
+from edgefleet.contract import Manifest, ModelFile, SelfTest
+from edgefleet.contract.manifest import BuildInfo, Metrics, SourceInfo
+
+MODEL_FILE = "model.tflite"
+SELFTEST_FILE = "selftest.npz"
+FP32 = "fp32"
+
+
+def _load_keras(path: Path) -> Any:
+    import tensorflow as tf
+
+    try:
+        return tf.keras.models.load_model(str(path), compile=False)
+    except Exception as err:  # Keras raises ValueError/OSError/its own types
+        raise InputError(f"{path.name} is not a loadable Keras model: {one_line(err)}") from err
+
+
+def _predict(model: Any, x: Any) -> Any:
+    """The source's own prediction: Keras ``predict``, or a SavedModel's serving signature."""
+    if not isinstance(model, Path):
+        return model.predict(x, verbose=0)
+    import tensorflow as tf
+
+    try:
+        signature = tf.saved_model.load(str(model)).signatures["serving_default"]
+        (key,) = signature.structured_input_signature[1].keys()
+        outputs = signature(**{key: tf.constant(x)})
+    except (KeyError, ValueError) as err:
+        raise InputError(
+            f"{model.name}: needs a 'serving_default' signature with one input ({one_line(err)})"
+        ) from err
+    return next(iter(outputs.values())).numpy()
+
+
+def source_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, or of a directory's files (relative paths and bytes)."""
+    import hashlib
+
+    if path.is_file():
+        return hash_file(path)
+    digest, size = hashlib.sha256(), 0
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\x00")
+        data = item.read_bytes()
+        size += len(data)
+        digest.update(data + b"\x00")
+    return digest.hexdigest(), size
+
+
+def _selftest(runner: TfliteRunner, feeds: dict[str, Any], count: int) -> tuple[bytes, float]:
+    """Rows in the model's own dtypes, raw outputs; atol 2 quantization steps for int8."""
+    import numpy as np
+
+    rows = min(count, len(next(iter(feeds.values()))))
+    arrays: dict[str, Any] = {}
+    outputs: dict[str, list[Any]] = {}
+    for row in range(rows):
+        runner.set_inputs(feeds, row)
+        for detail in runner.inputs:
+            value = runner.interpreter.get_tensor(detail["index"]).copy()
+            arrays.setdefault(f"input/{detail['name']}", []).append(value)
+        runner.interpreter.invoke()
+        for detail in runner.outputs:
+            outputs.setdefault(detail["name"], []).append(
+                runner.interpreter.get_tensor(detail["index"]).copy()
+            )
+    npz = {k: np.concatenate(v) for k, v in arrays.items()}
+    npz.update({f"output/{k}": np.concatenate(v) for k, v in outputs.items()})
+    quantized = any(v.dtype.kind in "iu" for k, v in npz.items() if k.startswith("output/"))
+    scale = max([1.0, *(float(np.abs(v).max()) for v in npz.values() if v.dtype.kind == "f")])
+    buf = io.BytesIO()
+    np.savez(buf, **npz)  # type: ignore[arg-type]
+    return buf.getvalue(), 2.0 if quantized else 2e-2 * scale
+
+
+def convert_tflite(
+    source: Path, out_dir: Path, options: ConvertOptions, *, kind: str, key_pem: bytes | None
+) -> ConvertResult:
+    """Keras → TFLite candidates, or an existing ``.tflite`` wrapped; written atomically."""
+    from converters.api import default_name
+    from converters.writer import write_artifact
+
+    started = time.perf_counter()
+    progress = progress_printer(options.progress)
+    keras_model: Any = None
+    if kind == "keras":
+        keras_model = _load_keras(source)
+    elif kind == "savedmodel":
+        keras_model = source  # TFLiteConverter.from_saved_model reads the directory
+    fp32_bytes = (
+        convert_keras(keras_model, TfliteConfig(kind="tflite_fp32"), None)
+        if keras_model is not None
+        else source.read_bytes()
+    )
+    base = TfliteRunner(fp32_bytes, what=source.name)
+    float_inputs, float_outputs = base.specs(float_view=True)
+    calib: CalibrationSet | None = None
+    if options.calibration is not None:
+        calib = open_calibration(
+            options.calibration, inputs=float_inputs, preprocessing=options.preprocessing,
+            labels=options.labels,
+        )  # fmt: skip
+    eval_set = None
+    if options.eval_data is not None:
+        eval_set = load_eval(
+            options.eval_data, inputs=float_inputs, max_bytes=options.max_eval_bytes
+        )
+        feeds, labels = eval_set.inputs, eval_set.labels
+    elif calib is not None:
+        feeds, labels = calibration_rows(calib, options.max_eval_rows)
+    else:
+        feeds, labels = synthetic_inputs(float_inputs, {}, rows=options.synthetic_samples), None
+    base_out = base.predict(feeds)
+    task = options.task or ("classification" if options.labels else "raw")
+    reference = base_out
+    if keras_model is not None:
+        import numpy as np
+
+        predicted = _predict(keras_model, next(iter(feeds.values())))
+        reference = {float_outputs[0].name: np.asarray(predicted)}
+    checks = run_validators(
+        ValidationContext(
+            inputs=feeds,
+            onnx_outputs=base_out,
+            reference_outputs=reference,
+            output_specs=float_outputs,
+            labels=labels,
+            class_values=None,
+            task=task,
+            synthetic=eval_set is None and calib is None,
+            options=options,
+        )
+    )
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        raise ConvertError(failed[0].message)
+
+    chosen_bytes, chosen_cfg = fp32_bytes, TfliteConfig(kind="tflite_fp32")
+    quant_report: QuantizationReport | None = None
+    mode = options.quantize_mode
+    if mode != "none" and keras_model is None:
+        raise InputError(f"--quantize {mode}: an existing .tflite file is wrapped as is; use none")
+    if mode != "none" and keras_model is not None:
+        assert calib is not None  # api.convert requires --calibration for quantization
+        chosen_bytes, chosen_cfg, quant_report = choose_candidate(
+            keras_model, base, base_out, feeds, labels, task, calib, options, progress
+        )
+    runner = TfliteRunner(chosen_bytes, what=MODEL_FILE)
+    precision = chosen_cfg.precision if keras_model is not None else runner.precision()
+    inputs, outputs = runner.specs()
+    out = runner.predict(feeds)
+    timing = benchmark(
+        {"m": runner}, {k: v[:1] for k, v in feeds.items()}, warmup=options.latency_warmup,
+        rounds=1, runs_per_round=options.latency_runs,
+    )["m"]  # fmt: skip
+    selftest, atol = _selftest(runner, feeds, options.selftest_samples)
+    predicted = class_index(out) if task == "classification" else None
+    first = next(iter(feeds.values()))
+    width = outputs[0].shape[-1] if outputs and len(outputs[0].shape) == 2 else None
+    stats = reference_stats(
+        first,
+        layout=options.preprocessing.layout if options.preprocessing else None,
+        predicted=predicted,
+        n_classes=len(options.labels or []) or (width if isinstance(width, int) else None),
+    )
+    top1 = None
+    if labels is not None and task == "classification":
+        top1 = metrics.score("top1", out, base_out, labels=labels, class_values=None)
+    source_digest, source_size = source_sha256(source)
+    name = options.name or default_name(source)
+    version = options.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
+    tools = _tools()
+    eval_sha = hash_file(options.eval_data)[0] if options.eval_data else None
+    record = config_record(options, eval_sha256=eval_sha)
+    record["quant.kind"] = chosen_cfg.kind
+    report = ConvertReport(
+        name=name,
+        version=version,
+        task=task,
+        source=SourceReport(
+            file=source.name,
+            kind=kind,
+            sha256=source_digest,
+            size=source_size,
+            framework_version=tools.get("tensorflow"),
+        ),  # fmt: skip
+        eval=EvalReport(
+            synthetic=eval_set is None and calib is None,
+            samples=len(first),
+            file=options.eval_data.name if options.eval_data else None,
+            has_labels=labels is not None,
+        ),  # fmt: skip
+        checks=checks,
+        latency_ms_p50=timing.p50_ms,
+        latency_ms_p95=timing.p95_ms,
+        latency_runs=timing.runs,
+        model_bytes=len(chosen_bytes),
+        tools=tools,
+        timings_s={"total_s": time.perf_counter() - started},
+        quantization=quant_report,
+    )
+
+    def make_manifest(files: list[ModelFile]) -> Manifest:
+        manifest = Manifest(
+            name=name, version=version, format="tflite", precision=precision,
+            model_file=MODEL_FILE, files=files, inputs=inputs, outputs=outputs,
+            preprocessing=options.preprocessing, task=task, labels=options.labels or [],
+            source=SourceInfo(
+                framework="tflite" if kind == "tflite" else "keras",
+                framework_version=tools.get("tensorflow"), tools=tools,
+                original_file=source.name[:255],
+            ),
+            metrics=Metrics(
+                top1=top1, eval_samples=len(first), latency_ms_p50=timing.p50_ms,
+                latency_ms_p95=timing.p95_ms, threads=1,
+            ),
+            self_test=SelfTest(
+                file=SELFTEST_FILE, atol=atol, rtol=0.0 if atol == 2.0 else 2e-2,
+                outputs=[o.name for o in outputs],
+            ),
+            reference_stats=stats,
+            build=BuildInfo(
+                config=record, report_file=REPORT_FILE,
+                calibration_sha256=calib.sha256 if calib is not None else None,
+            ),
+        )  # fmt: skip
+        if key_pem is None:
+            return manifest
+        from edgefleet.signing import sign_manifest
+
+        return sign_manifest(manifest, key_pem)
+
+    manifest = write_artifact(
+        out_dir,
+        files=[
+            (MODEL_FILE, chosen_bytes, "model"),
+            (SELFTEST_FILE, selftest, "selftest"),
+            (REPORT_FILE, report.to_json().encode(), "extra"),
+        ],
+        make_manifest=make_manifest,
+        force=options.force,
+    )
+    return ConvertResult(manifest=manifest, artifact_dir=out_dir, report=report)
+
+
+def _tools() -> dict[str, str]:
+    import ai_edge_litert
+    import numpy as np
+
+    from edgefleet import __version__
+
+    tools = {"edgefleet": __version__, "numpy": np.__version__}
+    tools["ai-edge-litert"] = str(getattr(ai_edge_litert, "__version__", "unknown"))
+    try:
+        import tensorflow as tf
+
+        tools["tensorflow"] = str(tf.__version__)
+    except ImportError:
+        pass
+    return tools

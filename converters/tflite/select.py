@@ -1,0 +1,120 @@
+"""Keras → TFLite candidates through the accuracy budget and the latency gate (as for ONNX)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from converters.calibration import CalibrationSet
+from converters.errors import ConvertError, one_line
+from converters.options import ConvertOptions
+from converters.quantize import metrics
+from converters.quantize.gate import benchmark, choose, gate
+from converters.quantize.report import CandidateReport, QuantizationReport
+from converters.quantize.stage import resolve_target
+from converters.tflite.candidates import TfliteConfig, convert_keras
+from converters.tflite.runner import TfliteRunner
+
+FP32 = "fp32"
+
+
+def choose_candidate(
+    keras_model: Any,
+    base: TfliteRunner,
+    base_out: dict[str, Any],
+    feeds: dict[str, Any],
+    labels: Any | None,
+    task: str,
+    calib: CalibrationSet,
+    options: ConvertOptions,
+    progress: Any,
+) -> tuple[bytes, TfliteConfig, QuantizationReport]:
+    """The chosen model bytes and config (fp32 if nothing qualifies), and the report."""
+    mode = options.quantize_mode
+    kinds = {
+        "auto": ["tflite_fp16", "tflite_int8"],
+        "fp16": ["tflite_fp16"],
+        "int8": ["tflite_int8"],
+    }
+    metric = metrics.metric_name(labels, base_out, task)
+    baseline = metrics.score(metric, base_out, base_out, labels=labels, class_values=None)
+    reports = [CandidateReport(name=FP32, config={"kind": "tflite_fp32"}, status="accepted",
+                               reason="baseline", metric=baseline, drop=0.0)]  # fmt: skip
+    built: dict[str, tuple[TfliteConfig, bytes, TfliteRunner]] = {}
+    for kind in kinds[mode]:
+        config = TfliteConfig.model_validate(
+            {"kind": kind, "representative_rows": options.calibration_rows}
+        )
+        progress(f"TFLite {config.name}: converting")
+        try:
+            data = convert_keras(keras_model, config, calib)
+            runner = TfliteRunner(data, what=config.name)
+            out = runner.predict(feeds)
+        except ConvertError as err:
+            reports.append(CandidateReport(name=config.name, config=config.model_dump(),
+                                           status="failed", reason=one_line(err)))  # fmt: skip
+            continue
+        value = metrics.score(metric, out, base_out, labels=labels, class_values=None)
+        drop = baseline - value
+        ok = drop <= options.max_drop
+        reports.append(
+            CandidateReport(
+                name=config.name,
+                config=config.model_dump(),
+                status="accepted" if ok else "rejected",
+                reason=f"{metric} drop {drop:.4f} {'within' if ok else 'exceeds'} budget "
+                f"{options.max_drop}",
+                metric=value,
+                drop=drop,
+                fidelity=metrics.fidelity(out, base_out),
+                size_bytes=len(data),
+            )  # fmt: skip
+        )
+        if ok:
+            built[config.name] = (config, data, runner)
+    fp32_bytes_len = base.size
+    reports[0].size_bytes, reports[0].size_ratio = fp32_bytes_len, 1.0
+    for r in reports[1:]:
+        if r.size_bytes:
+            r.size_ratio = fp32_bytes_len / r.size_bytes
+    latencies: dict[str, float] = {}
+    accepted: set[str] = set()
+    if built:
+        progress(f"latency gate: {len(built) + 1} TFLite models")
+        timings = benchmark(
+            {FP32: base, **{k: v[2] for k, v in built.items()}},
+            {k: v[:1] for k, v in feeds.items()}, warmup=options.latency_warmup,
+            rounds=options.gate_rounds, runs_per_round=options.gate_runs_per_round,
+        )  # fmt: skip
+        latencies = {k: t.p50_ms for k, t in timings.items()}
+        reports[0].latency_ms_p50, reports[0].speedup = latencies[FP32], 1.0
+        for r in reports[1:]:
+            if r.name in built:
+                verdict = gate(latencies[FP32], latencies[r.name], min_speedup=options.min_speedup)
+                r.latency_ms_p50, r.speedup = latencies[r.name], verdict.speedup
+                if verdict.accepted:
+                    accepted.add(r.name)
+                    r.reason += f"; {verdict.reason}"
+                else:
+                    r.status, r.reason = "rejected", f"latency gate: {verdict.reason}"
+    chosen = choose(latencies, accepted)
+    if chosen is None and mode in ("int8", "fp16"):
+        why = "; ".join(f"{r.name}: {r.reason}" for r in reports[1:]) or "no candidate"
+        raise ConvertError(f"--quantize {mode}: no TFLite candidate qualifies ({why})")
+    target = resolve_target(options)
+    for r in reports:
+        if r.name == (chosen or FP32):
+            r.status = "chosen"
+    report = QuantizationReport(
+        mode=mode, target=target.name, target_arch=target.arch, target_int8_fast=target.int8_fast,
+        max_drop=options.max_drop, metric=metric, baseline_metric=baseline,
+        eval_rows=len(next(iter(feeds.values()))),
+        eval_source="eval" if options.eval_data else "calibration",
+        calibration_file=calib.path.name, calibration_kind=calib.kind,
+        calibration_samples=min(calib.samples, options.calibration_rows),
+        calibration_sha256=calib.sha256, threads=1, normalisation=[], candidates=reports,
+        chosen=chosen or FP32,
+    )  # fmt: skip
+    if chosen is None:
+        return base.model, TfliteConfig(kind="tflite_fp32"), report
+    config, data, _ = built[chosen]
+    return data, config, report

@@ -1,0 +1,186 @@
+"""The CLI's quantization flags, keygen, progress/--json streams, and the PyTorch loader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from converters import cli
+from converters.api import convert
+from converters.errors import InputError
+from converters.options import ConvertOptions
+from edgefleet.artifact import load_artifact
+from edgefleet.signing import load_private_key
+from tests.converters.conftest import CnnSetup
+from tests.converters.factories import fragile_onnx, leftovers, save_onnx, write_npz
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK: dict[str, Any] = {
+    "latency_warmup": 3,
+    "latency_runs": 20,
+    "gate_rounds": 4,
+    "gate_runs_per_round": 10,
+    "calibration_methods": ["minmax"],
+}
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="edgefleet")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["convert", *argv])
+
+
+def _run(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "converters", *argv],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_quantization_flags_reach_the_options() -> None:
+    args = _parse(
+        "m.onnx", "-o", "o", "--calibration", "c.npz", "--quantize", "int8", "--max-drop",
+        "0.02", "--target", "rpi5", "--calibration-method", "minmax", "--calibration-method",
+        "entropy", "--trust-pickle", "--quiet", "--min-speedup", "1.2",
+    )  # fmt: skip
+    _, _, options = cli.options_from_args(args)
+    assert options.calibration == Path("c.npz") and options.quantize_mode == "int8"
+    assert (options.max_drop, options.target) == (0.02, "rpi5")
+    assert options.calibration_methods == ["minmax", "entropy"]
+    assert options.trust_pickle and not options.progress and options.min_speedup == 1.2
+    _, _, default = cli.options_from_args(_parse("m.onnx", "-o", "o"))
+    assert default.quantize_mode == "none" and default.progress
+    _, _, calibrated = cli.options_from_args(_parse("m.onnx", "-o", "o", "--calibration", "c"))
+    assert calibrated.quantize_mode == "auto"
+    with pytest.raises(InputError, match="max_drop"):
+        cli.options_from_args(_parse("m.onnx", "-o", "o", "--max-drop", "2"))
+
+
+def test_keygen_writes_a_usable_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys = tmp_path / "keys"
+    assert cli.handle(_parse("keygen", "-o", str(keys), "--json")) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert load_private_key((keys / "signing.pem").read_bytes()) is not None
+    assert info["public"] == str(keys / "signing.pub.pem") and info["key_id"]
+    assert cli.handle(_parse("keygen", "-o", str(keys))) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert cli.handle(_parse("keygen", "-o", str(keys), "--force")) == 0
+
+
+@pytest.mark.integration
+def test_cli_json_stdout_is_clean_and_progress_goes_to_stderr(tmp_path: Path) -> None:
+    source = save_onnx(fragile_onnx(), tmp_path / "f.onnx")
+    rng = np.random.default_rng(0)
+    calib = write_npz(tmp_path / "c.npz", x=rng.standard_normal((64, 16)).astype(np.float32))
+    done = _run(
+        str(source), "-o", str(tmp_path / "out"), "--calibration", str(calib),
+        "--calibration-method", "entropy", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)  # nothing but the JSON document on stdout
+    report = document["report"]["quantization"]
+    assert report["chosen"] and report["candidates"][0]["name"] == "fp32"
+    assert "latency gate" in done.stderr and "calibrating and quantizing" in done.stderr
+    quiet = _run(
+        str(source), "-o", str(tmp_path / "q"), "--calibration", str(calib), "--quiet",
+        "--calibration-method", "minmax", cwd=tmp_path,
+    )  # fmt: skip
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert (
+        "candidate" in quiet.stdout
+        and f"chosen   {json.loads(done.stdout)['report']['quantization']['chosen'].split('-x')[0]}"
+    )  # noqa: E501
+    bad = write_npz(tmp_path / "bad.npz", x=np.zeros((4, 5), np.float32))
+    failed = _run(str(source), "-o", str(tmp_path / "b"), "--calibration", str(bad), cwd=tmp_path)
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines() == [
+        "edgefleet convert: error: calibration data bad.npz: x dimension 1 is 5; the input needs 16"
+    ]
+    assert leftovers(tmp_path, "b") == []
+
+
+# -- PyTorch ------------------------------------------------------------------------------------
+
+
+def test_pickled_module_needs_trust(cnn_setup: CnnSetup, tmp_path: Path) -> None:
+    import torch
+
+    pickled = tmp_path / "module.pth"
+    torch.save(cnn_setup.net, pickled)
+    options = {**QUICK, "task": "classification", "eval_data": cnn_setup.eval_npz}
+    with pytest.raises(InputError, match="--trust-pickle"):
+        convert(pickled, tmp_path / "no", ConvertOptions(**options))
+    assert leftovers(tmp_path, "no") == []
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        result = convert(
+            pickled,
+            tmp_path / "yes",
+            ConvertOptions(**options, trust_pickle=True, input_shapes={"input": [1, 1, 28, 28]}),
+        )
+    assert result.manifest.source.framework == "pytorch"
+    assert "loaded as pickle" in result.report.notes
+    assert result.manifest.precision == "fp32"  # no --calibration: quantize defaults to none
+    top1 = result.manifest.metrics.top1
+    assert top1 is not None and top1 > 0.8
+    state = tmp_path / "state.pth"
+    torch.save(cnn_setup.net.state_dict(), state)
+    with pytest.raises(InputError, match="not an nn.Module"):
+        convert(state, tmp_path / "s", ConvertOptions(**options, trust_pickle=True))
+
+
+def test_torch_needs_a_shape(cnn_setup: CnnSetup, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--input-shape input="):
+        convert(cnn_setup.torchscript, tmp_path / "o", ConvertOptions(**QUICK))
+
+
+def test_torchscript_exports_with_a_dynamic_batch(cnn_setup: CnnSetup, tmp_path: Path) -> None:
+    result = convert(
+        cnn_setup.torchscript,
+        tmp_path / "o",
+        ConvertOptions(
+            **QUICK, eval_data=cnn_setup.eval_npz, input_shapes={"input": [1, 1, 28, 28]}
+        ),
+    )
+    assert [t.shape for t in result.manifest.inputs] == [["batch", 1, 28, 28]]
+    assert load_artifact(tmp_path / "o") == result.manifest
+    checks = {c.name: c for c in result.report.checks}
+    assert checks["fidelity"].passed
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Block())
+"""
+
+
+@pytest.mark.integration
+def test_missing_torch_names_the_extra(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_TORCH)
+    (tmp_path / "m.pt").write_bytes(b"x")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "converters", str(tmp_path / "m.pt"), "-o", str(tmp_path / "o")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "pip install 'edgefleet[convert-torch]'" in lines[0]
+    assert not (tmp_path / "o").exists()
