@@ -35,6 +35,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     infer.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
     infer.set_defaults(handler=infer_command)
 
+    bench = commands.add_parser(
+        "bench", help="agent engine vs the bare runtime on one model (same process, interleaved)"
+    )
+    bench.add_argument(
+        "model", type=Path, metavar="MODEL_OR_ARTIFACT", help=".onnx / .tflite file or artifact"
+    )
+    bench.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    bench.add_argument("--runs", type=int, default=2000, help="timed calls per side (default 2000)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=bench_command)
+
 
 def _fail(err: Exception, code: int) -> int:
     """Print an error (one line per bad config field), each prefixed with the command."""
@@ -84,11 +95,17 @@ def infer_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from agent.engine import BackendOptions, load_model
     from agent.errors import AgentError, ModelLoadError
+    from agent.inputs import InputItem
+    from agent.pipeline import prepare
+    from agent.plugin_config import ClassificationPostConfig
     from agent.state import Serving
 
     try:
         model = load_model(args.artifact, options=BackendOptions(threads=args.threads))
-        serving = Serving.of(model)
+        post = None
+        if model.manifest.task == "classification":
+            post = ClassificationPostConfig(type="classification", top_k=args.top_k)
+        serving = Serving.of(model, post)
     except ModelLoadError as err:
         print(f"edgefleet agent infer: {err}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -96,14 +113,47 @@ def infer_command(args: argparse.Namespace) -> int:
     for path in args.inputs:
         result: dict[str, Any] = {"file": str(path)}
         try:
-            data = _read_input(path)
-            outputs = model.infer({serving.preprocess.tensor.name: serving.preprocess(data)})
-            result.update(describe(model, outputs, top_k=args.top_k))
+            job = prepare(InputItem(path.name, _read_input(path)), serving)
+            outputs = model.infer({serving.preprocess.tensor.name: job.tensor})
+            rows = serving.results(outputs, [job.geometry] * job.tensor.shape[0])
+            result.update(rows[0] if len(rows) == 1 else {"results": rows})
         except (AgentError, OSError) as err:
             failures += 1
             result["error"] = str(err)
         print(json.dumps(result), flush=True)
     return EXIT_RUNTIME if failures else EXIT_OK
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    if not 1 <= args.threads <= 64 or not 10 <= args.runs <= 10_000_000:
+        print(
+            "edgefleet agent bench: --threads must be 1-64 and --runs 10-10000000", file=sys.stderr
+        )
+        return EXIT_USAGE
+    if not args.model.exists():
+        print(f"edgefleet agent bench: {args.model} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    from agent.bench import run_bench
+    from agent.errors import AgentError
+
+    try:
+        result = run_bench(args.model, threads=args.threads, runs=args.runs)
+    except AgentError as err:
+        print(f"edgefleet agent bench: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    print(f"{result['backend']} {result['model']} threads={result['threads']} runs={args.runs}")
+    for side in ("agent_ms", "bare_ms"):
+        p = result[side]
+        print(
+            f"  {side[:-3]:5} p50 {p['p50']:.4f} ms  p95 {p['p95']:.4f} ms  p99 {p['p99']:.4f} ms"
+        )
+    print(
+        f"  overhead (agent p50 / bare p50): {result['overhead_ratio']}x  rss {result['rss_mb']} MB"
+    )
+    return EXIT_OK
 
 
 MAX_INPUT_BYTES = 256 * 1024 * 1024
@@ -120,28 +170,3 @@ def _read_input(path: Path) -> bytes:
     if len(data) > MAX_INPUT_BYTES:
         raise InputError(f"larger than {MAX_INPUT_BYTES} bytes")
     return data
-
-
-def describe(model: Any, outputs: dict[str, Any], *, top_k: int) -> dict[str, Any]:
-    """Top-k labels and scores for a classifier; every output as nested lists otherwise."""
-    import numpy as np
-
-    if model.scores_output is not None:
-        scores = np.asarray(outputs[model.scores_output]).reshape(-1)
-        labels = model.manifest.labels
-        order = np.argsort(-scores)[:top_k]
-        return {
-            "model": str(model.ref),
-            "top_k": [
-                {
-                    "index": int(i),
-                    "label": labels[i] if i < len(labels) else str(int(i)),
-                    "score": round(float(scores[i]), 6),
-                }
-                for i in order
-            ],
-        }
-    return {
-        "model": str(model.ref),
-        "outputs": {name: np.asarray(value).tolist() for name, value in outputs.items()},
-    }

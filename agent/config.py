@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,7 +22,26 @@ from pydantic import (
 )
 
 from agent.errors import AgentConfigError
+from agent.plugin_config import (
+    FolderInputConfig,
+    InputConfig,
+    PostprocessConfig,
+    SinkConfig,
+)
 from edgefleet.contract import DeviceId
+
+__all__ = [
+    "AgentConfig",
+    "EngineConfig",
+    "FolderInputConfig",
+    "InputConfig",
+    "MqttConfig",
+    "PostprocessConfig",
+    "SinkConfig",
+    "TelemetryConfig",
+    "load_config",
+    "parse_config",
+]
 
 #: A config file larger than this is refused unread.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -62,28 +81,6 @@ class MqttConfig(_Config):
         return value
 
 
-class FolderInputConfig(_Config):
-    """Images (.png, .jpg, ...) and ready tensors (.npy) read from a folder, in name order."""
-
-    type: Literal["folder"] = Field(description="Input source kind.")
-    path: Path = Field(description="The folder to read.")
-    pattern: str = Field(
-        default="*", min_length=1, max_length=255, description="Glob on file names, e.g. '*.png'."
-    )
-    loop: bool = Field(default=False, description="Cycle through the folder forever.")
-    rate_hz: float = Field(default=10.0, gt=0, le=10_000, description="Items per second, at most.")
-    poll_s: float = Field(
-        default=0.5, gt=0, le=60, description="How often an exhausted folder is listed again."
-    )
-    max_file_bytes: int = Field(
-        default=32 * 1024 * 1024, ge=1, le=1024**3, description="Larger files are skipped."
-    )
-
-
-#: Input-source configs, discriminated by ``type`` (one member per plugin in ``agent.inputs``).
-InputConfig = Annotated[FolderInputConfig, Field(discriminator="type")]
-
-
 class TelemetryConfig(_Config):
     interval_s: float = Field(
         default=5.0, ge=0.1, le=86_400, description="Seconds summarised per telemetry message."
@@ -93,7 +90,18 @@ class TelemetryConfig(_Config):
 class EngineConfig(_Config):
     threads: int = Field(default=1, ge=1, le=64, description="Intra-op threads per model.")
     queue_size: int = Field(
-        default=8, ge=1, le=10_000, description="Inputs waiting for inference; oldest dropped."
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Inputs waiting for inference (live sources drop the oldest when full).",
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="onnxruntime graph optimisation level."
+    )
+    execution_providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="onnxruntime execution providers, in order.",
     )
 
 
@@ -118,10 +126,28 @@ class AgentConfig(_Config):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Minimum level of the JSON log lines on stderr."
     )
+    profile: str | None = Field(
+        default=None,
+        description="Device profile (built-in name like 'rpi4', or a .toml path) whose engine, "
+        "input and telemetry values are the defaults for what this file does not set.",
+    )
     mqtt: MqttConfig = Field(description="Broker connection.")
     input: InputConfig | None = Field(default=None, description="Where inputs come from.")
+    sink: SinkConfig | None = Field(
+        default=None, description="Where results go (none: results are only counted)."
+    )
+    postprocess: PostprocessConfig | None = Field(
+        default=None, description="How outputs become results (default: by the model's task)."
+    )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Telemetry.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference engine.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("profile"), str):
+            return apply_profile(data, data["profile"])
+        return data
 
     @field_validator("server_url")
     @classmethod
@@ -143,6 +169,34 @@ class AgentConfig(_Config):
             return self.token.get_secret_value()
         assert self.token_file is not None  # guaranteed by _one_token
         return read_token_file(self.token_file)
+
+
+def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
+    """The raw config with the profile's values filled in where the file sets none."""
+    from firmware_configs.profile import ProfileError, load_profile
+
+    try:
+        profile = load_profile(name_or_path)
+    except ProfileError as err:
+        raise ValueError(f"profile: {err}") from err
+    data = dict(data)
+    engine = dict(data.get("engine") or {})
+    engine.setdefault("threads", profile.engine.threads)
+    engine.setdefault("graph_optimization", profile.engine.graph_optimization)
+    engine.setdefault("execution_providers", list(profile.engine.execution_providers))
+    engine.setdefault("queue_size", profile.input.queue_size)
+    data["engine"] = engine
+    telemetry = dict(data.get("telemetry") or {})
+    telemetry.setdefault("interval_s", profile.telemetry.interval_s)
+    data["telemetry"] = telemetry
+    source = data.get("input")
+    if isinstance(source, dict) and source.get("type") == "camera":
+        source = dict(source)
+        source.setdefault("width", profile.input.width)
+        source.setdefault("height", profile.input.height)
+        source.setdefault("fps", profile.input.fps)
+        data["input"] = source
+    return data
 
 
 def read_token_file(path: Path) -> str:

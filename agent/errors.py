@@ -32,3 +32,7 @@ class InputError(AgentError):
 
 class UpdateError(AgentError):
     """A desired-state update failed: download, verification, unpack, load or commit."""
+
+
+class ModelUnavailableError(AgentError):
+    """No model is serving (none committed yet, or the agent is stopping)."""

@@ -17,9 +17,10 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(64 * 1024 * 1024))
 # about the same inputs would print free-form lines into the JSON log stream.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
-import cv2  # noqa: E402  (the decoder limit above must be set before OpenCV loads)
+import cv2 as cv2  # noqa: E402  (the limit above must be set before OpenCV loads; re-exported)
 import numpy as np  # noqa: E402
 
+from agent.engine.quant import quantize  # noqa: E402
 from agent.errors import InputError  # noqa: E402
 from edgefleet.contract import Preprocessing, TensorSpec  # noqa: E402
 
@@ -64,6 +65,8 @@ class Preprocessor:
         self.tensor = tensor
         self.dtype = np.dtype("bool" if tensor.dtype == "bool" else tensor.dtype)
         self._dims = tuple(d if isinstance(d, int) else None for d in tensor.shape)
+        # A quantized integer input takes real values through the manifest's scale/zero-point.
+        self.quant = tensor.quantization if self.dtype.kind in "iu" else None
         if spec is not None:
             channels = 1 if spec.color == "gray" else 3
             # Precomputed as float32 vectors so the hot path is two broadcasts.
@@ -81,7 +84,9 @@ class Preprocessor:
 
     def mismatch(self) -> str | None:
         """Why images could never fit the model input (checked once, at load), or None."""
-        if self.spec is not None and np.dtype(self.spec.dtype) != self.dtype:
+        if self.quant is not None and self.spec is not None and self.spec.dtype == "float32":
+            pass  # real values, quantized with the manifest's scale/zero-point
+        elif self.spec is not None and np.dtype(self.spec.dtype) != self.dtype:
             return f"preprocessing dtype {self.spec.dtype} != input dtype {self.dtype}"
         shape = self.image_shape()
         if shape is None:
@@ -94,9 +99,27 @@ class Preprocessor:
         return None
 
     def __call__(self, data: bytes) -> np.ndarray:
+        return self.prepare(data)[0]
+
+    def prepare(
+        self, data: bytes | np.ndarray, *, tensor: bool = False
+    ) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """Bytes (image or .npy), a decoded BGR/gray frame, or a ready tensor (``tensor``) →
+        (batch of one, source (w, h)).
+
+        The source size is None for tensors; postprocessors use it to undo the resize.
+        """
+        if isinstance(data, np.ndarray):
+            if tensor:
+                return self.from_array(data), None
+            return self.from_frame(data), (data.shape[1], data.shape[0])
         if data[:6] == NPY_MAGIC:
-            return self.from_npy(data)
-        return self.from_image(data)
+            return self.from_npy(data), None
+        spec = self.spec
+        if spec is None:
+            raise InputError("the model has no preprocessing: send .npy tensors", kind="bad_input")
+        image = decode(data, gray=spec.color == "gray")
+        return self.from_frame(image), (image.shape[1], image.shape[0])
 
     def from_npy(self, data: bytes) -> np.ndarray:
         try:
@@ -105,6 +128,10 @@ class Preprocessor:
             raise InputError(f"unreadable .npy: {err}", kind="bad_tensor") from err
         if not isinstance(array, np.ndarray):
             raise InputError(".npy does not hold one array", kind="bad_tensor")
+        return self.from_array(array)
+
+    def from_array(self, array: np.ndarray) -> np.ndarray:
+        """A ready tensor (with or without its batch axis), checked against the input spec."""
         if array.ndim == len(self._dims) - 1:
             array = array[np.newaxis]
         if array.ndim != len(self._dims) or any(
@@ -112,25 +139,33 @@ class Preprocessor:
         ):
             want = tuple("?" if d is None else d for d in self._dims)
             raise InputError(
-                f".npy shape {array.shape} does not fit input {self.tensor.name!r} {want}",
-                kind="bad_tensor",
+                f"tensor shape {array.shape} does not fit input {self.tensor.name!r} {want}",
+                kind="bad_tensor_shape",
             )
         if array.dtype != self.dtype:
+            if self.quant is not None and array.dtype.kind == "f":
+                return np.ascontiguousarray(quantize(array, self.quant, self.dtype))
             if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
                 raise InputError(
-                    f".npy dtype {array.dtype} cannot become {self.dtype}", kind="bad_tensor"
+                    f"tensor dtype {array.dtype} cannot become {self.dtype}",
+                    kind="bad_tensor_dtype",
                 )
             array = array.astype(self.dtype)
         return np.ascontiguousarray(array)
 
-    def from_image(self, data: bytes) -> np.ndarray:
+    def from_frame(self, image: np.ndarray) -> np.ndarray:
+        """A decoded 8-bit BGR (or gray) image → a batch of one."""
         spec = self.spec
         if spec is None:
             raise InputError("the model has no preprocessing: send .npy tensors", kind="bad_input")
-        image = decode(data, gray=spec.color == "gray")
+        if spec.color == "gray" and image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        elif spec.color != "gray" and image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        # Resize first: a channel swap commutes with resizing and costs less on fewer pixels.
+        image = self._resize(image)
         if spec.color == "rgb":
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        image = self._resize(image)
         if image.ndim == 2:
             image = image[:, :, np.newaxis]
         if spec.invert:
@@ -147,6 +182,8 @@ class Preprocessor:
             x = x[np.newaxis]
         else:
             x = x.reshape(1, -1)
+        if self.quant is not None:
+            return np.ascontiguousarray(quantize(x, self.quant, self.dtype))
         return np.ascontiguousarray(_cast(x, self.dtype))
 
     def _resize(self, image: np.ndarray) -> np.ndarray:

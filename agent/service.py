@@ -1,32 +1,37 @@
-"""The running agent: input → bounded queue → inference worker, plus telemetry and updates.
+"""The running agent: the input pipeline, plus telemetry and updates.
 
-Threads: ``input`` (reads the source), ``inference`` (preprocess + infer + count), ``telemetry``
-(one summary per interval), ``updater`` (applies desired states). MQTT callbacks only decode and
-hand work over. :meth:`AgentService.run` returns when ``stop`` is set, after publishing
-``agent.stopping`` and ``status=offline`` and waiting (bounded) for their acknowledgement.
+Threads: ``input`` (reads the source and preprocesses), ``inference`` (infer + postprocess +
+sink), ``telemetry`` (one summary per interval), ``updater`` (applies desired states). MQTT
+callbacks only decode and hand work over. :meth:`AgentService.run` returns when ``stop`` is
+set, after publishing ``agent.stopping`` and ``status=offline`` and waiting (bounded) for their
+acknowledgement.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.config import AgentConfig
 from agent.engine import BackendOptions, LoadedModel, load_model
-from agent.errors import AgentConfigError, AgentError, InferenceError, InputError
-from agent.inputs import InputItem, create_source
+from agent.errors import AgentConfigError, AgentError
+from agent.inputs import InputSource, SourceContext, create_source
+from agent.metrics import MetricsView, render
+from agent.pipeline import Pipeline
 from agent.publisher import Publisher, status_payload
 from agent.sdnotify import SystemdNotifier
 from agent.seq import SequenceCounter
+from agent.sinks import ResultSink, create_sink
 from agent.state import AgentState, ModelSlot, Snapshot
 from agent.store import DataDir
-from agent.telemetry import TelemetryCollector
+from agent.telemetry import TelemetryCollector, rss_mb
 from agent.updater import Updater
-from edgefleet.contract import Channel, ContractError, DesiredState, decode, topic
+from edgefleet.contract import Channel, ContractError, DesiredState, ModelRef, decode, topic
+from edgefleet.contract.payloads import EventKind
 from edgefleet.mqtt import BrokerAddress, MqttError, MqttTransport
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,20 @@ class AgentService:
         self.seq = SequenceCounter(config.data_dir)
         self.collector = TelemetryCollector(device_id=self.device_id, data_dir=config.data_dir)
         self.slot = ModelSlot()
-        self.queue: queue.Queue[InputItem] = queue.Queue(maxsize=config.engine.queue_size)
+        self.sink: ResultSink | None = create_sink(config.sink) if config.sink else None
+        self.pipeline = Pipeline(
+            slot=self.slot,
+            collector=self.collector,
+            on_error=self._input_error,
+            sink=self.sink,
+            queue_size=config.engine.queue_size,
+        )
+        self.source: InputSource | None = None
+        if config.input is not None:
+            context = SourceContext(
+                on_error=self._input_error, health=self.health, metrics=self.metrics_text
+            )
+            self.source = create_source(config.input, context=context)
         self.transport = MqttTransport(
             _broker(config),
             client_id=f"edgefleet-agent-{self.device_id}",
@@ -63,18 +81,58 @@ class AgentService:
             store=self.store,
             slot=self.slot,
             state=self.state,
-            emit=self.publisher.event,
+            emit=self._emit,
             load=self._load,
             token=config.bearer_token,
             server_url=config.server_url,
             max_bundle_bytes=config.max_bundle_bytes,
+            postprocess=config.postprocess,
         )
         self._logged_kinds: set[str] = set()
         self.notifier = SystemdNotifier()
 
     def _load(self, path: Path) -> LoadedModel:
-        options = BackendOptions(threads=self.config.engine.threads)
+        engine = self.config.engine
+        options = BackendOptions(
+            threads=engine.threads,
+            graph_optimization=engine.graph_optimization,
+            execution_providers=tuple(engine.execution_providers),
+        )
         return load_model(path, options=options, trusted_keys=self.trusted_keys)
+
+    def _emit(
+        self,
+        kind: EventKind,
+        *,
+        model: ModelRef | None = None,
+        detail: str = "",
+        progress: float | None = None,
+    ) -> None:
+        """Publish an update event; a model that failed to load or update is also counted."""
+        if kind in ("update.failed", "model.load_failed"):
+            self.collector.record_error(kind.replace(".", "_"))
+        self.publisher.event(kind, model=model, detail=detail, progress=progress)
+
+    # -- device endpoints (HTTP source threads) ----------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        serving = self.slot.current
+        snapshot = self.state.snapshot
+        body = {
+            "status": "ok" if serving is not None else "no_model",
+            "model": str(serving.model.ref) if serving is not None else None,
+            "phase": snapshot.phase,
+        }
+        return serving is not None, body
+
+    def metrics_text(self) -> str:
+        serving = self.slot.current
+        return render(
+            MetricsView(
+                totals=self.collector.totals(),
+                model=str(serving.model.ref) if serving is not None else None,
+                rss_mb=rss_mb(),
+            )
+        )
 
     # -- MQTT callbacks (network thread) -----------------------------------------------------
     def _on_connect(self) -> None:
@@ -113,10 +171,12 @@ class AgentService:
         threads = [
             threading.Thread(target=self.updater.run, args=(stop,), name="updater"),
             threading.Thread(target=self._telemetry_loop, args=(stop,), name="telemetry"),
-            threading.Thread(target=self._inference_loop, args=(stop,), name="inference"),
+            threading.Thread(target=self.pipeline.run, args=(stop,), name="inference"),
         ]
-        if self.config.input is not None:
-            threads.append(threading.Thread(target=self._input_loop, args=(stop,), name="input"))
+        if self.source is not None:
+            threads.append(
+                threading.Thread(target=self._input_loop, args=(self.source, stop), name="input")
+            )
         for thread in threads:
             thread.daemon = True
             thread.start()
@@ -130,8 +190,8 @@ class AgentService:
                 on_running(f"edgefleet agent {self.device_id} running model={running or 'none'}")
             else:
                 stop.wait(0.2)
-            if all(t.is_alive() for t in threads):  # a dead worker stops the pings: systemd
-                self.notifier.watchdog()  # restarts the agent
+            if all(t.is_alive() for t in threads if t.name != "input"):  # a dead worker stops
+                self.notifier.watchdog()  # the pings: systemd restarts the agent
         self.notifier.stopping()
         self._shutdown(threads)
         return 0
@@ -149,26 +209,15 @@ class AgentService:
                 extra={"timeout_s": SHUTDOWN_ACK_TIMEOUT_S},
             )
         self.transport.close()
+        if self.sink is not None:
+            self.sink.close()
 
     # -- threads -------------------------------------------------------------------------------
-    def _input_loop(self, stop: threading.Event) -> None:
-        assert self.config.input is not None
-        source = create_source(self.config.input, on_error=self._input_error)
-        while not stop.is_set() and not self.slot.ready.wait(0.2):
-            pass
-        for item in source.items(stop):
-            while not self.slot.ready.wait(0.2):
-                if stop.is_set():
-                    return
-            try:
-                self.queue.put_nowait(item)
-            except queue.Full:
-                try:
-                    self.queue.get_nowait()  # drop the oldest: fresh inputs matter more
-                    self.collector.record_dropped()
-                except queue.Empty:
-                    pass
-                self.queue.put_nowait(item)
+    def _input_loop(self, source: InputSource, stop: threading.Event) -> None:
+        """Feed the pipeline; a finished source (video end, batch done) is logged, not fatal."""
+        self.pipeline.feed(source, stop)
+        if not stop.is_set():
+            log.info("input finished", extra={"source": type(source).__name__})
 
     def _input_error(self, kind: str, detail: str) -> None:
         self.collector.record_error(kind)
@@ -179,34 +228,6 @@ class AgentService:
         if kind not in self._logged_kinds:
             self._logged_kinds.add(kind)
             log.warning("input error", extra={"kind": kind, "detail": detail[:300]})
-
-    def _inference_loop(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                item = self.queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            serving = self.slot.current  # one reference per item: a swap never splits an item
-            if serving is None:
-                self.collector.record_dropped()
-                continue
-            try:
-                batch = {serving.preprocess.tensor.name: serving.preprocess(item.data)}
-                start = time.perf_counter()
-                outputs = serving.model.infer(batch)
-                elapsed_ms = (time.perf_counter() - start) * 1000.0
-            except InputError as err:
-                self._input_error(err.kind, f"{item.source}: {err}")
-                continue
-            except InferenceError as err:
-                self._input_error("inference", f"{item.source}: {err}")
-                continue
-            except Exception:  # a bug must not end the worker: count it, log it, go on
-                self.collector.record_error("internal")
-                log.exception("inference crashed", extra={"source": item.source})
-                continue
-            top = serving.model.top1(outputs)
-            self.collector.record_inference(elapsed_ms, float(top[1][0]) if top else None)
 
     def _telemetry_loop(self, stop: threading.Event) -> None:
         interval = self.config.telemetry.interval_s

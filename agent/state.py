@@ -5,9 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
 
 from agent.engine import LoadedModel
 from agent.errors import ModelLoadError
+from agent.plugin_config import PostprocessConfig
+from agent.postprocess import Geometry, Postprocessor, create_postprocessor
 from agent.preprocess import Preprocessor
 from edgefleet.contract import ModelRef
 from edgefleet.contract.payloads import Phase
@@ -15,19 +20,30 @@ from edgefleet.contract.payloads import Phase
 
 @dataclass(frozen=True)
 class Serving:
-    """A model and its preprocessor, swapped together as one reference."""
+    """A model with its preprocessor and postprocessor, swapped together as one reference."""
 
     model: LoadedModel
     preprocess: Preprocessor
+    postprocess: Postprocessor
 
     @classmethod
-    def of(cls, model: LoadedModel) -> Serving:
-        """Pair a model with its preprocessor; ModelLoadError if they cannot fit together."""
+    def of(cls, model: LoadedModel, postprocess: PostprocessConfig | None = None) -> Serving:
+        """Pair a model with its pre- and postprocessing; ModelLoadError if they cannot fit."""
         pre = Preprocessor(model.manifest.preprocessing, model.manifest.inputs[0])
         problem = pre.mismatch()
         if problem is not None:
             raise ModelLoadError(f"{model.ref}: {problem}")
-        return cls(model, pre)
+        return cls(model, pre, create_postprocessor(model, postprocess))
+
+    def results(
+        self, outputs: dict[str, np.ndarray], geometry: list[Geometry]
+    ) -> list[dict[str, Any]]:
+        """Postprocessed results, one per batch row, each naming the model."""
+        results = self.postprocess(self.model.real(outputs), geometry)
+        ref = str(self.model.ref)
+        for result in results:
+            result["model"] = ref
+        return results
 
 
 class ModelSlot:

@@ -110,6 +110,11 @@ def _cpu_percent(ctx: GaugeContext) -> float | None:
 
 
 def _rss_mb(ctx: GaugeContext) -> float | None:
+    return rss_mb()
+
+
+def rss_mb() -> float | None:
+    """This process's resident set size in MiB (None where /proc is missing)."""
     try:
         fields = Path("/proc/self/statm").read_text().split()
     except OSError:
@@ -158,6 +163,16 @@ class _Window:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class Totals:
+    """Counters since start (never reset): what ``/metrics`` exposes."""
+
+    inferences: int = 0
+    latency_ms_sum: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+
+
 class TelemetryCollector:
     """Thread-safe counters for the current interval; :meth:`flush` closes the interval."""
 
@@ -165,10 +180,19 @@ class TelemetryCollector:
         self.device_id = device_id
         self._lock = threading.Lock()
         self._window = _Window()
+        self._totals = Totals()
         self._gauges = GaugeContext(data_dir=data_dir)
+
+    def totals(self) -> Totals:
+        """A copy of the counters since start."""
+        with self._lock:
+            t = self._totals
+            return Totals(t.inferences, t.latency_ms_sum, dict(t.errors), t.dropped)
 
     def record_inference(self, latency_ms: float, confidence: float | None = None) -> None:
         with self._lock:
+            self._totals.inferences += 1
+            self._totals.latency_ms_sum += latency_ms
             w = self._window
             w.inference_count += 1
             w.latency.record(latency_ms)
@@ -178,6 +202,11 @@ class TelemetryCollector:
 
     def record_error(self, kind: str) -> None:
         with self._lock:
+            totals = self._totals.errors
+            if kind in totals or len(totals) < MAX_ERROR_KINDS:
+                totals[kind] = totals.get(kind, 0) + 1
+            else:
+                totals[OTHER_ERRORS] = totals.get(OTHER_ERRORS, 0) + 1
             errors = self._window.errors
             if kind not in errors and len(errors) >= MAX_ERROR_KINDS:
                 kind = OTHER_ERRORS
@@ -186,6 +215,7 @@ class TelemetryCollector:
     def record_dropped(self, n: int = 1) -> None:
         with self._lock:
             self._window.dropped += n
+            self._totals.dropped += n
 
     def flush(self, *, seq: int, model: ModelRef | None, classifier: bool) -> Telemetry:
         """Summarise and reset the current interval."""

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from agent.download import download
 from agent.engine import LoadedModel
 from agent.errors import AgentError, UpdateError
+from agent.plugin_config import PostprocessConfig
 from agent.state import AgentState, ModelSlot, Serving
 from agent.store import DataDir
 from edgefleet.artifact import ArtifactError, unpack_bundle
@@ -53,6 +54,7 @@ class Updater:
         server_url: str,
         max_bundle_bytes: int,
         download_timeout: float = 30.0,
+        postprocess: PostprocessConfig | None = None,
     ) -> None:
         self.store = store
         self.slot = slot
@@ -63,6 +65,7 @@ class Updater:
         self._server_url = server_url.rstrip("/") + "/"
         self._max_bundle = max_bundle_bytes
         self._timeout = download_timeout
+        self._post = postprocess
         self._last_seq: int | None = None
         self._pending: DesiredState | None = None
         self._cond = threading.Condition()
@@ -101,7 +104,7 @@ class Updater:
             self.state.update(phase="idle")
             return
         try:
-            serving = Serving.of(self._load(committed.path))
+            serving = Serving.of(self._load(committed.path), self._post)
         except (AgentError, OSError) as err:
             reason = f"committed model {committed.ref} not served: {err}"
             log.error("committed model failed to load", extra={"error": str(err)})
@@ -158,7 +161,7 @@ class Updater:
             self.state.update(phase="loading")
             self._emit("update.self_test", model=ref, detail="artifact already on disk")
             try:
-                return Serving.of(self._load(dest))
+                return Serving.of(self._load(dest), self._post)
             except AgentError as err:
                 log.warning("re-fetching unusable artifact", extra={"error": str(err)})
                 shutil.rmtree(dest, ignore_errors=True)
@@ -166,7 +169,7 @@ class Updater:
         self.state.update(phase="loading")
         self._emit("update.self_test", model=ref)
         try:
-            return Serving.of(self._load(dest))
+            return Serving.of(self._load(dest), self._post)
         except AgentError:
             shutil.rmtree(dest, ignore_errors=True)
             raise

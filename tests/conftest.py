@@ -90,3 +90,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with fresh_postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_litter_in_the_working_directory() -> Iterator[None]:
+    """Code under test must write into its own directories, never into the caller's cwd."""
+    before = set(os.listdir("."))
+    yield
+    litter = sorted(set(os.listdir(".")) - before - {".pytest_cache", ".mypy_cache", ".ruff_cache"})
+    assert not litter, f"tests left files in the working directory: {litter}"

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Runtime settings shared by every backend."""
+    """Runtime settings; a backend uses the ones it understands (the device profile fills them)."""
 
     threads: int = 1
+    #: onnxruntime graph optimisation level.
+    graph_optimization: GraphOptimization = "all"
+    #: onnxruntime execution providers, in order of preference.
+    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
 class Session(Protocol):
@@ -30,6 +36,10 @@ class Session(Protocol):
 
     @property
     def output_names(self) -> list[str]: ...
+
+    def dtypes(self) -> dict[str, np.dtype]:
+        """Element type of every input and output, by name (to check against the manifest)."""
+        ...
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run once; returns the outputs in :attr:`output_names` order."""

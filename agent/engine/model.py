@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.engine.base import BackendOptions, Session
+from agent.engine.quant import dequantize
 from agent.engine.registry import backend_for
 from agent.errors import InferenceError, ModelLoadError
 from edgefleet.artifact import ArtifactError, load_artifact
@@ -22,6 +23,8 @@ from edgefleet.contract import Manifest, ModelRef, TensorSpec
 
 #: Self-test files are small; a bigger one is refused before numpy reads it.
 MAX_SELFTEST_BYTES = 64 * 1024 * 1024
+#: Shapes remembered per input as already checked (dynamic dims: batch sizes seen).
+MAX_ACCEPTED_SHAPES = 16
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,18 @@ class _InputSpec:
     name: str
     dims: tuple[int | None, ...]  # None: dynamic
     dtype: np.dtype
+    static: tuple[int, ...] | None  # the shape when no dimension is dynamic
 
     def check(self, value: np.ndarray | None) -> None:
         if value is None:
             raise InferenceError(f"missing input {self.name!r}")
+        if not isinstance(value, np.ndarray):
+            raise InferenceError(f"input {self.name!r}: not an array")
         if value.dtype != self.dtype:
             raise InferenceError(f"input {self.name!r}: dtype {value.dtype} != model {self.dtype}")
         shape = value.shape
+        if shape == self.static:
+            return
         if len(shape) != len(self.dims) or any(
             d is not None and d != s for d, s in zip(self.dims, shape, strict=True)
         ):
@@ -64,12 +72,28 @@ class LoadedModel:
                 name=s.name,
                 dims=tuple(d if isinstance(d, int) else None for d in s.shape),
                 dtype=numpy_dtype(s),
+                static=tuple(d for d in s.shape if isinstance(d, int))
+                if all(isinstance(d, int) for d in s.shape)
+                else None,
             )
             for s in manifest.inputs
         )
+        self._n_inputs = len(self._inputs)
+        #: (name, dtype, shapes already checked) per input, for the fast path of :meth:`infer`.
+        self._fast = tuple(
+            (spec.name, np.dtype(spec.dtype), set() if spec.static is None else {spec.static})
+            for spec in self._inputs
+        )
         self._input_names = frozenset(s.name for s in manifest.inputs)
         self._output_names = tuple(session.output_names)
+        self._run = session.run
         self.scores_output = _scores_output(manifest)
+        #: Quantized outputs: name → params, for :meth:`real`.
+        self.output_quant = {
+            s.name: s.quantization
+            for s in manifest.outputs
+            if s.quantization is not None and s.dtype in ("int8", "uint8", "int16", "int32")
+        }
 
     @property
     def ref(self) -> ModelRef:
@@ -77,18 +101,43 @@ class LoadedModel:
 
     def infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; InferenceError names the input that does not fit."""
+        # Fast path: every input has the dtype (builtin dtypes are singletons, so ``is``
+        # decides) and a shape already accepted for it.
+        if len(batch) == self._n_inputs:
+            try:
+                for name, dtype, accepted in self._fast:
+                    value = batch[name]
+                    if value.dtype is not dtype or value.shape not in accepted:
+                        break
+                else:
+                    # strict=False: a session returns one array per output name by contract.
+                    return dict(zip(self._output_names, self._run(batch), strict=False))
+            except (KeyError, AttributeError):
+                pass
         for spec in self._inputs:
             spec.check(batch.get(spec.name))
-        if len(batch) != len(self._inputs):
+        if len(batch) != self._n_inputs:
             extra = sorted(set(batch) - self._input_names)
             raise InferenceError(f"unknown inputs {extra[:5]}")
-        return dict(zip(self._output_names, self._session.run(batch), strict=True))
+        for (_, _, accepted), spec in zip(self._fast, self._inputs, strict=True):
+            if len(accepted) < MAX_ACCEPTED_SHAPES:
+                accepted.add(batch[spec.name].shape)
+        return dict(zip(self._output_names, self._run(batch), strict=True))
+
+    def real(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs with quantized tensors turned into real values (scale/zero-point)."""
+        if not self.output_quant:
+            return outputs
+        return {
+            name: dequantize(value, self.output_quant[name]) if name in self.output_quant else value
+            for name, value in outputs.items()
+        }
 
     def top1(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         """(class indices, confidences) per batch row for classifiers; None otherwise."""
         if self.scores_output is None:
             return None
-        scores = outputs[self.scores_output]
+        scores = self.real({self.scores_output: outputs[self.scores_output]})[self.scores_output]
         scores = scores.reshape(scores.shape[0], -1).astype(np.float32, copy=False)
         if scores.size and (scores.min() < 0 or scores.max() > 1):
             shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
@@ -102,7 +151,8 @@ def _scores_output(manifest: Manifest) -> str | None:
     if manifest.task != "classification":
         return None
     for spec in manifest.outputs:
-        if spec.dtype.startswith("float") and len(spec.shape) == 2:
+        real = spec.dtype.startswith("float") or spec.quantization is not None
+        if real and len(spec.shape) == 2:
             classes = spec.shape[1]
             if not manifest.labels or classes == len(manifest.labels) or isinstance(classes, str):
                 return spec.name
@@ -149,6 +199,15 @@ def _check_names(manifest: Manifest, session: Session) -> None:
         if sorted(declared) != sorted(actual):
             raise ModelLoadError(
                 f"{manifest.ref}: manifest {kind} {declared[:8]} != model {kind} {actual[:8]}"
+            )
+    # A model file that is not what its manifest says (e.g. an int8 file under an fp32 manifest).
+    actual_types = session.dtypes()
+    for spec in (*manifest.inputs, *manifest.outputs):
+        actual_type = actual_types.get(spec.name)
+        if actual_type is not None and actual_type != numpy_dtype(spec):
+            raise ModelLoadError(
+                f"{manifest.ref}: manifest says {spec.name!r} is {spec.dtype}, "
+                f"the model file has {actual_type}"
             )
 
 

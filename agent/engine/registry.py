@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from agent.engine.base import Backend
+from agent.engine.litert import LiteRTBackend
 from agent.engine.onnx import OnnxBackend
 from agent.errors import ModelLoadError
 
 BACKENDS: dict[str, Backend] = {
     "onnx": OnnxBackend(),
+    "tflite": LiteRTBackend(),
 }
 
 

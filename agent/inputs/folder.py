@@ -20,6 +20,8 @@ from agent.inputs.base import ErrorReporter, InputItem
 
 
 class FolderSource:
+    live = True  # paced at rate_hz: a backlog is dropped oldest-first
+
     def __init__(self, config: FolderInputConfig, *, on_error: ErrorReporter) -> None:
         self.config = config
         self._on_error = on_error

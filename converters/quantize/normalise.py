@@ -13,6 +13,7 @@ changes them is dropped (and said so in the notes), never shipped.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,10 +113,13 @@ def _pre_process(model: ModelProto, work: Path, notes: list[str]) -> ModelProto 
     import onnx
     from onnxruntime.quantization import quant_pre_process
 
-    target = work / "preprocessed.onnx"
+    target = (work / "preprocessed.onnx").resolve()
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(model, target, skip_symbolic_shape=skip_symbolic)
+            # When symbolic inference fails, onnxruntime saves "sym_shape_infer_temp.onnx" into
+            # the current directory: keep that litter inside the work directory.
+            with contextlib.chdir(work):
+                quant_pre_process(model, target, skip_symbolic_shape=skip_symbolic)
             if skip_symbolic:
                 notes.append("symbolic shape inference failed; used skip_symbolic_shape=True")
             return onnx.load(str(target))

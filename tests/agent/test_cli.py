@@ -111,5 +111,37 @@ def test_infer_prints_raw_outputs_for_other_tasks(
     assert cli.infer_command(parse(["agent", "infer", str(artifact_copy), str(tensor)])) == 0
     row = json.loads(capsys.readouterr().out)
     assert set(row["outputs"]) == {"label", "probabilities"}
-    assert len(row["outputs"]["probabilities"][0]) == 10
-    assert row["outputs"]["label"] == [int(np.argmax(row["outputs"]["probabilities"][0]))]
+    assert len(row["outputs"]["probabilities"]) == 10
+    assert row["outputs"]["label"] == int(np.argmax(row["outputs"]["probabilities"]))
+
+
+def test_bench_json_compares_agent_and_bare(
+    digits_v1: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(["agent", "bench", str(digits_v1), "--runs", "50", "--json"])
+    assert cli.bench_command(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["backend"] == "onnx" and result["threads"] == 1
+    for side in ("agent_ms", "bare_ms"):
+        p = result[side]
+        assert 0 < p["p50"] <= p["p95"] <= p["p99"]
+    assert result["overhead_ratio"] == round(
+        result["agent_ms"]["p50"] / result["bare_ms"]["p50"], 4
+    )
+    assert result["rss_mb"] > 10
+
+
+def test_bench_accepts_a_bare_model_file(
+    digits_tflite: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(["agent", "bench", str(digits_tflite / "model.tflite"), "--runs", "20"])
+    assert cli.bench_command(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tflite ") and "overhead (agent p50 / bare p50)" in out
+
+
+def test_bench_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.bench_command(parse(["agent", "bench", str(tmp_path / "none.onnx")])) == 2
+    (tmp_path / "model.txt").write_text("x")
+    assert cli.bench_command(parse(["agent", "bench", str(tmp_path / "model.txt")])) == 1
+    assert "not an artifact directory" in capsys.readouterr().err

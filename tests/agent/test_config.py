@@ -81,7 +81,7 @@ def test_every_field_is_described() -> None:
         ('url = "mqtt://127.0.0.1:1883"', 'url = "http://127.0.0.1"', "mqtt.url"),
         ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://host:99999"', "mqtt.url"),
         ("keepalive = 20", "keepalive = 1", "mqtt.keepalive"),
-        ('type = "folder"', 'type = "camera"', "input"),
+        ('type = "folder"', 'type = "webcam"', "input"),
         ("rate_hz = 20.0", "rate_hz = 0", "input.folder.rate_hz"),
         ("rate_hz = 20.0", 'rate_hz = "fast"', "input.folder.rate_hz"),
         ("interval_s = 5.0", "interval_s = -1", "telemetry.interval_s"),
@@ -188,3 +188,59 @@ def test_example_config_parses(tmp_path: Path) -> None:
     text = example.read_text().replace("/etc/edgefleet/token", str(token))
     config = parse_config(text)
     assert config.device_id == "pi-kitchen-01" and config.input is not None
+
+
+BASE = """
+device_id = "dev-1"
+server_url = "http://127.0.0.1:8080"
+token = "t"
+data_dir = "/var/lib/edgefleet"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+"""
+
+
+def test_profile_values_are_defaults_the_file_can_override() -> None:
+    config = parse_config('profile = "rpi4"\n' + BASE + '[input]\ntype = "camera"\n')
+    assert config.engine.threads == 4 and config.engine.queue_size == 4
+    assert config.telemetry.interval_s == 15
+    assert config.engine.execution_providers == ["CPUExecutionProvider"]
+    camera = config.input
+    assert camera is not None and camera.type == "camera"
+    assert (camera.width, camera.height, camera.fps) == (640, 480, 15)
+    mine = parse_config(
+        'profile = "rpi4"\n' + BASE + "[engine]\nthreads = 2\n[telemetry]\ninterval_s = 3\n"
+    )
+    assert mine.engine.threads == 2 and mine.telemetry.interval_s == 3
+    assert mine.engine.queue_size == 4  # still from the profile
+
+
+def test_profile_by_path_and_unknown_profile(tmp_path: Path) -> None:
+    from importlib import resources
+
+    text = (resources.files("firmware_configs") / "profiles" / "rpi5.toml").read_text()
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    from firmware_configs.profile import load_profile
+
+    config = parse_config(f'profile = "{path}"\n' + BASE)
+    assert config.engine.threads == load_profile("rpi5").engine.threads
+    with pytest.raises(AgentConfigError) as info:
+        parse_config('profile = "pi-99"\n' + BASE)
+    assert len(str(info.value).splitlines()) == 1 and "unknown profile 'pi-99'" in str(info.value)
+
+
+def test_plugin_configs_parse_and_reject_unknown_keys() -> None:
+    config = parse_config(
+        BASE
+        + '[input]\ntype = "http"\nport = 0\n'
+        + '[sink]\ntype = "file"\npath = "/tmp/r.jsonl"\n'
+        + '[postprocess]\ntype = "detection"\nstyle = "yolov8"\niou_threshold = 0.5\n'
+    )
+    assert config.input is not None and config.input.type == "http"
+    assert config.sink is not None and config.sink.type == "file"
+    assert config.postprocess is not None and config.postprocess.type == "detection"
+    with pytest.raises(AgentConfigError, match="sink.stdout.path: Extra inputs"):
+        parse_config(BASE + '[sink]\ntype = "stdout"\npath = "x"\n')
+    with pytest.raises(AgentConfigError, match="input.stream.url"):
+        parse_config(BASE + '[input]\ntype = "stream"\nurl = "ftp://x"\n')

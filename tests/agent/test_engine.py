@@ -35,7 +35,7 @@ def test_loads_real_artifact_and_classifies_digits(digits_v1: Path) -> None:
 
 
 def test_registry_is_keyed_by_manifest_format() -> None:
-    assert set(BACKENDS) == {"onnx"}
+    assert set(BACKENDS) == {"onnx", "tflite"}
 
 
 def test_tampered_model_file_is_refused(artifact_copy: Path) -> None:
@@ -95,7 +95,7 @@ def test_garbage_model_bytes_are_refused(artifact_copy: Path) -> None:
         load_model(artifact_copy, options=OPTIONS)
 
 
-def test_format_without_backend_is_refused(artifact_copy: Path) -> None:
+def test_onnx_file_under_a_tflite_manifest_is_refused(artifact_copy: Path) -> None:
     shutil.move(artifact_copy / "model.onnx", artifact_copy / "model.tflite")
     data = json.loads((artifact_copy / "manifest.json").read_text())
     data["format"] = "tflite"
@@ -104,7 +104,15 @@ def test_format_without_backend_is_refused(artifact_copy: Path) -> None:
         if entry["path"] == "model.onnx":
             entry["path"] = "model.tflite"
     (artifact_copy / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ModelLoadError, match="no backend for model format 'tflite'"):
+    with pytest.raises(ModelLoadError, match="litert cannot load model.tflite"):
+        load_model(artifact_copy, options=OPTIONS)
+
+
+def test_format_without_backend_is_refused(
+    artifact_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(BACKENDS, "onnx")
+    with pytest.raises(ModelLoadError, match="no backend for model format 'onnx'"):
         load_model(artifact_copy, options=OPTIONS)
 
 

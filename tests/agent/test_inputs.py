@@ -6,18 +6,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.config import FolderInputConfig
-from agent.inputs import SOURCES, InputItem, create_source
+from agent.inputs import SOURCES, InputItem, SourceContext, create_source
 
 
 def _source(path: Path, errors: list[tuple[str, str]], **kw: object) -> Iterator[InputItem]:
     config = FolderInputConfig.model_validate({"type": "folder", "path": path, **kw})
     stop = threading.Event()
-    source = create_source(config, on_error=lambda k, d: errors.append((k, d)))
+    source = create_source(
+        config, context=SourceContext(on_error=lambda k, d: errors.append((k, d)))
+    )
     return source.items(stop)
 
 
 def test_registry() -> None:
-    assert set(SOURCES) == {"folder"}
+    assert set(SOURCES) == {"folder", "video", "camera", "stream", "http", "batch"}
 
 
 def test_sorted_filtered_files(tmp_path: Path) -> None:
@@ -86,7 +88,7 @@ def test_stop_ends_the_iteration(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x")
     config = FolderInputConfig(type="folder", path=tmp_path, loop=True, rate_hz=1)
     stop = threading.Event()
-    items = create_source(config, on_error=lambda k, d: None).items(stop)
+    items = create_source(config, context=SourceContext(on_error=lambda k, d: None)).items(stop)
     next(items)
     threading.Timer(0.1, stop.set).start()
     start = time.monotonic()

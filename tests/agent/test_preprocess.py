@@ -163,7 +163,7 @@ def test_bad_npy_tensors_are_refused(array: np.ndarray) -> None:
     pre = Preprocessor(None, TensorSpec(name="input", shape=["batch", 64], dtype="float32"))
     with pytest.raises(InputError) as info:
         pre(_npy(array))
-    assert info.value.kind == "bad_tensor"
+    assert info.value.kind.startswith("bad_tensor")
 
 
 def test_truncated_npy_is_refused() -> None:

@@ -13,10 +13,12 @@ import pytest
 from agent.config import parse_config
 from agent.engine import BackendOptions, load_model
 from agent.inputs import InputItem
+from agent.pipeline import prepare
 from agent.service import AgentService
 from agent.state import Serving
 from edgefleet.contract import DesiredState, encode
 from tests.agent.helpers import config_toml
+from tests.agent.sources import ListSource
 from tests.utils.artifacts import digits_images
 from tests.utils.net import free_port
 
@@ -71,23 +73,22 @@ def test_valid_and_cleared_desired(service: AgentService) -> None:
     assert service.events == []  # type: ignore[attr-defined]
 
 
-def test_inference_loop_counts_results_and_bad_inputs(
+def test_pipeline_counts_results_and_bad_inputs(
     service: AgentService, digits_v1: Path, tmp_path: Path
 ) -> None:
     model = load_model(digits_v1, options=BackendOptions())
     service.slot.swap(Serving.of(model))
     images = digits_images(tmp_path / "in", 5)
-    for path in images:
-        service.queue.put(InputItem(source=path.name, data=path.read_bytes()))
-    service.queue.put(InputItem(source="bad.png", data=b"\x89PNG broken"))
-    service.queue.put(InputItem(source="bad.npy", data=b"\x93NUMPY garbage"))
+    items = [InputItem(source=path.name, data=path.read_bytes()) for path in images]
+    items.append(InputItem(source="bad.png", data=b"\x89PNG broken"))
+    items.append(InputItem(source="bad.npy", data=b"\x93NUMPY garbage"))
     stop = threading.Event()
-    worker = threading.Thread(target=service._inference_loop, args=(stop,))
+    worker = threading.Thread(target=service.pipeline.run, args=(stop,))
     worker.start()
+    service.pipeline.feed(ListSource(items), stop)
     deadline = time.monotonic() + 10
-    while not service.queue.empty() and time.monotonic() < deadline:
+    while service.pipeline.handled < 7 and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.1)
     stop.set()
     worker.join(5)
     assert not worker.is_alive()
@@ -98,15 +99,13 @@ def test_inference_loop_counts_results_and_bad_inputs(
     assert telemetry.latency_ms is not None and telemetry.latency_ms.max > 0
 
 
-def test_items_without_a_model_are_dropped(service: AgentService) -> None:
-    service.queue.put(InputItem(source="x", data=b"x"))
-    stop = threading.Event()
-    worker = threading.Thread(target=service._inference_loop, args=(stop,))
-    worker.start()
-    deadline = time.monotonic() + 5
-    while not service.queue.empty() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)
-    stop.set()
-    worker.join(5)
-    assert service.collector.flush(seq=1, model=None, classifier=False).dropped == 1
+def test_job_queued_before_an_unload_is_counted_not_served(
+    service: AgentService, digits_v1: Path, tmp_path: Path
+) -> None:
+    serving = Serving.of(load_model(digits_v1, options=BackendOptions()))
+    image = digits_images(tmp_path / "in", 1)[0]
+    job = prepare(InputItem(source="x", data=image.read_bytes()), serving)
+    service.slot.swap(None)
+    service.pipeline.process(job)
+    telemetry = service.collector.flush(seq=1, model=None, classifier=False)
+    assert telemetry.errors == {"no_model": 1} and telemetry.inference_count == 0

@@ -1,0 +1,204 @@
+"""Capture → preprocess → bounded queue → inference → postprocess → sink / reply.
+
+Two threads, so capture and preprocessing of the next input overlap inference of the current
+one (OpenCV and the runtimes release the GIL). The queue is bounded: a live source (camera,
+stream) drops the oldest queued input when it is full; files, batch and HTTP wait for room.
+
+Hot swap: each queued job carries the :class:`Serving` it was preprocessed for. The inference
+thread takes :attr:`ModelSlot.current` once per job; if the model was swapped in between and
+preprocesses differently, the job is preprocessed again for the new model from its raw input,
+so no input in flight fails or is dropped because of a swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.errors import AgentError, InferenceError, InputError, ModelUnavailableError
+from agent.inputs import InputItem, InputSource
+from agent.postprocess import Geometry
+from agent.sinks import ResultSink
+from agent.state import ModelSlot, Serving
+from agent.telemetry import TelemetryCollector
+
+log = logging.getLogger(__name__)
+
+ErrorSink = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    item: InputItem
+    serving: Serving
+    tensor: np.ndarray
+    geometry: Geometry
+
+
+def prepare(item: InputItem, serving: Serving) -> Job:
+    """Preprocess one item for one model; InputError if it cannot become its input."""
+    pre = serving.preprocess
+    tensor, size = pre.prepare(item.data, tensor=item.tensor)
+    resize = pre.spec.resize if pre.spec is not None else None
+    return Job(item, serving, tensor, Geometry(source=size, resize=resize))
+
+
+def _same_input(a: Serving, b: Serving) -> bool:
+    return a is b or (
+        a.preprocess.spec == b.preprocess.spec and a.preprocess.tensor == b.preprocess.tensor
+    )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        slot: ModelSlot,
+        collector: TelemetryCollector,
+        on_error: ErrorSink,
+        sink: ResultSink | None = None,
+        queue_size: int = 8,
+    ) -> None:
+        self.slot = slot
+        self.collector = collector
+        self.sink = sink
+        self._on_error = on_error
+        self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        #: Set when the source has no more items (a video ended, a batch is done).
+        self.source_done = threading.Event()
+        self._handled = 0
+        self._handled_lock = threading.Lock()
+
+    @property
+    def handled(self) -> int:
+        """Items fully handled (answered, written or counted as failed)."""
+        return self._handled
+
+    def _done(self) -> None:
+        with self._handled_lock:  # both threads finish items
+            self._handled += 1
+
+    # -- capture thread ------------------------------------------------------------------------
+    def feed(self, source: InputSource, stop: threading.Event) -> None:
+        """Read ``source`` until it ends or ``stop`` is set; preprocess; queue."""
+        try:
+            for item in source.items(stop):
+                serving = self._wait_for_model(item, stop)
+                if serving is None:
+                    if stop.is_set():
+                        return
+                    continue
+                try:
+                    job = prepare(item, serving)
+                except InputError as err:
+                    self._failed(item, err, err.kind)
+                    continue
+                if source.live:
+                    self._put_dropping_oldest(job)
+                elif not self._put_waiting(job, stop):
+                    return
+        finally:
+            self.source_done.set()
+
+    def _wait_for_model(self, item: InputItem, stop: threading.Event) -> Serving | None:
+        serving = self.slot.current
+        if serving is not None:
+            return serving
+        if item.reply is not None:  # a caller waits: answer now rather than hang
+            self._failed(item, ModelUnavailableError("no model is serving"), "no_model")
+            return None
+        while not stop.is_set():
+            if self.slot.ready.wait(0.2) and (serving := self.slot.current) is not None:
+                return serving
+        return None
+
+    def _put_dropping_oldest(self, job: Job) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(job)
+                return
+            except queue.Full:
+                try:
+                    old = self.queue.get_nowait()  # fresh frames matter more than old ones
+                except queue.Empty:
+                    continue
+                self.collector.record_dropped()
+                if old.item.reply is not None:
+                    old.item.reply(None, ModelUnavailableError("dropped: overtaken by newer input"))
+
+    def _put_waiting(self, job: Job, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            try:
+                self.queue.put(job, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        if job.item.reply is not None:
+            job.item.reply(None, ModelUnavailableError("the agent is stopping"))
+        return False
+
+    # -- inference thread ----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Run queued jobs until ``stop``; jobs left then are answered as not served."""
+        while not stop.is_set():
+            try:
+                job = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.process(job)
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self._failed(job.item, ModelUnavailableError("the agent is stopping"), None)
+
+    def process(self, job: Job) -> None:
+        item = job.item
+        serving = self.slot.current  # one reference per job: a swap never splits a job
+        if serving is None:
+            self._failed(item, ModelUnavailableError("no model is serving"), "no_model")
+            return
+        try:
+            if not _same_input(serving, job.serving):
+                job = prepare(item, serving)  # swapped to a model with other preprocessing
+            name = serving.preprocess.tensor.name
+            start = time.perf_counter()
+            outputs = serving.model.infer({name: job.tensor})
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            rows = job.tensor.shape[0] if job.tensor.ndim else 1
+            results = serving.results(outputs, [job.geometry] * rows)
+        except InputError as err:
+            self._failed(item, err, err.kind)
+            return
+        except InferenceError as err:
+            self._failed(item, err, "inference")
+            return
+        except Exception as err:  # a bug must not end the worker: count it, log it, go on
+            log.exception("inference crashed", extra={"source": item.source})
+            self._failed(item, AgentError(f"internal error: {type(err).__name__}"), "internal")
+            return
+        top = serving.model.top1(outputs) if serving.model.scores_output else None
+        self.collector.record_inference(elapsed_ms, float(top[1][0]) if top else None)
+        for result in results:
+            result["source"] = item.source
+            if self.sink is not None:
+                self.sink.write(result)
+        if item.reply is not None:
+            item.reply(results, None)
+        self._done()
+
+    def _failed(self, item: InputItem, err: Exception, kind: str | None) -> None:
+        if kind is not None:
+            self._on_error(kind, f"{item.source}: {err}")
+        if self.sink is not None:
+            self.sink.write({"source": item.source, "error": str(err), "kind": kind or "stopped"})
+        if item.reply is not None:
+            item.reply(None, err)
+        self._done()

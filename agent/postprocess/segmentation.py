@@ -1,0 +1,75 @@
+"""``segmentation``: a class per pixel in source-image geometry; class areas, optional PNG."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agent.errors import ModelLoadError
+from agent.plugin_config import SegmentationPostConfig
+from agent.postprocess.base import Geometry, label_of
+from agent.preprocess import letterbox_geometry
+from edgefleet.contract import Manifest
+
+
+class Segmentation:
+    """Output ``[B, C, H, W]`` (nchw), ``[B, H, W, C]`` (nhwc) or ``[B, H, W]`` class ids."""
+
+    def __init__(self, config: SegmentationPostConfig, manifest: Manifest) -> None:
+        self.config = config
+        self.manifest = manifest
+        spec = next((s for s in manifest.outputs if len(s.shape) in (3, 4)), None)
+        if spec is None:
+            raise ModelLoadError(
+                f"{manifest.ref}: segmentation needs a [B,C,H,W] or [B,H,W] output"
+            )
+        self.output = spec.name
+        layout = manifest.preprocessing.layout if manifest.preprocessing else "nchw"
+        self.channels_last = len(spec.shape) == 4 and layout == "nhwc"
+
+    def __call__(
+        self, outputs: dict[str, np.ndarray], geometry: list[Geometry]
+    ) -> list[dict[str, Any]]:
+        value = outputs[self.output]
+        if value.ndim == 4:
+            value = value.argmax(axis=3 if self.channels_last else 1)
+        return [self._row(value[r].astype(np.uint8), g) for r, g in enumerate(geometry)]
+
+    def _row(self, classes: np.ndarray, geometry: Geometry) -> dict[str, Any]:
+        classes = self._to_source(classes, geometry)
+        counts = np.bincount(classes.reshape(-1), minlength=1)
+        total = classes.size
+        result: dict[str, Any] = {
+            "mask_shape": list(classes.shape),
+            "classes": {
+                label_of(self.manifest, i): round(int(n) / total, 6)
+                for i, n in enumerate(counts)
+                if n
+            },
+        }
+        if self.config.include_mask:
+            ok, png = cv2.imencode(".png", classes)
+            if ok:
+                result["mask_png"] = base64.b64encode(png.tobytes()).decode("ascii")
+        return result
+
+    @staticmethod
+    def _to_source(classes: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """Crop the letterbox padding and resize (nearest) to the source image."""
+        if geometry.source is None or geometry.resize is None:
+            return classes
+        w, h = geometry.source
+        r = geometry.resize
+        mh, mw = classes.shape
+        if r.mode == "letterbox":
+            box = letterbox_geometry(w, h, r.width, r.height)
+            fy, fx = mh / r.height, mw / r.width  # the mask may be smaller than the input
+            y0, x0 = round(box.pad_y * fy), round(box.pad_x * fx)
+            classes = classes[
+                y0 : y0 + max(1, round(box.height * fy)), x0 : x0 + max(1, round(box.width * fx))
+            ]
+        resized: np.ndarray = cv2.resize(classes, (w, h), interpolation=cv2.INTER_NEAREST)
+        return resized
