@@ -29,6 +29,11 @@ from agent.plugin_config import (
     SinkConfig,
 )
 from edgefleet.contract import DeviceId
+from firmware_configs.profile import (
+    GRAPH_OPTIMIZATION_FIELD,
+    GraphOptimization,
+    execution_providers_field,
+)
 
 __all__ = [
     "AgentConfig",
@@ -95,14 +100,8 @@ class EngineConfig(_Config):
         le=10_000,
         description="Inputs waiting for inference (live sources drop the oldest when full).",
     )
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
-        default="all", description="onnxruntime graph optimisation level."
-    )
-    execution_providers: list[str] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
-        min_length=1,
-        description="onnxruntime execution providers, in order.",
-    )
+    graph_optimization: GraphOptimization = GRAPH_OPTIMIZATION_FIELD
+    execution_providers: list[str] = execution_providers_field()
 
 
 class AgentConfig(_Config):

@@ -8,11 +8,27 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MAX_PROFILE_BYTES = 64 * 1024
+
+
+#: onnxruntime graph optimisation levels, by name (shared with the agent's engine config).
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+GRAPH_OPTIMIZATION_FIELD: Any = Field(
+    default="all", description="onnxruntime graph optimisation level."
+)
+
+
+def execution_providers_field() -> Any:
+    """The execution-provider list field, shared with the agent's engine config."""
+    return Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="onnxruntime execution providers, in order.",
+    )
 
 
 class ProfileError(ValueError):
@@ -28,14 +44,8 @@ class EngineProfile(_Strict):
     backends: list[Literal["onnx", "tflite"]] = Field(
         min_length=1, description="Backend preference when an artifact ships several formats."
     )
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
-        default="all", description="onnxruntime graph optimisation level."
-    )
-    execution_providers: list[str] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
-        min_length=1,
-        description="onnxruntime execution providers, in order.",
-    )
+    graph_optimization: GraphOptimization = GRAPH_OPTIMIZATION_FIELD
+    execution_providers: list[str] = execution_providers_field()
 
 
 class InputDefaults(_Strict):
