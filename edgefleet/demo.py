@@ -181,6 +181,8 @@ def _agent_config(
                 "",
                 "[mqtt]",
                 f"url = {json.dumps(broker)}",
+                f"username = {json.dumps(device_id)}",
+                f"password = {json.dumps(token)}",
                 "",
                 "[input]",
                 'type = "folder"',

@@ -23,7 +23,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
     )
+    parser.add_argument(
+        "--no-mqtt-auth",
+        dest="mqtt_auth",
+        action="store_const",
+        const=False,
+        help="embedded broker: admit anonymous clients to every topic (closed lab networks only)",
+    )
     parser.set_defaults(handler=run)
+    actions = parser.add_subparsers(dest="server_command", metavar="ACTION")
+    acl = actions.add_parser(
+        "acl",
+        help="write Mosquitto password_file, acl_file and mosquitto.conf from the database",
+        description="Write a Mosquitto 2.0 password_file (the server and every device), an "
+        "acl_file confining each device to its own topics, and a sample mosquitto.conf into "
+        "DIR. Run again after registering devices, then send Mosquitto SIGHUP.",
+    )
+    acl.add_argument("--out", required=True, help="directory to write the three files into")
+    acl.add_argument("--data-dir", help="data directory (EDGEFLEET_DATA_DIR)")
+    acl.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the data dir)")
+    acl.add_argument(
+        "--listen-port", type=int, default=1883, help="port in the sample mosquitto.conf"
+    )
+    acl.add_argument(
+        "--listen-host",
+        default="0.0.0.0",  # noqa: S104 - written into a sample config, not bound here
+        help="address in the sample mosquitto.conf (default 0.0.0.0)",
+    )
+    acl.set_defaults(handler=run_acl)
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,22 +64,61 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "embedded_broker_port": args.broker_port,
         "public_url": args.public_url,
         "log_level": args.log_level,
+        "mqtt_auth": getattr(args, "mqtt_auth", None),
     }
     return {key: value for key, value in mapping.items() if value is not None}
 
 
-def run(args: argparse.Namespace) -> int:
+def _settings(overrides: dict[str, Any]) -> Any:
+    """ServerSettings, or None after printing the first invalid setting in one line."""
     from pydantic import ValidationError
 
     from fleet_server.settings import ServerSettings
 
     try:
-        settings = ServerSettings(**settings_overrides(args))
+        return ServerSettings(**overrides)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         print(f"edgefleet server: invalid setting {where}: {first['msg']}", file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _settings(settings_overrides(args))
+    if settings is None:
         return 2
     from fleet_server.serve import serve
 
-    return serve(settings)
+    return int(serve(settings))
+
+
+def run_acl(args: argparse.Namespace) -> int:
+    mapping = {"data_dir": args.data_dir, "database_url": args.database_url}
+    settings = _settings({key: value for key, value in mapping.items() if value is not None})
+    if settings is None:
+        return 2
+    if not 1 <= args.listen_port <= 65535:
+        print("edgefleet server acl: --listen-port must be 1..65535", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    from fleet_server.acl import AclError, export_mosquitto
+
+    try:
+        files = export_mosquitto(
+            settings=settings, out=Path(args.out), port=args.listen_port, host=args.listen_host
+        )
+    except AclError as err:
+        print(f"edgefleet server acl: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {files.password_file} ({files.devices} devices + the server), {files.acl_file}")
+    print(f"wrote {files.conf_file} (sample: merge it into your mosquitto.conf)")
+    if files.skipped:
+        print(
+            f"left out {len(files.skipped)} devices registered before MQTT hashes were stored "
+            f"(give each a new token: POST /api/v1/devices/<id>/token): "
+            f"{', '.join(files.skipped[:20])}",
+            file=sys.stderr,
+        )
+    return 0

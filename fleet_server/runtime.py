@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Engine, text
 from sqlmodel import Session
@@ -19,6 +20,11 @@ from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
 from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
+from fleet_server.services.mqtt_auth import (
+    DatabaseAuthenticator,
+    MqttCredential,
+    resolve_server_credential,
+)
 from fleet_server.settings import ServerSettings
 from fleet_server.storage import ArtifactStore, create_store
 
@@ -46,7 +52,9 @@ class Runtime:
         self.bus: FleetBus | None = None
         self.operator_token = ""
         self.trusted_keys: list[bytes] = []
+        #: The broker's URL without credentials (the bus connects with the server's own).
         self.broker_url = ""
+        self.mqtt_credential: MqttCredential | None = None
 
     @property
     def tmp_dir(self) -> Path:
@@ -59,12 +67,14 @@ class Runtime:
             self.tmp_dir.mkdir(exist_ok=True)
             self.trusted_keys = [path.read_bytes() for path in settings.trusted_keys]
             self.operator_token = resolve_operator_token(settings=settings)
+            self.mqtt_credential = resolve_server_credential(settings=settings)
         except (OSError, ValueError) as err:
             raise StartupError(str(err)) from err
         self.engine = make_engine(settings.resolved_database_url)
         migrate(self.engine)
         self.store = create_store(settings)
-        self.broker_url = settings.broker_url or self._start_embedded_broker()
+        broker_url = settings.broker_url or self._start_embedded_broker()
+        self.broker_url = without_credentials(broker_url)
         self.writer = IngestWriter(
             engine=self.engine,
             stats=self.stats,
@@ -74,7 +84,9 @@ class Runtime:
         )
         self.writer.start()
         self.bus = FleetBus(
-            broker_url=self.broker_url,
+            broker_url=broker_url,
+            username=self.mqtt_credential.username,
+            password=self.mqtt_credential.password,
             client_id=settings.resolved_mqtt_client_id,
             writer=self.writer,
             desired_source=self._desired_states,
@@ -91,8 +103,16 @@ class Runtime:
     def _start_embedded_broker(self) -> str:
         from fleet_server.broker import BrokerError, EmbeddedBroker
 
+        assert self.engine is not None and self.mqtt_credential is not None
+        authenticator = None
+        if self.settings.mqtt_auth:
+            authenticator = DatabaseAuthenticator(engine=self.engine, server=self.mqtt_credential)
+        else:
+            log.warning("the embedded MQTT broker admits anonymous clients to every topic")
         broker = EmbeddedBroker(
-            host=self.settings.embedded_broker_host, port=self.settings.embedded_broker_port
+            host=self.settings.embedded_broker_host,
+            port=self.settings.embedded_broker_port,
+            authenticator=authenticator,
         )
         try:
             broker.start(timeout=10.0)
@@ -137,6 +157,14 @@ class Runtime:
             except Exception:  # noqa: BLE001 - any failure means not ready
                 db_ok = False
         return {"database": db_ok, "broker": self.bus is not None and self.bus.connected}
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without ``user:password@`` (safe for logs and the startup line)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _quietly(what: str, step: Callable[[], object]) -> None:

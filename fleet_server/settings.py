@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
+#: The contract's device id (one topic level), and what an MQTT user name may look like (no
+#: ':' for Mosquitto's password file, no '+', '#' or '/' for its %u ACL patterns).
+_DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_MQTT_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class LocalStoreConfig(BaseModel):
@@ -46,7 +50,8 @@ class ServerSettings(BaseSettings):
     )
     broker_url: str | None = Field(
         default=None,
-        description="mqtt://host:port of an external broker; None starts the embedded broker.",
+        description="mqtt://[user:password@]host:port of an external broker (without "
+        "user:password the server logs in as mqtt_username); None starts the embedded broker.",
     )
     broker_connect_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="How long startup waits for the broker."
@@ -97,6 +102,24 @@ class ServerSettings(BaseSettings):
         "edgefleet-server-<host>-<pid>, unique so two servers on one broker never evict "
         "each other.",
     )
+    mqtt_auth: bool = Field(
+        default=True,
+        description="The embedded broker admits only the server and registered devices "
+        "(user name = device id, password = device token) and confines each device to its "
+        "own topics; false admits anonymous clients to every topic (closed lab networks only).",
+    )
+    mqtt_username: str = Field(
+        default="edgefleet.server",
+        min_length=1,
+        max_length=64,
+        description="The server's MQTT user name; never a valid device id (it must contain a "
+        "character device ids cannot, e.g. '.'), so no device can be registered under it.",
+    )
+    mqtt_password: SecretStr | None = Field(
+        default=None,
+        description="The server's MQTT password; unset: generated once into "
+        "<data_dir>/mqtt_password. Ignored when broker_url carries user:password.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the server process."
     )
@@ -117,6 +140,14 @@ class ServerSettings(BaseSettings):
             raise ValueError("require_signed needs at least one trusted key")
         if self.operator_token is not None and len(self.operator_token.get_secret_value()) < 16:
             raise ValueError("operator_token must be at least 16 characters")
+        if _DEVICE_ID.fullmatch(self.mqtt_username):
+            raise ValueError(
+                "mqtt_username must not be a valid device id (add a '.' or an upper-case letter)"
+            )
+        if not _MQTT_USER.fullmatch(self.mqtt_username):
+            raise ValueError("mqtt_username may use only letters, digits and . _ -")
+        if self.mqtt_password is not None and len(self.mqtt_password.get_secret_value()) < 16:
+            raise ValueError("mqtt_password must be at least 16 characters")
         return self
 
     @property

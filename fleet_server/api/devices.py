@@ -25,6 +25,18 @@ def create_device(body: DeviceCreate, session: SessionDep, _: Operator) -> Devic
     )
 
 
+@router.post("/{device_id}/token")
+def rotate_token(device_id: str, session: SessionDep, _: Operator) -> DeviceCreated:
+    """A new token for the device (its HTTP bearer token and MQTT password); shown once."""
+    device, token = service.rotate_device_token(session=session, device_id=device_id)
+    return DeviceCreated(
+        device_id=device.device_id,
+        device_class=device.device_class,
+        tags=list(device.tags),
+        token=token,
+    )
+
+
 @router.get("")
 def list_devices(session: SessionDep, _: Operator) -> list[DevicePublic]:
     return [DevicePublic.of(d) for d in service.list_devices(session=session)]

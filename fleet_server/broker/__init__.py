@@ -3,6 +3,7 @@
 Importing this package does not import amqtt; the embedded broker imports it when it starts.
 """
 
+from fleet_server.broker.access import Authenticator, Identity
 from fleet_server.broker.base import BrokerBackend, BrokerError
 from fleet_server.broker.config import BrokerConfig, EmbeddedBrokerConfig, ExternalBrokerConfig
 from fleet_server.broker.embedded import EmbeddedBroker
@@ -11,6 +12,7 @@ from fleet_server.broker.registry import BROKERS, create_broker
 
 __all__ = [
     "BROKERS",
+    "Authenticator",
     "BrokerBackend",
     "BrokerConfig",
     "BrokerError",
@@ -18,5 +20,6 @@ __all__ = [
     "EmbeddedBrokerConfig",
     "ExternalBroker",
     "ExternalBrokerConfig",
+    "Identity",
     "create_broker",
 ]

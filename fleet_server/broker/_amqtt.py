@@ -265,9 +265,16 @@ def quiet_amqtt_logging() -> None:
         broker_logger.addFilter(_QUIET)
 
 
-def amqtt_config(*, host: str, port: int) -> dict[str, Any]:
-    """One TCP listener, anonymous clients, no $SYS topics and no per-packet logging plugins."""
+def amqtt_config(*, host: str, port: int, anonymous: bool = True) -> dict[str, Any]:
+    """One TCP listener, no $SYS topics and no per-packet logging plugins.
+
+    ``anonymous``: every client is admitted and marked anonymous (amqtt then queues nothing for
+    offline persistent sessions). Otherwise amqtt's check only asks for a user name: the real
+    one runs earlier (:mod:`fleet_server.broker._amqtt_access`).
+    """
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        "plugins": {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": anonymous}
+        },
     }

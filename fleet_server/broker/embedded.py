@@ -8,13 +8,14 @@ import errno
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleet_server.broker.base import BrokerError
 from fleet_server.broker.config import EmbeddedBrokerConfig
 
 if TYPE_CHECKING:
     from fleet_server.broker._amqtt import GuardedBroker
+    from fleet_server.broker.access import Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,12 @@ _STOP_TIMEOUT = 10.0
 class EmbeddedBroker:
     """An MQTT 3.1.1 broker (amqtt) serving on ``host:port`` from a daemon thread.
 
-    QoS 0/1, retained messages, Last Will, wildcards; anonymous clients. Connections are read
-    through a guard that enforces a packet size limit, a CONNECT deadline and the keep-alive.
+    QoS 0/1, retained messages, Last Will, wildcards. Connections are read through a guard
+    that enforces a packet size limit, a CONNECT deadline and the keep-alive.
+
+    Without ``authenticator`` every client is admitted anonymously and may use any topic (tests,
+    a closed lab network). With one, each CONNECT needs a user name and password it accepts, and
+    the identity it returns confines the client to its topics (:mod:`.access`).
     """
 
     def __init__(
@@ -37,7 +42,9 @@ class EmbeddedBroker:
         max_connections: int = 1000,
         max_packet_bytes: int | None = None,
         connect_timeout: float = 10.0,
+        authenticator: Authenticator | None = None,
     ) -> None:
+        self._authenticator = authenticator
         fields: dict[str, object] = {
             "host": host,
             "port": port,
@@ -58,14 +65,22 @@ class EmbeddedBroker:
         self._broker: GuardedBroker | None = None
 
     @classmethod
-    def from_config(cls, config: EmbeddedBrokerConfig) -> EmbeddedBroker:
+    def from_config(
+        cls, config: EmbeddedBrokerConfig, *, authenticator: Authenticator | None = None
+    ) -> EmbeddedBroker:
         return cls(
             host=config.host,
             port=config.port,
             max_connections=config.max_connections,
             max_packet_bytes=config.max_packet_bytes,
             connect_timeout=config.connect_timeout,
+            authenticator=authenticator,
         )
+
+    @property
+    def requires_auth(self) -> bool:
+        """True when clients must authenticate (an authenticator was given)."""
+        return self._authenticator is not None
 
     @property
     def host(self) -> str:
@@ -182,12 +197,21 @@ class EmbeddedBroker:
 
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        broker = GuardedBroker(
-            amqtt_config(host=self._config.host, port=self._port),
-            max_connections=self._config.max_connections,
-            max_packet_bytes=self._config.max_packet_bytes,
-            connect_timeout=self._config.connect_timeout,
+        config = amqtt_config(
+            host=self._config.host, port=self._port, anonymous=self._authenticator is None
         )
+        guard: dict[str, Any] = {
+            "max_connections": self._config.max_connections,
+            "max_packet_bytes": self._config.max_packet_bytes,
+            "connect_timeout": self._config.connect_timeout,
+        }
+        broker: GuardedBroker
+        if self._authenticator is None:
+            broker = GuardedBroker(config, **guard)
+        else:
+            from fleet_server.broker._amqtt_access import AccessControlledBroker
+
+            broker = AccessControlledBroker(config, authenticator=self._authenticator, **guard)
         await broker.start()
         self._broker = broker
         ready.set()

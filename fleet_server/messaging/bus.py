@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from edgefleet.contract import Channel, DesiredState, encode, topic
 from edgefleet.contract.topics import fleet_filter
@@ -19,7 +20,10 @@ INGEST_CHANNELS = (Channel.TELEMETRY, Channel.STATE, Channel.EVENTS, Channel.STA
 class FleetBus:
     """Subscribes every device's telemetry/state/events/status into the ingest writer and
     publishes retained desired state. After every (re)connect it republishes the desired state
-    of all assigned devices from the database, so a broker restart loses nothing."""
+    of all assigned devices from the database, so a broker restart loses nothing.
+
+    ``username``/``password`` (the server's MQTT identity) apply unless ``broker_url`` carries
+    its own ``user:password@``."""
 
     def __init__(
         self,
@@ -28,11 +32,16 @@ class FleetBus:
         client_id: str,
         writer: IngestWriter,
         desired_source: Callable[[], Sequence[DesiredState]],
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self._writer = writer
         self._desired_source = desired_source
+        address = BrokerAddress.from_url(broker_url)
+        if address.username is None and username is not None:
+            address = replace(address, username=username, password=password)
         self._transport = MqttTransport(
-            BrokerAddress.from_url(broker_url),
+            address,
             client_id=client_id,
             on_connect=self._on_connect,
         )

@@ -44,6 +44,12 @@ class DeviceCreate(DeviceBase):
 class Device(DeviceBase, table=True):
     device_id: str = Field(primary_key=True, max_length=63)
     token_hash: str = Field(max_length=64, unique=True, description="sha256 of the token.")
+    mqtt_password_hash: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The token hashed in Mosquitto's password-file format (PBKDF2-SHA512), for "
+        "`edgefleet server acl`; None for devices registered before migration 0002.",
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # Reported by the device (status and state messages).
     online: bool = Field(default=False)

@@ -34,7 +34,11 @@ def resolve_operator_token(*, settings: ServerSettings) -> str:
     mode 0600)."""
     if settings.operator_token is not None:
         return settings.operator_token.get_secret_value()
-    path: Path = settings.data_dir / TOKEN_FILE
+    return secret_file(settings.data_dir / TOKEN_FILE, what="the operator token")
+
+
+def secret_file(path: Path, *, what: str) -> str:
+    """The secret in ``path``, generated (mode 0600, never overwritten) when it does not exist."""
     if path.exists():
         token = path.read_text().strip()
         if len(token) >= 16:
@@ -45,5 +49,5 @@ def resolve_operator_token(*, settings: ServerSettings) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
-    log.warning("generated the operator token", extra={"token_file": str(path.resolve())})
+    log.warning(f"generated {what}", extra={"secret_file": str(path.resolve())})
     return token

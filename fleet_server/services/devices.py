@@ -8,8 +8,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from fleet_server.models import Device, DeviceCreate
-from fleet_server.services.auth import hash_token, new_token
+from fleet_server.services.auth import hash_token, new_token, tokens_equal
 from fleet_server.services.errors import Conflict, NotFound
+from fleet_server.services.mosquitto import mosquitto_hash
 
 
 def register_device(*, session: Session, data: DeviceCreate) -> tuple[Device, str]:
@@ -22,6 +23,7 @@ def register_device(*, session: Session, data: DeviceCreate) -> tuple[Device, st
         device_class=data.device_class,
         tags=list(data.tags),
         token_hash=hash_token(token),
+        mqtt_password_hash=mosquitto_hash(token),
     )
     session.add(device)
     try:
@@ -29,6 +31,20 @@ def register_device(*, session: Session, data: DeviceCreate) -> tuple[Device, st
     except IntegrityError as err:
         session.rollback()
         raise Conflict(f"device {data.device_id!r} already exists") from err
+    session.refresh(device)
+    return device, token
+
+
+def rotate_device_token(*, session: Session, device_id: str) -> tuple[Device, str]:
+    """Issue a new token (the old one stops working for HTTP and new MQTT logins at once;
+    an open MQTT connection lasts until it drops). Also gives a device registered before
+    migration 0002 its Mosquitto hash."""
+    device = get_device(session=session, device_id=device_id)
+    token = new_token()
+    device.token_hash = hash_token(token)
+    device.mqtt_password_hash = mosquitto_hash(token)
+    session.add(device)
+    session.commit()
     session.refresh(device)
     return device, token
 
@@ -46,3 +62,19 @@ def get_device(*, session: Session, device_id: str) -> Device:
 
 def device_for_token(*, session: Session, token: str) -> Device | None:
     return session.exec(select(Device).where(Device.token_hash == hash_token(token))).first()
+
+
+def device_for_credentials(*, session: Session, device_id: str, token: str) -> Device | None:
+    """The device whose id and token these are (an MQTT CONNECT's user name and password)."""
+    device = session.get(Device, device_id)
+    if device is None or not tokens_equal(device.token_hash, hash_token(token)):
+        return None
+    return device
+
+
+def mqtt_password_hashes(*, session: Session) -> list[tuple[str, str | None]]:
+    """(device id, Mosquitto hash or None) of every device, ordered by id."""
+    rows = session.exec(
+        select(Device.device_id, Device.mqtt_password_hash).order_by(col(Device.device_id))
+    ).all()
+    return [(device_id, hashed) for device_id, hashed in rows]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from fastapi.testclient import TestClient
 
@@ -44,6 +45,25 @@ def running_app(settings: ServerSettings) -> Iterator[tuple[TestClient, Runtime]
         runtime = app.state.runtime
         assert isinstance(runtime, Runtime)
         yield client, runtime
+
+
+def server_mqtt_url(runtime: Runtime) -> str:
+    """The running server's broker URL with the server's own MQTT credential in it."""
+    assert runtime.mqtt_credential is not None
+    return with_credentials(
+        runtime.broker_url, runtime.mqtt_credential.username, runtime.mqtt_credential.password
+    )
+
+
+def device_mqtt_url(runtime: Runtime, device_id: str, token: str) -> str:
+    """The broker URL a device uses: user name = device id, password = its token."""
+    return with_credentials(runtime.broker_url, device_id, token)
+
+
+def with_credentials(url: str, username: str, password: str) -> str:
+    parts = urlsplit(url)
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def operator() -> dict[str, str]:
@@ -115,7 +135,10 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
 
 
 class MqttProbe:
-    """A separate paho client: publishes like a device and records what it receives."""
+    """A separate paho client: publishes like a device and records what it receives.
+
+    ``url`` may carry ``user:password@`` (see :func:`server_mqtt_url`, :func:`device_mqtt_url`).
+    """
 
     def __init__(self, url: str) -> None:
         import paho.mqtt.client as mqtt
@@ -130,6 +153,8 @@ class MqttProbe:
             CallbackAPIVersion.VERSION2, client_id=f"probe-{secrets.token_hex(4)}"
         )
         self._client.on_message = self._on_message
+        if address.username is not None:
+            self._client.username_pw_set(address.username, address.password)
         self._client.connect(address.host, address.port)
         self._client.loop_start()
 

@@ -17,6 +17,7 @@ from tests.fleet_server.helpers import (
     make_settings,
     operator,
     running_app,
+    server_mqtt_url,
     unique_id,
     upload,
     wait_until,
@@ -65,7 +66,7 @@ def test_assign_publishes_retained_desired_state(
     assert runtime.bus is not None and runtime.bus.wait_published(5)
 
     # A subscriber arriving later still gets it: the message is retained.
-    probe = MqttProbe(runtime.broker_url)
+    probe = MqttProbe(server_mqtt_url(runtime))
     try:
         probe.subscribe(topic(lab_a, Channel.DESIRED))
         probe.subscribe(topic(other, Channel.DESIRED))
@@ -109,7 +110,7 @@ def test_settings_dependency_can_be_overridden(
     assert isinstance(fastapi_app, FastAPI)
     fastapi_app.dependency_overrides[get_settings] = lambda: overridden
     try:
-        probe = MqttProbe(runtime.broker_url)
+        probe = MqttProbe(server_mqtt_url(runtime))
         probe.subscribe(topic(device_id, Channel.DESIRED))
         client.post(
             "/api/v1/assignments",
@@ -167,7 +168,7 @@ def test_restart_republishes_desired_state(
         )
     fresh = make_settings(tmp_path, database_url)  # new broker port, same database
     with running_app(fresh) as (_, runtime):
-        probe = MqttProbe(runtime.broker_url)
+        probe = MqttProbe(server_mqtt_url(runtime))
         try:
             probe.subscribe(topic(device_id, Channel.DESIRED))
             [state] = _desired(probe, device_id, 1)

@@ -114,7 +114,7 @@ def test_server_process_starts_serves_and_stops_on_sigterm(tmp_path: Path) -> No
     messages = [entry["msg"] for entry in lines]
     assert "fleet server started" in messages and "fleet server stopped" in messages
     generated = next(e for e in lines if e["msg"] == "generated the operator token")
-    assert generated["token_file"] == str(token_file.resolve())
+    assert generated["secret_file"] == str(token_file.resolve())
     assert token not in "".join(json.dumps(e) for e in lines)
 
 

@@ -9,11 +9,13 @@ import pytest
 
 from edgefleet.contract import Channel, DesiredState, Telemetry, encode, topic
 from fleet_server.broker import EmbeddedBroker
+from fleet_server.services.mqtt_auth import DatabaseAuthenticator
 from tests.fleet_server.helpers import (
     MqttProbe,
     make_settings,
     operator,
     running_app,
+    server_mqtt_url,
     unique_id,
     upload,
     wait_until,
@@ -41,12 +43,19 @@ def test_broker_outage_and_recovery(tmp_path: Path, digits_bundle: Path) -> None
         )
         assert assigned.status_code == 200, assigned.text
 
-        replacement = EmbeddedBroker(host="127.0.0.1", port=settings.embedded_broker_port)
+        assert runtime.engine is not None and runtime.mqtt_credential is not None
+        replacement = EmbeddedBroker(  # as secured as the one the runtime started
+            host="127.0.0.1",
+            port=settings.embedded_broker_port,
+            authenticator=DatabaseAuthenticator(
+                engine=runtime.engine, server=runtime.mqtt_credential
+            ),
+        )
         replacement.start(timeout=10)
         runtime.broker = replacement  # the runtime stops it at shutdown
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout=30, what="ready")
 
-        probe = MqttProbe(runtime.broker_url)
+        probe = MqttProbe(server_mqtt_url(runtime))
         try:
             desired_topic = topic(device_id, Channel.DESIRED)
             probe.subscribe(desired_topic)
