@@ -8,6 +8,7 @@ everything a worker wants to publish is handed back to the network thread.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import selectors
 import threading
@@ -170,10 +171,8 @@ class FleetSimulator:
             self._selector.register(sock, selectors.EVENT_READ, c)
 
         def closed(c: paho.Client, _u: Any, sock: Any) -> None:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
-            except (KeyError, ValueError):
-                pass
             if not self._stop.is_set():
                 self._reconnect_due[id(c)] = time.monotonic() + 1.0
 
@@ -184,10 +183,8 @@ class FleetSimulator:
                 self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
 
         def done_write(c: paho.Client, _u: Any, sock: Any) -> None:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._selector.modify(sock, selectors.EVENT_READ, c)
-            except (KeyError, ValueError):
-                pass
 
         client.on_socket_open = opened
         client.on_socket_close = closed

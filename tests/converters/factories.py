@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -215,3 +218,37 @@ def image_tree(folder: Path, x: np.ndarray, y: np.ndarray) -> Path:
         pixels = np.clip(np.rint(image[0] * 255), 0, 255).astype(np.uint8)
         cv2.imwrite(str(sub / f"{index:04d}.png"), pixels)
     return folder
+
+
+REPO = Path(__file__).resolve().parents[2]
+_BLOCK_MODULE = """
+import importlib.abc, sys
+
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def convert_without(
+    module: str, source_name: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """``python -m converters`` on a dummy ``source_name``, as if ``module`` were not installed."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_BLOCK_MODULE.format(module=module))
+    (tmp_path / source_name).write_bytes(b"x")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    args = [
+        sys.executable,
+        "-m",
+        "converters",
+        str(tmp_path / source_name),
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

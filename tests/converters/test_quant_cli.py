@@ -20,7 +20,13 @@ from converters.options import ConvertOptions
 from edgefleet.artifact import load_artifact
 from edgefleet.signing import load_private_key
 from tests.converters.conftest import CnnSetup
-from tests.converters.factories import fragile_onnx, leftovers, save_onnx, write_npz
+from tests.converters.factories import (
+    convert_without,
+    fragile_onnx,
+    leftovers,
+    save_onnx,
+    write_npz,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK: dict[str, Any] = {
@@ -156,30 +162,9 @@ def test_torchscript_exports_with_a_dynamic_batch(cnn_setup: CnnSetup, tmp_path:
     assert checks["fidelity"].passed
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys
-
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "torch":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _Block())
-"""
-
-
 @pytest.mark.integration
 def test_missing_torch_names_the_extra(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCK_TORCH)
-    (tmp_path / "m.pt").write_bytes(b"x")
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "converters", str(tmp_path / "m.pt"), "-o", str(tmp_path / "o")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = convert_without("torch", "m.pt", tmp_path)
     assert result.returncode == 3, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "pip install 'edgefleet[convert-torch]'" in lines[0]

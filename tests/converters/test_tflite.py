@@ -5,8 +5,6 @@ Skipped without TensorFlow (the convert-tf extra); kept few because TF is slow t
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +16,8 @@ from converters.api import convert
 from converters.errors import InputError
 from converters.options import ConvertOptions
 from edgefleet.artifact import load_artifact
-from tests.converters.factories import digits_28, leftovers, write_npz
+from tests.converters.factories import convert_without, digits_28, leftovers, write_npz
 
-REPO = Path(__file__).resolve().parents[2]
 QUICK: dict[str, Any] = {
     "latency_warmup": 3,
     "latency_runs": 20,
@@ -168,30 +165,9 @@ def test_format_must_match_the_source(tmp_path: Path) -> None:
     assert leftovers(tmp_path, "o") == []
 
 
-BLOCK_TF = """
-import importlib.abc, sys
-
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "tensorflow":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _Block())
-"""
-
-
 @pytest.mark.integration
 def test_missing_tensorflow_names_the_extra(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCK_TF)
-    (tmp_path / "m.keras").write_bytes(b"x")
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "converters", str(tmp_path / "m.keras"), "-o", str(tmp_path / "o")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = convert_without("tensorflow", "m.keras", tmp_path)
     assert result.returncode == 3, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "pip install 'edgefleet[convert-tf]'" in lines[0]
