@@ -49,7 +49,9 @@ def test_no_input_makes_a_server_error(api_server: tuple[str, str]) -> None:
     for operation, mode in itertools.product(operations, list(GenerationMode)):
 
         @given(case=operation.as_strategy(mode))
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=25, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+        )
         def run(case: Any) -> None:
             for headers in ({"Authorization": f"Bearer {token}"}, {}):
                 response = case.call(base_url=url, headers=headers)
