@@ -97,5 +97,6 @@ def _no_litter_in_the_working_directory() -> Iterator[None]:
     """Code under test must write into its own directories, never into the caller's cwd."""
     before = set(os.listdir("."))
     yield
-    litter = sorted(set(os.listdir(".")) - before - {".pytest_cache", ".mypy_cache", ".ruff_cache"})
+    caches = {".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis"}  # test tools own these
+    litter = sorted(set(os.listdir(".")) - before - caches)
     assert not litter, f"tests left files in the working directory: {litter}"
