@@ -28,6 +28,7 @@ from agent.plugin_config import (
     PostprocessConfig,
     SinkConfig,
 )
+from agent.probation import ProbationConfig
 from edgefleet.contract import DeviceId
 from firmware_configs.profile import (
     GRAPH_OPTIMIZATION_FIELD,
@@ -41,7 +42,9 @@ __all__ = [
     "FolderInputConfig",
     "InputConfig",
     "MqttConfig",
+    "OutboxConfig",
     "PostprocessConfig",
+    "ProbationConfig",
     "SinkConfig",
     "TelemetryConfig",
     "load_config",
@@ -92,6 +95,31 @@ class TelemetryConfig(_Config):
     )
 
 
+class OutboxConfig(_Config):
+    """Store-and-forward of telemetry, events and state (see agent.forwarder)."""
+
+    max_mb: float = Field(
+        default=64.0,
+        gt=0,
+        le=1_000_000,
+        description="Disk budget of the offline queue in MiB (a profile's offline_queue_mb); "
+        "over it the oldest telemetry is dropped first.",
+    )
+    rate_per_s: float = Field(
+        default=50.0, gt=0, le=10_000, description="Most messages sent per second when draining."
+    )
+    batch: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Messages sent before waiting for the broker to acknowledge them all.",
+    )
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1024 * 1024)
+
+
 class EngineConfig(_Config):
     threads: int = Field(default=1, ge=1, le=64, description="Intra-op threads per model.")
     queue_size: int = Field(
@@ -140,6 +168,12 @@ class AgentConfig(_Config):
     )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Telemetry.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference engine.")
+    probation: ProbationConfig = Field(
+        default_factory=ProbationConfig, description="Health gate before committing a new model."
+    )
+    outbox: OutboxConfig = Field(
+        default_factory=OutboxConfig, description="Offline queue for outgoing messages."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +222,9 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
     telemetry = dict(data.get("telemetry") or {})
     telemetry.setdefault("interval_s", profile.telemetry.interval_s)
     data["telemetry"] = telemetry
+    outbox = dict(data.get("outbox") or {})
+    outbox.setdefault("max_mb", profile.budgets.offline_queue_mb)
+    data["outbox"] = outbox
     source = data.get("input")
     if isinstance(source, dict) and source.get("type") == "camera":
         source = dict(source)

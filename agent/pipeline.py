@@ -24,6 +24,7 @@ import numpy as np
 from agent.errors import AgentError, InferenceError, InputError, ModelUnavailableError
 from agent.inputs import InputItem, InputSource
 from agent.postprocess import Geometry
+from agent.probation import HealthMonitor
 from agent.sinks import ResultSink
 from agent.state import ModelSlot, Serving
 from agent.telemetry import TelemetryCollector
@@ -64,8 +65,10 @@ class Pipeline:
         on_error: ErrorSink,
         sink: ResultSink | None = None,
         queue_size: int = 8,
+        monitor: HealthMonitor | None = None,
     ) -> None:
         self.slot = slot
+        self.monitor = monitor
         self.collector = collector
         self.sink = sink
         self._on_error = on_error
@@ -172,20 +175,28 @@ class Pipeline:
             start = time.perf_counter()
             outputs = serving.model.infer({name: job.tensor})
             elapsed_ms = (time.perf_counter() - start) * 1000.0
+            finite = _finite(outputs)
             rows = job.tensor.shape[0] if job.tensor.ndim else 1
             results = serving.results(outputs, [job.geometry] * rows)
         except InputError as err:
             self._failed(item, err, err.kind)
             return
         except InferenceError as err:
+            self._model_failed(serving)
             self._failed(item, err, "inference")
             return
         except Exception as err:  # a bug must not end the worker: count it, log it, go on
             log.exception("inference crashed", extra={"source": item.source})
+            self._model_failed(serving)
             self._failed(item, AgentError(f"internal error: {type(err).__name__}"), "internal")
             return
         top = serving.model.top1(outputs) if serving.model.scores_output else None
-        self.collector.record_inference(elapsed_ms, float(top[1][0]) if top else None)
+        confidence = float(top[1][0]) if top else None
+        self.collector.record_inference(elapsed_ms, confidence)
+        if self.monitor is not None:
+            self.monitor.record(
+                serving.model.ref, latency_ms=elapsed_ms, finite=finite, confidence=confidence
+            )
         for result in results:
             result["source"] = item.source
             if self.sink is not None:
@@ -193,6 +204,10 @@ class Pipeline:
         if item.reply is not None:
             item.reply(results, None)
         self._done()
+
+    def _model_failed(self, serving: Serving) -> None:
+        if self.monitor is not None:
+            self.monitor.record_error(serving.model.ref)
 
     def _failed(self, item: InputItem, err: Exception, kind: str | None) -> None:
         if kind is not None:
@@ -202,3 +217,10 @@ class Pipeline:
         if item.reply is not None:
             item.reply(None, err)
         self._done()
+
+
+def _finite(outputs: dict[str, np.ndarray]) -> bool:
+    """No NaN or Inf in any floating-point output (checked before postprocessing)."""
+    return all(
+        bool(np.isfinite(v).all()) for v in outputs.values() if np.issubdtype(v.dtype, np.floating)
+    )

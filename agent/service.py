@@ -1,10 +1,11 @@
 """The running agent: the input pipeline, plus telemetry and updates.
 
 Threads: ``input`` (reads the source and preprocesses), ``inference`` (infer + postprocess +
-sink), ``telemetry`` (one summary per interval), ``updater`` (applies desired states). MQTT
-callbacks only decode and hand work over. :meth:`AgentService.run` returns when ``stop`` is
-set, after publishing ``agent.stopping`` and ``status=offline`` and waiting (bounded) for their
-acknowledgement.
+sink), ``telemetry`` (one summary per interval), ``updater`` (applies desired states),
+``outbox`` (drains queued telemetry/events/state to the broker). MQTT callbacks only decode and
+hand work over. :meth:`AgentService.run` returns when ``stop`` is set, after queueing
+``agent.stopping``, draining the outbox (bounded, only while connected), publishing
+``status=offline`` and waiting (bounded) for its acknowledgement.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.engine import BackendOptions, LoadedModel, load_model
 from agent.errors import AgentConfigError, AgentError
+from agent.forwarder import Forwarder
 from agent.inputs import InputSource, SourceContext, create_source
 from agent.metrics import MetricsView, render
+from agent.outbox import Outbox, OutboxError
 from agent.pipeline import Pipeline
+from agent.probation import HealthMonitor
 from agent.publisher import Publisher, status_payload
 from agent.sdnotify import SystemdNotifier
 from agent.seq import SequenceCounter
@@ -30,13 +34,22 @@ from agent.state import AgentState, ModelSlot, Snapshot
 from agent.store import DataDir
 from agent.telemetry import TelemetryCollector, rss_mb
 from agent.updater import Updater
-from edgefleet.contract import Channel, ContractError, DesiredState, ModelRef, decode, topic
+from edgefleet.contract import (
+    Channel,
+    ContractError,
+    DesiredState,
+    ModelRef,
+    Telemetry,
+    decode,
+    topic,
+)
 from edgefleet.contract.payloads import EventKind
 from edgefleet.mqtt import BrokerAddress, MqttError, MqttTransport
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_ACK_TIMEOUT_S = 5.0
+OUTBOX_FILE = "outbox.db"
 
 
 class AgentService:
@@ -49,6 +62,7 @@ class AgentService:
         self.seq = SequenceCounter(config.data_dir)
         self.collector = TelemetryCollector(device_id=self.device_id, data_dir=config.data_dir)
         self.slot = ModelSlot()
+        self.monitor = HealthMonitor(config.probation)
         self.sink: ResultSink | None = create_sink(config.sink) if config.sink else None
         self.pipeline = Pipeline(
             slot=self.slot,
@@ -56,6 +70,7 @@ class AgentService:
             on_error=self._input_error,
             sink=self.sink,
             queue_size=config.engine.queue_size,
+            monitor=self.monitor,
         )
         self.source: InputSource | None = None
         if config.input is not None:
@@ -70,8 +85,19 @@ class AgentService:
             on_connect=self._on_connect,
             keepalive=config.mqtt.keepalive,
         )
+        try:
+            outbox = Outbox(config.data_dir / OUTBOX_FILE, max_bytes=config.outbox.max_bytes)
+        except OutboxError as err:
+            raise AgentError(str(err)) from err
+        self.forwarder = Forwarder(
+            self.transport,
+            outbox,
+            rate_per_s=config.outbox.rate_per_s,
+            batch=config.outbox.batch,
+        )
         self.publisher = Publisher(
             self.transport,
+            forwarder=self.forwarder,
             device_id=self.device_id,
             seq=self.seq,
             device_class=config.device_class,
@@ -87,6 +113,7 @@ class AgentService:
             server_url=config.server_url,
             max_bundle_bytes=config.max_bundle_bytes,
             postprocess=config.postprocess,
+            monitor=self.monitor,
         )
         self._logged_kinds: set[str] = set()
         self.notifier = SystemdNotifier()
@@ -166,8 +193,17 @@ class AgentService:
         while not stop.is_set() and time.monotonic() < deadline:
             if self.transport.wait_connected(0.1):
                 break
-        self.publisher.event("agent.started", detail=f"data_dir={self.config.data_dir}")
+        backlog = self.forwarder.stats()
+        self.publisher.event(
+            "agent.started",
+            detail=f"data_dir={self.config.data_dir} outbox_backlog={backlog.messages}",
+        )
         self.updater.load_committed()
+        self._drain_stop = threading.Event()
+        drain = threading.Thread(
+            target=self.forwarder.run, args=(self._drain_stop,), name="outbox", daemon=True
+        )
+        drain.start()
         threads = [
             threading.Thread(target=self.updater.run, args=(stop,), name="updater"),
             threading.Thread(target=self._telemetry_loop, args=(stop,), name="telemetry"),
@@ -193,22 +229,29 @@ class AgentService:
             if all(t.is_alive() for t in threads if t.name != "input"):  # a dead worker stops
                 self.notifier.watchdog()  # the pings: systemd restarts the agent
         self.notifier.stopping()
-        self._shutdown(threads)
+        self._shutdown(threads, drain)
         return 0
 
-    def _shutdown(self, threads: list[threading.Thread]) -> None:
+    def _shutdown(self, threads: list[threading.Thread], drain: threading.Thread) -> None:
         log.info("stopping")
         self.updater.wake()
         for thread in threads:
             thread.join(timeout=5.0)
         self.publisher.event("agent.stopping")
+        deadline = time.monotonic() + SHUTDOWN_ACK_TIMEOUT_S
+        flushed = self.forwarder.flush(SHUTDOWN_ACK_TIMEOUT_S)
+        self._drain_stop.set()
+        drain.join(timeout=2.0)
         self.publisher.status("offline")
-        if not self.transport.wait_published(SHUTDOWN_ACK_TIMEOUT_S):
+        remaining = max(0.5, deadline - time.monotonic())
+        stats = self.forwarder.stats()
+        if not flushed or not self.transport.wait_published(remaining):
             log.warning(
                 "not every message was acknowledged before shutdown",
-                extra={"timeout_s": SHUTDOWN_ACK_TIMEOUT_S},
+                extra={"timeout_s": SHUTDOWN_ACK_TIMEOUT_S, "outbox_backlog": stats.messages},
             )
         self.transport.close()
+        self.forwarder.close()
         if self.sink is not None:
             self.sink.close()
 
@@ -239,12 +282,23 @@ class AgentService:
     def publish_telemetry(self) -> None:
         serving = self.slot.current
         self._logged_kinds.clear()
-        payload = self.collector.flush(
-            seq=self.seq.next(),
-            model=serving.model.ref if serving else None,
-            classifier=serving is not None and serving.model.scores_output is not None,
-        )
-        self.publisher.telemetry(payload)
+
+        def build(seq: int) -> Telemetry:
+            payload = self.collector.flush(
+                seq=seq,
+                model=serving.model.ref if serving else None,
+                classifier=serving is not None and serving.model.scores_output is not None,
+            )
+            backlog = self.forwarder.stats()
+            dropped = backlog.dropped_telemetry + backlog.dropped_events + backlog.dropped_state
+            system = {
+                **payload.system,
+                "outbox_messages": float(backlog.messages),
+                "outbox_dropped": float(dropped),
+            }
+            return payload.model_copy(update={"system": system})
+
+        self.publisher.telemetry(build)
 
     @property
     def snapshot(self) -> Snapshot:

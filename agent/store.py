@@ -43,10 +43,19 @@ class DataDir:
         # name and version are contract-validated: one safe path segment each.
         return self.artifacts / ref.name / ref.version
 
-    def clear_downloads(self) -> None:
+    def clear_downloads(self, *, keep: Path | None = None) -> None:
+        """Delete finished or abandoned downloads; ``keep`` (a ``.part`` to resume) stays.
+
+        At start-up ``.part`` files stay too (the update they belong to is retried from the
+        retained desired state); before a new download every other one goes, so at most one
+        partial bundle takes disk at a time.
+        """
         for entry in self.downloads.iterdir():
-            if entry.is_file():
-                entry.unlink(missing_ok=True)
+            if not entry.is_file() or entry == keep:
+                continue
+            if keep is None and entry.name.endswith(".part"):
+                continue
+            entry.unlink(missing_ok=True)
 
     def read_pointer(self) -> Committed | None:
         """The committed model, or None if there is none or the pointer is unusable."""

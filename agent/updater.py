@@ -1,8 +1,12 @@
 """The reconciler: make the served model match the retained desired state.
 
-received → download (bounded, hashed) → unpack and verify → load + self-test → swap → commit
-pointer → committed. Every step is reported as an event; any failure reports ``update.failed``
-with its reason and leaves the old model serving.
+received → download (bounded, hashed) → unpack and verify → load + self-test → swap →
+probation → commit pointer → committed. Every step is reported as an event; any failure reports
+``update.failed`` with its reason and leaves the old model serving. With a
+:class:`~agent.probation.HealthMonitor`, a model that replaced another serves on probation
+first: healthy → ``update.committed`` and only then ``current.json``; unhealthy → the previous
+model (still loaded) is swapped back at once and ``update.rolled_back`` names the reason. A stop
+or crash during probation leaves ``current.json`` on the previous model.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from agent.download import download
 from agent.engine import LoadedModel
 from agent.errors import AgentError, UpdateError
 from agent.plugin_config import PostprocessConfig
+from agent.probation import HealthMonitor
 from agent.state import AgentState, ModelSlot, Serving
 from agent.store import DataDir
 from edgefleet.artifact import ArtifactError, unpack_bundle
@@ -55,6 +60,7 @@ class Updater:
         max_bundle_bytes: int,
         download_timeout: float = 30.0,
         postprocess: PostprocessConfig | None = None,
+        monitor: HealthMonitor | None = None,
     ) -> None:
         self.store = store
         self.slot = slot
@@ -69,6 +75,8 @@ class Updater:
         self._last_seq: int | None = None
         self._pending: DesiredState | None = None
         self._cond = threading.Condition()
+        self._monitor = monitor
+        self._stop = threading.Event()
 
     # -- mailbox (called from the MQTT thread) -------------------------------------------
     def offer(self, desired: DesiredState) -> None:
@@ -79,6 +87,7 @@ class Updater:
             self._cond.notify()
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         while not stop.is_set():
             with self._cond:
                 if self._pending is None:
@@ -145,6 +154,14 @@ class Updater:
             return
         self._emit("update.switching", model=ref)
         old = self.slot.swap(serving)
+        if old is not None and self._monitor is not None and self._monitor.config.enabled:
+            verdict = self._probation(ref, old)
+            if verdict is None:
+                return  # stopping: current.json still names the previous model
+            passed, reason = verdict
+            if not passed:
+                self._roll_back(ref, old, reason)
+                return
         try:
             self.store.write_pointer(ref)
         except OSError as err:
@@ -154,6 +171,29 @@ class Updater:
         log.info("model committed", extra={"model": str(ref)})
         keep = {ref} | ({old.model.ref} if old is not None else set())
         self.store.prune(keep)
+
+    def _probation(self, ref: ModelRef, old: Serving) -> tuple[bool, str] | None:
+        """Serve ``ref`` until the monitor decides; None if the agent stops first."""
+        assert self._monitor is not None
+        self.state.update(phase="probation", running=ref, last_error=None)
+        self._monitor.begin(ref)
+        while (verdict := self._monitor.verdict()) is None:
+            if self._stop.wait(0.05):
+                self._monitor.end(committed=False)
+                log.warning("stopped during probation", extra={"model": str(ref)})
+                return None
+        self._monitor.end(committed=verdict[0])
+        log.info("probation over", extra={"model": str(ref), "passed": verdict[0]})
+        return verdict
+
+    def _roll_back(self, ref: ModelRef, old: Serving, reason: str) -> None:
+        self.slot.swap(old)
+        previous = old.model.ref
+        detail = f"{reason}; serving {previous} again"[:2000]
+        log.error("update rolled back", extra={"model": str(ref), "error": detail})
+        self.state.update(phase="serving", running=previous, last_error=detail)
+        self._emit("update.rolled_back", model=ref, detail=detail)
+        shutil.rmtree(self.store.artifact_dir(ref), ignore_errors=True)
 
     def _prepare(self, target: DesiredModel, ref: ModelRef) -> Serving:
         dest = self.store.artifact_dir(ref)
@@ -184,10 +224,13 @@ class Updater:
         url = urljoin(self._server_url, target.url)
         self.state.update(phase="downloading")
         self._emit("update.downloading", model=ref, progress=0.0)
+        dest_bundle = self.store.downloads / f"{target.sha256}.tar.gz"
+        part = dest_bundle.with_name(dest_bundle.name + ".part")
+        self.store.clear_downloads(keep=part)  # one partial bundle on disk at a time
         bundle = download(
             url=url,
             token=self._token() if self._same_origin(url) else None,
-            dest=self.store.downloads / f"{target.sha256}.tar.gz",
+            dest=dest_bundle,
             size=target.size,
             sha256=target.sha256,
             timeout=self._timeout,

@@ -51,6 +51,11 @@ class BundleServer:
     #: path → (declared Content-Length, bytes actually sent) to simulate a truncated body
     truncate: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    #: answer ``Range: bytes=N-`` with 206 + Content-Range (otherwise Range is ignored: 200)
+    ranges: bool = False
+    ranges_asked: list[str] = field(default_factory=list)
+    #: when set, a truncated body is held open (a stalled transfer) until this event is set
+    hold: threading.Event | None = None
     url: str = ""
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
@@ -67,11 +72,23 @@ class BundleServer:
                 if data is None:
                     self.send_error(404, "Not Found")
                     return
-                self.send_response(200)
+                asked = self.headers.get("Range", "")
+                start = 0
+                if asked:
+                    server.ranges_asked.append(asked)
+                if server.ranges and asked.startswith("bytes=") and asked.endswith("-"):
+                    start = int(asked[len("bytes=") : -1])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
                 self.send_header("Content-Type", "application/gzip")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
-                self.wfile.write(data[: server.truncate.get(self.path, len(data))])
+                self.wfile.write(data[start : server.truncate.get(self.path, len(data))])
+                if server.hold is not None and self.path in server.truncate:
+                    self.wfile.flush()
+                    server.hold.wait(30)
 
             def log_message(self, format: str, *args: object) -> None:
                 return

@@ -215,6 +215,18 @@ def test_profile_values_are_defaults_the_file_can_override() -> None:
     assert mine.engine.queue_size == 4  # still from the profile
 
 
+def test_outbox_budget_comes_from_the_profile_unless_set() -> None:
+    from firmware_configs.profile import load_profile
+
+    budget = load_profile("rpi4").budgets.offline_queue_mb
+    config = parse_config('profile = "rpi4"\n' + BASE)
+    assert config.outbox.max_bytes == budget * 1024 * 1024
+    mine = parse_config('profile = "rpi4"\n' + BASE + "[outbox]\nmax_mb = 2\nrate_per_s = 5\n")
+    assert mine.outbox.max_bytes == 2 * 1024 * 1024 and mine.outbox.rate_per_s == 5
+    with pytest.raises(AgentConfigError, match="outbox.batch"):
+        parse_config(BASE + "[outbox]\nbatch = 0\n")
+
+
 def test_profile_by_path_and_unknown_profile(tmp_path: Path) -> None:
     from importlib import resources
 

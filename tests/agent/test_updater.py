@@ -105,14 +105,15 @@ def bundle_bytes(artifact: Path, tmp_path: Path, name: str = "b.tar.gz") -> byte
     return bundle_of(artifact, tmp_path / name).read_bytes()
 
 
-def assert_failed_and_v1_serving(h: Harness, reason: str) -> None:
+def assert_failed_and_v1_serving(h: Harness, reason: str, *, part_kept: bool = False) -> None:
     assert h.kinds()[-1] == "update.failed", h.kinds()
     assert reason in h.events[-1]["detail"], h.events[-1]["detail"]
     assert h.running() == V1
     snap = h.state.snapshot
     assert snap.running == V1 and snap.phase == "serving"
     assert snap.last_error is not None and reason in snap.last_error
-    assert list(h.store.downloads.iterdir()) == []
+    parts = [p.name for p in h.store.downloads.iterdir()]
+    assert all(p.endswith(".part") for p in parts) and bool(parts) == part_kept, parts
     assert not h.store.artifact_dir(V2).exists()
     assert json.loads((h.store.root / POINTER_FILE).read_text())["version"] == "1.0.0"
 
@@ -166,8 +167,15 @@ def test_truncated_download_is_refused(
     h = serving_v1
     data = bundle_bytes(digits_v2, tmp_path)
     h.server.truncate["/v2"] = len(data) // 2
-    h.updater.apply(h.desired("/v2", data))
-    assert_failed_and_v1_serving(h, "bundle truncated")
+    desired = h.desired("/v2", data)
+    h.updater.apply(desired)
+    # The half that arrived is kept to resume; this server ignores Range, so the retry
+    # (a newer desired state for the same bundle) starts over with its full 200 body.
+    assert_failed_and_v1_serving(h, "bundle truncated", part_kept=True)
+    del h.server.truncate["/v2"]
+    h.updater.apply(desired.model_copy(update={"seq": desired.seq + 1}))
+    assert h.running() == V2, h.events
+    assert list(h.store.downloads.iterdir()) == []
 
 
 def test_size_mismatch_is_refused(serving_v1: Harness, digits_v2: Path, tmp_path: Path) -> None:
@@ -350,3 +358,25 @@ def test_preprocessing_that_cannot_fit_is_refused(
     h = serving_v1
     h.updater.apply(h.desired("/misfit", bundle_bytes(broken, tmp_path)))
     assert_failed_and_v1_serving(h, "preprocessing makes (1, 784), input 'input' is ('?', 64)")
+
+
+def test_a_download_cut_short_resumes_after_a_restart(
+    serving_v1: Harness, digits_v2: Path, tmp_path: Path
+) -> None:
+    h = serving_v1
+    h.server.ranges = True
+    data = bundle_bytes(digits_v2, tmp_path)
+    h.server.truncate["/v2"] = len(data) // 3
+    desired = h.desired("/v2", data)
+    h.updater.apply(desired)
+    assert_failed_and_v1_serving(h, "bundle truncated", part_kept=True)
+    # A restart: a new data dir object and updater; start-up keeps the part.
+    del h.server.truncate["/v2"]
+    again = make_harness(h.store.root, h.server)
+    again.store.clear_downloads()
+    again.updater.load_committed()
+    assert again.running() == V1
+    again.updater.apply(desired)  # the retained desired state, offered again
+    assert again.running() == V2, again.events
+    assert h.server.ranges_asked == [f"bytes={len(data) // 3}-"]
+    assert list(again.store.downloads.iterdir()) == []
