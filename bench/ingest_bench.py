@@ -7,13 +7,18 @@ server subscriber (``max_queued_messages``), or any URL you pass. Reports receiv
 at the server from the first to the last stored row, duplicates and loss, median over runs.
 
     python bench/ingest_bench.py [--messages 40000] [--publishers 2] [--devices 200] [--runs 3]
-                                 [--database-url postgresql+psycopg://postgres@127.0.0.1/test]
+                                 [--postgres postgresql+psycopg://postgres@127.0.0.1:5432]
+
+SQLite (a temp file) and PostgreSQL run side by side; for PostgreSQL the bench creates its own
+database (``edgefleet_ingest_bench_<pid>``) on the given server and drops it afterwards, and
+skips PostgreSQL (saying so) when the server is not reachable.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import subprocess
@@ -21,7 +26,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,7 +57,7 @@ def private_mosquitto() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def publish(url: str, devices: list[str], count: int, first_seq: int, go: mp.Event) -> None:  # type: ignore[type-arg]
+def publish(url: str, devices: list[str], count: int, first_seq: int, go: Event) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -81,14 +87,40 @@ def publish(url: str, devices: list[str], count: int, first_seq: int, go: mp.Eve
     client.disconnect()
 
 
-def run_once(args: argparse.Namespace, broker_url: str, tmp: Path) -> tuple[float, int, int, int]:
+@contextmanager
+def postgres_database(server_url: str) -> Iterator[str | None]:
+    """A fresh database on ``server_url`` for the length of the bench, or None if unreachable."""
+    import sqlalchemy as sa
+
+    name = f"edgefleet_ingest_bench_{os.getpid()}"
+    admin = sa.create_engine(f"{server_url.rstrip('/')}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as err:
+        print(f"PostgreSQL at {server_url} not reachable, skipped: {str(err).splitlines()[0]}")
+        admin.dispose()
+        yield None
+        return
+    try:
+        yield f"{server_url.rstrip('/')}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run_once(
+    args: argparse.Namespace, broker_url: str, database_url: str | None, tmp: Path
+) -> tuple[float, int, int, int]:
     from fleet_server.client.api import FleetClient
     from tests.utils.server import live_server
 
     with live_server(
         tmp / f"run-{time.time_ns()}",
         broker_url=broker_url,
-        database_url=args.database_url,
+        database_url=database_url,
         ingest_queue_size=max(100_000, args.messages),
     ) as server:
         client = FleetClient(server.url, server.token, timeout=60)
@@ -133,20 +165,33 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--broker", default=None, help="broker URL (default: a private Mosquitto)")
-    parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432",
+        help="PostgreSQL server URL without a database name ('' skips PostgreSQL)",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-"))
-    results = []
-    with private_mosquitto() if args.broker is None else _given(args.broker) as broker_url:
+    results: dict[str, list[tuple[float, int, int, int]]] = {}
+    with (
+        private_mosquitto() if args.broker is None else _given(args.broker) as broker_url,
+        postgres_database(args.postgres) if args.postgres else nullcontext() as pg_url,
+    ):
+        targets: list[tuple[str, str | None]] = [("SQLite", None)]
+        if pg_url is not None:
+            targets.append(("PostgreSQL", pg_url))
         for _ in range(args.runs):
-            results.append(run_once(args, broker_url, tmp))
-    rates = [r[0] for r in results]
+            for name, url in targets:
+                results.setdefault(name, []).append(run_once(args, broker_url, url, tmp))
     print(f"\ningest: {args.messages} QoS 1 telemetry messages from {args.publishers} publisher "
-          f"processes, {args.devices} devices, db {args.database_url or 'SQLite'}")  # fmt: skip
-    for rate, stored, total, rejected in results:
-        print(f"  stored {stored}/{total} (lost {total - stored}, rejected {rejected}) "
-              f"at {rate:,.0f} msg/s")  # fmt: skip
-    print(f"  median {statistics.median(rates):,.0f} msg/s")
+          f"processes, {args.devices} devices, {args.runs} run(s) each")  # fmt: skip
+    print(f"  {'database':<11} {'median msg/s':>12} {'runs msg/s':<30} {'lost':>6} {'rejected':>8}")
+    for name, runs in results.items():
+        rates = ", ".join(f"{r[0]:,.0f}" for r in runs)
+        lost = sum(total - stored for _, stored, total, _ in runs)
+        rejected = sum(r[3] for r in runs)
+        median = statistics.median(r[0] for r in runs)
+        print(f"  {name:<11} {median:>12,.0f} {rates:<30} {lost:>6} {rejected:>8}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -1,7 +1,11 @@
 """One ingest batch → one transaction, identical on SQLite and PostgreSQL.
 
-Telemetry and event rows are skipped when (device_id, seq) is already stored or repeated in the
-batch, and inserted with ON CONFLICT DO NOTHING so a concurrent writer cannot fail the batch.
+No ORM unit of work: telemetry and event rows go in with one executemany
+``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING`` (:mod:`.inserts`; a row not inserted was
+already stored, so a QoS 1 redelivery is counted as a duplicate, never stored twice, and a
+concurrent writer cannot fail the batch). Device rows are read once, updated in memory in
+message order with the same state/status/telemetry rules as before, and written back with one
+executemany ``UPDATE`` per set of changed columns (only each device's final values).
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, SQLModel, col, select
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlmodel import SQLModel
 
 from edgefleet.contract import Event, Payload, State, Status, Telemetry
-from fleet_server.models import Device
+from fleet_server.messaging.inserts import insert_new
+
+#: Device columns ingest reads to apply its ordering rules.
+_DEVICE_RULE_COLUMNS = ("device_id", "last_seen", "status_ts", "state_seq", "telemetry_seq")
 
 
 @dataclass(frozen=True)
@@ -27,43 +33,54 @@ class WriteResult:
 
 
 def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) -> WriteResult:
-    with Session(engine) as session:
+    device_table = _table("device")
+    with engine.begin() as conn:
         ids = {payload.device_id for payload, _ in items}
-        devices = {
-            d.device_id: d
-            for d in session.exec(select(Device).where(col(Device.device_id).in_(ids)))
+        columns = [device_table.c[name] for name in _DEVICE_RULE_COLUMNS]
+        current: dict[str, dict[str, Any]] = {
+            row.device_id: dict(row._mapping)
+            for row in conn.execute(select(*columns).where(device_table.c.device_id.in_(ids)))
         }
-        known = [(p, at) for p, at in items if p.device_id in devices]
-        unknown = len(items) - len(known)
-        stored = duplicates = 0
-        telemetry_rows = [_telemetry_row(p, at) for p, at in known if isinstance(p, Telemetry)]
-        event_rows = [_event_row(p, at) for p, at in known if isinstance(p, Event)]
-        for table, rows in (
-            (_table("telemetry"), telemetry_rows),
-            (_table("event"), event_rows),
-        ):
-            fresh = _new_rows(session, table, rows)
-            duplicates += len(rows) - len(fresh)
-            if fresh:
-                session.execute(_insert_ignore(engine, table), fresh)
-            stored += len(fresh)
-        for payload, received_at in known:
-            device = devices[payload.device_id]
-            if device.last_seen is None or received_at > device.last_seen:
-                device.last_seen = received_at
+        changes: dict[str, dict[str, Any]] = {}
+        telemetry_rows: dict[tuple[str, int], dict[str, Any]] = {}
+        event_rows: dict[tuple[str, int], dict[str, Any]] = {}
+        unknown = stored = duplicates = 0
+        for payload, received_at in items:
+            device = current.get(payload.device_id)
+            if device is None:
+                unknown += 1
+                continue
+            changed = changes.setdefault(payload.device_id, {})
+            if device["last_seen"] is None or received_at > device["last_seen"]:
+                device["last_seen"] = changed["last_seen"] = received_at
             if isinstance(payload, Telemetry):
-                _apply_telemetry(device, payload)
+                key = (payload.device_id, payload.seq)
+                if key in telemetry_rows:
+                    duplicates += 1  # repeated within this batch
+                else:
+                    telemetry_rows[key] = _telemetry_row(payload, received_at)
+                _apply_telemetry(device, changed, payload)
+            elif isinstance(payload, Event):
+                key = (payload.device_id, payload.seq)
+                if key in event_rows:
+                    duplicates += 1
+                else:
+                    event_rows[key] = _event_row(payload, received_at)
             elif isinstance(payload, State):
-                if _apply_state(device, payload):
+                if _apply_state(device, changed, payload):
                     stored += 1
                 else:
                     duplicates += 1
             elif isinstance(payload, Status):
-                if _apply_status(device, payload):
+                if _apply_status(device, changed, payload):
                     stored += 1
                 else:
                     duplicates += 1
-        session.commit()
+        for table, rows in ((_table("telemetry"), telemetry_rows), (_table("event"), event_rows)):
+            inserted = insert_new(conn=conn, table=table, rows=list(rows.values()))
+            stored += inserted
+            duplicates += len(rows) - inserted
+        _update_devices(conn, device_table, changes)
     return WriteResult(stored=stored, duplicates=duplicates, unknown_devices=unknown)
 
 
@@ -71,36 +88,22 @@ def _table(name: str) -> Table:
     return SQLModel.metadata.tables[name]
 
 
-def _new_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows whose (device_id, seq) is neither stored nor earlier in this batch."""
-    if not rows:
-        return []
-    keys = {(r["device_id"], r["seq"]) for r in rows}
-    key_cols = tuple_(table.c.device_id, table.c.seq)
-    stored: set[tuple[str, int]] = set()
-    key_list = sorted(keys)
-    for start in range(0, len(key_list), 400):
-        chunk = key_list[start : start + 400]
-        result = session.execute(select(table.c.device_id, table.c.seq).where(key_cols.in_(chunk)))
-        stored.update((row[0], row[1]) for row in result)
-    fresh: list[dict[str, Any]] = []
-    seen: set[tuple[str, int]] = set()
-    for row in rows:
-        key = (row["device_id"], row["seq"])
-        if key in stored or key in seen:
-            continue
-        seen.add(key)
-        fresh.append(row)
-    return fresh
-
-
-def _insert_ignore(engine: Engine, table: Table) -> Any:
-    dialect = engine.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["device_id", "seq"])
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["device_id", "seq"])
-    raise ValueError(f"unsupported database dialect {dialect!r} (use SQLite or PostgreSQL)")
+def _update_devices(conn: Connection, table: Table, changes: dict[str, dict[str, Any]]) -> None:
+    """One executemany UPDATE per distinct set of changed columns."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for device_id, changed in changes.items():
+        newest = changed.get("last_telemetry")
+        if isinstance(newest, Telemetry):
+            changed["last_telemetry"] = _last_telemetry(newest)
+        if changed:
+            groups.setdefault(tuple(sorted(changed)), []).append({"_id": device_id, **changed})
+    for names, params in groups.items():
+        stmt = (
+            update(table)
+            .where(table.c.device_id == bindparam("_id"))
+            .values({name: bindparam(name) for name in names})
+        )
+        conn.execute(stmt, params)
 
 
 def _telemetry_row(p: Telemetry, received_at: datetime) -> dict[str, Any]:
@@ -134,11 +137,15 @@ def _event_row(p: Event, received_at: datetime) -> dict[str, Any]:
     }
 
 
-def _apply_telemetry(device: Device, p: Telemetry) -> None:
-    if device.telemetry_seq is not None and p.seq <= device.telemetry_seq:
+def _apply_telemetry(device: dict[str, Any], changed: dict[str, Any], p: Telemetry) -> None:
+    if device["telemetry_seq"] is not None and p.seq <= device["telemetry_seq"]:
         return
-    device.telemetry_seq = p.seq
-    device.last_telemetry = {
+    device["telemetry_seq"] = changed["telemetry_seq"] = p.seq
+    changed["last_telemetry"] = p  # summarised once, for the newest only (_last_telemetry)
+
+
+def _last_telemetry(p: Telemetry) -> dict[str, Any]:
+    return {
         "ts": p.ts.isoformat(),
         "seq": p.seq,
         "model": p.model.model_dump() if p.model else None,
@@ -148,25 +155,28 @@ def _apply_telemetry(device: Device, p: Telemetry) -> None:
     }
 
 
-def _apply_state(device: Device, p: State) -> bool:
-    if device.state_seq is not None and p.seq <= device.state_seq:
+def _apply_state(device: dict[str, Any], changed: dict[str, Any], p: State) -> bool:
+    if device["state_seq"] is not None and p.seq <= device["state_seq"]:
         return False
-    device.state_seq = p.seq
-    device.phase = p.phase
-    device.running_name = p.running.name if p.running else None
-    device.running_version = p.running.version if p.running else None
-    device.reported_desired_name = p.desired.name if p.desired else None
-    device.reported_desired_version = p.desired.version if p.desired else None
-    device.agent_version = p.agent_version
-    device.last_error = p.last_error
+    device["state_seq"] = p.seq
+    changed.update(
+        state_seq=p.seq,
+        phase=p.phase,
+        running_name=p.running.name if p.running else None,
+        running_version=p.running.version if p.running else None,
+        reported_desired_name=p.desired.name if p.desired else None,
+        reported_desired_version=p.desired.version if p.desired else None,
+        agent_version=p.agent_version,
+        last_error=p.last_error,
+    )
     if p.device_class is not None:
-        device.device_class = p.device_class
+        changed["device_class"] = p.device_class
     return True
 
 
-def _apply_status(device: Device, p: Status) -> bool:
-    if device.status_ts is not None and p.ts < device.status_ts:
+def _apply_status(device: dict[str, Any], changed: dict[str, Any], p: Status) -> bool:
+    if device["status_ts"] is not None and p.ts < device["status_ts"]:
         return False
-    device.status_ts = p.ts
-    device.online = p.status == "online"
+    device["status_ts"] = changed["status_ts"] = p.ts
+    changed["online"] = p.status == "online"
     return True
