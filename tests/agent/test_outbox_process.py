@@ -9,12 +9,8 @@ queued, exactly once, in order.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import sqlite3
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,62 +22,15 @@ import pytest
 from agent.service import OUTBOX_FILE
 from tests.agent.helpers import config_toml
 from tests.agent.test_agent_process import AgentProcess
-from tests.utils.net import free_port, wait_for_port
+from tests.utils.mosquitto import PrivateMosquitto, private_mosquitto
 
 pytestmark = pytest.mark.integration
 
-MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-
-
-class PersistentBroker:
-    """A private Mosquitto that saves sessions (and their queued QoS 1 messages) on SIGTERM."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        # Mosquitto started as root drops to its own user before saving: the store lives in a
-        # world-writable directory of its own (as in tests/edgefleet/test_mqtt.py).
-        self.store = Path(tempfile.mkdtemp(prefix="edgefleet-outbox-mosquitto-"))
-        self.store.chmod(0o777)
-        self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {self.store}/\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        assert MOSQUITTO is not None
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_port("127.0.0.1", self.port, timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.store, ignore_errors=True)
-
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[PersistentBroker]:
-    if MOSQUITTO is None:
-        if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
-            pytest.fail("the mosquitto binary is required (EDGEFLEET_REQUIRE_SERVICES=1)")
-        pytest.skip("the mosquitto binary is not installed")
-    b = PersistentBroker(tmp_path)
-    b.start()
-    try:
+def broker(tmp_path: Path) -> Iterator[PrivateMosquitto]:
+    with private_mosquitto(tmp_path, persistent=True) as b:
         yield b
-    finally:
-        b.cleanup()
 
 
 class SeqSubscriber:
@@ -159,7 +108,7 @@ def _wait(predicate: object, timeout: float) -> bool:
 
 
 def test_outage_and_kill_lose_and_duplicate_nothing(
-    broker: PersistentBroker, tmp_path: Path
+    broker: PrivateMosquitto, tmp_path: Path
 ) -> None:
     device_id = f"ob-{secrets.token_hex(4)}"
     data_dir = tmp_path / "data"

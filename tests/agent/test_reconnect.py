@@ -6,11 +6,9 @@ Uses a private Mosquitto process (so the test can kill it) on a free port.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,53 +21,19 @@ from edgefleet.contract import Channel, State, Status, Telemetry, decode
 from tests.agent.helpers import Watcher, config_toml
 from tests.agent.test_agent_process import AgentProcess
 from tests.utils.artifacts import digits_images
-from tests.utils.net import free_port, wait_for_port
+from tests.utils.mosquitto import PrivateMosquitto, private_mosquitto
 
 pytestmark = pytest.mark.integration
 
-MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-
-
-class PrivateBroker:
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        assert MOSQUITTO is not None
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_port("127.0.0.1", self.port, timeout=10)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    if MOSQUITTO is None:
-        if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
-            pytest.fail("the mosquitto binary is required (EDGEFLEET_REQUIRE_SERVICES=1)")
-        pytest.skip("the mosquitto binary is not installed")
-    b = PrivateBroker(tmp_path)
-    b.start()
-    try:
+def broker(tmp_path: Path) -> Iterator[PrivateMosquitto]:
+    with private_mosquitto(tmp_path) as b:
         yield b
-    finally:
-        b.kill()
 
 
 def test_agent_reconnects_after_broker_restart(
-    broker: PrivateBroker, tmp_path: Path, digits_v1: Path
+    broker: PrivateMosquitto, tmp_path: Path, digits_v1: Path
 ) -> None:
     device_id = f"rc-{secrets.token_hex(4)}"
     data_dir = tmp_path / "data"
@@ -129,14 +93,12 @@ def test_agent_reconnects_after_broker_restart(
 
 
 def test_agent_serves_without_a_broker_and_connects_later(tmp_path: Path, digits_v1: Path) -> None:
-    if MOSQUITTO is None:
-        pytest.skip("the mosquitto binary is not installed")
     device_id = f"ob-{secrets.token_hex(4)}"
     data_dir = tmp_path / "data"
     shutil.copytree(digits_v1, data_dir / "artifacts" / "digits" / "1.0.0")
     (data_dir / POINTER_FILE).write_text(json.dumps({"name": "digits", "version": "1.0.0"}))
     digits_images(tmp_path / "in", 2)
-    broker = PrivateBroker(tmp_path)  # not started yet: nothing listens on its port
+    broker = PrivateMosquitto(tmp_path)  # not started yet: nothing listens on its port
     config = tmp_path / "agent.toml"
     config.write_text(
         config_toml(
@@ -167,5 +129,5 @@ def test_agent_serves_without_a_broker_and_connects_later(tmp_path: Path, digits
         assert agent.stop() == 0, agent.stderr[-10:]
     finally:
         agent.kill()
-        broker.kill()
+        broker.cleanup()
         notify.close()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -14,7 +10,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.mqtt import BrokerAddress, MqttError, MqttTransport
-from tests.utils.net import free_port, wait_for_port
+from tests.utils.mosquitto import PrivateMosquitto
+from tests.utils.net import free_port
 
 
 def _wait(cond: object, timeout: float = 10.0) -> bool:
@@ -98,24 +95,6 @@ def test_connect_failure_is_one_clear_error() -> None:
         transport.start(wait=1.5)
 
 
-@pytest.fixture
-def private_mosquitto(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto binary not installed")
-    port = free_port()
-    # mosquitto started as root drops to its own user before saving: pytest's tmp_path is not
-    # reachable for that user, so the store lives in a world-writable directory of its own.
-    store = Path(tempfile.mkdtemp(prefix="edgefleet-mosquitto-"))
-    store.chmod(0o777)
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-        f"persistence true\npersistence_location {store}/\n"
-    )
-    yield port, conf
-    shutil.rmtree(store, ignore_errors=True)
-
-
 def _persistent_subscriber(port: int, topic: str, got: list[bytes]) -> paho.Client:
     """A clean_session=False subscriber: the broker keeps its subscription across restarts."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="outage-sub", clean_session=False)
@@ -129,12 +108,12 @@ def _persistent_subscriber(port: int, topic: str, got: list[bytes]) -> paho.Clie
 
 @pytest.mark.integration
 def test_qos1_published_during_outage_is_delivered_and_acked(
-    private_mosquitto: tuple[int, Path],
+    tmp_path: Path,
 ) -> None:
-    port, conf = private_mosquitto
+    broker = PrivateMosquitto(tmp_path, persistent=True)
+    port = broker.port
     topic = "edgefleet/test/outage"
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    wait_for_port("127.0.0.1", port)
+    broker.start()
     got: list[bytes] = []
     sub = _persistent_subscriber(port, topic, got)
     pub = MqttTransport(BrokerAddress("127.0.0.1", port), client_id="outage-pub")
@@ -142,14 +121,13 @@ def test_qos1_published_during_outage_is_delivered_and_acked(
     try:
         pub.publish(topic, b"before")
         assert pub.wait_published(5) and _wait(lambda: got == [b"before"])
-        broker.terminate()  # SIGTERM: mosquitto saves the subscriber's session
-        broker.wait(10)
+        broker.stop()  # SIGTERM: mosquitto saves the subscriber's session
         assert _wait(lambda: not pub.connected)
         for i in range(20):
             pub.publish(topic, str(i).encode())
         assert pub.unacknowledged == 20
         assert not pub.wait_published(0.5)
-        broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+        broker.start()
         # paho reconnects with back-off (1 s, 2 s, ...): everything queued is sent and acked.
         assert pub.wait_published(40), f"{pub.unacknowledged} still unacknowledged"
         assert _wait(lambda: len(got) == 21, timeout=15), got
@@ -158,8 +136,7 @@ def test_qos1_published_during_outage_is_delivered_and_acked(
         pub.close()
         sub.loop_stop()
         sub.disconnect()
-        broker.terminate()
-        broker.wait(10)
+        broker.cleanup()
 
 
 def test_topic_matching_agrees_with_paho() -> None:
