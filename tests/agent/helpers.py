@@ -237,3 +237,21 @@ class Watcher:
                     topics = [m.topic.rsplit("/", 1)[-1] for m in self.messages[-20:]]
                     raise TimeoutError(f"no message {what} within {timeout} s; last: {topics}")
                 self._cond.wait(remaining)
+
+
+def desired_bundle(
+    device_id: str, *, seq: int, version: str, url: str, bundle: bytes, name: str = "digits"
+) -> bytes:
+    """The encoded DesiredState pointing a device at ``bundle`` served at ``url``."""
+    import hashlib
+
+    from edgefleet.contract import DesiredModel, DesiredState, encode
+
+    model = DesiredModel(
+        name=name,
+        version=version,
+        url=url,
+        sha256=hashlib.sha256(bundle).hexdigest(),
+        size=len(bundle),
+    )
+    return encode(DesiredState(device_id=device_id, seq=seq, model=model))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -21,7 +20,6 @@ import pytest
 from agent.store import POINTER_FILE
 from edgefleet.contract import (
     Channel,
-    DesiredModel,
     DesiredState,
     Event,
     State,
@@ -33,7 +31,7 @@ from edgefleet.contract import (
     topic,
 )
 from edgefleet.contract.payloads import Payload
-from tests.agent.helpers import Received, Watcher, config_toml, serve_bundles
+from tests.agent.helpers import Received, Watcher, config_toml, desired_bundle, serve_bundles
 from tests.utils.artifacts import bundle_of, digits_images
 
 pytestmark = pytest.mark.integration
@@ -177,18 +175,10 @@ def test_agent_serves_updates_and_stops_cleanly(
             details = [_decoded(m, device_id).detail for m in rejected]  # type: ignore[union-attr]
             assert all(d.startswith("desired: ") for d in details), details
 
-            desired = DesiredState(
-                device_id=device_id,
-                seq=1,
-                model=DesiredModel(
-                    name="digits",
-                    version="2.0.0",
-                    url=f"{server.url}/bundles/v2",
-                    sha256=hashlib.sha256(bundle).hexdigest(),
-                    size=len(bundle),
-                ),
+            desired = desired_bundle(
+                device_id, seq=1, version="2.0.0", url=f"{server.url}/bundles/v2", bundle=bundle
             )
-            watch.publish(desired_topic, encode(desired), retain=True)
+            watch.publish(desired_topic, desired, retain=True)
             watch.wait_for(
                 payload_is(Event, lambda p: p.event == "update.committed"), what="committed"
             )

@@ -7,7 +7,6 @@ state and fetches only the missing bytes with a ``Range`` request.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import threading
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from agent.store import POINTER_FILE
-from edgefleet.contract import Channel, DesiredModel, DesiredState, Event, decode, encode, topic
-from tests.agent.helpers import Received, Watcher, config_toml, serve_bundles
+from edgefleet.contract import Channel, Event, decode, topic
+from tests.agent.helpers import Received, Watcher, config_toml, desired_bundle, serve_bundles
 from tests.agent.test_agent_process import TOKEN, AgentProcess, device_id  # noqa: F401  (fixture)
 from tests.utils.artifacts import bundle_of, digits_images
 
@@ -63,18 +62,10 @@ def test_kill_during_download_resumes_with_range(
         agent = AgentProcess(config)
         try:
             assert "model=digits@1.0.0" in agent.first_line()
-            desired = DesiredState(
-                device_id=device_id,
-                seq=1,
-                model=DesiredModel(
-                    name="digits",
-                    version="2.0.0",
-                    url=f"{server.url}/b/v2",
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    size=len(data),
-                ),
+            desired = desired_bundle(
+                device_id, seq=1, version="2.0.0", url=f"{server.url}/b/v2", bundle=data
             )
-            watch.publish(topic(device_id, Channel.DESIRED), encode(desired), retain=True)
+            watch.publish(topic(device_id, Channel.DESIRED), desired, retain=True)
             deadline = time.monotonic() + 30
             while _part_size(data_dir / "downloads") < half:
                 assert time.monotonic() < deadline, "the stalled download wrote nothing"

@@ -7,7 +7,6 @@ cached previous model without a download, and ``current.json`` never names them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -20,15 +19,12 @@ import pytest
 from agent.store import POINTER_FILE
 from edgefleet.contract import (
     Channel,
-    DesiredModel,
-    DesiredState,
     Event,
     State,
     decode,
-    encode,
     topic,
 )
-from tests.agent.helpers import Received, Watcher, config_toml, serve_bundles
+from tests.agent.helpers import Received, Watcher, config_toml, desired_bundle, serve_bundles
 from tests.agent.probation_models import nan_on_real_inputs, slow
 from tests.agent.test_agent_process import TOKEN, AgentProcess, device_id  # noqa: F401  (fixture)
 from tests.utils.artifacts import bundle_of, digits_images
@@ -108,19 +104,15 @@ def test_nan_and_slow_models_are_rolled_back(
             ):
                 data = bundles[version].read_bytes()
                 server.files[f"/b/{version}"] = data
-                desired = DesiredState(
-                    device_id=device_id,
+                desired = desired_bundle(
+                    device_id,
                     seq=seq,
-                    model=DesiredModel(
-                        name="digits",
-                        version=version,
-                        url=f"{server.url}/b/{version}",
-                        sha256=hashlib.sha256(data).hexdigest(),
-                        size=len(data),
-                    ),
+                    version=version,
+                    url=f"{server.url}/b/{version}",
+                    bundle=data,
                 )
                 before = len(server.requests)
-                watch.publish(topic(device_id, Channel.DESIRED), encode(desired), retain=True)
+                watch.publish(topic(device_id, Channel.DESIRED), desired, retain=True)
                 rolled = watch.wait_for(
                     _event(device_id, "update.rolled_back", version), timeout=30
                 )
@@ -183,18 +175,10 @@ def test_kill_during_probation_serves_the_committed_model_and_retries(
         agent = AgentProcess(config)
         try:
             assert "model=digits@1.0.0" in agent.first_line()
-            desired = DesiredState(
-                device_id=device_id,
-                seq=1,
-                model=DesiredModel(
-                    name="digits",
-                    version="2.0.0",
-                    url=f"{server.url}/b/v2",
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    size=len(data),
-                ),
+            desired = desired_bundle(
+                device_id, seq=1, version="2.0.0", url=f"{server.url}/b/v2", bundle=data
             )
-            watch.publish(topic(device_id, Channel.DESIRED), encode(desired), retain=True)
+            watch.publish(topic(device_id, Channel.DESIRED), desired, retain=True)
 
             def on_probation(m: Received) -> bool:
                 if not m.topic.endswith("/state"):
