@@ -113,7 +113,7 @@ class LoadedModel:
                     # strict=False: a session returns one array per output name by contract.
                     return dict(zip(self._output_names, self._run(batch), strict=False))
             except (KeyError, AttributeError):
-                pass
+                pass  # not a fast-path batch: the checks below name what is wrong
         for spec in self._inputs:
             spec.check(batch.get(spec.name))
         if len(batch) != self._n_inputs:

@@ -5,6 +5,7 @@ fp16, full-int8 candidates; same accuracy budget and latency gate as ONNX), or a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from datetime import UTC, datetime
@@ -279,10 +280,8 @@ def _tools() -> dict[str, str]:
 
     tools = {"edgefleet": __version__, "numpy": np.__version__}
     tools["ai-edge-litert"] = str(getattr(ai_edge_litert, "__version__", "unknown"))
-    try:
+    with contextlib.suppress(ImportError):
         import tensorflow as tf
 
         tools["tensorflow"] = str(tf.__version__)
-    except ImportError:
-        pass
     return tools

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from agent.probation import HealthMonitor, ProbationConfig, p95
@@ -62,7 +64,7 @@ def test_no_traffic_passes_at_max_s_and_the_floor_protects_fast_models() -> None
     monitor = _monitor(max_s=0.01, inferences=1000)
     monitor.begin(NEW)
     while (verdict := monitor.verdict()) is None:
-        pass
+        time.sleep(0.001)
     assert verdict == (True, "healthy over 0 inferences")
     fast = _monitor(latency_floor_ms=15.0)
     _feed(fast, 10, latency=25.0)  # 2.5× of 10 ms but under 2 × the 15 ms floor
