@@ -25,6 +25,8 @@ from fleet_server.services.mqtt_auth import (
     MqttCredential,
     resolve_server_credential,
 )
+from fleet_server.services.rollouts import RolloutEngine
+from fleet_server.services.rollouts.job import PeriodicRunner, RolloutJob
 from fleet_server.settings import ServerSettings
 from fleet_server.storage import ArtifactStore, create_store
 
@@ -50,6 +52,8 @@ class Runtime:
         self.broker: EmbeddedBroker | None = None
         self.writer: IngestWriter | None = None
         self.bus: FleetBus | None = None
+        self.rollouts: RolloutEngine | None = None
+        self.jobs: PeriodicRunner | None = None
         self.operator_token = ""
         self.trusted_keys: list[bytes] = []
         #: The broker's URL without credentials (the bus connects with the server's own).
@@ -95,6 +99,11 @@ class Runtime:
             self.bus.start(wait=settings.broker_connect_timeout_s)
         except MqttError as err:
             raise StartupError(str(err)) from err
+        self.rollouts = RolloutEngine(
+            engine=self.engine, publisher=self.bus, public_url=settings.resolved_public_url
+        )
+        self.jobs = PeriodicRunner([RolloutJob(self.rollouts, interval_s=settings.rollout_tick_s)])
+        self.jobs.start()
         log.info(
             "fleet server started",
             extra={"db": safe_url(settings.resolved_database_url), "broker": self.bus.broker},
@@ -133,6 +142,10 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop in reverse order; each step runs even if an earlier one failed."""
+        if self.jobs is not None:
+            _quietly("periodic jobs", self.jobs.stop)
+            self.jobs = None
+        self.rollouts = None
         if self.bus is not None:
             _quietly("mqtt bus", self.bus.close)
             self.bus = None

@@ -94,6 +94,13 @@ class ServerSettings(BaseSettings):
     ingest_queue_size: int = Field(
         default=20_000, ge=1, description="Messages buffered between the MQTT thread and the DB."
     )
+    rollout_tick_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="How often the rollout engine steps active rollouts (it also steps one at "
+        "once after an operator action).",
+    )
     mqtt_client_id: str | None = Field(
         default=None,
         min_length=1,

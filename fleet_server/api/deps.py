@@ -62,6 +62,11 @@ class Principal:
     operator: bool
     device_id: str | None = None
 
+    @property
+    def actor(self) -> str:
+        """Who to name in rollout decisions and logs."""
+        return "operator" if self.operator else f"device:{self.device_id}"
+
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials:

@@ -9,6 +9,7 @@ from fleet_server.models.devices import (
     ModelRefPublic,
 )
 from fleet_server.models.models import ModelVersion, ModelVersionPublic
+from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.telemetry import EventPublic, EventRow, TelemetryPublic, TelemetryRow
 
 __all__ = [
@@ -21,6 +22,9 @@ __all__ = [
     "ModelRefPublic",
     "ModelVersion",
     "ModelVersionPublic",
+    "Rollout",
+    "RolloutDecision",
+    "RolloutDevice",
     "TelemetryPublic",
     "TelemetryRow",
 ]

@@ -1,0 +1,92 @@
+"""/api/v1/rollouts"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_server.api.deps import Operator, RuntimeDep, SessionDep
+from fleet_server.models.types import utcnow
+from fleet_server.services.errors import Unavailable
+from fleet_server.services.rollouts import RolloutCreate, RolloutEngine, service
+from fleet_server.services.rollouts.service import RolloutPublic, RolloutReport
+
+router = APIRouter(prefix="/rollouts", tags=["rollouts"])
+
+State = Literal[
+    "running", "paused", "awaiting_approval", "aborting", "completed", "aborted", "failed"
+]
+
+
+class RolloutAction(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "p95 looks odd on rpi3"}]}
+    )
+
+    reason: str = Field(default="", max_length=500, description="Recorded in the report.")
+
+
+ActionBody = Annotated[RolloutAction | None, Body()]
+
+
+def _engine(runtime: RuntimeDep) -> RolloutEngine:
+    if runtime.rollouts is None:
+        raise Unavailable("the rollout engine is not running")
+    return runtime.rollouts
+
+
+@router.post("", status_code=201)
+def create_rollout(
+    body: RolloutCreate, session: SessionDep, runtime: RuntimeDep, who: Operator
+) -> RolloutPublic:
+    """Start a staged rollout; the canary is assigned at once."""
+    return service.create_rollout(
+        session=session, rollouts=_engine(runtime), request=body, actor=who.actor
+    )
+
+
+@router.get("")
+def list_rollouts(
+    session: SessionDep,
+    _: Operator,
+    state: State | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[RolloutPublic]:
+    return service.list_rollouts(session, state=state, limit=limit)
+
+
+@router.get("/{rollout_id}")
+def show_rollout(rollout_id: int, session: SessionDep, _: Operator) -> RolloutPublic:
+    return service.view(session, rollout_id)
+
+
+@router.get("/{rollout_id}/report")
+def rollout_report(rollout_id: int, session: SessionDep, _: Operator) -> RolloutReport:
+    """Every decision with the numbers behind it, every device, and new-vs-old differential."""
+    return service.report(session, rollout_id, now=utcnow())
+
+
+def _action(name: str) -> Callable[..., Any]:
+    act = getattr(service, name)
+
+    def endpoint(
+        rollout_id: int,
+        session: SessionDep,
+        runtime: RuntimeDep,
+        who: Operator,
+        body: ActionBody = None,
+    ) -> RolloutPublic:
+        act(_engine(runtime), rollout_id, actor=who.actor, reason=body.reason if body else "")
+        session.expire_all()
+        return service.view(session, rollout_id)
+
+    endpoint.__name__ = f"{name}_rollout"
+    endpoint.__doc__ = f"{name.capitalize()} the rollout (recorded with the actor and reason)."
+    return endpoint
+
+
+for _name in ("pause", "resume", "approve", "abort"):
+    router.add_api_route(f"/{{rollout_id}}/{_name}", _action(_name), methods=["POST"])

@@ -1,0 +1,611 @@
+"""The rollout state machine. ``RolloutEngine.tick()`` moves every active rollout one step.
+
+One step of one rollout is one database transaction that first *claims* the rollout
+(``UPDATE ... SET revision = revision + 1 WHERE revision = <read>``): a second driver, a restarted
+server or a concurrent operator action that read the same revision finds nothing to update and
+backs off, so no stage is ever applied twice. Desired states are published only after the
+commit; one lost in a crash is republished when the bus (re)connects (it republishes every
+device's desired state) or by the resync below.
+
+States::
+
+    running ──gate fails, on_failure=pause──▶ paused ──resume──▶ running
+       │  └──stage passes, require_approval──▶ awaiting_approval ──approve──▶ running (next stage)
+       │  └──last stage passes──▶ completed
+       └──gate fails, on_failure=abort / operator abort──▶ aborting ──all reverted──▶ aborted
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from edgefleet.contract import DesiredState
+from fleet_server.models import Device
+from fleet_server.models import ModelVersion as ModelVersionRow
+from fleet_server.models.rollouts import (
+    ACTIVE_STATES,
+    Rollout,
+    RolloutDecision,
+    RolloutDevice,
+)
+from fleet_server.models.telemetry import EventRow
+from fleet_server.models.types import utcnow
+from fleet_server.services.assignments import DesiredPublisher, desired_state, publish_all
+from fleet_server.services.errors import Conflict, NotFound
+from fleet_server.services.rollouts.evidence import gather
+from fleet_server.services.rollouts.gates import GateResult, evaluate_all
+from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
+
+log = logging.getLogger(__name__)
+
+_OUTCOME_EVENTS = {
+    "update.committed": "committed",
+    "update.failed": "failed",
+    "update.rolled_back": "failed",
+}
+#: A device whose reported desired state lags the server's for this long gets it republished
+#: (a broker that dropped a queued retained message, a server that crashed before publishing).
+RESYNC_AFTER_S = 30.0
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        publisher: DesiredPublisher | None,
+        public_url: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.public_url = public_url
+        self.clock = clock
+
+    # -- driving -------------------------------------------------------------------------------
+    def tick(self) -> int:
+        """Step every rollout the engine drives; returns how many were stepped."""
+        with Session(self.engine) as session:
+            ids = session.exec(
+                select(Rollout.id).where(col(Rollout.state).in_(("running", "aborting")))
+            ).all()
+        for rollout_id in ids:
+            assert rollout_id is not None
+            try:
+                self.step(rollout_id)
+            except Exception:  # noqa: BLE001 - one broken rollout must not stop the others
+                log.exception("rollout step failed", extra={"rollout_id": rollout_id})
+        return len(ids)
+
+    def step(self, rollout_id: int) -> None:
+        self.act(rollout_id, self._advance, only_states=("running", "aborting"))
+
+    def act(
+        self,
+        rollout_id: int,
+        action: Callable[[Session, Rollout, datetime, list[DesiredState]], None],
+        *,
+        only_states: Sequence[str] | None = None,
+    ) -> Rollout:
+        """Run ``action`` on the claimed rollout in one transaction, then publish what it set."""
+        outbox: list[DesiredState] = []
+        with Session(self.engine, expire_on_commit=False) as session:
+            rollout = session.get(Rollout, rollout_id)
+            if rollout is None:
+                raise NotFound(f"rollout {rollout_id} not found")
+            if only_states is not None and rollout.state not in only_states:
+                return rollout
+            claimed = session.execute(
+                update(Rollout)
+                .where(col(Rollout.id) == rollout_id, col(Rollout.revision) == rollout.revision)
+                .values(revision=rollout.revision + 1)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                raise Conflict(f"rollout {rollout_id} changed concurrently; try again")
+            session.refresh(rollout)
+            now = self.clock()
+            action(session, rollout, now, outbox)
+            rollout.updated_at = now
+            session.add(rollout)
+            session.commit()
+        if outbox and self.publisher is not None:
+            publish_all(publisher=self.publisher, states=outbox)
+        return rollout
+
+    # -- one step --------------------------------------------------------------------------------
+    def _advance(
+        self, session: Session, rollout: Rollout, now: datetime, outbox: list[DesiredState]
+    ) -> None:
+        strategy = Strategy.model_validate(rollout.strategy)
+        members = list(
+            session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
+        )
+        devices = _devices(session, [m.device_id for m in members])
+        if rollout.state == "aborting":
+            self._settle_abort(session, rollout, members, devices, now, strategy)
+            return
+        self._sync(session, rollout, members, devices, now, strategy)
+        self._join_late(session, rollout, members, now)
+        self._resync_desired(session, rollout, members, devices, now, outbox)
+
+        eligible = sorted((m for m in members if m.status != "skipped"), key=lambda m: m.position)
+        if not eligible:
+            self._finish(session, rollout, now, "completed", "no device needed the update")
+            return
+        covered = eligible[: strategy.target_count(rollout.stage, len(eligible))]
+        self._assign(session, rollout, covered, now, strategy, outbox)
+
+        policy = GatePolicy.model_validate(rollout.gates)
+        evidence = gather(
+            session=session,
+            members=members,
+            target=(rollout.model_name, rollout.model_version),
+            stage_ids={m.device_id for m in covered},
+            offline={d.device_id for d in devices.values() if not d.online},
+            now=now,
+            window_s=policy.baseline_window_s,
+            min_control_intervals=policy.latency_p95_ratio.min_samples,
+        )
+        results = evaluate_all(policy, evidence)
+        evaluation = _evaluation(rollout, strategy, now, results, evidence.summary())
+        rollout.last_evaluation = evaluation
+
+        failed = [r for r in results if r.status == "fail"]
+        if failed:
+            reason = "; ".join(f"{r.name} {_fmt(r)}" for r in failed)
+            self.decide(session, rollout, now, "gate_failed", reason=reason, evidence=evaluation)
+            if strategy.on_failure == "abort":
+                self.abort(session, rollout, now, outbox, actor="engine", reason=reason)
+            else:
+                rollout.state, rollout.reason = "paused", f"gate failed: {reason}"
+                self.decide(session, rollout, now, "pause", reason=rollout.reason)
+            return
+
+        finished = all(m.status in ("committed", "failed") for m in covered)
+        if not finished:
+            rollout.stage_finished_at = None
+        elif rollout.stage_finished_at is None:
+            rollout.stage_finished_at = now
+        waiting = [r for r in results if r.status == "insufficient"]
+        soaked = (
+            rollout.stage_finished_at is not None
+            and (now - rollout.stage_finished_at).total_seconds() >= strategy.soak_s
+        )
+        if soaked and not waiting:
+            stage = rollout.stage
+            self._promote(session, rollout, now, strategy, evaluation, total=len(eligible))
+            if rollout.state == "running" and rollout.stage != stage:  # the next stage goes out now
+                covered = eligible[: strategy.target_count(rollout.stage, len(eligible))]
+                self._assign(session, rollout, covered, now, strategy, outbox)
+        elif (now - rollout.stage_started_at).total_seconds() > strategy.stage_timeout_s:
+            names = ", ".join(r.name for r in waiting) or "updates"
+            rollout.state = "paused"
+            rollout.reason = f"stage timed out waiting for evidence: {names}"
+            self.decide(session, rollout, now, "pause", reason=rollout.reason, evidence=evaluation)
+
+    def _promote(
+        self,
+        session: Session,
+        rollout: Rollout,
+        now: datetime,
+        strategy: Strategy,
+        evaluation: dict[str, Any],
+        *,
+        total: int,
+    ) -> None:
+        name = strategy.stage_names()[rollout.stage]
+        covered = strategy.target_count(rollout.stage, total)
+        # Stages that would add no device (small fleets, late percentages) are passed through.
+        while (
+            rollout.stage + 1 < strategy.stage_count()
+            and strategy.target_count(rollout.stage + 1, total) <= covered
+        ):
+            rollout.stage += 1
+        if rollout.stage + 1 >= strategy.stage_count():
+            self.decide(session, rollout, now, "stage_passed", reason=name, evidence=evaluation)
+            self._finish(session, rollout, now, "completed", "every stage passed its gates")
+        elif strategy.require_approval:
+            rollout.state = "awaiting_approval"
+            rollout.reason = f"{name} passed; waiting for approval"
+            self.decide(session, rollout, now, "stage_passed", reason=name, evidence=evaluation)
+        else:
+            self.decide(session, rollout, now, "stage_passed", reason=name, evidence=evaluation)
+            self.next_stage(session, rollout, now, strategy, actor="engine")
+
+    def next_stage(
+        self, session: Session, rollout: Rollout, now: datetime, strategy: Strategy, *, actor: str
+    ) -> None:
+        rollout.stage += 1
+        rollout.state = "running"
+        rollout.reason = None
+        rollout.stage_started_at = now
+        rollout.stage_finished_at = None
+        name = strategy.stage_names()[rollout.stage]
+        self.decide(session, rollout, now, "stage_started", reason=name, actor=actor)
+
+    # -- devices ---------------------------------------------------------------------------------
+    def _sync(
+        self,
+        session: Session,
+        rollout: Rollout,
+        members: list[RolloutDevice],
+        devices: dict[str, Device],
+        now: datetime,
+        strategy: Strategy,
+    ) -> None:
+        """Assigned devices → committed / failed, from their update events and reported state."""
+        target = {"name": rollout.model_name, "version": rollout.model_version}
+        assigned = [m for m in members if m.status == "assigned" and m.assigned_at is not None]
+        if not assigned:
+            return
+        since = min(m.assigned_at for m in assigned if m.assigned_at is not None)
+        outcomes: dict[str, tuple[str, datetime, str]] = {}
+        events = session.exec(
+            select(EventRow)
+            .where(
+                col(EventRow.device_id).in_([m.device_id for m in assigned]),
+                col(EventRow.received_at) >= since,
+                col(EventRow.event).in_(list(_OUTCOME_EVENTS)),
+            )
+            .order_by(col(EventRow.received_at))
+        )
+        by_id = {m.device_id: m for m in assigned}
+        for event in events:
+            member = by_id[event.device_id]
+            assert member.assigned_at is not None
+            if event.model == target and event.received_at >= member.assigned_at:
+                outcomes[event.device_id] = (
+                    _OUTCOME_EVENTS[event.event],
+                    event.received_at,
+                    event.detail[:500] or event.event,
+                )
+        timeout = timedelta(seconds=strategy.update_timeout_s)
+        for member in assigned:
+            device = devices.get(member.device_id)
+            outcome = outcomes.get(member.device_id)
+            if outcome is None and device is not None and _runs(device, target):
+                outcome = ("committed", now, "reported running the new version")
+            if outcome is None and member.assigned_at is not None:
+                if now - member.assigned_at > timeout:
+                    outcome = ("failed", now, f"no result within {strategy.update_timeout_s:g} s")
+            if outcome is not None:
+                member.status, member.finished_at, member.detail = outcome
+                session.add(member)
+
+    def _join_late(
+        self, session: Session, rollout: Rollout, members: list[RolloutDevice], now: datetime
+    ) -> None:
+        """Devices that match the selector but are not in the rollout yet (enrolled since)."""
+        selector = Selector.model_validate(rollout.selector)
+        known = {m.device_id for m in members}
+        busy = busy_devices(session, exclude=rollout.id)
+        joined = []
+        position = max((m.position for m in members), default=-1)
+        for device in session.exec(select(Device).order_by(col(Device.created_at))):
+            if device.device_id in known or device.device_id in busy:
+                continue
+            if not selector.matches(
+                device_id=device.device_id, tags=device.tags, device_class=device.device_class
+            ):
+                continue
+            position += 1
+            member = new_member(rollout, device, position, joined_late=True, model=_target(rollout))
+            session.add(member)
+            members.append(member)
+            joined.append(device.device_id)
+        if joined:
+            self.decide(
+                session,
+                rollout,
+                now,
+                "devices_joined",
+                reason=f"{len(joined)} device(s) matched the selector after the start",
+                evidence={"devices": joined[:100], "count": len(joined)},
+            )
+
+    def _assign(
+        self,
+        session: Session,
+        rollout: Rollout,
+        covered: list[RolloutDevice],
+        now: datetime,
+        strategy: Strategy,
+        outbox: list[DesiredState],
+    ) -> None:
+        pending = [m for m in covered if m.status == "pending"]
+        if not pending:
+            return
+        window = strategy.maintenance_window
+        if window is not None and not window.open_at(now):
+            return
+        if strategy.rate_per_minute is not None:
+            recent = session.exec(
+                select(RolloutDevice.device_id).where(
+                    RolloutDevice.rollout_id == rollout.id,
+                    col(RolloutDevice.assigned_at) > now - timedelta(minutes=1),
+                )
+            ).all()
+            pending = pending[: max(0, strategy.rate_per_minute - len(recent))]
+        for member in pending:
+            member.status, member.assigned_at, member.stage = "assigned", now, rollout.stage
+            session.add(member)
+        outbox.extend(
+            self._set_desired(
+                session,
+                [m.device_id for m in pending],
+                (rollout.model_name, rollout.model_version),
+                now,
+            )
+        )
+
+    def _resync_desired(
+        self,
+        session: Session,
+        rollout: Rollout,
+        members: list[RolloutDevice],
+        devices: dict[str, Device],
+        now: datetime,
+        outbox: list[DesiredState],
+    ) -> None:
+        """Republish the desired state of assigned devices that have not acknowledged it."""
+        stale = []
+        for member in members:
+            device = devices.get(member.device_id)
+            if member.status != "assigned" or device is None or not device.online:
+                continue
+            since = None if device.desired_at is None else (now - device.desired_at).total_seconds()
+            if since is None or since < RESYNC_AFTER_S:
+                continue
+            if (device.reported_desired_name, device.reported_desired_version) != (
+                device.desired_name,
+                device.desired_version,
+            ):
+                stale.append(device)
+        if not stale:
+            return
+        model = session.get(ModelVersionRow, (rollout.model_name, rollout.model_version))
+        for device in stale:
+            device.desired_at = now  # retry at most every RESYNC_AFTER_S
+            session.add(device)
+            outbox.append(desired_state(device=device, model=model, public_url=self.public_url))
+
+    def _set_desired(
+        self,
+        session: Session,
+        device_ids: list[str],
+        model_ref: tuple[str, str] | None,
+        now: datetime,
+    ) -> list[DesiredState]:
+        if not device_ids:
+            return []
+        model = session.get(ModelVersionRow, model_ref) if model_ref else None
+        session.execute(
+            update(Device)
+            .where(col(Device.device_id).in_(device_ids))
+            .values(
+                desired_name=model_ref[0] if model_ref else None,
+                desired_version=model_ref[1] if model_ref else None,
+                desired_revision=col(Device.desired_revision) + 1,
+                desired_at=now,
+            )
+        )
+        session.flush()
+        states = []
+        for device in session.exec(select(Device).where(col(Device.device_id).in_(device_ids))):
+            session.refresh(device)
+            states.append(desired_state(device=device, model=model, public_url=self.public_url))
+        return states
+
+    # -- abort -------------------------------------------------------------------------------------
+    def abort(
+        self,
+        session: Session,
+        rollout: Rollout,
+        now: datetime,
+        outbox: list[DesiredState],
+        *,
+        actor: str,
+        reason: str,
+    ) -> None:
+        """Every touched device goes back to what it ran before; untouched ones are left alone."""
+        members = list(
+            session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
+        )
+        back: dict[tuple[str, str] | None, list[str]] = {}
+        for member in members:
+            if member.status in ("assigned", "committed", "failed"):
+                previous = _previous(member)
+                back.setdefault(previous, []).append(member.device_id)
+                member.status, member.detail = "reverting", f"rolling back: {reason}"[:500]
+            elif member.status == "pending":
+                member.status, member.detail = "skipped", "rollout aborted before its turn"
+            session.add(member)
+        for previous, ids in back.items():
+            outbox.extend(self._set_desired(session, ids, previous, now))
+        rollout.state, rollout.reason = "aborting", reason
+        self.decide(
+            session,
+            rollout,
+            now,
+            "abort",
+            reason=reason,
+            actor=actor,
+            evidence={"rolled_back": sum(len(ids) for ids in back.values())},
+        )
+        self._settle_abort(session, rollout, members, _devices(session, []), now, None)
+
+    def _settle_abort(
+        self,
+        session: Session,
+        rollout: Rollout,
+        members: list[RolloutDevice],
+        devices: dict[str, Device],
+        now: datetime,
+        strategy: Strategy | None,
+    ) -> None:
+        reverting = [m for m in members if m.status == "reverting"]
+        if reverting and not devices:
+            devices = _devices(session, [m.device_id for m in reverting])
+        for member in reverting:
+            device = devices.get(member.device_id)
+            previous = _previous(member)
+            if device is not None and (
+                (previous is None and device.running_name is None)
+                or (previous is not None and _runs(device, _ref(previous)))
+            ):
+                member.status, member.finished_at = "reverted", now
+                member.detail = "running the previous version again"
+                session.add(member)
+        left = [m for m in reverting if m.status == "reverting"]
+        overdue = False
+        if left and strategy is not None:
+            started = session.exec(
+                select(RolloutDecision.ts)
+                .where(RolloutDecision.rollout_id == rollout.id, RolloutDecision.action == "abort")
+                .order_by(col(RolloutDecision.id).desc())
+            ).first()
+            overdue = started is not None and (now - started).total_seconds() > (
+                strategy.update_timeout_s
+            )
+        if not left:
+            self._finish(session, rollout, now, "aborted", rollout.reason or "aborted")
+        elif overdue:
+            self._finish(
+                session,
+                rollout,
+                now,
+                "aborted",
+                f"{rollout.reason}; {len(left)} device(s) did not confirm the rollback",
+            )
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _finish(
+        self, session: Session, rollout: Rollout, now: datetime, state: str, reason: str
+    ) -> None:
+        rollout.state, rollout.reason, rollout.finished_at = state, reason, now
+        self.decide(session, rollout, now, state, reason=reason)
+
+    @staticmethod
+    def decide(
+        session: Session,
+        rollout: Rollout,
+        now: datetime,
+        action: str,
+        *,
+        reason: str = "",
+        actor: str = "engine",
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        assert rollout.id is not None
+        session.add(
+            RolloutDecision(
+                rollout_id=rollout.id,
+                ts=now,
+                stage=rollout.stage,
+                action=action,
+                actor=actor,
+                reason=reason[:2000],
+                evidence=evidence or {},
+            )
+        )
+        log.info(
+            "rollout decision",
+            extra={
+                "rollout_id": rollout.id,
+                "action": action,
+                "stage": rollout.stage,
+                "why": reason,
+            },
+        )
+
+
+def new_member(
+    rollout: Rollout,
+    device: Device,
+    position: int,
+    *,
+    joined_late: bool,
+    model: dict[str, str],
+) -> RolloutDevice:
+    assert rollout.id is not None
+    previous_name = device.running_name or device.desired_name
+    previous_version = device.running_version if device.running_name else device.desired_version
+    already = _runs(device, model)
+    return RolloutDevice(
+        rollout_id=rollout.id,
+        device_id=device.device_id,
+        position=position,
+        status="skipped" if already else "pending",
+        detail="already running the target version" if already else None,
+        previous_name=previous_name,
+        previous_version=previous_version,
+        device_class=device.device_class,
+        joined_late=joined_late,
+    )
+
+
+def busy_devices(session: Session, *, exclude: int | None) -> set[str]:
+    """Devices taking part in another active rollout (a device is in one rollout at a time)."""
+    query = (
+        select(RolloutDevice.device_id)
+        .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+        .where(col(Rollout.state).in_(ACTIVE_STATES), col(RolloutDevice.status) != "skipped")
+    )
+    if exclude is not None:
+        query = query.where(col(Rollout.id) != exclude)
+    return set(session.exec(query).all())
+
+
+def _devices(session: Session, ids: list[str]) -> dict[str, Device]:
+    found: dict[str, Device] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for device in session.exec(select(Device).where(col(Device.device_id).in_(chunk))):
+            found[device.device_id] = device
+    return found
+
+
+def _target(rollout: Rollout) -> dict[str, str]:
+    return {"name": rollout.model_name, "version": rollout.model_version}
+
+
+def _previous(member: RolloutDevice) -> tuple[str, str] | None:
+    if member.previous_name is None or member.previous_version is None:
+        return None
+    return member.previous_name, member.previous_version
+
+
+def _ref(pair: tuple[str, str]) -> dict[str, str]:
+    return {"name": pair[0], "version": pair[1]}
+
+
+def _runs(device: Device, model: dict[str, str]) -> bool:
+    return device.running_name == model["name"] and device.running_version == model["version"]
+
+
+def _fmt(result: GateResult) -> str:
+    value = "n/a" if result.value is None else f"{result.value:.4g}"
+    return f"{value} vs {result.threshold:g} (n={result.samples})"
+
+
+def _evaluation(
+    rollout: Rollout,
+    strategy: Strategy,
+    now: datetime,
+    results: list[GateResult],
+    evidence: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "ts": now.isoformat(),
+        "stage": rollout.stage,
+        "stage_name": strategy.stage_names()[rollout.stage],
+        "gates": [r.as_dict() for r in results],
+        "evidence": evidence,
+    }

@@ -1,0 +1,216 @@
+"""The numbers gates judge: telemetry of devices on the new version against a baseline on the old.
+
+The baseline is the **control group** (targeted devices not yet updated, still on their old
+version, over the same recent window); when the control group has too little telemetry (the last
+stage has none left) it is the **pre-update** telemetry of the updated devices themselves. Windows
+use the server's receive time, so device clocks do not matter.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlmodel import Session, SQLModel
+
+from fleet_server.models.rollouts import RolloutDevice
+
+Baseline = Literal["control", "pre-update", "none"]
+
+
+@dataclass
+class Cohort:
+    """Summed telemetry of some devices on one side (new or old version)."""
+
+    devices: set[str] = field(default_factory=set)
+    intervals: int = 0
+    inferences: int = 0
+    errors: int = 0
+    p50_by_class: dict[str, list[float]] = field(default_factory=dict)
+    p95_by_class: dict[str, list[float]] = field(default_factory=dict)
+    histogram: list[int] = field(default_factory=list)
+
+    def add(self, row: Any, device_class: str | None) -> None:
+        self.devices.add(row.device_id)
+        self.intervals += 1
+        self.inferences += int(row.inference_count)
+        self.errors += int(row.error_count)
+        latency = row.latency_ms or {}
+        key = device_class or "unknown"
+        if latency.get("p95") is not None:
+            self.p95_by_class.setdefault(key, []).append(float(latency["p95"]))
+        if latency.get("p50") is not None:
+            self.p50_by_class.setdefault(key, []).append(float(latency["p50"]))
+        hist = list(row.confidence_histogram or [])
+        if hist:
+            if not self.histogram:
+                self.histogram = [0] * len(hist)
+            if len(hist) == len(self.histogram):
+                self.histogram = [a + int(b) for a, b in zip(self.histogram, hist, strict=True)]
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.inferences if self.inferences else None
+
+    def median_p95(self, device_class: str) -> float | None:
+        values = self.p95_by_class.get(device_class)
+        return statistics.median(values) if values else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "devices": len(self.devices),
+            "intervals": self.intervals,
+            "inferences": self.inferences,
+            "errors": self.errors,
+            "error_rate": _round(self.error_rate),
+            "latency_ms": {
+                cls: {
+                    "p50": _round(statistics.median(self.p50_by_class[cls]))
+                    if self.p50_by_class.get(cls)
+                    else None,
+                    "p95": _round(statistics.median(values)),
+                }
+                for cls, values in sorted(self.p95_by_class.items())
+            },
+            "confidence_histogram": self.histogram,
+        }
+
+
+@dataclass
+class Evidence:
+    """Everything the gates of one stage look at."""
+
+    stage_devices: int
+    committed: int
+    failed: int
+    unfinished: int
+    #: Committed devices of every stage so far, and how many of them are offline now.
+    committed_total: int
+    committed_offline: int
+    new: Cohort
+    old: Cohort
+    baseline: Baseline
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stage_devices": self.stage_devices,
+            "committed": self.committed,
+            "failed": self.failed,
+            "unfinished": self.unfinished,
+            "committed_total": self.committed_total,
+            "committed_offline": self.committed_offline,
+            "baseline": self.baseline,
+            "new": self.new.summary(),
+            "old": self.old.summary(),
+        }
+
+
+def tv_distance(a: list[int], b: list[int]) -> float | None:
+    """Total variation distance of two histograms with the same bins (None if not comparable)."""
+    if not a or len(a) != len(b) or not sum(a) or not sum(b):
+        return None
+    ta, tb = sum(a), sum(b)
+    return 0.5 * sum(abs(x / ta - y / tb) for x, y in zip(a, b, strict=True))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _telemetry_rows(session: Session, device_ids: Sequence[str], since: datetime) -> list[Any]:
+    if not device_ids:
+        return []
+    table = SQLModel.metadata.tables["telemetry"]
+    rows: list[Any] = []
+    ids = list(device_ids)
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        chunk = ids[start : start + 500]
+        query = select(
+            table.c.device_id,
+            table.c.received_at,
+            table.c.model,
+            table.c.inference_count,
+            table.c.error_count,
+            table.c.latency_ms,
+            table.c.confidence_histogram,
+        ).where(table.c.device_id.in_(chunk), table.c.received_at >= since)
+        rows.extend(session.connection().execute(query).all())
+    return rows
+
+
+def _version_of(row: Any) -> tuple[str, str] | None:
+    model = row.model
+    if not isinstance(model, dict) or "name" not in model or "version" not in model:
+        return None
+    return str(model["name"]), str(model["version"])
+
+
+def gather(
+    *,
+    session: Session,
+    members: Iterable[RolloutDevice],
+    target: tuple[str, str],
+    stage_ids: set[str],
+    offline: set[str],
+    now: datetime,
+    window_s: float,
+    min_control_intervals: int,
+) -> Evidence:
+    """Evidence for the stage made of ``stage_ids`` (and every committed device before it)."""
+    members = list(members)
+    in_stage = [m for m in members if m.device_id in stage_ids]
+    committed = [m for m in members if m.status == "committed"]
+    control = [m for m in members if m.status == "pending"]
+    window_start = now - timedelta(seconds=window_s)
+
+    new = Cohort()
+    committed_at = {m.device_id: m.finished_at for m in committed}
+    classes = {m.device_id: m.device_class for m in members}
+    earliest = min((t for t in committed_at.values() if t is not None), default=now)
+    for row in _telemetry_rows(session, list(committed_at), min(earliest, window_start)):
+        since = committed_at[row.device_id]
+        if _version_of(row) == target and since is not None and row.received_at >= since:
+            new.add(row, classes.get(row.device_id))
+
+    old = Cohort()
+    baseline: Baseline = "none"
+    for row in _telemetry_rows(session, [m.device_id for m in control], window_start):
+        version = _version_of(row)
+        if version is not None and version != target:
+            old.add(row, classes.get(row.device_id))
+    if old.intervals >= min_control_intervals:
+        baseline = "control"
+    else:
+        old = Cohort()
+        updated = [m for m in members if m.assigned_at is not None]
+        assigned_at = {m.device_id: m.assigned_at for m in updated}
+        first = min((t for t in assigned_at.values() if t is not None), default=now)
+        rows = _telemetry_rows(session, list(assigned_at), first - timedelta(seconds=window_s))
+        for row in rows:
+            until = assigned_at[row.device_id]
+            version = _version_of(row)
+            if (
+                until is not None
+                and version is not None
+                and version != target
+                and until - timedelta(seconds=window_s) <= row.received_at < until
+            ):
+                old.add(row, classes.get(row.device_id))
+        if old.intervals:
+            baseline = "pre-update"
+
+    return Evidence(
+        stage_devices=len(in_stage),
+        committed=sum(m.status == "committed" for m in in_stage),
+        failed=sum(m.status == "failed" for m in in_stage),
+        unfinished=sum(m.status in ("pending", "assigned") for m in in_stage),
+        committed_total=len(committed),
+        committed_offline=sum(m.device_id in offline for m in committed),
+        new=new,
+        old=old,
+        baseline=baseline,
+    )
