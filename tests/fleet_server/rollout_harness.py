@@ -83,7 +83,10 @@ class Harness:
     def new_engine(self) -> RolloutEngine:
         """Another engine on the same database: a restarted server or a second replica."""
         return RolloutEngine(
-            engine=self.db, publisher=self.publisher, public_url="http://fleet.test", clock=self.clock
+            engine=self.db,
+            publisher=self.publisher,
+            public_url="http://fleet.test",
+            clock=self.clock,
         )
 
     # -- fleet -------------------------------------------------------------------------------------
@@ -122,7 +125,12 @@ class Harness:
         payloads: list[Any] = []
         for device_id in ids:
             payloads.append(
-                Event(device_id=device_id, seq=self._next(device_id), event="update.committed", model=ref)
+                Event(
+                    device_id=device_id,
+                    seq=self._next(device_id),
+                    event="update.committed",
+                    model=ref,
+                )
             )
             payloads.append(self.state(device_id, version))
         self.send(payloads)
