@@ -46,11 +46,19 @@ class Behaviour:
     error_rate: float = 0.0
     inferences_per_s: float = 10.0
     per_version: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Typical top-1 confidence (0..1); per version overrides it (a collapsed model: ~0.2).
+    confidence: float = 0.9
+    confidence_per_version: dict[str, float] = field(default_factory=dict)
 
     def for_version(self, version: str | None) -> tuple[float, float]:
         if version is not None and version in self.per_version:
             return self.per_version[version]
         return self.latency_ms, self.error_rate
+
+    def confidence_for(self, version: str | None) -> float:
+        if version is not None and version in self.confidence_per_version:
+            return self.confidence_per_version[version]
+        return self.confidence
 
 
 class SimDevice:
@@ -76,6 +84,7 @@ class SimDevice:
         self.phase: Phase = "idle"
         self.last_error: str | None = None
         self.desired_seq = -1
+        self.desired: ModelRef | None = None
         self.updates_committed = 0
         self.updates_failed = 0
         self.telemetry_sent = 0
@@ -103,8 +112,9 @@ class SimDevice:
             seq=self._next_seq(),
             phase=self.phase,
             running=self.running,
+            desired=self.desired,
             agent_version="sim-0.1",
-            device_class="simulated",
+            device_class=None,  # the class it was registered with stands
             last_error=self.last_error,
         )
         self.client.publish(topic(self.device_id, Channel.STATE), encode(state), qos=1, retain=True)
@@ -121,6 +131,12 @@ class SimDevice:
         count = max(1, round(self.behaviour.inferences_per_s * self.interval))
         errors = sum(self._rng.random() < error_rate for _ in range(count))
         samples = sorted(self._rng.gauss(latency, latency * 0.1) for _ in range(32))
+        histogram = [0] * 10
+        if self.running:
+            peak = self.behaviour.confidence_for(version)
+            for _ in range(count):
+                value = min(0.999, max(0.0, self._rng.gauss(peak, 0.05)))
+                histogram[int(value * 10)] += 1
         telemetry = Telemetry(
             device_id=self.device_id,
             seq=self._next_seq(),
@@ -136,6 +152,7 @@ class SimDevice:
             }
             if self.running
             else None,
+            confidence_histogram=histogram if self.running else [],
         )
         self.client.publish(topic(self.device_id, Channel.TELEMETRY), encode(telemetry), qos=1)
         self.telemetry_sent += 1
@@ -158,6 +175,7 @@ class SimDevice:
         if payload.seq <= self.desired_seq:
             return
         self.desired_seq = payload.seq
+        self.desired = payload.model.ref if payload.model is not None else None
         if payload.model is None or payload.model.ref == self.running:
             return
         if self.on_update is not None:

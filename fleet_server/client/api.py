@@ -155,6 +155,28 @@ class FleetClient:
     def ingest_stats(self) -> JsonObject:
         return _object(self._request("GET", "/api/v1/ingest/stats"))
 
+    # -- rollouts ------------------------------------------------------------------------------
+    def create_rollout(self, spec: JsonObject) -> JsonObject:
+        return _object(self._request("POST", "/api/v1/rollouts", json_body=spec))
+
+    def list_rollouts(self, *, state: str | None = None, limit: int = 50) -> list[JsonObject]:
+        params: dict[str, Any] = {"limit": limit}
+        if state is not None:
+            params["state"] = state
+        return _objects(self._request("GET", "/api/v1/rollouts", params=params))
+
+    def get_rollout(self, rollout_id: int) -> JsonObject:
+        return _object(self._request("GET", f"/api/v1/rollouts/{int(rollout_id)}"))
+
+    def rollout_report(self, rollout_id: int) -> JsonObject:
+        return _object(self._request("GET", f"/api/v1/rollouts/{int(rollout_id)}/report"))
+
+    def rollout_action(self, rollout_id: int, action: str, *, reason: str = "") -> JsonObject:
+        if action not in ("pause", "resume", "approve", "abort"):
+            raise ValueError(f"unknown rollout action {action!r}")
+        path = f"/api/v1/rollouts/{int(rollout_id)}/{action}"
+        return _object(self._request("POST", path, json_body={"reason": reason}))
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _request(

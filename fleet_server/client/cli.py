@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from fleet_server.client import rollouts_cli
+
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 SERVER_ENV = "EDGEFLEET_SERVER"
 TOKEN_ENV = "EDGEFLEET_TOKEN"  # noqa: S105  # an environment variable name, not a secret
@@ -78,6 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     target.add_argument("--tag", metavar="T", help="every device with this tag")
     leaf.set_defaults(action="assign")
+
+    rollouts_cli.register(actions, common)
 
     leaf = actions.add_parser("telemetry", parents=[common], help="a device's latest telemetry")
     leaf.add_argument("device_id", metavar="ID")

@@ -16,6 +16,7 @@ from fleet_server.client.render import (
     plain,
     short_hash,
 )
+from fleet_server.client.rollouts import ROLLOUT_COMMANDS
 
 Command = Callable[[FleetClient, argparse.Namespace, Output], None]
 
@@ -105,4 +106,5 @@ COMMANDS: dict[str, Command] = {
     "models_show": models_show,
     "assign": assign,
     "telemetry": telemetry,
+    **ROLLOUT_COMMANDS,
 }

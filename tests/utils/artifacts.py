@@ -145,3 +145,29 @@ def digits_images(out_dir: Path, n: int, *, start: int = 1400) -> list[Path]:
 def bundle_of(artifact_dir: Path, out: Path) -> Path:
     """Pack an artifact directory into a ``.tar.gz`` bundle."""
     return pack_bundle(artifact_dir, out)
+
+
+def sign_artifact(artifact_dir: Path, private_pem: bytes) -> Path:
+    """Sign ``artifact_dir``'s manifest in place with an Ed25519 private key (PEM)."""
+    from edgefleet.signing import sign_manifest
+
+    manifest = Manifest.model_validate_json((artifact_dir / "manifest.json").read_bytes())
+    (artifact_dir / "manifest.json").write_text(sign_manifest(manifest, private_pem).to_json())
+    return artifact_dir
+
+
+def signed_digits_bundles(
+    out_dir: Path, versions: list[str], *, name: str = "digits"
+) -> tuple[list[Path], Path]:
+    """Signed digits bundles for ``versions`` and the public key (PEM file) that verifies them."""
+    from edgefleet.signing import generate_keypair
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generate_keypair(out_dir / "signing.pem", out_dir / "signing.pub.pem")
+    private = (out_dir / "signing.pem").read_bytes()
+    bundles = []
+    for version in versions:
+        artifact = build_digits_artifact(out_dir / f"{name}-{version}", version=version, name=name)
+        sign_artifact(artifact, private)
+        bundles.append(pack_bundle(artifact, out_dir / f"{name}-{version}.tar.gz"))
+    return bundles, out_dir / "signing.pub.pem"

@@ -26,6 +26,8 @@ class LiveServer:
     broker_url: str
     token: str
     runtime: Any
+    #: Stop the server now (a crash-free restart test); leaving the context stops it anyway.
+    stop: Any = None
 
 
 @contextmanager
@@ -67,6 +69,11 @@ def live_server(
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the live fleet server did not start")
         time.sleep(0.02)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(30)
+
     try:
         runtime = app.state.runtime
         yield LiveServer(
@@ -74,7 +81,7 @@ def live_server(
             broker_url=runtime.broker_url,
             token=OPERATOR_TOKEN,
             runtime=runtime,
+            stop=stop,
         )
     finally:
-        server.should_exit = True
-        thread.join(30)
+        stop()

@@ -1,0 +1,69 @@
+"""The ``edgefleet fleet rollouts`` parser (standard library only, like :mod:`.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TERMINAL = ("completed", "aborted", "failed")
+STATES = ("running", "paused", "awaiting_approval", "aborting", *TERMINAL)
+
+
+def register(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    rollouts = actions.add_parser("rollouts", help="staged rollouts gated on model behaviour")
+    sub = rollouts.add_subparsers(dest="rollouts_command", metavar="ACTION", required=True)
+
+    leaf = sub.add_parser(
+        "create",
+        parents=[common],
+        help="start a rollout of NAME@VERSION (canary, then batches)",
+        description="Flags build the request; --spec FILE (JSON) gives the whole body instead, "
+        "and flags given with it override its fields.",
+    )
+    leaf.add_argument("name", metavar="NAME")
+    leaf.add_argument("version", metavar="VERSION")
+    leaf.add_argument("--spec", type=Path, metavar="FILE", help="a JSON rollout request")
+    leaf.add_argument("--tag", dest="tags", action="append", default=[], metavar="T")
+    leaf.add_argument("--class", dest="classes", action="append", default=[], metavar="C")
+    leaf.add_argument("--device", dest="devices", action="append", default=[], metavar="ID")
+    leaf.add_argument("--canary", type=float, metavar="PCT", help="canary size in percent")
+    leaf.add_argument(
+        "--batches", type=_percentages, metavar="P,P,..", help="cumulative, e.g. 25,50,100"
+    )
+    leaf.add_argument("--soak", type=float, metavar="S", help="seconds to watch each stage")
+    leaf.add_argument("--rate", type=int, metavar="N", help="devices assigned per minute, at most")
+    leaf.add_argument("--approval", action="store_true", help="wait for approve between stages")
+    leaf.add_argument("--on-failure", choices=("abort", "pause"))
+    leaf.add_argument("--max-p95-ratio", type=float, metavar="X", help="latency gate threshold")
+    leaf.set_defaults(action="rollouts_create")
+
+    leaf = sub.add_parser("list", parents=[common], help="recent rollouts")
+    leaf.add_argument("--state", choices=STATES)
+    leaf.set_defaults(action="rollouts_list")
+    for name, text in (("show", "one rollout: stage, counts, gates"), ("report", "full report")):
+        leaf = sub.add_parser(name, parents=[common], help=text)
+        leaf.add_argument("rollout_id", type=int, metavar="ID")
+        leaf.set_defaults(action=f"rollouts_{name}")
+    for name in ("pause", "resume", "approve", "abort"):
+        leaf = sub.add_parser(name, parents=[common], help=f"{name} a rollout")
+        leaf.add_argument("rollout_id", type=int, metavar="ID")
+        leaf.add_argument("--reason", default="", metavar="TEXT", help="recorded in the report")
+        leaf.set_defaults(action="rollouts_action", verb=name)
+    leaf = sub.add_parser("watch", parents=[common], help="follow a rollout live until it ends")
+    leaf.add_argument("rollout_id", type=int, metavar="ID")
+    leaf.add_argument("--interval", type=float, default=2.0, metavar="S")
+    leaf.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after")
+    leaf.set_defaults(action="rollouts_watch")
+
+
+def _percentages(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from err
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one percentage")
+    return values

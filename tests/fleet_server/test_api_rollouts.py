@@ -1,0 +1,177 @@
+"""/api/v1/rollouts over HTTP: create, read, operator actions, and every refusal changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fleet_server.runtime import Runtime
+from tests.fleet_server.helpers import operator, unique_id
+from tests.utils.artifacts import signed_digits_bundles
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    signed, _key = signed_digits_bundles(tmp_path_factory.mktemp("signed"), ["1.0.0", "2.0.0"])
+    return signed
+
+
+def _upload(client: TestClient, bundle: Path) -> None:
+    with bundle.open("rb") as fh:
+        response = client.post(
+            "/api/v1/models",
+            files={"bundle": (bundle.name, fh, "application/gzip")},
+            headers=operator(),
+        )
+    assert response.status_code == 201, response.text
+
+
+def _fleet(client: TestClient, n: int, tag: str) -> list[str]:
+    ids = []
+    for i in range(n):
+        body = {"device_id": unique_id(f"r{i}"), "device_class": "rpi4", "tags": [tag]}
+        response = client.post("/api/v1/devices", json=body, headers=operator())
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["device_id"])
+    return ids
+
+
+def _spec(tag: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "digits", "version": "2.0.0", "selector": {"tags": [tag]}, **extra}
+
+
+def test_create_read_and_operate_a_rollout(
+    app: tuple[TestClient, Runtime], bundles: list[Path]
+) -> None:
+    client, _runtime = app
+    for bundle in bundles:
+        _upload(client, bundle)
+    tag = unique_id("fleet")
+    ids = _fleet(client, 10, tag)
+
+    created = client.post(
+        "/api/v1/rollouts",
+        json=_spec(tag, strategy={"canary_percent": 10, "batches": [100], "soak_s": 30}),
+        headers=operator(),
+    )
+    assert created.status_code == 201, created.text
+    rollout = created.json()
+    assert rollout["state"] == "running" and rollout["stage_name"] == "canary"
+    assert rollout["counts"]["assigned"] == 1 and rollout["counts"]["pending"] == 9
+    assert [s["devices"] for s in rollout["stages"]] == [1, 10]
+    rid = rollout["id"]
+    desired = [
+        client.get(f"/api/v1/devices/{d}", headers=operator()).json()["desired"] for d in ids
+    ]
+    assert sum(1 for d in desired if d == {"name": "digits", "version": "2.0.0"}) == 1
+
+    listed = client.get("/api/v1/rollouts", headers=operator()).json()
+    assert [r["id"] for r in listed] == [rid]
+    assert client.get("/api/v1/rollouts?state=completed", headers=operator()).json() == []
+    shown = client.get(f"/api/v1/rollouts/{rid}", headers=operator()).json()
+    assert shown["last_evaluation"]["stage_name"] == "canary"
+
+    paused = client.post(
+        f"/api/v1/rollouts/{rid}/pause", json={"reason": "lunch"}, headers=operator()
+    )
+    assert paused.status_code == 200 and paused.json()["state"] == "paused"
+    again = client.post(f"/api/v1/rollouts/{rid}/pause", headers=operator())
+    assert again.status_code == 409 and "paused" in again.json()["detail"]
+    assert client.post(f"/api/v1/rollouts/{rid}/resume", headers=operator()).json()["state"] == (
+        "running"
+    )
+    aborted = client.post(
+        f"/api/v1/rollouts/{rid}/abort", json={"reason": "test"}, headers=operator()
+    )
+    assert aborted.status_code == 200 and aborted.json()["state"] in ("aborting", "aborted")
+
+    report = client.get(f"/api/v1/rollouts/{rid}/report", headers=operator()).json()
+    actions = [d["action"] for d in report["decisions"]]
+    assert actions[:1] == ["created"] and "pause" in actions and "abort" in actions
+    assert next(d for d in report["decisions"] if d["action"] == "pause")["reason"] == "lunch"
+    assert len(report["devices"]) == 10
+    assert report["differential"]["new_version"] == "digits@2.0.0"
+
+
+def test_refusals_are_clear_and_change_nothing(
+    app: tuple[TestClient, Runtime], bundles: list[Path]
+) -> None:
+    client, _runtime = app
+    for bundle in bundles:
+        _upload(client, bundle)
+    tag = unique_id("fleet")
+    _fleet(client, 3, tag)
+    bad_bodies: list[tuple[Any, int, str]] = [
+        ({"model": "digits", "version": "2.0.0", "selector": {}}, 422, "selector is empty"),
+        (_spec(tag, strategy={"batches": [50, 90]}), 422, "must be 100"),
+        (_spec(tag, strategy={"batches": [60, 50, 100]}), 422, "must increase"),
+        (_spec(tag, strategy={"soak_s": -1}), 422, "soak_s"),
+        (
+            _spec(tag, strategy={"maintenance_window": {"start": "02:00", "end": "02:00"}}),
+            422,
+            "empty",
+        ),
+        (_spec(tag, gates={"latency_p95_ratio": {"max_ratio": 0}}), 422, "max_ratio"),
+        (_spec(tag, surprise=1), 422, "surprise"),
+        (_spec(tag, name="x" * 500), 422, "name"),
+        ({**_spec(tag), "selector": {"tags": ["bad tag!"]}}, 422, "invalid tag"),
+        ({**_spec(tag), "version": "../../etc"}, 422, "version"),
+        ([1, 2, 3], 422, ""),
+        (_spec(tag, version="9.9.9"), 404, "not found"),
+        ({**_spec(tag), "selector": {"tags": ["nobody"]}}, 422, "matches no device"),
+        ({**_spec(tag), "selector": {"device_ids": ["ghost-1"]}}, 404, "unknown device"),
+    ]
+    for body, status, needle in bad_bodies:
+        response = client.post("/api/v1/rollouts", json=body, headers=operator())
+        assert response.status_code == status, (body, response.text)
+        assert needle in response.text, (needle, response.text)
+    first = client.post("/api/v1/rollouts", json=_spec(tag), headers=operator())
+    assert first.status_code == 201, first.text
+    overlapping = client.post("/api/v1/rollouts", json=_spec(tag), headers=operator())
+    assert overlapping.status_code == 409 and "another active rollout" in overlapping.text
+    # Unauthenticated and unknown ids.
+    assert client.post("/api/v1/rollouts", json=_spec(tag)).status_code == 401
+    assert client.get("/api/v1/rollouts").status_code == 401
+    for verb in ("pause", "resume", "approve", "abort"):
+        assert client.post(f"/api/v1/rollouts/1/{verb}").status_code == 401
+        assert client.post(f"/api/v1/rollouts/99999/{verb}", headers=operator()).status_code == 404
+    assert client.get("/api/v1/rollouts/99999", headers=operator()).status_code == 404
+    assert client.get("/api/v1/rollouts/abc", headers=operator()).status_code == 422
+    response = client.post(
+        "/api/v1/rollouts/1/pause", json={"reason": "x" * 10_000}, headers=operator()
+    )
+    assert response.status_code == 422
+    assert len(client.get("/api/v1/rollouts", headers=operator()).json()) == 1
+
+
+def test_unsigned_models_cannot_be_rolled_out(
+    app: tuple[TestClient, Runtime], digits_bundle: Path
+) -> None:
+    client, _runtime = app
+    _upload(client, digits_bundle)  # digits@1.0.0, no signature
+    tag = unique_id("fleet")
+    _fleet(client, 2, tag)
+    response = client.post(
+        "/api/v1/rollouts", json={**_spec(tag), "version": "1.0.0"}, headers=operator()
+    )
+    assert response.status_code == 422 and "not signed" in response.json()["detail"]
+    assert client.get("/api/v1/rollouts", headers=operator()).json() == []
+
+
+def test_openapi_documents_rollouts(app: tuple[TestClient, Runtime]) -> None:
+    client, _ = app
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in (
+        "/api/v1/rollouts",
+        "/api/v1/rollouts/{rollout_id}",
+        "/api/v1/rollouts/{rollout_id}/report",
+        "/api/v1/rollouts/{rollout_id}/abort",
+    ):
+        assert path in paths
+    assert schema["components"]["schemas"]["RolloutCreate"]["examples"]
