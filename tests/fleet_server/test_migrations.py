@@ -22,7 +22,7 @@ def test_migrated_schema_matches_models(database_url: str) -> None:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, SQLModel.metadata) == []
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003_auth"
         tables = set(inspect(engine).get_table_names())
         assert {"device", "model_version", "telemetry", "event"} <= tables
     finally:
