@@ -66,8 +66,7 @@ class AuditMiddleware:
                 extra={"method": scope["method"], "path": scope["path"], "status": status},
             )
             return
-        route = scope.get("route")
-        template = getattr(route, "path", None)
+        template = route_template(scope)
         try:
             await run_in_threadpool(
                 lambda: record(
@@ -75,7 +74,7 @@ class AuditMiddleware:
                     entry=entry,
                     method=scope["method"],
                     path=scope["path"],
-                    route=template if isinstance(template, str) else None,
+                    route=template,
                     status_code=status,
                 )
             )
@@ -84,3 +83,18 @@ class AuditMiddleware:
                 "audit row not written",
                 extra={"method": scope["method"], "path": scope["path"], "status": status},
             )
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's full path template (``/api/v1/devices/{device_id}/pin``), or None
+    when no route matched. FastAPI >= 0.16x keeps included routers nested and puts the full
+    template in its effective route context; older ones flatten routes with the full path."""
+    fastapi_scope = scope.get("fastapi")
+    context = (
+        fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    )
+    for candidate in (context, scope.get("route")):
+        template = getattr(candidate, "path_format", None)
+        if isinstance(template, str) and template.startswith(API_PREFIX):
+            return template
+    return None
