@@ -22,9 +22,11 @@ def test_migrated_schema_matches_models(database_url: str) -> None:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, SQLModel.metadata) == []
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003_auth"
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            assert version == "0003_auth"
         tables = set(inspect(engine).get_table_names())
         assert {"device", "model_version", "telemetry", "event"} <= tables
+        assert {"api_token", "enrollment_token", "audit_log"} <= tables
     finally:
         engine.dispose()
 
