@@ -11,6 +11,7 @@ from fleet_server.api.deps import Admin, SessionDep, note_target
 from fleet_server.models import ApiTokenCreate, ApiTokenCreated, ApiTokenPublic, AuditPublic
 from fleet_server.services import tokens as service
 from fleet_server.services.audit import MAX_AUDIT_LIMIT, list_audit
+from fleet_server.services.errors import Unprocessable
 
 router = APIRouter(tags=["auth"])
 _REFUSALS: dict[int | str, dict[str, str]] = {
@@ -58,7 +59,10 @@ def audit_log(
     limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_LIMIT)] = 100,
 ) -> list[AuditPublic]:
     """Mutating calls, newest first. A ``since`` without a zone is taken as UTC."""
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    if since is not None:
+        try:
+            since = (since if since.tzinfo else since.replace(tzinfo=UTC)).astimezone(UTC)
+        except OverflowError as err:
+            raise Unprocessable("since: out of range") from err
     rows = list_audit(session=session, actor=actor, since=since, limit=limit)
     return [AuditPublic.of(row) for row in rows]

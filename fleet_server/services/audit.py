@@ -40,16 +40,24 @@ def scrub(value: Any, depth: int = 0) -> Any:
         return "…"
     if isinstance(value, dict):
         return {
-            str(k)[:64]: "<redacted>" if str(k).lower() in SECRET_KEYS else scrub(v, depth + 1)
+            printable(str(k), 64): "<redacted>"
+            if str(k).lower() in SECRET_KEYS
+            else scrub(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [scrub(v, depth + 1) for v in value]
     if isinstance(value, str):
-        return value[:500]
+        return printable(value, 500)
     if value is None or isinstance(value, bool | int | float):
         return value
     return str(value)[:500]
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` with control characters (NUL included: PostgreSQL refuses it
+    in text) replaced, so a hostile path or query cannot keep its audit row out."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 def bounded_detail(detail: dict[str, Any]) -> dict[str, Any] | None:
@@ -74,13 +82,13 @@ def record(
     status_code: int,
 ) -> None:
     row = AuditLog(
-        actor=entry.actor[:80],
+        actor=printable(entry.actor, 80),
         role=entry.role,
-        method=method[:8],
-        path=path[:500],
-        route=route[:200] if route else None,
+        method=printable(method, 8),
+        path=printable(path, 500),
+        route=printable(route, 200) if route else None,
         status_code=status_code,
-        target=entry.target[:200] if entry.target else None,
+        target=printable(entry.target, 200) if entry.target else None,
         detail=bounded_detail(entry.detail),
     )
     with Session(engine) as session:

@@ -165,6 +165,8 @@ def test_every_mutating_call_is_audited_without_secrets(app: tuple[TestClient, R
         headers={**operator(), "content-type": "application/json"},
     )
     assert too_big.status_code == 413
+    hostile_path = client.post("/api/v1/devices/a%00b%1b[31m/token", headers=operator())
+    assert hostile_path.status_code in (400, 404)  # PostgreSQL refuses the NUL: 400
     client.get("/api/v1/devices", headers=operator())  # reads are not audited
 
     rows = audit_rows(runtime)
@@ -178,10 +180,18 @@ def test_every_mutating_call_is_audited_without_secrets(app: tuple[TestClient, R
         ("unknown-token", None, "POST", devices_route, 401),
         ("bootstrap", "admin", "POST", devices_route, 422),
         ("anonymous", None, "POST", None, 413),
+        (
+            "bootstrap",
+            "admin",
+            "POST",
+            "/api/v1/devices/{device_id}/token",
+            hostile_path.status_code,
+        ),
     ], summary
+    assert rows[-1].path == "/api/v1/devices/a?b?[31m/token"
     assert rows[0].target == "token:audit-viewer" and rows[0].detail == {"role": "viewer"}
     assert rows[1].target == f"device:{device_id}"
-    assert rows[-1].path == devices_route
+    assert rows[-2].path == devices_route
     dumped = json.dumps([r.model_dump(mode="json") for r in rows])
     for secret in (
         viewer["token"],
@@ -194,14 +204,21 @@ def test_every_mutating_call_is_audited_without_secrets(app: tuple[TestClient, R
     # The API view: admin only, newest first, filtered by actor and time, bounded limit.
     listed = client.get("/api/v1/audit", headers=operator()).json()
     assert [r["id"] for r in listed] == sorted((r["id"] for r in listed), reverse=True)
-    assert listed[0]["status_code"] == 413
+    assert listed[0]["status_code"] == hostile_path.status_code
     by_actor = client.get("/api/v1/audit?actor=audit-viewer", headers=operator()).json()
     assert [(r["actor"], r["status_code"]) for r in by_actor] == [("audit-viewer", 403)]
     future = client.get("/api/v1/audit?since=2999-01-01T00:00:00", headers=operator()).json()
     assert future == []
     past = client.get("/api/v1/audit?since=2000-01-01T00:00:00Z&limit=2", headers=operator())
     assert past.status_code == 200 and len(past.json()) == 2
-    for query in ("limit=0", "limit=1001", "since=yesterday", "actor=" + "a" * 81):
+    for query in (
+        "limit=0",
+        "limit=1001",
+        "since=yesterday",
+        "since=9999-12-31T23:59:59-01:00",
+        "since=0001-01-01T00:00:00%2B01:00",
+        "actor=" + "a" * 81,
+    ):
         assert client.get(f"/api/v1/audit?{query}", headers=operator()).status_code == 422
     assert client.get("/api/v1/audit", headers=bearer(viewer["token"])).status_code == 403
 
