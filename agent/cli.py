@@ -1,4 +1,5 @@
-"""``edgefleet agent run`` and ``edgefleet agent infer`` (standard library at module level).
+"""``edgefleet agent run``, ``enroll``, ``infer`` and ``bench`` (standard library at module
+level).
 
 Exit codes: 0 ok, 2 bad configuration or arguments (one line on stderr), 1 runtime failure.
 """
@@ -27,6 +28,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run = commands.add_parser("run", help="serve models, report telemetry, apply updates")
     run.add_argument("--config", required=True, type=Path, help="agent TOML config file")
     run.set_defaults(handler=run_command)
+
+    enroll = commands.add_parser(
+        "enroll",
+        help="trade an enrollment token for this device's credentials",
+        description="Ask the fleet server for a device id and credentials with an enrollment "
+        "token from an operator, and write them (JSON, mode 0600) to --out; name that file as "
+        "credentials_file in the agent config.",
+    )
+    enroll.add_argument("--server", required=True, metavar="URL", help="fleet server base URL")
+    token = enroll.add_mutually_exclusive_group(required=True)
+    token.add_argument("--enrollment-token", metavar="T", help="the enrollment token")
+    token.add_argument(
+        "--enrollment-token-file", type=Path, metavar="PATH", help="read it from a file"
+    )
+    enroll.add_argument("--out", required=True, type=Path, metavar="FILE", help="credentials file")
+    enroll.add_argument("--device-id", metavar="ID", help="wanted id (default: server generates)")
+    enroll.add_argument("--class", dest="device_class", metavar="C", help="hardware class")
+    enroll.add_argument("--force", action="store_true", help="replace an existing --out file")
+    enroll.set_defaults(handler=enroll_command)
 
     infer = commands.add_parser("infer", help="run an artifact on image or .npy files")
     infer.add_argument("artifact", type=Path, metavar="ARTIFACT_DIR", help="artifact directory")
@@ -84,6 +104,34 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(err, EXIT_USAGE)
     except (AgentError, OSError) as err:
         return _fail(err, EXIT_RUNTIME)
+
+
+def enroll_command(args: argparse.Namespace) -> int:
+    from agent.config import read_token_file
+    from agent.credentials import EnrollError, enroll, write_credentials
+    from agent.errors import AgentConfigError
+
+    try:
+        secret = args.enrollment_token
+        if args.enrollment_token_file is not None:
+            secret = read_token_file(args.enrollment_token_file)
+        if args.out.exists() and not args.force:
+            raise EnrollError(f"{args.out} exists; pass --force to replace it")
+        credentials = enroll(
+            server_url=args.server,
+            enrollment_token=secret,
+            device_id=args.device_id,
+            device_class=args.device_class,
+        )
+        write_credentials(args.out, credentials, force=args.force)
+    except AgentConfigError as err:
+        return _fail(err, EXIT_USAGE)
+    except EnrollError as err:
+        return _fail(err, EXIT_RUNTIME)
+    except OSError as err:
+        return _fail(OSError(f"cannot write {args.out}: {err.strerror or err}"), EXIT_RUNTIME)
+    print(f"enrolled as {credentials.device_id}; credentials in {args.out}", flush=True)
+    return EXIT_OK
 
 
 def infer_command(args: argparse.Namespace) -> int:

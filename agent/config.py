@@ -139,6 +139,11 @@ class AgentConfig(_Config):
     server_url: str = Field(description="Fleet server base URL, used for bundle downloads.")
     token: SecretStr | None = Field(default=None, description="Device bearer token.")
     token_file: Path | None = Field(default=None, description="File holding the device token.")
+    credentials_file: Path | None = Field(
+        default=None,
+        description="JSON written by `edgefleet agent enroll`: fills device_id, server_url, "
+        "token and the MQTT login where this file sets none.",
+    )
     data_dir: Path = Field(description="Artifacts, sequence numbers and the model pointer.")
     device_class: str | None = Field(
         default=None, max_length=64, description="Hardware class reported in state, e.g. 'pi4'."
@@ -174,6 +179,15 @@ class AgentConfig(_Config):
     outbox: OutboxConfig = Field(
         default_factory=OutboxConfig, description="Offline queue for outgoing messages."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("credentials_file"), str):
+            from agent.credentials import apply_credentials
+
+            return apply_credentials(data, Path(data["credentials_file"]))
+        return data
 
     @model_validator(mode="before")
     @classmethod

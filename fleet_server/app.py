@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgefleet import __version__
 from fleet_server.api import api_router, root_router
+from fleet_server.api.audit import AuditMiddleware
 from fleet_server.api.errors import install_error_handlers
 from fleet_server.api.limits import BodyLimitMiddleware
 from fleet_server.runtime import Runtime
@@ -45,6 +46,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.startup_error = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
+    # Added last, so outermost: it also records the body limit's 413 refusals.
+    app.add_middleware(AuditMiddleware)
     app.include_router(root_router)
     app.include_router(api_router)
     return app

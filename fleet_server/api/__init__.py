@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from fleet_server.api import assignments, devices, health, ingest, models, rollouts
+from fleet_server.api import (
+    assignments,
+    devices,
+    enrollment,
+    health,
+    ingest,
+    models,
+    rollouts,
+    tokens,
+)
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(devices.router)
@@ -10,6 +19,8 @@ api_router.include_router(models.router)
 api_router.include_router(assignments.router)
 api_router.include_router(ingest.router)
 api_router.include_router(rollouts.router)
+api_router.include_router(tokens.router)
+api_router.include_router(enrollment.router)
 
 root_router = health.router
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from fleet_server.api.deps import Operator, RuntimeDep, SessionDep, SettingsDep
+from fleet_server.api.deps import Operator, RuntimeDep, SessionDep, SettingsDep, note_target
 from fleet_server.services.assignments import AssignmentCreate, AssignmentPublic, assign_model
 from fleet_server.services.errors import Unavailable
 
@@ -14,11 +14,19 @@ router = APIRouter(prefix="/assignments", tags=["assignments"])
 @router.post("")
 def create_assignment(
     body: AssignmentCreate,
+    request: Request,
     session: SessionDep,
     runtime: RuntimeDep,
     settings: SettingsDep,
     _: Operator,
 ) -> AssignmentPublic:
+    """Assign a version to devices by id and/or tag; pinned devices are skipped (listed)."""
+    note_target(
+        request,
+        f"model:{body.model}@{body.version}",
+        devices=len(body.device_ids),
+        tag=body.tag,
+    )
     if runtime.bus is None:
         raise Unavailable("the MQTT bus is not running")
     return assign_model(

@@ -4,18 +4,37 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from fleet_server.api.deps import Operator, SessionDep
-from fleet_server.models import DeviceCreate, DeviceCreated, DevicePublic, TelemetryPublic
+from fleet_server.api.deps import (
+    Operator,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    Viewer,
+    note_target,
+)
+from fleet_server.models import (
+    DeviceCreate,
+    DeviceCreated,
+    DevicePublic,
+    PinRequest,
+    TagsUpdate,
+    TelemetryPublic,
+)
 from fleet_server.services import devices as service
+from fleet_server.services.assignments import pin_device, unpin_device
+from fleet_server.services.errors import Unavailable
 from fleet_server.services.telemetry import list_telemetry
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 
 @router.post("", status_code=201)
-def create_device(body: DeviceCreate, session: SessionDep, _: Operator) -> DeviceCreated:
+def create_device(
+    body: DeviceCreate, request: Request, session: SessionDep, _: Operator
+) -> DeviceCreated:
+    note_target(request, f"device:{body.device_id}")
     device, token = service.register_device(session=session, data=body)
     return DeviceCreated(
         device_id=device.device_id,
@@ -26,8 +45,11 @@ def create_device(body: DeviceCreate, session: SessionDep, _: Operator) -> Devic
 
 
 @router.post("/{device_id}/token")
-def rotate_token(device_id: str, session: SessionDep, _: Operator) -> DeviceCreated:
+def rotate_token(
+    device_id: str, request: Request, session: SessionDep, _: Operator
+) -> DeviceCreated:
     """A new token for the device (its HTTP bearer token and MQTT password); shown once."""
+    note_target(request, f"device:{device_id[:80]}")
     device, token = service.rotate_device_token(session=session, device_id=device_id)
     return DeviceCreated(
         device_id=device.device_id,
@@ -37,13 +59,57 @@ def rotate_token(device_id: str, session: SessionDep, _: Operator) -> DeviceCrea
     )
 
 
+@router.patch("/{device_id}/tags")
+def update_tags(
+    device_id: str, body: TagsUpdate, request: Request, session: SessionDep, _: Operator
+) -> DevicePublic:
+    """Add and remove tags (a tag in both lists is removed)."""
+    note_target(request, f"device:{device_id[:80]}", add=body.add, remove=body.remove)
+    device = service.update_tags(
+        session=session, device_id=device_id, add=body.add, remove=body.remove
+    )
+    return DevicePublic.of(device)
+
+
+@router.put("/{device_id}/pin")
+def pin(
+    device_id: str,
+    body: PinRequest,
+    request: Request,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    _: Operator,
+) -> DevicePublic:
+    """Pin the device to a version and assign it now; assignments skip pinned devices."""
+    note_target(request, f"device:{device_id[:80]}", model=f"{body.model}@{body.version}")
+    if runtime.bus is None:
+        raise Unavailable("the MQTT bus is not running")
+    device = pin_device(
+        session=session,
+        publisher=runtime.bus,
+        public_url=settings.resolved_public_url,
+        device_id=device_id,
+        name=body.model,
+        version=body.version,
+    )
+    return DevicePublic.of(device)
+
+
+@router.delete("/{device_id}/pin")
+def unpin(device_id: str, request: Request, session: SessionDep, _: Operator) -> DevicePublic:
+    """Remove the pin (the device keeps its model until the next assignment)."""
+    note_target(request, f"device:{device_id[:80]}")
+    return DevicePublic.of(unpin_device(session=session, device_id=device_id))
+
+
 @router.get("")
-def list_devices(session: SessionDep, _: Operator) -> list[DevicePublic]:
+def list_devices(session: SessionDep, _: Viewer) -> list[DevicePublic]:
     return [DevicePublic.of(d) for d in service.list_devices(session=session)]
 
 
 @router.get("/{device_id}")
-def get_device(device_id: str, session: SessionDep, _: Operator) -> DevicePublic:
+def get_device(device_id: str, session: SessionDep, _: Viewer) -> DevicePublic:
     return DevicePublic.of(service.get_device(session=session, device_id=device_id))
 
 
@@ -51,7 +117,7 @@ def get_device(device_id: str, session: SessionDep, _: Operator) -> DevicePublic
 def device_telemetry(
     device_id: str,
     session: SessionDep,
-    _: Operator,
+    _: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[TelemetryPublic]:
     rows = list_telemetry(session=session, device_id=device_id, limit=limit)

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleet_server.services.errors import ServiceError, Unauthorized
@@ -44,7 +45,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database refuses outright (PostgreSQL: a NUL in text, a number out of range)
+    is bad input, not a server fault."""
+    assert isinstance(exc, DataError)
+    log.info("database refused a request value", extra={"path": request.url.path[:200]})
+    return JSONResponse({"detail": "invalid input: the database refused a value"}, 400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -17,14 +18,19 @@ from fleet_server.api.deps import (
     SessionDep,
     SettingsDep,
     StoreDep,
+    Viewer,
+    note_target,
 )
 from fleet_server.api.upload import FIELD, receive_bundle
-from fleet_server.models import Device, ModelVersionPublic
+from fleet_server.models import Device, LineageEntry, LineagePublic, ModelVersionPublic
 from fleet_server.services import models as service
 from fleet_server.services.errors import Forbidden, NotFound
+from fleet_server.services.models import Lineage
 from fleet_server.storage import StoreError
 
 router = APIRouter(prefix="/models", tags=["models"])
+#: A model version (the contract's pattern).
+_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$"
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -55,7 +61,33 @@ async def upload_model(
     session: SessionDep,
     store: StoreDep,
     _: Operator,
+    parent: Annotated[
+        str | None,
+        Query(
+            pattern=_VERSION,
+            description="Version of the same model this one was derived from (must exist).",
+        ),
+    ] = None,
+    dataset_sha256: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 (hex) of the training data."),
+    ] = None,
+    training_ref: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[\x20-\x7e]+$",
+            description="Training code reference, e.g. a git commit or URL (printable ASCII).",
+        ),
+    ] = None,
 ) -> ModelVersionPublic:
+    """Upload a bundle (multipart field ``bundle``); lineage is optional."""
+    lineage = Lineage(
+        parent_version=parent,
+        dataset_sha256=dataset_sha256.lower() if dataset_sha256 else None,
+        training_ref=training_ref,
+    )
     work = Path(tempfile.mkdtemp(prefix="upload-", dir=runtime.tmp_dir))
     try:
         bundle = work / "bundle.tar.gz"
@@ -76,22 +108,36 @@ async def upload_model(
                 work_dir=work,
                 trusted_keys=runtime.trusted_keys,
                 require_signed=settings.require_signed,
+                lineage=lineage,
             )
         )
+        note_target(request, f"model:{row.name}@{row.version}")
         return ModelVersionPublic.of(row)
     finally:
         await run_in_threadpool(shutil.rmtree, work, True)
 
 
 @router.get("")
-def list_models(session: SessionDep, _: Operator) -> list[ModelVersionPublic]:
+def list_models(session: SessionDep, _: Viewer) -> list[ModelVersionPublic]:
     rows = service.list_models(session=session)
     return [ModelVersionPublic.of(r, with_manifest=False) for r in rows]
 
 
 @router.get("/{name}/{version}")
-def get_model(name: str, version: str, session: SessionDep, _: Operator) -> ModelVersionPublic:
+def get_model(name: str, version: str, session: SessionDep, _: Viewer) -> ModelVersionPublic:
     return ModelVersionPublic.of(service.get_model(session=session, name=name, version=version))
+
+
+@router.get("/{name}/{version}/lineage", responses={404: {}})
+def get_lineage(name: str, version: str, session: SessionDep, _: Viewer) -> LineagePublic:
+    """The version and its ancestors (parent, grandparent, ...), at most 100, cycle-safe."""
+    chain, truncated = service.lineage_chain(session=session, name=name, version=version)
+    return LineagePublic(
+        name=name,
+        version=version,
+        chain=[LineageEntry.of(row) for row in chain],
+        truncated=truncated,
+    )
 
 
 @router.get(

@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_server.api.deps import Operator, RuntimeDep, SessionDep
+from fleet_server.api.deps import Operator, RuntimeDep, SessionDep, Viewer, note_target
 from fleet_server.models.types import utcnow
 from fleet_server.services.errors import Unavailable
 from fleet_server.services.rollouts import RolloutCreate, RolloutEngine, service
 from fleet_server.services.rollouts.service import RolloutPublic, RolloutReport
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
+
+#: Rollout ids are database integers: anything outside 1..2^31-1 is a 422, not a driver error.
+RolloutId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Rollout id.")]
 
 State = Literal[
     "running", "paused", "awaiting_approval", "aborting", "completed", "aborted", "failed"
@@ -40,18 +43,20 @@ def _engine(runtime: RuntimeDep) -> RolloutEngine:
 
 @router.post("", status_code=201)
 def create_rollout(
-    body: RolloutCreate, session: SessionDep, runtime: RuntimeDep, who: Operator
+    body: RolloutCreate, request: Request, session: SessionDep, runtime: RuntimeDep, who: Operator
 ) -> RolloutPublic:
     """Start a staged rollout; the canary is assigned at once."""
-    return service.create_rollout(
+    created = service.create_rollout(
         session=session, rollouts=_engine(runtime), request=body, actor=who.actor
     )
+    note_target(request, f"rollout:{created.id}", model=f"{body.model}@{body.version}")
+    return created
 
 
 @router.get("")
 def list_rollouts(
     session: SessionDep,
-    _: Operator,
+    _: Viewer,
     state: State | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[RolloutPublic]:
@@ -59,12 +64,12 @@ def list_rollouts(
 
 
 @router.get("/{rollout_id}")
-def show_rollout(rollout_id: int, session: SessionDep, _: Operator) -> RolloutPublic:
+def show_rollout(rollout_id: RolloutId, session: SessionDep, _: Viewer) -> RolloutPublic:
     return service.view(session, rollout_id)
 
 
 @router.get("/{rollout_id}/report")
-def rollout_report(rollout_id: int, session: SessionDep, _: Operator) -> RolloutReport:
+def rollout_report(rollout_id: RolloutId, session: SessionDep, _: Viewer) -> RolloutReport:
     """Every decision with the numbers behind it, every device, and new-vs-old differential."""
     return service.report(session, rollout_id, now=utcnow())
 
@@ -73,12 +78,14 @@ def _action(name: str) -> Callable[..., Any]:
     act = getattr(service, name)
 
     def endpoint(
-        rollout_id: int,
+        rollout_id: RolloutId,
+        request: Request,
         session: SessionDep,
         runtime: RuntimeDep,
         who: Operator,
         body: ActionBody = None,
     ) -> RolloutPublic:
+        note_target(request, f"rollout:{rollout_id}", action=name)
         act(_engine(runtime), rollout_id, actor=who.actor, reason=body.reason if body else "")
         session.expire_all()
         return service.view(session, rollout_id)

@@ -103,6 +103,21 @@ class FleetClient:
         body = {"device_id": device_id, "device_class": device_class, "tags": list(tags)}
         return _object(self._request("POST", "/api/v1/devices", json_body=body))
 
+    def tag_device(
+        self, device_id: str, *, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> JsonObject:
+        path = f"/api/v1/devices/{_segment(device_id)}/tags"
+        body = {"add": list(add), "remove": list(remove)}
+        return _object(self._request("PATCH", path, json_body=body))
+
+    def pin_device(self, device_id: str, name: str, version: str) -> JsonObject:
+        path = f"/api/v1/devices/{_segment(device_id)}/pin"
+        body = {"model": name, "version": version}
+        return _object(self._request("PUT", path, json_body=body))
+
+    def unpin_device(self, device_id: str) -> JsonObject:
+        return _object(self._request("DELETE", f"/api/v1/devices/{_segment(device_id)}/pin"))
+
     def device_telemetry(self, device_id: str, *, limit: int = 100) -> list[JsonObject]:
         path = f"/api/v1/devices/{_segment(device_id)}/telemetry"
         return _objects(self._request("GET", path, params={"limit": limit}))
@@ -114,8 +129,13 @@ class FleetClient:
         path = f"/api/v1/models/{_segment(name)}/{_segment(version)}"
         return _object(self._request("GET", path))
 
-    def push_model(self, path: Path) -> JsonObject:
-        """Upload a bundle file, or pack an artifact directory into one first."""
+    def model_lineage(self, name: str, version: str) -> JsonObject:
+        path = f"/api/v1/models/{_segment(name)}/{_segment(version)}/lineage"
+        return _object(self._request("GET", path))
+
+    def push_model(self, path: Path, *, lineage: dict[str, str] | None = None) -> JsonObject:
+        """Upload a bundle file, or pack an artifact directory into one first. ``lineage``:
+        optional ``parent``, ``dataset_sha256``, ``training_ref`` (sent as query parameters)."""
         path = Path(path)
         if path.is_dir():
             with tempfile.TemporaryDirectory(prefix="edgefleet-push-") as tmp:
@@ -124,10 +144,10 @@ class FleetClient:
                     pack_bundle(path, bundle)
                 except (ArtifactError, OSError) as err:
                     raise FleetClientError(0, f"cannot pack {path}: {one_line(str(err))}") from err
-                return self.push_bundle(bundle)
-        return self.push_bundle(path)
+                return self.push_bundle(bundle, lineage=lineage)
+        return self.push_bundle(path, lineage=lineage)
 
-    def push_bundle(self, bundle: Path) -> JsonObject:
+    def push_bundle(self, bundle: Path, *, lineage: dict[str, str] | None = None) -> JsonObject:
         if not bundle.is_file():
             raise FleetClientError(0, f"{bundle} is not a bundle file or an artifact directory")
         try:
@@ -135,7 +155,11 @@ class FleetClient:
                 files = {"bundle": (bundle.name, fh, "application/gzip")}
                 return _object(
                     self._request(
-                        "POST", "/api/v1/models", files=files, timeout=self._upload_timeout
+                        "POST",
+                        "/api/v1/models",
+                        files=files,
+                        params=lineage or None,
+                        timeout=self._upload_timeout,
                     )
                 )
         except OSError as err:
@@ -176,6 +200,42 @@ class FleetClient:
             raise ValueError(f"unknown rollout action {action!r}")
         path = f"/api/v1/rollouts/{int(rollout_id)}/{action}"
         return _object(self._request("POST", path, json_body={"reason": reason}))
+
+    def create_token(self, name: str, role: str) -> JsonObject:
+        body = {"name": name, "role": role}
+        return _object(self._request("POST", "/api/v1/tokens", json_body=body))
+
+    def list_tokens(self) -> list[JsonObject]:
+        return _objects(self._request("GET", "/api/v1/tokens"))
+
+    def revoke_token(self, token_id: int) -> JsonObject:
+        return _object(self._request("DELETE", f"/api/v1/tokens/{int(token_id)}"))
+
+    def create_enrollment_token(
+        self,
+        *,
+        expires_in_s: int,
+        uses: int = 1,
+        device_class: str | None = None,
+        tags: Iterable[str] = (),
+    ) -> JsonObject:
+        body = {
+            "expires_in_s": expires_in_s,
+            "uses": uses,
+            "device_class": device_class,
+            "tags": list(tags),
+        }
+        return _object(self._request("POST", "/api/v1/enrollment-tokens", json_body=body))
+
+    def audit(
+        self, *, actor: str | None = None, since: str | None = None, limit: int = 100
+    ) -> list[JsonObject]:
+        params: dict[str, Any] = {"limit": limit}
+        if actor is not None:
+            params["actor"] = actor
+        if since is not None:
+            params["since"] = since
+        return _objects(self._request("GET", "/api/v1/audit", params=params))
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -25,12 +25,13 @@ MAX_TOKEN_FILE_BYTES = 4096
 MAX_TELEMETRY_LIMIT = 1000
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
+ROLES = ("viewer", "operator", "admin")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "fleet",
-        help="operate a fleet server: devices, models, assignments, telemetry",
+        help="operate a fleet server: devices, models, assignments, tokens, audit",
         description="Talk to a fleet server's HTTP API. Options may also follow the subcommand.",
     )
     _connection_options(parser, suppress=False)
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, suppress=True)
 
-    devices = actions.add_parser("devices", help="list, show and add devices")
+    devices = actions.add_parser("devices", help="list, show, add, tag and pin devices")
     device_actions = devices.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
     leaf = device_actions.add_parser("list", parents=[common], help="list every device")
     leaf.set_defaults(action="devices_list")
@@ -54,6 +55,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--tag", dest="tags", action="append", default=[], metavar="T", help="repeatable"
     )
     leaf.set_defaults(action="devices_add")
+    leaf = device_actions.add_parser("tag", parents=[common], help="add and remove tags")
+    leaf.add_argument("device_id", metavar="ID")
+    leaf.add_argument("--add", action="append", default=[], metavar="T", help="repeatable")
+    leaf.add_argument("--remove", action="append", default=[], metavar="T", help="repeatable")
+    leaf.set_defaults(action="devices_tag")
+    leaf = device_actions.add_parser(
+        "pin", parents=[common], help="pin a device to a version (assigned now; others skip it)"
+    )
+    leaf.add_argument("device_id", metavar="ID")
+    leaf.add_argument("name", metavar="NAME")
+    leaf.add_argument("version", metavar="VERSION")
+    leaf.set_defaults(action="devices_pin")
+    leaf = device_actions.add_parser("unpin", parents=[common], help="remove a device's pin")
+    leaf.add_argument("device_id", metavar="ID")
+    leaf.set_defaults(action="devices_unpin")
 
     models = actions.add_parser("models", help="push, list and show models")
     model_actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -61,6 +77,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "push", parents=[common], help="upload a .tar.gz bundle or an artifact directory"
     )
     leaf.add_argument("path", metavar="BUNDLE_OR_ARTIFACT_DIR", type=Path)
+    leaf.add_argument("--parent", metavar="VERSION", help="version of the same model it came from")
+    leaf.add_argument(
+        "--dataset-sha256", metavar="HEX", type=_sha256, help="SHA-256 of the training data"
+    )
+    leaf.add_argument("--training-ref", metavar="REF", help="training code ref, e.g. a commit")
     leaf.set_defaults(action="models_push")
     leaf = model_actions.add_parser("list", parents=[common], help="list registered models")
     leaf.set_defaults(action="models_list")
@@ -68,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     leaf.add_argument("name", metavar="NAME")
     leaf.add_argument("version", metavar="VERSION")
     leaf.set_defaults(action="models_show")
+    leaf = model_actions.add_parser(
+        "lineage", parents=[common], help="a version and its ancestors (parent chain)"
+    )
+    leaf.add_argument("name", metavar="NAME")
+    leaf.add_argument("version", metavar="VERSION")
+    leaf.set_defaults(action="models_lineage")
 
     leaf = actions.add_parser(
         "assign", parents=[common], help="set the desired model of devices (by id or by tag)"
@@ -89,6 +116,51 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--limit", type=_limit, default=20, metavar="N", help=f"rows, 1..{MAX_TELEMETRY_LIMIT}"
     )
     leaf.set_defaults(action="telemetry")
+
+    tokens = actions.add_parser("tokens", help="operator API tokens with roles (admin)")
+    token_actions = tokens.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+    leaf = token_actions.add_parser(
+        "create", parents=[common], help="create a token and print it (shown once)"
+    )
+    leaf.add_argument("name", metavar="NAME", help="unique; shown as the actor in the audit log")
+    leaf.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
+    leaf.set_defaults(action="tokens_create")
+    leaf = token_actions.add_parser("list", parents=[common], help="list tokens (never secrets)")
+    leaf.set_defaults(action="tokens_list")
+    leaf = token_actions.add_parser("revoke", parents=[common], help="revoke a token by id")
+    leaf.add_argument("token_id", metavar="ID", type=_positive)
+    leaf.set_defaults(action="tokens_revoke")
+
+    enrollment = actions.add_parser(
+        "enrollment-tokens", help="tokens devices trade for credentials (edgefleet agent enroll)"
+    )
+    enrollment_actions = enrollment.add_subparsers(
+        dest="enrollment_command", metavar="ACTION", required=True
+    )
+    leaf = enrollment_actions.add_parser(
+        "create", parents=[common], help="create an enrollment token (shown once)"
+    )
+    leaf.add_argument(
+        "--expires-in",
+        type=_duration,
+        default=24 * 3600,
+        metavar="D",
+        help="lifetime: seconds or 30m / 12h / 7d (default 24h, at most 30d)",
+    )
+    leaf.add_argument("--uses", type=_positive, default=1, metavar="N", help="devices (default 1)")
+    leaf.add_argument("--class", dest="device_class", metavar="C", help="class for its devices")
+    leaf.add_argument(
+        "--tag", dest="tags", action="append", default=[], metavar="T", help="repeatable"
+    )
+    leaf.set_defaults(action="enrollment_create")
+
+    leaf = actions.add_parser("audit", parents=[common], help="the audit log, newest first")
+    leaf.add_argument("--actor", metavar="A", help="only this actor (token name, bootstrap, ...)")
+    leaf.add_argument("--since", metavar="ISO", help="only at or after, e.g. 2026-11-23T10:00Z")
+    leaf.add_argument(
+        "--limit", type=_limit, default=50, metavar="N", help=f"rows, 1..{MAX_TELEMETRY_LIMIT}"
+    )
+    leaf.set_defaults(action="audit")
 
     parser.set_defaults(handler=run)
 
@@ -127,6 +199,36 @@ def _limit(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from err
     if not 1 <= value <= MAX_TELEMETRY_LIMIT:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_TELEMETRY_LIMIT}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> int:
+    """Seconds from '3600', '30m', '12h' or '7d'."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], 0)
+    number = value[:-1] if unit else value
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 30m, 12h, 7d)")
+    return int(number) * (unit or 1)
+
+
+def _sha256(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError("must be 64 hexadecimal characters")
     return value
 
 

@@ -7,14 +7,18 @@ from collections.abc import Callable
 
 from fleet_server.client.api import FleetClient
 from fleet_server.client.render import (
+    AUDIT_COLUMNS,
     DEVICE_COLUMNS,
+    LINEAGE_COLUMNS,
     MODEL_COLUMNS,
     TELEMETRY_COLUMNS,
+    TOKEN_COLUMNS,
     Output,
     device_fields,
     model_fields,
     plain,
     short_hash,
+    when,
 )
 from fleet_server.client.rollouts import ROLLOUT_COMMANDS
 
@@ -46,8 +50,100 @@ def devices_add(client: FleetClient, args: argparse.Namespace, out: Output) -> N
     out.line(plain(created.get("token"), 4096))
 
 
+def devices_tag(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    device = client.tag_device(args.device_id, add=args.add, remove=args.remove)
+    if out.json_mode:
+        out.json(device)
+        return
+    out.line(f"device {plain(device.get('device_id'))} tags: {plain(device.get('tags'), 2000)}")
+
+
+def devices_pin(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    device = client.pin_device(args.device_id, args.name, args.version)
+    if out.json_mode:
+        out.json(device)
+        return
+    out.line(
+        f"device {plain(device.get('device_id'))} pinned to {plain(device.get('pinned'))} "
+        "(assigned now; assignments skip it until unpinned)"
+    )
+
+
+def devices_unpin(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    device = client.unpin_device(args.device_id)
+    if out.json_mode:
+        out.json(device)
+        return
+    out.line(
+        f"device {plain(device.get('device_id'))} unpinned "
+        f"(desired stays {plain(device.get('desired'))})"
+    )
+
+
+def tokens_create(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    created = client.create_token(args.name, args.role)
+    if out.json_mode:
+        out.json(created)
+        return
+    out.line(
+        f"created {plain(created.get('role'))} token {plain(created.get('name'))} "
+        f"(id {plain(created.get('id'))}); the token (shown once):"
+    )
+    out.line(plain(created.get("token"), 4096))
+
+
+def tokens_list(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    tokens = client.list_tokens()
+    if out.json_mode:
+        out.json(tokens)
+    else:
+        out.table("tokens", TOKEN_COLUMNS, tokens)
+
+
+def tokens_revoke(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    revoked = client.revoke_token(args.token_id)
+    if out.json_mode:
+        out.json(revoked)
+        return
+    out.line(f"revoked token {plain(revoked.get('name'))} (id {plain(revoked.get('id'))})")
+
+
+def enrollment_create(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    created = client.create_enrollment_token(
+        expires_in_s=args.expires_in,
+        uses=args.uses,
+        device_class=args.device_class,
+        tags=args.tags,
+    )
+    if out.json_mode:
+        out.json(created)
+        return
+    out.line(
+        f"enrollment token {plain(created.get('id'))}: {plain(created.get('uses'))} use(s), "
+        f"expires {when(created.get('expires_at'))}; the token (shown once):"
+    )
+    out.line(plain(created.get("token"), 4096))
+
+
+def audit(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    rows = client.audit(actor=args.actor, since=args.since, limit=args.limit)
+    if out.json_mode:
+        out.json(rows)
+    else:
+        out.table("audit log", AUDIT_COLUMNS, rows)
+
+
 def models_push(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
-    model = client.push_model(args.path)
+    lineage = {
+        key: value
+        for key, value in (
+            ("parent", args.parent),
+            ("dataset_sha256", args.dataset_sha256),
+            ("training_ref", args.training_ref),
+        )
+        if value is not None
+    }
+    model = client.push_model(args.path, lineage=lineage)
     if out.json_mode:
         out.json(model)
         return
@@ -74,6 +170,18 @@ def models_show(client: FleetClient, args: argparse.Namespace, out: Output) -> N
         out.record("model", model_fields(model))
 
 
+def models_lineage(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    lineage = client.model_lineage(args.name, args.version)
+    if out.json_mode:
+        out.json(lineage)
+        return
+    chain = lineage.get("chain")
+    rows = [e for e in chain if isinstance(e, dict)] if isinstance(chain, list) else []
+    out.table(f"lineage of {plain(args.name)}@{plain(args.version)}", LINEAGE_COLUMNS, rows)
+    if lineage.get("truncated"):
+        out.warn("the chain stops early (depth limit, a cycle, or a parent no longer registered)")
+
+
 def assign(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
     result = client.assign(args.name, args.version, device_ids=args.device_ids or (), tag=args.tag)
     if out.json_mode:
@@ -81,7 +189,10 @@ def assign(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
         return
     devices = result.get("devices")
     devices = devices if isinstance(devices, list) else []
+    skipped = result.get("skipped")
     ref = f"{plain(result.get('model'))}@{plain(result.get('version'))}"
+    if isinstance(skipped, list) and skipped:
+        out.warn(f"{ref}: skipped {len(skipped)} pinned device(s): {plain(skipped, 2000)}")
     if not devices:
         out.warn(f"{ref}: the assignment matched no device")
         return
@@ -101,10 +212,19 @@ COMMANDS: dict[str, Command] = {
     "devices_list": devices_list,
     "devices_show": devices_show,
     "devices_add": devices_add,
+    "devices_tag": devices_tag,
+    "devices_pin": devices_pin,
+    "devices_unpin": devices_unpin,
     "models_push": models_push,
     "models_list": models_list,
     "models_show": models_show,
+    "models_lineage": models_lineage,
     "assign": assign,
     "telemetry": telemetry,
+    "tokens_create": tokens_create,
+    "tokens_list": tokens_list,
+    "tokens_revoke": tokens_revoke,
+    "enrollment_create": enrollment_create,
+    "audit": audit,
     **ROLLOUT_COMMANDS,
 }

@@ -78,6 +78,7 @@ DEVICE_COLUMNS: list[Column] = [
     ("PHASE", lambda d: d.get("phase")),
     ("RUNNING", lambda d: d.get("running")),
     ("DESIRED", lambda d: d.get("desired")),
+    ("PINNED", lambda d: d.get("pinned")),
     ("LAST SEEN", lambda d: when(d.get("last_seen"))),
     ("P95 MS", lambda d: _get(d, "last_telemetry", "latency_ms", "p95")),
     ("ERRORS", lambda d: _get(d, "last_telemetry", "error_count")),
@@ -94,6 +95,36 @@ MODEL_COLUMNS: list[Column] = [
     ("SIGNED", lambda m: m.get("signed")),
     ("SHA256", lambda m: short_hash(m.get("sha256"))),
     ("CREATED", lambda m: when(m.get("created_at"))),
+]
+
+TOKEN_COLUMNS: list[Column] = [
+    ("ID", lambda t: t.get("id")),
+    ("NAME", lambda t: t.get("name")),
+    ("ROLE", lambda t: t.get("role")),
+    ("CREATED", lambda t: when(t.get("created_at"))),
+    ("BY", lambda t: t.get("created_by")),
+    ("LAST USED", lambda t: when(t.get("last_used_at"))),
+    ("REVOKED", lambda t: when(t.get("revoked_at"))),
+]
+
+AUDIT_COLUMNS: list[Column] = [
+    ("ID", lambda a: a.get("id")),
+    ("TIME", lambda a: when(a.get("ts"))),
+    ("ACTOR", lambda a: a.get("actor")),
+    ("ROLE", lambda a: a.get("role")),
+    ("METHOD", lambda a: a.get("method")),
+    ("PATH", lambda a: a.get("path")),
+    ("STATUS", lambda a: a.get("status_code")),
+    ("TARGET", lambda a: a.get("target")),
+]
+
+LINEAGE_COLUMNS: list[Column] = [
+    ("VERSION", lambda e: e.get("version")),
+    ("PARENT", lambda e: e.get("parent_version")),
+    ("DATASET", lambda e: short_hash(e.get("dataset_sha256"))),
+    ("TRAINING REF", lambda e: e.get("training_ref")),
+    ("REPORT", lambda e: e.get("has_converter_report")),
+    ("CREATED", lambda e: when(e.get("created_at"))),
 ]
 
 TELEMETRY_COLUMNS: list[Column] = [
@@ -160,6 +191,7 @@ def device_fields(device: JsonObject) -> list[tuple[str, Any]]:
         ("phase", device.get("phase")),
         ("running", device.get("running")),
         ("desired", device.get("desired")),
+        ("pinned", device.get("pinned")),
         ("agent version", device.get("agent_version")),
         ("last error", device.get("last_error")),
     ]
@@ -189,6 +221,10 @@ def model_fields(model: JsonObject) -> list[tuple[str, Any]]:
         ("sha256", model.get("sha256")),
         ("signed", model.get("signed")),
         ("created", model.get("created_at")),
+        ("parent", model.get("parent_version")),
+        ("dataset sha256", model.get("dataset_sha256")),
+        ("training ref", model.get("training_ref")),
+        ("converter report", "yes" if isinstance(model.get("converter_report"), dict) else None),
     ]
     for key in ("inputs", "outputs"):
         tensors = manifest.get(key)

@@ -1,18 +1,57 @@
 """Database tables and their API schemas, by domain. Importing this registers every table on
 ``SQLModel.metadata`` (migrations compare against it)."""
 
+from fleet_server.models.auth import (
+    ApiToken,
+    ApiTokenCreate,
+    ApiTokenCreated,
+    ApiTokenPublic,
+    AuditLog,
+    AuditPublic,
+    Enrolled,
+    EnrollmentToken,
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenPublic,
+    EnrollRequest,
+    Role,
+)
 from fleet_server.models.devices import (
     Device,
     DeviceCreate,
     DeviceCreated,
     DevicePublic,
     ModelRefPublic,
+    PinRequest,
+    TagsUpdate,
 )
-from fleet_server.models.models import ModelVersion, ModelVersionPublic
+from fleet_server.models.models import (
+    LineageEntry,
+    LineagePublic,
+    ModelVersion,
+    ModelVersionPublic,
+)
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.telemetry import EventPublic, EventRow, TelemetryPublic, TelemetryRow
 
 __all__ = [
+    "ApiToken",
+    "ApiTokenCreate",
+    "ApiTokenCreated",
+    "ApiTokenPublic",
+    "AuditLog",
+    "AuditPublic",
+    "EnrollRequest",
+    "Enrolled",
+    "EnrollmentToken",
+    "EnrollmentTokenCreate",
+    "EnrollmentTokenCreated",
+    "EnrollmentTokenPublic",
+    "LineageEntry",
+    "LineagePublic",
+    "PinRequest",
+    "Role",
+    "TagsUpdate",
     "Device",
     "DeviceCreate",
     "DeviceCreated",

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import Field as PydanticField
 from sqlmodel import Field, SQLModel
 
-from edgefleet.contract import DeviceId
+from edgefleet.contract import DeviceId, ModelName, ModelVersion
 from fleet_server.models.types import UTCDateTime, utcnow
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -70,6 +71,9 @@ class Device(DeviceBase, table=True):
     desired_version: str | None = Field(default=None, max_length=63)
     desired_revision: int = Field(default=0, sa_type=sa.BigInteger)
     desired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Pinned by an operator: ordinary assignments and rollouts leave the device alone.
+    pinned_name: str | None = Field(default=None, max_length=63)
+    pinned_version: str | None = Field(default=None, max_length=63)
 
 
 class ModelRefPublic(BaseModel):
@@ -87,6 +91,9 @@ class DevicePublic(DeviceBase):
     agent_version: str | None
     last_error: str | None
     last_telemetry: dict[str, Any] | None
+    pinned: ModelRefPublic | None = Field(
+        default=None, description="The version the device is pinned to (assignments skip it)."
+    )
 
     @classmethod
     def of(cls, device: Device) -> DevicePublic:
@@ -102,7 +109,28 @@ class DevicePublic(DeviceBase):
             agent_version=device.agent_version,
             last_error=device.last_error,
             last_telemetry=device.last_telemetry,
+            pinned=_ref(device.pinned_name, device.pinned_version),
         )
+
+
+class TagsUpdate(BaseModel):
+    """Tags to add and to remove (removal wins when a tag is in both)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"add": ["canary"], "remove": ["lab"]}]}
+    )
+
+    add: Tags = PydanticField(default_factory=list, max_length=32, description="Tags to add.")
+    remove: Tags = PydanticField(default_factory=list, max_length=32, description="Tags to remove.")
+
+
+class PinRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"model": "digits", "version": "1.0.0"}]}
+    )
+
+    model: ModelName = PydanticField(description="Model name.")
+    version: ModelVersion = PydanticField(description="Model version.")
 
 
 class DeviceCreated(DeviceBase):

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 from sqlmodel import Field, SQLModel
 
 from fleet_server.models.types import UTCDateTime, utcnow
@@ -21,6 +23,16 @@ class ModelVersionBase(SQLModel):
     size: int = Field(sa_type=sa.BigInteger, description="Bundle size in bytes.")
     signed: bool = Field(description="The manifest carries a signature.")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Lineage, given at upload (all optional).
+    parent_version: str | None = Field(
+        default=None, max_length=63, description="The version of the same model it came from."
+    )
+    dataset_sha256: str | None = Field(
+        default=None, max_length=64, description="SHA-256 of the training data set."
+    )
+    training_ref: str | None = Field(
+        default=None, max_length=200, description="Training code reference, e.g. a commit."
+    )
 
 
 class ModelVersion(ModelVersionBase, table=True):
@@ -31,12 +43,57 @@ class ModelVersion(ModelVersionBase, table=True):
     signature_verified: bool = Field(default=False)
     storage_key: str = Field(max_length=255, description="Key of the bundle in the store.")
     manifest: dict[str, Any] = Field(sa_type=sa.JSON)
+    converter_report: dict[str, Any] | None = Field(
+        default=None,
+        sa_type=sa.JSON,
+        description="The bundle's converter report (manifest build.report_file), if it has one.",
+    )
 
 
 class ModelVersionPublic(ModelVersionBase):
     manifest: dict[str, Any] | None = Field(default=None, description="The full manifest.")
+    converter_report: dict[str, Any] | None = Field(
+        default=None, description="The converter's report, if the bundle carried one."
+    )
 
     @classmethod
     def of(cls, row: ModelVersion, *, with_manifest: bool = True) -> ModelVersionPublic:
         data = row.model_dump(include=set(ModelVersionBase.model_fields))
-        return cls(**data, manifest=row.manifest if with_manifest else None)
+        if not with_manifest:
+            return cls(**data)
+        return cls(**data, manifest=row.manifest, converter_report=row.converter_report)
+
+
+class LineageEntry(BaseModel):
+    """One version in a lineage chain (the asked-for version first, then its ancestors)."""
+
+    name: str
+    version: str
+    parent_version: str | None
+    dataset_sha256: str | None
+    training_ref: str | None
+    created_at: datetime
+    has_converter_report: bool
+
+    @classmethod
+    def of(cls, row: ModelVersion) -> LineageEntry:
+        return cls(
+            name=row.name,
+            version=row.version,
+            parent_version=row.parent_version,
+            dataset_sha256=row.dataset_sha256,
+            training_ref=row.training_ref,
+            created_at=row.created_at,
+            has_converter_report=row.converter_report is not None,
+        )
+
+
+class LineagePublic(BaseModel):
+    name: str
+    version: str
+    chain: list[LineageEntry] = PydanticField(
+        description="The version itself, then its parent, grandparent, ... (at most 100)."
+    )
+    truncated: bool = PydanticField(
+        description="The chain stopped early: at the depth limit, a cycle or a missing parent."
+    )

@@ -14,6 +14,7 @@ from edgefleet.mqtt import MqttError
 from fleet_server.models import Device
 from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.types import utcnow
+from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,10 @@ class AssignmentCreate(BaseModel):
 class AssignmentPublic(BaseModel):
     model: str
     version: str
-    devices: list[str]
+    devices: list[str] = Field(description="Devices now assigned this version.")
+    skipped: list[str] = Field(
+        default_factory=list, description="Targeted devices left alone because they are pinned."
+    )
 
 
 def bundle_url(*, public_url: str, name: str, version: str) -> str:
@@ -95,25 +99,105 @@ def assign_model(
         if not tagged:
             raise NotFound(f"no device has tag {request.tag!r}")
         targets.update(tagged)
-    ids = sorted(targets)
-    session.exec(
-        update(Device)
-        .where(col(Device.device_id).in_(ids))
-        .values(
-            desired_name=model.name,
-            desired_version=model.version,
-            desired_revision=col(Device.desired_revision) + 1,
-            desired_at=utcnow(),
+    pinned = {
+        d.device_id
+        for d in session.exec(select(Device).where(col(Device.device_id).in_(sorted(targets))))
+        if is_pinned(d)
+    }
+    ids = sorted(targets - pinned)
+    if not ids:
+        return AssignmentPublic(
+            model=model.name, version=model.version, devices=[], skipped=sorted(pinned)
         )
-    )
-    session.commit()
+    _set_desired(session=session, ids=ids, model=model, only_unpinned=True)
     devices = session.exec(select(Device).where(col(Device.device_id).in_(ids))).all()
     publish_all(
         publisher=publisher,
         states=[desired_state(device=d, model=model, public_url=public_url) for d in devices],
     )
-    log.info("model assigned", extra={"model": f"{model.name}@{model.version}", "devices": ids})
-    return AssignmentPublic(model=model.name, version=model.version, devices=ids)
+    log.info(
+        "model assigned",
+        extra={
+            "model": f"{model.name}@{model.version}",
+            "devices": ids,
+            "skipped_pinned": sorted(pinned),
+        },
+    )
+    return AssignmentPublic(
+        model=model.name, version=model.version, devices=ids, skipped=sorted(pinned)
+    )
+
+
+def _set_desired(
+    *,
+    session: Session,
+    ids: Sequence[str],
+    model: ModelVersionRow,
+    only_unpinned: bool = False,
+    **extra: str | None,
+) -> None:
+    """Desired model + revision bump for ``ids``, committed (``extra``: more columns to set).
+    ``only_unpinned`` re-checks the pin in the UPDATE itself (a pin racing an assignment wins)."""
+    query = update(Device).where(col(Device.device_id).in_(ids))
+    if only_unpinned:
+        query = query.where(col(Device.pinned_name).is_(None))
+    session.exec(
+        query.values(
+            desired_name=model.name,
+            desired_version=model.version,
+            desired_revision=col(Device.desired_revision) + 1,
+            desired_at=utcnow(),
+            **extra,
+        )
+    )
+    session.commit()
+
+
+def pin_device(
+    *,
+    session: Session,
+    publisher: DesiredPublisher,
+    public_url: str,
+    device_id: str,
+    name: str,
+    version: str,
+) -> Device:
+    """Pin the device to ``name@version`` and assign that version now (published at once)."""
+    model = session.get(ModelVersionRow, (name, version))
+    if model is None:
+        raise NotFound(f"model {name}@{version} not found")
+    if session.get(Device, device_id) is None:
+        raise NotFound(f"device {device_id[:80]!r} not found")
+    _set_desired(
+        session=session,
+        ids=[device_id],
+        model=model,
+        pinned_name=model.name,
+        pinned_version=model.version,
+    )
+    device = session.get(Device, device_id)
+    assert device is not None
+    session.refresh(device)
+    publish_all(
+        publisher=publisher,
+        states=[desired_state(device=device, model=model, public_url=public_url)],
+    )
+    log.info("device pinned", extra={"device_id": device_id, "model": f"{name}@{version}"})
+    return device
+
+
+def unpin_device(*, session: Session, device_id: str) -> Device:
+    """Remove the pin; the device keeps running what it has until the next assignment."""
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound(f"device {device_id[:80]!r} not found")
+    device.pinned_name = None
+    device.pinned_version = None
+    session.add(device)
+    session.commit()
+    session.refresh(device)
+    log.info("device unpinned", extra={"device_id": device_id})
+    return device
 
 
 def publish_all(*, publisher: DesiredPublisher, states: Iterable[DesiredState]) -> int:

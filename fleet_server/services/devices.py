@@ -9,8 +9,11 @@ from sqlmodel import Session, col, select
 
 from fleet_server.models import Device, DeviceCreate
 from fleet_server.services.auth import hash_token, new_token, tokens_equal
-from fleet_server.services.errors import Conflict, NotFound
+from fleet_server.services.errors import Conflict, NotFound, Unprocessable
 from fleet_server.services.mosquitto import mosquitto_hash
+
+#: The most tags one device may carry (as DeviceCreate allows).
+MAX_TAGS = 32
 
 
 def register_device(*, session: Session, data: DeviceCreate) -> tuple[Device, str]:
@@ -78,3 +81,23 @@ def mqtt_password_hashes(*, session: Session) -> list[tuple[str, str | None]]:
         select(Device.device_id, Device.mqtt_password_hash).order_by(col(Device.device_id))
     ).all()
     return [(device_id, hashed) for device_id, hashed in rows]
+
+
+def is_pinned(device: Device) -> bool:
+    """Whether an operator pinned the device: assignments and rollouts must leave it alone."""
+    return device.pinned_name is not None and device.pinned_version is not None
+
+
+def update_tags(
+    *, session: Session, device_id: str, add: Sequence[str], remove: Sequence[str]
+) -> Device:
+    """Add then remove tags (removal wins); at most 32 tags in all."""
+    device = get_device(session=session, device_id=device_id)
+    tags = (set(device.tags) | set(add)) - set(remove)
+    if len(tags) > MAX_TAGS:
+        raise Unprocessable(f"a device has at most {MAX_TAGS} tags; this would give {len(tags)}")
+    device.tags = sorted(tags)
+    session.add(device)
+    session.commit()
+    session.refresh(device)
+    return device

@@ -29,6 +29,12 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class Gone(ServiceError):
+    """The thing existed but can no longer be used (an expired or used-up enrollment token)."""
+
+    status_code = 410
+
+
 class TooLarge(ServiceError):
     status_code = 413
 

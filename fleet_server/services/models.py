@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -16,6 +19,11 @@ from fleet_server.services.errors import BadRequest, Conflict, NotFound, Unavail
 from fleet_server.storage import ArtifactStore, StoreError, bundle_key
 
 log = logging.getLogger(__name__)
+
+#: Largest converter report stored with a version.
+MAX_REPORT_BYTES = 256 * 1024
+#: Deepest lineage chain returned.
+MAX_LINEAGE_DEPTH = 100
 
 
 def register_bundle(
@@ -29,6 +37,7 @@ def register_bundle(
     trusted_keys: Sequence[bytes],
     require_signed: bool,
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED,
+    lineage: Lineage | None = None,
 ) -> ModelVersion:
     """Check a received bundle file (hostile input) and, if sound, store it and record it.
 
@@ -55,6 +64,16 @@ def register_bundle(
     name, version = manifest.name, manifest.version
     if session.get(ModelVersion, (name, version)) is not None:
         raise Conflict(f"model {name}@{version} already exists")
+    lineage = lineage or Lineage()
+    if lineage.parent_version is not None:
+        if lineage.parent_version == version:
+            raise BadRequest(f"model {name}@{version} cannot be its own parent")
+        if session.get(ModelVersion, (name, lineage.parent_version)) is None:
+            raise BadRequest(
+                f"parent {name}@{lineage.parent_version} is not registered (a parent must be "
+                "an uploaded version of the same model)"
+            )
+    report = converter_report(work_dir / "unpacked", manifest.build.report_file)
     key = bundle_key(name, version)
     row = ModelVersion(
         name=name,
@@ -70,6 +89,10 @@ def register_bundle(
         signature_verified=verified,
         storage_key=key,
         manifest=manifest.model_dump(mode="json"),
+        parent_version=lineage.parent_version,
+        dataset_sha256=lineage.dataset_sha256,
+        training_ref=lineage.training_ref,
+        converter_report=report,
     )
     session.add(row)
     try:
@@ -96,6 +119,58 @@ def register_bundle(
     session.refresh(row)
     log.info("model registered", extra={"model": f"{name}@{version}", "sha256": sha256})
     return row
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a version came from, as given at upload (each part optional, checked by the API)."""
+
+    parent_version: str | None = None
+    dataset_sha256: str | None = None
+    training_ref: str | None = None
+
+
+def converter_report(unpacked: Path, report_file: str | None) -> dict[str, Any] | None:
+    """The parsed converter report the manifest names, if the bundle carries it (it is then
+    listed in the manifest's files, so its hash was verified); a report that is not a JSON
+    object, or larger than :data:`MAX_REPORT_BYTES`, is refused."""
+    if report_file is None:
+        return None
+    path = unpacked / report_file
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_REPORT_BYTES:
+        raise BadRequest(
+            f"invalid bundle: converter report {report_file!r} is larger than "
+            f"{MAX_REPORT_BYTES} bytes"
+        )
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:
+        raise BadRequest(f"invalid bundle: converter report {report_file!r} is not JSON") from err
+    if not isinstance(data, dict):
+        raise BadRequest(f"invalid bundle: converter report {report_file!r} is not an object")
+    return data
+
+
+def lineage_chain(
+    *, session: Session, name: str, version: str, max_depth: int = MAX_LINEAGE_DEPTH
+) -> tuple[list[ModelVersion], bool]:
+    """``version`` and its ancestors, nearest first; True if the walk stopped early (depth
+    limit, a cycle, or a parent no longer registered)."""
+    row = get_model(session=session, name=name, version=version)
+    chain = [row]
+    seen = {row.version}
+    while row.parent_version is not None:
+        if len(chain) >= max_depth or row.parent_version in seen:
+            return chain, True
+        parent = session.get(ModelVersion, (name, row.parent_version))
+        if parent is None:
+            return chain, True
+        chain.append(parent)
+        seen.add(parent.version)
+        row = parent
+    return chain, False
 
 
 def list_models(*, session: Session) -> Sequence[ModelVersion]:

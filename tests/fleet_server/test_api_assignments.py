@@ -62,6 +62,7 @@ def test_assign_publishes_retained_desired_state(
         "model": "digits",
         "version": "1.0.0",
         "devices": sorted([lab_a, lab_b, other]),
+        "skipped": [],
     }
     assert runtime.bus is not None and runtime.bus.wait_published(5)
 

@@ -42,6 +42,7 @@ def test_register_list_and_get(client: TestClient) -> None:
         "agent_version": None,
         "last_error": None,
         "last_telemetry": None,
+        "pinned": None,
     }
     assert "token" not in one
     telemetry = client.get(f"/api/v1/devices/{device_id}/telemetry", headers=operator())

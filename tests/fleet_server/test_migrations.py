@@ -14,7 +14,7 @@ from fleet_server.db import DatabaseError, make_engine, migrate, safe_url
 pytestmark = pytest.mark.integration
 
 #: The newest revision; one linear chain (a second head would fail ``migrate``).
-HEAD = "0005"
+HEAD = "0005_rollouts"
 
 
 def test_migrated_schema_matches_models(database_url: str) -> None:
@@ -28,6 +28,7 @@ def test_migrated_schema_matches_models(database_url: str) -> None:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
         tables = set(inspect(engine).get_table_names())
         assert {"device", "model_version", "telemetry", "event", "rollout"} <= tables
+        assert {"api_token", "enrollment_token", "audit_log"} <= tables
     finally:
         engine.dispose()
 

@@ -372,3 +372,21 @@ def test_report_has_decisions_devices_and_a_differential(h: Harness) -> None:
     ratios = [c["p95_ratio"] for c in diff["latency_by_class"].values()]
     assert all(r == pytest.approx(1.1) for r in ratios)
     assert diff["confidence_tv_distance"] == pytest.approx(0.0)
+
+
+def test_pinned_devices_are_left_alone(h: Harness) -> None:
+    from sqlmodel import Session
+
+    from fleet_server.models import Device
+
+    ids = h.add_devices(4)
+    with Session(h.db) as session:
+        device = session.get(Device, ids[0])
+        assert device is not None
+        device.pinned_name, device.pinned_version = h.model, OLD
+        session.add(device)
+        session.commit()
+    rollout = h.create(strategy={"canary_percent": 100, "batches": [100], "soak_s": 0})
+    assert ids[0] in h.members(rollout.id, "skipped")
+    assert ids[0] not in h.publisher.devices(NEW)
+    assert len(h.publisher.devices(NEW)) == 3

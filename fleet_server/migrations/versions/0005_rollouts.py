@@ -1,7 +1,7 @@
 """Rollouts: the rollout state machine's rows, its devices and its decisions.
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0005_rollouts
+Revises: 0003_auth
 Create Date: 2026-11-23
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0002"
+revision = "0005_rollouts"
+down_revision = "0003_auth"
 branch_labels = None
 depends_on = None
 

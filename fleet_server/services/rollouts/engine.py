@@ -37,6 +37,7 @@ from fleet_server.models.rollouts import (
 from fleet_server.models.telemetry import EventRow
 from fleet_server.models.types import utcnow
 from fleet_server.services.assignments import DesiredPublisher, desired_state, publish_all
+from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
 from fleet_server.services.rollouts.evidence import gather
 from fleet_server.services.rollouts.gates import GateResult, evaluate_all
@@ -132,6 +133,12 @@ class RolloutEngine:
             self._settle_abort(session, rollout, members, devices, now, strategy)
             return
         self._sync(session, rollout, members, devices, now, strategy)
+        for member in members:  # pinned since the rollout started: leave it alone
+            device = devices.get(member.device_id)
+            if member.status == "pending" and device is not None and is_pinned(device):
+                member.status = "skipped"
+                member.detail = f"pinned to {device.pinned_name}@{device.pinned_version}"
+                session.add(member)
         self._join_late(session, rollout, members, now)
         self._resync_desired(session, rollout, members, devices, now, outbox)
 
@@ -537,13 +544,17 @@ def new_member(
     assert rollout.id is not None
     previous_name = device.running_name or device.desired_name
     previous_version = device.running_version if device.running_name else device.desired_version
-    already = _runs(device, model)
+    detail = None
+    if _runs(device, model):
+        detail = "already running the target version"
+    elif is_pinned(device):
+        detail = f"pinned to {device.pinned_name}@{device.pinned_version}"
     return RolloutDevice(
         rollout_id=rollout.id,
         device_id=device.device_id,
         position=position,
-        status="skipped" if already else "pending",
-        detail="already running the target version" if already else None,
+        status="skipped" if detail else "pending",
+        detail=detail,
         previous_name=previous_name,
         previous_version=previous_version,
         device_class=device.device_class,

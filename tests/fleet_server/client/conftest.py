@@ -98,6 +98,9 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
 
         do_GET = _answer  # noqa: N815  # http.server dispatches on these names
         do_POST = _answer  # noqa: N815
+        do_PUT = _answer  # noqa: N815
+        do_PATCH = _answer  # noqa: N815
+        do_DELETE = _answer  # noqa: N815
 
     return Handler
 

@@ -1,0 +1,59 @@
+"""/api/v1/enrollment-tokens (operator) and /api/v1/enroll (the enrollment token is the auth)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from fleet_server.api.deps import Operator, SessionDep, note_actor, note_target
+from fleet_server.models import (
+    Enrolled,
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenPublic,
+    EnrollRequest,
+)
+from fleet_server.services import enrollment as service
+
+router = APIRouter(tags=["enrollment"])
+
+
+@router.post(
+    "/enrollment-tokens",
+    status_code=201,
+    responses={401: {"description": "No valid token."}, 403: {"description": "Role too small."}},
+)
+def create_enrollment_token(
+    body: EnrollmentTokenCreate, request: Request, session: SessionDep, principal: Operator
+) -> EnrollmentTokenCreated:
+    """A token devices trade for their own credentials at ``POST /api/v1/enroll``; shown once."""
+    row, token = service.create_enrollment_token(
+        session=session, data=body, created_by=principal.actor
+    )
+    note_target(request, f"enrollment-token:{row.id}", uses=row.uses)
+    return EnrollmentTokenCreated(**EnrollmentTokenPublic.of(row).model_dump(), token=token)
+
+
+@router.post(
+    "/enroll",
+    status_code=201,
+    responses={
+        401: {"description": "Unknown enrollment token."},
+        409: {"description": "The device id exists, or the class differs from the token's."},
+        410: {"description": "The enrollment token has expired or is used up."},
+    },
+)
+def enroll(body: EnrollRequest, request: Request, session: SessionDep) -> Enrolled:
+    """Trade an enrollment token for a device id and its credentials (shown once). The MQTT
+    user name is the device id and the password its token."""
+    note_actor(request, "enrollment")
+    device, token = service.enroll(session=session, request=body)
+    note_actor(request, f"device:{device.device_id}")
+    note_target(request, f"device:{device.device_id}")
+    return Enrolled(
+        device_id=device.device_id,
+        device_class=device.device_class,
+        tags=list(device.tags),
+        token=token,
+        mqtt_username=device.device_id,
+        mqtt_password=token,
+    )

@@ -1,0 +1,68 @@
+"""/api/v1/tokens (admin): operator API tokens with roles. /api/v1/audit (admin): the log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+
+from fleet_server.api.deps import Admin, SessionDep, note_target
+from fleet_server.models import ApiTokenCreate, ApiTokenCreated, ApiTokenPublic, AuditPublic
+from fleet_server.services import tokens as service
+from fleet_server.services.audit import MAX_AUDIT_LIMIT, list_audit
+from fleet_server.services.errors import Unprocessable
+
+router = APIRouter(tags=["auth"])
+_REFUSALS: dict[int | str, dict[str, str]] = {
+    401: {"description": "Missing, unknown or revoked token."},
+    403: {"description": "The token's role is too small (admin needed)."},
+}
+
+
+@router.post("/tokens", status_code=201, responses={**_REFUSALS, 409: {}})
+def create_token(
+    body: ApiTokenCreate, request: Request, session: SessionDep, principal: Admin
+) -> ApiTokenCreated:
+    """A new API token with a role; the token is in this answer only (stored hashed)."""
+    note_target(request, f"token:{body.name}", role=body.role.value)
+    row, token = service.create_token(session=session, data=body, created_by=principal.actor)
+    return ApiTokenCreated(**ApiTokenPublic.of(row).model_dump(), token=token)
+
+
+@router.get("/tokens", responses=_REFUSALS)
+def list_tokens(session: SessionDep, _: Admin) -> list[ApiTokenPublic]:
+    return [ApiTokenPublic.of(row) for row in service.list_tokens(session=session)]
+
+
+@router.delete("/tokens/{token_id}", responses={**_REFUSALS, 404: {}})
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    request: Request,
+    session: SessionDep,
+    _: Admin,
+) -> ApiTokenPublic:
+    """Revoke a token: it is refused (401) from now on. Idempotent."""
+    row = service.revoke_token(session=session, token_id=token_id)
+    note_target(request, f"token:{row.name}")
+    return ApiTokenPublic.of(row)
+
+
+@router.get("/audit", responses=_REFUSALS)
+def audit_log(
+    session: SessionDep,
+    _: Admin,
+    actor: Annotated[str | None, Query(max_length=80, description="Only this actor.")] = None,
+    since: Annotated[
+        datetime | None, Query(description="Only rows at or after (ISO 8601).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_LIMIT)] = 100,
+) -> list[AuditPublic]:
+    """Mutating calls, newest first. A ``since`` without a zone is taken as UTC."""
+    if since is not None:
+        try:
+            since = (since if since.tzinfo else since.replace(tzinfo=UTC)).astimezone(UTC)
+        except OverflowError as err:
+            raise Unprocessable("since: out of range") from err
+    rows = list_audit(session=session, actor=actor, since=since, limit=limit)
+    return [AuditPublic.of(row) for row in rows]
