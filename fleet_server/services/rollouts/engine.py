@@ -50,6 +50,32 @@ _OUTCOME_EVENTS = {
     "update.failed": "failed",
     "update.rolled_back": "failed",
 }
+
+
+class ClaimLost(Conflict):
+    """Another step or action changed the rollout between our read and our write."""
+
+
+class Outbox:
+    """Desired-state changes a step decided on: written at the end of the step (so SQLite's write
+    lock is held for the final flush only, not while gates read telemetry), published after the
+    commit from what the database then says."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[list[str], tuple[str, str] | None]] = []
+        self.republish: set[str] = set()
+
+    def set_desired(self, device_ids: list[str], model_ref: tuple[str, str] | None) -> None:
+        if device_ids:
+            self.changes.append((list(device_ids), model_ref))
+
+    def device_ids(self) -> set[str]:
+        ids = set(self.republish)
+        for changed, _ref in self.changes:
+            ids.update(changed)
+        return ids
+
+
 #: A device whose reported desired state lags the server's for this long gets it republished
 #: (a broker that dropped a queued retained message, a server that crashed before publishing).
 RESYNC_AFTER_S = 30.0
@@ -80,6 +106,10 @@ class RolloutEngine:
             assert rollout_id is not None
             try:
                 self.step(rollout_id)
+            except ClaimLost:  # an operator action or another driver stepped it just now
+                log.debug(
+                    "rollout step skipped: claimed elsewhere", extra={"rollout_id": rollout_id}
+                )
             except Exception:  # noqa: BLE001 - one broken rollout must not stop the others
                 log.exception("rollout step failed", extra={"rollout_id": rollout_id})
         return len(ids)
@@ -87,43 +117,87 @@ class RolloutEngine:
     def step(self, rollout_id: int) -> None:
         self.act(rollout_id, self._advance, only_states=("running", "aborting"))
 
+    def step_soon(self, rollout_id: int) -> None:
+        """Step now unless a concurrent step just did (then the next tick carries on)."""
+        try:
+            self.step(rollout_id)
+        except ClaimLost:
+            log.debug("immediate step skipped: claimed elsewhere", extra={"rollout_id": rollout_id})
+
+    def act_retrying(
+        self,
+        rollout_id: int,
+        action: Callable[[Session, Rollout, datetime, Outbox], None],
+        attempts: int = 5,
+    ) -> Rollout:
+        """``act`` for operator actions: a lost claim is retried against the fresh state (the
+        action then re-checks whether it still applies)."""
+        for attempt in range(attempts):
+            try:
+                return self.act(rollout_id, action)
+            except ClaimLost:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def act(
         self,
         rollout_id: int,
-        action: Callable[[Session, Rollout, datetime, list[DesiredState]], None],
+        action: Callable[[Session, Rollout, datetime, Outbox], None],
         *,
         only_states: Sequence[str] | None = None,
     ) -> Rollout:
-        """Run ``action`` on the claimed rollout in one transaction, then publish what it set."""
-        outbox: list[DesiredState] = []
+        """Run ``action`` on the rollout and commit it only if nobody else changed the rollout
+        meanwhile (compare-and-set on ``revision``); then publish the desired states it set.
+
+        The action only reads and changes objects in memory (no autoflush); every write happens
+        at the end, in one short transaction that starts with the claim."""
+        outbox = Outbox()
         with Session(self.engine, expire_on_commit=False) as session:
-            rollout = session.get(Rollout, rollout_id)
-            if rollout is None:
-                raise NotFound(f"rollout {rollout_id} not found")
-            if only_states is not None and rollout.state not in only_states:
-                return rollout
-            claimed = session.execute(
+            with session.no_autoflush:
+                rollout = session.get(Rollout, rollout_id)
+                if rollout is None:
+                    raise NotFound(f"rollout {rollout_id} not found")
+                if only_states is not None and rollout.state not in only_states:
+                    return rollout
+                revision = rollout.revision
+                now = self.clock()
+                action(session, rollout, now, outbox)
+                rollout.updated_at = now
+            claimed = session.connection().execute(
                 update(Rollout)
-                .where(col(Rollout.id) == rollout_id, col(Rollout.revision) == rollout.revision)
-                .values(revision=rollout.revision + 1)
+                .where(col(Rollout.id) == rollout_id, col(Rollout.revision) == revision)
+                .values(revision=revision + 1)
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if claimed.rowcount != 1:
                 session.rollback()
-                raise Conflict(f"rollout {rollout_id} changed concurrently; try again")
-            session.refresh(rollout)
-            now = self.clock()
-            action(session, rollout, now, outbox)
-            rollout.updated_at = now
+                raise ClaimLost(f"rollout {rollout_id} changed concurrently; try again")
+            rollout.revision = revision + 1
             session.add(rollout)
+            for device_ids, model_ref in outbox.changes:
+                _write_desired(session, device_ids, model_ref, now)
             session.commit()
-        if outbox and self.publisher is not None:
-            publish_all(publisher=self.publisher, states=outbox)
+        if self.publisher is not None and outbox.device_ids():
+            publish_all(publisher=self.publisher, states=self._desired_states(outbox.device_ids()))
         return rollout
 
+    def _desired_states(self, device_ids: set[str]) -> list[DesiredState]:
+        """What the database says each device should run now (the committed truth)."""
+        states = []
+        with Session(self.engine) as session:
+            models: dict[tuple[str, str], ModelVersionRow | None] = {}
+            for device in _devices(session, sorted(device_ids)).values():
+                model = None
+                if device.desired_name is not None and device.desired_version is not None:
+                    key = (device.desired_name, device.desired_version)
+                    if key not in models:
+                        models[key] = session.get(ModelVersionRow, key)
+                    model = models[key]
+                states.append(desired_state(device=device, model=model, public_url=self.public_url))
+        return states
+
     # -- one step --------------------------------------------------------------------------------
-    def _advance(
-        self, session: Session, rollout: Rollout, now: datetime, outbox: list[DesiredState]
-    ) -> None:
+    def _advance(self, session: Session, rollout: Rollout, now: datetime, outbox: Outbox) -> None:
         strategy = Strategy.model_validate(rollout.strategy)
         members = list(
             session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
@@ -324,7 +398,7 @@ class RolloutEngine:
         covered: list[RolloutDevice],
         now: datetime,
         strategy: Strategy,
-        outbox: list[DesiredState],
+        outbox: Outbox,
     ) -> None:
         pending = [m for m in covered if m.status == "pending"]
         if not pending:
@@ -343,13 +417,8 @@ class RolloutEngine:
         for member in pending:
             member.status, member.assigned_at, member.stage = "assigned", now, rollout.stage
             session.add(member)
-        outbox.extend(
-            self._set_desired(
-                session,
-                [m.device_id for m in pending],
-                (rollout.model_name, rollout.model_version),
-                now,
-            )
+        outbox.set_desired(
+            [m.device_id for m in pending], (rollout.model_name, rollout.model_version)
         )
 
     def _resync_desired(
@@ -359,7 +428,7 @@ class RolloutEngine:
         members: list[RolloutDevice],
         devices: dict[str, Device],
         now: datetime,
-        outbox: list[DesiredState],
+        outbox: Outbox,
     ) -> None:
         """Republish the desired state of assigned devices that have not acknowledged it."""
         stale = []
@@ -375,40 +444,10 @@ class RolloutEngine:
                 device.desired_version,
             ):
                 stale.append(device)
-        if not stale:
-            return
-        model = session.get(ModelVersionRow, (rollout.model_name, rollout.model_version))
         for device in stale:
             device.desired_at = now  # retry at most every RESYNC_AFTER_S
             session.add(device)
-            outbox.append(desired_state(device=device, model=model, public_url=self.public_url))
-
-    def _set_desired(
-        self,
-        session: Session,
-        device_ids: list[str],
-        model_ref: tuple[str, str] | None,
-        now: datetime,
-    ) -> list[DesiredState]:
-        if not device_ids:
-            return []
-        model = session.get(ModelVersionRow, model_ref) if model_ref else None
-        session.execute(
-            update(Device)
-            .where(col(Device.device_id).in_(device_ids))
-            .values(
-                desired_name=model_ref[0] if model_ref else None,
-                desired_version=model_ref[1] if model_ref else None,
-                desired_revision=col(Device.desired_revision) + 1,
-                desired_at=now,
-            )
-        )
-        session.flush()
-        states = []
-        for device in session.exec(select(Device).where(col(Device.device_id).in_(device_ids))):
-            session.refresh(device)
-            states.append(desired_state(device=device, model=model, public_url=self.public_url))
-        return states
+            outbox.republish.add(device.device_id)
 
     # -- abort -------------------------------------------------------------------------------------
     def abort(
@@ -416,7 +455,7 @@ class RolloutEngine:
         session: Session,
         rollout: Rollout,
         now: datetime,
-        outbox: list[DesiredState],
+        outbox: Outbox,
         *,
         actor: str,
         reason: str,
@@ -435,7 +474,7 @@ class RolloutEngine:
                 member.status, member.detail = "skipped", "rollout aborted before its turn"
             session.add(member)
         for previous, ids in back.items():
-            outbox.extend(self._set_desired(session, ids, previous, now))
+            outbox.set_desired(ids, previous)
         rollout.state, rollout.reason = "aborting", reason
         self.decide(
             session,
@@ -560,6 +599,23 @@ def new_member(
         device_class=device.device_class,
         joined_late=joined_late,
     )
+
+
+def _write_desired(
+    session: Session, device_ids: list[str], model_ref: tuple[str, str] | None, now: datetime
+) -> None:
+    """Point devices at ``model_ref`` (None: no model) with the next desired-state revision."""
+    for start in range(0, len(device_ids), 500):
+        session.connection().execute(
+            update(Device)
+            .where(col(Device.device_id).in_(device_ids[start : start + 500]))
+            .values(
+                desired_name=model_ref[0] if model_ref else None,
+                desired_version=model_ref[1] if model_ref else None,
+                desired_revision=col(Device.desired_revision) + 1,
+                desired_at=now,
+            )
+        )
 
 
 def busy_devices(session: Session, *, exclude: int | None) -> set[str]:

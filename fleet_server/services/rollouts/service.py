@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, func, select
 
-from edgefleet.contract import DesiredState
 from fleet_server.models import Device
 from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.rollouts import (
@@ -20,7 +19,7 @@ from fleet_server.models.rollouts import (
     RolloutDevice,
 )
 from fleet_server.services.errors import Conflict, NotFound, Unprocessable
-from fleet_server.services.rollouts.engine import RolloutEngine, busy_devices, new_member
+from fleet_server.services.rollouts.engine import Outbox, RolloutEngine, busy_devices, new_member
 from fleet_server.services.rollouts.evidence import gather, tv_distance
 from fleet_server.services.rollouts.spec import GatePolicy, RolloutCreate, Strategy
 
@@ -145,7 +144,7 @@ def create_rollout(
     )
     session.commit()
     assert rollout.id is not None
-    rollouts.step(rollout.id)  # the canary goes out now, not at the next tick
+    rollouts.step_soon(rollout.id)  # the canary goes out now, not at the next tick
     session.expire_all()
     return view(session, rollout.id)
 
@@ -174,11 +173,9 @@ def _transition(
     *,
     allowed: tuple[str, ...],
     verb: str,
-    change: Callable[[Session, Rollout, datetime, list[DesiredState]], None],
+    change: Callable[[Session, Rollout, datetime, Outbox], None],
 ) -> None:
-    def guarded(
-        session: Session, rollout: Rollout, now: datetime, outbox: list[DesiredState]
-    ) -> None:
+    def guarded(session: Session, rollout: Rollout, now: datetime, outbox: Outbox) -> None:
         if rollout.state not in allowed:
             raise Conflict(
                 f"cannot {verb} rollout {rollout_id}: it is {rollout.state} "
@@ -186,11 +183,11 @@ def _transition(
             )
         change(session, rollout, now, outbox)
 
-    rollouts.act(rollout_id, guarded)
+    rollouts.act_retrying(rollout_id, guarded)
 
 
 def pause(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
-    def change(session: Session, r: Rollout, now: datetime, _: list[DesiredState]) -> None:
+    def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
         r.state, r.reason = "paused", reason or f"paused by {actor}"
         RolloutEngine.decide(session, r, now, "pause", actor=actor, reason=r.reason)
 
@@ -200,26 +197,26 @@ def pause(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) 
 
 
 def resume(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
-    def change(session: Session, r: Rollout, now: datetime, _: list[DesiredState]) -> None:
+    def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
         r.state, r.reason = "running", None
         r.stage_started_at = now  # the stage timeout counts from the resume
         RolloutEngine.decide(session, r, now, "resume", actor=actor, reason=reason)
 
     _transition(rollouts, rollout_id, allowed=("paused",), verb="resume", change=change)
-    rollouts.step(rollout_id)
+    rollouts.step_soon(rollout_id)
 
 
 def approve(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
-    def change(session: Session, r: Rollout, now: datetime, _: list[DesiredState]) -> None:
+    def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
         RolloutEngine.decide(session, r, now, "approve", actor=actor, reason=reason)
         rollouts.next_stage(session, r, now, Strategy.model_validate(r.strategy), actor=actor)
 
     _transition(rollouts, rollout_id, allowed=("awaiting_approval",), verb="approve", change=change)
-    rollouts.step(rollout_id)
+    rollouts.step_soon(rollout_id)
 
 
 def abort(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
-    def change(session: Session, r: Rollout, now: datetime, outbox: list[DesiredState]) -> None:
+    def change(session: Session, r: Rollout, now: datetime, outbox: Outbox) -> None:
         rollouts.abort(session, r, now, outbox, actor=actor, reason=reason or f"aborted by {actor}")
 
     _transition(
