@@ -20,6 +20,7 @@ from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
 from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
+from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.mqtt_auth import (
     DatabaseAuthenticator,
     MqttCredential,
@@ -76,6 +77,7 @@ class Runtime:
             raise StartupError(str(err)) from err
         self.engine = make_engine(settings.resolved_database_url)
         migrate(self.engine)
+        self.metrics.register(FleetCollector(self.engine))
         self.store = create_store(settings)
         broker_url = settings.broker_url or self._start_embedded_broker()
         self.broker_url = without_credentials(broker_url)

@@ -70,6 +70,14 @@ def test_create_read_and_operate_a_rollout(
     ]
     assert sum(1 for d in desired if d == {"name": "digits", "version": "2.0.0"}) == 1
 
+    metrics = client.get("/metrics").text
+    assert 'edgefleet_rollouts{state="running"} 1.0' in metrics
+    assert (
+        f'edgefleet_rollout_devices{{model="digits@2.0.0",rollout="{rid}",status="assigned"}} 1.0'
+        in (metrics)
+    )
+    assert 'edgefleet_devices{status="offline"} 10.0' in metrics
+
     listed = client.get("/api/v1/rollouts", headers=operator()).json()
     assert [r["id"] for r in listed] == [rid]
     assert client.get("/api/v1/rollouts?state=completed", headers=operator()).json() == []
