@@ -39,7 +39,7 @@ from fleet_server.models.types import utcnow
 from fleet_server.services.assignments import DesiredPublisher, desired_state, publish_all
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
-from fleet_server.services.rollouts.evidence import gather
+from fleet_server.services.rollouts.evidence import counts_only, gather
 from fleet_server.services.rollouts.gates import GateResult, evaluate_all
 from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
 
@@ -206,7 +206,7 @@ class RolloutEngine:
         if rollout.state == "aborting":
             self._settle_abort(session, rollout, members, devices, now, strategy)
             return
-        self._sync(session, rollout, members, devices, now, strategy)
+        news = self._sync(session, rollout, members, devices, now, strategy)
         for member in members:  # pinned since the rollout started: leave it alone
             device = devices.get(member.device_id)
             if member.status == "pending" and device is not None and is_pinned(device):
@@ -223,20 +223,38 @@ class RolloutEngine:
         covered = eligible[: strategy.target_count(rollout.stage, len(eligible))]
         self._assign(session, rollout, covered, now, strategy, outbox)
 
-        policy = GatePolicy.model_validate(rollout.gates)
-        evidence = gather(
-            session=session,
-            members=members,
-            target=(rollout.model_name, rollout.model_version),
-            stage_ids={m.device_id for m in covered},
-            offline={d.device_id for d in devices.values() if not d.online},
-            now=now,
-            window_s=policy.baseline_window_s,
-            min_control_intervals=policy.latency_p95_ratio.min_samples,
+        finished = all(m.status in ("committed", "failed") for m in covered)
+        if not finished:
+            rollout.stage_finished_at = None
+        elif rollout.stage_finished_at is None:
+            rollout.stage_finished_at = now
+        soaked = (
+            rollout.stage_finished_at is not None
+            and (now - rollout.stage_finished_at).total_seconds() >= strategy.soak_s
         )
-        results = evaluate_all(policy, evidence)
-        evaluation = _evaluation(rollout, strategy, now, results, evidence.summary())
-        rollout.last_evaluation = evaluation
+
+        policy = GatePolicy.model_validate(rollout.gates)
+        stage_ids = {m.device_id for m in covered}
+        offline = {d.device_id for d in devices.values() if not d.online}
+        full = news > 0 or _evaluation_due(rollout, now, soaked, strategy)
+        if full:  # read the telemetry: every gate
+            evidence = gather(
+                session=session,
+                members=members,
+                target=(rollout.model_name, rollout.model_version),
+                stage_ids=stage_ids,
+                offline=offline,
+                now=now,
+                window_s=policy.baseline_window_s,
+                min_control_intervals=policy.latency_p95_ratio.min_samples,
+            )
+            results = evaluate_all(policy, evidence)
+            evaluation = _evaluation(rollout, strategy, now, results, evidence.summary())
+            rollout.last_evaluation = evaluation
+        else:  # between evaluations, only what the device statuses alone can fail
+            evidence = counts_only(members=members, stage_ids=stage_ids, offline=offline)
+            results = [r for r in evaluate_all(policy, evidence) if r.name == "success_rate"]
+            evaluation = _evaluation(rollout, strategy, now, results, evidence.summary())
 
         failed = [r for r in results if r.status == "fail"]
         if failed:
@@ -249,16 +267,9 @@ class RolloutEngine:
                 self.decide(session, rollout, now, "pause", reason=rollout.reason)
             return
 
-        finished = all(m.status in ("committed", "failed") for m in covered)
-        if not finished:
-            rollout.stage_finished_at = None
-        elif rollout.stage_finished_at is None:
-            rollout.stage_finished_at = now
+        if not full:
+            return
         waiting = [r for r in results if r.status == "insufficient"]
-        soaked = (
-            rollout.stage_finished_at is not None
-            and (now - rollout.stage_finished_at).total_seconds() >= strategy.soak_s
-        )
         if soaked and not waiting:
             stage = rollout.stage
             self._promote(session, rollout, now, strategy, evaluation, total=len(eligible))
@@ -320,12 +331,14 @@ class RolloutEngine:
         devices: dict[str, Device],
         now: datetime,
         strategy: Strategy,
-    ) -> None:
-        """Assigned devices → committed / failed, from their update events and reported state."""
+    ) -> int:
+        """Assigned devices → committed / failed, from their update events and reported state.
+        Returns how many devices finished in this step."""
         target = {"name": rollout.model_name, "version": rollout.model_version}
         assigned = [m for m in members if m.status == "assigned" and m.assigned_at is not None]
         if not assigned:
-            return
+            return 0
+        finished = 0
         since = min(m.assigned_at for m in assigned if m.assigned_at is not None)
         outcomes: dict[str, tuple[str, datetime, str]] = {}
         events = session.exec(
@@ -359,6 +372,8 @@ class RolloutEngine:
             if outcome is not None:
                 member.status, member.finished_at, member.detail = outcome
                 session.add(member)
+                finished += 1
+        return finished
 
     def _join_late(
         self, session: Session, rollout: Rollout, members: list[RolloutDevice], now: datetime
@@ -655,6 +670,25 @@ def _ref(pair: tuple[str, str]) -> dict[str, str]:
 
 def _runs(device: Device, model: dict[str, str]) -> bool:
     return device.running_name == model["name"] and device.running_version == model["version"]
+
+
+#: Telemetry gates are evaluated at most this often (and whenever a device finished its update,
+#: and once the soak is over): reading every device's telemetry on each tick would compete with
+#: ingest and downloads for the same process at fleet scale.
+EVALUATE_EVERY_S = 5.0
+
+
+def _evaluation_due(rollout: Rollout, now: datetime, soaked: bool, strategy: Strategy) -> bool:
+    last = rollout.last_evaluation
+    if not last or last.get("stage") != rollout.stage:
+        return True
+    when = datetime.fromisoformat(str(last["ts"]))
+    if (now - when).total_seconds() >= EVALUATE_EVERY_S:
+        return True
+    if soaked and rollout.stage_finished_at is not None:
+        soak_end = rollout.stage_finished_at + timedelta(seconds=strategy.soak_s)
+        return when < soak_end
+    return False
 
 
 def _fmt(result: GateResult) -> str:

@@ -14,12 +14,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy import true as sa_true
 from sqlmodel import Session, SQLModel
 
 from fleet_server.models.rollouts import RolloutDevice
 
 Baseline = Literal["control", "pre-update", "none"]
+
+#: At most this many of a device's newest telemetry intervals count (bounds the work per
+#: evaluation at fleet scale; 120 one-minute intervals is two hours of a device's life).
+MAX_INTERVALS_PER_DEVICE = 120
 
 
 @dataclass
@@ -121,7 +126,9 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def _telemetry_rows(session: Session, device_ids: Sequence[str], since: datetime) -> list[Any]:
+def _telemetry_rows(
+    session: Session, device_ids: Sequence[str], since: datetime, until: datetime | None = None
+) -> list[Any]:
     if not device_ids:
         return []
     table = SQLModel.metadata.tables["telemetry"]
@@ -129,15 +136,29 @@ def _telemetry_rows(session: Session, device_ids: Sequence[str], since: datetime
     ids = list(device_ids)
     for start in range(0, len(ids), 500):  # bounded IN lists
         chunk = ids[start : start + 500]
-        query = select(
-            table.c.device_id,
-            table.c.received_at,
-            table.c.model,
-            table.c.inference_count,
-            table.c.error_count,
-            table.c.latency_ms,
-            table.c.confidence_histogram,
-        ).where(table.c.device_id.in_(chunk), table.c.received_at >= since)
+        newest = (
+            select(
+                table.c.device_id,
+                table.c.received_at,
+                table.c.model,
+                table.c.inference_count,
+                table.c.error_count,
+                table.c.latency_ms,
+                table.c.confidence_histogram,
+                func.row_number()
+                .over(partition_by=table.c.device_id, order_by=table.c.received_at.desc())
+                .label("age"),
+            )
+            .where(
+                table.c.device_id.in_(chunk),
+                table.c.received_at >= since,
+                table.c.received_at < until if until is not None else sa_true(),
+            )
+            .subquery()
+        )
+        query = select(*(c for c in newest.c if c.name != "age")).where(
+            newest.c.age <= MAX_INTERVALS_PER_DEVICE
+        )
         rows.extend(session.connection().execute(query).all())
     return rows
 
@@ -147,6 +168,26 @@ def _version_of(row: Any) -> tuple[str, str] | None:
     if not isinstance(model, dict) or "name" not in model or "version" not in model:
         return None
     return str(model["name"]), str(model["version"])
+
+
+def counts_only(
+    *, members: Iterable[RolloutDevice], stage_ids: set[str], offline: set[str]
+) -> Evidence:
+    """Evidence from device statuses alone (no telemetry read): enough for the success gate."""
+    members = list(members)
+    in_stage = [m for m in members if m.device_id in stage_ids]
+    committed = [m for m in members if m.status == "committed"]
+    return Evidence(
+        stage_devices=len(in_stage),
+        committed=sum(m.status == "committed" for m in in_stage),
+        failed=sum(m.status == "failed" for m in in_stage),
+        unfinished=sum(m.status in ("pending", "assigned") for m in in_stage),
+        committed_total=len(committed),
+        committed_offline=sum(m.device_id in offline for m in committed),
+        new=Cohort(),
+        old=Cohort(),
+        baseline="none",
+    )
 
 
 def gather(
@@ -189,7 +230,10 @@ def gather(
         updated = [m for m in members if m.assigned_at is not None]
         assigned_at = {m.device_id: m.assigned_at for m in updated}
         first = min((t for t in assigned_at.values() if t is not None), default=now)
-        rows = _telemetry_rows(session, list(assigned_at), first - timedelta(seconds=window_s))
+        last = max((t for t in assigned_at.values() if t is not None), default=now)
+        rows = _telemetry_rows(
+            session, list(assigned_at), first - timedelta(seconds=window_s), until=last
+        )
         for row in rows:
             until = assigned_at[row.device_id]
             version = _version_of(row)
