@@ -31,7 +31,9 @@ from agent.plugin_config import (
 from agent.probation import ProbationConfig
 from edgefleet.contract import DeviceId
 from firmware_configs.profile import (
+    CPU_MEM_ARENA_FIELD,
     GRAPH_OPTIMIZATION_FIELD,
+    MEM_PATTERN_FIELD,
     GraphOptimization,
     execution_providers_field,
 )
@@ -130,6 +132,8 @@ class EngineConfig(_Config):
     )
     graph_optimization: GraphOptimization = GRAPH_OPTIMIZATION_FIELD
     execution_providers: list[str] = execution_providers_field()
+    cpu_mem_arena: bool = CPU_MEM_ARENA_FIELD
+    mem_pattern: bool = MEM_PATTERN_FIELD
 
 
 class AgentConfig(_Config):
@@ -217,6 +221,8 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
     engine.setdefault("threads", profile.engine.threads)
     engine.setdefault("graph_optimization", profile.engine.graph_optimization)
     engine.setdefault("execution_providers", list(profile.engine.execution_providers))
+    engine.setdefault("cpu_mem_arena", profile.engine.cpu_mem_arena)
+    engine.setdefault("mem_pattern", profile.engine.mem_pattern)
     engine.setdefault("queue_size", profile.input.queue_size)
     data["engine"] = engine
     telemetry = dict(data.get("telemetry") or {})

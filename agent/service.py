@@ -124,6 +124,8 @@ class AgentService:
             threads=engine.threads,
             graph_optimization=engine.graph_optimization,
             execution_providers=tuple(engine.execution_providers),
+            cpu_mem_arena=engine.cpu_mem_arena,
+            mem_pattern=engine.mem_pattern,
         )
         return load_model(path, options=options, trusted_keys=self.trusted_keys)
 

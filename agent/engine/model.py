@@ -8,13 +8,13 @@ precomputed specs and hands them straight to the runtime.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from agent.engine.base import BackendOptions, Session
+from agent.engine.base import BackendOptions, Session, SingleRunner
 from agent.engine.quant import dequantize
 from agent.engine.registry import backend_for
 from agent.errors import InferenceError, ModelLoadError
@@ -25,6 +25,8 @@ from edgefleet.contract import Manifest, ModelRef, TensorSpec
 MAX_SELFTEST_BYTES = 64 * 1024 * 1024
 #: Shapes remembered per input as already checked (dynamic dims: batch sizes seen).
 MAX_ACCEPTED_SHAPES = 16
+
+Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,14 @@ def static_shape(spec: TensorSpec, *, dynamic: int = 1) -> tuple[int, ...]:
 
 
 class LoadedModel:
-    """A verified, warmed-up, self-tested model; safe to call from one thread at a time."""
+    """A verified, warmed-up, self-tested model; safe to call from one thread at a time.
+
+    ``infer(batch)`` runs one batch (InferenceError names the input that does not fit). For a
+    one-input, one-output model it is a closure with everything bound at load, which hands an
+    already-accepted input straight to the backend's :meth:`~Session.single` runner.
+    """
+
+    infer: Infer
 
     def __init__(self, *, manifest: Manifest, directory: Path, session: Session) -> None:
         self.manifest = manifest
@@ -87,6 +96,8 @@ class LoadedModel:
         self._input_names = frozenset(s.name for s in manifest.inputs)
         self._output_names = tuple(session.output_names)
         self._run = session.run
+        single = session.single() if self._n_inputs == 1 else None
+        self.infer = self._single_path(single) if single is not None else self._infer
         self.scores_output = _scores_output(manifest)
         #: Quantized outputs: name → params, for :meth:`real`.
         self.output_quant = {
@@ -99,7 +110,24 @@ class LoadedModel:
     def ref(self) -> ModelRef:
         return self.manifest.ref
 
-    def infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _single_path(self, run: SingleRunner) -> Infer:
+        """``infer`` for one input and one output, kept to one frame per call."""
+        name, dtype, accepted = self._fast[0]
+        out = self._output_names[0]
+        general = self._infer
+        ndarray = np.ndarray
+
+        def infer(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if len(batch) == 1:
+                value = batch.get(name)
+                # dtype: builtin dtypes are singletons, so ``is`` decides.
+                if value.__class__ is ndarray and value.dtype is dtype and value.shape in accepted:
+                    return {out: run(value)}
+            return general(batch)
+
+        return infer
+
+    def _infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; InferenceError names the input that does not fit."""
         # Fast path: every input has the dtype (builtin dtypes are singletons, so ``is``
         # decides) and a shape already accepted for it.

@@ -215,6 +215,17 @@ def test_profile_values_are_defaults_the_file_can_override() -> None:
     assert mine.engine.queue_size == 4  # still from the profile
 
 
+def test_low_memory_profiles_turn_the_onnxruntime_memory_pattern_off() -> None:
+    zero = parse_config('profile = "rpi-zero-2w"\n' + BASE)
+    assert (zero.engine.cpu_mem_arena, zero.engine.mem_pattern) == (True, False)
+    assert parse_config('profile = "rpi4"\n' + BASE).engine.mem_pattern is True
+    assert parse_config(BASE).engine.mem_pattern is True  # no profile: onnxruntime's default
+    mine = parse_config('profile = "rpi-zero-2w"\n' + BASE + "[engine]\nmem_pattern = true\n")
+    assert mine.engine.mem_pattern is True
+    with pytest.raises(AgentConfigError, match="engine.cpu_mem_arena"):
+        parse_config(BASE + '[engine]\ncpu_mem_arena = "sometimes"\n')
+
+
 def test_outbox_budget_comes_from_the_profile_unless_set() -> None:
     from firmware_configs.profile import load_profile
 

@@ -161,3 +161,18 @@ def test_signed_manifests_only_when_keys_are_trusted(artifact_copy: Path, tmp_pa
     other = (tmp_path / "other.pub").read_bytes()
     with pytest.raises(ModelLoadError, match="untrusted key"):
         load_model(artifact_copy, options=OPTIONS, trusted_keys=[other])
+
+
+@pytest.mark.parametrize(("arena", "pattern"), [(True, True), (True, False), (False, False)])
+def test_onnxruntime_memory_options_reach_the_session(
+    digits_v1: Path, arena: bool, pattern: bool
+) -> None:
+    options = BackendOptions(threads=1, cpu_mem_arena=arena, mem_pattern=pattern)
+    model = load_model(digits_v1, options=options)
+    so = model._session._session.get_session_options()  # type: ignore[attr-defined]
+    assert (so.enable_cpu_mem_arena, so.enable_mem_pattern) == (arena, pattern)
+    x = load_digits().data[1400:1410].astype(np.float32)
+    reference = load_model(digits_v1, options=OPTIONS).infer({"input": x})
+    np.testing.assert_allclose(
+        model.infer({"input": x})["probabilities"], reference["probabilities"]
+    )
