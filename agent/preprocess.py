@@ -208,7 +208,8 @@ class Preprocessor:
         cv2 = load_cv2()
         interp = getattr(cv2, INTERPOLATION[r.interpolation])
         if r.mode == "stretch":
-            return cv2.resize(image, (r.width, r.height), interpolation=interp)
+            stretched: np.ndarray = cv2.resize(image, (r.width, r.height), interpolation=interp)
+            return stretched
         h, w = image.shape[:2]
         box = letterbox_geometry(w, h, r.width, r.height)
         resized = cv2.resize(image, (box.width, box.height), interpolation=interp)
@@ -224,7 +225,7 @@ def decode(data: bytes, *, gray: bool) -> np.ndarray:
     cv2 = load_cv2()
     flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
     try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+        image: np.ndarray | None = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error as err:
         detail = str(err).strip()[:200]
         raise InputError(f"cannot decode image: {detail}", kind="corrupt_image") from err

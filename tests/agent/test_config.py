@@ -265,5 +265,11 @@ def test_plugin_configs_parse_and_reject_unknown_keys() -> None:
     assert config.postprocess is not None and config.postprocess.type == "detection"
     with pytest.raises(AgentConfigError, match="sink.stdout.path: Extra inputs"):
         parse_config(BASE + '[sink]\ntype = "stdout"\npath = "x"\n')
+    mqtt = parse_config(BASE + '[sink]\ntype = "mqtt"\nqos = 1\n').sink
+    assert mqtt is not None and mqtt.type == "mqtt" and (mqtt.qos, mqtt.max_queued) == (1, 1000)
+    with pytest.raises(AgentConfigError, match="sink.mqtt.qos"):
+        parse_config(BASE + '[sink]\ntype = "mqtt"\nqos = 2\n')
+    with pytest.raises(AgentConfigError, match="sink.mqtt.max_queued"):
+        parse_config(BASE + '[sink]\ntype = "mqtt"\nmax_queued = 0\n')
     with pytest.raises(AgentConfigError, match="input.stream.url"):
         parse_config(BASE + '[input]\ntype = "stream"\nurl = "ftp://x"\n')
