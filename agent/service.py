@@ -86,6 +86,7 @@ class AgentService:
             sink=self.sink,
             queue_size=config.engine.queue_size,
             monitor=self.monitor,
+            batch_size=config.engine.batch_size,
         )
         self.source: InputSource | None = None
         if config.input is not None:

@@ -226,6 +226,18 @@ def test_low_memory_profiles_turn_the_onnxruntime_memory_pattern_off() -> None:
         parse_config(BASE + '[engine]\ncpu_mem_arena = "sometimes"\n')
 
 
+def test_batch_size_comes_from_the_profile_and_fits_the_queue() -> None:
+    assert parse_config(BASE).engine.batch_size == 1
+    assert parse_config('profile = "x86_64"\n' + BASE).engine.batch_size == 4
+    assert parse_config('profile = "rpi-zero-2w"\n' + BASE).engine.batch_size == 1
+    mine = parse_config(BASE + "[engine]\nbatch_size = 8\nqueue_size = 16\n")
+    assert (mine.engine.batch_size, mine.engine.queue_size) == (8, 16)
+    with pytest.raises(AgentConfigError, match="must not exceed queue_size"):
+        parse_config(BASE + "[engine]\nbatch_size = 8\nqueue_size = 4\n")
+    with pytest.raises(AgentConfigError, match="engine.batch_size"):
+        parse_config(BASE + "[engine]\nbatch_size = 0\n")
+
+
 def test_outbox_budget_comes_from_the_profile_unless_set() -> None:
     from firmware_configs.profile import load_profile
 
