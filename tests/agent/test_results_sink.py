@@ -29,8 +29,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def device_id() -> str:
-    return f"rs-{secrets.token_hex(4)}"
+def device_id(mqtt_url: str) -> Iterator[str]:
+    """A fresh device id; retained state/status of the agent process are cleared afterwards."""
+    value = f"rs-{secrets.token_hex(4)}"
+    yield value
+    with Watcher(mqtt_url, value, name="cleanup") as cleaner:
+        for channel in (Channel.STATE, Channel.STATUS):
+            cleaner.publish(topic(value, channel), b"", retain=True)
 
 
 @pytest.fixture
@@ -144,3 +149,44 @@ def test_oversized_and_hostile_results_stay_within_the_contract(tmp_path: Path) 
             sink.encode({"source": "x", "outputs": {"y": np.zeros(2)}})
     finally:
         sink.close()
+
+
+def test_agent_process_publishes_results_with_an_mqtt_sink(
+    mqtt_url: str, device_id: str, tmp_path: Path, digits_v1: Path
+) -> None:
+    """``edgefleet agent run`` with ``[sink] type = "mqtt"``: a batch of images becomes one
+    Result per image (a corrupt one included) on the device's results topic."""
+    import json
+    import shutil
+
+    from agent.store import POINTER_FILE
+    from tests.agent.helpers import config_toml
+    from tests.agent.test_agent_process import AgentProcess
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(digits_v1, data_dir / "artifacts" / "digits" / "1.0.0")
+    (data_dir / POINTER_FILE).write_text(json.dumps({"name": "digits", "version": "1.0.0"}))
+    images = digits_images(tmp_path / "in", 6)
+    (tmp_path / "in" / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    text = config_toml(device_id=device_id, data_dir=data_dir, mqtt_url=mqtt_url)
+    text += f'\n[input]\ntype = "batch"\npath = "{tmp_path / "in"}"\n'
+    text += '\n[sink]\ntype = "mqtt"\nqos = 1\n'
+    config = tmp_path / "agent.toml"
+    config.write_text(text)
+    with Watcher(mqtt_url, device_id) as watcher:
+        agent = AgentProcess(config)
+        try:
+            assert "running" in agent.first_line()
+            received = _results(watcher, device_id, 7)
+        finally:
+            assert agent.stop() == 0, agent.stderr[-5:]
+    payloads = [decode(Channel.RESULTS, m.payload, device_id=device_id) for m in received]
+    by_input = {p.input_id: p for p in payloads if isinstance(p, Result)}
+    assert sorted(by_input) == sorted([p.name for p in images] + ["zz-corrupt.png"])
+    for path in images:
+        result = by_input[path.name]
+        assert result.output is not None and str(result.model) == "digits@1.0.0"
+        assert result.output["top_k"][0]["label"] == path.stem[-1]
+    assert by_input["zz-corrupt.png"].error is not None
+    seqs = [p.seq for p in payloads]
+    assert len(set(seqs)) == len(seqs)  # one counter with telemetry/events/state
