@@ -176,3 +176,22 @@ def test_onnxruntime_memory_options_reach_the_session(
     np.testing.assert_allclose(
         model.infer({"input": x})["probabilities"], reference["probabilities"]
     )
+
+
+@pytest.mark.parametrize("fixture", ["digits_v1", "digits_tflite"])
+def test_a_dropped_model_is_freed_at_once(fixture: str, request: pytest.FixtureRequest) -> None:
+    """No reference cycle through the bound ``infer``: a swapped-out model (and its runtime
+    session) goes when the last reference does, not at the next garbage collection."""
+    import gc
+    import weakref
+
+    model = load_model(request.getfixturevalue(fixture), options=OPTIONS)
+    name = model.manifest.inputs[0].name
+    model.infer({name: np.zeros((2, 64), np.float32)})  # the general path, then a new shape
+    gone = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert gone() is None
+    finally:
+        gc.enable()
