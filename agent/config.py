@@ -31,7 +31,10 @@ from agent.plugin_config import (
 from agent.probation import ProbationConfig
 from edgefleet.contract import DeviceId
 from firmware_configs.profile import (
+    BATCH_SIZE_FIELD,
+    CPU_MEM_ARENA_FIELD,
     GRAPH_OPTIMIZATION_FIELD,
+    MEM_PATTERN_FIELD,
     GraphOptimization,
     execution_providers_field,
 )
@@ -130,6 +133,18 @@ class EngineConfig(_Config):
     )
     graph_optimization: GraphOptimization = GRAPH_OPTIMIZATION_FIELD
     execution_providers: list[str] = execution_providers_field()
+    cpu_mem_arena: bool = CPU_MEM_ARENA_FIELD
+    mem_pattern: bool = MEM_PATTERN_FIELD
+    batch_size: int = BATCH_SIZE_FIELD
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> EngineConfig:
+        if self.batch_size > self.queue_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must not exceed queue_size ({self.queue_size}): "
+                "a batch is made of queued inputs"
+            )
+        return self
 
 
 class AgentConfig(_Config):
@@ -231,6 +246,9 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
     engine.setdefault("threads", profile.engine.threads)
     engine.setdefault("graph_optimization", profile.engine.graph_optimization)
     engine.setdefault("execution_providers", list(profile.engine.execution_providers))
+    engine.setdefault("cpu_mem_arena", profile.engine.cpu_mem_arena)
+    engine.setdefault("mem_pattern", profile.engine.mem_pattern)
+    engine.setdefault("batch_size", profile.engine.batch_size)
     engine.setdefault("queue_size", profile.input.queue_size)
     data["engine"] = engine
     telemetry = dict(data.get("telemetry") or {})

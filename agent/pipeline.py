@@ -4,6 +4,13 @@ Two threads, so capture and preprocessing of the next input overlap inference of
 one (OpenCV and the runtimes release the GIL). The queue is bounded: a live source (camera,
 stream) drops the oldest queued input when it is full; files, batch and HTTP wait for room.
 
+Batching: with ``batch_size`` > 1, the inference thread takes up to that many queued jobs from a
+non-live source (video, batch; no caller waiting) that fit together (same model, one row each,
+same shape) and runs them as one batch when the model's batch dimension is dynamic. It never
+waits for a batch to fill: it takes what is queued, so a slow source still gets batch 1 and a
+fast one fills batches while the previous run is going (the bounded queue is the back-pressure).
+A batch that fails is run again item by item, so every input gets what batch 1 would give it.
+
 Hot swap: each queued job carries the :class:`Serving` it was preprocessed for. The inference
 thread takes :attr:`ModelSlot.current` once per job; if the model was swapped in between and
 preprocesses differently, the job is preprocessed again for the new model from its raw input,
@@ -40,14 +47,16 @@ class Job:
     serving: Serving
     tensor: np.ndarray
     geometry: Geometry
+    #: May run in one batch with other jobs (a non-live source, no caller waiting).
+    batchable: bool = False
 
 
-def prepare(item: InputItem, serving: Serving) -> Job:
+def prepare(item: InputItem, serving: Serving, *, batchable: bool = False) -> Job:
     """Preprocess one item for one model; InputError if it cannot become its input."""
     pre = serving.preprocess
     tensor, size = pre.prepare(item.data, tensor=item.tensor)
     resize = pre.spec.resize if pre.spec is not None else None
-    return Job(item, serving, tensor, Geometry(source=size, resize=resize))
+    return Job(item, serving, tensor, Geometry(source=size, resize=resize), batchable)
 
 
 def _same_input(a: Serving, b: Serving) -> bool:
@@ -66,6 +75,7 @@ class Pipeline:
         sink: ResultSink | None = None,
         queue_size: int = 8,
         monitor: HealthMonitor | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.slot = slot
         self.monitor = monitor
@@ -73,6 +83,9 @@ class Pipeline:
         self.sink = sink
         self._on_error = on_error
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        self.batch_size = batch_size
+        #: Model runs so far (a batch of N is one run).
+        self.runs = 0
         #: Set when the source has no more items (a video ended, a batch is done).
         self.source_done = threading.Event()
         self._handled = 0
@@ -98,7 +111,7 @@ class Pipeline:
                         return
                     continue
                 try:
-                    job = prepare(item, serving)
+                    job = prepare(item, serving, batchable=not source.live and item.reply is None)
                 except InputError as err:
                     self._failed(item, err, err.kind)
                     continue
@@ -149,18 +162,86 @@ class Pipeline:
     # -- inference thread ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Run queued jobs until ``stop``; jobs left then are answered as not served."""
+        carry: Job | None = None
         while not stop.is_set():
-            try:
-                job = self.queue.get(timeout=0.2)
-            except queue.Empty:
+            if carry is not None:
+                job, carry = carry, None
+            else:
+                try:
+                    job = self.queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+            rows = self._batch_rows(job)
+            if rows <= 1:
+                self.process(job)
                 continue
-            self.process(job)
+            jobs = [job]
+            while len(jobs) < rows:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if not _fits(job, more):
+                    carry = more  # next round starts with it
+                    break
+                jobs.append(more)
+            if len(jobs) == 1:
+                self.process(job)
+            else:
+                self.process_batch(jobs)
+        leftover = [carry] if carry is not None else []
         while True:
             try:
-                job = self.queue.get_nowait()
+                leftover.append(self.queue.get_nowait())
             except queue.Empty:
                 break
+        for job in leftover:
             self._failed(job.item, ModelUnavailableError("the agent is stopping"), None)
+
+    def _batch_rows(self, job: Job) -> int:
+        """How many jobs may run together with ``job`` (1: alone)."""
+        if self.batch_size <= 1 or not job.batchable or job.tensor.shape[:1] != (1,):
+            return 1
+        first = job.serving.preprocess.tensor.shape[0]
+        return self.batch_size if isinstance(first, str) else 1  # a dynamic batch dimension
+
+    def process_batch(self, jobs: list[Job]) -> None:
+        """Run jobs of one row each as one batch; per item the same as :meth:`process`."""
+        serving = self.slot.current
+        if serving is None or any(j.serving is not serving for j in jobs):
+            for job in jobs:  # no model, or swapped: each job on its own path
+                self.process(job)
+            return
+        n = len(jobs)
+        try:
+            tensor = np.concatenate([j.tensor for j in jobs])
+            start = time.perf_counter()
+            outputs = serving.model.infer({serving.preprocess.tensor.name: tensor})
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            self.runs += 1
+            finite = _finite_rows(outputs, n)
+            results = serving.results(outputs, [j.geometry for j in jobs])
+        except Exception:  # run each alone: a failure is then reported for its input only
+            log.debug("batch failed; running its inputs one by one", extra={"size": n})
+            for job in jobs:
+                self.process(job)
+            return
+        top = serving.model.top1(outputs) if serving.model.scores_output else None
+        per_item_ms = elapsed_ms / n  # telemetry latency is per input (amortised)
+        for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
+            confidence = float(top[1][i]) if top else None
+            self.collector.record_inference(per_item_ms, confidence)
+            if self.monitor is not None:
+                self.monitor.record(
+                    serving.model.ref,
+                    latency_ms=per_item_ms,
+                    finite=finite[i],
+                    confidence=confidence,
+                )
+            result["source"] = job.item.source
+            if self.sink is not None:
+                self.sink.write(result)
+            self._done()
 
     def process(self, job: Job) -> None:
         item = job.item
@@ -175,6 +256,7 @@ class Pipeline:
             start = time.perf_counter()
             outputs = serving.model.infer({name: job.tensor})
             elapsed_ms = (time.perf_counter() - start) * 1000.0
+            self.runs += 1
             finite = _finite(outputs)
             rows = job.tensor.shape[0] if job.tensor.ndim else 1
             results = serving.results(outputs, [job.geometry] * rows)
@@ -217,6 +299,29 @@ class Pipeline:
         if item.reply is not None:
             item.reply(None, err)
         self._done()
+
+
+def _fits(first: Job, other: Job) -> bool:
+    """Can ``other`` run in one batch with ``first``?"""
+    return (
+        other.batchable
+        and other.serving is first.serving
+        and other.tensor.shape == first.tensor.shape
+        and other.tensor.dtype == first.tensor.dtype
+    )
+
+
+def _finite_rows(outputs: dict[str, np.ndarray], n: int) -> list[bool]:
+    """Per batch row: no NaN or Inf in its part of any floating-point output."""
+    ok = np.ones(n, dtype=bool)
+    for value in outputs.values():
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        if value.ndim and value.shape[0] == n:
+            ok &= np.isfinite(value.reshape(n, -1)).all(axis=1)
+        elif not np.isfinite(value).all():
+            ok[:] = False
+    return [bool(v) for v in ok]
 
 
 def _finite(outputs: dict[str, np.ndarray]) -> bool:

@@ -121,7 +121,23 @@ class StdoutSinkConfig(_Config):
     type: Literal["stdout"] = Field(description="Result sink kind.")
 
 
-SinkConfig = Annotated[FileSinkConfig | StdoutSinkConfig, Field(discriminator="type")]
+class MqttSinkConfig(_Config):
+    """One ``Result`` message per result on ``edgefleet/v1/<device>/results``, on the agent's
+    MQTT connection. Not stored and forwarded: while the broker is away results wait in a
+    bounded in-memory queue, and the oldest is dropped (and counted) when it is full."""
+
+    type: Literal["mqtt"] = Field(description="Result sink kind.")
+    qos: Literal[0, 1] = Field(
+        default=0, description="0: at most once (cheapest); 1: acknowledged by the broker."
+    )
+    max_queued: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Results held while the broker is away."
+    )
+
+
+SinkConfig = Annotated[
+    FileSinkConfig | StdoutSinkConfig | MqttSinkConfig, Field(discriminator="type")
+]
 
 
 # -- postprocessors --------------------------------------------------------------------------

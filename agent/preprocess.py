@@ -10,26 +10,38 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
-# A small PNG can declare a gigapixel image: cap what the decoder allocates (read at import).
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(64 * 1024 * 1024))
-# Bad inputs are counted and logged by the agent as JSON (InputError); OpenCV's own messages
-# about the same inputs would print free-form lines into the JSON log stream.
-os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+import numpy as np
 
-import cv2 as cv2  # noqa: E402  (the limit above must be set before OpenCV loads; re-exported)
-import numpy as np  # noqa: E402
+from agent.engine.quant import quantize
+from agent.errors import InputError
+from edgefleet.contract import Preprocessing, TensorSpec
 
-from agent.engine.quant import quantize  # noqa: E402
-from agent.errors import InputError  # noqa: E402
-from edgefleet.contract import Preprocessing, TensorSpec  # noqa: E402
-
-INTERPOLATION: dict[str, int] = {
-    "linear": cv2.INTER_LINEAR,
-    "nearest": cv2.INTER_NEAREST,
-    "area": cv2.INTER_AREA,
-    "cubic": cv2.INTER_CUBIC,
+#: cv2 constant names by the manifest's interpolation names (resolved when OpenCV loads).
+INTERPOLATION: dict[str, str] = {
+    "linear": "INTER_LINEAR",
+    "nearest": "INTER_NEAREST",
+    "area": "INTER_AREA",
+    "cubic": "INTER_CUBIC",
 }
+
+
+@cache
+def load_cv2() -> Any:
+    """OpenCV, imported on first use: only image decode/resize, video and some postprocessors
+    need it, and it costs ~20 MB of RSS, so a device serving tensors never loads it."""
+    # A small PNG can declare a gigapixel image: cap what the decoder allocates (read at import).
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(64 * 1024 * 1024))
+    # Bad inputs are counted and logged by the agent as JSON (InputError); OpenCV's own messages
+    # about the same inputs would print free-form lines into the JSON log stream.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    import cv2
+
+    return cv2
+
+
 NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -158,6 +170,7 @@ class Preprocessor:
         spec = self.spec
         if spec is None:
             raise InputError("the model has no preprocessing: send .npy tensors", kind="bad_input")
+        cv2 = load_cv2()
         if spec.color == "gray" and image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         elif spec.color != "gray" and image.ndim == 2:
@@ -192,9 +205,11 @@ class Preprocessor:
         if spec.resize is None:
             return image
         r = spec.resize
-        interp = INTERPOLATION[r.interpolation]
+        cv2 = load_cv2()
+        interp = getattr(cv2, INTERPOLATION[r.interpolation])
         if r.mode == "stretch":
-            return cv2.resize(image, (r.width, r.height), interpolation=interp)
+            stretched: np.ndarray = cv2.resize(image, (r.width, r.height), interpolation=interp)
+            return stretched
         h, w = image.shape[:2]
         box = letterbox_geometry(w, h, r.width, r.height)
         resized = cv2.resize(image, (box.width, box.height), interpolation=interp)
@@ -207,9 +222,10 @@ def decode(data: bytes, *, gray: bool) -> np.ndarray:
     """Decode 8-bit BGR (or gray) pixels; InputError if the bytes are not an image."""
     if not data:
         raise InputError("empty file", kind="corrupt_image")
+    cv2 = load_cv2()
     flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
     try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+        image: np.ndarray | None = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error as err:
         detail = str(err).strip()[:200]
         raise InputError(f"cannot decode image: {detail}", kind="corrupt_image") from err

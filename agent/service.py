@@ -29,7 +29,7 @@ from agent.probation import HealthMonitor
 from agent.publisher import Publisher, status_payload
 from agent.sdnotify import SystemdNotifier
 from agent.seq import SequenceCounter
-from agent.sinks import ResultSink, create_sink
+from agent.sinks import ResultSink, SinkContext, create_sink
 from agent.state import AgentState, ModelSlot, Snapshot
 from agent.store import DataDir
 from agent.telemetry import TelemetryCollector, rss_mb
@@ -63,21 +63,6 @@ class AgentService:
         self.collector = TelemetryCollector(device_id=self.device_id, data_dir=config.data_dir)
         self.slot = ModelSlot()
         self.monitor = HealthMonitor(config.probation)
-        self.sink: ResultSink | None = create_sink(config.sink) if config.sink else None
-        self.pipeline = Pipeline(
-            slot=self.slot,
-            collector=self.collector,
-            on_error=self._input_error,
-            sink=self.sink,
-            queue_size=config.engine.queue_size,
-            monitor=self.monitor,
-        )
-        self.source: InputSource | None = None
-        if config.input is not None:
-            context = SourceContext(
-                on_error=self._input_error, health=self.health, metrics=self.metrics_text
-            )
-            self.source = create_source(config.input, context=context)
         self.transport = MqttTransport(
             _broker(config),
             client_id=f"edgefleet-agent-{self.device_id}",
@@ -85,6 +70,30 @@ class AgentService:
             on_connect=self._on_connect,
             keepalive=config.mqtt.keepalive,
         )
+        sink_context = SinkContext(
+            device_id=self.device_id,
+            transport=self.transport,
+            next_seq=self.seq.next,
+            on_drop=self._results_dropped,
+        )
+        self.sink: ResultSink | None = (
+            create_sink(config.sink, context=sink_context) if config.sink else None
+        )
+        self.pipeline = Pipeline(
+            slot=self.slot,
+            collector=self.collector,
+            on_error=self._input_error,
+            sink=self.sink,
+            queue_size=config.engine.queue_size,
+            monitor=self.monitor,
+            batch_size=config.engine.batch_size,
+        )
+        self.source: InputSource | None = None
+        if config.input is not None:
+            context = SourceContext(
+                on_error=self._input_error, health=self.health, metrics=self.metrics_text
+            )
+            self.source = create_source(config.input, context=context)
         try:
             outbox = Outbox(config.data_dir / OUTBOX_FILE, max_bytes=config.outbox.max_bytes)
         except OutboxError as err:
@@ -124,6 +133,8 @@ class AgentService:
             threads=engine.threads,
             graph_optimization=engine.graph_optimization,
             execution_providers=tuple(engine.execution_providers),
+            cpu_mem_arena=engine.cpu_mem_arena,
+            mem_pattern=engine.mem_pattern,
         )
         return load_model(path, options=options, trusted_keys=self.trusted_keys)
 
@@ -237,6 +248,8 @@ class AgentService:
         self.updater.wake()
         for thread in threads:
             thread.join(timeout=5.0)
+        if self.sink is not None:
+            self.sink.close()  # before the connection goes: an MQTT sink flushes on it
         self.publisher.event("agent.stopping")
         deadline = time.monotonic() + SHUTDOWN_ACK_TIMEOUT_S
         flushed = self.forwarder.flush(SHUTDOWN_ACK_TIMEOUT_S)
@@ -252,8 +265,6 @@ class AgentService:
             )
         self.transport.close()
         self.forwarder.close()
-        if self.sink is not None:
-            self.sink.close()
 
     # -- threads -------------------------------------------------------------------------------
     def _input_loop(self, source: InputSource, stop: threading.Event) -> None:
@@ -261,6 +272,10 @@ class AgentService:
         self.pipeline.feed(source, stop)
         if not stop.is_set():
             log.info("input finished", extra={"source": type(source).__name__})
+
+    def _results_dropped(self, count: int) -> None:
+        for _ in range(count):
+            self.collector.record_error("result_dropped")
 
     def _input_error(self, kind: str, detail: str) -> None:
         self.collector.record_error(kind)

@@ -40,9 +40,10 @@ class Serving:
     ) -> list[dict[str, Any]]:
         """Postprocessed results, one per batch row, each naming the model."""
         results = self.postprocess(self.model.real(outputs), geometry)
-        ref = str(self.model.ref)
+        ref, task = str(self.model.ref), self.model.manifest.task
         for result in results:
             result["model"] = ref
+            result["task"] = task
         return results
 
 

@@ -8,6 +8,7 @@ device only pays for the runtime its model needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -15,6 +16,8 @@ from typing import Literal, Protocol
 import numpy as np
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
+#: A pre-bound runner for a one-input, one-output model: input array → output array.
+SingleRunner = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,10 @@ class BackendOptions:
     graph_optimization: GraphOptimization = "all"
     #: onnxruntime execution providers, in order of preference.
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    #: onnxruntime CPU memory arena (off: every tensor is malloc'd and freed).
+    cpu_mem_arena: bool = True
+    #: onnxruntime memory pattern: pre-plans one block for the intermediate tensors.
+    mem_pattern: bool = True
 
 
 class Session(Protocol):
@@ -43,6 +50,12 @@ class Session(Protocol):
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run once; returns the outputs in :attr:`output_names` order."""
+        ...
+
+    def single(self) -> SingleRunner | None:
+        """For a one-input, one-output model: a runner with everything per-model bound once
+        (names, tensor indices), for inputs the engine has already checked; None otherwise.
+        It raises InferenceError like :meth:`run`."""
         ...
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.engine.base import BackendOptions, Session
+from agent.engine.base import BackendOptions, Session, SingleRunner
 from agent.errors import InferenceError, ModelLoadError
 
 
@@ -103,6 +103,29 @@ class LiteRTSession:
             return [get(i) for i in self._out_index]
         except (ValueError, RuntimeError) as err:
             raise InferenceError(f"litert: {_first_line(err)}") from err
+
+    def single(self) -> SingleRunner | None:
+        if self._single is None:
+            return None
+        _, index, out = self._single
+        set_tensor, invoke, get, resize = self._set, self._invoke, self._get, self._resize
+
+        def run_single(value: np.ndarray) -> np.ndarray:
+            # No shape bookkeeping per call: the interpreter checks the shape against the
+            # allocated one itself, and only a refusal (a new batch size) costs a resize.
+            try:
+                try:
+                    set_tensor(index, value)
+                except ValueError:
+                    resize(index, value.shape)
+                    set_tensor(index, value)
+                invoke()
+                result: np.ndarray = get(out)
+            except (ValueError, RuntimeError) as err:
+                raise InferenceError(f"litert: {_first_line(err)}") from err
+            return result
+
+        return run_single
 
     def _resize(self, index: int, shape: tuple[int, ...]) -> None:
         self._resize_input(index, np.asarray(shape, dtype=np.int32), True)

@@ -8,13 +8,13 @@ precomputed specs and hands them straight to the runtime.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from agent.engine.base import BackendOptions, Session
+from agent.engine.base import BackendOptions, Session, SingleRunner
 from agent.engine.quant import dequantize
 from agent.engine.registry import backend_for
 from agent.errors import InferenceError, ModelLoadError
@@ -25,6 +25,8 @@ from edgefleet.contract import Manifest, ModelRef, TensorSpec
 MAX_SELFTEST_BYTES = 64 * 1024 * 1024
 #: Shapes remembered per input as already checked (dynamic dims: batch sizes seen).
 MAX_ACCEPTED_SHAPES = 16
+
+Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,14 @@ def static_shape(spec: TensorSpec, *, dynamic: int = 1) -> tuple[int, ...]:
 
 
 class LoadedModel:
-    """A verified, warmed-up, self-tested model; safe to call from one thread at a time."""
+    """A verified, warmed-up, self-tested model; safe to call from one thread at a time.
+
+    ``infer(batch)`` runs one batch (InferenceError names the input that does not fit). For a
+    one-input, one-output model it is a closure with everything bound at load, which hands an
+    already-accepted input straight to the backend's :meth:`~Session.single` runner.
+    """
+
+    infer: Infer
 
     def __init__(self, *, manifest: Manifest, directory: Path, session: Session) -> None:
         self.manifest = manifest
@@ -78,15 +87,12 @@ class LoadedModel:
             )
             for s in manifest.inputs
         )
-        self._n_inputs = len(self._inputs)
-        #: (name, dtype, shapes already checked) per input, for the fast path of :meth:`infer`.
-        self._fast = tuple(
-            (spec.name, np.dtype(spec.dtype), set() if spec.static is None else {spec.static})
-            for spec in self._inputs
-        )
-        self._input_names = frozenset(s.name for s in manifest.inputs)
         self._output_names = tuple(session.output_names)
-        self._run = session.run
+        # Neither callable refers back to this object (no reference cycle: a swapped-out
+        # model and its runtime session are freed as soon as the last job drops it).
+        checked = _CheckedInfer(self._inputs, session.run, self._output_names)
+        single = session.single() if len(self._inputs) == 1 else None
+        self.infer = _single_path(checked, single) if single is not None else checked
         self.scores_output = _scores_output(manifest)
         #: Quantized outputs: name → params, for :meth:`real`.
         self.output_quant = {
@@ -98,31 +104,6 @@ class LoadedModel:
     @property
     def ref(self) -> ModelRef:
         return self.manifest.ref
-
-    def infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; InferenceError names the input that does not fit."""
-        # Fast path: every input has the dtype (builtin dtypes are singletons, so ``is``
-        # decides) and a shape already accepted for it.
-        if len(batch) == self._n_inputs:
-            try:
-                for name, dtype, accepted in self._fast:
-                    value = batch[name]
-                    if value.dtype is not dtype or value.shape not in accepted:
-                        break
-                else:
-                    # strict=False: a session returns one array per output name by contract.
-                    return dict(zip(self._output_names, self._run(batch), strict=False))
-            except (KeyError, AttributeError):
-                pass  # not a fast-path batch: the checks below name what is wrong
-        for spec in self._inputs:
-            spec.check(batch.get(spec.name))
-        if len(batch) != self._n_inputs:
-            extra = sorted(set(batch) - self._input_names)
-            raise InferenceError(f"unknown inputs {extra[:5]}")
-        for (_, _, accepted), spec in zip(self._fast, self._inputs, strict=True):
-            if len(accepted) < MAX_ACCEPTED_SHAPES:
-                accepted.add(batch[spec.name].shape)
-        return dict(zip(self._output_names, self._run(batch), strict=True))
 
     def real(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs with quantized tensors turned into real values (scale/zero-point)."""
@@ -144,6 +125,73 @@ class LoadedModel:
             scores = shifted / shifted.sum(axis=1, keepdims=True)
         index = scores.argmax(axis=1)
         return index, scores[np.arange(scores.shape[0]), index]
+
+
+class _CheckedInfer:
+    """The general ``infer``: checks each input against the manifest, then runs the session.
+
+    Shapes already accepted per input are remembered, so a repeated batch is checked with one
+    dtype identity test and one set lookup per input.
+    """
+
+    def __init__(
+        self,
+        inputs: tuple[_InputSpec, ...],
+        run: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+        output_names: tuple[str, ...],
+    ) -> None:
+        self.inputs = inputs
+        self.n_inputs = len(inputs)
+        #: (name, dtype, shapes already checked) per input.
+        self.fast = tuple(
+            (spec.name, spec.dtype, set() if spec.static is None else {spec.static})
+            for spec in inputs
+        )
+        self.input_names = frozenset(spec.name for spec in inputs)
+        self.output_names = output_names
+        self.run = run
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Fast path: every input has the dtype (builtin dtypes are singletons, so ``is``
+        # decides) and a shape already accepted for it.
+        if len(batch) == self.n_inputs:
+            try:
+                for name, dtype, accepted in self.fast:
+                    value = batch[name]
+                    if value.dtype is not dtype or value.shape not in accepted:
+                        break
+                else:
+                    # strict=False: a session returns one array per output name by contract.
+                    return dict(zip(self.output_names, self.run(batch), strict=False))
+            except (KeyError, AttributeError):
+                pass  # not a fast-path batch: the checks below name what is wrong
+        for spec in self.inputs:
+            spec.check(batch.get(spec.name))
+        if len(batch) != self.n_inputs:
+            extra = sorted(set(batch) - self.input_names)
+            raise InferenceError(f"unknown inputs {extra[:5]}")
+        for (_, _, accepted), spec in zip(self.fast, self.inputs, strict=True):
+            if len(accepted) < MAX_ACCEPTED_SHAPES:
+                accepted.add(batch[spec.name].shape)
+        return dict(zip(self.output_names, self.run(batch), strict=True))
+
+
+def _single_path(checked: _CheckedInfer, run: SingleRunner) -> Infer:
+    """``infer`` for one input and one output, kept to one frame per call: an input of the
+    model's dtype and an accepted shape goes straight to the backend's single runner."""
+    name, dtype, accepted = checked.fast[0]
+    out = checked.output_names[0]
+    ndarray = np.ndarray
+
+    def infer(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(batch) == 1:
+            value = batch.get(name)
+            # dtype: builtin dtypes are singletons, so ``is`` decides.
+            if value.__class__ is ndarray and value.dtype is dtype and value.shape in accepted:
+                return {out: run(value)}
+        return checked(batch)
+
+    return infer
 
 
 def _scores_output(manifest: Manifest) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.engine.base import BackendOptions, Session
+from agent.engine.base import BackendOptions, Session, SingleRunner
 from agent.errors import InferenceError, ModelLoadError
 
 #: onnxruntime's ``tensor(...)`` type strings → numpy element types.
@@ -53,6 +53,20 @@ class OnnxSession:
             raise InferenceError(f"onnxruntime: {_first_line(err)}") from err
         return outputs
 
+    def single(self) -> SingleRunner | None:
+        if len(self._inputs) != 1 or len(self._outputs) != 1:
+            return None
+        run, name, outputs = self._run, self._inputs[0], self._outputs
+
+        def run_single(value: np.ndarray) -> np.ndarray:
+            try:
+                result: np.ndarray = run(outputs, {name: value}, None)[0]
+            except Exception as err:  # onnxruntime raises its own untyped exceptions
+                raise InferenceError(f"onnxruntime: {_first_line(err)}") from err
+            return result
+
+        return run_single
+
 
 class OnnxBackend:
     name = "onnx"
@@ -72,6 +86,8 @@ class OnnxBackend:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = levels[options.graph_optimization]
         so.log_severity_level = 3
+        so.enable_cpu_mem_arena = options.cpu_mem_arena
+        so.enable_mem_pattern = options.mem_pattern
         available = set(ort.get_available_providers())
         providers = [p for p in options.execution_providers if p in available]
         if not providers:

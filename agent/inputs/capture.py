@@ -15,7 +15,10 @@ from typing import Any
 
 from agent.inputs.base import ErrorReporter, InputItem
 from agent.plugin_config import CameraInputConfig, StreamInputConfig, VideoInputConfig
-from agent.preprocess import cv2
+from agent.preprocess import load_cv2
+
+# Every capture source reads through OpenCV: loaded when this module is (on first use).
+cv2 = load_cv2()
 
 CaptureOpener = Callable[[int | str], Any]
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 
 from agent.errors import ModelLoadError
 from agent.plugin_config import DetectionPostConfig
 from agent.postprocess.base import Geometry, input_size, label_of
+from agent.preprocess import load_cv2
 from edgefleet.contract import Manifest, TensorSpec
 
 
@@ -102,7 +102,7 @@ class Detection:
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         if len(scores):
             xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-            picked = cv2.dnn.NMSBoxesBatched(
+            picked = load_cv2().dnn.NMSBoxesBatched(
                 xywh.tolist(),
                 scores.tolist(),
                 classes.astype(np.int32).tolist(),

@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import cv2
 import numpy as np
 
 from agent.errors import ModelLoadError
 from agent.plugin_config import SegmentationPostConfig
 from agent.postprocess.base import Geometry, label_of
-from agent.preprocess import letterbox_geometry
+from agent.preprocess import letterbox_geometry, load_cv2
 from edgefleet.contract import Manifest
 
 
@@ -51,7 +50,7 @@ class Segmentation:
             },
         }
         if self.config.include_mask:
-            ok, png = cv2.imencode(".png", classes)
+            ok, png = load_cv2().imencode(".png", classes)
             if ok:
                 result["mask_png"] = base64.b64encode(png.tobytes()).decode("ascii")
         return result
@@ -71,5 +70,6 @@ class Segmentation:
             classes = classes[
                 y0 : y0 + max(1, round(box.height * fy)), x0 : x0 + max(1, round(box.width * fx))
             ]
+        cv2 = load_cv2()
         resized: np.ndarray = cv2.resize(classes, (w, h), interpolation=cv2.INTER_NEAREST)
         return resized

@@ -9,7 +9,7 @@ has no sequence number.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -21,6 +21,7 @@ from edgefleet.contract.common import (
     Strict,
 )
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.manifest import Task
 from edgefleet.contract.parsing import load_json_object, migrate, validate
 from edgefleet.contract.topics import Channel
 
@@ -156,13 +157,32 @@ class DesiredState(Strict):
     model: DesiredModel | None = Field(description="None: run no model.")
 
 
-Payload = Telemetry | State | Event | Status | DesiredState
+class Result(Envelope):
+    """One postprocessed inference result, published by the ``mqtt`` result sink.
+
+    ``output`` is what the task's postprocessor made (``top_k``, ``detections``, ``classes``,
+    ``outputs``...); a failed input has ``error`` instead. Results are not stored and forwarded:
+    a device that is offline drops them (oldest first).
+    """
+
+    kind: Literal["result"] = "result"
+    model: ModelRef | None = Field(description="The model that produced it (None: no model).")
+    input_id: str = Field(max_length=512, description="Where the input came from.")
+    task: Task | None = Field(default=None, description="The model's task.")
+    output: dict[str, Any] | None = Field(
+        default=None, description="The postprocessed output; None for a failed input."
+    )
+    error: str | None = Field(default=None, max_length=2000, description="Why the input failed.")
+
+
+Payload = Telemetry | State | Event | Status | DesiredState | Result
 PAYLOAD_TYPES: dict[Channel, type[Payload]] = {
     Channel.TELEMETRY: Telemetry,
     Channel.STATE: State,
     Channel.EVENTS: Event,
     Channel.STATUS: Status,
     Channel.DESIRED: DesiredState,
+    Channel.RESULTS: Result,
 }
 
 

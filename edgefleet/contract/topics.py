@@ -12,6 +12,9 @@ events      device → server  1   no        :class:`~edgefleet.contract.payload
 status      device → server  1   yes       :class:`~edgefleet.contract.payloads.Status`;
                                            the Last Will is ``status=offline``
 desired     server → device  1   yes       :class:`~edgefleet.contract.payloads.DesiredState`
+results     device → server  0   no        :class:`~edgefleet.contract.payloads.Result` (the
+                                           ``mqtt`` result sink; QoS 0 or 1 by its config; not
+                                           ingested by the server)
 ==========  ==============  ===  ========  ====================================================
 """
 
@@ -35,6 +38,7 @@ class Channel(StrEnum):
     EVENTS = "events"
     STATUS = "status"
     DESIRED = "desired"
+    RESULTS = "results"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ CHANNELS: dict[Channel, ChannelSpec] = {
     Channel.EVENTS: ChannelSpec(qos=1, retained=False, from_device=True),
     Channel.STATUS: ChannelSpec(qos=1, retained=True, from_device=True),
     Channel.DESIRED: ChannelSpec(qos=1, retained=True, from_device=False),
+    # The default QoS; the sink's config may raise it to 1.
+    Channel.RESULTS: ChannelSpec(qos=0, retained=False, from_device=True),
 }
 
 

@@ -5,8 +5,8 @@ The broker knows nothing about the database: the server hands it an :class:`Auth
 worker thread. The rule it then enforces is the contract's topic layout:
 
 * the server identity may publish, subscribe and receive anything;
-* a device may publish only to ``edgefleet/v1/<its id>/{telemetry,state,events,status}`` (its
-  Last Will included), and subscribe to / receive only ``edgefleet/v1/<its id>/desired``
+* a device may publish only to ``edgefleet/v1/<its id>/{telemetry,state,events,status,results}``
+  (its Last Will included), and subscribe to / receive only ``edgefleet/v1/<its id>/desired``
   (exactly that filter: no wildcards).
 
 The same rule, written for Mosquitto, is in :mod:`fleet_server.services.mosquitto`.
@@ -20,7 +20,7 @@ from typing import Protocol
 from edgefleet.contract import CHANNELS, Channel, topic
 from edgefleet.contract.errors import ContractError
 
-#: Channels a device publishes on (telemetry, state, events, status).
+#: Channels a device publishes on (telemetry, state, events, status, results).
 DEVICE_PUBLISH_CHANNELS = tuple(channel for channel, spec in CHANNELS.items() if spec.from_device)
 #: Channels a device subscribes to (desired).
 DEVICE_SUBSCRIBE_CHANNELS = tuple(

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from edgefleet.contract import (
+    CHANNELS,
     MAX_PAYLOAD_BYTES,
     Channel,
     ContractError,
@@ -191,6 +192,8 @@ class IngestWriter:
             self._reject("bad_topic", message, "not an ingest topic")
             return None
         if channel not in _INGESTED:
+            if CHANNELS[channel].from_device:
+                return None  # a device channel the server does not store (results): not an error
             self._reject("bad_topic", message, f"{channel.value} is not ingested")
             return None
         if len(message.payload) > MAX_PAYLOAD_BYTES:

@@ -215,6 +215,29 @@ def test_profile_values_are_defaults_the_file_can_override() -> None:
     assert mine.engine.queue_size == 4  # still from the profile
 
 
+def test_low_memory_profiles_turn_the_onnxruntime_memory_pattern_off() -> None:
+    zero = parse_config('profile = "rpi-zero-2w"\n' + BASE)
+    assert (zero.engine.cpu_mem_arena, zero.engine.mem_pattern) == (True, False)
+    assert parse_config('profile = "rpi4"\n' + BASE).engine.mem_pattern is True
+    assert parse_config(BASE).engine.mem_pattern is True  # no profile: onnxruntime's default
+    mine = parse_config('profile = "rpi-zero-2w"\n' + BASE + "[engine]\nmem_pattern = true\n")
+    assert mine.engine.mem_pattern is True
+    with pytest.raises(AgentConfigError, match="engine.cpu_mem_arena"):
+        parse_config(BASE + '[engine]\ncpu_mem_arena = "sometimes"\n')
+
+
+def test_batch_size_comes_from_the_profile_and_fits_the_queue() -> None:
+    assert parse_config(BASE).engine.batch_size == 1
+    assert parse_config('profile = "x86_64"\n' + BASE).engine.batch_size == 4
+    assert parse_config('profile = "rpi-zero-2w"\n' + BASE).engine.batch_size == 1
+    mine = parse_config(BASE + "[engine]\nbatch_size = 8\nqueue_size = 16\n")
+    assert (mine.engine.batch_size, mine.engine.queue_size) == (8, 16)
+    with pytest.raises(AgentConfigError, match="must not exceed queue_size"):
+        parse_config(BASE + "[engine]\nbatch_size = 8\nqueue_size = 4\n")
+    with pytest.raises(AgentConfigError, match="engine.batch_size"):
+        parse_config(BASE + "[engine]\nbatch_size = 0\n")
+
+
 def test_outbox_budget_comes_from_the_profile_unless_set() -> None:
     from firmware_configs.profile import load_profile
 
@@ -254,5 +277,11 @@ def test_plugin_configs_parse_and_reject_unknown_keys() -> None:
     assert config.postprocess is not None and config.postprocess.type == "detection"
     with pytest.raises(AgentConfigError, match="sink.stdout.path: Extra inputs"):
         parse_config(BASE + '[sink]\ntype = "stdout"\npath = "x"\n')
+    mqtt = parse_config(BASE + '[sink]\ntype = "mqtt"\nqos = 1\n').sink
+    assert mqtt is not None and mqtt.type == "mqtt" and (mqtt.qos, mqtt.max_queued) == (1, 1000)
+    with pytest.raises(AgentConfigError, match="sink.mqtt.qos"):
+        parse_config(BASE + '[sink]\ntype = "mqtt"\nqos = 2\n')
+    with pytest.raises(AgentConfigError, match="sink.mqtt.max_queued"):
+        parse_config(BASE + '[sink]\ntype = "mqtt"\nmax_queued = 0\n')
     with pytest.raises(AgentConfigError, match="input.stream.url"):
         parse_config(BASE + '[input]\ntype = "stream"\nurl = "ftp://x"\n')

@@ -161,3 +161,37 @@ def test_signed_manifests_only_when_keys_are_trusted(artifact_copy: Path, tmp_pa
     other = (tmp_path / "other.pub").read_bytes()
     with pytest.raises(ModelLoadError, match="untrusted key"):
         load_model(artifact_copy, options=OPTIONS, trusted_keys=[other])
+
+
+@pytest.mark.parametrize(("arena", "pattern"), [(True, True), (True, False), (False, False)])
+def test_onnxruntime_memory_options_reach_the_session(
+    digits_v1: Path, arena: bool, pattern: bool
+) -> None:
+    options = BackendOptions(threads=1, cpu_mem_arena=arena, mem_pattern=pattern)
+    model = load_model(digits_v1, options=options)
+    so = model._session._session.get_session_options()  # type: ignore[attr-defined]
+    assert (so.enable_cpu_mem_arena, so.enable_mem_pattern) == (arena, pattern)
+    x = load_digits().data[1400:1410].astype(np.float32)
+    reference = load_model(digits_v1, options=OPTIONS).infer({"input": x})
+    np.testing.assert_allclose(
+        model.infer({"input": x})["probabilities"], reference["probabilities"]
+    )
+
+
+@pytest.mark.parametrize("fixture", ["digits_v1", "digits_tflite"])
+def test_a_dropped_model_is_freed_at_once(fixture: str, request: pytest.FixtureRequest) -> None:
+    """No reference cycle through the bound ``infer``: a swapped-out model (and its runtime
+    session) goes when the last reference does, not at the next garbage collection."""
+    import gc
+    import weakref
+
+    model = load_model(request.getfixturevalue(fixture), options=OPTIONS)
+    name = model.manifest.inputs[0].name
+    model.infer({name: np.zeros((2, 64), np.float32)})  # the general path, then a new shape
+    gone = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert gone() is None
+    finally:
+        gc.enable()

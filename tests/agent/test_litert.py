@@ -157,3 +157,25 @@ def test_tflite_runtime_is_the_fallback_import(
     model = load_model(digits_tflite, options=OPTIONS)
     assert used == [str(digits_tflite / "model.tflite")]
     assert isinstance(model._session, LiteRTSession)
+
+
+def test_single_path_resizes_between_batch_sizes_and_still_checks(digits_tflite: Path) -> None:
+    """The one-input fast path: batch sizes alternate (the interpreter refuses the allocated
+    shape, the runner resizes), results match per row, and bad inputs still get the engine's
+    own error."""
+    model = load_model(digits_tflite, options=OPTIONS)
+    name = model.manifest.inputs[0].name
+    key = model.manifest.outputs[0].name
+    x = load_digits().data[:5].astype(np.float32)
+    reference = [model.infer({name: x[i : i + 1]})[key][0] for i in range(5)]
+    for rows in (5, 1, 3, 1, 5, 2):
+        out = model.infer({name: x[:rows]})[key]
+        assert out.shape[0] == rows
+        for i in range(rows):
+            np.testing.assert_allclose(out[i], reference[i], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InferenceError, match="dtype float64"):
+        model.infer({name: x[:1].astype(np.float64)})
+    with pytest.raises(InferenceError, match="does not fit"):
+        model.infer({name: x[:1, :63]})
+    with pytest.raises(InferenceError, match="unknown inputs"):
+        model.infer({name: x[:1], "extra": x[:1]})

@@ -43,7 +43,9 @@ def conv(tmp_path_factory: pytest.TempPathFactory) -> Serving:
 
 
 class Harness:
-    def __init__(self, serving: Serving | None, tmp: Path, queue_size: int = 4) -> None:
+    def __init__(
+        self, serving: Serving | None, tmp: Path, queue_size: int = 4, batch_size: int = 1
+    ) -> None:
         self.slot = ModelSlot()
         if serving is not None:
             self.slot.swap(serving)
@@ -62,20 +64,34 @@ class Harness:
             on_error=on_error,
             sink=self.sink,
             queue_size=queue_size,
+            batch_size=batch_size,
         )
         self.context = SourceContext(on_error=on_error)
 
     def source(self, config: InputConfig) -> InputSource:
         return create_source(config, context=self.context)
 
-    def run(self, source: InputSource, until: Callable[[], bool], timeout: float = 20) -> None:
+    def run(
+        self,
+        source: InputSource,
+        until: Callable[[], bool],
+        timeout: float = 20,
+        *,
+        prefill: bool = False,
+    ) -> None:
+        """Feed and infer until ``until()``; ``prefill``: inference starts once the queue is
+        full (so a batch forms whatever the machine's timing)."""
         stop = threading.Event()
         threads = [
-            threading.Thread(target=self.pipeline.run, args=(stop,)),
             threading.Thread(target=self.pipeline.feed, args=(source, stop)),
+            threading.Thread(target=self.pipeline.run, args=(stop,)),
         ]
-        for t in threads:
-            t.start()
+        threads[0].start()
+        if prefill:
+            deadline = time.monotonic() + timeout
+            while not self.pipeline.queue.full() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        threads[1].start()
         deadline = time.monotonic() + timeout
         while not until() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -151,6 +167,66 @@ def test_batch_npy_rows_to_results_file(digits_v1: Path, tmp_path: Path) -> None
     assert [r["source"] for r in lines] == [f"samples.npy[{i}]" for i in range(50)]
     labels = np.array([int(r["top_k"][0]["label"]) for r in lines])
     assert (labels == digits.target[1400:1450]).mean() > 0.9
+
+
+def _run_batch(
+    serving: Serving, tmp: Path, source_config: BatchInputConfig, batch: int, n: int
+) -> tuple[dict[str, dict[str, Any]], Harness]:
+    h = Harness(serving, tmp, queue_size=16, batch_size=batch)
+    h.run(
+        h.source(source_config),
+        lambda: h.pipeline.source_done.is_set() and h.pipeline.handled == n,
+        prefill=True,
+    )
+    return {r["source"]: r for r in h.lines()}, h
+
+
+def test_batch_8_gives_every_input_what_batch_1_gives(digits_v1: Path, tmp_path: Path) -> None:
+    """Images, .npy files and a broken file from one folder: batched runs, same results."""
+    serving = Serving.of(load_model(digits_v1, options=BackendOptions()))
+    folder = tmp_path / "in"
+    digits_images(folder, 30)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    for i in range(5):
+        row = load_digits().data[1500 + i].astype(np.float32)
+        (folder / f"zrow{i}.npy").write_bytes(_npy(row))
+    config = BatchInputConfig(type="batch", path=folder)
+    one, h1 = _run_batch(serving, tmp_path / "b1", config, 1, 36)
+    eight, h8 = _run_batch(serving, tmp_path / "b8", config, 8, 36)
+    assert sorted(one) == sorted(eight) and len(one) == 36
+    assert eight["broken.png"]["kind"] == "corrupt_image" == one["broken.png"]["kind"]
+    for source, expected in one.items():
+        got = eight[source]
+        assert set(got) == set(expected), source
+        if "top_k" in expected:
+            assert [c["label"] for c in got["top_k"]] == [c["label"] for c in expected["top_k"]]
+            np.testing.assert_allclose(
+                [c["score"] for c in got["top_k"]],
+                [c["score"] for c in expected["top_k"]],
+                rtol=1e-5,
+                atol=1e-6,
+            )
+    assert h1.pipeline.runs == 35  # every input that could be read, one run each
+    assert h8.pipeline.runs < 35 // 2, h8.pipeline.runs  # batches of up to 8
+    totals = h8.collector.totals()
+    assert totals.inferences == 35 and totals.errors == {"corrupt_image": 1}
+
+
+def test_live_sources_and_waiting_callers_are_not_batched(digits_v1: Path, tmp_path: Path) -> None:
+    serving = Serving.of(load_model(digits_v1, options=BackendOptions()))
+    rows = load_digits().data[:10].astype(np.float32)
+    replies: list[Any] = []
+    items = [InputItem(f"live{i}", rows[i], tensor=True) for i in range(5)]
+    h = Harness(serving, tmp_path, queue_size=16, batch_size=8)
+    h.run(ListSource(items, live=True), lambda: h.pipeline.handled == 5, prefill=False)
+    assert h.pipeline.runs == 5
+    waiting = [
+        InputItem(f"r{i}", rows[i], tensor=True, reply=lambda r, e: replies.append((r, e)))
+        for i in range(5)
+    ]
+    h2 = Harness(serving, tmp_path / "2", queue_size=5, batch_size=4)
+    h2.run(ListSource(waiting), lambda: h2.pipeline.handled == 5, prefill=True)
+    assert h2.pipeline.runs == 5 and len(replies) == 5
 
 
 class FakeCamera:

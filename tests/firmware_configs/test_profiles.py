@@ -43,6 +43,12 @@ def test_each_bad_field_is_named(tmp_path: Path) -> None:
         )
     with pytest.raises(ProfileError, match="Extra inputs"):
         load_profile(_write(tmp_path, text + "\nsurprise = 1\n"))
+    with pytest.raises(ProfileError, match=r"batch_size \(8\) exceeds input.queue_size"):
+        load_profile(_write(tmp_path, text.replace("batch_size = 4", "batch_size = 8")))
+    with pytest.raises(ProfileError, match="mem_pattern"):
+        load_profile(
+            _write(tmp_path, text.replace("[engine]", '[engine]\nmem_pattern = "sometimes"'))
+        )
 
 
 @pytest.mark.parametrize("text", ["not = [valid", "\x00\x01", "a = 1"])

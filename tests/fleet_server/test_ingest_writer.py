@@ -108,3 +108,33 @@ def test_full_queue_drops_and_counts(engine: Engine) -> None:
     writer.start()
     writer.stop()
     assert _count(engine) == 2
+
+
+def test_results_on_a_wildcard_subscription_are_skipped_not_rejected(engine: Engine) -> None:
+    """A server that subscribes to ``edgefleet/v1/+/#`` also gets ``results``: not an error."""
+    from edgefleet.contract import ModelRef, Result
+
+    stats = IngestStats()
+    writer = IngestWriter(engine=engine, stats=stats, batch_size=50, interval_s=0.05)
+    writer.start()
+    try:
+        result = Result(
+            device_id="pi-1",
+            seq=1,
+            model=ModelRef(name="digits", version="1.0.0"),
+            input_id="a.png",
+            task="classification",
+            output={"top_k": [{"label": "3", "score": 0.9}]},
+        )
+        writer.submit(topic("pi-1", Channel.RESULTS), encode(result))
+        writer.submit("edgefleet/v1/pi-1/unknown", b"{}")  # an unknown channel still is
+        writer.submit(topic("pi-1", Channel.TELEMETRY), _telemetry("pi-1", 2))
+        assert writer.flush(30)
+    finally:
+        writer.stop()
+    assert stats.snapshot() == {
+        "received": 3,
+        "stored": 1,
+        "duplicates": 0,
+        "rejected": {"bad_topic": 1},
+    }

@@ -94,6 +94,7 @@ def test_password_and_acl_lines() -> None:
         "pattern write edgefleet/v1/%u/state",
         "pattern write edgefleet/v1/%u/events",
         "pattern write edgefleet/v1/%u/status",
+        "pattern write edgefleet/v1/%u/results",
         "pattern read edgefleet/v1/%u/desired",
     ]
 

@@ -16,6 +16,7 @@ from edgefleet.contract import (
     ContractError,
     DesiredState,
     Event,
+    Result,
     State,
     Status,
     Telemetry,
@@ -39,7 +40,8 @@ def test_topic_layout_one_level_per_device() -> None:
 def test_qos_and_retain_table() -> None:
     retained = {c for c, spec in CHANNELS.items() if spec.retained}
     assert retained == {Channel.STATE, Channel.STATUS, Channel.DESIRED}
-    assert all(spec.qos == 1 for spec in CHANNELS.values())
+    assert all(spec.qos == 1 for c, spec in CHANNELS.items() if c != Channel.RESULTS)
+    assert CHANNELS[Channel.RESULTS].qos == 0  # the default; the sink may ask for 1
     assert [c for c, s in CHANNELS.items() if not s.from_device] == [Channel.DESIRED]
 
 
@@ -97,6 +99,16 @@ def _examples() -> list[Any]:
                 "size": 10,
             },
         ),
+        Result(
+            device_id="pi-01",
+            seq=10,
+            ts=ts,
+            model=model,
+            input_id="cam[3]",
+            task="detection",
+            output={"detections": [{"label": "cat", "score": 0.8, "box": [1.0, 2.0, 3.0, 4.0]}]},
+        ),
+        Result(device_id="pi-01", seq=11, ts=ts, model=None, input_id="x.png", error="corrupt"),
     ]
 
 

@@ -84,13 +84,23 @@ def test_a_device_cannot_publish_as_another(
     server = connect(broker.url, "server", credentials=SERVER)
     server.subscribe("edgefleet/#")
     device = connect(broker.url, f"agent-{a}", credentials=(a, "token-a"))
-    for channel in (Channel.TELEMETRY, Channel.STATE, Channel.EVENTS, Channel.STATUS):
+    for channel in (
+        Channel.TELEMETRY,
+        Channel.STATE,
+        Channel.EVENTS,
+        Channel.STATUS,
+        Channel.RESULTS,
+    ):
         device.publish(topic(b, channel), b"forged", retain=channel == Channel.STATE)
     device.publish(topic(a, Channel.DESIRED), b"self-assigned", retain=True)
     device.publish("elsewhere/x", b"forged")
     device.publish(topic(a, Channel.TELEMETRY), b"mine")
-    got = server.wait_for(1)
-    assert [(m.topic, m.payload) for m in got] == [(topic(a, Channel.TELEMETRY), b"mine")]
+    device.publish(topic(a, Channel.RESULTS), b"my result")
+    got = server.wait_for(2)
+    assert [(m.topic, m.payload) for m in got] == [
+        (topic(a, Channel.TELEMETRY), b"mine"),
+        (topic(a, Channel.RESULTS), b"my result"),
+    ]
     assert device.connected, "amqtt drops a refused PUBLISH and keeps the connection"
 
     # Nothing forged was retained either: a later subscriber to b's state gets nothing.
