@@ -152,7 +152,8 @@ def test_real_agents_take_a_good_version_and_refuse_a_slow_one(
     gates = {g["name"]: g["status"] for g in passed["evidence"]["gates"]}
     assert gates["success_rate"] == "pass" and gates["latency_p95_ratio"] == "pass", gates
     assert passed["evidence"]["evidence"]["baseline"] == "control"
-    assert _running(client, tag) == {"2.0.0": 3}
+    # Committed (the event) comes just before the state message that says so.
+    _wait(lambda: _running(client, tag) == {"2.0.0": 3}, 15, "every agent reporting 2.0.0")
 
     bad = client.create_rollout(
         {

@@ -221,6 +221,9 @@ def test_devices_enrolled_during_a_rollout_join_it(h: Harness) -> None:
     rollout = h.create(strategy={"soak_s": 0, "batches": [100]})
     late = h.add_devices(2, prefix="late")
     h.engine.tick()
+    assert ("devices_joined", 0) not in h.decisions(rollout.id)  # the fleet is scanned every 5 s
+    h.clock.advance(5)
+    h.engine.tick()
     assert ("devices_joined", 0) in h.decisions(rollout.id)
     _pass_stage(h, rollout.id)
     h.engine.tick()

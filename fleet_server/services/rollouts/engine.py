@@ -206,14 +206,15 @@ class RolloutEngine:
         if rollout.state == "aborting":
             self._settle_abort(session, rollout, members, devices, now, strategy)
             return
-        news = self._sync(session, rollout, members, devices, now, strategy)
+        self._sync(session, rollout, members, devices, now, strategy)
         for member in members:  # pinned since the rollout started: leave it alone
             device = devices.get(member.device_id)
             if member.status == "pending" and device is not None and is_pinned(device):
                 member.status = "skipped"
                 member.detail = f"pinned to {device.pinned_name}@{device.pinned_version}"
                 session.add(member)
-        self._join_late(session, rollout, members, now)
+        if _evaluation_due(rollout, now, False, strategy):  # scanning every device costs
+            self._join_late(session, rollout, members, now)
         self._resync_desired(session, rollout, members, devices, now, outbox)
 
         eligible = sorted((m for m in members if m.status != "skipped"), key=lambda m: m.position)
@@ -224,6 +225,7 @@ class RolloutEngine:
         self._assign(session, rollout, covered, now, strategy, outbox)
 
         finished = all(m.status in ("committed", "failed") for m in covered)
+        just_finished = finished and rollout.stage_finished_at is None
         if not finished:
             rollout.stage_finished_at = None
         elif rollout.stage_finished_at is None:
@@ -236,7 +238,7 @@ class RolloutEngine:
         policy = GatePolicy.model_validate(rollout.gates)
         stage_ids = {m.device_id for m in covered}
         offline = {d.device_id for d in devices.values() if not d.online}
-        full = news > 0 or _evaluation_due(rollout, now, soaked, strategy)
+        full = just_finished or _evaluation_due(rollout, now, soaked, strategy)
         if full:  # read the telemetry: every gate
             evidence = gather(
                 session=session,
@@ -672,9 +674,9 @@ def _runs(device: Device, model: dict[str, str]) -> bool:
     return device.running_name == model["name"] and device.running_version == model["version"]
 
 
-#: Telemetry gates are evaluated at most this often (and whenever a device finished its update,
-#: and once the soak is over): reading every device's telemetry on each tick would compete with
-#: ingest and downloads for the same process at fleet scale.
+#: Telemetry gates are evaluated (and the fleet scanned for late joiners) at most this often,
+#: plus when a stage's last device finishes and when its soak ends: reading every device's
+#: telemetry on each tick would compete with ingest and downloads at fleet scale.
 EVALUATE_EVERY_S = 5.0
 
 
