@@ -32,7 +32,7 @@ _HINTS = {
     "SignatureDoesNotMatch": "the secret access key is wrong",
     "InvalidClientTokenId": "the server does not know this access key id",
     "AccessDenied": "these credentials may not use the bucket",
-    "403": "these credentials may not use the bucket",
+    "403": "a wrong access key id or secret, or no permission on the bucket",
     "NoSuchBucket": "the bucket does not exist",
 }
 
@@ -86,7 +86,9 @@ class S3ArtifactStore:
     def check(self) -> None:
         """Fail at start-up, with the reason, if the bucket cannot be reached."""
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            # Needs the same permission as HeadBucket (s3:ListBucket) but, unlike a HEAD,
+            # the answer carries an error code (InvalidAccessKeyId, NoSuchBucket, ...).
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code", "unknown"))
             hint = _HINTS.get(code) or ("the bucket does not exist" if code == "404" else None)
