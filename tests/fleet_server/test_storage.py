@@ -164,9 +164,14 @@ def test_s3_missing_bucket_and_unreachable_endpoint(s3_server: S3Server, tmp_pat
     assert "\n" not in str(err.value) and SECRET_ACCESS_KEY not in str(err.value)
 
 
-def test_s3_wrong_credentials(s3_server: S3Server, tmp_path: Path) -> None:
+def test_s3_wrong_credentials(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With IAM authentication on, an unknown key id and a wrong secret each give one clear
-    line at start-up, and the secret appears nowhere in it."""
+    line at start-up, and the secret appears nowhere in it; without keys in the settings the
+    standard AWS environment variables are used."""
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     import boto3
     from moto.core import enable_iam_authentication
 
@@ -196,8 +201,19 @@ def test_s3_wrong_credentials(s3_server: S3Server, tmp_path: Path) -> None:
         )
         create_store(ServerSettings(data_dir=tmp_path, artifact_store=config))
 
+    def start_from_environment(key: str, secret_value: str) -> None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_value)
+        config = S3StoreConfig(
+            **s3_server.store_config(bucket, access_key_id=None, secret_access_key=None)
+        )
+        create_store(ServerSettings(data_dir=tmp_path, artifact_store=config))
+
     with enable_iam_authentication():
         start(key_id, secret)  # the right pair works
+        start_from_environment(key_id, secret)
+        with pytest.raises(StoreError, match="SignatureDoesNotMatch"):
+            start_from_environment(key_id, wrong_secret)
         with pytest.raises(StoreError) as unknown:
             start("AKIAUNKNOWNKEY000000", secret)
         with pytest.raises(StoreError) as wrong:
