@@ -5,6 +5,7 @@ Tests talk to it over HTTP through boto3, exactly as the fleet server talks to M
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ class S3Server:
 def moto_s3_server() -> Iterator[S3Server]:
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
