@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -159,10 +159,24 @@ def get_lineage(name: str, version: str, session: SessionDep, _: Viewer) -> Line
 def download_bundle(
     name: str,
     version: str,
-    request: Request,
     session: SessionDep,
     store: StoreDep,
     principal: DeviceAuth,
+    range_: Annotated[
+        str | None,
+        Header(
+            alias="Range",
+            description="One byte range, e.g. 'bytes=1048576-' to resume; several ranges or "
+            "another unit get the whole bundle.",
+        ),
+    ] = None,
+    if_range: Annotated[
+        str | None,
+        Header(
+            alias="If-Range",
+            description="The bundle's ETag: Range applies only while it still matches.",
+        ),
+    ] = None,
 ) -> Response:
     """The bundle, streamed from the store; one ``Range`` (e.g. ``bytes=N-``) resumes (206)."""
     row = service.get_model(session=session, name=name, version=version)
@@ -179,10 +193,9 @@ def download_bundle(
     }
     try:
         size = store.size(key)
-        asked = request.headers.get("range")
         span = None
-        if if_range_matches(request.headers.get("if-range"), etag):
-            span = byte_range(asked, size)
+        if if_range_matches(if_range, etag):
+            span = byte_range(range_, size)
     except Unsatisfiable:
         return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
     except MissingBundle as err:

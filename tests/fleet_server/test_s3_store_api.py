@@ -23,6 +23,7 @@ from tests.fleet_server.helpers import (
     upload,
 )
 from tests.utils.artifacts import build_digits_artifact, bundle_of
+from tests.utils.net import free_port, wait_for_port
 from tests.utils.s3 import SECRET_ACCESS_KEY, S3Server
 from tests.utils.server import live_server
 
@@ -178,3 +179,33 @@ def test_agent_resumes_a_bundle_streamed_from_s3(
         )
         assert dest.read_bytes() == data
         assert seen and seen[-1] == len(data) and min(seen) > half - 1
+
+
+def test_an_unreachable_store_is_a_503(tmp_path: Path, digits_bundle: Path) -> None:
+    """The S3 server goes away after start-up: downloads and uploads are 503 with one line
+    (the details, never a secret, go to the log)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    try:
+        wait_for_port("127.0.0.1", port)
+        own = S3Server(endpoint_url=f"http://127.0.0.1:{port}")
+        store = own.store_config(own.new_bucket(), timeout_s=2.0)
+        settings = make_settings(
+            tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", artifact_store=store
+        )
+        with running_app(settings) as (client, _):
+            assert upload(client, digits_bundle).status_code == 201
+            assert client.get(URL, headers=operator()).status_code == 200
+            moto.stop()
+            gone = client.get(URL, headers={**operator(), "Range": "bytes=10-"})
+            assert gone.status_code == 503
+            assert gone.json()["detail"] == "the artifact store is unavailable; try again later"
+            refused = upload(client, _other_version(tmp_path))
+            detail = refused.json()["detail"]
+            assert refused.status_code == 503 and "Could not connect" in detail, detail
+            assert SECRET_ACCESS_KEY not in detail and "\n" not in detail
+    finally:
+        moto.stop()
