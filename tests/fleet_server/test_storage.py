@@ -238,3 +238,14 @@ def test_s3_without_boto3_is_one_clear_startup_error(
         create_store(ServerSettings(data_dir=tmp_path, artifact_store=config))
     # The local store never needs it.
     assert isinstance(create_store(ServerSettings(data_dir=tmp_path)), LocalArtifactStore)
+
+
+def test_local_bundle_shrinking_mid_read_is_an_error(tmp_path: Path) -> None:
+    """Fewer bytes than announced must not end a response early and silently."""
+    store = LocalArtifactStore(root=tmp_path / "store")
+    store.put(KEY, _file(tmp_path, os.urandom(700_000)))
+    chunks = store.read(KEY, 0, 700_000)
+    first = next(chunks)
+    os.truncate(store.local_path(KEY), len(first) + 10)
+    with pytest.raises(StoreError, match="shrank"):
+        list(chunks)
