@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[agent,server,convert,convert-tf,convert-torch,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[agent,server,s3,convert,convert-tf,convert-torch,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

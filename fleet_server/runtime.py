@@ -29,7 +29,7 @@ from fleet_server.services.mqtt_auth import (
 from fleet_server.services.rollouts import RolloutEngine
 from fleet_server.services.rollouts.job import PeriodicRunner, RolloutJob
 from fleet_server.settings import ServerSettings
-from fleet_server.storage import ArtifactStore, create_store
+from fleet_server.storage import ArtifactStore, StoreError, create_store
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -78,7 +78,10 @@ class Runtime:
         self.engine = make_engine(settings.resolved_database_url)
         migrate(self.engine)
         self.metrics.register(FleetCollector(self.engine))
-        self.store = create_store(settings)
+        try:
+            self.store = create_store(settings)
+        except StoreError as err:
+            raise StartupError(f"artifact store: {err}") from err
         broker_url = settings.broker_url or self._start_embedded_broker()
         self.broker_url = without_credentials(broker_url)
         self.writer = IngestWriter(

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_DISTS = {
     "fastapi", "starlette", "uvicorn", "sqlmodel", "sqlalchemy", "alembic", "amqtt",
     "tensorflow", "tensorflow-cpu", "torch", "skl2onnx", "scikit-learn", "onnx",
+    "boto3", "botocore", "s3transfer", "moto",
 }  # fmt: skip
 FORBIDDEN_MODULES = {"fastapi", "sqlmodel", "sqlalchemy", "torch", "tensorflow"}
-FORBIDDEN_MODULES |= {"fleet_server", "converters", "amqtt", "sklearn"}
+FORBIDDEN_MODULES |= {"fleet_server", "converters", "amqtt", "sklearn", "boto3", "botocore"}
 
 IMPORT_ALL_AGENT_MODULES = f"""
 import importlib, pkgutil, sys

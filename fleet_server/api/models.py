@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fleet_server.api.deps import (
@@ -21,13 +23,15 @@ from fleet_server.api.deps import (
     Viewer,
     note_target,
 )
+from fleet_server.api.ranges import Unsatisfiable, byte_range, if_range_matches
 from fleet_server.api.upload import FIELD, receive_bundle
 from fleet_server.models import Device, LineageEntry, LineagePublic, ModelVersionPublic
 from fleet_server.services import models as service
-from fleet_server.services.errors import Forbidden, NotFound
+from fleet_server.services.errors import Forbidden, NotFound, Unavailable
 from fleet_server.services.models import Lineage
-from fleet_server.storage import StoreError
+from fleet_server.storage import MissingBundle, StoreError
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])
 #: A model version (the contract's pattern).
 _VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$"
@@ -142,24 +146,86 @@ def get_lineage(name: str, version: str, session: SessionDep, _: Viewer) -> Line
 
 @router.get(
     "/{name}/{version}/bundle",
-    response_class=FileResponse,
-    responses={200: {"content": {"application/gzip": {}}}, 206: {}, 403: {}, 404: {}},
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/gzip": {}}},
+        206: {"content": {"application/gzip": {}}},
+        403: {},
+        404: {},
+        416: {},
+        503: {},
+    },
 )
 def download_bundle(
-    name: str, version: str, session: SessionDep, store: StoreDep, principal: DeviceAuth
-) -> FileResponse:
+    name: str,
+    version: str,
+    session: SessionDep,
+    store: StoreDep,
+    principal: DeviceAuth,
+    range_: Annotated[
+        str | None,
+        Header(
+            alias="Range",
+            description="One byte range, e.g. 'bytes=1048576-' to resume; several ranges or "
+            "another unit get the whole bundle.",
+        ),
+    ] = None,
+    if_range: Annotated[
+        str | None,
+        Header(
+            alias="If-Range",
+            description="The bundle's ETag: Range applies only while it still matches.",
+        ),
+    ] = None,
+) -> Response:
+    """The bundle, streamed from the store; one ``Range`` (e.g. ``bytes=N-``) resumes (206)."""
     row = service.get_model(session=session, name=name, version=version)
     if not principal.operator:
         device = session.get(Device, principal.device_id)
         if device is None or (device.desired_name, device.desired_version) != (name, version):
             raise Forbidden(f"model {name}@{version} is not assigned to this device")
+    key = row.storage_key
+    etag = f'"{row.sha256}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{name}-{version}.tar.gz"',
+    }
     try:
-        path = store.local_path(row.storage_key)
-    except StoreError as err:
+        size = store.size(key)
+        span = None
+        if if_range_matches(if_range, etag):
+            span = byte_range(range_, size)
+    except Unsatisfiable:
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    except MissingBundle as err:
         raise NotFound(f"bundle of {name}@{version} is missing from the store") from err
-    return FileResponse(
-        path,
+    except StoreError as err:
+        log.error("artifact store failed", extra={"key": key, "error": str(err)})
+        raise Unavailable("the artifact store is unavailable; try again later") from err
+    start, end = span or (0, size)
+    try:
+        body = store.read(key, start, end)
+    except MissingBundle as err:
+        raise NotFound(f"bundle of {name}@{version} is missing from the store") from err
+    except StoreError as err:
+        log.error("artifact store failed", extra={"key": key, "error": str(err)})
+        raise Unavailable("the artifact store is unavailable; try again later") from err
+    headers["Content-Length"] = str(end - start)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(
+        _logged(body, key),
+        status_code=206 if span is not None else 200,
         media_type="application/gzip",
-        filename=f"{name}-{version}.tar.gz",
-        headers={"ETag": f'"{row.sha256}"'},
+        headers=headers,
     )
+
+
+def _logged(body: Iterator[bytes], key: str) -> Iterator[bytes]:
+    """A store failing mid-body cuts the connection (the device resumes); say why in the log."""
+    try:
+        yield from body
+    except StoreError as err:
+        log.error("artifact store failed mid-download", extra={"key": key, "error": str(err)})
+        raise

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from fleet_server.storage import StoreError
-
-_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}/[A-Za-z0-9][A-Za-z0-9._+-]{0,62}\.tar\.gz$")
+from fleet_server.storage import CHUNK, MissingBundle, StoreError, check_key
 
 
 class LocalArtifactStore:
@@ -17,9 +16,7 @@ class LocalArtifactStore:
         self.root = root.resolve()
 
     def _path(self, key: str) -> Path:
-        if not _KEY.fullmatch(key):
-            raise StoreError(f"invalid store key {key[:120]!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     def put(self, key: str, source: Path) -> None:
         target = self._path(key)
@@ -48,11 +45,37 @@ class LocalArtifactStore:
     def local_path(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():
-            raise StoreError(f"{key} is not in the store")
+            raise MissingBundle(f"{key} is not in the store")
         return path
+
+    def size(self, key: str) -> int:
+        try:
+            return self.local_path(key).stat().st_size
+        except FileNotFoundError as err:
+            raise MissingBundle(f"{key} is not in the store") from err
+
+    def read(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        try:
+            handle = self.local_path(key).open("rb")
+        except FileNotFoundError as err:
+            raise MissingBundle(f"{key} is not in the store") from err
+        except OSError as err:
+            raise StoreError(f"cannot read {key}: {err.strerror}") from err
+        handle.seek(start)
+        return _chunks(handle, end - start)
 
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink(missing_ok=True)
         except OSError as err:
             raise StoreError(f"cannot delete {key}: {err}") from err
+
+
+def _chunks(handle: BinaryIO, length: int) -> Iterator[bytes]:
+    with handle:
+        while length > 0:
+            chunk = handle.read(min(CHUNK, length))
+            if not chunk:
+                raise StoreError("the bundle shrank while it was read")
+            length -= len(chunk)
+            yield chunk

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from fleet_server.runtime import Runtime
 from tests.fleet_server.helpers import make_settings, running_app
 from tests.utils.artifacts import build_digits_artifact
+from tests.utils.s3 import S3Server, moto_s3_server
 
 
 @pytest.fixture
@@ -36,3 +37,10 @@ def digits_bundle(digits_artifact: Path, tmp_path_factory: pytest.TempPathFactor
     from tests.utils.artifacts import bundle_of
 
     return bundle_of(digits_artifact, tmp_path_factory.mktemp("bundle") / "digits-1.0.0.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server (moto) on a free loopback port; tests make their own buckets."""
+    with moto_s3_server() as server:
+        yield server

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fleet_server.settings import ServerSettings
+from fleet_server.settings import LocalStoreConfig, S3StoreConfig, ServerSettings
 
 
 def test_defaults_do_no_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,3 +66,62 @@ def test_invalid_settings(values: dict[str, object]) -> None:
 def test_public_url_override() -> None:
     settings = ServerSettings(public_url="https://fleet.example.com/", port=1)
     assert settings.resolved_public_url == "https://fleet.example.com"
+
+
+def test_s3_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "EDGEFLEET_ARTIFACT_STORE",
+        '{"kind": "s3", "bucket": "fleet-bundles", "prefix": "prod", '
+        '"endpoint_url": "http://minio.local:9000/", "addressing_style": "path"}',
+    )
+    store = ServerSettings().artifact_store
+    assert isinstance(store, S3StoreConfig)
+    assert (store.bucket, store.prefix, store.endpoint_url) == (
+        "fleet-bundles",
+        "prod/",
+        "http://minio.local:9000",
+    )
+    assert store.access_key_id is None  # boto3's chain: AWS_ACCESS_KEY_ID, ~/.aws, a role
+    assert store.multipart_threshold_bytes == 64 * 1024 * 1024
+    explicit = S3StoreConfig(
+        kind="s3",
+        bucket="b-1",
+        access_key_id="AKIAEXAMPLE",
+        secret_access_key="s3cr3t-value",  # noqa: S106
+    )
+    assert "s3cr3t" not in repr(explicit) and "AKIAEXAMPLE" not in repr(explicit)
+    # The local store stays the default.
+    monkeypatch.delenv("EDGEFLEET_ARTIFACT_STORE")
+    assert isinstance(ServerSettings().artifact_store, LocalStoreConfig)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"bucket": "ab"}, "bucket must be"),
+        ({"bucket": "Upper-Case"}, "bucket must be"),
+        ({"bucket": "-starts-with-dash"}, "bucket must be"),
+        ({"bucket": "has..dots"}, "bucket must be"),
+        ({"bucket": "192.168.1.10"}, "bucket must be"),
+        ({"bucket": "x" * 64}, "bucket must be"),
+        ({"bucket": "b-1", "prefix": "../escape"}, "'..'"),
+        ({"bucket": "b-1", "prefix": "a/../b"}, "'..'"),
+        ({"bucket": "b-1", "prefix": "/abs"}, "must not start"),
+        ({"bucket": "b-1", "prefix": "a//b"}, "must not start"),
+        ({"bucket": "b-1", "prefix": "sp ace"}, "prefix may use"),
+        ({"bucket": "b-1", "endpoint_url": "ftp://host"}, "http"),
+        ({"bucket": "b-1", "endpoint_url": "http://key:secret@host"}, "credentials"),
+        ({"bucket": "b-1", "access_key_id": "only-the-id"}, "together"),
+        ({"bucket": "b-1", "multipart_threshold_bytes": 1024}, "greater than or equal"),
+        ({"bucket": "b-1", "region": "EU West"}, "pattern"),
+        ({"bucket": "b-1", "root": "/tmp"}, "Extra inputs"),
+        ({"bucket": "b-1", "addressing_style": "other"}, "path"),
+    ],
+)
+def test_invalid_s3_store(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        ServerSettings(artifact_store={"kind": "s3", **values})  # type: ignore[arg-type]
+    # What `edgefleet server` prints: the location and message, never the value.
+    first = err.value.errors()[0]
+    assert first["loc"][0] == "artifact_store" and message in first["msg"]
+    assert ":secret@" not in first["msg"]
