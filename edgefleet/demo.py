@@ -1,7 +1,9 @@
 """The end-to-end demo: one command shows the whole EdgeFleet loop working for real.
 
-server (subprocess) ← converter ← digits classifier; N agent processes ← rollout over MQTT;
-telemetry → database → the table printed here. Everything runs on loopback in one directory.
+server (subprocess) ← converter ← two digits classifiers (signed); N agent processes take
+1.0.0 by a plain assignment, then 2.0.0 arrives through a staged rollout (canary → everyone)
+whose gates judge the canary's telemetry against the devices still on 1.0.0; telemetry →
+database → the tables printed here. Everything runs on loopback in one directory.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from edgefleet.contract.manifest import ResizeSpec
 #: Digits features are 0..16; the demo's images store them as 0..255.
 PIXEL_SCALE = 16 / 255
 MODEL_NAME = "digits"
-MODEL_VERSION = "1.0.0"
+OLD_VERSION = "1.0.0"
+MODEL_VERSION = "2.0.0"  # the new version the rollout ships
+#: Regularisation of the two classifiers: the new one is the better model.
+_C = {OLD_VERSION: 0.005, MODEL_VERSION: 0.01}
 
 
 @dataclass(frozen=True)
 class DemoOptions:
-    duration_s: float = 20.0
+    duration_s: float = 45.0
     devices: int = 3
     data_dir: str | None = None
     database_url: str | None = None
@@ -112,8 +117,8 @@ def _wait_http(url: str, timeout: float, procs: _Processes) -> None:
     raise DemoError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def _train_and_convert(work: Path) -> Path:
-    """Train a digits classifier, save it, and convert it into an artifact directory."""
+def _train_and_convert(work: Path, version: str, signing_key: bytes) -> Path:
+    """Train a digits classifier, save it, convert it into a signed artifact directory."""
     import joblib
     import numpy as np
     from sklearn.datasets import load_digits
@@ -123,8 +128,8 @@ def _train_and_convert(work: Path) -> Path:
 
     digits = load_digits()
     x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
-    model = LogisticRegression(max_iter=500).fit(x[:1400], y[:1400])
-    source = work / "digits.pkl"
+    model = LogisticRegression(max_iter=500, C=_C[version]).fit(x[:1400], y[:1400])
+    source = work / f"digits-{version}.pkl"
     joblib.dump(model, source)
     eval_path = work / "digits-eval.npz"
     np.savez(eval_path, x=x[1400:], y=y[1400:])
@@ -136,15 +141,19 @@ def _train_and_convert(work: Path) -> Path:
     )
     result = convert(
         source,
-        work / "artifact",
+        work / f"artifact-{version}",
         ConvertOptions(
             name=MODEL_NAME,
-            version=MODEL_VERSION,
+            version=version,
             task="classification",
             preprocessing=preprocessing,
             eval_data=eval_path,
         ),
     )
+    from edgefleet.signing import sign_manifest
+
+    manifest_path = result.artifact_dir / "manifest.json"
+    manifest_path.write_text(sign_manifest(result.manifest, signing_key).to_json())
     top1 = result.manifest.metrics.top1
     _say(
         f"converted {source.name} → {result.artifact_dir.name}/ "
@@ -169,7 +178,7 @@ def _write_inputs(folder: Path, count: int, offset: int) -> None:
 
 def _agent_config(
     path: Path, *, device_id: str, token: str, server: str, broker: str, inputs: Path,
-    data_dir: Path, interval: float,
+    data_dir: Path, interval: float, trusted_key: Path,
 ) -> None:  # fmt: skip
     path.write_text(
         "\n".join(
@@ -178,6 +187,7 @@ def _agent_config(
                 f"server_url = {json.dumps(server)}",
                 f"token = {json.dumps(token)}",
                 f"data_dir = {json.dumps(str(data_dir))}",
+                f"trusted_keys = [{json.dumps(str(trusted_key))}]",
                 "",
                 "[mqtt]",
                 f"url = {json.dumps(broker)}",
@@ -192,6 +202,10 @@ def _agent_config(
                 "",
                 "[telemetry]",
                 f"interval_s = {interval}",
+                "",
+                "[probation]",
+                "inferences = 20",
+                "max_s = 15",
                 "",
             ]
         )
@@ -217,14 +231,43 @@ def _print_table(devices: list[dict[str, Any]]) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _reported_new_version(device: dict[str, Any]) -> bool:
+def _reported(device: dict[str, Any], version: str) -> bool:
     tel = device.get("last_telemetry") or {}
     model = tel.get("model") or {}
     return (
         model.get("name") == MODEL_NAME
-        and model.get("version") == MODEL_VERSION
+        and model.get("version") == version
         and int(tel.get("inference_count") or 0) > 0
     )
+
+
+def _reported_new_version(device: dict[str, Any]) -> bool:
+    return _reported(device, MODEL_VERSION)
+
+
+ROLLOUT_SPEC: dict[str, Any] = {
+    "strategy": {"canary_percent": 30, "batches": [100], "soak_s": 3, "update_timeout_s": 60},
+    "gates": {
+        "error_rate": {"min_samples": 20},
+        "latency_p95_ratio": {"min_samples": 2, "max_ratio": 2.0},
+        "confidence_shift": {"min_samples": 20},
+    },
+}
+
+
+def _print_decisions(report: dict[str, Any]) -> None:
+    print("\n[demo] the rollout's decisions, with the numbers behind them:", flush=True)
+    for decision in report.get("decisions", []):
+        print(f"  stage {decision['stage']}  {decision['action']:<14} {decision['reason']}")
+        for gate in (decision.get("evidence") or {}).get("gates", []):
+            value = "-" if gate["value"] is None else f"{gate['value']:.4g}"
+            print(f"      {gate['name']:<18} {gate['status']:<12} {value:>10} "
+                  f"(threshold {gate['threshold']:g}, n={gate['samples']})")  # fmt: skip
+    diff = report.get("differential") or {}
+    for name, row in sorted((diff.get("latency_by_class") or {}).items()):
+        print(f"  {name}: p95 {MODEL_VERSION} / {OLD_VERSION} = {row.get('p95_ratio')}; "
+              f"confidence shift {diff.get('confidence_tv_distance')} "
+              f"(baseline: {diff.get('baseline')})", flush=True)  # fmt: skip
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -274,19 +317,28 @@ def _demo(options: DemoOptions, root: Path, procs: _Processes) -> int:
     _say(f"starting the fleet server on {server_url} (broker {broker_url})")
     procs.start("server", server_args, env)
 
-    artifact = _train_and_convert(root)
+    from edgefleet.signing import generate_keypair
+
+    keys = root / "keys"
+    keys.mkdir(exist_ok=True)
+    generate_keypair(keys / "signing.pem", keys / "signing.pub.pem")
+    private = (keys / "signing.pem").read_bytes()
+    artifacts = [_train_and_convert(root, v, private) for v in (OLD_VERSION, MODEL_VERSION)]
     _wait_http(f"{server_url}/healthz", 60, procs)
     client = FleetClient(server_url, token)
-    pushed = client.push_model(artifact)
-    _say(f"registered {pushed['name']}@{pushed['version']} ({pushed['size']} bytes, sha256 "
-         f"{str(pushed['sha256'])[:12]}…)")  # fmt: skip
+    for artifact in artifacts:
+        pushed = client.push_model(artifact)
+        _say(f"registered {pushed['name']}@{pushed['version']} ({pushed['size']} bytes, sha256 "
+             f"{str(pushed['sha256'])[:12]}…, signed)")  # fmt: skip
 
     run_id = secrets.token_hex(2)
     device_ids = [f"demo-{run_id}-{i + 1}" for i in range(options.devices)]
-    for index, device_id in enumerate(device_ids):
+    for device_id in device_ids:
         created = client.add_device(device_id, device_class="x86_64", tags=["demo"])
         inputs = root / "inputs" / device_id
-        _write_inputs(inputs, count=40, offset=1400 + 40 * index)
+        # The same held-out digits on every device: canary and control see the same inputs,
+        # so the gates compare the models, not the inputs.
+        _write_inputs(inputs, count=40, offset=1400)
         config = root / f"{device_id}.toml"
         _agent_config(
             config,
@@ -297,36 +349,67 @@ def _demo(options: DemoOptions, root: Path, procs: _Processes) -> int:
             inputs=inputs,
             data_dir=root / "agents" / device_id,
             interval=options.telemetry_interval_s,
+            trusted_key=keys / "signing.pub.pem",
         )
         procs.start(device_id, [sys.executable, "-m", "edgefleet", "agent", "run", "--config",
                                 str(config)], env)  # fmt: skip
     _say(f"started {len(device_ids)} agent processes: {', '.join(device_ids)}")
 
-    assigned = client.assign(MODEL_NAME, MODEL_VERSION, tag="demo")
-    _say(f"rolled out {MODEL_NAME}@{MODEL_VERSION} to {len(assigned['devices'])} devices")
-    rollout_at = time.monotonic()
+    assigned = client.assign(MODEL_NAME, OLD_VERSION, tag="demo")
+    _say(f"assigned {MODEL_NAME}@{OLD_VERSION} to {len(assigned['devices'])} devices")
+    deadline = time.monotonic() + 60
+    devices: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        procs.check_alive()
+        devices = [d for d in client.list_devices() if d["device_id"] in device_ids]
+        if len(devices) == len(device_ids) and all(_reported(d, OLD_VERSION) for d in devices):
+            break
+    _print_table(devices)
 
+    rollout = client.create_rollout(
+        {"model": MODEL_NAME, "version": MODEL_VERSION, "selector": {"tags": ["demo"]},
+         **ROLLOUT_SPEC}
+    )  # fmt: skip
+    rollout_id = int(rollout["id"])
+    _say(f"rollout {rollout_id}: {MODEL_NAME}@{MODEL_VERSION}, canary first; gates compare it "
+         f"with the devices still on {OLD_VERSION}")  # fmt: skip
+    rollout_at = time.monotonic()
     deadline = rollout_at + options.duration_s
     first_all: float | None = None
-    devices: list[dict[str, Any]] = []
+    state = str(rollout["state"])
     while time.monotonic() < deadline:
         time.sleep(max(1.0, options.telemetry_interval_s))
         procs.check_alive()
+        rollout = client.get_rollout(rollout_id)
+        state = str(rollout["state"])
         devices = [d for d in client.list_devices() if d["device_id"] in device_ids]
-        print(f"\n[demo] t+{time.monotonic() - rollout_at:5.1f} s", flush=True)
+        counts = rollout.get("counts") or {}
+        print(f"\n[demo] t+{time.monotonic() - rollout_at:5.1f} s  rollout {state}, "
+              f"{rollout['stage_name']}: {counts.get('committed', 0)} committed, "
+              f"{counts.get('assigned', 0)} updating", flush=True)  # fmt: skip
         _print_table(devices)
         if first_all is None and all(_reported_new_version(d) for d in devices):
             first_all = time.monotonic() - rollout_at
             _say(f"every device reported telemetry for the new version {first_all:.1f} s after "
-                 "the rollout")  # fmt: skip
+                 "the rollout started")  # fmt: skip
+        if state in ("completed", "aborted", "failed") and (
+            first_all is not None or state != "completed"
+        ):
+            break
+    _print_decisions(client.rollout_report(rollout_id))
 
     codes = procs.stop(device_ids)
     procs.stop(["server"])
-    ok = len(devices) == len(device_ids) and all(_reported_new_version(d) for d in devices)
+    ok = (
+        state == "completed"
+        and len(devices) == len(device_ids)
+        and all(_reported_new_version(d) for d in devices)
+    )
     stats = {name: code for name, code in codes.items() if code != 0}
     if stats:
         _say(f"agents that did not exit cleanly: {stats}")
-    _say(f"done in {time.monotonic() - started:.1f} s: "
+    _say(f"done in {time.monotonic() - started:.1f} s: rollout {state}; "
          + ("every agent reported telemetry for the new version" if ok else
             "NOT every agent reported telemetry for the new version"))  # fmt: skip
     return 0 if ok and not stats else 1

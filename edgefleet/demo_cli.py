@@ -12,11 +12,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Start a fleet server on the embedded defaults (SQLite, in-process MQTT broker) in a "
             "temporary directory, train and convert a digits classifier, start real agent "
-            "processes, roll the model out to them and print their telemetry. Exits 0 only if "
-            "every agent reported telemetry for the new model version."
+            "processes, give them version 1.0.0, then roll out 2.0.0 in stages gated on the "
+            "canary's telemetry and print what happened. Exits 0 only if the rollout completed "
+            "and every agent reported telemetry for the new version."
         ),
     )
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of telemetry to show")
+    parser.add_argument(
+        "--duration", type=float, default=45.0, help="longest the rollout may take, seconds"
+    )
     parser.add_argument("--devices", type=int, default=3, help="number of agent processes (1-20)")
     parser.add_argument("--data-dir", help="keep everything here instead of a temporary directory")
     parser.add_argument("--database-url", help="use this database instead of SQLite")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, "-m", "edgefleet", "demo", "--duration", "12", "--devices", "3",
+    args = [sys.executable, "-m", "edgefleet", "demo", "--duration", "60", "--devices", "3",
             "--telemetry-interval", "1", "--data-dir", str(tmp_path / "demo"), *extra]  # fmt: skip
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
 
@@ -34,11 +34,12 @@ def _check(result: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
     assert "every device reported telemetry for the new version" in out
     devices = set(re.findall(r"^(demo-[0-9a-f]{4}-\d)\s", out, flags=re.M))
     assert len(devices) == 3, out[-3000:]
-    # The last table shows each device online, serving digits@1.0.0 with inferences counted.
+    assert "rollout completed" in out and "stage_passed" in out, out[-3000:]
+    # The last table shows each device online, serving digits@2.0.0 with inferences counted.
     last_table = out.rsplit("[demo] t+", 1)[1]
     for device in devices:
         row = next(line for line in last_table.splitlines() if line.startswith(device))
-        assert "yes" in row and "digits@1.0.0" in row, row
+        assert "yes" in row and "digits@2.0.0" in row, row
 
 
 @pytest.mark.integration

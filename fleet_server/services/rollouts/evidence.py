@@ -208,12 +208,14 @@ def gather(
     control = [m for m in members if m.status == "pending"]
     window_start = now - timedelta(seconds=window_s)
 
+    # The new side: whatever the new version did on any device it was sent to (in probation,
+    # committed, or since rolled back), from the moment it was assigned.
     new = Cohort()
-    committed_at = {m.device_id: m.finished_at for m in committed}
+    assigned_at = {m.device_id: m.assigned_at for m in members if m.assigned_at is not None}
     classes = {m.device_id: m.device_class for m in members}
-    earliest = min((t for t in committed_at.values() if t is not None), default=now)
-    for row in _telemetry_rows(session, list(committed_at), min(earliest, window_start)):
-        since = committed_at[row.device_id]
+    earliest = min((t for t in assigned_at.values() if t is not None), default=now)
+    for row in _telemetry_rows(session, list(assigned_at), min(earliest, window_start)):
+        since = assigned_at[row.device_id]
         if _version_of(row) == target and since is not None and row.received_at >= since:
             new.add(row, classes.get(row.device_id))
 
@@ -227,8 +229,6 @@ def gather(
         baseline = "control"
     else:
         old = Cohort()
-        updated = [m for m in members if m.assigned_at is not None]
-        assigned_at = {m.device_id: m.assigned_at for m in updated}
         first = min((t for t in assigned_at.values() if t is not None), default=now)
         last = max((t for t in assigned_at.values() if t is not None), default=now)
         rows = _telemetry_rows(
