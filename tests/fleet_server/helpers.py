@@ -31,6 +31,8 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Server
         "operator_token": OPERATOR_TOKEN,
         "embedded_broker_port": free_port(),
         "mqtt_client_id": f"edgefleet-server-test-{secrets.token_hex(4)}",
+        # A random client id is never resumed: do not leave day-long sessions on the broker.
+        "mqtt_session_expiry_s": 60,
         "public_url": "http://fleet.test:8080",
         "ingest_batch_interval_s": 0.05,
     }
