@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +79,19 @@ class AgentService:
                 on_error=self._input_error, health=self.health, metrics=self.metrics_text
             )
             self.source = create_source(config.input, context=context)
-        self.transport = MqttTransport(
-            _broker(config),
-            client_id=f"edgefleet-agent-{self.device_id}",
-            will=(topic(self.device_id, Channel.STATUS), status_payload(self.device_id, "offline")),
-            on_connect=self._on_connect,
-            keepalive=config.mqtt.keepalive,
-        )
+        try:
+            self.transport = MqttTransport(
+                _broker(config),
+                client_id=f"edgefleet-agent-{self.device_id}",
+                will=(
+                    topic(self.device_id, Channel.STATUS),
+                    status_payload(self.device_id, "offline"),
+                ),
+                on_connect=self._on_connect,
+                keepalive=config.mqtt.keepalive,
+            )
+        except MqttError as err:  # TLS files that changed since the config was read
+            raise AgentConfigError(f"mqtt: {err}") from err
         try:
             outbox = Outbox(config.data_dir / OUTBOX_FILE, max_bytes=config.outbox.max_bytes)
         except OutboxError as err:
@@ -308,19 +315,17 @@ class AgentService:
 def _broker(config: AgentConfig) -> BrokerAddress:
     m = config.mqtt
     try:
-        address = BrokerAddress.from_url(m.url, ca_file=str(m.ca_file) if m.ca_file else None)
+        address = BrokerAddress.from_url(
+            m.url,
+            ca_file=str(m.ca_file) if m.ca_file else None,
+            cert_file=str(m.cert_file) if m.cert_file else None,
+            key_file=str(m.key_file) if m.key_file else None,
+        )
     except MqttError as err:
         raise AgentConfigError(f"mqtt.url: {err}") from err
     if m.username is not None:
         password = m.password.get_secret_value() if m.password else None
-        address = BrokerAddress(
-            host=address.host,
-            port=address.port,
-            username=m.username,
-            password=password,
-            tls=address.tls,
-            ca_file=address.ca_file,
-        )
+        address = replace(address, username=m.username, password=password)
     return address
 
 

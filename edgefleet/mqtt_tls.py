@@ -57,17 +57,17 @@ class _ErrorBox:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._error: ssl.SSLError | None = None
+        self._error: OSError | None = None
 
-    def set(self, err: ssl.SSLError) -> None:
+    def set(self, err: OSError) -> None:
         with self._lock:
             self._error = err
 
-    def peek(self) -> ssl.SSLError | None:
+    def peek(self) -> OSError | None:
         with self._lock:
             return self._error
 
-    def take(self) -> ssl.SSLError | None:
+    def take(self) -> OSError | None:
         with self._lock:
             err, self._error = self._error, None
             return err
@@ -103,7 +103,7 @@ def client_context(files: TlsFiles) -> RecordingContext:
         def do_handshake(self, *args: Any, **kwargs: Any) -> None:
             try:
                 super().do_handshake(*args, **kwargs)
-            except ssl.SSLError as err:
+            except OSError as err:  # SSLError, or the peer closing mid-handshake
                 if not isinstance(err, ssl.SSLWantReadError | ssl.SSLWantWriteError):
                     box.set(err)
                 raise
@@ -122,8 +122,13 @@ def client_context(files: TlsFiles) -> RecordingContext:
     return context
 
 
-def explain(err: ssl.SSLError) -> str:
+def explain(err: OSError) -> str:
     """One line for a TLS failure, with a hint for the common misconfigurations."""
+    if not isinstance(err, ssl.SSLError):
+        return (
+            f"the connection closed during the TLS handshake ({err.strerror or err}): "
+            "is that port a TLS listener?"
+        )
     reason = str(err.reason or "") or str(err)
     text = getattr(err, "verify_message", None) or reason
     upper = reason.upper()
