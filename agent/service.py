@@ -24,7 +24,7 @@ from agent.errors import AgentConfigError, AgentError
 from agent.forwarder import Forwarder
 from agent.inputs import InputSource, SourceContext, create_source
 from agent.metrics import MetricsView, render
-from agent.outbox import Outbox, OutboxError
+from agent.outbox import Outbox, OutboxError, OutboxStats
 from agent.pipeline import Pipeline
 from agent.probation import HealthMonitor
 from agent.publisher import Publisher, status_payload
@@ -160,11 +160,18 @@ class AgentService:
 
     def metrics_text(self) -> str:
         serving = self.slot.current
+        try:
+            outbox: OutboxStats | None = self.forwarder.stats()
+        except OutboxError as err:
+            log.warning("outbox stats unavailable", extra={"error": str(err)})
+            outbox = None
         return render(
             MetricsView(
                 totals=self.collector.totals(),
                 model=str(serving.model.ref) if serving is not None else None,
                 rss_mb=rss_mb(),
+                outbox=outbox,
+                drained=self.forwarder.drained,
             )
         )
 
