@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: How long ``stop`` waits for amqtt to close its sessions before giving up on the thread.
 _STOP_TIMEOUT = 10.0
+#: How long amqtt may take to close its sessions before their connections are reset.
+_GRACEFUL_STOP_S = 2.0
 
 
 class EmbeddedBroker:
@@ -248,7 +250,22 @@ class EmbeddedBroker:
             if not abandon.is_set():  # start() gave up waiting: close again at once
                 await self._stop_event.wait()
         finally:
-            await broker.shutdown()
+            await _shutdown(broker)
+
+
+async def _shutdown(broker: GuardedBroker) -> None:
+    """amqtt's shutdown; connections it cannot close in time are reset (see
+    :meth:`GuardedBroker.abort_connections`), so the listener always goes away."""
+    task = asyncio.ensure_future(broker.shutdown())
+    done, _pending = await asyncio.wait({task}, timeout=_GRACEFUL_STOP_S)
+    if not done:
+        aborted = broker.abort_connections()
+        log.warning(
+            "embedded broker: sessions did not close within %.0f s; reset %d connections",
+            _GRACEFUL_STOP_S,
+            aborted,
+        )
+    await task
 
 
 def _claim_port(host: str, port: int) -> int:

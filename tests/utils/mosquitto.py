@@ -33,9 +33,16 @@ def require_mosquitto() -> str:
 
 
 class PrivateMosquitto:
-    def __init__(self, directory: Path, *, persistent: bool = False, extra: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistent: bool = False,
+        extra: str = "",
+        port: int | None = None,
+    ) -> None:
         self.binary = require_mosquitto()
-        self.port = free_port()
+        self.port = port or free_port()
         self.store: Path | None = None
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
         if persistent:

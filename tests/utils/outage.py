@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from tests.utils.mosquitto import PrivateMosquitto
+from tests.utils.net import restartable_port
 from tests.utils.server import LiveServer, live_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +219,10 @@ class _Broker:
         self.server: LiveServer | None = None
         if options.broker == "mosquitto":
             self.mosquitto = PrivateMosquitto(
-                work, persistent=options.broker_persistence, extra=options.broker_conf
+                work,
+                persistent=options.broker_persistence,
+                extra=options.broker_conf,
+                port=restartable_port(),  # nobody else's free_port() takes it mid-outage
             )
 
     def stop(self) -> None:
@@ -302,13 +306,11 @@ def _started(options: OutageOptions, work: Path) -> Iterator[tuple[_Broker, Live
             stack.callback(broker.mosquitto.cleanup)
             broker.mosquitto.start()
             broker_url = broker.mosquitto.url
+        settings = dict(options.server_settings)
+        if broker_url is None:
+            settings.setdefault("embedded_broker_port", restartable_port())
         server = stack.enter_context(
-            live_server(
-                work,
-                database_url=options.database_url,
-                broker_url=broker_url,
-                **options.server_settings,
-            )
+            live_server(work, database_url=options.database_url, broker_url=broker_url, **settings)
         )
         broker.server = server
         yield broker, server
