@@ -209,10 +209,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
     def abort_connections(self) -> int:
         """Reset every open client connection; returns how many.
 
-        For a shutdown that does not finish: amqtt stops a session by cancelling its reader
-        task and waiting for it, and on Python 3.11 ``asyncio.wait_for`` can swallow that
-        cancellation when a packet arrives at the same moment (gh-86296), so a busy client's
-        reader keeps reading and the shutdown waits forever. A reset connection ends it.
+        Done before amqtt's shutdown (see ``embedded._shutdown``), and again if it does not
+        finish: amqtt stops a session by cancelling its reader task and waiting for it, and on
+        Python 3.11 ``asyncio.wait_for`` can swallow that cancellation when a packet arrives
+        at the same moment (gh-86296), so a busy client's reader keeps reading and the
+        shutdown waits forever. A reset connection ends the reader with end-of-file instead.
         """
         writers = list(self._writers)
         for writer in writers:

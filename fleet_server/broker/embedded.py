@@ -182,6 +182,8 @@ class EmbeddedBroker:
             thread = self._thread
             if thread is None:
                 return
+            if self._gate_devices and self._authenticator is not None:
+                self._devices_open.clear()  # nobody reconnects into a broker that is stopping
             self._shutdown(thread)
         log.info("embedded MQTT broker on %s stopped", self.url)
 
@@ -254,8 +256,14 @@ class EmbeddedBroker:
 
 
 async def _shutdown(broker: GuardedBroker) -> None:
-    """amqtt's shutdown; connections it cannot close in time are reset (see
-    :meth:`GuardedBroker.abort_connections`), so the listener always goes away."""
+    """Reset every client connection, then amqtt's shutdown (again resetting what it could
+    not close in time), so the listener always goes away.
+
+    Resetting first means nothing is acknowledged once stopping has begun: amqtt removes the
+    sessions one at a time, and a device still connected after the server's session is gone
+    would have its QoS 1 messages acknowledged with nobody to deliver them to. Unacknowledged,
+    its client sends them again after reconnecting (ingest de-duplicates)."""
+    broker.abort_connections()
     task = asyncio.ensure_future(broker.shutdown())
     done, _pending = await asyncio.wait({task}, timeout=_GRACEFUL_STOP_S)
     if not done:
