@@ -88,7 +88,10 @@ class Runtime:
             self.bus = self._make_bus(broker_url)
             self.bus.start(wait=settings.broker_connect_timeout_s)
         except MqttError as err:
-            raise StartupError(str(err)) from err
+            hint = ""
+            if "no connection" in str(err) and self.bus is not None and self.bus.protocol == 5:
+                hint = " (a broker that does not speak MQTT 5: set broker_mqtt_version=3.1.1)"
+            raise StartupError(f"{err}{hint}") from err
         if self.broker is not None and not _wait_for(
             lambda: self.broker is not None and self.broker.devices_admitted,
             settings.broker_connect_timeout_s,
@@ -114,7 +117,10 @@ class Runtime:
             )
         }
         external = self.broker is None
-        expiry = settings.mqtt_session_expiry_s
+        expiry = settings.mqtt_session_expiry_s if external else 0
+        # MQTT v5 only for what needs it (a session that expires): a clean session stays on
+        # 3.1.1, which every broker speaks (amqtt does not speak 5).
+        v5 = expiry > 0 and settings.broker_mqtt_version == "5"
         return FleetBus(
             broker_url=broker_url,
             username=self.mqtt_credential.username,
@@ -122,8 +128,8 @@ class Runtime:
             client_id=settings.resolved_mqtt_client_id,
             writer=self.writer,
             desired_source=self._desired_states,
-            protocol=5 if external and settings.broker_mqtt_version == "5" else 3,
-            session_expiry_s=expiry if external and expiry > 0 else None,
+            protocol=5 if v5 else 3,
+            session_expiry_s=expiry if expiry > 0 else None,
             on_subscribed=None if external else self._admit_devices,
             **tls,
         )

@@ -67,9 +67,10 @@ class ServerSettings(BaseSettings):
     )
     broker_mqtt_version: Literal["3.1.1", "5"] = Field(
         default="5",
-        description="MQTT version the server speaks to an external broker (the embedded one "
-        "speaks 3.1.1). With 5, the session expires after mqtt_session_expiry_s; with 3.1.1 "
-        "the broker's own policy decides (Mosquitto: persistent_client_expiration).",
+        description="MQTT version for a kept session on an external broker (a clean session, "
+        "and the embedded broker, use 3.1.1). With 5 the session expires after "
+        "mqtt_session_expiry_s; with 3.1.1 (brokers without MQTT 5, e.g. amqtt) the broker's "
+        "own policy decides (Mosquitto: persistent_client_expiration).",
     )
     mqtt_session_expiry_s: int = Field(
         default=86_400,

@@ -51,6 +51,7 @@ class FleetBus:
     ) -> None:
         self._writer = writer
         self._desired_source = desired_source
+        self._protocol = protocol
         address = BrokerAddress.from_url(
             broker_url, ca_file=ca_file, cert_file=cert_file, key_file=key_file
         )
@@ -70,6 +71,11 @@ class FleetBus:
     @property
     def connected(self) -> bool:
         return self._transport.connected
+
+    @property
+    def protocol(self) -> int:
+        """The MQTT version spoken: 3 (3.1.1) or 5."""
+        return self._protocol
 
     @property
     def broker(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -37,12 +38,12 @@ def _mosquitto(tmp_path: Path, pki: Pki, *, mutual: bool) -> PrivateMosquitto:
 
 
 def _telemetry_reaches_the_database(
-    tmp_path: Path, pki: Pki, *, mutual: bool, **server_tls: Path
+    tmp_path: Path, pki: Pki, *, mutual: bool, **server_settings: Any
 ) -> None:
     broker = _mosquitto(tmp_path, pki, mutual=mutual)
     url = f"mqtts://127.0.0.1:{broker.port}"
     try:
-        with live_server(tmp_path, broker_url=url, **server_tls) as server:
+        with live_server(tmp_path, broker_url=url, **server_settings) as server:
             client = FleetClient(server.url, server.token)
             device_id = f"tls-{time.time_ns() % 10**9}"
             client.add_device(device_id)
@@ -83,6 +84,7 @@ def test_server_and_device_with_client_certificates(tmp_path: Path, pki: Pki) ->
         broker_ca_file=pki.ca.cert,
         broker_cert_file=server.cert,
         broker_key_file=server.key,
+        mqtt_session_expiry_s=300,  # a kept session: MQTT v5 over TLS
     )
 
 

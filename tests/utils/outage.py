@@ -52,7 +52,8 @@ class OutageOptions:
     broker_crash: bool = False
     #: Extra mosquitto.conf lines (e.g. ``autosave_interval 1``).
     broker_conf: str = ""
-    #: Extra server settings (e.g. ``mqtt_session_expiry_s=0`` for the old clean session).
+    #: Server settings over the scenario's (a kept session: ``mqtt_session_expiry_s=300``;
+    #: ``0`` is the old clean session).
     server_settings: dict[str, Any] = field(default_factory=dict)
     drain_timeout_s: float = 90.0
 
@@ -306,7 +307,9 @@ def _started(options: OutageOptions, work: Path) -> Iterator[tuple[_Broker, Live
             stack.callback(broker.mosquitto.cleanup)
             broker.mosquitto.start()
             broker_url = broker.mosquitto.url
-        settings = dict(options.server_settings)
+        # The server keeps its session (MQTT v5, 5 minutes: enough for the outage, and a
+        # random test client id leaves nothing behind for long).
+        settings = {"mqtt_session_expiry_s": 300, **options.server_settings}
         if broker_url is None:
             settings.setdefault("embedded_broker_port", restartable_port())
         server = stack.enter_context(
