@@ -50,13 +50,15 @@ def make_pki() -> Pki:
     return Pki(directory=directory, ca=ca, broker=broker, other_ca=other)
 
 
-def mosquitto_tls(pki: Pki, *, require_certificate: bool = False) -> str:
+def mosquitto_tls(
+    pki: Pki, *, require_certificate: bool = False, tls_version: str = "tlsv1.2"
+) -> str:
     """mosquitto.conf lines for the listener above them (Mosquitto 2.0 syntax)."""
     lines = [
         f"cafile {pki.ca.cert}",
         f"certfile {pki.broker.cert}",
         f"keyfile {pki.broker.key}",
-        "tls_version tlsv1.2",
+        f"tls_version {tls_version}",
     ]
     if require_certificate:
         lines += ["require_certificate true", "use_identity_as_username true"]
