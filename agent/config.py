@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,6 +31,7 @@ from agent.plugin_config import (
 )
 from agent.probation import ProbationConfig
 from edgefleet.contract import DeviceId
+from edgefleet.mqtt_tls import TlsError, TlsFiles, check_pem_file, client_context
 from firmware_configs.profile import (
     BATCH_SIZE_FIELD,
     CPU_MEM_ARENA_FIELD,
@@ -70,7 +72,19 @@ class MqttConfig(_Config):
     url: str = Field(description="Broker URL: mqtt://host[:port] or mqtts://host[:port].")
     username: str | None = Field(default=None, description="Broker user name, if required.")
     password: SecretStr | None = Field(default=None, description="Broker password, if required.")
-    ca_file: Path | None = Field(default=None, description="CA bundle for mqtts:// brokers.")
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) that signed an mqtts:// broker's certificate; default the "
+        "system's trust store. The certificate and host name are always verified.",
+    )
+    cert_file: Path | None = Field(
+        default=None,
+        description="This device's client certificate (PEM), for a broker that requires one; "
+        "needs key_file.",
+    )
+    key_file: Path | None = Field(
+        default=None, description="The private key (PEM, unencrypted) of cert_file."
+    )
     keepalive: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
     connect_wait_s: float = Field(
         default=10.0,
@@ -90,6 +104,29 @@ class MqttConfig(_Config):
         except ValueError as err:
             raise ValueError("has an invalid port") from err
         return value
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _pem(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            try:
+                check_pem_file(value, str(info.field_name))
+            except TlsError as err:
+                raise ValueError(str(err)) from err
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> MqttConfig:
+        files = (self.ca_file, self.cert_file, self.key_file)
+        if not any(files):
+            return self
+        if urlsplit(self.url).scheme != "mqtts":
+            raise ValueError("ca_file, cert_file and key_file need an mqtts:// url")
+        try:  # loads them as the transport will: a key that does not match fails here
+            client_context(TlsFiles(*(str(path) if path is not None else None for path in files)))
+        except TlsError as err:
+            raise ValueError(str(err)) from err
+        return self
 
 
 class TelemetryConfig(_Config):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.outbox import OutboxStats
 from agent.telemetry import Totals
 
 
@@ -17,6 +18,25 @@ class MetricsView:
     totals: Totals
     model: str | None
     rss_mb: float | None
+    #: The store-and-forward queue (None: unreadable right now, its metrics are left out).
+    outbox: OutboxStats | None = None
+    #: Messages the outbox drain delivered (broker-acknowledged) since the agent started.
+    drained: int = 0
+
+
+def _outbox(value: Callable[[OutboxStats], float]) -> Callable[[MetricsView], list[Sample]]:
+    return lambda v: [({}, value(v.outbox))] if v.outbox is not None else []
+
+
+def _dropped(v: MetricsView) -> list[Sample]:
+    if v.outbox is None:
+        return []
+    o = v.outbox
+    counts = {"telemetry": o.dropped_telemetry, "event": o.dropped_events, "state": o.dropped_state}
+    return [({"kind": kind}, n) for kind, n in counts.items()]
+
+
+Sample = tuple[dict[str, str], float]
 
 
 @dataclass(frozen=True)
@@ -24,7 +44,7 @@ class Metric:
     name: str
     kind: str  # counter | gauge
     help: str
-    samples: Callable[[MetricsView], list[tuple[dict[str, str], float]]]
+    samples: Callable[[MetricsView], list[Sample]]
 
 
 def _escape(value: str) -> str:
@@ -67,6 +87,37 @@ METRICS: tuple[Metric, ...] = (
         "gauge",
         "Resident set size of the agent process.",
         lambda v: [({}, v.rss_mb)] if v.rss_mb is not None else [],
+    ),
+    Metric(
+        "edgefleet_agent_outbox_messages",
+        "gauge",
+        "Messages waiting in the store-and-forward queue for the broker.",
+        _outbox(lambda o: o.messages),
+    ),
+    Metric(
+        "edgefleet_agent_outbox_bytes",
+        "gauge",
+        "Bytes the waiting messages count against the outbox budget.",
+        _outbox(lambda o: o.bytes),
+    ),
+    Metric(
+        "edgefleet_agent_outbox_dropped_total",
+        "counter",
+        "Queued messages dropped to stay within the outbox budget, by kind (kept on disk "
+        "across restarts).",
+        _dropped,
+    ),
+    Metric(
+        "edgefleet_agent_outbox_drained_total",
+        "counter",
+        "Queued messages delivered to the broker (acknowledged) since the agent started.",
+        lambda v: [({}, v.drained)],
+    ),
+    Metric(
+        "edgefleet_agent_outbox_corrupt_recoveries_total",
+        "counter",
+        "Times an unreadable outbox file was moved aside and a new one started.",
+        _outbox(lambda o: o.corrupt_recoveries),
     ),
 )
 

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from agent.errors import AgentConfigError, AgentError
 from agent.forwarder import Forwarder
 from agent.inputs import InputSource, SourceContext, create_source
 from agent.metrics import MetricsView, render
-from agent.outbox import Outbox, OutboxError
+from agent.outbox import Outbox, OutboxError, OutboxStats
 from agent.pipeline import Pipeline
 from agent.probation import HealthMonitor
 from agent.publisher import Publisher, status_payload
@@ -63,13 +64,19 @@ class AgentService:
         self.collector = TelemetryCollector(device_id=self.device_id, data_dir=config.data_dir)
         self.slot = ModelSlot()
         self.monitor = HealthMonitor(config.probation)
-        self.transport = MqttTransport(
-            _broker(config),
-            client_id=f"edgefleet-agent-{self.device_id}",
-            will=(topic(self.device_id, Channel.STATUS), status_payload(self.device_id, "offline")),
-            on_connect=self._on_connect,
-            keepalive=config.mqtt.keepalive,
-        )
+        try:
+            self.transport = MqttTransport(
+                _broker(config),
+                client_id=f"edgefleet-agent-{self.device_id}",
+                will=(
+                    topic(self.device_id, Channel.STATUS),
+                    status_payload(self.device_id, "offline"),
+                ),
+                on_connect=self._on_connect,
+                keepalive=config.mqtt.keepalive,
+            )
+        except MqttError as err:  # TLS files that changed since the config was read
+            raise AgentConfigError(f"mqtt: {err}") from err
         sink_context = SinkContext(
             device_id=self.device_id,
             transport=self.transport,
@@ -164,11 +171,18 @@ class AgentService:
 
     def metrics_text(self) -> str:
         serving = self.slot.current
+        try:
+            outbox: OutboxStats | None = self.forwarder.stats()
+        except OutboxError as err:
+            log.warning("outbox stats unavailable", extra={"error": str(err)})
+            outbox = None
         return render(
             MetricsView(
                 totals=self.collector.totals(),
                 model=str(serving.model.ref) if serving is not None else None,
                 rss_mb=rss_mb(),
+                outbox=outbox,
+                drained=self.forwarder.drained,
             )
         )
 
@@ -323,19 +337,17 @@ class AgentService:
 def _broker(config: AgentConfig) -> BrokerAddress:
     m = config.mqtt
     try:
-        address = BrokerAddress.from_url(m.url, ca_file=str(m.ca_file) if m.ca_file else None)
+        address = BrokerAddress.from_url(
+            m.url,
+            ca_file=str(m.ca_file) if m.ca_file else None,
+            cert_file=str(m.cert_file) if m.cert_file else None,
+            key_file=str(m.key_file) if m.key_file else None,
+        )
     except MqttError as err:
         raise AgentConfigError(f"mqtt.url: {err}") from err
     if m.username is not None:
         password = m.password.get_secret_value() if m.password else None
-        address = BrokerAddress(
-            host=address.host,
-            port=address.port,
-            username=m.username,
-            password=password,
-            tls=address.tls,
-            ca_file=address.ca_file,
-        )
+        address = replace(address, username=m.username, password=password)
     return address
 
 

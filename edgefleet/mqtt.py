@@ -3,19 +3,24 @@
 A thin layer over paho-mqtt (callback API v2) that owns what every EdgeFleet client needs:
 a Last Will, automatic reconnect with back-off, subscriptions restored after a reconnect, every
 ``MQTTMessageInfo.rc`` checked, and a way to wait until QoS 1 publishes are acknowledged.
-paho is imported when a transport is created, so importing this module costs nothing.
+``mqtts://`` connects over verified TLS only (:mod:`edgefleet.mqtt_tls`; no plaintext fallback,
+no "insecure" switch), optionally with a client certificate. With ``session_expiry_s`` the broker
+keeps the client's session (subscriptions, queued QoS 1 messages) while it is away, and, with
+broker persistence, across a broker restart. paho is imported when a transport is created, so
+importing this module costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
+
+from edgefleet.mqtt_tls import RecordingContext, TlsError, TlsFiles, client_context, explain
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -38,10 +43,26 @@ class BrokerAddress:
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
+            raise MqttError("ca_file, cert_file and key_file need an mqtts:// broker URL")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise MqttError("a client certificate needs both cert_file and key_file")
 
     @classmethod
-    def from_url(cls, url: str, *, ca_file: str | None = None) -> BrokerAddress:
-        """Parse ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS, port 8883)."""
+    def from_url(
+        cls,
+        url: str,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> BrokerAddress:
+        """Parse ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS, port 8883);
+        the TLS files apply to ``mqtts://`` only (MqttError otherwise)."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise MqttError(f"broker URL must start with mqtt:// or mqtts://, got {url[:80]!r}")
@@ -59,7 +80,13 @@ class BrokerAddress:
             password=unquote(parts.password) if parts.password else None,
             tls=tls,
             ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
         )
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        return TlsFiles(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
 
     @property
     def url(self) -> str:
@@ -99,7 +126,13 @@ def topic_matches(levels: tuple[str, ...], topic: str) -> bool:
 
 
 class MqttTransport:
-    """One MQTT connection with a background network thread and automatic reconnect."""
+    """One MQTT connection with a background network thread and automatic reconnect.
+
+    ``session_expiry_s`` None: a clean session on every connect. A number: the broker keeps
+    this client id's session while it is disconnected (MQTT v5: for that many seconds; 3.1.1:
+    as long as the broker's own policy allows). ``on_subscribed`` runs (network thread) once
+    the broker has acknowledged every subscription sent on a (re)connect.
+    """
 
     def __init__(
         self,
@@ -111,7 +144,8 @@ class MqttTransport:
         protocol: Literal[3, 5] = 3,
         keepalive: int = 30,
         max_queued: int = 0,
-        clean_session: bool = True,
+        session_expiry_s: int | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -120,6 +154,8 @@ class MqttTransport:
         self._protocol = protocol
         self._keepalive = keepalive
         self._on_connect_cb = on_connect
+        self._on_subscribed_cb = on_subscribed
+        self._sub_mids: set[int] = set()
         self._subs: dict[str, _Subscription] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -134,7 +170,7 @@ class MqttTransport:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
-            clean_session=None if protocol == 5 else clean_session,
+            clean_session=None if protocol == 5 else session_expiry_s is None,
         )
         self._client.enable_logger(logging.getLogger("paho"))
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -142,24 +178,32 @@ class MqttTransport:
         self._client.max_inflight_messages_set(100)
         if address.username is not None:
             self._client.username_pw_set(address.username, address.password)
+        self._tls: RecordingContext | None = None
         if address.tls:
-            context = ssl.create_default_context(cafile=address.ca_file)
-            self._client.tls_set_context(context)
+            try:
+                self._tls = client_context(address.tls_files)
+            except TlsError as err:
+                raise MqttError(f"{address.url}: {err}") from err
+            self._client.tls_set_context(self._tls)
+        self._tls_logged = ""
         self._connect_properties: Any = None
-        if protocol == 5 and not clean_session:
+        if session_expiry_s is not None and not 0 <= session_expiry_s <= 0xFFFFFFFF:
+            raise MqttError(f"session_expiry_s must be 0..4294967295, got {session_expiry_s}")
+        if protocol == 5 and session_expiry_s is not None:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
-            # MQTT v5: keep the session (subscriptions, queued QoS 1) for a day while away.
             self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            self._connect_properties.SessionExpiryInterval = 86_400
-        self._clean_start = clean_session
+            self._connect_properties.SessionExpiryInterval = session_expiry_s
+        self._clean_start = session_expiry_s is None
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
+        self._client.on_subscribe = self._handle_subscribe
+        self._client.on_connect_fail = self._handle_connect_fail
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, *, wait: float | None = 10.0) -> None:
@@ -188,6 +232,10 @@ class MqttTransport:
             if self._refused is not None:
                 self.close()
                 raise MqttError(f"{self.address.url} refused the connection: {self._refused}")
+            tls_error = self._tls.errors.take() if self._tls is not None else None
+            if tls_error is not None:
+                self.close()
+                raise MqttError(f"TLS to {self.address.url} failed: {explain(tls_error)}")
             if time.monotonic() > deadline:
                 self.close()
                 raise MqttError(f"no connection to {self.address.url} within {wait:.0f} s")
@@ -253,12 +301,22 @@ class MqttTransport:
             self._refused = str(reason)
             log.warning("mqtt connect refused", extra={"broker": self.address.url})
             return
+        self._refused = None
+        self._tls_logged = ""
+        if self._tls is not None:
+            self._tls.errors.take()
         with self._lock:
             subs = list(self._subs.items())
+            self._sub_mids.clear()
         for topic_filter, sub in subs:
-            rc, _mid = client.subscribe(topic_filter, qos=sub.qos)
+            rc, mid = client.subscribe(topic_filter, qos=sub.qos)
             if rc != 0:
                 log.error("mqtt resubscribe failed", extra={"filter": topic_filter, "rc": rc})
+            elif mid is not None:
+                with self._lock:
+                    self._sub_mids.add(mid)
+        if not subs:
+            self._subscribed()
         self._connected.set()
         log.info("mqtt connected", extra={"broker": self.address.url})
         if self._on_connect_cb is not None:
@@ -272,6 +330,7 @@ class MqttTransport:
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._log_tls_error()
         if was and not self._closing:
             log.warning("mqtt disconnected", extra={"broker": self.address.url})
 
@@ -284,6 +343,41 @@ class MqttTransport:
                     sub.handler(msg.topic, bytes(msg.payload), bool(msg.retain))
                 except Exception:
                     log.exception("mqtt handler failed", extra={"topic": msg.topic[:200]})
+
+    def _handle_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        with self._lock:
+            if mid not in self._sub_mids:
+                return  # a subscribe() made while connected, not the on-connect set
+            if refused:
+                log.error("mqtt subscription refused", extra={"reason": str(refused[0])})
+                return  # on_subscribed never runs for this connection
+            self._sub_mids.discard(mid)
+            done = not self._sub_mids
+        if done:
+            self._subscribed()
+
+    def _subscribed(self) -> None:
+        if self._on_subscribed_cb is None:
+            return
+        try:
+            self._on_subscribed_cb()
+        except Exception:
+            log.exception("on_subscribed callback failed")
+
+    def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._log_tls_error()
+
+    def _log_tls_error(self) -> None:
+        err = self._tls.errors.peek() if self._tls is not None else None
+        if err is None:
+            return
+        text = explain(err)
+        if text != self._tls_logged:  # once per distinct cause, not on every retry
+            self._tls_logged = text
+            log.error("mqtt TLS failed", extra={"broker": self.address.url, "error": text})
 
     def _handle_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any

@@ -8,7 +8,12 @@ from sqlmodel import Session
 
 from fleet_server.db import DatabaseError, make_engine, migrate
 from fleet_server.services.devices import mqtt_password_hashes
-from fleet_server.services.mosquitto import MosquittoError, MosquittoFiles, write_mosquitto_files
+from fleet_server.services.mosquitto import (
+    PERSISTENCE_LOCATION,
+    MosquittoError,
+    MosquittoFiles,
+    write_mosquitto_files,
+)
 from fleet_server.services.mqtt_auth import resolve_server_credential
 from fleet_server.settings import ServerSettings
 
@@ -23,6 +28,7 @@ def export_mosquitto(
     out: Path,
     port: int = 1883,
     host: str = "0.0.0.0",  # noqa: S104 - the sample listener; the operator edits it
+    persistence_location: Path = PERSISTENCE_LOCATION,
 ) -> MosquittoFiles:
     """Write password_file, acl_file and mosquitto.conf for the server's database into ``out``.
 
@@ -44,6 +50,7 @@ def export_mosquitto(
             devices=devices,
             port=port,
             host=host,
+            persistence_location=persistence_location,
         )
     except (OSError, DatabaseError, MosquittoError) as err:
         raise AclError(str(err)) from err

@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="0.0.0.0",  # noqa: S104 - written into a sample config, not bound here
         help="address in the sample mosquitto.conf (default 0.0.0.0)",
     )
+    acl.add_argument(
+        "--persistence-dir",
+        default="/var/lib/mosquitto",
+        help="persistence_location in the sample mosquitto.conf (writable by Mosquitto's "
+        "user; default /var/lib/mosquitto)",
+    )
     acl.set_defaults(handler=run_acl)
 
 
@@ -107,7 +113,11 @@ def run_acl(args: argparse.Namespace) -> int:
 
     try:
         files = export_mosquitto(
-            settings=settings, out=Path(args.out), port=args.listen_port, host=args.listen_host
+            settings=settings,
+            out=Path(args.out),
+            port=args.listen_port,
+            host=args.listen_host,
+            persistence_location=Path(args.persistence_dir),
         )
     except AclError as err:
         print(f"edgefleet server acl: {err}", file=sys.stderr)

@@ -4,6 +4,7 @@ database (migrated) → embedded broker (if no broker URL) → ingest writer →
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,18 +93,19 @@ class Runtime:
             queue_size=settings.ingest_queue_size,
         )
         self.writer.start()
-        self.bus = FleetBus(
-            broker_url=broker_url,
-            username=self.mqtt_credential.username,
-            password=self.mqtt_credential.password,
-            client_id=settings.resolved_mqtt_client_id,
-            writer=self.writer,
-            desired_source=self._desired_states,
-        )
         try:
+            self.bus = self._make_bus(broker_url)
             self.bus.start(wait=settings.broker_connect_timeout_s)
         except MqttError as err:
-            raise StartupError(str(err)) from err
+            hint = ""
+            if "no connection" in str(err) and self.bus is not None and self.bus.protocol == 5:
+                hint = " (a broker that does not speak MQTT 5: set broker_mqtt_version=3.1.1)"
+            raise StartupError(f"{err}{hint}") from err
+        if self.broker is not None and not _wait_for(
+            lambda: self.broker is not None and self.broker.devices_admitted,
+            settings.broker_connect_timeout_s,
+        ):
+            raise StartupError("the embedded broker did not acknowledge the server's subscriptions")
         self.rollouts = RolloutEngine(
             engine=self.engine, publisher=self.bus, public_url=settings.resolved_public_url
         )
@@ -113,6 +115,42 @@ class Runtime:
             "fleet server started",
             extra={"db": safe_url(settings.resolved_database_url), "broker": self.bus.broker},
         )
+
+    def _make_bus(self, broker_url: str) -> FleetBus:
+        """The bus: an external broker keeps the server's session (settings); the embedded
+        one lives and dies with this process, so a clean session, and it admits devices once
+        the bus has subscribed (after every broker start)."""
+        settings = self.settings
+        assert self.writer is not None and self.mqtt_credential is not None
+        tls = {
+            name: str(path) if path is not None else None
+            for name, path in (
+                ("ca_file", settings.broker_ca_file),
+                ("cert_file", settings.broker_cert_file),
+                ("key_file", settings.broker_key_file),
+            )
+        }
+        external = self.broker is None
+        expiry = settings.mqtt_session_expiry_s if external else 0
+        # MQTT v5 only for what needs it (a session that expires): a clean session stays on
+        # 3.1.1, which every broker speaks (amqtt does not speak 5).
+        v5 = expiry > 0 and settings.broker_mqtt_version == "5"
+        return FleetBus(
+            broker_url=broker_url,
+            username=self.mqtt_credential.username,
+            password=self.mqtt_credential.password,
+            client_id=settings.resolved_mqtt_client_id,
+            writer=self.writer,
+            desired_source=self._desired_states,
+            protocol=5 if v5 else 3,
+            session_expiry_s=expiry if expiry > 0 else None,
+            on_subscribed=None if external else self._admit_devices,
+            **tls,
+        )
+
+    def _admit_devices(self) -> None:
+        if self.broker is not None:
+            self.broker.admit_devices()
 
     def _start_embedded_broker(self) -> str:
         from fleet_server.broker import BrokerError, EmbeddedBroker
@@ -127,6 +165,7 @@ class Runtime:
             host=self.settings.embedded_broker_host,
             port=self.settings.embedded_broker_port,
             authenticator=authenticator,
+            gate_devices=True,
         )
         try:
             broker.start(timeout=10.0)
@@ -183,6 +222,15 @@ def without_credentials(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _quietly(what: str, step: Callable[[], object]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 from pathlib import Path
@@ -151,6 +150,35 @@ class ServerSettings(BaseSettings):
         description="mqtt://[user:password@]host:port of an external broker (without "
         "user:password the server logs in as mqtt_username); None starts the embedded broker.",
     )
+    broker_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signed an mqtts:// broker's certificate (default: the "
+        "system's trust store). The certificate and host name are always verified.",
+    )
+    broker_cert_file: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) for an mqtts:// broker that requires one; "
+        "needs broker_key_file.",
+    )
+    broker_key_file: Path | None = Field(
+        default=None, description="Private key (PEM) of broker_cert_file."
+    )
+    broker_mqtt_version: Literal["3.1.1", "5"] = Field(
+        default="5",
+        description="MQTT version for a kept session on an external broker (a clean session, "
+        "and the embedded broker, use 3.1.1). With 5 the session expires after "
+        "mqtt_session_expiry_s; with 3.1.1 (brokers without MQTT 5, e.g. amqtt) the broker's "
+        "own policy decides (Mosquitto: persistent_client_expiration).",
+    )
+    mqtt_session_expiry_s: int = Field(
+        default=86_400,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="How long an external broker keeps the server's session (its "
+        "subscriptions and the device messages queued for it) while the server is away or "
+        "the broker restarts (with broker persistence). 0: a clean session on every connect "
+        "(device messages sent while the server is not subscribed are lost).",
+    )
     broker_connect_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="How long startup waits for the broker."
     )
@@ -203,9 +231,11 @@ class ServerSettings(BaseSettings):
         default=None,
         min_length=1,
         max_length=64,
-        description="Client id of the server's MQTT connection; default "
-        "edgefleet-server-<host>-<pid>, unique so two servers on one broker never evict "
-        "each other.",
+        description="Client id of the server's MQTT connection, and so of its broker session; "
+        "default edgefleet-server-<host>-<port>: stable across restarts (the broker hands the "
+        "restarted server what was queued for it) and unique per host and HTTP port, so two "
+        "servers on one broker never evict each other. Set it where host names change "
+        "(containers).",
     )
     mqtt_auth: bool = Field(
         default=True,
@@ -253,6 +283,11 @@ class ServerSettings(BaseSettings):
             raise ValueError("mqtt_username may use only letters, digits and . _ -")
         if self.mqtt_password is not None and len(self.mqtt_password.get_secret_value()) < 16:
             raise ValueError("mqtt_password must be at least 16 characters")
+        tls_files = (self.broker_ca_file, self.broker_cert_file, self.broker_key_file)
+        if any(tls_files) and not (self.broker_url or "").startswith("mqtts://"):
+            raise ValueError("broker_ca_file/cert_file/key_file need an mqtts:// broker_url")
+        if (self.broker_cert_file is None) != (self.broker_key_file is None):
+            raise ValueError("broker_cert_file and broker_key_file go together")
         return self
 
     @property
@@ -273,7 +308,7 @@ class ServerSettings(BaseSettings):
         if self.mqtt_client_id:
             return self.mqtt_client_id
         host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32]
-        return f"edgefleet-server-{host}-{os.getpid()}"
+        return f"edgefleet-server-{host}-{self.port}"
 
     @property
     def artifact_root(self) -> Path:

@@ -200,10 +200,25 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
         self._max_packet_bytes = max_packet_bytes
         self._connect_timeout = connect_timeout
         self._open_connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def open_connections(self) -> int:
         return self._open_connections
+
+    def abort_connections(self) -> int:
+        """Reset every open client connection; returns how many.
+
+        Done before amqtt's shutdown (see ``embedded._shutdown``), and again if it does not
+        finish: amqtt stops a session by cancelling its reader task and waiting for it, and on
+        Python 3.11 ``asyncio.wait_for`` can swallow that cancellation when a packet arrives
+        at the same moment (gh-86296), so a busy client's reader keeps reading and the
+        shutdown waits forever. A reset connection ends the reader with end-of-file instead.
+        """
+        writers = list(self._writers)
+        for writer in writers:
+            writer.transport.abort()
+        return len(writers)
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
@@ -213,6 +228,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
             writer.close()
             return
         self._open_connections += 1
+        self._writers.add(writer)
         guarded = GuardedReader(
             reader,
             max_packet_bytes=self._max_packet_bytes,
@@ -226,6 +242,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
         finally:
             guarded.close()
             self._open_connections -= 1
+            self._writers.discard(writer)
             if guarded.refused is not None:
                 log.info("closed a connection: %s", guarded.refused)
             if not writer.is_closing():

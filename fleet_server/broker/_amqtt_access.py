@@ -12,7 +12,9 @@ with the check moved first) and refuses, with a CONNACK return code and a closed
 * a Last Will on a topic the identity may not publish to (0x05 not authorised), as Mosquitto 2
   does;
 * a client id whose existing session belongs to another user name (0x05): one device cannot
-  evict another, or resume its session.
+  evict another, or resume its session;
+* a device while ``devices_open`` is not set (0x03 server unavailable): after a (re)start the
+  server subscribes first, so no device message reaches a broker with nobody to deliver it to.
 
 Topic decisions replace amqtt's plugin chain (``_topic_filtering``): a refused PUBLISH is
 dropped (QoS 1 is still acknowledged and the connection stays open, as Mosquitto does for MQTT
@@ -24,11 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
-from amqtt.mqtt.connack import BAD_USERNAME_PASSWORD, NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.connack import (
+    BAD_USERNAME_PASSWORD,
+    NOT_AUTHORIZED,
+    SERVER_UNAVAILABLE,
+    ConnackPacket,
+)
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.utils import gen_client_id
 
@@ -50,10 +58,16 @@ class AccessControlledBroker(GuardedBroker):
     """A :class:`GuardedBroker` that admits only clients its authenticator vouches for."""
 
     def __init__(
-        self, config: dict[str, Any], *, authenticator: Authenticator, **guard: Any
+        self,
+        config: dict[str, Any],
+        *,
+        authenticator: Authenticator,
+        devices_open: threading.Event | None = None,
+        **guard: Any,
     ) -> None:
         super().__init__(config, **guard)
         self._authenticator = authenticator
+        self._devices_open = devices_open
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -125,6 +139,9 @@ class AccessControlledBroker(GuardedBroker):
             return None, BAD_USERNAME_PASSWORD, f"bad user name or password for {username[:64]!r}"
         if session.will_flag and not identity.may_publish(str(session.will_topic or "")):
             return None, NOT_AUTHORIZED, f"{username[:64]!r} may not publish its Last Will there"
+        gate = self._devices_open
+        if not identity.is_server and gate is not None and not gate.is_set():
+            return None, SERVER_UNAVAILABLE, "devices wait until the fleet server has subscribed"
         if session.client_id and session.client_id in self._sessions:
             owner = identity_of(self._sessions[session.client_id][0])
             if owner is not None and owner.username != identity.username:

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: How long ``stop`` waits for amqtt to close its sessions before giving up on the thread.
 _STOP_TIMEOUT = 10.0
+#: How long amqtt may take to close its sessions before their connections are reset.
+_GRACEFUL_STOP_S = 2.0
 
 
 class EmbeddedBroker:
@@ -32,6 +34,12 @@ class EmbeddedBroker:
     Without ``authenticator`` every client is admitted anonymously and may use any topic (tests,
     a closed lab network). With one, each CONNECT needs a user name and password it accepts, and
     the identity it returns confines the client to its topics (:mod:`.access`).
+
+    With ``gate_devices`` (and an authenticator), every start closes the gate: devices are
+    refused (CONNACK 0x03, server unavailable; they retry with back-off) until
+    :meth:`admit_devices` opens it, which the server calls once its own subscriptions are
+    acknowledged. A fresh broker has no sessions, so a device that drained its offline queue
+    into it before the server subscribed would have its messages acknowledged and dropped.
     """
 
     def __init__(
@@ -43,8 +51,11 @@ class EmbeddedBroker:
         max_packet_bytes: int | None = None,
         connect_timeout: float = 10.0,
         authenticator: Authenticator | None = None,
+        gate_devices: bool = False,
     ) -> None:
         self._authenticator = authenticator
+        self._gate_devices = gate_devices
+        self._devices_open = threading.Event()
         fields: dict[str, object] = {
             "host": host,
             "port": port,
@@ -81,6 +92,17 @@ class EmbeddedBroker:
     def requires_auth(self) -> bool:
         """True when clients must authenticate (an authenticator was given)."""
         return self._authenticator is not None
+
+    @property
+    def devices_admitted(self) -> bool:
+        """False while a gated broker refuses devices (see :meth:`admit_devices`)."""
+        return self._devices_open.is_set()
+
+    def admit_devices(self) -> None:
+        """Open the device gate (thread-safe; a no-op when already open)."""
+        if not self._devices_open.is_set():
+            self._devices_open.set()
+            log.info("embedded MQTT broker admits devices")
 
     @property
     def host(self) -> str:
@@ -126,6 +148,10 @@ class EmbeddedBroker:
                     "pip install 'edgefleet[server]'"
                 ) from err
             _amqtt.quiet_amqtt_logging()
+            if self._gate_devices and self._authenticator is not None:
+                self._devices_open.clear()
+            else:
+                self._devices_open.set()
             self._port = _claim_port(self._config.host, self._config.port)
             ready, abandon = threading.Event(), threading.Event()
             failure: list[BaseException] = []
@@ -156,6 +182,8 @@ class EmbeddedBroker:
             thread = self._thread
             if thread is None:
                 return
+            if self._gate_devices and self._authenticator is not None:
+                self._devices_open.clear()  # nobody reconnects into a broker that is stopping
             self._shutdown(thread)
         log.info("embedded MQTT broker on %s stopped", self.url)
 
@@ -211,7 +239,12 @@ class EmbeddedBroker:
         else:
             from fleet_server.broker._amqtt_access import AccessControlledBroker
 
-            broker = AccessControlledBroker(config, authenticator=self._authenticator, **guard)
+            broker = AccessControlledBroker(
+                config,
+                authenticator=self._authenticator,
+                devices_open=self._devices_open,
+                **guard,
+            )
         await broker.start()
         self._broker = broker
         ready.set()
@@ -219,7 +252,28 @@ class EmbeddedBroker:
             if not abandon.is_set():  # start() gave up waiting: close again at once
                 await self._stop_event.wait()
         finally:
-            await broker.shutdown()
+            await _shutdown(broker)
+
+
+async def _shutdown(broker: GuardedBroker) -> None:
+    """Reset every client connection, then amqtt's shutdown (again resetting what it could
+    not close in time), so the listener always goes away.
+
+    Resetting first means nothing is acknowledged once stopping has begun: amqtt removes the
+    sessions one at a time, and a device still connected after the server's session is gone
+    would have its QoS 1 messages acknowledged with nobody to deliver them to. Unacknowledged,
+    its client sends them again after reconnecting (ingest de-duplicates)."""
+    broker.abort_connections()
+    task = asyncio.ensure_future(broker.shutdown())
+    done, _pending = await asyncio.wait({task}, timeout=_GRACEFUL_STOP_S)
+    if not done:
+        aborted = broker.abort_connections()
+        log.warning(
+            "embedded broker: sessions did not close within %.0f s; reset %d connections",
+            _GRACEFUL_STOP_S,
+            aborted,
+        )
+    await task
 
 
 def _claim_port(host: str, port: int) -> int:

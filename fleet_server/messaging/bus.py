@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Literal
 
 from edgefleet.contract import Channel, DesiredState, encode, topic
 from edgefleet.contract.topics import fleet_filter
@@ -23,7 +24,14 @@ class FleetBus:
     of all assigned devices from the database, so a broker restart loses nothing.
 
     ``username``/``password`` (the server's MQTT identity) apply unless ``broker_url`` carries
-    its own ``user:password@``."""
+    its own ``user:password@``; ``ca_file``/``cert_file``/``key_file`` apply to ``mqtts://``.
+
+    ``session_expiry_s`` (None: clean session) asks the broker to keep the server's session
+    (its subscriptions and the device messages queued for it) while the server is away, and,
+    on a broker with persistence, across a broker restart: a device that drains its offline
+    queue into a restarted broker before the server is back still reaches the server.
+    ``on_subscribed`` runs after every (re)connect once the ingest subscriptions are
+    acknowledged (the embedded broker admits devices then)."""
 
     def __init__(
         self,
@@ -34,16 +42,28 @@ class FleetBus:
         desired_source: Callable[[], Sequence[DesiredState]],
         username: str | None = None,
         password: str | None = None,
+        protocol: Literal[3, 5] = 3,
+        session_expiry_s: int | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> None:
         self._writer = writer
         self._desired_source = desired_source
-        address = BrokerAddress.from_url(broker_url)
+        self._protocol = protocol
+        address = BrokerAddress.from_url(
+            broker_url, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+        )
         if address.username is None and username is not None:
             address = replace(address, username=username, password=password)
         self._transport = MqttTransport(
             address,
             client_id=client_id,
             on_connect=self._on_connect,
+            protocol=protocol,
+            session_expiry_s=session_expiry_s,
+            on_subscribed=on_subscribed,
         )
         for channel in INGEST_CHANNELS:
             self._transport.subscribe(fleet_filter(channel), writer.submit, qos=1)
@@ -51,6 +71,11 @@ class FleetBus:
     @property
     def connected(self) -> bool:
         return self._transport.connected
+
+    @property
+    def protocol(self) -> int:
+        """The MQTT version spoken: 3 (3.1.1) or 5."""
+        return self._protocol
 
     @property
     def broker(self) -> str:

@@ -114,7 +114,19 @@ def acl_lines(*, server_username: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def conf_lines(*, directory: Path, port: int = 1883, host: str = "0.0.0.0") -> str:  # noqa: S104
+#: Where Debian's Mosquitto keeps its database; must be writable by the mosquitto user.
+PERSISTENCE_LOCATION = Path("/var/lib/mosquitto")
+#: Seconds between saves: a broker crash (not a clean stop) loses what changed since the last.
+AUTOSAVE_INTERVAL_S = 30
+
+
+def conf_lines(
+    *,
+    directory: Path,
+    port: int = 1883,
+    host: str = "0.0.0.0",  # noqa: S104
+    persistence_location: Path = PERSISTENCE_LOCATION,
+) -> str:
     """A sample ``mosquitto.conf`` using the two files in ``directory`` (absolute paths)."""
     where = directory.resolve()
     return "\n".join(
@@ -125,6 +137,14 @@ def conf_lines(*, directory: Path, port: int = 1883, host: str = "0.0.0.0") -> s
             f"password_file {where / PASSWORD_FILE}",
             f"acl_file {where / ACL_FILE}",
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+            "# Required for no telemetry loss across a broker restart: the fleet server's",
+            "# session (its subscriptions and the messages queued for it) must survive it, or",
+            "# devices that reconnect first drain their offline queues into a broker with",
+            "# nobody subscribed (acknowledged, then dropped). A crash loses what changed since",
+            "# the last autosave; the session itself is saved within autosave_interval.",
+            "persistence true",
+            f"persistence_location {persistence_location.resolve()}/",
+            f"autosave_interval {AUTOSAVE_INTERVAL_S}",
             "# Mosquitto lets any logged-in client take over a connected client id: a device",
             "# could disconnect another by reusing its id (it still cannot read or write the",
             "# other's topics). With one server process, this closes that gap (it forces every",
@@ -142,6 +162,7 @@ def write_mosquitto_files(
     devices: Iterable[tuple[str, str | None]],
     port: int = 1883,
     host: str = "0.0.0.0",  # noqa: S104 - a sample listener; the operator edits it
+    persistence_location: Path = PERSISTENCE_LOCATION,
 ) -> MosquittoFiles:
     """Write the three files into ``out`` (created if missing); each replaced atomically.
 
@@ -158,7 +179,10 @@ def write_mosquitto_files(
     )
     _write(files.password_file, password_lines(server=server, devices=rows), mode=0o640)
     _write(files.acl_file, acl_lines(server_username=server[0]), mode=0o644)
-    _write(files.conf_file, conf_lines(directory=out, port=port, host=host), mode=0o644)
+    conf = conf_lines(
+        directory=out, port=port, host=host, persistence_location=persistence_location
+    )
+    _write(files.conf_file, conf, mode=0o644)
     return files
 
 

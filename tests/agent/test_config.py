@@ -285,3 +285,52 @@ def test_plugin_configs_parse_and_reject_unknown_keys() -> None:
         parse_config(BASE + '[sink]\ntype = "mqtt"\nmax_queued = 0\n')
     with pytest.raises(AgentConfigError, match="input.stream.url"):
         parse_config(BASE + '[input]\ntype = "stream"\nurl = "ftp://x"\n')
+
+
+def test_mqtt_tls_files_are_validated_at_load(tmp_path: Path) -> None:
+    from tests.utils.tls import make_pki
+
+    pki = make_pki()
+    try:
+        device = pki.client("dev-1")
+        tls = VALID.replace('url = "mqtt://127.0.0.1:1883"', 'url = "mqtts://127.0.0.1:8883"')
+
+        def with_files(**files: Path) -> str:
+            lines = "".join(f'{name} = "{path}"\n' for name, path in files.items())
+            return tls.replace("keepalive = 20\n", f"keepalive = 20\n{lines}")
+
+        config = parse_config(
+            with_files(ca_file=pki.ca.cert, cert_file=device.cert, key_file=device.key)
+        )
+        assert config.mqtt.cert_file == device.cert and config.mqtt.key_file == device.key
+        from agent.service import _broker
+
+        address = _broker(config)
+        assert (address.tls, address.cert_file, address.username) == (
+            True,
+            str(device.cert),
+            "dev-1",
+        )
+
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_bytes(b"\x00\x01 not pem")
+        other = pki.client("other")
+        bad = [
+            (with_files(ca_file=tmp_path / "missing.pem"), "mqtt.ca_file: .*cannot read"),
+            (with_files(ca_file=garbage), "mqtt.ca_file: .*not a PEM file"),
+            (with_files(cert_file=device.cert), "mqtt: .*both cert_file and key_file"),
+            (with_files(cert_file=device.cert, key_file=other.key), "mqtt: .*TLS files rejected"),
+            (
+                VALID.replace("keepalive = 20\n", f'keepalive = 20\nca_file = "{pki.ca.cert}"\n'),
+                "mqtt: .*need an mqtts:// url",
+            ),  # fmt: skip
+            (
+                tls.replace("keepalive = 20\n", "keepalive = 20\ntls_insecure = true\n"),
+                "mqtt.tls_insecure: Extra inputs",
+            ),  # fmt: skip
+        ]
+        for text, message in bad:
+            with pytest.raises(AgentConfigError, match=message):
+                parse_config(text)
+    finally:
+        pki.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,7 +67,13 @@ def test_agent_process_serves_http_and_writes_results_offline(
                 [result] = json.loads(resp.read())["results"]
             assert result["top_k"][0]["label"] == image.stem[-1]
         with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:  # noqa: S310
-            assert "edgefleet_agent_inferences_total 3" in resp.read().decode()
+            metrics = resp.read().decode()
+        assert "edgefleet_agent_inferences_total 3" in metrics
+        # Offline: what the agent queued (agent.started, its state) waits in the outbox.
+        waiting = re.search(r"^edgefleet_agent_outbox_messages (\d+)$", metrics, re.M)
+        assert waiting is not None and int(waiting.group(1)) >= 2, metrics
+        assert re.search(r"^edgefleet_agent_outbox_bytes [1-9]\d*$", metrics, re.M)
+        assert "edgefleet_agent_outbox_drained_total 0" in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

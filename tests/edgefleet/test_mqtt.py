@@ -154,3 +154,61 @@ def test_topic_matching_agrees_with_paho() -> None:
                 topic_filter,
                 topic,
             )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("protocol", "expiry"), [(5, 600), (3, 600), (5, None)])
+def test_a_kept_session_survives_a_broker_restart(
+    tmp_path: Path, protocol: int, expiry: int | None
+) -> None:
+    """The server's case: it is away while the broker restarts (persistence on), a device
+    publishes into the fresh broker first; with a kept session the server still gets it."""
+    broker = PrivateMosquitto(tmp_path, persistent=True)
+    broker.start()
+    address = BrokerAddress("127.0.0.1", broker.port)
+    topic = f"edgefleet/v1/{time.time_ns()}/telemetry"
+    client_id = f"server-{protocol}-{time.time_ns()}"
+    got: list[bytes] = []
+    subscribed: list[bool] = []
+
+    def server() -> MqttTransport:
+        transport = MqttTransport(
+            address,
+            client_id=client_id,
+            protocol=protocol,  # type: ignore[arg-type]
+            session_expiry_s=expiry,
+            on_subscribed=lambda: subscribed.append(True),
+        )
+        transport.subscribe("edgefleet/v1/+/telemetry", lambda t, p, r: got.append(p))
+        return transport
+
+    first = server()
+    first.start()
+    pub = MqttTransport(address, client_id=f"dev-{time.time_ns()}")
+    try:
+        assert _wait(lambda: subscribed == [True])
+        first.close()  # away; a kept session stays on the broker
+        broker.stop()  # SIGTERM: Mosquitto saves sessions
+        broker.start()
+        pub.start()
+        pub.publish(topic, b"while the server was away")
+        assert pub.wait_published(5)
+        second = server()
+        second.start()
+        try:
+            if expiry is None:
+                time.sleep(1.0)
+                assert got == []  # a clean session: the broker dropped it
+            else:
+                assert _wait(lambda: got == [b"while the server was away"]), got
+            assert _wait(lambda: subscribed == [True, True])
+        finally:
+            second.close()
+    finally:
+        pub.close()
+        broker.cleanup()
+
+
+def test_session_expiry_is_bounded() -> None:
+    with pytest.raises(MqttError, match="session_expiry_s"):
+        MqttTransport(BrokerAddress("127.0.0.1", 1), client_id="x", session_expiry_s=-1)

@@ -113,6 +113,9 @@ def test_acl_command_writes_the_files(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "listener 1999 0.0.0.0" in conf and "allow_anonymous false" in conf
     assert f"password_file {(out / PASSWORD_FILE).resolve()}" in conf
     assert "max_queued_messages 100000" in conf
+    # The server's session must survive a broker restart (docs: README, deployment).
+    assert "persistence true" in conf and "persistence_location /var/lib/mosquitto/" in conf
+    assert "autosave_interval 30" in conf
     # The server's password was generated into the data dir, the one the server will use.
     password = (data / "mqtt_password").read_text().strip()
     [line] = (out / PASSWORD_FILE).read_text().splitlines()
@@ -166,7 +169,13 @@ def test_mosquitto_enforces_the_generated_files(tmp_path: Path, mosquitto_dir: P
     settings = make_settings(
         tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", broker_url=f"mqtt://127.0.0.1:{port}"
     )
-    export_mosquitto(settings=settings, out=mosquitto_dir, port=port, host="127.0.0.1")
+    export_mosquitto(
+        settings=settings,
+        out=mosquitto_dir,
+        port=port,
+        host="127.0.0.1",
+        persistence_location=mosquitto_dir,  # never the system broker's database
+    )
     _readable(mosquitto_dir)
     broker = subprocess.Popen(
         ["mosquitto", "-c", str(mosquitto_dir / CONF_FILE)],
@@ -188,7 +197,9 @@ def test_mosquitto_enforces_the_generated_files(tmp_path: Path, mosquitto_dir: P
             url = f"mqtt://127.0.0.1:{port}"
             assert _refused(with_credentials(url, a, tokens[a])), "not in the file yet"
 
-            files = export_mosquitto(settings=settings, out=mosquitto_dir, port=port)
+            files = export_mosquitto(
+                settings=settings, out=mosquitto_dir, port=port, persistence_location=mosquitto_dir
+            )
             assert files.devices == 2 and files.skipped == ()
             _readable(mosquitto_dir)
             broker.send_signal(signal.SIGHUP)  # reloads password_file and acl_file

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,8 @@ def test_defaults_do_no_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     )
     assert settings.artifact_root == Path("edgefleet-data") / "artifacts"
     assert settings.resolved_mqtt_client_id.startswith("edgefleet-server-")
-    assert settings.resolved_mqtt_client_id.endswith(f"-{os.getpid()}")
+    # Stable across restarts (the broker keeps the server's session), unique per host + port.
+    assert settings.resolved_mqtt_client_id.endswith(f"-{settings.port}")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,9 +33,16 @@ def require_mosquitto() -> str:
 
 
 class PrivateMosquitto:
-    def __init__(self, directory: Path, *, persistent: bool = False, extra: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistent: bool = False,
+        extra: str = "",
+        port: int | None = None,
+    ) -> None:
         self.binary = require_mosquitto()
-        self.port = free_port()
+        self.port = port or free_port()
         self.store: Path | None = None
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
         if persistent:
@@ -56,6 +64,11 @@ class PrivateMosquitto:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port("127.0.0.1", self.port, timeout=10)
+        # Something else may have taken the port while this broker was down (another test's
+        # free_port()): then Mosquitto exits at once and the port answers for someone else.
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited at start (port {self.port} taken?)")
 
     def stop(self) -> None:
         """SIGTERM: a persistent broker saves its sessions first."""

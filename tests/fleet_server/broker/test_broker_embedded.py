@@ -6,11 +6,15 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fleet_server.broker import BrokerError, EmbeddedBroker
 from tests.utils.net import free_port, wait_for_port
+
+if TYPE_CHECKING:
+    from tests.fleet_server.broker.conftest import ClientFactory
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +152,38 @@ def test_amqtt_does_not_log_connections_at_info(
         broker.stop()
     noisy = [r for r in caplog.records if r.name.startswith(("amqtt", "transitions"))]
     assert noisy == []
+
+
+def test_stop_ends_even_when_a_session_reader_ignores_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch, connect: ClientFactory
+) -> None:
+    """Python 3.11's ``asyncio.wait_for`` can swallow the cancellation amqtt uses to stop a
+    busy client's reader (gh-86296): amqtt's shutdown then waits forever and the listener
+    stays up. Simulated here by a reader that swallows it every time."""
+    import asyncio
+    import time
+
+    from fleet_server.broker import _amqtt
+
+    original = _amqtt.GuardedReader.read
+
+    async def stubborn_read(self: _amqtt.GuardedReader, n: int = -1) -> bytes:
+        while True:
+            try:
+                return await original(self, n)
+            except asyncio.CancelledError:
+                continue
+
+    monkeypatch.setattr(_amqtt.GuardedReader, "read", stubborn_read)
+    broker = EmbeddedBroker(host="127.0.0.1", port=free_port())
+    broker.start(timeout=10)
+    try:
+        connect(broker.url, "busy-client")
+        started = time.monotonic()
+        broker.stop()
+        assert time.monotonic() - started < 8  # not the 10 s thread-join give-up
+        assert not broker.running
+        with pytest.raises(OSError):  # the listener is gone: a restart can take the port
+            socket.create_connection(("127.0.0.1", broker.port), timeout=1).close()
+    finally:
+        broker.stop()
