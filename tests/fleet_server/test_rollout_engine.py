@@ -393,3 +393,29 @@ def test_pinned_devices_are_left_alone(h: Harness) -> None:
     assert ids[0] in h.members(rollout.id, "skipped")
     assert ids[0] not in h.publisher.devices(NEW)
     assert len(h.publisher.devices(NEW)) == 3
+
+
+def test_a_device_on_probation_is_not_counted_as_committed(h: Harness) -> None:
+    from edgefleet.contract import ModelRef, State
+
+    h.add_devices(10)
+    rollout = h.create()
+    canary = h.members(rollout.id, "assigned")
+    h.send(
+        [
+            State(
+                device_id=d,
+                seq=h._next(d),
+                phase="probation",
+                running=ModelRef(name=h.model, version=NEW),
+                agent_version="test",
+            )
+            for d in canary
+        ]
+    )
+    h.clock.advance(5)
+    h.engine.tick()
+    assert h.members(rollout.id, "assigned") == canary  # still updating, not committed
+    h.fail(canary)  # the probation then rolls it back
+    h.engine.tick()
+    assert "success_rate" in h.decision(rollout.id, "gate_failed").reason

@@ -366,8 +366,14 @@ class RolloutEngine:
         for member in assigned:
             device = devices.get(member.device_id)
             outcome = outcomes.get(member.device_id)
-            if outcome is None and device is not None and _runs(device, target):
-                outcome = ("committed", now, "reported running the new version")
+            # A device on probation also reports running the new version: only "serving" counts.
+            if (
+                outcome is None
+                and device is not None
+                and _runs(device, target)
+                and device.phase == "serving"
+            ):
+                outcome = ("committed", now, "reported serving the new version")
             if outcome is None and member.assigned_at is not None:
                 if now - member.assigned_at > timeout:
                     outcome = ("failed", now, f"no result within {strategy.update_timeout_s:g} s")
