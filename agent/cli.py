@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -84,7 +85,13 @@ def run_command(args: argparse.Namespace) -> int:
     except AgentConfigError as err:
         return _fail(err, EXIT_USAGE)
     configure_logging(config.log_level)
+    from agent.faults import arm
     from agent.service import AgentService
+
+    try:
+        arm(os.environ)  # tests only: EDGEFLEET_AGENT_CRASH_AT (inert when unset)
+    except AgentConfigError as err:
+        return _fail(err, EXIT_USAGE)
 
     stop = threading.Event()
 

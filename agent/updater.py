@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from agent.download import download
 from agent.engine import LoadedModel
 from agent.errors import AgentError, UpdateError
+from agent.faults import crash_point
 from agent.plugin_config import PostprocessConfig
 from agent.probation import HealthMonitor
 from agent.state import AgentState, ModelSlot, Serving
@@ -152,8 +153,10 @@ class Updater:
         except (AgentError, ArtifactError, OSError) as err:
             self._fail(ref, str(err))
             return
+        crash_point("before_switch")
         self._emit("update.switching", model=ref)
         old = self.slot.swap(serving)
+        crash_point("after_switch")
         if old is not None and self._monitor is not None and self._monitor.config.enabled:
             verdict = self._probation(ref, old)
             if verdict is None:
@@ -162,10 +165,12 @@ class Updater:
             if not passed:
                 self._roll_back(ref, old, reason)
                 return
+        crash_point("before_commit")
         try:
             self.store.write_pointer(ref)
         except OSError as err:
             log.error("cannot write the model pointer", extra={"error": str(err)})
+        crash_point("after_commit")
         self.state.update(phase="serving", running=ref, last_error=None)
         self._emit("update.committed", model=ref)
         log.info("model committed", extra={"model": str(ref)})
@@ -235,6 +240,7 @@ class Updater:
             sha256=target.sha256,
             timeout=self._timeout,
         )
+        crash_point("after_download")
         self.state.update(phase="verifying")
         self._emit("update.verifying", model=ref, progress=1.0)
         try:
@@ -246,6 +252,7 @@ class Updater:
         if manifest.ref != ref:
             shutil.rmtree(dest, ignore_errors=True)
             raise UpdateError(f"bundle holds {manifest.ref}, not the desired {ref}")
+        crash_point("after_verify")
 
     def _same_origin(self, url: str) -> bool:
         """The device token goes to the fleet server only, never to a third-party host."""
