@@ -1,5 +1,6 @@
 """Everything the running server owns, started and stopped in order by the app lifespan:
-database (migrated) → embedded broker (if no broker URL) → ingest writer → MQTT bus."""
+database (migrated) → embedded broker (if no broker URL) → ingest writer → MQTT bus → leader
+loop (periodic jobs while this replica holds the ``driver`` lease)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
 from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
+from fleet_server.services.leader import LeaderCollector, LeaderLoop
 from fleet_server.services.mqtt_auth import (
     DatabaseAuthenticator,
     MqttCredential,
@@ -45,6 +47,13 @@ class Runtime:
         self.settings = settings
         self.stats = IngestStats()
         self.metrics: CollectorRegistry = make_registry(self.stats)
+        #: Register periodic jobs here (before or after start): they run on one replica at a time.
+        self.leader = LeaderLoop(
+            holder=settings.resolved_replica_id,
+            ttl_s=settings.lease_ttl_s,
+            renew_s=settings.lease_renew_s,
+        )
+        self.metrics.register(LeaderCollector(self.leader.stats))
         self.engine: Engine | None = None
         self.store: ArtifactStore | None = None
         self.broker: EmbeddedBroker | None = None
@@ -90,14 +99,20 @@ class Runtime:
             client_id=settings.resolved_mqtt_client_id,
             writer=self.writer,
             desired_source=self._desired_states,
+            shared_group=settings.ingest_shared_group,
         )
         try:
             self.bus.start(wait=settings.broker_connect_timeout_s)
         except MqttError as err:
             raise StartupError(str(err)) from err
+        self.leader.start(self.engine)
         log.info(
             "fleet server started",
-            extra={"db": safe_url(settings.resolved_database_url), "broker": self.bus.broker},
+            extra={
+                "db": safe_url(settings.resolved_database_url),
+                "broker": self.bus.broker,
+                "replica": self.leader.holder,
+            },
         )
 
     def _start_embedded_broker(self) -> str:
@@ -133,6 +148,7 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop in reverse order; each step runs even if an earlier one failed."""
+        _quietly("leader loop", self.leader.stop)
         if self.bus is not None:
             _quietly("mqtt bus", self.bus.close)
             self.bus = None

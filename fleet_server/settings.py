@@ -120,6 +120,29 @@ class ServerSettings(BaseSettings):
         description="The server's MQTT password; unset: generated once into "
         "<data_dir>/mqtt_password. Ignored when broker_url carries user:password.",
     )
+    replica_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="This server's name among replicas (lease holder, logs); default <host>-<pid>.",
+    )
+    lease_ttl_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How long the rollout-driver lease lasts without renewal; another replica "
+        "takes over this long after the driver dies.",
+    )
+    lease_renew_s: float = Field(
+        default=5.0, gt=0, le=1200, description="How often the lease is renewed or contended for."
+    )
+    ingest_shared_group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="MQTT v5 shared-subscription group: replicas with the same group split "
+        "device telemetry and events between them ($share/<group>/...). Needs an external broker "
+        "with shared subscriptions (Mosquitto >= 1.6); the embedded broker has none.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the server process."
     )
@@ -148,6 +171,13 @@ class ServerSettings(BaseSettings):
             raise ValueError("mqtt_username may use only letters, digits and . _ -")
         if self.mqtt_password is not None and len(self.mqtt_password.get_secret_value()) < 16:
             raise ValueError("mqtt_password must be at least 16 characters")
+        if self.lease_renew_s * 2 > self.lease_ttl_s:
+            raise ValueError("lease_renew_s must be at most half of lease_ttl_s")
+        if self.ingest_shared_group is not None and self.broker_url is None:
+            raise ValueError(
+                "ingest_shared_group needs broker_url: the embedded broker does not support "
+                "MQTT v5 shared subscriptions (use Mosquitto >= 1.6 or EMQX)"
+            )
         return self
 
     @property
@@ -169,6 +199,13 @@ class ServerSettings(BaseSettings):
             return self.mqtt_client_id
         host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32]
         return f"edgefleet-server-{host}-{os.getpid()}"
+
+    @property
+    def resolved_replica_id(self) -> str:
+        if self.replica_id:
+            return self.replica_id
+        host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]
+        return f"{host}-{os.getpid()}"
 
     @property
     def artifact_root(self) -> Path:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from edgefleet.contract import Channel, DesiredState, encode, topic
-from edgefleet.contract.topics import fleet_filter
+from edgefleet.contract.topics import CHANNELS, fleet_filter, shared_filter
 from edgefleet.mqtt import BrokerAddress, MqttTransport
 from fleet_server.messaging.ingest import IngestWriter
 
@@ -23,7 +23,16 @@ class FleetBus:
     of all assigned devices from the database, so a broker restart loses nothing.
 
     ``username``/``password`` (the server's MQTT identity) apply unless ``broker_url`` carries
-    its own ``user:password@``."""
+    its own ``user:password@``.
+
+    With ``shared_group`` (replicas) the connection speaks MQTT v5 and takes the non-retained
+    channels (telemetry, events) through ``$share/<group>/...``: the broker hands each message
+    to one replica of the group. The retained channels (state, status) stay plain subscriptions
+    on every replica, because a broker never sends retained messages to a shared subscription
+    (MQTT v5 §4.8.2; Mosquitto follows it): a replica that starts while devices are quiet still
+    learns every device's last state and status. Those messages reach every replica; ingest
+    applies them only forward (by seq, by timestamp, under a row lock), so the extra copies are
+    counted as duplicates and change nothing."""
 
     def __init__(
         self,
@@ -34,6 +43,7 @@ class FleetBus:
         desired_source: Callable[[], Sequence[DesiredState]],
         username: str | None = None,
         password: str | None = None,
+        shared_group: str | None = None,
     ) -> None:
         self._writer = writer
         self._desired_source = desired_source
@@ -44,9 +54,10 @@ class FleetBus:
             address,
             client_id=client_id,
             on_connect=self._on_connect,
+            protocol=5 if shared_group else 3,
         )
         for channel in INGEST_CHANNELS:
-            self._transport.subscribe(fleet_filter(channel), writer.submit, qos=1)
+            self._transport.subscribe(ingest_filter(channel, shared_group), writer.submit, qos=1)
 
     @property
     def connected(self) -> bool:
@@ -84,3 +95,10 @@ class FleetBus:
             log.exception("republishing desired state failed")
             return
         log.info("desired state republished", extra={"devices": len(states)})
+
+
+def ingest_filter(channel: Channel, shared_group: str | None) -> str:
+    """The subscription for one ingest channel: shared in a replica group unless retained."""
+    if shared_group is None or CHANNELS[channel].retained:
+        return fleet_filter(channel)
+    return shared_filter(shared_group, channel)

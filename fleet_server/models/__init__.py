@@ -8,6 +8,7 @@ from fleet_server.models.devices import (
     DevicePublic,
     ModelRefPublic,
 )
+from fleet_server.models.lease import LeaseRow
 from fleet_server.models.models import ModelVersion, ModelVersionPublic
 from fleet_server.models.telemetry import EventPublic, EventRow, TelemetryPublic, TelemetryRow
 
@@ -18,6 +19,7 @@ __all__ = [
     "DevicePublic",
     "EventPublic",
     "EventRow",
+    "LeaseRow",
     "ModelRefPublic",
     "ModelVersion",
     "ModelVersionPublic",

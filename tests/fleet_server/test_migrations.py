@@ -22,9 +22,10 @@ def test_migrated_schema_matches_models(database_url: str) -> None:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, SQLModel.metadata) == []
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            assert version == "0004_lease"
         tables = set(inspect(engine).get_table_names())
-        assert {"device", "model_version", "telemetry", "event"} <= tables
+        assert {"device", "model_version", "telemetry", "event", "lease"} <= tables
     finally:
         engine.dispose()
 
