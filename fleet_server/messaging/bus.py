@@ -28,11 +28,12 @@ class FleetBus:
     With ``shared_group`` (replicas) the connection speaks MQTT v5 and takes the non-retained
     channels (telemetry, events) through ``$share/<group>/...``: the broker hands each message
     to one replica of the group. The retained channels (state, status) stay plain subscriptions
-    on every replica, because a broker never sends retained messages to a shared subscription
-    (MQTT v5 §4.8.2; Mosquitto follows it): a replica that starts while devices are quiet still
-    learns every device's last state and status. Those messages reach every replica; ingest
-    applies them only forward (by seq, by timestamp, under a row lock), so the extra copies are
-    counted as duplicates and change nothing."""
+    on every replica: the MQTT v5 spec has brokers send no retained messages to a shared
+    subscription (Mosquitto 2.0.11 still does, to each new shared subscriber; brokers that follow
+    the spec do not), and a plain subscription gets them on every broker, so a replica that
+    starts while devices are quiet still learns every device's last state and status. Those
+    messages reach every replica; ingest applies them only forward (by seq, by timestamp, under a
+    row lock), so the extra copies are counted as duplicates and change nothing."""
 
     def __init__(
         self,
