@@ -7,7 +7,11 @@ server subscriber (``max_queued_messages``), or any URL you pass. Reports receiv
 at the server from the first to the last stored row, duplicates and loss, median over runs.
 
     python bench/ingest_bench.py [--messages 40000] [--publishers 2] [--devices 200] [--runs 3]
+                                 [--workers 0,2] [--batch-size 500]
                                  [--postgres postgresql+psycopg://postgres@127.0.0.1:5432]
+
+``--workers`` lists the ``ingest_workers`` settings to compare (0: ingest in the server
+process; N: N worker processes in a shared-subscription group), each on each database.
 
 SQLite (a temp file) and PostgreSQL run side by side; for PostgreSQL the bench creates its own
 database (``edgefleet_ingest_bench_<pid>``) on the given server and drops it afterwards, and
@@ -112,7 +116,7 @@ def postgres_database(server_url: str) -> Iterator[str | None]:
 
 
 def run_once(
-    args: argparse.Namespace, broker_url: str, database_url: str | None, tmp: Path
+    args: argparse.Namespace, broker_url: str, database_url: str | None, workers: int, tmp: Path
 ) -> tuple[float, int, int, int]:
     from fleet_server.client.api import FleetClient
     from tests.utils.server import live_server
@@ -122,6 +126,8 @@ def run_once(
         broker_url=broker_url,
         database_url=database_url,
         ingest_queue_size=max(100_000, args.messages),
+        ingest_workers=workers,
+        ingest_batch_size=args.batch_size,
     ) as server:
         client = FleetClient(server.url, server.token, timeout=60)
         prefix = f"ing{time.time_ns() % 10**8}"
@@ -164,6 +170,8 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=2)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", default="0,2", help="ingest_workers values to compare")
+    parser.add_argument("--batch-size", type=int, default=500, help="ingest_batch_size")
     parser.add_argument("--broker", default=None, help="broker URL (default: a private Mosquitto)")
     parser.add_argument(
         "--postgres",
@@ -180,18 +188,24 @@ def main() -> int:
         targets: list[tuple[str, str | None]] = [("SQLite", None)]
         if pg_url is not None:
             targets.append(("PostgreSQL", pg_url))
+        counts = [int(w) for w in args.workers.split(",")]
         for _ in range(args.runs):
             for name, url in targets:
-                results.setdefault(name, []).append(run_once(args, broker_url, url, tmp))
+                for workers in counts:
+                    label = f"{name}, {workers} workers" if workers else f"{name}, in-process"
+                    results.setdefault(label, []).append(
+                        run_once(args, broker_url, url, workers, tmp)
+                    )
     print(f"\ningest: {args.messages} QoS 1 telemetry messages from {args.publishers} publisher "
           f"processes, {args.devices} devices, {args.runs} run(s) each")  # fmt: skip
-    print(f"  {'database':<11} {'median msg/s':>12} {'runs msg/s':<30} {'lost':>6} {'rejected':>8}")
+    print(f"  {'database, ingest':<24} {'median msg/s':>12} {'runs msg/s':<26} {'lost':>6} "
+          f"{'rejected':>8}")  # fmt: skip
     for name, runs in results.items():
         rates = ", ".join(f"{r[0]:,.0f}" for r in runs)
         lost = sum(total - stored for _, stored, total, _ in runs)
         rejected = sum(r[3] for r in runs)
         median = statistics.median(r[0] for r in runs)
-        print(f"  {name:<11} {median:>12,.0f} {rates:<30} {lost:>6} {rejected:>8}")
+        print(f"  {name:<24} {median:>12,.0f} {rates:<26} {lost:>6} {rejected:>8}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

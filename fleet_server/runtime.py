@@ -13,12 +13,13 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from edgefleet.contract import DesiredState
+from edgefleet.contract import Channel, DesiredState
 from edgefleet.mqtt import MqttError
 from fleet_server.db import make_engine, migrate, safe_url
-from fleet_server.messaging.bus import FleetBus
+from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
 from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
+from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers, WorkerConfig
 from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
@@ -59,6 +60,7 @@ class Runtime:
         self.broker: EmbeddedBroker | None = None
         self.writer: IngestWriter | None = None
         self.bus: FleetBus | None = None
+        self.workers: IngestWorkers | None = None
         self.operator_token = ""
         self.trusted_keys: list[bytes] = []
         #: The broker's URL without credentials (the bus connects with the server's own).
@@ -92,6 +94,10 @@ class Runtime:
             queue_size=settings.ingest_queue_size,
         )
         self.writer.start()
+        channels: tuple[Channel, ...] = INGEST_CHANNELS
+        if settings.ingest_workers:
+            self._start_workers(broker_url)
+            channels = tuple(c for c in INGEST_CHANNELS if c not in WORKER_CHANNELS)
         self.bus = FleetBus(
             broker_url=broker_url,
             username=self.mqtt_credential.username,
@@ -99,7 +105,8 @@ class Runtime:
             client_id=settings.resolved_mqtt_client_id,
             writer=self.writer,
             desired_source=self._desired_states,
-            shared_group=settings.ingest_shared_group,
+            shared_group=settings.resolved_ingest_group,
+            channels=channels,
         )
         try:
             self.bus.start(wait=settings.broker_connect_timeout_s)
@@ -114,6 +121,33 @@ class Runtime:
                 "replica": self.leader.holder,
             },
         )
+
+    def _start_workers(self, broker_url: str) -> None:
+        settings = self.settings
+        assert self.mqtt_credential is not None
+        group = settings.resolved_ingest_group
+        assert group is not None
+        configs = [
+            WorkerConfig(
+                name=f"worker-{i}",
+                database_url=settings.resolved_database_url,
+                broker_url=broker_url,
+                username=self.mqtt_credential.username,
+                password=self.mqtt_credential.password,
+                client_id=f"{settings.resolved_mqtt_client_id}-w{i}",
+                group=group,
+                batch_size=settings.ingest_batch_size,
+                interval_s=settings.ingest_batch_interval_s,
+                queue_size=settings.ingest_queue_size,
+                connect_timeout_s=settings.broker_connect_timeout_s,
+                log_level=settings.log_level,
+            )
+            for i in range(settings.ingest_workers)
+        ]
+        self.workers = IngestWorkers(configs, self.stats)
+        self.workers.start()
+        if not self.workers.wait_reporting(timeout=settings.broker_connect_timeout_s + 30):
+            raise StartupError("ingest workers did not start (see their log lines)")
 
     def _start_embedded_broker(self) -> str:
         from fleet_server.broker import BrokerError, EmbeddedBroker
@@ -152,6 +186,9 @@ class Runtime:
         if self.bus is not None:
             _quietly("mqtt bus", self.bus.close)
             self.bus = None
+        if self.workers is not None:
+            _quietly("ingest workers", self.workers.stop)
+            self.workers = None
         if self.writer is not None:
             _quietly("ingest writer", self.writer.stop)
             self.writer = None
@@ -172,7 +209,10 @@ class Runtime:
                 db_ok = True
             except Exception:  # noqa: BLE001 - any failure means not ready
                 db_ok = False
-        return {"database": db_ok, "broker": self.bus is not None and self.bus.connected}
+        checks = {"database": db_ok, "broker": self.bus is not None and self.bus.connected}
+        if self.settings.ingest_workers:
+            checks["ingest_workers"] = self.workers is not None and self.workers.alive
+        return checks
 
 
 def without_credentials(url: str) -> str:

@@ -136,6 +136,14 @@ class ServerSettings(BaseSettings):
     lease_renew_s: float = Field(
         default=5.0, gt=0, le=1200, description="How often the lease is renewed or contended for."
     )
+    ingest_workers: int = Field(
+        default=0,
+        ge=0,
+        le=32,
+        description="Worker processes that ingest telemetry and events (each its own MQTT v5 "
+        "connection in the shared group and its own database writer); 0 ingests in the server "
+        "process. Needs broker_url (shared subscriptions).",
+    )
     ingest_shared_group: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
@@ -173,11 +181,15 @@ class ServerSettings(BaseSettings):
             raise ValueError("mqtt_password must be at least 16 characters")
         if self.lease_renew_s * 2 > self.lease_ttl_s:
             raise ValueError("lease_renew_s must be at most half of lease_ttl_s")
-        if self.ingest_shared_group is not None and self.broker_url is None:
-            raise ValueError(
-                "ingest_shared_group needs broker_url: the embedded broker does not support "
-                "MQTT v5 shared subscriptions (use Mosquitto >= 1.6 or EMQX)"
-            )
+        for name, value in (
+            ("ingest_shared_group", self.ingest_shared_group),
+            ("ingest_workers", self.ingest_workers or None),
+        ):
+            if value is not None and self.broker_url is None:
+                raise ValueError(
+                    f"{name} needs broker_url: the embedded broker does not support MQTT v5 "
+                    "shared subscriptions (use Mosquitto >= 1.6 or EMQX)"
+                )
         return self
 
     @property
@@ -206,6 +218,16 @@ class ServerSettings(BaseSettings):
             return self.replica_id
         host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]
         return f"{host}-{os.getpid()}"
+
+    @property
+    def resolved_ingest_group(self) -> str | None:
+        """The shared-subscription group ingest uses: the replicas' group, else (with workers
+        only) one private to this server."""
+        if self.ingest_shared_group:
+            return self.ingest_shared_group
+        if self.ingest_workers:
+            return "edgefleet-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.resolved_replica_id)[:54]
+        return None
 
     @property
     def artifact_root(self) -> Path:

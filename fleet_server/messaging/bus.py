@@ -45,6 +45,7 @@ class FleetBus:
         username: str | None = None,
         password: str | None = None,
         shared_group: str | None = None,
+        channels: Sequence[Channel] = INGEST_CHANNELS,
     ) -> None:
         self._writer = writer
         self._desired_source = desired_source
@@ -57,7 +58,7 @@ class FleetBus:
             on_connect=self._on_connect,
             protocol=5 if shared_group else 3,
         )
-        for channel in INGEST_CHANNELS:
+        for channel in channels:
             self._transport.subscribe(ingest_filter(channel, shared_group), writer.submit, qos=1)
 
     @property

@@ -35,6 +35,10 @@ class WriteResult:
 def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) -> WriteResult:
     device_table = _table("device")
     with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            # Take the write lock before reading: several writers (ingest worker processes)
+            # then queue on the busy timeout instead of failing to upgrade a read transaction.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         ids = {payload.device_id for payload, _ in items}
         columns = [device_table.c[name] for name in _DEVICE_RULE_COLUMNS]
         current: dict[str, dict[str, Any]] = {
