@@ -28,6 +28,7 @@ from fleet_server.services.mqtt_auth import (
     MqttCredential,
     resolve_server_credential,
 )
+from fleet_server.services.retention import RetentionJob
 from fleet_server.settings import ServerSettings
 from fleet_server.storage import ArtifactStore, create_store
 
@@ -112,6 +113,14 @@ class Runtime:
             self.bus.start(wait=settings.broker_connect_timeout_s)
         except MqttError as err:
             raise StartupError(str(err)) from err
+        self.leader.add_job(
+            RetentionJob(
+                engine=self.engine,
+                raw_days=settings.telemetry_raw_days,
+                hourly_days=settings.telemetry_hourly_days,
+                interval_s=settings.retention_interval_s,
+            )
+        )
         self.leader.start(self.engine)
         log.info(
             "fleet server started",

@@ -136,6 +136,18 @@ class ServerSettings(BaseSettings):
     lease_renew_s: float = Field(
         default=5.0, gt=0, le=1200, description="How often the lease is renewed or contended for."
     )
+    telemetry_raw_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Raw telemetry older than this (days) is rolled up into hourly rows and "
+        "deleted by the retention job.",
+    )
+    telemetry_hourly_days: float = Field(
+        default=90.0, gt=0, description="Hourly telemetry rows older than this (days) are deleted."
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often the retention job runs (on the driver)."
+    )
     ingest_workers: int = Field(
         default=0,
         ge=0,

@@ -10,7 +10,13 @@ from fleet_server.models.devices import (
 )
 from fleet_server.models.lease import LeaseRow
 from fleet_server.models.models import ModelVersion, ModelVersionPublic
-from fleet_server.models.telemetry import EventPublic, EventRow, TelemetryPublic, TelemetryRow
+from fleet_server.models.telemetry import (
+    EventPublic,
+    EventRow,
+    TelemetryHourlyRow,
+    TelemetryPublic,
+    TelemetryRow,
+)
 
 __all__ = [
     "Device",
@@ -23,6 +29,7 @@ __all__ = [
     "ModelRefPublic",
     "ModelVersion",
     "ModelVersionPublic",
+    "TelemetryHourlyRow",
     "TelemetryPublic",
     "TelemetryRow",
 ]

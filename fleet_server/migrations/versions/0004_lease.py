@@ -1,4 +1,5 @@
-"""Scale-out: the ``lease`` table (one rollout driver among replicas).
+"""Scale-out: the ``lease`` table (one rollout driver among replicas) and ``telemetry_hourly``
+(raw telemetry rolled up by the retention job).
 
 Revision ID: 0004_lease
 Revises: 0002
@@ -25,7 +26,27 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    op.create_table(
+        "telemetry_hourly",
+        sa.Column("device_id", sa.String(length=63), nullable=False),
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("model_name", sa.String(length=63), nullable=False),
+        sa.Column("model_version", sa.String(length=63), nullable=False),
+        sa.Column("samples", sa.BigInteger(), nullable=False),
+        sa.Column("interval_s", sa.Float(), nullable=False),
+        sa.Column("inference_count", sa.BigInteger(), nullable=False),
+        sa.Column("error_count", sa.BigInteger(), nullable=False),
+        sa.Column("dropped", sa.BigInteger(), nullable=False),
+        sa.Column("latency_p50_mean", sa.Float(), nullable=True),
+        sa.Column("latency_p50_samples", sa.BigInteger(), nullable=False),
+        sa.Column("latency_p95_max", sa.Float(), nullable=True),
+        sa.Column("latency_p99_max", sa.Float(), nullable=True),
+        sa.Column("confidence_histogram", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(["device_id"], ["device.device_id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("device_id", "hour", "model_name", "model_version"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("telemetry_hourly")
     op.drop_table("lease")
