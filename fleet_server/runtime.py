@@ -119,6 +119,7 @@ class Runtime:
                 raw_days=settings.telemetry_raw_days,
                 hourly_days=settings.telemetry_hourly_days,
                 interval_s=settings.retention_interval_s,
+                budget_s=settings.lease_ttl_s / 3,
             )
         )
         self.leader.start(self.engine)

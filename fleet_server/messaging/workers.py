@@ -1,15 +1,17 @@
 """Ingest worker processes: telemetry and events ingested in parallel, outside the server's GIL.
 
 Each worker is a spawned process with its own MQTT v5 connection in a shared-subscription group
-(``$share/<group>/edgefleet/v1/+/telemetry`` and ``.../events``), its own :class:`IngestWriter`
-and its own database engine: the broker deals messages out between the workers (and between
-replicas, when they share the group), and no Python lock is shared. The server process keeps
-the retained channels (state, status) and desired state. Each worker sends its counters to the
-server every ``_REPORT_S`` (``/metrics`` shows the sum); a worker that dies is started again.
+(``$share/<group>/edgefleet/v1/+/telemetry`` and ``.../events``) and its own database engine:
+the broker deals messages out between the workers (and between replicas, when they share the
+group), and no Python lock is shared. The server process keeps the retained channels (state,
+status) and desired state. Each worker sends its counters to the server every ``_REPORT_S``
+(``/metrics`` shows the sum); a worker that dies is started again.
 
-A message is acknowledged to the broker once its worker has queued it (as in the server
-process): a worker killed with messages still queued loses them; a worker stopped cleanly
-writes its queue first.
+A worker is one thread: :class:`~fleet_server.messaging.batch_mqtt.BatchSubscriber` hands it
+what the socket holds, it decodes and writes that batch in one transaction, and only then
+acknowledges the batch to the broker. A worker killed mid-batch leaves those messages
+unacknowledged (what the broker does with them then is its choice: MQTT v5 lets it hand them to
+another member of the group; a clean start drops them from the dead session).
 """
 
 from __future__ import annotations
@@ -56,40 +58,60 @@ class WorkerConfig:
 
 
 def worker_main(config: WorkerConfig, pipe: Connection) -> None:
-    """The worker process: connect, ingest until the server says stop (or goes away), write
-    what is queued, report, exit."""
+    """The worker process: receive a batch, write it, acknowledge it, until the server says
+    stop (or goes away); reconnect with back-off when the broker connection fails."""
     from dataclasses import replace
 
+    from edgefleet.contract import MAX_PAYLOAD_BYTES
     from edgefleet.logs import configure_logging
-    from edgefleet.mqtt import BrokerAddress, MqttTransport
+    from edgefleet.mqtt import BrokerAddress, MqttError
     from fleet_server.db import make_engine
-    from fleet_server.messaging.ingest import IngestWriter
+    from fleet_server.messaging.batch_mqtt import BatchSubscriber
+    from fleet_server.messaging.ingest import Inbound, IngestWriter
+    from fleet_server.models.types import utcnow
 
     configure_logging(config.log_level, quiet=("paho",))
     stats = IngestStats()
     engine = make_engine(config.database_url)
-    writer = IngestWriter(
-        engine=engine,
-        stats=stats,
-        batch_size=config.batch_size,
-        interval_s=config.interval_s,
-        queue_size=config.queue_size,
-    )
-    writer.start()
+    writer = IngestWriter(engine=engine, stats=stats, batch_size=config.batch_size)
     address = BrokerAddress.from_url(config.broker_url)
     if address.username is None and config.username is not None:
         address = replace(address, username=config.username, password=config.password)
-    transport = MqttTransport(address, client_id=config.client_id, protocol=5)
-    for channel in WORKER_CHANNELS:
-        transport.subscribe(shared_filter(config.group, channel), writer.submit, qos=1)
+    subscriber = BatchSubscriber(
+        address,
+        client_id=config.client_id,
+        filters=[shared_filter(config.group, channel) for channel in WORKER_CHANNELS],
+        receive_maximum=min(65_535, 2 * config.batch_size),
+        # Larger than any payload ingest accepts, so oversized ones arrive and are counted.
+        max_packet_bytes=4 * MAX_PAYLOAD_BYTES + 1024,
+    )
+    backoff, reported, connected_once = 0.5, 0.0, False
     try:
-        transport.start(wait=config.connect_timeout_s)
-        log.info("ingest worker started", extra={"worker": config.name, "group": config.group})
-        while not _stop_requested(pipe, _REPORT_S):
-            pipe.send(stats.export())
+        while not _stop_requested(pipe, 0):
+            if not subscriber.connected:
+                try:
+                    subscriber.connect(timeout=config.connect_timeout_s)
+                except MqttError as err:
+                    log.warning("ingest worker cannot connect", extra={"error": str(err)})
+                    if _stop_requested(pipe, backoff):
+                        break
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff, connected_once = 0.5, True
+                log.info("ingest worker connected", extra={"worker": config.name})
+            try:
+                batch = subscriber.receive(max_messages=config.batch_size, timeout=_REPORT_S)
+                if batch:
+                    now = utcnow()
+                    writer.write_now([Inbound(m.topic, m.payload, now) for m in batch])
+                    subscriber.ack([m.packet_id for m in batch])  # stored first, then acked
+            except MqttError as err:
+                log.warning("ingest worker lost the broker", extra={"error": str(err)})
+            if connected_once and time.monotonic() - reported >= _REPORT_S:
+                pipe.send(stats.export())
+                reported = time.monotonic()
     finally:
-        transport.close()
-        writer.stop()
+        subscriber.close()
         with contextlib.suppress(OSError):
             pipe.send(stats.export())
         pipe.close()

@@ -2,8 +2,8 @@
 are rolled up into ``telemetry_hourly`` (per device, hour of the device's ``ts``, and model) and
 deleted; hourly rows older than ``hourly_days`` are deleted. Work happens in transactions of at
 most ``batch_size`` raw rows, at most ``max_batches`` per run, so a backlog never holds locks for
-long; a run that stops half way leaves consistent tables (each batch's roll-up and delete commit
-together) and the next run goes on.
+long (nor starts one after ``budget_s``); a run that stops half way leaves consistent tables
+(each batch's roll-up and delete commit together) and the next run goes on.
 
 Runs as a :class:`~fleet_server.services.leader.PeriodicJob`, so on one replica at a time. A raw
 row re-inserted after its roll-up (a QoS 1 redelivery more than ``raw_days`` late) would be
@@ -13,6 +13,7 @@ counted again by the next run.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -62,6 +63,7 @@ class RetentionJob:
         interval_s: float = 3600.0,
         batch_size: int = 5000,
         max_batches: int = 100,
+        budget_s: float | None = None,
     ) -> None:
         if raw_days <= 0 or hourly_days <= 0:
             raise ValueError("retention periods must be positive")
@@ -73,6 +75,8 @@ class RetentionJob:
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.max_batches = max_batches
+        #: Start no new batch after this long (keep a run well inside the driver lease).
+        self.budget_s = budget_s
 
     def run(self, *, epoch: int) -> None:
         result = self.run_once()
@@ -86,7 +90,13 @@ class RetentionJob:
         raw_cutoff = now - timedelta(days=self.raw_days)
         hourly_cutoff = now - timedelta(days=self.hourly_days)
         result = RetentionResult()
-        while result.batches < self.max_batches:
+        started = time.monotonic()
+
+        def more() -> bool:
+            within = self.budget_s is None or time.monotonic() - started < self.budget_s
+            return within and result.batches < self.max_batches
+
+        while more():
             rolled, written = self._roll_up_batch(raw_cutoff)
             if rolled:
                 result.batches += 1
@@ -94,7 +104,7 @@ class RetentionJob:
             result.hourly_written += written
             if rolled < self.batch_size:
                 break
-        while result.batches < self.max_batches:
+        while more():
             deleted = self._delete_hourly_batch(hourly_cutoff)
             result.hourly_deleted += deleted
             if deleted:

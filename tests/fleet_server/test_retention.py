@@ -155,6 +155,10 @@ def test_a_run_is_bounded_and_the_next_one_continues(engine: Engine) -> None:
     assert _raw_keys(engine) == set()
     (row,) = _hourly(engine).values()
     assert row["samples"] == 25 and row["inference_count"] == 2500
+    # A spent time budget starts no batch at all.
+    _insert(engine, [_raw("dev-b", 1, OLD)])
+    tight = RetentionJob(engine=engine, raw_days=7, hourly_days=90, budget_s=0.0)
+    assert tight.run_once(now=NOW).batches == 0 and _raw_keys(engine) == {("dev-b", 1)}
 
 
 def test_bad_configuration_is_refused(engine: Engine) -> None:
