@@ -74,6 +74,7 @@ class BatchSubscriber:
         self._sock: socket.socket | None = None
         self._buf = bytearray()
         self._last_sent = 0.0
+        self._last_heard = 0.0
 
     @property
     def connected(self) -> bool:
@@ -182,7 +183,11 @@ class BatchSubscriber:
         self._last_sent = time.monotonic()
 
     def _ping_if_idle(self) -> None:
-        if time.monotonic() - self._last_sent > self.keepalive / 2:
+        now = time.monotonic()
+        if now - self._last_heard > self.keepalive * 1.5:  # not even a PINGRESP: a dead link
+            self.close()
+            raise MqttError(f"nothing from {self.address.url} for {self.keepalive * 1.5:.0f} s")
+        if now - self._last_sent > self.keepalive / 2:
             self._send(_PINGREQ)
 
     def _read(self, sock: socket.socket) -> None:
@@ -195,6 +200,7 @@ class BatchSubscriber:
             self.close()
             raise MqttError(f"{self.address.url} closed the connection")
         self._buf += chunk
+        self._last_heard = time.monotonic()
 
     def _wait_for(self, kind: int, timeout: float) -> tuple[int, bytes]:
         sock = self._require()

@@ -185,3 +185,20 @@ def test_nothing_to_connect_to() -> None:
     with pytest.raises(ValueError, match="receive_maximum"):
         BatchSubscriber(BrokerAddress(host="h"), client_id="c", filters=["x"], receive_maximum=0)
     assert _varint(321) == b"\xc1\x02"
+
+
+def test_a_silent_broker_is_a_dead_link() -> None:
+    """Handshake, then nothing (not even PINGRESP): given up after 1.5 keep-alive periods."""
+    broker = FakeBroker(connack=OK_CONNACK, suback=OK_SUBACK)
+    sub = BatchSubscriber(
+        BrokerAddress(host="127.0.0.1", port=broker.port), client_id="c", filters=["x"], keepalive=1
+    )
+    try:
+        sub.connect(timeout=5)
+        with pytest.raises(MqttError, match="nothing from"):
+            for _ in range(30):
+                sub.receive(max_messages=1, timeout=0.2)
+        assert b"\xc0\x00" in broker.received  # it did ping first
+    finally:
+        sub.close()
+        broker.close()
