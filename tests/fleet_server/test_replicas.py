@@ -196,7 +196,12 @@ def test_two_replicas_share_ingest_and_one_drives(
 
         # Stored, not received: both replicas also receive the shared broker's retained
         # state/status of other tests' devices (rejected as unknown).
-        stored_by = {r.name: r.metrics()["edgefleet_ingest_stored_total"] for r in group}
+        def stored_by_replica() -> dict[str, float]:
+            return {r.name: r.metrics()["edgefleet_ingest_stored_total"] for r in group}
+
+        # A worker reports its counters every 0.2 s: wait for the last report.
+        wait_until(lambda: sum(stored_by_replica().values()) >= total, what="counters")
+        stored_by = stored_by_replica()
         assert all(count > 0 for count in stored_by.values()), stored_by
         assert sum(stored_by.values()) == total, stored_by  # each message stored exactly once
 
