@@ -147,8 +147,6 @@ class Runtime:
                 client_id=f"{settings.resolved_mqtt_client_id}-w{i}",
                 group=group,
                 batch_size=settings.ingest_batch_size,
-                interval_s=settings.ingest_batch_interval_s,
-                queue_size=settings.ingest_queue_size,
                 connect_timeout_s=settings.broker_connect_timeout_s,
                 log_level=settings.log_level,
             )

@@ -154,7 +154,9 @@ class ServerSettings(BaseSettings):
         le=32,
         description="Worker processes that ingest telemetry and events (each its own MQTT v5 "
         "connection in the shared group and its own database writer); 0 ingests in the server "
-        "process. Needs broker_url (shared subscriptions).",
+        "process. Needs broker_url (shared subscriptions). A worker writes whatever has arrived "
+        "(up to ingest_batch_size) per transaction; ingest_batch_interval_s and "
+        "ingest_queue_size apply to in-process ingest only.",
     )
     ingest_shared_group: str | None = Field(
         default=None,

@@ -51,8 +51,6 @@ class WorkerConfig:
     client_id: str
     group: str
     batch_size: int
-    interval_s: float
-    queue_size: int
     connect_timeout_s: float
     log_level: str
 
