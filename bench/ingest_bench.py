@@ -7,7 +7,11 @@ server subscriber (``max_queued_messages``), or any URL you pass. Reports receiv
 at the server from the first to the last stored row, duplicates and loss, median over runs.
 
     python bench/ingest_bench.py [--messages 40000] [--publishers 2] [--devices 200] [--runs 3]
+                                 [--workers 0,2] [--batch-size 500]
                                  [--postgres postgresql+psycopg://postgres@127.0.0.1:5432]
+
+``--workers`` lists the ``ingest_workers`` settings to compare (0: ingest in the server
+process; N: N worker processes in a shared-subscription group), each on each database.
 
 SQLite (a temp file) and PostgreSQL run side by side; for PostgreSQL the bench creates its own
 database (``edgefleet_ingest_bench_<pid>``) on the given server and drops it afterwards, and
@@ -24,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -31,6 +36,26 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+_BROKER_PIDS: list[int] = []
+PUBLISH_WINDOW = 500
+_TICK = os.sysconf("SC_CLK_TCK")
+
+#: CPU seconds per message of each part: (server process, workers, publishers, broker).
+Cpu = tuple[float, float, float, float]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far (Linux /proc; 0 for what is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / _TICK
 
 
 @contextmanager
@@ -48,6 +73,7 @@ def private_mosquitto() -> Iterator[str]:
         "max_queued_messages 1000000\nmax_inflight_messages 0\n"
     )
     proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    _BROKER_PIDS.append(proc.pid)
     try:
         wait_for_port("127.0.0.1", port, timeout=10)
         yield f"mqtt://127.0.0.1:{port}"
@@ -66,7 +92,12 @@ def publish(url: str, devices: list[str], count: int, first_seq: int, go: Event)
 
     addr = BrokerAddress.from_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{time.time_ns()}")
-    client.max_inflight_messages_set(2000)
+    # A bounded window of unacknowledged messages, as a device's outbox keeps: with the whole
+    # run queued in paho at once, every PUBACK walks paho's queue and the publishers, not the
+    # server, would be what is measured.
+    window = threading.BoundedSemaphore(PUBLISH_WINDOW)
+    client.on_publish = lambda *_: window.release()
+    client.max_inflight_messages_set(PUBLISH_WINDOW)
     client.max_queued_messages_set(0)
     client.connect(addr.host, addr.port)
     client.loop_start()
@@ -80,9 +111,11 @@ def publish(url: str, devices: list[str], count: int, first_seq: int, go: Event)
         )  # fmt: skip
         payloads.append((topic(device, Channel.TELEMETRY), encode(telemetry)))
     go.wait()
-    infos = [client.publish(t, p, qos=1) for t, p in payloads]
-    for info in infos[-200:]:
-        info.wait_for_publish(timeout=120)
+    for t, p in payloads:
+        window.acquire()
+        client.publish(t, p, qos=1)
+    for _ in range(PUBLISH_WINDOW):  # every message acknowledged
+        window.acquire(timeout=120)
     client.loop_stop()
     client.disconnect()
 
@@ -112,8 +145,8 @@ def postgres_database(server_url: str) -> Iterator[str | None]:
 
 
 def run_once(
-    args: argparse.Namespace, broker_url: str, database_url: str | None, tmp: Path
-) -> tuple[float, int, int, int]:
+    args: argparse.Namespace, broker_url: str, database_url: str | None, workers: int, tmp: Path
+) -> tuple[float, int, int, int, Cpu]:
     from fleet_server.client.api import FleetClient
     from tests.utils.server import live_server
 
@@ -122,6 +155,8 @@ def run_once(
         broker_url=broker_url,
         database_url=database_url,
         ingest_queue_size=max(100_000, args.messages),
+        ingest_workers=workers,
+        ingest_batch_size=args.batch_size,
     ) as server:
         client = FleetClient(server.url, server.token, timeout=60)
         prefix = f"ing{time.time_ns() % 10**8}"
@@ -139,6 +174,9 @@ def run_once(
             proc.start()
         time.sleep(3.0)  # let every publisher build its payloads before the clock starts
         stats = server.runtime.stats
+        worker_pids = [p for p in server.runtime.workers.pids().values() if p] if workers else []
+        groups = [[os.getpid()], worker_pids, [p.pid for p in procs if p.pid], _BROKER_PIDS]
+        before = [cpu_seconds(g) for g in groups]
         go.set()
         start = time.perf_counter()
         total = per * args.publishers
@@ -151,11 +189,15 @@ def run_once(
             if stored + stats.duplicates >= total or time.perf_counter() - last_change > 10:
                 break
         elapsed = last_change - start
+        after = [cpu_seconds(g) for g in groups]
+        done = max(stored, 1)
+        cpu: Cpu = tuple((a - b) / done for a, b in zip(after, before, strict=True))  # type: ignore[assignment]
         for proc in procs:
             proc.join(60)
         rejected = sum(stats.totals()[0].values())
         client.close()
-        return total / elapsed if stored >= total else stored / elapsed, stored, total, rejected
+        rate = total / elapsed if stored >= total else stored / elapsed
+        return rate, stored, total, rejected, cpu
 
 
 def main() -> int:
@@ -164,6 +206,8 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=2)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", default="0,2", help="ingest_workers values to compare")
+    parser.add_argument("--batch-size", type=int, default=500, help="ingest_batch_size")
     parser.add_argument("--broker", default=None, help="broker URL (default: a private Mosquitto)")
     parser.add_argument(
         "--postgres",
@@ -172,7 +216,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-"))
-    results: dict[str, list[tuple[float, int, int, int]]] = {}
+    results: dict[str, list[tuple[float, int, int, int, Cpu]]] = {}
     with (
         private_mosquitto() if args.broker is None else _given(args.broker) as broker_url,
         postgres_database(args.postgres) if args.postgres else nullcontext() as pg_url,
@@ -180,18 +224,29 @@ def main() -> int:
         targets: list[tuple[str, str | None]] = [("SQLite", None)]
         if pg_url is not None:
             targets.append(("PostgreSQL", pg_url))
+        counts = [int(w) for w in args.workers.split(",")]
         for _ in range(args.runs):
             for name, url in targets:
-                results.setdefault(name, []).append(run_once(args, broker_url, url, tmp))
+                for workers in counts:
+                    label = f"{name}, {workers} workers" if workers else f"{name}, in-process"
+                    results.setdefault(label, []).append(
+                        run_once(args, broker_url, url, workers, tmp)
+                    )
     print(f"\ningest: {args.messages} QoS 1 telemetry messages from {args.publishers} publisher "
           f"processes, {args.devices} devices, {args.runs} run(s) each")  # fmt: skip
-    print(f"  {'database':<11} {'median msg/s':>12} {'runs msg/s':<30} {'lost':>6} {'rejected':>8}")
+    print(f"  {'database, ingest':<24} {'median msg/s':>12} {'runs msg/s':<26} {'lost':>6} "
+          f"{'rejected':>8}")  # fmt: skip
     for name, runs in results.items():
         rates = ", ".join(f"{r[0]:,.0f}" for r in runs)
-        lost = sum(total - stored for _, stored, total, _ in runs)
+        lost = sum(r[2] - r[1] for r in runs)
         rejected = sum(r[3] for r in runs)
         median = statistics.median(r[0] for r in runs)
-        print(f"  {name:<11} {median:>12,.0f} {rates:<30} {lost:>6} {rejected:>8}")
+        print(f"  {name:<24} {median:>12,.0f} {rates:<26} {lost:>6} {rejected:>8}")
+    print("\n  CPU per stored message, median µs (server process / ingest workers / publishers / "
+          "broker; PostgreSQL's own processes not counted):")  # fmt: skip
+    for name, runs in results.items():
+        parts = [statistics.median(r[4][i] for r in runs) * 1e6 for i in range(4)]
+        print(f"  {name:<24} " + " / ".join(f"{p:6.1f}" for p in parts) + f"  = {sum(parts):6.1f}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

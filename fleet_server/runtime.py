@@ -1,5 +1,6 @@
 """Everything the running server owns, started and stopped in order by the app lifespan:
-database (migrated) → embedded broker (if no broker URL) → ingest writer → MQTT bus."""
+database (migrated) → embedded broker (if no broker URL) → ingest writer → MQTT bus → leader
+loop (periodic jobs while this replica holds the ``driver`` lease)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,25 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from edgefleet.contract import DesiredState
+from edgefleet.contract import Channel, DesiredState
 from edgefleet.mqtt import MqttError
 from fleet_server.db import make_engine, migrate, safe_url
-from fleet_server.messaging.bus import FleetBus
+from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
 from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
+from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers, WorkerConfig
 from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
 from fleet_server.services.fleet_metrics import FleetCollector
+from fleet_server.services.leader import LeaderCollector, LeaderLoop
 from fleet_server.services.mqtt_auth import (
     DatabaseAuthenticator,
     MqttCredential,
     resolve_server_credential,
 )
+from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts import RolloutEngine
-from fleet_server.services.rollouts.job import PeriodicRunner, RolloutJob
+from fleet_server.services.rollouts.job import RolloutJob
 from fleet_server.settings import ServerSettings
 from fleet_server.storage import ArtifactStore, StoreError, create_store
 
@@ -49,13 +53,20 @@ class Runtime:
         self.settings = settings
         self.stats = IngestStats()
         self.metrics: CollectorRegistry = make_registry(self.stats)
+        #: Register periodic jobs here (before or after start): they run on one replica at a time.
+        self.leader = LeaderLoop(
+            holder=settings.resolved_replica_id,
+            ttl_s=settings.lease_ttl_s,
+            renew_s=settings.lease_renew_s,
+        )
+        self.metrics.register(LeaderCollector(self.leader.stats))
         self.engine: Engine | None = None
         self.store: ArtifactStore | None = None
         self.broker: EmbeddedBroker | None = None
         self.writer: IngestWriter | None = None
         self.bus: FleetBus | None = None
         self.rollouts: RolloutEngine | None = None
-        self.jobs: PeriodicRunner | None = None
+        self.workers: IngestWorkers | None = None
         self.operator_token = ""
         self.trusted_keys: list[bytes] = []
         #: The broker's URL without credentials (the bus connects with the server's own).
@@ -93,8 +104,12 @@ class Runtime:
             queue_size=settings.ingest_queue_size,
         )
         self.writer.start()
+        channels: tuple[Channel, ...] = INGEST_CHANNELS
+        if settings.ingest_workers:
+            self._start_workers(broker_url)
+            channels = tuple(c for c in INGEST_CHANNELS if c not in WORKER_CHANNELS)
         try:
-            self.bus = self._make_bus(broker_url)
+            self.bus = self._make_bus(broker_url, channels)
             self.bus.start(wait=settings.broker_connect_timeout_s)
         except MqttError as err:
             hint = ""
@@ -109,14 +124,27 @@ class Runtime:
         self.rollouts = RolloutEngine(
             engine=self.engine, publisher=self.bus, public_url=settings.resolved_public_url
         )
-        self.jobs = PeriodicRunner([RolloutJob(self.rollouts, interval_s=settings.rollout_tick_s)])
-        self.jobs.start()
+        self.leader.add_job(RolloutJob(self.rollouts, interval_s=settings.rollout_tick_s))
+        self.leader.add_job(
+            RetentionJob(
+                engine=self.engine,
+                raw_days=settings.telemetry_raw_days,
+                hourly_days=settings.telemetry_hourly_days,
+                interval_s=settings.retention_interval_s,
+                budget_s=settings.lease_ttl_s / 3,
+            )
+        )
+        self.leader.start(self.engine)
         log.info(
             "fleet server started",
-            extra={"db": safe_url(settings.resolved_database_url), "broker": self.bus.broker},
+            extra={
+                "db": safe_url(settings.resolved_database_url),
+                "broker": self.bus.broker,
+                "replica": self.leader.holder,
+            },
         )
 
-    def _make_bus(self, broker_url: str) -> FleetBus:
+    def _make_bus(self, broker_url: str, channels: tuple[Channel, ...]) -> FleetBus:
         """The bus: an external broker keeps the server's session (settings); the embedded
         one lives and dies with this process, so a clean session, and it admits devices once
         the bus has subscribed (after every broker start)."""
@@ -145,12 +173,39 @@ class Runtime:
             protocol=5 if v5 else 3,
             session_expiry_s=expiry if expiry > 0 else None,
             on_subscribed=None if external else self._admit_devices,
+            shared_group=settings.resolved_ingest_group,
+            channels=channels,
             **tls,
         )
 
     def _admit_devices(self) -> None:
         if self.broker is not None:
             self.broker.admit_devices()
+
+    def _start_workers(self, broker_url: str) -> None:
+        settings = self.settings
+        assert self.mqtt_credential is not None
+        group = settings.resolved_ingest_group
+        assert group is not None
+        configs = [
+            WorkerConfig(
+                name=f"worker-{i}",
+                database_url=settings.resolved_database_url,
+                broker_url=broker_url,
+                username=self.mqtt_credential.username,
+                password=self.mqtt_credential.password,
+                client_id=f"{settings.resolved_mqtt_client_id}-w{i}",
+                group=group,
+                batch_size=settings.ingest_batch_size,
+                connect_timeout_s=settings.broker_connect_timeout_s,
+                log_level=settings.log_level,
+            )
+            for i in range(settings.ingest_workers)
+        ]
+        self.workers = IngestWorkers(configs, self.stats)
+        self.workers.start()
+        if not self.workers.wait_reporting(timeout=settings.broker_connect_timeout_s + 30):
+            raise StartupError("ingest workers did not start (see their log lines)")
 
     def _start_embedded_broker(self) -> str:
         from fleet_server.broker import BrokerError, EmbeddedBroker
@@ -186,13 +241,14 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop in reverse order; each step runs even if an earlier one failed."""
-        if self.jobs is not None:
-            _quietly("periodic jobs", self.jobs.stop)
-            self.jobs = None
+        _quietly("leader loop", self.leader.stop)
         self.rollouts = None
         if self.bus is not None:
             _quietly("mqtt bus", self.bus.close)
             self.bus = None
+        if self.workers is not None:
+            _quietly("ingest workers", self.workers.stop)
+            self.workers = None
         if self.writer is not None:
             _quietly("ingest writer", self.writer.stop)
             self.writer = None
@@ -213,7 +269,10 @@ class Runtime:
                 db_ok = True
             except Exception:  # noqa: BLE001 - any failure means not ready
                 db_ok = False
-        return {"database": db_ok, "broker": self.bus is not None and self.bus.connected}
+        checks = {"database": db_ok, "broker": self.bus is not None and self.bus.connected}
+        if self.settings.ingest_workers:
+            checks["ingest_workers"] = self.workers is not None and self.workers.alive
+        return checks
 
 
 def without_credentials(url: str) -> str:

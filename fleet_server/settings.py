@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -255,6 +256,51 @@ class ServerSettings(BaseSettings):
         description="The server's MQTT password; unset: generated once into "
         "<data_dir>/mqtt_password. Ignored when broker_url carries user:password.",
     )
+    replica_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="This server's name among replicas (lease holder, logs); default <host>-<pid>.",
+    )
+    lease_ttl_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How long the rollout-driver lease lasts without renewal; another replica "
+        "takes over this long after the driver dies.",
+    )
+    lease_renew_s: float = Field(
+        default=5.0, gt=0, le=1200, description="How often the lease is renewed or contended for."
+    )
+    telemetry_raw_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Raw telemetry older than this (days) is rolled up into hourly rows and "
+        "deleted by the retention job.",
+    )
+    telemetry_hourly_days: float = Field(
+        default=90.0, gt=0, description="Hourly telemetry rows older than this (days) are deleted."
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often the retention job runs (on the driver)."
+    )
+    ingest_workers: int = Field(
+        default=0,
+        ge=0,
+        le=32,
+        description="Worker processes that ingest telemetry and events (each its own MQTT v5 "
+        "connection in the shared group and its own database writer); 0 ingests in the server "
+        "process. Needs broker_url (shared subscriptions). A worker writes whatever has arrived "
+        "(up to ingest_batch_size) per transaction; ingest_batch_interval_s and "
+        "ingest_queue_size apply to in-process ingest only.",
+    )
+    ingest_shared_group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="MQTT v5 shared-subscription group: replicas with the same group split "
+        "device telemetry and events between them ($share/<group>/...). Needs an external broker "
+        "with shared subscriptions (Mosquitto >= 1.6); the embedded broker has none.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the server process."
     )
@@ -288,6 +334,17 @@ class ServerSettings(BaseSettings):
             raise ValueError("broker_ca_file/cert_file/key_file need an mqtts:// broker_url")
         if (self.broker_cert_file is None) != (self.broker_key_file is None):
             raise ValueError("broker_cert_file and broker_key_file go together")
+        if self.lease_renew_s * 2 > self.lease_ttl_s:
+            raise ValueError("lease_renew_s must be at most half of lease_ttl_s")
+        for name, value in (
+            ("ingest_shared_group", self.ingest_shared_group),
+            ("ingest_workers", self.ingest_workers or None),
+        ):
+            if value is not None and self.broker_url is None:
+                raise ValueError(
+                    f"{name} needs broker_url: the embedded broker does not support MQTT v5 "
+                    "shared subscriptions (use Mosquitto >= 1.6 or EMQX)"
+                )
         return self
 
     @property
@@ -309,6 +366,23 @@ class ServerSettings(BaseSettings):
             return self.mqtt_client_id
         host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32]
         return f"edgefleet-server-{host}-{self.port}"
+
+    @property
+    def resolved_replica_id(self) -> str:
+        if self.replica_id:
+            return self.replica_id
+        host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]
+        return f"{host}-{os.getpid()}"
+
+    @property
+    def resolved_ingest_group(self) -> str | None:
+        """The shared-subscription group ingest uses: the replicas' group, else (with workers
+        only) one private to this server."""
+        if self.ingest_shared_group:
+            return self.ingest_shared_group
+        if self.ingest_workers:
+            return "edgefleet-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.resolved_replica_id)[:54]
+        return None
 
     @property
     def artifact_root(self) -> Path:

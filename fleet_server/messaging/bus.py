@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Literal
 
 from edgefleet.contract import Channel, DesiredState, encode, topic
-from edgefleet.contract.topics import fleet_filter
+from edgefleet.contract.topics import CHANNELS, fleet_filter, shared_filter
 from edgefleet.mqtt import BrokerAddress, MqttTransport
 from fleet_server.messaging.ingest import IngestWriter
 
@@ -31,7 +31,17 @@ class FleetBus:
     on a broker with persistence, across a broker restart: a device that drains its offline
     queue into a restarted broker before the server is back still reaches the server.
     ``on_subscribed`` runs after every (re)connect once the ingest subscriptions are
-    acknowledged (the embedded broker admits devices then)."""
+    acknowledged (the embedded broker admits devices then).
+
+    With ``shared_group`` (replicas) the connection speaks MQTT v5 and takes the non-retained
+    channels (telemetry, events) through ``$share/<group>/...``: the broker hands each message
+    to one replica of the group. The retained channels (state, status) stay plain subscriptions
+    on every replica: the MQTT v5 spec has brokers send no retained messages to a shared
+    subscription (Mosquitto 2.0.11 still does, to each new shared subscriber; brokers that follow
+    the spec do not), and a plain subscription gets them on every broker, so a replica that
+    starts while devices are quiet still learns every device's last state and status. Those
+    messages reach every replica; ingest applies them only forward (by seq, by timestamp, under a
+    row lock), so the extra copies are counted as duplicates and change nothing."""
 
     def __init__(
         self,
@@ -48,6 +58,8 @@ class FleetBus:
         cert_file: str | None = None,
         key_file: str | None = None,
         on_subscribed: Callable[[], None] | None = None,
+        shared_group: str | None = None,
+        channels: Sequence[Channel] = INGEST_CHANNELS,
     ) -> None:
         self._writer = writer
         self._desired_source = desired_source
@@ -61,12 +73,12 @@ class FleetBus:
             address,
             client_id=client_id,
             on_connect=self._on_connect,
-            protocol=protocol,
+            protocol=5 if shared_group else protocol,
             session_expiry_s=session_expiry_s,
             on_subscribed=on_subscribed,
         )
-        for channel in INGEST_CHANNELS:
-            self._transport.subscribe(fleet_filter(channel), writer.submit, qos=1)
+        for channel in channels:
+            self._transport.subscribe(ingest_filter(channel, shared_group), writer.submit, qos=1)
 
     @property
     def connected(self) -> bool:
@@ -109,3 +121,10 @@ class FleetBus:
             log.exception("republishing desired state failed")
             return
         log.info("desired state republished", extra={"devices": len(states)})
+
+
+def ingest_filter(channel: Channel, shared_group: str | None) -> str:
+    """The subscription for one ingest channel: shared in a replica group unless retained."""
+    if shared_group is None or CHANNELS[channel].retained:
+        return fleet_filter(channel)
+    return shared_filter(shared_group, channel)

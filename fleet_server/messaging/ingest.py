@@ -89,6 +89,16 @@ class IngestWriter:
             log.warning("ingest queue full; message dropped", extra={"topic": topic[:200]})
         self._stats.queue_depth = self._queue.qsize()
 
+    def write_now(self, messages: list[Inbound]) -> None:
+        """Decode and write ``messages`` on the caller's thread, without the queue (ingest
+        workers: they acknowledge to the broker after this returns)."""
+        self._stats.add(received=len(messages))
+        try:
+            self._process(messages)
+        except Exception:  # noqa: BLE001 - as in the writer thread: count, log, go on
+            self._stats.reject("db_error", len(messages))
+            log.exception("ingest batch failed", extra={"messages": len(messages)})
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is not None:

@@ -24,45 +24,107 @@ REJECT_REASONS = (
 
 
 class IngestStats:
-    """Thread-safe counters of what ingest received, stored, skipped and refused."""
+    """Thread-safe counters of what ingest received, stored, skipped and refused.
+
+    With ingest worker processes each worker keeps its own and sends :meth:`export` to the
+    server process every fraction of a second; :meth:`merge` keeps the latest per worker, and
+    every reading (attributes, :meth:`snapshot`, :meth:`totals`) is this process's counts plus
+    every worker's, so ``/metrics`` shows the whole server."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.received = 0
-        self.stored = 0
-        self.duplicates = 0
-        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self._received = 0
+        self._stored = 0
+        self._duplicates = 0
+        self._rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self._batches = 0
         self.queue_depth = 0
-        self.batches = 0
+        self._remote: dict[str, dict[str, Any]] = {}
 
     def add(self, *, received: int = 0, stored: int = 0, duplicates: int = 0) -> None:
         with self._lock:
-            self.received += received
-            self.stored += stored
-            self.duplicates += duplicates
+            self._received += received
+            self._stored += stored
+            self._duplicates += duplicates
 
     def reject(self, reason: str, count: int = 1) -> None:
-        if reason not in self.rejected:
+        if reason not in self._rejected:
             raise ValueError(f"unknown reject reason {reason!r}")
         with self._lock:
-            self.rejected[reason] += count
+            self._rejected[reason] += count
 
     def batch_done(self) -> None:
         with self._lock:
-            self.batches += 1
+            self._batches += 1
 
+    # -- across processes ----------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        """This process's own counts (what a worker sends to the server process)."""
+        with self._lock:
+            return {
+                "received": self._received,
+                "stored": self._stored,
+                "duplicates": self._duplicates,
+                "rejected": dict(self._rejected),
+                "batches": self._batches,
+                "queue_depth": self.queue_depth,
+            }
+
+    def merge(self, source: str, exported: dict[str, Any]) -> None:
+        """Take ``source``'s latest :meth:`export` (counts only grow, so the newest wins)."""
+        with self._lock:
+            self._remote[source] = exported
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """Each worker's latest counts, by worker name."""
+        with self._lock:
+            return {name: dict(counts) for name, counts in self._remote.items()}
+
+    def _sum(self, key: str, local: int) -> int:
+        return local + sum(int(r[key]) for r in self._remote.values())
+
+    @property
+    def received(self) -> int:
+        with self._lock:
+            return self._sum("received", self._received)
+
+    @property
+    def stored(self) -> int:
+        with self._lock:
+            return self._sum("stored", self._stored)
+
+    @property
+    def duplicates(self) -> int:
+        with self._lock:
+            return self._sum("duplicates", self._duplicates)
+
+    @property
+    def batches(self) -> int:
+        return self.totals()[2]
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        return self.totals()[0]
+
+    # -- readings --------------------------------------------------------------------------------
     def totals(self) -> tuple[dict[str, int], int, int]:
         """Every reject reason (zeros included), the queue depth and the batch count."""
         with self._lock:
-            return dict(self.rejected), self.queue_depth, self.batches
+            rejected = dict(self._rejected)
+            for remote in self._remote.values():
+                for reason, count in remote["rejected"].items():
+                    rejected[reason] = rejected.get(reason, 0) + int(count)
+            depth = self._sum("queue_depth", self.queue_depth)
+            return rejected, depth, self._sum("batches", self._batches)
 
     def snapshot(self) -> dict[str, Any]:
+        rejected = self.totals()[0]
         with self._lock:
             return {
-                "received": self.received,
-                "stored": self.stored,
-                "duplicates": self.duplicates,
-                "rejected": {k: v for k, v in self.rejected.items() if v},
+                "received": self._sum("received", self._received),
+                "stored": self._sum("stored", self._stored),
+                "duplicates": self._sum("duplicates", self._duplicates),
+                "rejected": {k: v for k, v in rejected.items() if v},
             }
 
 

@@ -35,11 +35,22 @@ class WriteResult:
 def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) -> WriteResult:
     device_table = _table("device")
     with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            # Take the write lock before reading: several writers (ingest worker processes)
+            # then queue on the busy timeout instead of failing to upgrade a read transaction.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         ids = {payload.device_id for payload, _ in items}
         columns = [device_table.c[name] for name in _DEVICE_RULE_COLUMNS]
         current: dict[str, dict[str, Any]] = {
             row.device_id: dict(row._mapping)
-            for row in conn.execute(select(*columns).where(device_table.c.device_id.in_(ids)))
+            for row in conn.execute(
+                # Row locks in one global order: replicas sharing ingest never interleave a
+                # device's read-modify-write, and never deadlock (SQLite locks the database).
+                select(*columns)
+                .where(device_table.c.device_id.in_(ids))
+                .order_by(device_table.c.device_id)
+                .with_for_update()
+            )
         }
         changes: dict[str, dict[str, Any]] = {}
         telemetry_rows: dict[tuple[str, int], dict[str, Any]] = {}

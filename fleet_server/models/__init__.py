@@ -25,6 +25,7 @@ from fleet_server.models.devices import (
     PinRequest,
     TagsUpdate,
 )
+from fleet_server.models.lease import LeaseRow
 from fleet_server.models.models import (
     LineageEntry,
     LineagePublic,
@@ -32,7 +33,13 @@ from fleet_server.models.models import (
     ModelVersionPublic,
 )
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
-from fleet_server.models.telemetry import EventPublic, EventRow, TelemetryPublic, TelemetryRow
+from fleet_server.models.telemetry import (
+    EventPublic,
+    EventRow,
+    TelemetryHourlyRow,
+    TelemetryPublic,
+    TelemetryRow,
+)
 
 __all__ = [
     "ApiToken",
@@ -58,12 +65,14 @@ __all__ = [
     "DevicePublic",
     "EventPublic",
     "EventRow",
+    "LeaseRow",
     "ModelRefPublic",
     "ModelVersion",
     "ModelVersionPublic",
     "Rollout",
     "RolloutDecision",
     "RolloutDevice",
+    "TelemetryHourlyRow",
     "TelemetryPublic",
     "TelemetryRow",
 ]

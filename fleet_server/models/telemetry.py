@@ -56,3 +56,32 @@ class EventRow(EventBase, table=True):
 
 class EventPublic(EventBase):
     """A stored event row as the API returns it."""
+
+
+class TelemetryHourlyRow(SQLModel, table=True):
+    """Raw telemetry older than ``telemetry_raw_days``, rolled up per device, hour and model
+    (:mod:`fleet_server.services.retention`). ``model_name``/``model_version`` are '' for
+    telemetry sent with no model loaded."""
+
+    __tablename__ = "telemetry_hourly"
+
+    device_id: str = Field(
+        primary_key=True, max_length=63, foreign_key="device.device_id", ondelete="CASCADE"
+    )
+    hour: datetime = Field(primary_key=True, sa_type=UTCDateTime, description="Hour start (ts).")
+    model_name: str = Field(primary_key=True, max_length=63)
+    model_version: str = Field(primary_key=True, max_length=63)
+    samples: int = Field(sa_type=sa.BigInteger, description="Raw rows rolled into this one.")
+    interval_s: float = Field(description="Sum of the raw rows' intervals.")
+    inference_count: int = Field(sa_type=sa.BigInteger)
+    error_count: int = Field(sa_type=sa.BigInteger)
+    dropped: int = Field(sa_type=sa.BigInteger)
+    latency_p50_mean: float | None = Field(default=None, description="Mean of the raw p50s.")
+    latency_p50_samples: int = Field(
+        default=0, sa_type=sa.BigInteger, description="Raw rows with a p50 (merging weight)."
+    )
+    latency_p95_max: float | None = Field(default=None)
+    latency_p99_max: float | None = Field(default=None)
+    confidence_histogram: list[int] = Field(
+        default_factory=list, sa_type=sa.JSON, description="Bin-wise sum of the raw histograms."
+    )

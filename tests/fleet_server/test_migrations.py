@@ -29,6 +29,7 @@ def test_migrated_schema_matches_models(database_url: str) -> None:
         tables = set(inspect(engine).get_table_names())
         assert {"device", "model_version", "telemetry", "event", "rollout"} <= tables
         assert {"api_token", "enrollment_token", "audit_log"} <= tables
+        assert "lease" in tables and "telemetry_hourly" in tables
     finally:
         engine.dispose()
 

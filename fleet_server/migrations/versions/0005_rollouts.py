@@ -1,7 +1,7 @@
 """Rollouts: the rollout state machine's rows, its devices and its decisions.
 
 Revision ID: 0005_rollouts
-Revises: 0003_auth
+Revises: 0004_lease
 Create Date: 2026-11-23
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_rollouts"
-down_revision = "0003_auth"
+down_revision = "0004_lease"
 branch_labels = None
 depends_on = None
 
