@@ -51,13 +51,13 @@ def _database(postgres: bool) -> Iterator[str | None]:
             yield none
 
 
-#: Known defect, open in the tracker: with a Mosquitto SIGKILL (autosave 1 s) *and* the agent
-#: SIGKILLed during the outage, the victim's last seq before its kill (the end of its seq block)
-#: is queued but never stored — reproducibly on main since the protocol branch was merged with
-#: the agent-runtime branch (the protocol branch alone passes). Strict: the day it passes, this
-#: marker fails the suite and must go.
+#: Known defect, open: with a Mosquitto SIGKILL (autosave 1 s) *and* the agent SIGKILLed during
+#: the outage, some runs (about 1 in 3 here, 4 of ~9 runs on main) lose the killed agent's last
+#: queued seq(s) and never drain; the others pass in ~13 s. Not yet diagnosed. Not strict: a
+#: strict marker would turn the suite red on every lucky run. Run it with --runxfail to see it.
 KNOWN_LOSS = pytest.mark.xfail(
-    strict=True, reason="one message lost at the seq-block boundary (broker crash + agent kill)"
+    strict=False,
+    reason="intermittent loss after a broker crash + agent kill (open defect, see comment)",
 )
 
 
