@@ -41,6 +41,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "broker_crash": True,
         "broker_conf": "autosave_interval 1\n",
     },
+    "mosquitto crash (save every change), agent SIGKILL": {
+        "kill_one": True,
+        "broker_crash": True,
+        "broker_conf": "autosave_on_changes true\nautosave_interval 1\n",
+    },
     "embedded (in-process restart)": {"broker": "embedded"},
     "embedded, agent SIGKILL": {"broker": "embedded", "kill_one": True},
     "NO broker persistence, agent SIGKILL": {"kill_one": True, "broker_persistence": False},
