@@ -14,6 +14,7 @@ limit, QoS 2, a malformed length, a refused CONNECT or SUBSCRIBE, a DISCONNECT) 
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
@@ -135,10 +136,8 @@ class BatchSubscriber:
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
-        except OSError:
-            pass
         sock.close()
 
     # -- messages --------------------------------------------------------------------------------

@@ -217,10 +217,26 @@ def publish_all(*, publisher: DesiredPublisher, states: Iterable[DesiredState]) 
 
 def current_desired_states(*, session: Session, public_url: str) -> Sequence[DesiredState]:
     """The desired state of every device that has an assignment (for republishing)."""
-    states = []
     query = select(Device).where(col(Device.desired_name).is_not(None))
-    for device in session.exec(query):
-        model = session.get(ModelVersionRow, (device.desired_name, device.desired_version))
-        if model is not None:
-            states.append(desired_state(device=device, model=model, public_url=public_url))
+    return desired_states_for(session=session, devices=session.exec(query), public_url=public_url)
+
+
+def desired_states_for(
+    *, session: Session, devices: Iterable[Device], public_url: str
+) -> list[DesiredState]:
+    """Each device's desired state as the database holds it (``model: null`` for a device
+    assigned no model; one whose assigned version is gone from the registry is left out).
+    Each model row is read once."""
+    models: dict[tuple[str, str], ModelVersionRow | None] = {}
+    states = []
+    for device in devices:
+        model = None
+        if device.desired_name is not None and device.desired_version is not None:
+            key = (device.desired_name, device.desired_version)
+            if key not in models:
+                models[key] = session.get(ModelVersionRow, key)
+            model = models[key]
+            if model is None:
+                continue
+        states.append(desired_state(device=device, model=model, public_url=public_url))
     return states

@@ -5,7 +5,7 @@ One step of one rollout is one database transaction that first *claims* the roll
 server or a concurrent operator action that read the same revision finds nothing to update and
 backs off, so no stage is ever applied twice. Desired states are published only after the
 commit; one lost in a crash is republished when the bus (re)connects (it republishes every
-device's desired state) or by the resync below.
+device's desired state) or by :func:`.members.resync_desired`.
 
 States::
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, update
@@ -27,58 +27,43 @@ from sqlmodel import Session, col, select
 
 from edgefleet.contract import DesiredState
 from fleet_server.models import Device
-from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.rollouts import (
-    ACTIVE_STATES,
     Rollout,
     RolloutDecision,
     RolloutDevice,
 )
-from fleet_server.models.telemetry import EventRow
 from fleet_server.models.types import utcnow
-from fleet_server.services.assignments import DesiredPublisher, desired_state, publish_all
+from fleet_server.services.assignments import (
+    DesiredPublisher,
+    desired_states_for,
+    publish_all,
+)
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
+from fleet_server.services.rollouts.evaluation import evaluation_due, evaluation_record, fmt_result
 from fleet_server.services.rollouts.evidence import counts_only, gather
-from fleet_server.services.rollouts.gates import GateResult, evaluate_all
+from fleet_server.services.rollouts.gates import evaluate_all
+from fleet_server.services.rollouts.members import (
+    Outbox,
+    as_ref,
+    assign_pending,
+    busy_devices,
+    devices_by_id,
+    new_member,
+    previous_of,
+    resync_desired,
+    runs,
+    sync_outcomes,
+    target_of,
+    write_desired,
+)
 from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
 
 log = logging.getLogger(__name__)
 
-_OUTCOME_EVENTS = {
-    "update.committed": "committed",
-    "update.failed": "failed",
-    "update.rolled_back": "failed",
-}
-
 
 class ClaimLost(Conflict):
     """Another step or action changed the rollout between our read and our write."""
-
-
-class Outbox:
-    """Desired-state changes a step decided on: written at the end of the step (so SQLite's write
-    lock is held for the final flush only, not while gates read telemetry), published after the
-    commit from what the database then says."""
-
-    def __init__(self) -> None:
-        self.changes: list[tuple[list[str], tuple[str, str] | None]] = []
-        self.republish: set[str] = set()
-
-    def set_desired(self, device_ids: list[str], model_ref: tuple[str, str] | None) -> None:
-        if device_ids:
-            self.changes.append((list(device_ids), model_ref))
-
-    def device_ids(self) -> set[str]:
-        ids = set(self.republish)
-        for changed, _ref in self.changes:
-            ids.update(changed)
-        return ids
-
-
-#: A device whose reported desired state lags the server's for this long gets it republished
-#: (a broker that dropped a queued retained message, a server that crashed before publishing).
-RESYNC_AFTER_S = 30.0
 
 
 class RolloutEngine:
@@ -175,7 +160,7 @@ class RolloutEngine:
             rollout.revision = revision + 1
             session.add(rollout)
             for device_ids, model_ref in outbox.changes:
-                _write_desired(session, device_ids, model_ref, now)
+                write_desired(session, device_ids, model_ref, now)
             session.commit()
         if self.publisher is not None and outbox.device_ids():
             publish_all(publisher=self.publisher, states=self._desired_states(outbox.device_ids()))
@@ -183,18 +168,9 @@ class RolloutEngine:
 
     def _desired_states(self, device_ids: set[str]) -> list[DesiredState]:
         """What the database says each device should run now (the committed truth)."""
-        states = []
         with Session(self.engine) as session:
-            models: dict[tuple[str, str], ModelVersionRow | None] = {}
-            for device in _devices(session, sorted(device_ids)).values():
-                model = None
-                if device.desired_name is not None and device.desired_version is not None:
-                    key = (device.desired_name, device.desired_version)
-                    if key not in models:
-                        models[key] = session.get(ModelVersionRow, key)
-                    model = models[key]
-                states.append(desired_state(device=device, model=model, public_url=self.public_url))
-        return states
+            devices = devices_by_id(session, sorted(device_ids)).values()
+            return desired_states_for(session=session, devices=devices, public_url=self.public_url)
 
     # -- one step --------------------------------------------------------------------------------
     def _advance(self, session: Session, rollout: Rollout, now: datetime, outbox: Outbox) -> None:
@@ -202,27 +178,27 @@ class RolloutEngine:
         members = list(
             session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
         )
-        devices = _devices(session, [m.device_id for m in members])
+        devices = devices_by_id(session, [m.device_id for m in members])
         if rollout.state == "aborting":
             self._settle_abort(session, rollout, members, devices, now, strategy)
             return
-        self._sync(session, rollout, members, devices, now, strategy)
+        sync_outcomes(session, rollout, members, devices, now, strategy)
         for member in members:  # pinned since the rollout started: leave it alone
             device = devices.get(member.device_id)
             if member.status == "pending" and device is not None and is_pinned(device):
                 member.status = "skipped"
                 member.detail = f"pinned to {device.pinned_name}@{device.pinned_version}"
                 session.add(member)
-        if _evaluation_due(rollout, now, False, strategy):  # scanning every device costs
+        if evaluation_due(rollout, now, False, strategy):  # scanning every device costs
             self._join_late(session, rollout, members, now)
-        self._resync_desired(session, rollout, members, devices, now, outbox)
+        resync_desired(session, rollout, members, devices, now, outbox)
 
         eligible = sorted((m for m in members if m.status != "skipped"), key=lambda m: m.position)
         if not eligible:
             self._finish(session, rollout, now, "completed", "no device needed the update")
             return
         covered = eligible[: strategy.target_count(rollout.stage, len(eligible))]
-        self._assign(session, rollout, covered, now, strategy, outbox)
+        assign_pending(session, rollout, covered, now, strategy, outbox)
 
         finished = all(m.status in ("committed", "failed") for m in covered)
         just_finished = finished and rollout.stage_finished_at is None
@@ -238,7 +214,7 @@ class RolloutEngine:
         policy = GatePolicy.model_validate(rollout.gates)
         stage_ids = {m.device_id for m in covered}
         offline = {d.device_id for d in devices.values() if not d.online}
-        full = just_finished or _evaluation_due(rollout, now, soaked, strategy)
+        full = just_finished or evaluation_due(rollout, now, soaked, strategy)
         if full:  # read the telemetry: every gate
             evidence = gather(
                 session=session,
@@ -251,16 +227,16 @@ class RolloutEngine:
                 min_control_intervals=policy.latency_p95_ratio.min_samples,
             )
             results = evaluate_all(policy, evidence)
-            evaluation = _evaluation(rollout, strategy, now, results, evidence.summary())
+            evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())
             rollout.last_evaluation = evaluation
         else:  # between evaluations, only what the device statuses alone can fail
             evidence = counts_only(members=members, stage_ids=stage_ids, offline=offline)
             results = [r for r in evaluate_all(policy, evidence) if r.name == "success_rate"]
-            evaluation = _evaluation(rollout, strategy, now, results, evidence.summary())
+            evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())
 
         failed = [r for r in results if r.status == "fail"]
         if failed:
-            reason = "; ".join(f"{r.name} {_fmt(r)}" for r in failed)
+            reason = "; ".join(f"{r.name} {fmt_result(r)}" for r in failed)
             self.decide(session, rollout, now, "gate_failed", reason=reason, evidence=evaluation)
             if strategy.on_failure == "abort":
                 self.abort(session, rollout, now, outbox, actor="engine", reason=reason)
@@ -277,7 +253,7 @@ class RolloutEngine:
             self._promote(session, rollout, now, strategy, evaluation, total=len(eligible))
             if rollout.state == "running" and rollout.stage != stage:  # the next stage goes out now
                 covered = eligible[: strategy.target_count(rollout.stage, len(eligible))]
-                self._assign(session, rollout, covered, now, strategy, outbox)
+                assign_pending(session, rollout, covered, now, strategy, outbox)
         elif (now - rollout.stage_started_at).total_seconds() > strategy.stage_timeout_s:
             names = ", ".join(r.name for r in waiting) or "updates"
             rollout.state = "paused"
@@ -325,63 +301,6 @@ class RolloutEngine:
         self.decide(session, rollout, now, "stage_started", reason=name, actor=actor)
 
     # -- devices ---------------------------------------------------------------------------------
-    def _sync(
-        self,
-        session: Session,
-        rollout: Rollout,
-        members: list[RolloutDevice],
-        devices: dict[str, Device],
-        now: datetime,
-        strategy: Strategy,
-    ) -> int:
-        """Assigned devices → committed / failed, from their update events and reported state.
-        Returns how many devices finished in this step."""
-        target = {"name": rollout.model_name, "version": rollout.model_version}
-        assigned = [m for m in members if m.status == "assigned" and m.assigned_at is not None]
-        if not assigned:
-            return 0
-        finished = 0
-        since = min(m.assigned_at for m in assigned if m.assigned_at is not None)
-        outcomes: dict[str, tuple[str, datetime, str]] = {}
-        events = session.exec(
-            select(EventRow)
-            .where(
-                col(EventRow.device_id).in_([m.device_id for m in assigned]),
-                col(EventRow.received_at) >= since,
-                col(EventRow.event).in_(list(_OUTCOME_EVENTS)),
-            )
-            .order_by(col(EventRow.received_at))
-        )
-        by_id = {m.device_id: m for m in assigned}
-        for event in events:
-            member = by_id[event.device_id]
-            assert member.assigned_at is not None
-            if event.model == target and event.received_at >= member.assigned_at:
-                outcomes[event.device_id] = (
-                    _OUTCOME_EVENTS[event.event],
-                    event.received_at,
-                    event.detail[:500] or event.event,
-                )
-        timeout = timedelta(seconds=strategy.update_timeout_s)
-        for member in assigned:
-            device = devices.get(member.device_id)
-            outcome = outcomes.get(member.device_id)
-            # A device on probation also reports running the new version: only "serving" counts.
-            if (
-                outcome is None
-                and device is not None
-                and _runs(device, target)
-                and device.phase == "serving"
-            ):
-                outcome = ("committed", now, "reported serving the new version")
-            if outcome is None and member.assigned_at is not None:
-                if now - member.assigned_at > timeout:
-                    outcome = ("failed", now, f"no result within {strategy.update_timeout_s:g} s")
-            if outcome is not None:
-                member.status, member.finished_at, member.detail = outcome
-                session.add(member)
-                finished += 1
-        return finished
 
     def _join_late(
         self, session: Session, rollout: Rollout, members: list[RolloutDevice], now: datetime
@@ -400,7 +319,9 @@ class RolloutEngine:
             ):
                 continue
             position += 1
-            member = new_member(rollout, device, position, joined_late=True, model=_target(rollout))
+            member = new_member(
+                rollout, device, position, joined_late=True, model=target_of(rollout)
+            )
             session.add(member)
             members.append(member)
             joined.append(device.device_id)
@@ -413,64 +334,6 @@ class RolloutEngine:
                 reason=f"{len(joined)} device(s) matched the selector after the start",
                 evidence={"devices": joined[:100], "count": len(joined)},
             )
-
-    def _assign(
-        self,
-        session: Session,
-        rollout: Rollout,
-        covered: list[RolloutDevice],
-        now: datetime,
-        strategy: Strategy,
-        outbox: Outbox,
-    ) -> None:
-        pending = [m for m in covered if m.status == "pending"]
-        if not pending:
-            return
-        window = strategy.maintenance_window
-        if window is not None and not window.open_at(now):
-            return
-        if strategy.rate_per_minute is not None:
-            recent = session.exec(
-                select(RolloutDevice.device_id).where(
-                    RolloutDevice.rollout_id == rollout.id,
-                    col(RolloutDevice.assigned_at) > now - timedelta(minutes=1),
-                )
-            ).all()
-            pending = pending[: max(0, strategy.rate_per_minute - len(recent))]
-        for member in pending:
-            member.status, member.assigned_at, member.stage = "assigned", now, rollout.stage
-            session.add(member)
-        outbox.set_desired(
-            [m.device_id for m in pending], (rollout.model_name, rollout.model_version)
-        )
-
-    def _resync_desired(
-        self,
-        session: Session,
-        rollout: Rollout,
-        members: list[RolloutDevice],
-        devices: dict[str, Device],
-        now: datetime,
-        outbox: Outbox,
-    ) -> None:
-        """Republish the desired state of assigned devices that have not acknowledged it."""
-        stale = []
-        for member in members:
-            device = devices.get(member.device_id)
-            if member.status != "assigned" or device is None or not device.online:
-                continue
-            since = None if device.desired_at is None else (now - device.desired_at).total_seconds()
-            if since is None or since < RESYNC_AFTER_S:
-                continue
-            if (device.reported_desired_name, device.reported_desired_version) != (
-                device.desired_name,
-                device.desired_version,
-            ):
-                stale.append(device)
-        for device in stale:
-            device.desired_at = now  # retry at most every RESYNC_AFTER_S
-            session.add(device)
-            outbox.republish.add(device.device_id)
 
     # -- abort -------------------------------------------------------------------------------------
     def abort(
@@ -490,7 +353,7 @@ class RolloutEngine:
         back: dict[tuple[str, str] | None, list[str]] = {}
         for member in members:
             if member.status in ("assigned", "committed", "failed"):
-                previous = _previous(member)
+                previous = previous_of(member)
                 back.setdefault(previous, []).append(member.device_id)
                 member.status, member.detail = "reverting", f"rolling back: {reason}"[:500]
             elif member.status == "pending":
@@ -508,7 +371,7 @@ class RolloutEngine:
             actor=actor,
             evidence={"rolled_back": sum(len(ids) for ids in back.values())},
         )
-        self._settle_abort(session, rollout, members, _devices(session, []), now, None)
+        self._settle_abort(session, rollout, members, devices_by_id(session, []), now, None)
 
     def _settle_abort(
         self,
@@ -521,13 +384,13 @@ class RolloutEngine:
     ) -> None:
         reverting = [m for m in members if m.status == "reverting"]
         if reverting and not devices:
-            devices = _devices(session, [m.device_id for m in reverting])
+            devices = devices_by_id(session, [m.device_id for m in reverting])
         for member in reverting:
             device = devices.get(member.device_id)
-            previous = _previous(member)
+            previous = previous_of(member)
             if device is not None and (
                 (previous is None and device.running_name is None)
-                or (previous is not None and _runs(device, _ref(previous)))
+                or (previous is not None and runs(device, as_ref(previous)))
             ):
                 member.status, member.finished_at = "reverted", now
                 member.detail = "running the previous version again"
@@ -593,128 +456,3 @@ class RolloutEngine:
                 "why": reason,
             },
         )
-
-
-def new_member(
-    rollout: Rollout,
-    device: Device,
-    position: int,
-    *,
-    joined_late: bool,
-    model: dict[str, str],
-) -> RolloutDevice:
-    assert rollout.id is not None
-    previous_name = device.running_name or device.desired_name
-    previous_version = device.running_version if device.running_name else device.desired_version
-    detail = None
-    if _runs(device, model):
-        detail = "already running the target version"
-    elif is_pinned(device):
-        detail = f"pinned to {device.pinned_name}@{device.pinned_version}"
-    return RolloutDevice(
-        rollout_id=rollout.id,
-        device_id=device.device_id,
-        position=position,
-        status="skipped" if detail else "pending",
-        detail=detail,
-        previous_name=previous_name,
-        previous_version=previous_version,
-        device_class=device.device_class,
-        joined_late=joined_late,
-    )
-
-
-def _write_desired(
-    session: Session, device_ids: list[str], model_ref: tuple[str, str] | None, now: datetime
-) -> None:
-    """Point devices at ``model_ref`` (None: no model) with the next desired-state revision."""
-    for start in range(0, len(device_ids), 500):
-        session.connection().execute(
-            update(Device)
-            .where(col(Device.device_id).in_(device_ids[start : start + 500]))
-            .values(
-                desired_name=model_ref[0] if model_ref else None,
-                desired_version=model_ref[1] if model_ref else None,
-                desired_revision=col(Device.desired_revision) + 1,
-                desired_at=now,
-            )
-        )
-
-
-def busy_devices(session: Session, *, exclude: int | None) -> set[str]:
-    """Devices taking part in another active rollout (a device is in one rollout at a time)."""
-    query = (
-        select(RolloutDevice.device_id)
-        .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-        .where(col(Rollout.state).in_(ACTIVE_STATES), col(RolloutDevice.status) != "skipped")
-    )
-    if exclude is not None:
-        query = query.where(col(Rollout.id) != exclude)
-    return set(session.exec(query).all())
-
-
-def _devices(session: Session, ids: list[str]) -> dict[str, Device]:
-    found: dict[str, Device] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        for device in session.exec(select(Device).where(col(Device.device_id).in_(chunk))):
-            found[device.device_id] = device
-    return found
-
-
-def _target(rollout: Rollout) -> dict[str, str]:
-    return {"name": rollout.model_name, "version": rollout.model_version}
-
-
-def _previous(member: RolloutDevice) -> tuple[str, str] | None:
-    if member.previous_name is None or member.previous_version is None:
-        return None
-    return member.previous_name, member.previous_version
-
-
-def _ref(pair: tuple[str, str]) -> dict[str, str]:
-    return {"name": pair[0], "version": pair[1]}
-
-
-def _runs(device: Device, model: dict[str, str]) -> bool:
-    return device.running_name == model["name"] and device.running_version == model["version"]
-
-
-#: Telemetry gates are evaluated (and the fleet scanned for late joiners) at most this often,
-#: plus when a stage's last device finishes and when its soak ends: reading every device's
-#: telemetry on each tick would compete with ingest and downloads at fleet scale.
-EVALUATE_EVERY_S = 5.0
-
-
-def _evaluation_due(rollout: Rollout, now: datetime, soaked: bool, strategy: Strategy) -> bool:
-    last = rollout.last_evaluation
-    if not last or last.get("stage") != rollout.stage:
-        return True
-    when = datetime.fromisoformat(str(last["ts"]))
-    if (now - when).total_seconds() >= EVALUATE_EVERY_S:
-        return True
-    if soaked and rollout.stage_finished_at is not None:
-        soak_end = rollout.stage_finished_at + timedelta(seconds=strategy.soak_s)
-        return when < soak_end
-    return False
-
-
-def _fmt(result: GateResult) -> str:
-    value = "n/a" if result.value is None else f"{result.value:.4g}"
-    return f"{value} vs {result.threshold:g} (n={result.samples})"
-
-
-def _evaluation(
-    rollout: Rollout,
-    strategy: Strategy,
-    now: datetime,
-    results: list[GateResult],
-    evidence: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "ts": now.isoformat(),
-        "stage": rollout.stage,
-        "stage_name": strategy.stage_names()[rollout.stage],
-        "gates": [r.as_dict() for r in results],
-        "evidence": evidence,
-    }

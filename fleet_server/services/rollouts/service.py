@@ -19,8 +19,9 @@ from fleet_server.models.rollouts import (
     RolloutDevice,
 )
 from fleet_server.services.errors import Conflict, NotFound, Unprocessable
-from fleet_server.services.rollouts.engine import Outbox, RolloutEngine, busy_devices, new_member
+from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.evidence import gather, tv_distance
+from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
 from fleet_server.services.rollouts.spec import GatePolicy, RolloutCreate, Strategy
 
 
