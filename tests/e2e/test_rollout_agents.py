@@ -10,7 +10,7 @@ ends on the good version.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 
 from tests.agent.probation_models import slow
 from tests.agent.test_agent_process import AgentProcess
-from tests.fleet_server.helpers import device_mqtt_url
+from tests.fleet_server.helpers import device_mqtt_url, wait_until
 from tests.utils.artifacts import bundle_of, digits_images, sign_artifact, signed_digits_bundles
 from tests.utils.server import live_server
 
@@ -29,15 +29,6 @@ GATES: dict[str, Any] = {
     "latency_p95_ratio": {"min_samples": 2, "max_ratio": 3.0},
     "confidence_shift": {"min_samples": 20},
 }
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def _config(
@@ -112,7 +103,12 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Any, Any, list[str], str]]:
                 )
                 agents.append(AgentProcess(config))
             client.assign("digits", "1.0.0", tag=tag)
-            _wait(lambda: _running(client, tag) == {"1.0.0": 3}, 60, "every agent on 1.0.0")
+            wait_until(
+                lambda: _running(client, tag) == {"1.0.0": 3},
+                60,
+                "every agent on 1.0.0",
+                every=0.25,
+            )
             yield server, client, ids, tag
         finally:
             for agent in agents:
@@ -143,7 +139,9 @@ def test_real_agents_take_a_good_version_and_refuse_a_slow_one(
         }
     )
     rid = int(good["id"])
-    _wait(lambda: client.get_rollout(rid)["state"] != "running", 90, "the rollout to end")
+    wait_until(
+        lambda: client.get_rollout(rid)["state"] != "running", 90, "the rollout to end", every=0.25
+    )
     report = client.rollout_report(rid)
     assert report["rollout"]["state"] == "completed", report["rollout"]
     actions = [(d["action"], d["stage"]) for d in report["decisions"]]
@@ -153,7 +151,9 @@ def test_real_agents_take_a_good_version_and_refuse_a_slow_one(
     assert gates["success_rate"] == "pass" and gates["latency_p95_ratio"] == "pass", gates
     assert passed["evidence"]["evidence"]["baseline"] == "control"
     # Committed (the event) comes just before the state message that says so.
-    _wait(lambda: _running(client, tag) == {"2.0.0": 3}, 15, "every agent reporting 2.0.0")
+    wait_until(
+        lambda: _running(client, tag) == {"2.0.0": 3}, 15, "every agent reporting 2.0.0", every=0.25
+    )
 
     bad = client.create_rollout(
         {
@@ -165,7 +165,7 @@ def test_real_agents_take_a_good_version_and_refuse_a_slow_one(
         }
     )
     bid = int(bad["id"])
-    _wait(lambda: client.get_rollout(bid)["state"] == "aborted", 90, "the abort")
+    wait_until(lambda: client.get_rollout(bid)["state"] == "aborted", 90, "the abort", every=0.25)
     report = client.rollout_report(bid)
     failed = next(d for d in report["decisions"] if d["action"] == "gate_failed")
     # Whichever sees it first stops it: the fleet's latency gate (the canary's telemetry during
@@ -177,7 +177,9 @@ def test_real_agents_take_a_good_version_and_refuse_a_slow_one(
     canary = [d for d in report["devices"] if d["status"] == "reverted"]
     assert len(canary) == 1
     assert [d["status"] for d in report["devices"]].count("skipped") == 2
-    _wait(lambda: _running(client, tag) == {"2.0.0": 3}, 30, "every agent on 2.0.0")
+    wait_until(
+        lambda: _running(client, tag) == {"2.0.0": 3}, 30, "every agent on 2.0.0", every=0.25
+    )
     desired = {
         (d["desired"] or {}).get("version") for d in client.list_devices() if tag in d["tags"]
     }

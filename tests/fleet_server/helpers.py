@@ -129,12 +129,19 @@ def manifest_of(artifact_dir: Path) -> dict[str, Any]:
     return data
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float = 10.0,
+    what: str = "condition",
+    *,
+    every: float = 0.02,
+) -> None:
+    """Poll ``check`` every ``every`` seconds (slower for checks that call the server's API)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(every)
 
 
 class MqttProbe:

@@ -5,6 +5,7 @@ QoS 2, a DISCONNECT): every one a clear MqttError, never a hang or a crash."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import struct
@@ -81,11 +82,9 @@ class FakeBroker:
             if self.suback is not None:
                 self.received += conn.recv(65536)
                 conn.sendall(self.suback + self.tail)
-            try:
+            with contextlib.suppress(OSError):
                 while data := conn.recv(65536):
                     self.received += data
-            except OSError:
-                pass
 
     def close(self) -> None:
         self.server.close()

@@ -5,7 +5,7 @@ the canary and every touched device is rolled back."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import pytest
 from hil.device import Behaviour
 from hil.fleet import FleetSimulator
 from tests.fleet_server.client.conftest import run_fleet
+from tests.fleet_server.helpers import wait_until
 from tests.utils.artifacts import signed_digits_bundles
 from tests.utils.server import live_server
 
@@ -29,15 +30,6 @@ SPEC: dict[str, Any] = {
         "confidence_shift": {"min_samples": 20},
     },
 }
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @contextmanager
@@ -64,7 +56,12 @@ def _fleet_on(
         fleet.start(connect_timeout=30)
         try:
             client.assign("digits", "1.0.0", tag=tag)
-            _wait(lambda: fleet.stats().running.get("digits@1.0.0") == N, 30, "everyone on 1.0.0")
+            wait_until(
+                lambda: fleet.stats().running.get("digits@1.0.0") == N,
+                30,
+                "everyone on 1.0.0",
+                every=0.2,
+            )
             yield server, client, fleet, tag
         finally:
             fleet.stop()
@@ -82,7 +79,9 @@ def test_a_good_version_is_promoted_through_every_stage_across_a_restart(
             {"model": "digits", "version": "2.0.0", "selector": {"tags": [tag]}, **SPEC}
         )
         rid = int(rollout["id"])
-        _wait(lambda: client.get_rollout(rid)["stage"] >= 1, 30, "the canary to pass")
+        wait_until(
+            lambda: client.get_rollout(rid)["stage"] >= 1, 30, "the canary to pass", every=0.2
+        )
         # Restart the server mid-rollout: a new process state on the same database and broker.
         server.stop()
         with live_server(tmp_path, broker_url=mqtt_url, rollout_tick_s=0.2) as again:
@@ -114,7 +113,9 @@ def test_a_slow_version_is_stopped_at_the_canary_and_rolled_back(
             {"model": "digits", "version": "2.0.0", "selector": {"tags": [tag]}, **SPEC}
         )
         rid = int(rollout["id"])
-        _wait(lambda: client.get_rollout(rid)["state"] == "aborted", 45, "the abort")
+        wait_until(
+            lambda: client.get_rollout(rid)["state"] == "aborted", 45, "the abort", every=0.2
+        )
         report = client.rollout_report(rid)
         failed = next(d for d in report["decisions"] if d["action"] == "gate_failed")
         assert "latency_p95_ratio" in failed["reason"]
@@ -123,7 +124,12 @@ def test_a_slow_version_is_stopped_at_the_canary_and_rolled_back(
         statuses = [d["status"] for d in report["devices"]]
         assert statuses.count("reverted") == 2  # the canary: 10 % of 20
         assert statuses.count("skipped") == N - 2
-        _wait(lambda: fleet.stats().running.get("digits@1.0.0") == N, 20, "everyone back on 1.0.0")
+        wait_until(
+            lambda: fleet.stats().running.get("digits@1.0.0") == N,
+            20,
+            "everyone back on 1.0.0",
+            every=0.2,
+        )
         devices = client.list_devices()
         assert {(d["desired"] or {}).get("version") for d in devices if tag in d["tags"]} == {
             "1.0.0"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -55,11 +56,9 @@ class ReplicaProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {self.stderr()[-2000:]}")
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.1)
         raise AssertionError(f"{self.name} not ready within {timeout} s: {self.stderr()[-2000:]}")
 
