@@ -11,9 +11,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 #: CHANGELOG line marked BREAKING whenever a field changes meaning or is removed.
 SCHEMA_VERSION: Final = 1
 
-_DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
+#: The patterns behind DeviceId, ModelName and ModelVersion, for code that declares its own types.
+DEVICE_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+MODEL_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+MODEL_VERSION_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$"
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+_NAME = re.compile(MODEL_NAME_PATTERN)
+_VERSION = re.compile(MODEL_VERSION_PATTERN)
 
 
 def _check(pattern: re.Pattern[str], what: str) -> AfterValidator:
