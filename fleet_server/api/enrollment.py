@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
 
 from fleet_server.api.deps import Operator, SessionDep, note_actor, note_target
 from fleet_server.models import (
@@ -15,6 +17,10 @@ from fleet_server.models import (
 from fleet_server.services import enrollment as service
 
 router = APIRouter(tags=["enrollment"])
+_REFUSALS: dict[int | str, dict[str, str]] = {
+    401: {"description": "No valid token."},
+    403: {"description": "Role too small (operator needed)."},
+}
 
 
 @router.post(
@@ -33,13 +39,41 @@ def create_enrollment_token(
     return EnrollmentTokenCreated(**EnrollmentTokenPublic.of(row).model_dump(), token=token)
 
 
+@router.get("/enrollment-tokens", responses=_REFUSALS)
+def list_enrollment_tokens(
+    session: SessionDep,
+    _: Operator,
+    active: Annotated[
+        bool, Query(description="Only tokens that can still enroll a device.")
+    ] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[EnrollmentTokenPublic]:
+    """Enrollment tokens, newest first, with their state; never the tokens themselves."""
+    rows = service.list_enrollment_tokens(session=session, active_only=active, limit=limit)
+    return [EnrollmentTokenPublic.of(row) for row in rows]
+
+
+@router.delete("/enrollment-tokens/{token_id}", responses={**_REFUSALS, 404: {}})
+def revoke_enrollment_token(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    request: Request,
+    session: SessionDep,
+    _: Operator,
+) -> EnrollmentTokenPublic:
+    """Revoke: no device enrolls with it from now on (410); devices it enrolled keep their
+    credentials. Idempotent."""
+    row = service.revoke_enrollment_token(session=session, token_id=token_id)
+    note_target(request, f"enrollment-token:{row.id}")
+    return EnrollmentTokenPublic.of(row)
+
+
 @router.post(
     "/enroll",
     status_code=201,
     responses={
         401: {"description": "Unknown enrollment token."},
         409: {"description": "The device id exists, or the class differs from the token's."},
-        410: {"description": "The enrollment token has expired or is used up."},
+        410: {"description": "The enrollment token has expired, is used up or was revoked."},
     },
 )
 def enroll(body: EnrollRequest, request: Request, session: SessionDep) -> Enrolled:

@@ -227,6 +227,13 @@ class FleetClient:
         }
         return _object(self._request("POST", "/api/v1/enrollment-tokens", json_body=body))
 
+    def list_enrollment_tokens(self, *, active: bool = False) -> list[JsonObject]:
+        params = {"active": "true" if active else "false"}
+        return _objects(self._request("GET", "/api/v1/enrollment-tokens", params=params))
+
+    def revoke_enrollment_token(self, token_id: int) -> JsonObject:
+        return _object(self._request("DELETE", f"/api/v1/enrollment-tokens/{int(token_id)}"))
+
     def audit(
         self, *, actor: str | None = None, since: str | None = None, limit: int = 100
     ) -> list[JsonObject]:

@@ -153,6 +153,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--tag", dest="tags", action="append", default=[], metavar="T", help="repeatable"
     )
     leaf.set_defaults(action="enrollment_create")
+    leaf = enrollment_actions.add_parser(
+        "list", parents=[common], help="list enrollment tokens and their state (never secrets)"
+    )
+    leaf.add_argument("--active", action="store_true", help="only those that can still enroll")
+    leaf.set_defaults(action="enrollment_list")
+    leaf = enrollment_actions.add_parser(
+        "revoke", parents=[common], help="revoke an enrollment token by id"
+    )
+    leaf.add_argument("token_id", metavar="ID", type=_positive)
+    leaf.set_defaults(action="enrollment_revoke")
 
     leaf = actions.add_parser("audit", parents=[common], help="the audit log, newest first")
     leaf.add_argument("--actor", metavar="A", help="only this actor (token name, bootstrap, ...)")

@@ -9,6 +9,7 @@ from fleet_server.client.api import FleetClient
 from fleet_server.client.render import (
     AUDIT_COLUMNS,
     DEVICE_COLUMNS,
+    ENROLLMENT_COLUMNS,
     LINEAGE_COLUMNS,
     MODEL_COLUMNS,
     TELEMETRY_COLUMNS,
@@ -125,6 +126,25 @@ def enrollment_create(client: FleetClient, args: argparse.Namespace, out: Output
     out.line(plain(created.get("token"), 4096))
 
 
+def enrollment_list(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    tokens = client.list_enrollment_tokens(active=args.active)
+    if out.json_mode:
+        out.json(tokens)
+    else:
+        out.table("enrollment tokens", ENROLLMENT_COLUMNS, tokens)
+
+
+def enrollment_revoke(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    revoked = client.revoke_enrollment_token(args.token_id)
+    if out.json_mode:
+        out.json(revoked)
+        return
+    out.line(
+        f"revoked enrollment token {plain(revoked.get('id'))} "
+        f"({plain(revoked.get('uses_left'))} of {plain(revoked.get('uses'))} uses were left)"
+    )
+
+
 def audit(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
     rows = client.audit(actor=args.actor, since=args.since, limit=args.limit)
     if out.json_mode:
@@ -225,6 +245,8 @@ COMMANDS: dict[str, Command] = {
     "tokens_list": tokens_list,
     "tokens_revoke": tokens_revoke,
     "enrollment_create": enrollment_create,
+    "enrollment_list": enrollment_list,
+    "enrollment_revoke": enrollment_revoke,
     "audit": audit,
     **ROLLOUT_COMMANDS,
 }

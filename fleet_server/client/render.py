@@ -107,6 +107,17 @@ TOKEN_COLUMNS: list[Column] = [
     ("REVOKED", lambda t: when(t.get("revoked_at"))),
 ]
 
+ENROLLMENT_COLUMNS: list[Column] = [
+    ("ID", lambda t: t.get("id")),
+    ("STATE", lambda t: t.get("state")),
+    ("USES LEFT", lambda t: f"{t.get('uses_left')}/{t.get('uses')}"),
+    ("CLASS", lambda t: t.get("device_class")),
+    ("TAGS", lambda t: ",".join(str(x) for x in t.get("tags") or [])),
+    ("EXPIRES", lambda t: when(t.get("expires_at"))),
+    ("BY", lambda t: t.get("created_by")),
+    ("REVOKED", lambda t: when(t.get("revoked_at"))),
+]
+
 AUDIT_COLUMNS: list[Column] = [
     ("ID", lambda a: a.get("id")),
     ("TIME", lambda a: when(a.get("ts"))),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 import sqlalchemy as sa
@@ -120,6 +120,20 @@ class EnrollmentToken(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     created_by: str = Field(max_length=80)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    def state(self, now: datetime) -> EnrollmentState:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        if self.uses_left <= 0:
+            return "used_up"
+        return "active"
+
+
+#: What an enrollment token can still do: only an ``active`` one enrolls a device.
+EnrollmentState = Literal["active", "expired", "used_up", "revoked"]
 
 
 class EnrollmentTokenCreate(BaseModel):
@@ -147,6 +161,8 @@ class EnrollmentTokenCreate(BaseModel):
 
 
 class EnrollmentTokenPublic(BaseModel):
+    """An enrollment token as operators see it: never the token or its hash."""
+
     id: int
     device_class: str | None
     tags: list[str]
@@ -155,6 +171,8 @@ class EnrollmentTokenPublic(BaseModel):
     expires_at: datetime
     created_at: datetime
     created_by: str
+    revoked_at: datetime | None = None
+    state: EnrollmentState = pydantic.Field(description="Only an active token enrolls.")
 
     @classmethod
     def of(cls, row: EnrollmentToken) -> EnrollmentTokenPublic:
@@ -168,6 +186,8 @@ class EnrollmentTokenPublic(BaseModel):
             expires_at=row.expires_at,
             created_at=row.created_at,
             created_by=row.created_by,
+            revoked_at=row.revoked_at,
+            state=row.state(utcnow()),
         )
 
 

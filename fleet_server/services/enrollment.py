@@ -2,8 +2,9 @@
 own id and credentials.
 
 A use is taken by one conditional ``UPDATE ... SET uses_left = uses_left - 1 WHERE uses_left > 0
-AND expires_at > now`` in the same transaction as the device insert, so concurrent enrollments
-with a one-use token create exactly one device (PostgreSQL re-checks the row after the lock;
+AND expires_at > now AND revoked_at IS NULL`` in the same transaction as the device insert, so
+concurrent enrollments with a one-use token create exactly one device, a revocation that lands
+meanwhile stops it (PostgreSQL re-checks the row after the lock;
 SQLite has one writer at a time), and a refused enrollment gives the use back by rolling back.
 """
 
@@ -24,7 +25,7 @@ from fleet_server.models import (
 )
 from fleet_server.models.types import utcnow
 from fleet_server.services.auth import hash_token, new_token
-from fleet_server.services.errors import Conflict, Gone, Unauthorized
+from fleet_server.services.errors import Conflict, Gone, NotFound, Unauthorized
 from fleet_server.services.mosquitto import mosquitto_hash
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,35 @@ def create_enrollment_token(
     return row, token
 
 
+def list_enrollment_tokens(
+    *, session: Session, active_only: bool, limit: int
+) -> list[EnrollmentToken]:
+    """Newest first; ``active_only``: those that can still enroll a device."""
+    query = select(EnrollmentToken).order_by(col(EnrollmentToken.id).desc())
+    if active_only:
+        query = (
+            query.where(col(EnrollmentToken.revoked_at).is_(None))
+            .where(col(EnrollmentToken.uses_left) > 0)
+            .where(col(EnrollmentToken.expires_at) > utcnow())
+        )
+    return list(session.exec(query.limit(limit)))
+
+
+def revoke_enrollment_token(*, session: Session, token_id: int) -> EnrollmentToken:
+    """No device enrolls with it from now on (idempotent: revoking twice keeps the first time).
+    Devices it already enrolled keep their own credentials."""
+    row = session.get(EnrollmentToken, token_id)
+    if row is None:
+        raise NotFound(f"enrollment token {token_id} not found")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+        log.info("enrollment token revoked", extra={"id": row.id, "uses_left": row.uses_left})
+    return row
+
+
 def enroll(*, session: Session, request: EnrollRequest) -> tuple[Device, str]:
     """Create the device the enrollment token admits; (device, its token shown once)."""
     grant = session.exec(
@@ -60,6 +90,8 @@ def enroll(*, session: Session, request: EnrollRequest) -> tuple[Device, str]:
     if grant is None:
         raise Unauthorized("unknown enrollment token")
     now = utcnow()
+    if grant.revoked_at is not None:
+        raise Gone("the enrollment token has been revoked")
     if grant.expires_at <= now:
         raise Gone("the enrollment token has expired")
     if grant.uses_left <= 0:
@@ -85,11 +117,12 @@ def enroll(*, session: Session, request: EnrollRequest) -> tuple[Device, str]:
         .where(col(EnrollmentToken.id) == grant_id)
         .where(col(EnrollmentToken.uses_left) > 0)
         .where(col(EnrollmentToken.expires_at) > now)
+        .where(col(EnrollmentToken.revoked_at).is_(None))
         .values(uses_left=col(EnrollmentToken.uses_left) - 1)
     )
-    if taken.rowcount != 1:
+    if taken.rowcount != 1:  # used up, or revoked, since the read above
         session.rollback()
-        raise Gone("the enrollment token is used up")
+        raise Gone("the enrollment token is used up or was revoked")
     device = Device(
         device_id=device_id,
         device_class=device_class or request.device_class,

@@ -162,6 +162,84 @@ def test_expired_token_is_gone(app: tuple[TestClient, Runtime]) -> None:
     assert _device_ids(runtime) == before
 
 
+def test_list_and_revoke(app: tuple[TestClient, Runtime]) -> None:
+    client, runtime = app
+    kept = _grant(client, uses=3, tags=["keep"])
+    leaked = _grant(client, uses=5, tags=["leaked"])
+    first = client.post(
+        "/api/v1/enroll",
+        json={"enrollment_token": leaked["token"], "device_id": unique_id("before")},
+    )
+    assert first.status_code == 201, first.text
+
+    listed = client.get("/api/v1/enrollment-tokens", headers=operator())
+    assert listed.status_code == 200, listed.text
+    rows = {row["id"]: row for row in listed.json()}
+    assert rows[leaked["id"]]["state"] == "active" and rows[leaked["id"]]["uses_left"] == 4
+    assert list(rows)[:2] == [leaked["id"], kept["id"]]  # newest first
+    text = listed.text
+    assert leaked["token"] not in text and "token_hash" not in text and '"token"' not in text
+
+    revoked = client.delete(f"/api/v1/enrollment-tokens/{leaked['id']}", headers=operator())
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["state"] == "revoked" and revoked.json()["revoked_at"] is not None
+    again = client.delete(f"/api/v1/enrollment-tokens/{leaked['id']}", headers=operator())
+    assert again.json()["revoked_at"] == revoked.json()["revoked_at"]  # idempotent
+
+    before = _device_ids(runtime)
+    refused = client.post("/api/v1/enroll", json={"enrollment_token": leaked["token"]})
+    assert refused.status_code == 410 and "revoked" in refused.json()["detail"]
+    assert _device_ids(runtime) == before
+    # The device it enrolled before keeps working credentials; the other token still enrolls.
+    device = first.json()
+    assert (
+        client.get(f"/api/v1/devices/{device['device_id']}", headers=operator()).status_code == 200
+    )
+    assert (
+        client.post("/api/v1/enroll", json={"enrollment_token": kept["token"]}).status_code == 201
+    )
+
+    active = client.get("/api/v1/enrollment-tokens?active=true", headers=operator()).json()
+    assert leaked["id"] not in {row["id"] for row in active}
+    assert kept["id"] in {row["id"] for row in active}
+    # Refusals: unknown id, bad ids, no token, a viewer.
+    assert client.delete("/api/v1/enrollment-tokens/999999", headers=operator()).status_code == 404
+    for bad in ("0", "-1", "x", str(2**63)):
+        assert (
+            client.delete(f"/api/v1/enrollment-tokens/{bad}", headers=operator()).status_code == 422
+        )
+    assert client.get("/api/v1/enrollment-tokens?limit=0", headers=operator()).status_code == 422
+    assert client.get("/api/v1/enrollment-tokens").status_code == 401
+    assert client.delete(f"/api/v1/enrollment-tokens/{kept['id']}").status_code == 401
+
+
+def test_revoke_between_read_and_take_is_refused(app: tuple[TestClient, Runtime]) -> None:
+    """The use is taken by a conditional UPDATE that also requires ``revoked_at IS NULL``: a
+    revocation committed after enroll() read the row still stops it."""
+    from fleet_server.models import EnrollRequest
+    from fleet_server.services import enrollment as service
+    from fleet_server.services import mosquitto
+
+    client, runtime = app
+    grant = _grant(client, uses=2)
+    assert runtime.engine is not None
+    real_hash = mosquitto.mosquitto_hash
+
+    def revoke_meanwhile(token: str) -> str:
+        client.delete(f"/api/v1/enrollment-tokens/{grant['id']}", headers=operator())
+        return real_hash(token)
+
+    before = _device_ids(runtime)
+    with Session(runtime.engine) as session, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service, "mosquitto_hash", revoke_meanwhile)
+        with pytest.raises(service.Gone, match="revoked"):
+            service.enroll(session=session, request=EnrollRequest(enrollment_token=grant["token"]))
+    assert _device_ids(runtime) == before
+    with Session(runtime.engine) as session:
+        row = session.get(EnrollmentToken, grant["id"])
+        assert row is not None and row.uses_left == 2 and row.revoked_at is not None
+
+
 @pytest.mark.parametrize("uses", [1, 3])
 def test_concurrent_use_enrolls_exactly_uses_devices(
     app: tuple[TestClient, Runtime], uses: int

@@ -115,6 +115,31 @@ def test_enrollment_token_create(fleet: Any, fake_server: FakeServer) -> None:
     assert result.out.splitlines()[-1] == "enroll-once"
 
 
+def test_enrollment_tokens_list_and_revoke(fleet: Any, fake_server: FakeServer) -> None:
+    row = {
+        "id": 3,
+        "uses": 5,
+        "uses_left": 2,
+        "device_class": "rpi4",
+        "tags": ["lab", "north"],
+        "expires_at": "2026-11-30T18:00:00Z",
+        "created_at": "2026-11-23T18:00:00Z",
+        "created_by": "ci-pipeline",
+        "revoked_at": None,
+        "state": "active",
+    }
+    fake_server.route("GET", "/api/v1/enrollment-tokens", json_body=[row])
+    listed = fleet("enrollment-tokens", "list", "--active")
+    assert listed.code == 0, listed.err
+    assert "active" in listed.out and "2/5" in listed.out and "lab,north" in listed.out
+    assert fake_server.requests[-1].query == {"active": ["true"]}
+    revoked_row = {**row, "state": "revoked", "revoked_at": "2026-11-24T01:00:00Z"}
+    fake_server.route("DELETE", "/api/v1/enrollment-tokens/3", json_body=revoked_row)
+    revoked = fleet("enrollment-tokens", "revoke", "3")
+    assert revoked.code == 0, revoked.err
+    assert "revoked enrollment token 3 (2 of 5 uses were left)" in revoked.out
+
+
 def test_audit_table_and_filters(fleet: Any, fake_server: FakeServer) -> None:
     row = {
         "id": 12,
@@ -194,6 +219,9 @@ def test_assign_reports_skipped_pinned_devices(fleet: Any, fake_server: FakeServ
         ["tokens", "revoke", "0"],
         ["enrollment-tokens", "create", "--expires-in", "soon"],
         ["enrollment-tokens", "create", "--uses", "0"],
+        ["enrollment-tokens", "revoke", "0"],
+        ["enrollment-tokens", "revoke", "x"],
+        ["enrollment-tokens", "list", "--state", "active"],
         ["models", "push", "x", "--dataset-sha256", "xyz"],
         ["devices", "pin", "pi", "digits"],
         ["audit", "--limit", "0"],
