@@ -41,7 +41,8 @@ def download(
     timeout: float = 30.0,
     on_progress: Progress | None = None,
 ) -> Path:
-    """Fetch ``url`` into ``dest``, resuming ``dest.part``; check size and SHA-256.
+    """Fetch ``url`` into ``dest``, resuming ``dest.part``; check size and SHA-256. A ``dest``
+    already there with the right size and hash (downloaded before a crash) is used as it is.
 
     ``token`` (if any) is sent as ``Authorization: Bearer``. Raises UpdateError. A transfer
     cut short keeps its ``.part`` for the next attempt; wrong bytes (too many, a hash that does
@@ -50,6 +51,14 @@ def download(
     if urlsplit(url).scheme not in ("http", "https"):
         raise UpdateError(f"refusing to download from a non-HTTP URL: {url[:100]!r}")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():  # finished before a crash or restart: reuse it if it is still right
+        try:
+            if dest.stat().st_size == size:
+                _verify(dest, sha256)
+                return dest
+        except _Corrupt:
+            pass
+        dest.unlink(missing_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     if have > size:

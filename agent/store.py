@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,17 +44,18 @@ class DataDir:
         # name and version are contract-validated: one safe path segment each.
         return self.artifacts / ref.name / ref.version
 
-    def clear_downloads(self, *, keep: Path | None = None) -> None:
-        """Delete finished or abandoned downloads; ``keep`` (a ``.part`` to resume) stays.
+    def clear_downloads(self, *, keep: Collection[Path] | None = None) -> None:
+        """Delete abandoned downloads; what is in ``keep`` stays.
 
-        At start-up ``.part`` files stay too (the update they belong to is retried from the
-        retained desired state); before a new download every other one goes, so at most one
-        partial bundle takes disk at a time.
+        At start-up (``keep`` None) partial (``.part``) and finished (``.tar.gz``) bundles stay:
+        the update they belong to is retried from the retained desired state, resumes the part
+        or reuses the finished bundle once its hash is checked again. Before a new download
+        everything but its own part and bundle goes, so at most one bundle takes disk at a time.
         """
         for entry in self.downloads.iterdir():
-            if not entry.is_file() or entry == keep:
+            if not entry.is_file() or (keep is not None and entry in keep):
                 continue
-            if keep is None and entry.name.endswith(".part"):
+            if keep is None and entry.name.endswith((".part", ".tar.gz")):
                 continue
             entry.unlink(missing_ok=True)
 

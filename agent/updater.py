@@ -231,7 +231,7 @@ class Updater:
         self._emit("update.downloading", model=ref, progress=0.0)
         dest_bundle = self.store.downloads / f"{target.sha256}.tar.gz"
         part = dest_bundle.with_name(dest_bundle.name + ".part")
-        self.store.clear_downloads(keep=part)  # one partial bundle on disk at a time
+        self.store.clear_downloads(keep=(part, dest_bundle))  # one bundle on disk at a time
         bundle = download(
             url=url,
             token=self._token() if self._same_origin(url) else None,

@@ -111,12 +111,26 @@ def test_a_part_left_by_a_crash_is_resumed_and_hashed_whole(server: Server, tmp_
         assert _get(server, other).read_bytes() == DATA
 
 
+def test_a_finished_bundle_left_by_a_crash_is_reused_only_if_right(
+    server: Server, tmp_path: Path
+) -> None:
+    dest = tmp_path / "b.tar.gz"
+    dest.write_bytes(DATA)  # downloaded, then the agent died before unpacking it
+    assert _get(server, dest).read_bytes() == DATA
+    assert server.requests == []  # hash checked again, nothing fetched
+    for wrong in (DATA[:-1] + b"\0", DATA[:1000], DATA + b"x"):  # bad bytes, short, long
+        dest.write_bytes(wrong)
+        assert _get(server, dest).read_bytes() == DATA
+    assert server.requests == [None, None, None]  # each wrong one fetched again from byte 0
+
+
 def test_an_oversized_part_or_a_wrong_content_range_starts_over(tmp_path: Path) -> None:
     with _serve(Server(ranges=True)) as server:
         part = tmp_path / "b.tar.gz.part"
         part.write_bytes(DATA + b"extra")  # larger than the bundle: never resumed
         assert _get(server, tmp_path / "b.tar.gz").read_bytes() == DATA
         assert server.requests == [None]
+        (tmp_path / "b.tar.gz").unlink()  # else the finished bundle would be reused
         part.write_bytes(DATA[:1000])
         server.bad_range = f"bytes 0-{len(DATA) - 1}/{len(DATA)}"  # not the range asked for
         with pytest.raises(UpdateError, match="asked for bytes 1000-699999"):

@@ -360,6 +360,27 @@ def test_preprocessing_that_cannot_fit_is_refused(
     assert_failed_and_v1_serving(h, "preprocessing makes (1, 784), input 'input' is ('?', 64)")
 
 
+def test_a_finished_bundle_survives_a_restart_and_is_not_fetched_again(
+    serving_v1: Harness, digits_v2: Path, tmp_path: Path
+) -> None:
+    h = serving_v1
+    data = bundle_bytes(digits_v2, tmp_path)
+    desired = h.desired("/v2", data)
+    # As if the agent died right after the download: the finished bundle is in downloads/.
+    sha = desired.model.sha256 if desired.model else ""
+    (h.store.downloads / f"{sha}.tar.gz").write_bytes(data)
+    (h.store.downloads / "0123.tar.gz.part").write_bytes(b"an older, abandoned part")
+    again = make_harness(h.store.root, h.server)
+    again.store.clear_downloads()  # start-up keeps parts and finished bundles
+    assert len(list(again.store.downloads.iterdir())) == 2
+    again.updater.load_committed()
+    fetched = list(h.server.requests)
+    again.updater.apply(desired)
+    assert again.running() == V2, again.events
+    assert h.server.requests == fetched  # reused after its hash was checked again
+    assert list(again.store.downloads.iterdir()) == []  # unpacked, abandoned part gone
+
+
 def test_a_download_cut_short_resumes_after_a_restart(
     serving_v1: Harness, digits_v2: Path, tmp_path: Path
 ) -> None:
