@@ -13,6 +13,7 @@ from fleet_server.api import api_router, root_router
 from fleet_server.api.audit import AuditMiddleware
 from fleet_server.api.errors import install_error_handlers
 from fleet_server.api.limits import BodyLimitMiddleware
+from fleet_server.dashboard import router as dashboard_router
 from fleet_server.runtime import Runtime
 from fleet_server.settings import ServerSettings
 
@@ -50,4 +51,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(AuditMiddleware)
     app.include_router(root_router)
     app.include_router(api_router)
+    app.include_router(dashboard_router)
     return app
