@@ -23,6 +23,7 @@ from fleet_server.messaging.stats import IngestStats, make_registry
 from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers, WorkerConfig
 from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
+from fleet_server.services.drift import DriftJob, backend_for
 from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
 from fleet_server.services.mqtt_auth import (
@@ -134,6 +135,15 @@ class Runtime:
                 budget_s=settings.lease_ttl_s / 3,
             )
         )
+        if settings.drift.enabled:
+            self.leader.add_job(
+                DriftJob(
+                    engine=self.engine,
+                    config=settings.drift,
+                    retrain=backend_for(settings.retrain) if settings.retrain else None,
+                    cooldown_s=settings.retrain_cooldown_s,
+                )
+            )
         self.leader.start(self.engine)
         log.info(
             "fleet server started",

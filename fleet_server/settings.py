@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fleet_server.services.drift.detectors import DriftConfig
+from fleet_server.services.drift.retrain import RetrainConfig
+
 MIB = 1024 * 1024
 #: The contract's device id (one topic level), and what an MQTT user name may look like (no
 #: ':' for Mosquitto's password file, no '+', '#' or '/' for its %u ACL patterns).
@@ -283,6 +286,22 @@ class ServerSettings(BaseSettings):
     )
     retention_interval_s: float = Field(
         default=3600.0, gt=0, description="How often the retention job runs (on the driver)."
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="Drift detection on the driver: windows, reference and detector thresholds "
+        "(JSON in EDGEFLEET_DRIFT, e.g. '{\"window_s\": 1800}').",
+    )
+    retrain: RetrainConfig | None = Field(
+        default=None,
+        description='What a new drift alert triggers: {"type": "command", "argv": [...]} '
+        'or {"type": "webhook", "url": ..., "secret": ...}; None: alerts only.',
+    )
+    retrain_cooldown_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=90 * 86_400,
+        description="At most one retraining trigger per model name in this long.",
     )
     ingest_workers: int = Field(
         default=0,

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from fleet_server.api import (
     assignments,
     devices,
+    drift,
     enrollment,
     health,
     ingest,
@@ -21,6 +22,7 @@ api_router.include_router(ingest.router)
 api_router.include_router(rollouts.router)
 api_router.include_router(tokens.router)
 api_router.include_router(enrollment.router)
+api_router.include_router(drift.router)
 
 root_router = health.router
 

@@ -234,6 +234,9 @@ class FleetClient:
     def revoke_enrollment_token(self, token_id: int) -> JsonObject:
         return _object(self._request("DELETE", f"/api/v1/enrollment-tokens/{int(token_id)}"))
 
+    def drift(self, *, limit: int = 100) -> JsonObject:
+        return _object(self._request("GET", "/api/v1/drift", params={"limit": limit}))
+
     def audit(
         self, *, actor: str | None = None, since: str | None = None, limit: int = 100
     ) -> list[JsonObject]:

@@ -164,6 +164,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     leaf.add_argument("token_id", metavar="ID", type=_positive)
     leaf.set_defaults(action="enrollment_revoke")
 
+    leaf = actions.add_parser(
+        "drift", parents=[common], help="drift verdicts per model version, and recent alerts"
+    )
+    leaf.add_argument("--limit", type=_positive, default=20, metavar="N", help="alerts shown")
+    leaf.set_defaults(action="drift")
+
     leaf = actions.add_parser("audit", parents=[common], help="the audit log, newest first")
     leaf.add_argument("--actor", metavar="A", help="only this actor (token name, bootstrap, ...)")
     leaf.add_argument("--since", metavar="ISO", help="only at or after, e.g. 2026-11-23T10:00Z")

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 from fleet_server.client.api import FleetClient
 from fleet_server.client.render import (
+    ALERT_COLUMNS,
     AUDIT_COLUMNS,
     DEVICE_COLUMNS,
+    DRIFT_COLUMNS,
     ENROLLMENT_COLUMNS,
     LINEAGE_COLUMNS,
     MODEL_COLUMNS,
@@ -145,6 +147,17 @@ def enrollment_revoke(client: FleetClient, args: argparse.Namespace, out: Output
     )
 
 
+def drift(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    report = client.drift(limit=args.limit)
+    if out.json_mode:
+        out.json(report)
+        return
+    statuses = report.get("statuses")
+    alerts = report.get("alerts")
+    out.table("drift", DRIFT_COLUMNS, statuses if isinstance(statuses, list) else [])
+    out.table("drift alerts", ALERT_COLUMNS, alerts if isinstance(alerts, list) else [])
+
+
 def audit(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
     rows = client.audit(actor=args.actor, since=args.since, limit=args.limit)
     if out.json_mode:
@@ -248,5 +261,6 @@ COMMANDS: dict[str, Command] = {
     "enrollment_list": enrollment_list,
     "enrollment_revoke": enrollment_revoke,
     "audit": audit,
+    "drift": drift,
     **ROLLOUT_COMMANDS,
 }

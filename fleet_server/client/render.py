@@ -118,6 +118,32 @@ ENROLLMENT_COLUMNS: list[Column] = [
     ("REVOKED", lambda t: when(t.get("revoked_at"))),
 ]
 
+
+def _number(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, int | float) else ""
+
+
+DRIFT_COLUMNS: list[Column] = [
+    ("MODEL", lambda d: f"{d.get('model')}@{d.get('version')}"),
+    ("DETECTOR", lambda d: d.get("detector")),
+    ("STATUS", lambda d: d.get("status")),
+    ("VALUE", lambda d: _number(d.get("value"))),
+    ("THRESHOLD", lambda d: _number(d.get("threshold"))),
+    ("SAMPLES", lambda d: f"{d.get('samples')} (ref {d.get('reference_samples')})"),
+    ("SINCE", lambda d: when(d.get("since"))),
+    ("DETAIL", lambda d: d.get("detail")),
+]
+
+ALERT_COLUMNS: list[Column] = [
+    ("ID", lambda a: a.get("id")),
+    ("MODEL", lambda a: f"{a.get('model')}@{a.get('version')}"),
+    ("DETECTOR", lambda a: a.get("detector")),
+    ("VALUE", lambda a: _number(a.get("value"))),
+    ("OPENED", lambda a: when(a.get("opened_at"))),
+    ("CLOSED", lambda a: when(a.get("closed_at"))),
+    ("RETRAINING", lambda a: f"{a.get('trigger_status')} {a.get('trigger_detail') or ''}".strip()),
+]
+
 AUDIT_COLUMNS: list[Column] = [
     ("ID", lambda a: a.get("id")),
     ("TIME", lambda a: when(a.get("ts"))),

@@ -10,6 +10,7 @@ const API = {
   rollouts: "/api/v1/rollouts?limit=20",
   models: "/api/v1/models",
   ingest: "/api/v1/ingest/stats",
+  drift: "/api/v1/drift?limit=20",
   report: (id) => `/api/v1/rollouts/${Number(id)}/report`,
 };
 
@@ -135,6 +136,30 @@ function renderReport(report) {
   );
 }
 
+function renderDrift(report) {
+  const statuses = (report && report.statuses) || [];
+  const alerts = (report && report.alerts) || [];
+  const cls = { drift: "bad", ok: "ok", insufficient: "muted" };
+  const rows = statuses.map(
+    (s) =>
+      `<tr><td>${esc(s.model)}@${esc(s.version)}</td><td>${esc(s.detector)}</td>` +
+      `<td class="${cls[s.status] || ""}">${esc(s.status)}</td><td class="n">${esc(num(s.value))}</td>` +
+      `<td class="n">${esc(s.threshold)}</td><td class="n">${esc(s.samples)} / ${esc(s.reference_samples)}</td>` +
+      `<td>${esc(s.detail)}</td></tr>`
+  );
+  const alertRows = alerts.map(
+    (a) =>
+      `<tr><td class="n">${esc(a.id)}</td><td>${esc(a.model)}@${esc(a.version)}</td><td>${esc(a.detector)}</td>` +
+      `<td>${esc(a.opened_at)}</td><td>${a.closed_at ? esc(a.closed_at) : '<span class="bad">open</span>'}</td>` +
+      `<td>${esc(a.trigger_status)} ${esc(a.trigger_detail)}</td></tr>`
+  );
+  return (
+    table(["version", "detector", "status", "value", "threshold", "samples / reference", "detail"], rows) +
+    "<h4>Alerts</h4>" +
+    table(["id", "version", "detector", "opened", "closed", "retraining"], alertRows)
+  );
+}
+
 function matches(device, needle) {
   if (!needle) return true;
   const hay = [
@@ -196,14 +221,16 @@ function boot() {
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (!token) return;
     try {
-      const [devs, rollouts, ingest] = await Promise.all([
+      const [devs, rollouts, ingest, drift] = await Promise.all([
         fetchJson(API.devices, token),
         fetchJson(API.rollouts, token),
         fetchJson(API.ingest, token).catch(() => null),
+        fetchJson(API.drift, token).catch(() => null),
       ]);
       devices = devs;
       $("summary").innerHTML = renderSummary(devs, rollouts, ingest);
       $("versions").innerHTML = renderVersions(devs);
+      $("drift").innerHTML = renderDrift(drift);
       $("rollouts").innerHTML = renderRollouts(rollouts);
       $("devices").innerHTML = renderDevices(devs, $("filter").value);
       if (selected !== null) $("rollout-detail").innerHTML = renderReport(await fetchJson(API.report(selected), token));
@@ -257,7 +284,7 @@ function boot() {
 }
 
 if (typeof module !== "undefined" && module.exports) {
-  module.exports = { esc, ago, num, renderSummary, renderVersions, renderRollouts, renderReport, renderDevices, API };
+  module.exports = { esc, ago, num, renderSummary, renderVersions, renderRollouts, renderReport, renderDevices, renderDrift, API };
 } else {
   document.addEventListener("DOMContentLoaded", boot);
 }

@@ -25,6 +25,15 @@ from fleet_server.models.devices import (
     PinRequest,
     TagsUpdate,
 )
+from fleet_server.models.drift import (
+    DriftAlert,
+    DriftAlertPublic,
+    DriftBucket,
+    DriftCursor,
+    DriftReport,
+    DriftStatus,
+    DriftStatusPublic,
+)
 from fleet_server.models.lease import LeaseRow
 from fleet_server.models.models import (
     LineageEntry,
@@ -42,6 +51,13 @@ from fleet_server.models.telemetry import (
 )
 
 __all__ = [
+    "DriftAlert",
+    "DriftAlertPublic",
+    "DriftBucket",
+    "DriftCursor",
+    "DriftReport",
+    "DriftStatus",
+    "DriftStatusPublic",
     "ApiToken",
     "ApiTokenCreate",
     "ApiTokenCreated",

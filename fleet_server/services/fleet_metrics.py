@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from fleet_server.models import Device, Rollout, RolloutDevice
+from fleet_server.models import Device, DriftStatus, Rollout, RolloutDevice
 from fleet_server.models.rollouts import ACTIVE_STATES, ROLLOUT_STATES
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,21 @@ class FleetCollector(Collector):
             "Devices of each active rollout by status.",
             labels=["rollout", "model", "status"],
         )
+        drift = GaugeMetricFamily(
+            "edgefleet_drift",
+            "1 while a drift detector judges a model version drifted, else 0.",
+            labels=["model", "detector", "status"],
+        )
         try:
             with Session(self._engine) as session:
+                verdicts = session.exec(
+                    select(
+                        DriftStatus.model_name,
+                        DriftStatus.model_version,
+                        DriftStatus.detector,
+                        DriftStatus.status,
+                    )
+                ).all()
                 online = {
                     bool(flag): int(n)
                     for flag, n in session.execute(
@@ -71,6 +84,9 @@ class FleetCollector(Collector):
             rollouts.add_metric([state], by_state.get(state, 0))
         for rollout_id, name, version, status, count in active:
             members.add_metric([str(rollout_id), f"{name}@{version}", status], count)
+        for name, version, detector, status in verdicts:
+            drift.add_metric([f"{name}@{version}", detector, status], 1 if status == "drift" else 0)
         yield devices
         yield rollouts
         yield members
+        yield drift

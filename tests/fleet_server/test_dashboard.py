@@ -64,7 +64,7 @@ def test_every_api_path_exists_and_a_viewer_may_read_it(
 ) -> None:
     client, _ = app
     paths = _api_paths()
-    assert {"/api/v1/devices", "/api/v1/rollouts", "/api/v1/ingest/stats"} <= paths
+    assert {"/api/v1/devices", "/api/v1/rollouts", "/api/v1/ingest/stats", "/api/v1/drift"} <= paths
     spec = client.get("/openapi.json").json()["paths"]
     for path in paths:
         pattern = _template(path)
@@ -119,7 +119,13 @@ def test_render_escapes_hostile_device_data(app: tuple[TestClient, Runtime]) -> 
                                "latency_by_class": {HOSTILE: {"new": {"p50": 1, "p95": 3},
                                                               "old": {"p50": 1, "p95": 1},
                                                               "p95_ratio": 3.0}}}}  # fmt: skip
-    data = json.dumps({"devices": devices, "rollouts": [rollout], "report": report})
+    drift = {"statuses": [{"model": "digits", "version": HOSTILE, "detector": "confidence_shift",
+                           "status": "drift", "value": 0.83, "threshold": 0.25, "samples": 1200,
+                           "reference_samples": 7200, "detail": HOSTILE}],
+             "alerts": [{"id": 1, "model": "digits", "version": "1.0.0", "detector": HOSTILE,
+                         "opened_at": "2026-11-24T01:00:00Z", "closed_at": None,
+                         "trigger_status": "sent", "trigger_detail": HOSTILE}]}  # fmt: skip
+    data = json.dumps({"devices": devices, "rollouts": [rollout], "report": report, "drift": drift})
     out = _node(
         f"const x = {data};\n"
         "console.log(JSON.stringify({"
@@ -128,7 +134,8 @@ def test_render_escapes_hostile_device_data(app: tuple[TestClient, Runtime]) -> 
         "versions: d.renderVersions(x.devices),"
         "summary: d.renderSummary(x.devices, x.rollouts, {stored: 5}),"
         "rollouts: d.renderRollouts(x.rollouts),"
-        "report: d.renderReport(x.report)}));"
+        "report: d.renderReport(x.report),"
+        "drift: d.renderDrift(x.drift), noDrift: d.renderDrift(null)}));"
     )
     for name, html in out.items():
         assert (
@@ -142,3 +149,5 @@ def test_render_escapes_hostile_device_data(app: tuple[TestClient, Runtime]) -> 
     assert "digits@&lt;script&gt;" in out["versions"]
     assert "gate bad" in out["rollouts"] and "3.00" in out["rollouts"]
     assert "gate_failed" in out["report"] and "3.00" in out["report"]
+    assert 'class="bad">drift' in out["drift"] and "0.830" in out["drift"]
+    assert 'class="bad">open' in out["drift"] and "none" in out["noDrift"]

@@ -234,3 +234,29 @@ def test_bad_arguments_are_usage_errors(
         fleet(*args)
     assert info.value.code == 2
     assert fake_server.requests == []
+
+
+def test_drift_tables(fleet: Any, fake_server: FakeServer) -> None:
+    status = {
+        "model": "digits",
+        "version": "1.0.0",
+        "detector": "confidence_shift",
+        "status": "drift",
+        "value": 0.8312,
+        "threshold": 0.25,
+        "samples": 12000,
+        "reference_samples": 72000,
+        "since": "2026-11-24T01:00:00Z",
+        "evaluated_at": "2026-11-24T01:05:00Z",
+        "detail": "TV distance 0.831 over 10 bins",
+    }
+    alert = {"id": 4, "model": "digits", "version": "1.0.0", "detector": "confidence_shift",
+             "value": 0.8312, "threshold": 0.25, "samples": 12000,
+             "opened_at": "2026-11-24T01:00:00Z", "closed_at": None, "trigger_status": "sent",
+             "trigger_detail": "HTTP 202", "triggered_at": "2026-11-24T01:00:01Z"}  # fmt: skip
+    fake_server.route("GET", "/api/v1/drift", json_body={"statuses": [status], "alerts": [alert]})
+    result = fleet("drift", "--limit", "5")
+    assert result.code == 0, result.err
+    assert "drift (1)" in result.out and "drift alerts (1)" in result.out
+    assert "0.831" in result.out and "sent HTTP 202" in result.out
+    assert fake_server.only_request().query == {"limit": ["5"]}

@@ -1,0 +1,303 @@
+"""The drift job (leader only): sum new telemetry into buckets, judge every active model version
+with every detector, open and close alerts, and call the retraining backend for new ones.
+
+Per run, in one transaction: the telemetry rows received since the cursor (minus ``settle_s``)
+are added to ``drift_bucket`` and the cursor moves — a crash rolls both back, so nothing is
+counted twice or lost. The first run reaches back ``max(window_s, reference_s)``: a version's
+reference is the first ``reference_s`` of telemetry the job has summed for it. A status change
+ok/insufficient → drift opens an alert; drift → ok closes it (no data is not a recovery).
+Retraining is called after the commit, outside any transaction, for alerts still ``pending`` (at
+least once: an alert left pending by a crash is retried by the next run); at most once per model
+name per ``cooldown_s`` — alerts inside the cooldown are marked ``cooldown``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from fleet_server.models import DriftAlert, DriftBucket, DriftCursor, DriftStatus, TelemetryRow
+from fleet_server.models.types import utcnow
+from fleet_server.services.drift.detectors import (
+    Aggregate,
+    DriftConfig,
+    DriftResult,
+    detectors_for,
+)
+from fleet_server.services.drift.retrain import RetrainBackend, RetrainError
+
+log = logging.getLogger(__name__)
+
+CURSOR = "telemetry"
+
+
+@dataclass
+class DriftRun:
+    """What one run did (for logs and tests)."""
+
+    rows: int = 0
+    versions: int = 0
+    opened: list[int] = field(default_factory=list)
+    closed: list[int] = field(default_factory=list)
+    triggered: dict[int, str] = field(default_factory=dict)
+
+
+def bucket_of(ts: datetime, bucket_s: int) -> datetime:
+    epoch = ts.timestamp()
+    return datetime.fromtimestamp(epoch - epoch % bucket_s, tz=ts.tzinfo)
+
+
+class DriftJob:
+    name = "drift"
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        config: DriftConfig,
+        retrain: RetrainBackend | None = None,
+        cooldown_s: float = 86_400.0,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.interval_s = config.interval_s
+        self.retrain = retrain
+        self.cooldown = timedelta(seconds=cooldown_s)
+        self.detectors = detectors_for(config)
+
+    def run(self, *, epoch: int) -> None:
+        result = self.run_once()
+        if result.opened or result.closed:
+            log.warning(
+                "drift alerts changed",
+                extra={"opened": result.opened, "closed": result.closed, "epoch": epoch},
+            )
+
+    def run_once(self, now: datetime | None = None) -> DriftRun:
+        now = now or utcnow()
+        run = DriftRun()
+        with Session(self.engine) as session:
+            run.rows = self._summarise(session, now)
+            self._judge(session, now, run)
+            session.commit()
+        self._trigger_pending(now, run)
+        return run
+
+    # -- telemetry → buckets -------------------------------------------------------------------
+    def _summarise(self, session: Session, now: datetime) -> int:
+        until = now - timedelta(seconds=self.config.settle_s)
+        cursor = session.get(DriftCursor, CURSOR)
+        history = max(self.config.window_s, self.config.reference_s)
+        start = cursor.position if cursor else until - timedelta(seconds=history)
+        if until <= start:
+            return 0
+        rows = session.execute(
+            sa_select(
+                col(TelemetryRow.model),
+                col(TelemetryRow.received_at),
+                col(TelemetryRow.inference_count),
+                col(TelemetryRow.error_count),
+                col(TelemetryRow.confidence_histogram),
+            )
+            .where(col(TelemetryRow.received_at) > start, col(TelemetryRow.received_at) <= until)
+            .order_by(col(TelemetryRow.received_at))
+        ).all()
+        sums: dict[tuple[str, str, datetime], Aggregate] = defaultdict(Aggregate)
+        for model, received_at, inferences, errors, histogram in rows:
+            if not isinstance(model, dict) or "name" not in model or "version" not in model:
+                continue  # served no model in that interval
+            key = (model["name"], model["version"], bucket_of(received_at, self.config.bucket_s))
+            sums[key].add(list(histogram or []), int(inferences), int(errors), 1)
+        for (name, version, bucket_start), add in sums.items():
+            row = session.get(DriftBucket, (name, version, bucket_start))
+            if row is None:
+                row = DriftBucket(model_name=name, model_version=version, bucket_start=bucket_start)
+            total = Aggregate(
+                list(row.confidence_histogram), row.inferences, row.errors, row.intervals
+            )
+            total.add(add.histogram, add.inferences, add.errors, add.intervals)
+            row.confidence_histogram = total.histogram
+            row.inferences, row.errors, row.intervals = (
+                total.inferences,
+                total.errors,
+                total.intervals,
+            )
+            session.add(row)
+        if cursor is None:
+            cursor = DriftCursor(name=CURSOR, position=until)
+        cursor.position = until
+        session.add(cursor)
+        return len(rows)
+
+    # -- buckets → verdicts and alerts ---------------------------------------------------------
+    def _judge(self, session: Session, now: datetime, run: DriftRun) -> None:
+        window_start = now - timedelta(seconds=self.config.window_s)
+        active = session.exec(
+            select(DriftBucket.model_name, DriftBucket.model_version)
+            .where(col(DriftBucket.bucket_start) >= window_start)
+            .distinct()
+        ).all()
+        run.versions = len(active)
+        for name, version in active:
+            buckets = session.exec(
+                select(DriftBucket)
+                .where(DriftBucket.model_name == name, DriftBucket.model_version == version)
+                .order_by(col(DriftBucket.bucket_start))
+            ).all()
+            reference_end = buckets[0].bucket_start + timedelta(seconds=self.config.reference_s)
+            reference, window = Aggregate(), Aggregate()
+            for b in buckets:
+                if b.bucket_start < reference_end:
+                    reference.add(b.confidence_histogram, b.inferences, b.errors, b.intervals)
+                elif b.bucket_start >= window_start:
+                    window.add(b.confidence_histogram, b.inferences, b.errors, b.intervals)
+            for detector in self.detectors:
+                result = detector.evaluate(window, reference)
+                if now < reference_end:
+                    result = DriftResult(
+                        result.detector,
+                        "insufficient",
+                        None,
+                        result.threshold,
+                        result.samples,
+                        result.reference_samples,
+                        f"reference still forming until {reference_end.isoformat()}",
+                    )
+                self._record(session, now, name, version, result, run)
+
+    def _record(
+        self,
+        session: Session,
+        now: datetime,
+        name: str,
+        version: str,
+        result: DriftResult,
+        run: DriftRun,
+    ) -> None:
+        status = session.get(DriftStatus, (name, version, result.detector))
+        previous = status.status if status is not None else None
+        if status is None or status.status != result.status:
+            since = now
+        else:
+            since = status.since
+        status = status or DriftStatus(
+            model_name=name,
+            model_version=version,
+            detector=result.detector,
+            status=result.status,
+            threshold=result.threshold,
+            samples=0,
+            reference_samples=0,
+            since=now,
+            evaluated_at=now,
+        )
+        status.status, status.value, status.threshold = (
+            result.status,
+            result.value,
+            result.threshold,
+        )
+        status.samples, status.reference_samples = result.samples, result.reference_samples
+        status.since, status.evaluated_at, status.detail = since, now, result.detail[:500]
+        session.add(status)
+        open_alert = session.exec(
+            select(DriftAlert).where(
+                DriftAlert.model_name == name,
+                DriftAlert.model_version == version,
+                DriftAlert.detector == result.detector,
+                col(DriftAlert.closed_at).is_(None),
+            )
+        ).first()
+        if result.status == "drift" and previous != "drift" and open_alert is None:
+            alert = DriftAlert(
+                model_name=name,
+                model_version=version,
+                detector=result.detector,
+                value=result.value,
+                threshold=result.threshold,
+                samples=result.samples,
+                opened_at=now,
+                trigger_status="pending" if self.retrain is not None else "none",
+            )
+            session.add(alert)
+            session.flush()
+            assert alert.id is not None
+            run.opened.append(alert.id)
+            log.warning(
+                "drift detected",
+                extra={"model": f"{name}@{version}", "detector": result.detector,
+                       "value": result.value, "threshold": result.threshold},
+            )  # fmt: skip
+        elif result.status == "ok" and open_alert is not None:
+            open_alert.closed_at = now
+            session.add(open_alert)
+            assert open_alert.id is not None
+            run.closed.append(open_alert.id)
+
+    # -- alerts → retraining -------------------------------------------------------------------
+    def _trigger_pending(self, now: datetime, run: DriftRun) -> None:
+        if self.retrain is None:
+            return
+        with Session(self.engine) as session:
+            pending = session.exec(
+                select(DriftAlert)
+                .where(DriftAlert.trigger_status == "pending")
+                .order_by(col(DriftAlert.id))
+            ).all()
+            for alert in pending:
+                last = session.exec(
+                    select(DriftAlert.triggered_at)
+                    .where(DriftAlert.model_name == alert.model_name)
+                    .where(DriftAlert.trigger_status == "sent")
+                    .order_by(col(DriftAlert.triggered_at).desc())
+                ).first()
+                if last is not None and now - last < self.cooldown:
+                    alert.trigger_status = "cooldown"
+                    alert.trigger_detail = (
+                        f"retraining for {alert.model_name} was triggered at {last.isoformat()}"
+                    )
+                else:
+                    try:
+                        alert.trigger_detail = self.retrain.trigger(self.payload(alert))[:1000]
+                        alert.trigger_status = "sent"
+                    except RetrainError as err:
+                        alert.trigger_status, alert.trigger_detail = "failed", str(err)[:1000]
+                        log.error("retraining trigger failed", extra={"error": str(err)})
+                    alert.triggered_at = now
+                assert alert.id is not None
+                run.triggered[alert.id] = alert.trigger_status
+                session.add(alert)
+                session.commit()  # one by one: a later failure does not undo an earlier send
+
+    def payload(self, alert: DriftAlert) -> dict[str, Any]:
+        return {
+            "kind": "edgefleet.drift",
+            "alert_id": alert.id,
+            "model": alert.model_name,
+            "version": alert.model_version,
+            "detector": alert.detector,
+            "value": alert.value,
+            "threshold": alert.threshold,
+            "samples": alert.samples,
+            "opened_at": alert.opened_at.isoformat(),
+            "window_s": self.config.window_s,
+            "reference_s": self.config.reference_s,
+        }
+
+
+def drift_report(
+    session: Session, *, limit: int = 100
+) -> tuple[list[DriftStatus], list[DriftAlert]]:
+    statuses = session.exec(
+        select(DriftStatus).order_by(
+            col(DriftStatus.model_name), col(DriftStatus.model_version), col(DriftStatus.detector)
+        )
+    ).all()
+    alerts = session.exec(select(DriftAlert).order_by(col(DriftAlert.id).desc()).limit(limit)).all()
+    return list(statuses), list(alerts)
