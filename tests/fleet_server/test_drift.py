@@ -75,7 +75,7 @@ def test_detectors_judge_and_need_enough_samples() -> None:
 
 
 def test_configs_refuse_nonsense() -> None:
-    for bad in ({"window_s": 0}, {"bucket_s": 1}, {"confidence_shift": {"threshold": 2}},
+    for bad in ({"window_s": 0}, {"bucket_s": 0}, {"confidence_shift": {"threshold": 2}},
                 {"nope": 1}):  # fmt: skip
         with pytest.raises(ValidationError):
             DriftConfig.model_validate(bad)

@@ -98,7 +98,7 @@ class DriftConfig(BaseModel):
     enabled: bool = Field(default=True, description="Off: no drift job runs.")
     interval_s: float = Field(default=60.0, gt=0, le=86_400, description="How often it runs.")
     bucket_s: int = Field(
-        default=300, ge=10, le=86_400, description="Telemetry is summed into buckets this long."
+        default=300, ge=1, le=86_400, description="Telemetry is summed into buckets this long."
     )
     window_s: float = Field(
         default=3600.0, gt=0, le=30 * 86_400, description="'Now': the most recent this long."
