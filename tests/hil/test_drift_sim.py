@@ -27,7 +27,7 @@ from tests.utils.server import live_server
 pytestmark = pytest.mark.integration
 
 N = 10
-SECRET = "hook-secret"
+SECRET = "hook-secret"  # noqa: S105 - a test webhook's secret
 #: Compressed time: 1 s buckets, a 4 s reference, a 3 s window, a run every 0.5 s.
 DRIFT = {
     "interval_s": 0.5,
