@@ -248,6 +248,7 @@ function boot() {
     clearInterval(timer);
     $("logout").hidden = true;
     $("token").hidden = false;
+    $("signin").hidden = false;
   }
 
   $("login").addEventListener("submit", (event) => {
@@ -275,6 +276,7 @@ function boot() {
   function start() {
     $("logout").hidden = false;
     $("token").hidden = true;
+    $("signin").hidden = true;
     clearInterval(timer);
     refresh();
     timer = setInterval(refresh, REFRESH_MS);
