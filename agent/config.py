@@ -60,7 +60,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_TOKEN_BYTES = 16 * 1024
 
 
-class MqttConfig(ConfigStruct, kw_only=True):
+class MqttConfig(ConfigStruct, frozen=True, kw_only=True):
     """How the agent reaches the broker."""
 
     url: Annotated[
@@ -113,13 +113,13 @@ class MqttConfig(ConfigStruct, kw_only=True):
             raise ValueError(str(err)) from err
 
 
-class TelemetryConfig(ConfigStruct, kw_only=True):
+class TelemetryConfig(ConfigStruct, frozen=True, kw_only=True):
     interval_s: Annotated[
         float, Meta(ge=0.1, le=86_400, description="Seconds summarised per telemetry message.")
     ] = 5.0
 
 
-class OutboxConfig(ConfigStruct, kw_only=True):
+class OutboxConfig(ConfigStruct, frozen=True, kw_only=True):
     """Store-and-forward of telemetry, events and state (see agent.forwarder)."""
 
     max_mb: Annotated[
@@ -148,7 +148,7 @@ class OutboxConfig(ConfigStruct, kw_only=True):
         return int(self.max_mb * 1024 * 1024)
 
 
-class EngineConfig(ConfigStruct, kw_only=True):
+class EngineConfig(ConfigStruct, frozen=True, kw_only=True):
     threads: Annotated[int, Meta(ge=1, le=64, description="Intra-op threads per model.")] = 1
     queue_size: Annotated[
         int,
@@ -174,7 +174,7 @@ class EngineConfig(ConfigStruct, kw_only=True):
             )
 
 
-class AgentConfig(ConfigStruct, kw_only=True):
+class AgentConfig(ConfigStruct, frozen=True, kw_only=True):
     """Everything one device needs to run. Built from TOML by :func:`config_from_data`, which
     first fills in the credentials file and the profile (``msgspec.convert`` alone does not)."""
 

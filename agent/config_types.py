@@ -36,8 +36,8 @@ DeviceIdField = typing.Annotated[
 
 class ConfigStruct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Base of every config table: unknown keys are errors, instances are immutable. Each
-    subclass also says ``kw_only=True``: msgspec applies it to the fields a class defines, it is
-    not inherited."""
+    subclass says ``frozen=True, kw_only=True`` again: msgspec applies kw_only to the fields a
+    class defines (it is not inherited), and mypy needs frozen repeated."""
 
 
 class Secret:

@@ -31,7 +31,7 @@ class EnrollError(AgentError):
     """The server refused the enrollment, or could not be reached."""
 
 
-class Credentials(ConfigStruct, kw_only=True):
+class Credentials(ConfigStruct, frozen=True, kw_only=True):
     """What one enrollment gives a device (the file ``credentials_file`` points at)."""
 
     device_id: Annotated[

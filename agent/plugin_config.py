@@ -15,7 +15,7 @@ from msgspec import Meta
 from agent.config_types import ConfigStruct
 
 
-class PluginConfig(ConfigStruct, kw_only=True):
+class PluginConfig(ConfigStruct, frozen=True, kw_only=True):
     """Base of the plugin configs: the ``type`` key is the Struct's tag."""
 
     @property
@@ -25,7 +25,7 @@ class PluginConfig(ConfigStruct, kw_only=True):
 
 
 # -- input sources ---------------------------------------------------------------------------
-class FolderInputConfig(PluginConfig, tag_field="type", tag="folder", kw_only=True):
+class FolderInputConfig(PluginConfig, tag_field="type", tag="folder", frozen=True, kw_only=True):
     """Images (.png, .jpg, ...) and ready tensors (.npy) read from a folder, in name order."""
 
     path: Annotated[Path, Meta(description="The folder to read.")]
@@ -44,7 +44,7 @@ class FolderInputConfig(PluginConfig, tag_field="type", tag="folder", kw_only=Tr
     ] = 32 * 1024 * 1024
 
 
-class VideoInputConfig(PluginConfig, tag_field="type", tag="video", kw_only=True):
+class VideoInputConfig(PluginConfig, tag_field="type", tag="video", frozen=True, kw_only=True):
     """Frames of a video file, every one of them (back-pressure: none is dropped)."""
 
     path: Annotated[
@@ -56,7 +56,7 @@ class VideoInputConfig(PluginConfig, tag_field="type", tag="video", kw_only=True
     ] = False
 
 
-class CameraInputConfig(PluginConfig, tag_field="type", tag="camera", kw_only=True):
+class CameraInputConfig(PluginConfig, tag_field="type", tag="camera", frozen=True, kw_only=True):
     """A local camera by index (V4L2); the newest frame wins (drop-oldest)."""
 
     index: Annotated[int, Meta(ge=0, le=63, description="Camera index (/dev/videoN).")] = 0
@@ -70,7 +70,7 @@ class CameraInputConfig(PluginConfig, tag_field="type", tag="camera", kw_only=Tr
     ] = 2.0
 
 
-class StreamInputConfig(PluginConfig, tag_field="type", tag="stream", kw_only=True):
+class StreamInputConfig(PluginConfig, tag_field="type", tag="stream", frozen=True, kw_only=True):
     """An RTSP or HTTP video stream (OpenCV/FFmpeg); the newest frame wins (drop-oldest)."""
 
     url: Annotated[
@@ -84,7 +84,7 @@ class StreamInputConfig(PluginConfig, tag_field="type", tag="stream", kw_only=Tr
     ] = 2.0
 
 
-class HttpInputConfig(PluginConfig, tag_field="type", tag="http", kw_only=True):
+class HttpInputConfig(PluginConfig, tag_field="type", tag="http", frozen=True, kw_only=True):
     """An HTTP endpoint on the device: POST /infer, GET /healthz, GET /metrics."""
 
     host: Annotated[str, Meta(description="Address to bind; 0.0.0.0 for all.")] = "127.0.0.1"
@@ -97,7 +97,7 @@ class HttpInputConfig(PluginConfig, tag_field="type", tag="http", kw_only=True):
     ] = 10.0
 
 
-class BatchInputConfig(PluginConfig, tag_field="type", tag="batch", kw_only=True):
+class BatchInputConfig(PluginConfig, tag_field="type", tag="batch", frozen=True, kw_only=True):
     """Every image/.npy file of a folder, or every row of one .npy file, once (back-pressure)."""
 
     path: Annotated[
@@ -120,17 +120,17 @@ InputConfig = (
 
 
 # -- result sinks ----------------------------------------------------------------------------
-class FileSinkConfig(PluginConfig, tag_field="type", tag="file", kw_only=True):
+class FileSinkConfig(PluginConfig, tag_field="type", tag="file", frozen=True, kw_only=True):
     """One JSON line per result, appended to a local file."""
 
     path: Annotated[Path, Meta(description="The JSONL file (created if missing).")]
 
 
-class StdoutSinkConfig(PluginConfig, tag_field="type", tag="stdout", kw_only=True):
+class StdoutSinkConfig(PluginConfig, tag_field="type", tag="stdout", frozen=True, kw_only=True):
     """One JSON line per result on standard output."""
 
 
-class MqttSinkConfig(PluginConfig, tag_field="type", tag="mqtt", kw_only=True):
+class MqttSinkConfig(PluginConfig, tag_field="type", tag="mqtt", frozen=True, kw_only=True):
     """One ``Result`` message per result on ``edgefleet/v1/<device>/results``, on the agent's
     MQTT connection. Not stored and forwarded: while the broker is away results wait in a
     bounded in-memory queue, and the oldest is dropped (and counted) when it is full."""
@@ -148,13 +148,17 @@ SinkConfig = FileSinkConfig | StdoutSinkConfig | MqttSinkConfig
 
 
 # -- postprocessors --------------------------------------------------------------------------
-class ClassificationPostConfig(PluginConfig, tag_field="type", tag="classification", kw_only=True):
+class ClassificationPostConfig(
+    PluginConfig, tag_field="type", tag="classification", frozen=True, kw_only=True
+):
     """Top-k classes with labels and scores (probabilities; logits are softmaxed)."""
 
     top_k: Annotated[int, Meta(ge=1, le=1000, description="Classes reported per input.")] = 5
 
 
-class DetectionPostConfig(PluginConfig, tag_field="type", tag="detection", kw_only=True):
+class DetectionPostConfig(
+    PluginConfig, tag_field="type", tag="detection", frozen=True, kw_only=True
+):
     """Boxes decoded from SSD- or YOLO-style outputs, NMS (cv2.dnn), in source-image pixels."""
 
     style: Annotated[
@@ -172,7 +176,9 @@ class DetectionPostConfig(PluginConfig, tag_field="type", tag="detection", kw_on
     max_detections: Annotated[int, Meta(ge=1, le=10_000, description="Kept per input.")] = 100
 
 
-class SegmentationPostConfig(PluginConfig, tag_field="type", tag="segmentation", kw_only=True):
+class SegmentationPostConfig(
+    PluginConfig, tag_field="type", tag="segmentation", frozen=True, kw_only=True
+):
     """A class per pixel, back in source-image geometry; class areas, optionally the mask."""
 
     include_mask: Annotated[
@@ -180,7 +186,7 @@ class SegmentationPostConfig(PluginConfig, tag_field="type", tag="segmentation",
     ] = False
 
 
-class RawPostConfig(PluginConfig, tag_field="type", tag="raw", kw_only=True):
+class RawPostConfig(PluginConfig, tag_field="type", tag="raw", frozen=True, kw_only=True):
     """Every output tensor as nested lists (dequantized)."""
 
     max_values: Annotated[

@@ -24,7 +24,7 @@ from edgefleet.contract import ModelRef
 BASELINE_WINDOW = 200
 
 
-class ProbationConfig(ConfigStruct, kw_only=True):
+class ProbationConfig(ConfigStruct, frozen=True, kw_only=True):
     """When a new model counts as healthy (config / device profile only, not the desired state)."""
 
     enabled: Annotated[bool, Meta(description="Judge a new model before committing it.")] = True

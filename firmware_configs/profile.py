@@ -66,11 +66,12 @@ class ProfileError(ValueError):
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Unknown keys are errors, instances are immutable (kw_only is set per class: msgspec
-    applies it to the fields a class defines, it is not inherited)."""
+    """Unknown keys are errors, instances are immutable. Each subclass says ``frozen=True,
+    kw_only=True`` again: msgspec applies kw_only to the fields a class defines (it is not
+    inherited), and mypy needs frozen repeated."""
 
 
-class EngineProfile(_Strict, kw_only=True):
+class EngineProfile(_Strict, frozen=True, kw_only=True):
     threads: Annotated[int, Meta(ge=1, le=64, description="Intra-op threads for inference.")]
     backends: Annotated[
         list[Literal["onnx", "tflite"]],
@@ -87,14 +88,14 @@ class EngineProfile(_Strict, kw_only=True):
     batch_size: BatchSizeField = 1
 
 
-class InputDefaults(_Strict, kw_only=True):
+class InputDefaults(_Strict, frozen=True, kw_only=True):
     width: Annotated[int, Meta(ge=16, le=7680, description="Default capture width, pixels.")]
     height: Annotated[int, Meta(ge=16, le=4320, description="Default capture height, pixels.")]
     fps: Annotated[float, Meta(gt=0, le=240, description="Default capture rate.")]
     queue_size: Annotated[int, Meta(ge=1, le=1024, description="Frames buffered before drops.")] = 4
 
 
-class Budgets(_Strict, kw_only=True):
+class Budgets(_Strict, frozen=True, kw_only=True):
     memory_mb: Annotated[int, Meta(ge=32, description="RSS the agent should stay under.")]
     disk_mb: Annotated[
         int, Meta(ge=16, description="Disk for artifacts, downloads and the offline queue.")
@@ -111,13 +112,13 @@ class Budgets(_Strict, kw_only=True):
             raise ValueError("offline_queue_mb must be smaller than disk_mb")
 
 
-class TelemetryProfile(_Strict, kw_only=True):
+class TelemetryProfile(_Strict, frozen=True, kw_only=True):
     interval_s: Annotated[
         float, Meta(ge=1, le=3600, description="Seconds between telemetry summaries.")
     ]
 
 
-class DeviceProfile(_Strict, kw_only=True):
+class DeviceProfile(_Strict, frozen=True, kw_only=True):
     name: Annotated[
         str, Meta(pattern=anchored(r"^[a-z0-9][a-z0-9_-]{0,31}$"), description="Device class id.")
     ]
