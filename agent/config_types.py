@@ -1,7 +1,7 @@
 """Building blocks of the agent's msgspec configs.
 
 msgspec, not pydantic, because the device process must stay light: pydantic alone (import + one
-model) costs +15.4 MB RSS, msgspec +1.1 MB (agent/README.md, "Memory"). This module holds the
+model) costs +15.4 MB RSS, msgspec +1.1 MB (agent/README.md). This module holds the
 base Struct, the field types msgspec does not decode by itself (``Path``, :class:`Secret`, and
 the self-validating strings such as :class:`HttpUrl`, all through :func:`dec_hook`). Files are
 validated table by table with ``edgefleet.structs.convert_tables``.
