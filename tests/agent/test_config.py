@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import re
-import types
-import typing
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from agent.config import MAX_CONFIG_BYTES, AgentConfig, load_config, parse_config
 from agent.errors import AgentConfigError
+from edgefleet.structs import members
+from tests.utils.structs import undescribed
 
 VALID = """
 device_id = "dev-1"
@@ -68,33 +67,16 @@ def test_defaults_for_optional_sections() -> None:
     assert config.engine.threads == 1
 
 
-def _descriptions(kind: object) -> list[str]:
-    """Every Meta description on a field type: on the type itself or on a union member."""
-    if typing.get_origin(kind) is typing.Annotated:
-        inner, *metas = typing.get_args(kind)
-        found = [m.description for m in metas if isinstance(m, msgspec.Meta) and m.description]
-        return found + _descriptions(inner)
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return [d for arg in typing.get_args(kind) for d in _descriptions(arg)]
-    return []
-
-
 def test_every_field_is_described() -> None:
-    from agent import plugin_config
     from agent.config import EngineConfig, MqttConfig, OutboxConfig, TelemetryConfig
     from agent.credentials import Credentials
+    from agent.plugin_config import InputConfig, PostprocessConfig, SinkConfig
     from agent.probation import ProbationConfig
 
-    plugins = [
-        kind
-        for kind in vars(plugin_config).values()
-        if isinstance(kind, type) and issubclass(kind, plugin_config.PluginConfig)
-    ]
+    plugins = members(InputConfig | SinkConfig | PostprocessConfig)
+    assert len(plugins) == len({p.__struct_config__.tag for p in plugins}) == 13
     models = [AgentConfig, MqttConfig, TelemetryConfig, EngineConfig, OutboxConfig]
-    assert len(plugins) == 14
-    for model in [*models, ProbationConfig, Credentials, *plugins]:
-        for field in msgspec.structs.fields(model):
-            assert _descriptions(field.type), f"{model.__name__}.{field.name} has no description"
+    assert undescribed(*models, ProbationConfig, Credentials, *plugins) == []
 
 
 @pytest.mark.parametrize(
@@ -140,6 +122,15 @@ def test_int_is_accepted_for_float_and_paths_are_decoded() -> None:
     assert isinstance(config.data_dir, Path) and config.data_dir == Path("/var/lib/edgefleet")
     with pytest.raises(AgentConfigError, match="data_dir: Expected a path"):
         parse_config(VALID.replace('data_dir = "/var/lib/edgefleet"', "data_dir = 3"))
+
+
+def test_list_items_are_named_by_index() -> None:
+    with pytest.raises(AgentConfigError, match=r"^config: trusted_keys\[1\]: Expected a path"):
+        parse_config('trusted_keys = ["/k.pem", 3]\n' + VALID)
+    bad = VALID.replace("threads = 2", 'threads = 2\nexecution_providers = ["CPU", 1]')
+    message = r"^config: engine.execution_providers\[1\]: Expected `str`, got `int`$"
+    with pytest.raises(AgentConfigError, match=message):
+        parse_config(bad)
 
 
 def test_secrets_stay_out_of_repr_and_str() -> None:

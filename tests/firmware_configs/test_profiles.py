@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from firmware_configs.profile import ProfileError, builtin_profiles, load_profile
+from tests.utils.structs import undescribed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,6 +21,13 @@ def test_builtin_profiles_cover_the_device_classes() -> None:
         profile = load_profile(name)
         assert profile.name == name
         assert profile.budgets.memory_mb <= profile.memory_mb
+
+
+def test_every_field_is_described() -> None:
+    from firmware_configs import profile
+
+    tables = (profile.EngineProfile, profile.InputDefaults, profile.Budgets)
+    assert undescribed(profile.DeviceProfile, *tables, profile.TelemetryProfile) == []
 
 
 def _write(tmp_path: Path, text: str) -> Path:
