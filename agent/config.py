@@ -283,29 +283,33 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
     except ProfileError as err:
         raise ValueError(f"profile: {err}") from err
     data = dict(data)
-    engine = dict(data.get("engine") or {})
-    engine.setdefault("threads", profile.engine.threads)
-    engine.setdefault("graph_optimization", profile.engine.graph_optimization)
-    engine.setdefault("execution_providers", list(profile.engine.execution_providers))
-    engine.setdefault("cpu_mem_arena", profile.engine.cpu_mem_arena)
-    engine.setdefault("mem_pattern", profile.engine.mem_pattern)
-    engine.setdefault("batch_size", profile.engine.batch_size)
-    engine.setdefault("queue_size", profile.input.queue_size)
-    data["engine"] = engine
-    telemetry = dict(data.get("telemetry") or {})
-    telemetry.setdefault("interval_s", profile.telemetry.interval_s)
-    data["telemetry"] = telemetry
-    outbox = dict(data.get("outbox") or {})
-    outbox.setdefault("max_mb", profile.budgets.offline_queue_mb)
-    data["outbox"] = outbox
+    engine = profile.engine
+    _defaults(
+        data,
+        "engine",
+        threads=engine.threads,
+        graph_optimization=engine.graph_optimization,
+        execution_providers=list(engine.execution_providers),
+        cpu_mem_arena=engine.cpu_mem_arena,
+        mem_pattern=engine.mem_pattern,
+        batch_size=engine.batch_size,
+        queue_size=profile.input.queue_size,
+    )
+    _defaults(data, "telemetry", interval_s=profile.telemetry.interval_s)
+    _defaults(data, "outbox", max_mb=profile.budgets.offline_queue_mb)
     source = data.get("input")
     if isinstance(source, dict) and source.get("type") == "camera":
-        source = dict(source)
-        source.setdefault("width", profile.input.width)
-        source.setdefault("height", profile.input.height)
-        source.setdefault("fps", profile.input.fps)
-        data["input"] = source
+        defaults = profile.input
+        _defaults(data, "input", width=defaults.width, height=defaults.height, fps=defaults.fps)
     return data
+
+
+def _defaults(data: dict[str, Any], table: str, **values: Any) -> None:
+    """Fill ``values`` into ``data[table]`` where it sets none (a table that is not a TOML table
+    is left alone, for validation to report)."""
+    current = data.get(table, {})
+    if isinstance(current, dict):
+        data[table] = {**values, **current}
 
 
 def read_token_file(path: Path) -> str:

@@ -284,6 +284,8 @@ def test_profile_values_are_defaults_the_file_can_override() -> None:
     )
     assert mine.engine.threads == 2 and mine.telemetry.interval_s == 3
     assert mine.engine.queue_size == 4  # still from the profile
+    with pytest.raises(AgentConfigError, match=r"^config: engine: Expected `object`, got `int`$"):
+        parse_config('profile = "rpi4"\nengine = 3\n' + BASE)  # not a table: no profile values
 
 
 def test_low_memory_profiles_turn_the_onnxruntime_memory_pattern_off() -> None:
