@@ -63,6 +63,9 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
+    def __len__(self) -> int:  # as pydantic's SecretStr: an empty secret is falsy
+        return len(self._value)
+
     @classmethod
     def decode_value(cls, value: object) -> Self:
         return cls(_string(value))

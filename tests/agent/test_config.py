@@ -138,6 +138,8 @@ def test_secrets_stay_out_of_repr_and_str() -> None:
     for text in (repr(config), str(config), repr(config.mqtt), f"{config.token}"):
         assert "secret-token" not in text and "pw" not in text.replace("password", "")
     assert config.token is not None and config.token.get_secret_value() == "secret-token"
+    empty = parse_config(VALID.replace('password = "pw"', 'password = ""')).mqtt.password
+    assert empty is not None and not empty  # falsy, as SecretStr was: service sends no password
 
 
 def test_device_id_with_a_trailing_newline_is_refused() -> None:
