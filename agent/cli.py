@@ -159,7 +159,7 @@ def infer_command(args: argparse.Namespace) -> int:
         model = load_model(args.artifact, options=BackendOptions(threads=args.threads))
         post = None
         if model.manifest.task == "classification":
-            post = ClassificationPostConfig(type="classification", top_k=args.top_k)
+            post = ClassificationPostConfig(top_k=args.top_k)
         serving = Serving.of(model, post)
     except ModelLoadError as err:
         print(f"edgefleet agent infer: {err}", file=sys.stderr)

@@ -13,52 +13,59 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta
 
+from agent.config_types import ConfigStruct
 from edgefleet.contract import ModelRef
 
 #: Latencies of the committed model kept for its baseline p95.
 BASELINE_WINDOW = 200
 
 
-class ProbationConfig(BaseModel):
+class ProbationConfig(ConfigStruct, frozen=True, kw_only=True):
     """When a new model counts as healthy (config / device profile only, not the desired state)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(default=True, description="Judge a new model before committing it.")
-    inferences: int = Field(
-        default=20, ge=1, le=100_000, description="Inferences judged before a model can pass."
-    )
-    max_s: float = Field(
-        default=10.0,
-        gt=0,
-        le=86_400,
-        description="Longest probation; a model without enough traffic is judged on what it saw.",
-    )
-    max_error_rate: float = Field(
-        default=0.2, ge=0, le=1, description="Failed inferences / all inferences above this fail."
-    )
-    latency_factor: float = Field(
-        default=2.0, gt=1, le=100, description="p95 above this × the previous model's p95 fails."
-    )
-    latency_floor_ms: float = Field(
-        default=1.0,
-        ge=0,
-        le=60_000,
-        description="Baseline p95 used when the previous model was faster than this (sub-ms "
-        "latencies jitter by more than the factor).",
-    )
-    min_latency_samples: int = Field(
-        default=10, ge=1, le=10_000, description="Samples of each model before latency is judged."
-    )
-    min_confidence: float = Field(
-        default=0.15,
-        ge=0,
-        le=1,
-        description="A classifier whose mean top-1 confidence is below this has collapsed.",
-    )
+    enabled: Annotated[bool, Meta(description="Judge a new model before committing it.")] = True
+    inferences: Annotated[
+        int, Meta(ge=1, le=100_000, description="Inferences judged before a model can pass.")
+    ] = 20
+    max_s: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=86_400,
+            description="Longest probation; a model without enough traffic is judged on what it "
+            "saw.",
+        ),
+    ] = 10.0
+    max_error_rate: Annotated[
+        float, Meta(ge=0, le=1, description="Failed inferences / all inferences above this fail.")
+    ] = 0.2
+    latency_factor: Annotated[
+        float, Meta(gt=1, le=100, description="p95 above this × the previous model's p95 fails.")
+    ] = 2.0
+    latency_floor_ms: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=60_000,
+            description="Baseline p95 used when the previous model was faster than this (sub-ms "
+            "latencies jitter by more than the factor).",
+        ),
+    ] = 1.0
+    min_latency_samples: Annotated[
+        int, Meta(ge=1, le=10_000, description="Samples of each model before latency is judged.")
+    ] = 10
+    min_confidence: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1,
+            description="A classifier whose mean top-1 confidence is below this has collapsed.",
+        ),
+    ] = 0.15
 
 
 def p95(values: list[float]) -> float:

@@ -46,7 +46,7 @@ def _pipeline_fps(serving: Any, video: Path, frames: int, root: Path) -> float:
         on_error=lambda kind, detail: None,
         queue_size=4,
     )
-    source = VideoSource(VideoInputConfig(type="video", path=video), on_error=lambda k, d: None)
+    source = VideoSource(VideoInputConfig(path=video), on_error=lambda k, d: None)
     stop = threading.Event()
     worker = threading.Thread(target=pipeline.run, args=(stop,))
     worker.start()
@@ -153,7 +153,7 @@ def _batch_items_per_s(serving: Any, samples: Path, rows: int, batch: int, root:
         queue_size=16,
         batch_size=batch,
     )
-    source = BatchSource(BatchInputConfig(type="batch", path=samples), on_error=lambda k, d: None)
+    source = BatchSource(BatchInputConfig(path=samples), on_error=lambda k, d: None)
     stop = threading.Event()
     worker = threading.Thread(target=pipeline.run, args=(stop,))
     worker.start()

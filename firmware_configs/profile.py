@@ -1,6 +1,8 @@
-"""The device profile: what a device class can afford, validated field by field.
+"""The device profile: what a device class can afford, validated table by table.
 
-Standard library and pydantic only: the agent loads it on the device.
+Standard library and msgspec only: the agent loads it on the device (no pydantic there: it alone
+costs +15.4 MB RSS). A bad profile gives one ProfileError naming a bad field of each bad table
+(msgspec stops at a table's first error).
 """
 
 from __future__ import annotations
@@ -8,112 +10,131 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import msgspec
+from msgspec import Meta
+
+from edgefleet.structs import TableErrors, anchored, convert_tables
 
 MAX_PROFILE_BYTES = 64 * 1024
 
 
 #: onnxruntime graph optimisation levels, by name (shared with the agent's engine config).
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
-GRAPH_OPTIMIZATION_FIELD: Any = Field(
-    default="all", description="onnxruntime graph optimisation level."
-)
-
+GraphOptimizationField = Annotated[
+    GraphOptimization, Meta(description="onnxruntime graph optimisation level.")
+]
 
 # Measured with bench/agent_bench.py (section "onnxruntime memory options"): with the arena on,
 # turning the memory pattern off lowers steady-state RSS (conv 224x224x32: -6.6 MB) at no
 # measurable latency cost; turning the arena off raises it (glibc keeps the freed blocks).
-CPU_MEM_ARENA_FIELD: Any = Field(
-    default=True,
-    description="onnxruntime CPU memory arena; off mallocs every tensor (measured: more RSS).",
-)
-MEM_PATTERN_FIELD: Any = Field(
-    default=True,
-    description="onnxruntime memory pattern (pre-planned block for intermediate tensors); "
-    "off saves RSS on low-memory devices.",
-)
+CpuMemArenaField = Annotated[
+    bool,
+    Meta(
+        description="onnxruntime CPU memory arena; off mallocs every tensor (measured: more RSS)."
+    ),
+]
+MemPatternField = Annotated[
+    bool,
+    Meta(
+        description="onnxruntime memory pattern (pre-planned block for intermediate tensors); "
+        "off saves RSS on low-memory devices."
+    ),
+]
+BatchSizeField = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=256,
+        description="Queued inputs of a non-live source (video, batch) run together when the "
+        "model's batch dimension is dynamic; telemetry latency is then per input (amortised).",
+    ),
+]
+#: The execution-provider list, shared with the agent's engine config (default: CPU only).
+ExecutionProvidersField = Annotated[
+    list[str], Meta(min_length=1, description="onnxruntime execution providers, in order.")
+]
 
 
-BATCH_SIZE_FIELD: Any = Field(
-    default=1,
-    ge=1,
-    le=256,
-    description="Queued inputs of a non-live source (video, batch) run together when the "
-    "model's batch dimension is dynamic; telemetry latency is then per input (amortised).",
-)
-
-
-def execution_providers_field() -> Any:
-    """The execution-provider list field, shared with the agent's engine config."""
-    return Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
-        min_length=1,
-        description="onnxruntime execution providers, in order.",
-    )
+def default_execution_providers() -> list[str]:
+    return ["CPUExecutionProvider"]
 
 
 class ProfileError(ValueError):
-    """A profile that cannot be found, read or validated; one line per bad field."""
+    """A profile that cannot be found, read or validated; one line naming each bad table's field."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Unknown keys are errors, instances are immutable. Each subclass says ``frozen=True,
+    kw_only=True`` again: msgspec applies kw_only to the fields a class defines (it is not
+    inherited), and mypy needs frozen repeated."""
 
 
-class EngineProfile(_Strict):
-    threads: int = Field(ge=1, le=64, description="Intra-op threads for inference.")
-    backends: list[Literal["onnx", "tflite"]] = Field(
-        min_length=1, description="Backend preference when an artifact ships several formats."
+class EngineProfile(_Strict, frozen=True, kw_only=True):
+    threads: Annotated[int, Meta(ge=1, le=64, description="Intra-op threads for inference.")]
+    backends: Annotated[
+        list[Literal["onnx", "tflite"]],
+        Meta(
+            min_length=1, description="Backend preference when an artifact ships several formats."
+        ),
+    ]
+    graph_optimization: GraphOptimizationField = "all"
+    execution_providers: ExecutionProvidersField = msgspec.field(
+        default_factory=default_execution_providers
     )
-    graph_optimization: GraphOptimization = GRAPH_OPTIMIZATION_FIELD
-    execution_providers: list[str] = execution_providers_field()
-    cpu_mem_arena: bool = CPU_MEM_ARENA_FIELD
-    mem_pattern: bool = MEM_PATTERN_FIELD
-    batch_size: int = BATCH_SIZE_FIELD
+    cpu_mem_arena: CpuMemArenaField = True
+    mem_pattern: MemPatternField = True
+    batch_size: BatchSizeField = 1
 
 
-class InputDefaults(_Strict):
-    width: int = Field(ge=16, le=7680, description="Default capture width, pixels.")
-    height: int = Field(ge=16, le=4320, description="Default capture height, pixels.")
-    fps: float = Field(gt=0, le=240, description="Default capture rate.")
-    queue_size: int = Field(default=4, ge=1, le=1024, description="Frames buffered before drops.")
+class InputDefaults(_Strict, frozen=True, kw_only=True):
+    width: Annotated[int, Meta(ge=16, le=7680, description="Default capture width, pixels.")]
+    height: Annotated[int, Meta(ge=16, le=4320, description="Default capture height, pixels.")]
+    fps: Annotated[float, Meta(gt=0, le=240, description="Default capture rate.")]
+    queue_size: Annotated[int, Meta(ge=1, le=1024, description="Frames buffered before drops.")] = 4
 
 
-class Budgets(_Strict):
-    memory_mb: int = Field(ge=32, description="RSS the agent should stay under.")
-    disk_mb: int = Field(ge=16, description="Disk for artifacts, downloads and the offline queue.")
-    offline_queue_mb: int = Field(ge=1, description="Part of disk_mb for store-and-forward.")
-    keep_artifacts: int = Field(default=2, ge=1, le=10, description="Artifacts kept for rollback.")
+class Budgets(_Strict, frozen=True, kw_only=True):
+    memory_mb: Annotated[int, Meta(ge=32, description="RSS the agent should stay under.")]
+    disk_mb: Annotated[
+        int, Meta(ge=16, description="Disk for artifacts, downloads and the offline queue.")
+    ]
+    offline_queue_mb: Annotated[
+        int, Meta(ge=1, description="Part of disk_mb for store-and-forward.")
+    ]
+    keep_artifacts: Annotated[
+        int, Meta(ge=1, le=10, description="Artifacts kept for rollback.")
+    ] = 2
 
-    @model_validator(mode="after")
-    def _fits(self) -> Budgets:
+    def __post_init__(self) -> None:
         if self.offline_queue_mb >= self.disk_mb:
             raise ValueError("offline_queue_mb must be smaller than disk_mb")
-        return self
 
 
-class TelemetryProfile(_Strict):
-    interval_s: float = Field(ge=1, le=3600, description="Seconds between telemetry summaries.")
+class TelemetryProfile(_Strict, frozen=True, kw_only=True):
+    interval_s: Annotated[
+        float, Meta(ge=1, le=3600, description="Seconds between telemetry summaries.")
+    ]
 
 
-class DeviceProfile(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Device class id.")
-    description: str = Field(max_length=400, description="What hardware this is.")
-    arch: Literal["aarch64", "armv7l", "x86_64"] = Field(description="CPU architecture.")
-    cores: int = Field(ge=1, le=256, description="CPU cores.")
-    memory_mb: int = Field(ge=128, description="Installed RAM.")
-    int8_fast: bool = Field(
-        description="Has int8 dot-product instructions (ARMv8.2 dotprod, x86 VNNI)."
-    )
-    engine: EngineProfile
-    input: InputDefaults
-    budgets: Budgets
-    telemetry: TelemetryProfile
+class DeviceProfile(_Strict, frozen=True, kw_only=True):
+    name: Annotated[
+        str, Meta(pattern=anchored(r"^[a-z0-9][a-z0-9_-]{0,31}$"), description="Device class id.")
+    ]
+    description: Annotated[str, Meta(max_length=400, description="What hardware this is.")]
+    arch: Annotated[Literal["aarch64", "armv7l", "x86_64"], Meta(description="CPU architecture.")]
+    cores: Annotated[int, Meta(ge=1, le=256, description="CPU cores.")]
+    memory_mb: Annotated[int, Meta(ge=128, description="Installed RAM.")]
+    int8_fast: Annotated[
+        bool, Meta(description="Has int8 dot-product instructions (ARMv8.2 dotprod, x86 VNNI).")
+    ]
+    engine: Annotated[EngineProfile, Meta(description="Inference engine defaults.")]
+    input: Annotated[InputDefaults, Meta(description="Camera and queue defaults.")]
+    budgets: Annotated[Budgets, Meta(description="Memory and disk the agent may use.")]
+    telemetry: Annotated[TelemetryProfile, Meta(description="Telemetry defaults.")]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> DeviceProfile:
+    def __post_init__(self) -> None:
         if self.engine.threads > self.cores:
             raise ValueError(f"engine.threads ({self.engine.threads}) exceeds cores ({self.cores})")
         if self.engine.batch_size > self.input.queue_size:
@@ -123,7 +144,14 @@ class DeviceProfile(_Strict):
             )
         if self.budgets.memory_mb > self.memory_mb:
             raise ValueError("budgets.memory_mb exceeds the installed memory_mb")
-        return self
+
+
+def validate_profile(data: Any) -> DeviceProfile:
+    """Raw TOML data as a DeviceProfile; ProfileError naming a bad field of each bad table."""
+    try:
+        return convert_tables(data, DeviceProfile)
+    except TableErrors as err:
+        raise ProfileError("; ".join(err.lines)) from err
 
 
 def builtin_profiles() -> list[str]:
@@ -159,9 +187,6 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     except tomllib.TOMLDecodeError as err:
         raise ProfileError(f"{where}: not valid TOML: {err}") from err
     try:
-        return DeviceProfile.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors()
-        )
-        raise ProfileError(f"{where}: {problems}") from err
+        return validate_profile(data)
+    except ProfileError as err:
+        raise ProfileError(f"{where}: {err}") from err

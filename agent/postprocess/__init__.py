@@ -50,11 +50,11 @@ POSTPROCESSORS: dict[str, PostFactory] = {
 
 #: The postprocessor a model's ``task`` gets when the agent config names none.
 DEFAULT_FOR_TASK: dict[str, PostprocessConfig] = {
-    "classification": ClassificationPostConfig(type="classification"),
-    "detection": DetectionPostConfig(type="detection"),
-    "segmentation": SegmentationPostConfig(type="segmentation"),
-    "regression": RawPostConfig(type="raw"),
-    "raw": RawPostConfig(type="raw"),
+    "classification": ClassificationPostConfig(),
+    "detection": DetectionPostConfig(),
+    "segmentation": SegmentationPostConfig(),
+    "regression": RawPostConfig(),
+    "raw": RawPostConfig(),
 }
 
 

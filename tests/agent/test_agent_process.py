@@ -248,7 +248,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     first = result.stderr.splitlines()[0]
-    assert first.startswith(f"edgefleet agent: {config}: device_id: Value error, invalid device id")
+    assert first.startswith(f"edgefleet agent: {config}: device_id: Expected `str` matching regex")
 
 
 def test_infer_command_prints_json_lines(tmp_path: Path, digits_v1: Path) -> None:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from agent.config import MAX_CONFIG_BYTES, AgentConfig, load_config, parse_config
 from agent.errors import AgentConfigError
+from edgefleet.structs import members
+from tests.utils.structs import undescribed
 
 VALID = """
 device_id = "dev-1"
@@ -65,25 +68,30 @@ def test_defaults_for_optional_sections() -> None:
 
 
 def test_every_field_is_described() -> None:
-    from agent.config import EngineConfig, FolderInputConfig, MqttConfig, TelemetryConfig
+    from agent.config import EngineConfig, MqttConfig, OutboxConfig, TelemetryConfig
+    from agent.credentials import Credentials
+    from agent.plugin_config import InputConfig, PostprocessConfig, SinkConfig
+    from agent.probation import ProbationConfig
 
-    for model in (AgentConfig, MqttConfig, FolderInputConfig, TelemetryConfig, EngineConfig):
-        for name, info in model.model_fields.items():
-            assert info.description, f"{model.__name__}.{name} has no description"
+    plugins = members(InputConfig | SinkConfig | PostprocessConfig)
+    assert len(plugins) == len({p.__struct_config__.tag for p in plugins}) == 13
+    models = [AgentConfig, MqttConfig, TelemetryConfig, EngineConfig, OutboxConfig]
+    assert undescribed(*models, ProbationConfig, Credentials, *plugins) == []
 
 
 @pytest.mark.parametrize(
     ("old", "new", "field"),
     [
         ('device_id = "dev-1"', 'device_id = "Dev/1"', "device_id"),
-        ('device_id = "dev-1"', "", "device_id"),
+        ('device_id = "dev-1"', "", "(root): Object missing required field `device_id`"),
         ('server_url = "http://127.0.0.1:8080/"', 'server_url = "ftp://x"', "server_url"),
         ('url = "mqtt://127.0.0.1:1883"', 'url = "http://127.0.0.1"', "mqtt.url"),
         ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://host:99999"', "mqtt.url"),
         ("keepalive = 20", "keepalive = 1", "mqtt.keepalive"),
-        ('type = "folder"', 'type = "webcam"', "input"),
-        ("rate_hz = 20.0", "rate_hz = 0", "input.folder.rate_hz"),
-        ("rate_hz = 20.0", 'rate_hz = "fast"', "input.folder.rate_hz"),
+        ('type = "folder"', 'type = "webcam"', "input.type"),
+        ('type = "folder"', "", "input"),
+        ("rate_hz = 20.0", "rate_hz = 0", "input.rate_hz"),
+        ("rate_hz = 20.0", 'rate_hz = "fast"', "input.rate_hz"),
         ("interval_s = 5.0", "interval_s = -1", "telemetry.interval_s"),
         ("threads = 2", "threads = 0", "engine.threads"),
         ('token = "secret-token"', "", "(root)"),
@@ -98,6 +106,69 @@ def test_each_bad_field_is_named(old: str, new: str, field: str) -> None:
     assert lines[0].startswith(f"agent.toml: {field}"), lines[0]
 
 
+def test_unknown_plugin_type_lists_the_known_ones() -> None:
+    with pytest.raises(AgentConfigError) as info:
+        parse_config(VALID.replace('type = "folder"', 'type = "webcam"'), source="agent.toml")
+    assert str(info.value) == (
+        "agent.toml: input.type: Invalid value 'webcam' "
+        "(known types: folder, video, camera, stream, http, batch)"
+    )
+
+
+def test_int_is_accepted_for_float_and_paths_are_decoded() -> None:
+    config = parse_config(VALID.replace("rate_hz = 20.0", "rate_hz = 10"))
+    assert config.input is not None and config.input.type == "folder"
+    assert config.input.rate_hz == 10.0 and isinstance(config.input.rate_hz, float)
+    assert isinstance(config.data_dir, Path) and config.data_dir == Path("/var/lib/edgefleet")
+    with pytest.raises(AgentConfigError, match="data_dir: Expected a path"):
+        parse_config(VALID.replace('data_dir = "/var/lib/edgefleet"', "data_dir = 3"))
+
+
+def test_list_items_are_named_by_index() -> None:
+    with pytest.raises(AgentConfigError, match=r"^config: trusted_keys\[1\]: Expected a path"):
+        parse_config('trusted_keys = ["/k.pem", 3]\n' + VALID)
+    bad = VALID.replace("threads = 2", 'threads = 2\nexecution_providers = ["CPU", 1]')
+    message = r"^config: engine.execution_providers\[1\]: Expected `str`, got `int`$"
+    with pytest.raises(AgentConfigError, match=message):
+        parse_config(bad)
+
+
+def test_secrets_stay_out_of_repr_and_str() -> None:
+    config = parse_config(VALID)
+    for text in (repr(config), str(config), repr(config.mqtt), f"{config.token}"):
+        assert "secret-token" not in text and "pw" not in text.replace("password", "")
+    assert config.token is not None and config.token.get_secret_value() == "secret-token"
+    empty = parse_config(VALID.replace('password = "pw"', 'password = ""')).mqtt.password
+    assert empty is not None and not empty  # falsy, as SecretStr was: service sends no password
+
+
+def test_device_id_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(AgentConfigError, match="device_id: Expected `str` matching regex"):
+        parse_config(VALID.replace('device_id = "dev-1"', 'device_id = "dev-1\\n"'))
+
+
+def test_two_bad_tables_give_two_lines() -> None:
+    text = VALID.replace("rate_hz = 20.0", "rate_hz = 0").replace(
+        'url = "mqtt://127.0.0.1:1883"', 'url = "http://127.0.0.1"'
+    )
+    with pytest.raises(AgentConfigError) as info:
+        parse_config(text, source="agent.toml")
+    assert str(info.value).splitlines() == [
+        "agent.toml: mqtt.url: must look like mqtt://host[:port] or mqtts://host[:port]",
+        "agent.toml: input.rate_hz: Expected `float` > 0.0",
+    ]
+
+
+def test_bad_top_level_key_and_bad_table_give_two_lines() -> None:
+    text = VALID.replace('server_url = "http://127.0.0.1:8080/"', 'server_url = "ftp://x"')
+    with pytest.raises(AgentConfigError) as info:
+        parse_config(text.replace("threads = 2", "threads = 0"))
+    assert str(info.value).splitlines() == [
+        "config: server_url: must be an http:// or https:// URL",
+        "config: engine.threads: Expected `int` >= 1",
+    ]
+
+
 def test_one_line_per_bad_field() -> None:
     text = VALID.replace("threads = 2", "threads = 0").replace("keepalive = 20", "keepalive = 0")
     with pytest.raises(AgentConfigError) as info:
@@ -109,15 +180,17 @@ def test_one_line_per_bad_field() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "field"),
+    ("text", "table", "key"),
     [
-        (VALID + '\nsurprise = "x"\n', "surprise"),
-        (VALID.replace("threads = 2", "threads = 2\nturbo = true"), "engine.turbo"),
-        (VALID.replace("keepalive = 20", "keepalive = 20\nqos = 2"), "mqtt.qos"),
+        ('surprise = "x"\n' + VALID, "(root)", "surprise"),
+        (VALID + '\nsurprise = "x"\n', "engine", "surprise"),  # TOML: still in [engine]
+        (VALID.replace("threads = 2", "threads = 2\nturbo = true"), "engine", "turbo"),
+        (VALID.replace("keepalive = 20", "keepalive = 20\nqos = 2"), "mqtt", "qos"),
     ],
 )
-def test_unknown_keys_are_rejected(text: str, field: str) -> None:
-    with pytest.raises(AgentConfigError, match=f"{field}: Extra inputs are not permitted"):
+def test_unknown_keys_are_rejected(text: str, table: str, key: str) -> None:
+    message = rf"^config: {re.escape(table)}: Object contains unknown field `{key}`$"
+    with pytest.raises(AgentConfigError, match=message):
         parse_config(text)
 
 
@@ -159,7 +232,7 @@ def test_load_config_from_file(tmp_path: Path) -> None:
         (b"\x00\xff\x80garbage", "not UTF-8"),
         (bytes(range(256)) * 10, "not UTF-8"),
         (b"= = =", "not valid TOML"),
-        (b"", "device_id: Field required"),
+        (b"", r"\(root\): Object missing required field `device_id`"),
     ],
 )
 def test_garbage_files(tmp_path: Path, content: bytes, message: str) -> None:
@@ -213,6 +286,8 @@ def test_profile_values_are_defaults_the_file_can_override() -> None:
     )
     assert mine.engine.threads == 2 and mine.telemetry.interval_s == 3
     assert mine.engine.queue_size == 4  # still from the profile
+    with pytest.raises(AgentConfigError, match=r"^config: engine: Expected `object`, got `int`$"):
+        parse_config('profile = "rpi4"\nengine = 3\n' + BASE)  # not a table: no profile values
 
 
 def test_low_memory_profiles_turn_the_onnxruntime_memory_pattern_off() -> None:
@@ -262,7 +337,8 @@ def test_profile_by_path_and_unknown_profile(tmp_path: Path) -> None:
     assert config.engine.threads == load_profile("rpi5").engine.threads
     with pytest.raises(AgentConfigError) as info:
         parse_config('profile = "pi-99"\n' + BASE)
-    assert len(str(info.value).splitlines()) == 1 and "unknown profile 'pi-99'" in str(info.value)
+    assert str(info.value).startswith("config: profile: unknown profile 'pi-99'; built-in: ")
+    assert len(str(info.value).splitlines()) == 1
 
 
 def test_plugin_configs_parse_and_reject_unknown_keys() -> None:
@@ -275,15 +351,15 @@ def test_plugin_configs_parse_and_reject_unknown_keys() -> None:
     assert config.input is not None and config.input.type == "http"
     assert config.sink is not None and config.sink.type == "file"
     assert config.postprocess is not None and config.postprocess.type == "detection"
-    with pytest.raises(AgentConfigError, match="sink.stdout.path: Extra inputs"):
+    with pytest.raises(AgentConfigError, match="sink: Object contains unknown field `path`"):
         parse_config(BASE + '[sink]\ntype = "stdout"\npath = "x"\n')
     mqtt = parse_config(BASE + '[sink]\ntype = "mqtt"\nqos = 1\n').sink
     assert mqtt is not None and mqtt.type == "mqtt" and (mqtt.qos, mqtt.max_queued) == (1, 1000)
-    with pytest.raises(AgentConfigError, match="sink.mqtt.qos"):
+    with pytest.raises(AgentConfigError, match="sink.qos: Invalid enum value 2"):
         parse_config(BASE + '[sink]\ntype = "mqtt"\nqos = 2\n')
-    with pytest.raises(AgentConfigError, match="sink.mqtt.max_queued"):
+    with pytest.raises(AgentConfigError, match="sink.max_queued: Expected `int` >= 1"):
         parse_config(BASE + '[sink]\ntype = "mqtt"\nmax_queued = 0\n')
-    with pytest.raises(AgentConfigError, match="input.stream.url"):
+    with pytest.raises(AgentConfigError, match="input.url: Expected `str` matching regex"):
         parse_config(BASE + '[input]\ntype = "stream"\nurl = "ftp://x"\n')
 
 
@@ -316,8 +392,8 @@ def test_mqtt_tls_files_are_validated_at_load(tmp_path: Path) -> None:
         garbage.write_bytes(b"\x00\x01 not pem")
         other = pki.client("other")
         bad = [
-            (with_files(ca_file=tmp_path / "missing.pem"), "mqtt.ca_file: .*cannot read"),
-            (with_files(ca_file=garbage), "mqtt.ca_file: .*not a PEM file"),
+            (with_files(ca_file=tmp_path / "missing.pem"), "mqtt: ca_file .*cannot read"),
+            (with_files(ca_file=garbage), "mqtt: ca_file .*not a PEM file"),
             (with_files(cert_file=device.cert), "mqtt: .*both cert_file and key_file"),
             (with_files(cert_file=device.cert, key_file=other.key), "mqtt: .*TLS files rejected"),
             (
@@ -326,7 +402,7 @@ def test_mqtt_tls_files_are_validated_at_load(tmp_path: Path) -> None:
             ),  # fmt: skip
             (
                 tls.replace("keepalive = 20\n", "keepalive = 20\ntls_insecure = true\n"),
-                "mqtt.tls_insecure: Extra inputs",
+                "mqtt: Object contains unknown field `tls_insecure`",
             ),  # fmt: skip
         ]
         for text, message in bad:

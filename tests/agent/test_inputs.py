@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.config import FolderInputConfig
+from agent.config_types import convert
 from agent.inputs import SOURCES, InputItem, SourceContext, create_source
 
 
 def _source(path: Path, errors: list[tuple[str, str]], **kw: object) -> Iterator[InputItem]:
-    config = FolderInputConfig.model_validate({"type": "folder", "path": path, **kw})
+    config = convert({"type": "folder", "path": path, **kw}, FolderInputConfig)
     stop = threading.Event()
     source = create_source(
         config, context=SourceContext(on_error=lambda k, d: errors.append((k, d)))
@@ -86,7 +87,7 @@ def test_oversized_file_is_skipped(tmp_path: Path) -> None:
 
 def test_stop_ends_the_iteration(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x")
-    config = FolderInputConfig(type="folder", path=tmp_path, loop=True, rate_hz=1)
+    config = FolderInputConfig(path=tmp_path, loop=True, rate_hz=1)
     stop = threading.Event()
     items = create_source(config, context=SourceContext(on_error=lambda k, d: None)).items(stop)
     next(items)

@@ -139,7 +139,7 @@ def test_segmentation_mask_back_in_source_geometry(tmp_path: Path) -> None:
         labels=["dark", "bright"],
     )
     model = load_model(art, options=BackendOptions())
-    serving = Serving.of(model, SegmentationPostConfig(type="segmentation", include_mask=True))
+    serving = Serving.of(model, SegmentationPostConfig(include_mask=True))
     image = np.zeros((100, 200), np.uint8)
     image[:, :50] = 255  # the left quarter is bright
     ok, png = cv2.imencode(".png", image)
@@ -165,7 +165,7 @@ def test_classification_top_k_and_raw(digits_v1: Path, tmp_path: Path) -> None:
     top = result["top_k"]
     assert len(top) == 5 and top[0]["label"] == str(label)
     assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
-    raw = Serving.of(model, RawPostConfig(type="raw", max_values=5))
+    raw = Serving.of(model, RawPostConfig(max_values=5))
     [result] = raw.results(outputs, [job.geometry])
     assert result["outputs"]["label"] == label
     assert result["outputs"]["probabilities"] == {"shape": [10], "dtype": "float32"}
@@ -173,4 +173,4 @@ def test_classification_top_k_and_raw(digits_v1: Path, tmp_path: Path) -> None:
 
 def test_registry_covers_every_task() -> None:
     assert set(POSTPROCESSORS) == {"classification", "detection", "segmentation", "raw"}
-    DetectionPostConfig(type="detection", style="ssd")  # the typed config of each plugin
+    DetectionPostConfig(style="ssd")  # the typed config of each plugin

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from agent.config_types import convert
 from agent.probation import HealthMonitor, ProbationConfig, p95
 from edgefleet.contract import ModelRef
 
@@ -14,8 +15,9 @@ NEW = ModelRef(name="m", version="2.0.0")
 
 
 def _monitor(**overrides: object) -> HealthMonitor:
-    config = ProbationConfig.model_validate(
-        {"inferences": 10, "min_latency_samples": 5, "latency_floor_ms": 0.0, **overrides}
+    config = convert(
+        {"inferences": 10, "min_latency_samples": 5, "latency_floor_ms": 0.0, **overrides},
+        ProbationConfig,
     )
     monitor = HealthMonitor(config)
     for _ in range(20):

@@ -69,7 +69,7 @@ def test_results_cross_the_wire_as_contract_payloads(
     result["source"] = image.name
     seq = SequenceCounter(tmp_path / "data")
     context = SinkContext(device_id=device_id, transport=transport, next_seq=seq.next)
-    sink = create_sink(MqttSinkConfig(type="mqtt", qos=qos), context=context)
+    sink = create_sink(MqttSinkConfig(qos=qos), context=context)
     with Watcher(mqtt_url, device_id) as watcher:
         transport.start(wait=10)
         sink.write(result)
@@ -99,7 +99,7 @@ def test_offline_sink_keeps_the_newest_and_counts_drops(
 ) -> None:
     drops: list[int] = []
     sink = MqttResultSink(
-        MqttSinkConfig(type="mqtt", qos=1, max_queued=3),
+        MqttSinkConfig(qos=1, max_queued=3),
         transport=transport,
         device_id=device_id,
         next_seq=SequenceCounter(tmp_path).next,
@@ -123,7 +123,7 @@ def test_oversized_and_hostile_results_stay_within_the_contract(tmp_path: Path) 
         BrokerAddress(host="127.0.0.1", port=free_port()), client_id="offline-results"
     )
     sink = MqttResultSink(
-        MqttSinkConfig(type="mqtt"),
+        MqttSinkConfig(),
         transport=transport,
         device_id="dev-1",
         next_seq=SequenceCounter(tmp_path).next,

@@ -111,7 +111,7 @@ class Harness:
 def test_video_every_frame_in_order_then_ended(conv: Serving, tmp_path: Path) -> None:
     video = write_video(tmp_path / "v.avi", 30)
     h = Harness(conv, tmp_path, queue_size=2)
-    source = h.source(VideoInputConfig(type="video", path=video))
+    source = h.source(VideoInputConfig(path=video))
     assert source.live is False
     h.run(source, lambda: h.pipeline.source_done.is_set() and h.pipeline.handled == 30)
     lines = h.lines()
@@ -124,7 +124,7 @@ def test_unreadable_video_is_reported_not_fatal(conv: Serving, tmp_path: Path) -
     bad = tmp_path / "bad.avi"
     bad.write_bytes(b"RIFF" + b"\x00" * 500)
     h = Harness(conv, tmp_path)
-    h.run(h.source(VideoInputConfig(type="video", path=bad)), h.pipeline.source_done.is_set)
+    h.run(h.source(VideoInputConfig(path=bad)), h.pipeline.source_done.is_set)
     assert h.kinds() in (["input_unavailable"], ["input_unreadable"])
 
 
@@ -142,7 +142,7 @@ def test_batch_folder_to_results_file(digits_v1: Path, tmp_path: Path) -> None:
     (folder / "zrow.npy").write_bytes(_npy(load_digits().data[1502].astype(np.float32)))
     h = Harness(serving, tmp_path, queue_size=1)
     h.run(
-        h.source(BatchInputConfig(type="batch", path=folder)),
+        h.source(BatchInputConfig(path=folder)),
         lambda: h.pipeline.source_done.is_set() and h.pipeline.handled == 7,
     )
     lines = {r["source"]: r for r in h.lines()}
@@ -160,7 +160,7 @@ def test_batch_npy_rows_to_results_file(digits_v1: Path, tmp_path: Path) -> None
     np.save(samples, digits.data[1400:1450].astype(np.float32))
     h = Harness(serving, tmp_path, queue_size=2)
     h.run(
-        h.source(BatchInputConfig(type="batch", path=samples)),
+        h.source(BatchInputConfig(path=samples)),
         lambda: h.pipeline.source_done.is_set() and h.pipeline.handled == 50,
     )
     lines = h.lines()
@@ -190,7 +190,7 @@ def test_batch_8_gives_every_input_what_batch_1_gives(digits_v1: Path, tmp_path:
     for i in range(5):
         row = load_digits().data[1500 + i].astype(np.float32)
         (folder / f"zrow{i}.npy").write_bytes(_npy(row))
-    config = BatchInputConfig(type="batch", path=folder)
+    config = BatchInputConfig(path=folder)
     one, h1 = _run_batch(serving, tmp_path / "b1", config, 1, 36)
     eight, h8 = _run_batch(serving, tmp_path / "b8", config, 8, 36)
     assert sorted(one) == sorted(eight) and len(one) == 36
@@ -267,7 +267,7 @@ def test_camera_that_disappears_is_reopened(
 
     monkeypatch.setattr(capture, "open_capture", fake_open)
     h = Harness(conv, tmp_path, queue_size=64)
-    config = CameraInputConfig(type="camera", index=2, width=64, height=48, reconnect_s=0.01)
+    config = CameraInputConfig(index=2, width=64, height=48, reconnect_s=0.01)
     source = h.source(config)
     assert source.live is True
     h.run(source, lambda: h.pipeline.handled >= 8 and "input_unavailable" in h.kinds())
@@ -279,7 +279,7 @@ def test_camera_index_on_real_hardware(conv: Serving, tmp_path: Path) -> None:
     if not Path("/dev/video0").exists():
         pytest.skip("no camera at /dev/video0 (hardware test)")
     h = Harness(conv, tmp_path)
-    h.run(h.source(CameraInputConfig(type="camera", index=0)), lambda: h.pipeline.handled >= 3)
+    h.run(h.source(CameraInputConfig(index=0)), lambda: h.pipeline.handled >= 3)
     assert h.pipeline.handled >= 3
 
 
@@ -307,7 +307,7 @@ def test_http_stream_through_opencv_reconnects_at_its_end(
     conv: Serving, tmp_path: Path, video_url: str
 ) -> None:
     h = Harness(conv, tmp_path, queue_size=64)
-    source = h.source(StreamInputConfig(type="stream", url=video_url, reconnect_s=0.01))
+    source = h.source(StreamInputConfig(url=video_url, reconnect_s=0.01))
     h.run(source, lambda: h.pipeline.handled >= 30)
     assert h.pipeline.handled >= 30  # more than one pass of a 20-frame stream
     assert "input_lost" in h.kinds()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from firmware_configs.profile import ProfileError, builtin_profiles, load_profile
+from tests.utils.structs import undescribed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,6 +21,13 @@ def test_builtin_profiles_cover_the_device_classes() -> None:
         profile = load_profile(name)
         assert profile.name == name
         assert profile.budgets.memory_mb <= profile.memory_mb
+
+
+def test_every_field_is_described() -> None:
+    from firmware_configs import profile
+
+    tables = (profile.EngineProfile, profile.InputDefaults, profile.Budgets)
+    assert undescribed(profile.DeviceProfile, *tables, profile.TelemetryProfile) == []
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -41,8 +49,12 @@ def test_each_bad_field_is_named(tmp_path: Path) -> None:
         load_profile(
             _write(tmp_path, text.replace("offline_queue_mb = 256", "offline_queue_mb = 9999"))
         )
-    with pytest.raises(ProfileError, match="Extra inputs"):
+    with pytest.raises(ProfileError, match="telemetry: Object contains unknown field `surprise`"):
         load_profile(_write(tmp_path, text + "\nsurprise = 1\n"))
+    with pytest.raises(ProfileError, match=r"\(root\): Object contains unknown field `surprise`"):
+        load_profile(_write(tmp_path, "surprise = 1\n" + text))
+    with pytest.raises(ProfileError, match=r"name: Expected `str` matching regex"):
+        load_profile(_write(tmp_path, text.replace('name = "rpi4"', 'name = "rpi4\\n"')))
     with pytest.raises(ProfileError, match=r"batch_size \(8\) exceeds input.queue_size"):
         load_profile(_write(tmp_path, text.replace("batch_size = 4", "batch_size = 8")))
     with pytest.raises(ProfileError, match="mem_pattern"):
