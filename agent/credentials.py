@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -76,6 +74,11 @@ def enroll(
     timeout: float = 30.0,
 ) -> Credentials:
     """POST the enrollment token to the server; the credentials it answers with."""
+    # Here, not at module level: urllib.request (+ http.client, email) is ~1 MB of RSS the
+    # running agent, which reads its credentials file but never enrolls, does not need.
+    import urllib.error
+    import urllib.request
+
     base = check_server_url(server_url)
     body: dict[str, Any] = {"enrollment_token": enrollment_token}
     if device_id is not None:

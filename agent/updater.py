@@ -21,7 +21,6 @@ from urllib.parse import urljoin, urlsplit
 
 from pydantic import ValidationError
 
-from agent.download import download
 from agent.engine import LoadedModel
 from agent.errors import AgentError, UpdateError
 from agent.faults import crash_point
@@ -229,6 +228,10 @@ class Updater:
         url = urljoin(self._server_url, target.url)
         self.state.update(phase="downloading")
         self._emit("update.downloading", model=ref, progress=0.0)
+        # Imported on the first download: urllib.request, http.client and email are ~1 MB of
+        # RSS an agent that is not updating does not need.
+        from agent.download import download
+
         dest_bundle = self.store.downloads / f"{target.sha256}.tar.gz"
         part = dest_bundle.with_name(dest_bundle.name + ".part")
         self.store.clear_downloads(keep=(part, dest_bundle))  # one bundle on disk at a time

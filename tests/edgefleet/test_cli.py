@@ -56,3 +56,24 @@ def test_module_entry_point_prints_version() -> None:
         [sys.executable, "-m", "edgefleet", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stdout.startswith("edgefleet ")
+
+
+def test_running_one_subcommand_imports_only_its_cli_module() -> None:
+    """``edgefleet agent ...`` on a device does not import the server's or converter's CLI."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edgefleet.cli import main\n"
+        "try:\n"
+        "    main(['agent', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('fleet_server', 'converters') or m == 'edgefleet.demo_cli')\n"
+        "print(loaded, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
