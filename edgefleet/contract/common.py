@@ -55,10 +55,12 @@ ModelVersion = Annotated[
         description="Model version, e.g. '1.2.0' or '2026-11-23.1'; URL- and file-safe.",
     ),
 ]
-Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", description="Lowercase hex SHA-256.")]
+Sha256Hex = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", description="Lowercase hex SHA-256.")
+]
 
 
-class ModelRef(Strict, kw_only=True):
+class ModelRef(Strict, frozen=True, kw_only=True):
     """A model version as devices and the server name it."""
 
     name: Annotated[ModelName, msgspec.Meta(description="Model name, e.g. 'digits'.")]

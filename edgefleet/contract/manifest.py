@@ -51,7 +51,7 @@ def _safe_relative_path(value: str) -> str:
     return value
 
 
-class QuantParams(Strict, kw_only=True):
+class QuantParams(Strict, frozen=True, kw_only=True):
     """Affine quantization of a tensor: ``real = scale * (q - zero_point)``."""
 
     scale: Annotated[list[float], Meta(min_length=1, description="One scale, or one per channel.")]
@@ -75,24 +75,26 @@ Dim = (
 )
 
 
-class TensorSpec(Strict, kw_only=True):
+class TensorSpec(Strict, frozen=True, kw_only=True):
     """A model input or output."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=256, description="Tensor name in the graph.")]
+    name: Annotated[
+        str, Meta(min_length=1, max_length=256, description="Tensor name in the graph.")
+    ]
     shape: Annotated[
         list[Dim],
         Meta(
             max_length=8,
-            description="Dimensions; a string is a dynamic dimension's symbolic name (e.g. 'batch').",
+            description="Dimensions; a string names a dynamic dimension (e.g. 'batch').",
         ),
     ]
     dtype: Annotated[Dtype, Meta(description="Element type.")]
-    quantization: Annotated[
-        QuantParams, Meta(description="Present when the tensor is quantized.")
-    ] | None = None
+    quantization: (
+        Annotated[QuantParams, Meta(description="Present when the tensor is quantized.")] | None
+    ) = None
 
 
-class ResizeSpec(Strict, kw_only=True):
+class ResizeSpec(Strict, frozen=True, kw_only=True):
     """How an image is brought to the model's input size."""
 
     width: Annotated[int, Meta(ge=1, le=8192, description="Target width in pixels.")]
@@ -107,7 +109,7 @@ class ResizeSpec(Strict, kw_only=True):
     pad_value: Annotated[int, Meta(ge=0, le=255, description="Letterbox padding value.")] = 114
 
 
-class Preprocessing(Strict, kw_only=True):
+class Preprocessing(Strict, frozen=True, kw_only=True):
     """Image → tensor: ``x = (pixel * scale - mean) / std`` per channel, then layout and dtype.
 
     Images are decoded as 8-bit; ``color`` is the channel order the model expects.
@@ -141,7 +143,7 @@ class Preprocessing(Strict, kw_only=True):
             raise ValueError("std values must be non-zero")
 
 
-class ModelFile(Strict, kw_only=True):
+class ModelFile(Strict, frozen=True, kw_only=True):
     """One file of the artifact, relative to the manifest."""
 
     path: Annotated[str, Meta(description="Relative POSIX path inside the artifact directory.")]
@@ -156,22 +158,22 @@ class ModelFile(Strict, kw_only=True):
         _safe_relative_path(self.path)
 
 
-class SourceInfo(Strict, kw_only=True):
+class SourceInfo(Strict, frozen=True, kw_only=True):
     """Where the model came from and what made the artifact."""
 
     framework: Annotated[Framework, Meta(description="The source model's framework.")]
-    framework_version: Annotated[
-        str, Meta(max_length=64, description="Version of the source framework.")
-    ] | None = None
+    framework_version: (
+        Annotated[str, Meta(max_length=64, description="Version of the source framework.")] | None
+    ) = None
     tools: Annotated[
         dict[str, str], Meta(description="Tool name → version, e.g. {'onnxruntime': '1.20.0'}.")
     ] = field(default_factory=dict)
-    original_file: Annotated[
-        str, Meta(max_length=255, description="The source file's name.")
-    ] | None = None
+    original_file: (
+        Annotated[str, Meta(max_length=255, description="The source file's name.")] | None
+    ) = None
 
 
-class Metrics(Strict, kw_only=True):
+class Metrics(Strict, frozen=True, kw_only=True):
     """Measured quality and speed of this artifact at conversion time."""
 
     top1: Annotated[float, Meta(ge=0, le=1, description="Top-1 accuracy on eval.")] | None = None
@@ -184,7 +186,7 @@ class Metrics(Strict, kw_only=True):
     )
 
 
-class SelfTest(Strict, kw_only=True):
+class SelfTest(Strict, frozen=True, kw_only=True):
     """Known input → expected output, run by the device before it serves the model.
 
     ``file`` is an ``.npz`` (loaded with ``allow_pickle=False``) holding ``input/<name>`` and
@@ -197,7 +199,7 @@ class SelfTest(Strict, kw_only=True):
     outputs: Annotated[list[str], Meta(min_length=1, description="Output names that are compared.")]
 
 
-class ReferenceStats(Strict, kw_only=True):
+class ReferenceStats(Strict, frozen=True, kw_only=True):
     """What the input and output looked like on the calibration/eval set (for drift)."""
 
     samples: Annotated[int, Meta(ge=1, description="Rows the statistics come from.")]
@@ -218,19 +220,19 @@ class ReferenceStats(Strict, kw_only=True):
     ] = field(default_factory=list)
 
 
-class BuildInfo(Strict, kw_only=True):
+class BuildInfo(Strict, frozen=True, kw_only=True):
     """How the converter produced this artifact."""
 
-    calibration_sha256: Annotated[
-        Sha256Hex, Meta(description="SHA-256 of the calibration data.")
-    ] | None = None
+    calibration_sha256: (
+        Annotated[Sha256Hex, Meta(description="SHA-256 of the calibration data.")] | None
+    ) = None
     config: Annotated[
         dict[str, str | int | float | bool], Meta(description="The converter's settings.")
     ] = field(default_factory=dict)
     report_file: Annotated[str, Meta(description="The conversion report's file.")] | None = None
 
 
-class Signature(Strict, kw_only=True):
+class Signature(Strict, frozen=True, kw_only=True):
     """Ed25519 signature over :func:`signing_bytes` of the manifest."""
 
     algorithm: Annotated[Literal["ed25519"], Meta(description="Signature algorithm.")] = "ed25519"
@@ -240,7 +242,7 @@ class Signature(Strict, kw_only=True):
     value: Annotated[str, Meta(min_length=1, max_length=200, description="Base64 signature.")]
 
 
-class Manifest(Strict, kw_only=True):
+class Manifest(Strict, frozen=True, kw_only=True):
     """``manifest.json``: everything a device and the server need to know about an artifact."""
 
     schema_version: Annotated[Literal[1], Meta(description="Contract schema version.")] = (
@@ -260,32 +262,33 @@ class Manifest(Strict, kw_only=True):
     outputs: Annotated[
         list[TensorSpec], Meta(min_length=1, max_length=16, description="Model outputs.")
     ]
-    preprocessing: Annotated[
-        Preprocessing, Meta(description="Image → tensor recipe; None: raw tensors.")
-    ] | None = None
+    preprocessing: (
+        Annotated[Preprocessing, Meta(description="Image → tensor recipe; None: raw tensors.")]
+        | None
+    ) = None
     task: Annotated[Task, Meta(description="What the outputs mean.")] = "raw"
-    labels: Annotated[
-        list[str], Meta(max_length=100_000, description="Class names, by index.")
-    ] = field(default_factory=list)
+    labels: Annotated[list[str], Meta(max_length=100_000, description="Class names, by index.")] = (
+        field(default_factory=list)
+    )
     source: Annotated[SourceInfo, Meta(description="Where the model came from.")]
     metrics: Annotated[Metrics, Meta(description="Measured at conversion time.")] = field(
         default_factory=Metrics
     )
-    self_test: Annotated[
-        SelfTest, Meta(description="Run by the device before serving.")
-    ] | None = None
-    reference_stats: Annotated[
-        ReferenceStats, Meta(description="Input/output statistics for drift.")
-    ] | None = None
+    self_test: Annotated[SelfTest, Meta(description="Run by the device before serving.")] | None = (
+        None
+    )
+    reference_stats: (
+        Annotated[ReferenceStats, Meta(description="Input/output statistics for drift.")] | None
+    ) = None
     build: Annotated[BuildInfo, Meta(description="How the converter built it.")] = field(
         default_factory=BuildInfo
     )
     created_at: Annotated[datetime, Meta(description="When the artifact was made.")] = field(
         default_factory=lambda: datetime.now(UTC)
     )
-    signature: Annotated[
-        Signature, Meta(description="Ed25519 signature; None: unsigned.")
-    ] | None = None
+    signature: (
+        Annotated[Signature, Meta(description="Ed25519 signature; None: unsigned.")] | None
+    ) = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-
 from msgspec import Meta, field
 
+from edgefleet.contract.base import decoding
 from edgefleet.contract.common import (
     SCHEMA_VERSION,
     DeviceId,
@@ -41,7 +41,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Envelope(Strict, kw_only=True):
+class Envelope(Strict, frozen=True, kw_only=True):
     schema_version: SchemaVersion = SCHEMA_VERSION
     device_id: DeviceId
     seq: Seq
@@ -50,7 +50,7 @@ class Envelope(Strict, kw_only=True):
     )
 
 
-class LatencySummary(Strict, kw_only=True):
+class LatencySummary(Strict, frozen=True, kw_only=True):
     """Inference latency over the interval, in milliseconds."""
 
     p50: Annotated[float, Meta(ge=0, description="Median.")]
@@ -59,28 +59,29 @@ class LatencySummary(Strict, kw_only=True):
     max: Annotated[float, Meta(ge=0, description="Slowest.")] | None = None
 
 
-class Telemetry(Envelope, kw_only=True):
+class Telemetry(Envelope, frozen=True, kw_only=True):
     """A per-interval summary of what the device did."""
 
     kind: Annotated[Literal["telemetry"], Meta(description="Payload kind.")] = "telemetry"
     interval_s: Annotated[
         float, Meta(gt=0, le=86_400, description="Length of the summarised interval.")
     ]
-    model: Annotated[
-        ModelRef, Meta(description="The model that served during the interval.")
-    ] | None
+    model: (
+        Annotated[ModelRef, Meta(description="The model that served during the interval.")] | None
+    )
     inference_count: Annotated[Counter, Meta(description="Inferences in the interval.")]
     error_count: Annotated[Counter, Meta(description="Failed inputs in the interval.")] = 0
     errors: Annotated[
         dict[str, Counter], Meta(max_length=64, description="Error count by kind.")
     ] = field(default_factory=dict)
-    latency_ms: Annotated[
-        LatencySummary, Meta(description="None if no inference.")
-    ] | None = None
+    latency_ms: Annotated[LatencySummary, Meta(description="None if no inference.")] | None = None
     dropped: Annotated[Counter, Meta(description="Inputs dropped by full queues.")] = 0
     system: Annotated[
         dict[str, float],
-        Meta(max_length=64, description="Host gauges: cpu_percent, rss_mb, disk_free_mb, soc_temp_c, ..."),
+        Meta(
+            max_length=64,
+            description="Host gauges: cpu_percent, rss_mb, disk_free_mb, soc_temp_c, ...",
+        ),
     ] = field(default_factory=dict)
     confidence_histogram: Annotated[
         list[Counter], Meta(max_length=64, description="Counts of top-1 confidence in bins.")
@@ -90,7 +91,7 @@ class Telemetry(Envelope, kw_only=True):
 Phase = Literal["idle", "downloading", "verifying", "loading", "probation", "serving", "failed"]
 
 
-class State(Envelope, kw_only=True):
+class State(Envelope, frozen=True, kw_only=True):
     """The device's current state; retained, so a new subscriber sees it at once."""
 
     kind: Annotated[Literal["state"], Meta(description="Payload kind.")] = "state"
@@ -98,12 +99,12 @@ class State(Envelope, kw_only=True):
     running: Annotated[ModelRef, Meta(description="The model serving now.")] | None = None
     desired: Annotated[ModelRef, Meta(description="The model it was told to run.")] | None = None
     agent_version: Annotated[str, Meta(max_length=64, description="The agent's version.")]
-    device_class: Annotated[
-        str, Meta(max_length=64, description="Hardware class, e.g. 'pi4'.")
-    ] | None = None
-    last_error: Annotated[
-        str, Meta(max_length=2000, description="The last failure, if any.")
-    ] | None = None
+    device_class: (
+        Annotated[str, Meta(max_length=64, description="Hardware class, e.g. 'pi4'.")] | None
+    ) = None
+    last_error: (
+        Annotated[str, Meta(max_length=2000, description="The last failure, if any.")] | None
+    ) = None
 
 
 EventKind = Literal[
@@ -123,7 +124,7 @@ EventKind = Literal[
 ]
 
 
-class Event(Envelope, kw_only=True):
+class Event(Envelope, frozen=True, kw_only=True):
     """Something that happened once: update progress, an error worth a line."""
 
     kind: Annotated[Literal["event"], Meta(description="Payload kind.")] = "event"
@@ -133,7 +134,7 @@ class Event(Envelope, kw_only=True):
     detail: Annotated[str, Meta(max_length=2000, description="One line of detail.")] = ""
 
 
-class Status(Strict, kw_only=True):
+class Status(Strict, frozen=True, kw_only=True):
     """Online/offline; published retained at connect and set as the Last Will."""
 
     schema_version: SchemaVersion = SCHEMA_VERSION
@@ -145,7 +146,7 @@ class Status(Strict, kw_only=True):
     )
 
 
-class DesiredModel(Strict, kw_only=True):
+class DesiredModel(Strict, frozen=True, kw_only=True):
     """Where to fetch the artifact bundle of a model version, and how to check it."""
 
     name: Annotated[str, Meta(description="Model name (checked as a ModelRef by the device).")]
@@ -155,16 +156,14 @@ class DesiredModel(Strict, kw_only=True):
     ]
     sha256: Annotated[Sha256Hex, Meta(description="SHA-256 of the bundle file.")]
     size: Annotated[int, Meta(ge=1, description="Bundle size in bytes.")]
-    signature: Annotated[
-        str, Meta(max_length=200, description="Manifest signature.")
-    ] | None = None
+    signature: Annotated[str, Meta(max_length=200, description="Manifest signature.")] | None = None
 
     @property
     def ref(self) -> ModelRef:
         return ModelRef(name=self.name, version=self.version)
 
 
-class DesiredState(Strict, kw_only=True):
+class DesiredState(Strict, frozen=True, kw_only=True):
     """What the server wants a device to run; retained, so a device sees it on (re)connect.
 
     ``seq`` is the server's per-device desired-state revision; a device ignores a desired state
@@ -181,7 +180,7 @@ class DesiredState(Strict, kw_only=True):
     model: Annotated[DesiredModel, Meta(description="None: run no model.")] | None
 
 
-class Result(Envelope, kw_only=True):
+class Result(Envelope, frozen=True, kw_only=True):
     """One postprocessed inference result, published by the ``mqtt`` result sink.
 
     ``output`` is what the task's postprocessor made (``top_k``, ``detections``, ``classes``,
@@ -190,18 +189,19 @@ class Result(Envelope, kw_only=True):
     """
 
     kind: Annotated[Literal["result"], Meta(description="Payload kind.")] = "result"
-    model: Annotated[
-        ModelRef, Meta(description="The model that produced it (None: no model).")
-    ] | None
+    model: (
+        Annotated[ModelRef, Meta(description="The model that produced it (None: no model).")] | None
+    )
     input_id: Annotated[str, Meta(max_length=512, description="Where the input came from.")]
     task: Annotated[Task, Meta(description="The model's task.")] | None = None
-    output: Annotated[
-        dict[str, Any],
-        Meta(description="The postprocessed output; None for a failed input."),
-    ] | None = None
-    error: Annotated[
-        str, Meta(max_length=2000, description="Why the input failed.")
-    ] | None = None
+    output: (
+        Annotated[
+            dict[str, Any],
+            Meta(description="The postprocessed output; None for a failed input."),
+        ]
+        | None
+    ) = None
+    error: Annotated[str, Meta(max_length=2000, description="Why the input failed.")] | None = None
 
 
 Payload = Telemetry | State | Event | Status | DesiredState | Result
@@ -226,9 +226,21 @@ def decode(channel: Channel, raw: bytes, *, device_id: str | None = None) -> Pay
     When ``device_id`` (from the topic) is given, the payload must name the same device: a
     device cannot speak for another by writing another id in the body.
     """
+    cls = PAYLOAD_TYPES[channel]
+    if len(raw) <= MAX_PAYLOAD_BYTES:
+        # The common case in one msgspec pass; anything it refuses (an older schema version to
+        # migrate, or an error) takes the path below, whose errors are the ones reported.
+        try:
+            with decoding():
+                fast = msgspec.json.decode(raw, type=cls)
+        except msgspec.DecodeError:
+            pass
+        else:
+            if device_id is None or fast.device_id == device_id:
+                return fast
     what = f"{channel.value} payload"
     data = load_json_object(raw, what=what, max_bytes=MAX_PAYLOAD_BYTES)
-    payload = validate(PAYLOAD_TYPES[channel], migrate(data, what=what), what=what)
+    payload = validate(cls, migrate(data, what=what), what=what)
     if device_id is not None and payload.device_id != device_id:
         raise ContractError(
             f"{what}: device_id {payload.device_id!r} does not match topic device {device_id!r}"

@@ -56,3 +56,9 @@ def test_module_entry_point_prints_version() -> None:
         [sys.executable, "-m", "edgefleet", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stdout.startswith("edgefleet ")
+
+
+@pytest.mark.parametrize(("command", "extra"), [("server", "server"), ("convert", "convert")])
+def test_missing_pydantic_names_the_commands_own_extra(command: str, extra: str) -> None:
+    err = ModuleNotFoundError("No module named 'pydantic'", name="pydantic")
+    assert f"pip install 'edgefleet[{extra}]'" in missing_extra_message(err, command)

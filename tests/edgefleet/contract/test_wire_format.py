@@ -38,7 +38,9 @@ def _public_pem() -> bytes:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def test_signing_bytes_are_those_of_the_pydantic_contract() -> None:
@@ -86,9 +88,13 @@ def test_built_in_python_encodes_like_decoded() -> None:
 
 def test_construction_validates_like_decoding() -> None:
     data: dict[str, Any] = json.loads(_read("telemetry.in.json"))
-    with pytest.raises(ContractError, match=r"invalid Telemetry: Expected `int` >= 0 - at `\$.seq`"):
+    with pytest.raises(
+        ContractError, match=r"invalid Telemetry: Expected `int` >= 0 - at `\$.seq`"
+    ):
         Telemetry(**{**data, "seq": -1})
-    with pytest.raises(ContractError, match=r"Expected `str` matching regex .* - at `\$.model.name`"):
+    with pytest.raises(
+        ContractError, match=r"Expected `str` matching regex .* - at `\$.model.name`"
+    ):
         Telemetry(**{**data, "model": {"name": "Bad Name", "version": "1"}})
     manifest = parse_manifest(_read("manifest.in.json"))
     with pytest.raises(ContractError, match=r"^invalid Manifest: files lists a path twice$"):
