@@ -128,3 +128,17 @@ def test_pydantic_bridge_json_schema_is_inline() -> None:
     pre = schema["properties"]["preprocessing"]["anyOf"][0]
     assert pre["properties"]["layout"]["enum"] == ["flat", "nchw", "nhwc"]
     assert pre["properties"]["scale"]["exclusiveMinimum"] == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("device_id", "pi-01\n"), ("model", {"name": "digits\n", "version": "1"})],
+)
+def test_patterns_match_the_whole_string(field: str, value: object) -> None:
+    """msgspec matches with re.search, where '$' also matches before a final newline."""
+    with pytest.raises(ContractError, match=r"matching regex .*\\\\Z' - at `\$\."):
+        _event(**{field: value})
+    with pytest.raises(ContractError, match=r"matching regex .*\\\\Z. - at `\$\.sha256`"):
+        DesiredModel.model_validate(
+            {"name": "x", "version": "1", "url": "u", "sha256": "a" * 64 + "\n", "size": 1}
+        )
