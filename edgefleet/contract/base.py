@@ -38,14 +38,18 @@ def decoding() -> Iterator[None]:
         _DECODING.reset(token)
 
 
-def one_line(err: msgspec.ValidationError | msgspec.DecodeError) -> str:
+def one_line(err: Exception) -> str:
     """msgspec's message (already ``... - at `$.path```) on one line."""
     return " ".join(str(err).split())
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Base for every contract struct: unknown fields are rejected, values are not coerced
-    between unrelated types, instances are immutable (and hashable when their fields are)."""
+    between unrelated types, instances are immutable (and hashable when their fields are).
+
+    Subclasses repeat ``frozen=True, kw_only=True``: msgspec applies kw_only only to the fields
+    a class defines itself, and mypy needs frozen repeated. Cross-field rules go in
+    ``__post_init__``, after ``super().__post_init__()``, raising ValueError."""
 
     def __post_init__(self) -> None:
         """Validate an instance built in Python; subclasses call this first, then check."""
@@ -56,7 +60,7 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
             with decoding():
                 checked = msgspec.json.decode(msgspec.json.encode(self), type=cls)
         except (msgspec.ValidationError, msgspec.EncodeError, TypeError) as err:
-            raise ContractError(f"invalid {cls.__name__}: {' '.join(str(err).split())}") from err
+            raise ContractError(f"invalid {cls.__name__}: {one_line(err)}") from err
         # Take the decoded values: nested dicts become structs, ints in float fields floats.
         for name in self.__struct_fields__:
             msgspec.structs.force_setattr(self, name, getattr(checked, name))
