@@ -75,7 +75,9 @@ def _declared(path: Path, fmt: str) -> tuple[list[TensorSpec], list[TensorSpec]]
 
         def ort_spec(i: Any, n: int) -> TensorSpec:
             shape = [d if isinstance(d, int) and d > 0 else f"d{k}" for k, d in enumerate(i.shape)]
-            return TensorSpec(name=i.name, shape=shape, dtype=ORT_DTYPES[i.type])
+            return TensorSpec.model_validate(
+                {"name": i.name, "shape": shape, "dtype": ORT_DTYPES[i.type]}
+            )
 
         return (
             [ort_spec(i, n) for n, i in enumerate(sess.get_inputs())],

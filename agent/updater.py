@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
-from pydantic import ValidationError
-
 from agent.engine import LoadedModel
 from agent.errors import AgentError, UpdateError
 from agent.faults import crash_point
@@ -29,7 +27,7 @@ from agent.probation import HealthMonitor
 from agent.state import AgentState, ModelSlot, Serving
 from agent.store import DataDir
 from edgefleet.artifact import ArtifactError, unpack_bundle
-from edgefleet.contract import DesiredModel, DesiredState, ModelRef
+from edgefleet.contract import ContractError, DesiredModel, DesiredState, ModelRef
 from edgefleet.contract.payloads import EventKind
 
 log = logging.getLogger(__name__)
@@ -138,8 +136,8 @@ class Updater:
             return
         try:
             ref = target.ref
-        except ValidationError as err:
-            detail = f"desired model has an invalid name or version: {err.errors()[0]['msg']}"
+        except ContractError as err:
+            detail = f"desired model has an invalid name or version: {err}"
             self._fail(None, detail)
             return
         self.state.update(desired=ref)

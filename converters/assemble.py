@@ -20,7 +20,7 @@ from converters.sources import LoadedModel
 from converters.validators import CheckResult
 from edgefleet.contract import Manifest, ModelFile, SelfTest, TensorSpec
 from edgefleet.contract.manifest import BuildInfo, Metrics, ReferenceStats, SourceInfo
-from edgefleet.contract.parsing import describe_validation_error
+from edgefleet.pydantic_errors import describe_validation_error
 
 MODEL_FILE = "model.onnx"
 SELFTEST_FILE = "selftest.npz"

@@ -155,7 +155,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[Path, Path, ConvertOpti
     from converters.errors import InputError
     from converters.inputs import parse_input_shape, read_labels, read_preprocessing
     from converters.options import ConvertOptions
-    from edgefleet.contract.parsing import describe_validation_error
+    from edgefleet.pydantic_errors import describe_validation_error
 
     shapes: dict[str, list[int]] = {}
     for text in args.input_shape:

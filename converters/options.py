@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgefleet.contract import ModelName, ModelVersion, Preprocessing
+from edgefleet.contract.pydantic_types import ModelName, ModelVersion, PreprocessingField
 
 ConvertTask = Literal["classification", "regression", "raw"]
 QuantizeMode = Literal["auto", "int8", "fp16", "none"]
@@ -37,7 +37,7 @@ class ConvertOptions(BaseModel):
         default=None,
         description="What the outputs mean; inferred from a scikit-learn model, else 'raw'.",
     )
-    preprocessing: Preprocessing | None = Field(
+    preprocessing: PreprocessingField | None = Field(
         default=None, description="Image → tensor recipe copied into the manifest."
     )
     labels: list[str] | None = Field(

@@ -57,6 +57,15 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "torch": "convert-torch",
 }
 
+#: Modules more than one extra provides (pydantic: server and convert) → the command's own extra.
+EXTRA_FOR_COMMAND: dict[str, str] = {
+    "convert": "convert",
+    "agent": "agent",
+    "server": "server",
+    "fleet": "cli",
+}
+SHARED_MODULES = frozenset({"pydantic", "pydantic_core"})
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -80,7 +89,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def missing_extra_message(err: ModuleNotFoundError, command: str) -> str:
     top = (err.name or "").split(".")[0]
-    extra = EXTRA_FOR_MODULE.get(top)
+    if top in SHARED_MODULES:
+        extra = EXTRA_FOR_COMMAND.get(command)
+    else:
+        extra = EXTRA_FOR_MODULE.get(top)
     if extra is None:
         return f"edgefleet {command}: missing Python module {err.name!r}"
     return (

@@ -20,6 +20,7 @@ from edgefleet.contract import (
     ContractError,
     DesiredState,
     Event,
+    LatencySummary,
     ModelRef,
     State,
     Status,
@@ -145,11 +146,11 @@ class SimDevice:
             inference_count=count if self.running else 0,
             error_count=errors if self.running else 0,
             errors={"inference": errors} if errors and self.running else {},
-            latency_ms={
-                "p50": max(0.0, samples[16]),
-                "p95": max(0.0, samples[30]),
-                "p99": max(0.0, samples[31]),
-            }
+            latency_ms=LatencySummary(
+                p50=max(0.0, samples[16]),
+                p95=max(0.0, samples[30]),
+                p99=max(0.0, samples[31]),
+            )
             if self.running
             else None,
             confidence_histogram=histogram if self.running else [],

@@ -20,8 +20,10 @@ FORBIDDEN_DISTS = {
     "fastapi", "starlette", "uvicorn", "sqlmodel", "sqlalchemy", "alembic", "amqtt",
     "tensorflow", "tensorflow-cpu", "torch", "skl2onnx", "scikit-learn", "onnx",
     "boto3", "botocore", "s3transfer", "moto",
+    # The device process never imports pydantic (RSS budget); the contract is msgspec.
+    "pydantic", "pydantic-core", "pydantic-settings",
 }  # fmt: skip
-FORBIDDEN_MODULES = {"fastapi", "sqlmodel", "sqlalchemy", "torch", "tensorflow"}
+FORBIDDEN_MODULES = {"fastapi", "sqlmodel", "sqlalchemy", "torch", "tensorflow", "pydantic"}
 FORBIDDEN_MODULES |= {"fleet_server", "converters", "amqtt", "sklearn", "boto3", "botocore"}
 
 IMPORT_ALL_AGENT_MODULES = f"""
@@ -57,9 +59,11 @@ def test_agent_extra_installs_light(tmp_path: Path) -> None:
 
     listed = _run([py, "-m", "pip", "list", "--format", "json"], tmp_path)
     dists = {d["name"].lower().replace("_", "-") for d in json.loads(listed.stdout)}
-    assert {"onnxruntime", "numpy", "paho-mqtt", "opencv-python-headless"} <= dists
+    assert {"onnxruntime", "numpy", "paho-mqtt", "opencv-python-headless", "msgspec"} <= dists
     assert not (FORBIDDEN_DISTS & dists), sorted(FORBIDDEN_DISTS & dists)
 
+    no_pydantic = "import importlib.util as u; assert u.find_spec('pydantic') is None"
+    assert _run([py, "-c", no_pydantic], tmp_path).returncode == 0, "pydantic is installed"
     imported = _run([py, "-c", IMPORT_ALL_AGENT_MODULES], tmp_path)
     assert imported.returncode == 0, imported.stderr[-3000:]
     assert int(imported.stdout.strip()) >= 5

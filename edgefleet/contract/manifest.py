@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from msgspec import Meta, field
 
 from edgefleet.contract.common import (
     SCHEMA_VERSION,
@@ -51,191 +51,247 @@ def _safe_relative_path(value: str) -> str:
     return value
 
 
-class QuantParams(Strict):
+class QuantParams(Strict, frozen=True, kw_only=True):
     """Affine quantization of a tensor: ``real = scale * (q - zero_point)``."""
 
-    scale: list[float] = Field(min_length=1, description="One scale, or one per channel.")
-    zero_point: list[int] = Field(min_length=1, description="Same length as scale.")
-    axis: int | None = Field(default=None, description="Channel axis for per-channel params.")
+    scale: Annotated[list[float], Meta(min_length=1, description="One scale, or one per channel.")]
+    zero_point: Annotated[list[int], Meta(min_length=1, description="Same length as scale.")]
+    axis: Annotated[int, Meta(description="Channel axis for per-channel params.")] | None = None
 
-    @model_validator(mode="after")
-    def _lengths(self) -> QuantParams:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.scale) != len(self.zero_point):
             raise ValueError("scale and zero_point must have the same length")
         if len(self.scale) > 1 and self.axis is None:
             raise ValueError("per-channel params need an axis")
         if any(s <= 0 for s in self.scale):
             raise ValueError("scales must be positive")
-        return self
 
 
-class TensorSpec(Strict):
+#: A static dimension is >= 1; a dynamic one is named (e.g. 'batch').
+Dim = (
+    Annotated[int, Meta(ge=1, description="A static dimension (>= 1).")]
+    | Annotated[str, Meta(min_length=1, max_length=64, description="A dynamic dimension's name.")]
+)
+
+
+class TensorSpec(Strict, frozen=True, kw_only=True):
     """A model input or output."""
 
-    name: str = Field(min_length=1, max_length=256, description="Tensor name in the graph.")
-    shape: list[int | str] = Field(
-        max_length=8,
-        description="Dimensions; a string is a dynamic dimension's symbolic name (e.g. 'batch').",
-    )
-    dtype: Dtype = Field(description="Element type.")
-    quantization: QuantParams | None = Field(
-        default=None, description="Present when the tensor is quantized."
-    )
-
-    @field_validator("shape")
-    @classmethod
-    def _dims(cls, shape: list[int | str]) -> list[int | str]:
-        for dim in shape:
-            if isinstance(dim, int) and dim < 1:
-                raise ValueError("static dimensions must be >= 1; name dynamic ones")
-            if isinstance(dim, str) and not (0 < len(dim) <= 64):
-                raise ValueError("dynamic dimension names must be 1-64 characters")
-        return shape
+    name: Annotated[
+        str, Meta(min_length=1, max_length=256, description="Tensor name in the graph.")
+    ]
+    shape: Annotated[
+        list[Dim],
+        Meta(
+            max_length=8,
+            description="Dimensions; a string names a dynamic dimension (e.g. 'batch').",
+        ),
+    ]
+    dtype: Annotated[Dtype, Meta(description="Element type.")]
+    quantization: (
+        Annotated[QuantParams, Meta(description="Present when the tensor is quantized.")] | None
+    ) = None
 
 
-class ResizeSpec(Strict):
+class ResizeSpec(Strict, frozen=True, kw_only=True):
     """How an image is brought to the model's input size."""
 
-    width: int = Field(ge=1, le=8192)
-    height: int = Field(ge=1, le=8192)
-    mode: Literal["stretch", "letterbox"] = Field(
-        default="stretch", description="'letterbox' keeps the aspect ratio and pads."
-    )
-    interpolation: Literal["linear", "nearest", "area", "cubic"] = "area"
-    pad_value: int = Field(default=114, ge=0, le=255, description="Letterbox padding value.")
+    width: Annotated[int, Meta(ge=1, le=8192, description="Target width in pixels.")]
+    height: Annotated[int, Meta(ge=1, le=8192, description="Target height in pixels.")]
+    mode: Annotated[
+        Literal["stretch", "letterbox"],
+        Meta(description="'letterbox' keeps the aspect ratio and pads."),
+    ] = "stretch"
+    interpolation: Annotated[
+        Literal["linear", "nearest", "area", "cubic"], Meta(description="OpenCV interpolation.")
+    ] = "area"
+    pad_value: Annotated[int, Meta(ge=0, le=255, description="Letterbox padding value.")] = 114
 
 
-class Preprocessing(Strict):
+class Preprocessing(Strict, frozen=True, kw_only=True):
     """Image → tensor: ``x = (pixel * scale - mean) / std`` per channel, then layout and dtype.
 
     Images are decoded as 8-bit; ``color`` is the channel order the model expects.
     """
 
-    color: Literal["rgb", "bgr", "gray"] = "rgb"
-    resize: ResizeSpec | None = None
-    scale: float = Field(default=1 / 255, gt=0, description="Applied to raw 0-255 pixels first.")
-    mean: list[float] = Field(default_factory=list, description="Per channel; empty for none.")
-    std: list[float] = Field(default_factory=list, description="Per channel; empty for none.")
-    invert: bool = Field(default=False, description="Use 255 - pixel (dark-on-light → light).")
-    layout: Literal["nchw", "nhwc", "flat"] = Field(
-        default="nchw", description="'flat' flattens each image to one row (classic ML models)."
+    color: Annotated[
+        Literal["rgb", "bgr", "gray"], Meta(description="Channel order the model expects.")
+    ] = "rgb"
+    resize: Annotated[ResizeSpec, Meta(description="None: the image is used as is.")] | None = None
+    scale: Annotated[float, Meta(gt=0, description="Applied to raw 0-255 pixels first.")] = 1 / 255
+    mean: Annotated[list[float], Meta(description="Per channel; empty for none.")] = field(
+        default_factory=list
     )
-    dtype: Dtype = "float32"
+    std: Annotated[list[float], Meta(description="Per channel; empty for none.")] = field(
+        default_factory=list
+    )
+    invert: Annotated[bool, Meta(description="Use 255 - pixel (dark-on-light → light).")] = False
+    layout: Annotated[
+        Literal["nchw", "nhwc", "flat"],
+        Meta(description="'flat' flattens each image to one row (classic ML models)."),
+    ] = "nchw"
+    dtype: Annotated[Dtype, Meta(description="Element type of the tensor.")] = "float32"
 
-    @model_validator(mode="after")
-    def _channels(self) -> Preprocessing:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         channels = 1 if self.color == "gray" else 3
         for label, values in (("mean", self.mean), ("std", self.std)):
             if values and len(values) not in (1, channels):
                 raise ValueError(f"{label} needs 1 or {channels} values for color={self.color}")
         if any(s == 0 for s in self.std):
             raise ValueError("std values must be non-zero")
-        return self
 
 
-class ModelFile(Strict):
+class ModelFile(Strict, frozen=True, kw_only=True):
     """One file of the artifact, relative to the manifest."""
 
-    path: str = Field(description="Relative POSIX path inside the artifact directory.")
+    path: Annotated[str, Meta(description="Relative POSIX path inside the artifact directory.")]
     sha256: Sha256Hex
-    size: int = Field(ge=0, le=MAX_FILE_BYTES, description="Size in bytes.")
-    role: Literal["model", "selftest", "labels", "extra"] = "model"
+    size: Annotated[int, Meta(ge=0, le=MAX_FILE_BYTES, description="Size in bytes.")]
+    role: Annotated[
+        Literal["model", "selftest", "labels", "extra"], Meta(description="What the file is for.")
+    ] = "model"
 
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        return _safe_relative_path(value)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _safe_relative_path(self.path)
 
 
-class SourceInfo(Strict):
+class SourceInfo(Strict, frozen=True, kw_only=True):
     """Where the model came from and what made the artifact."""
 
-    framework: Framework
-    framework_version: str | None = Field(default=None, max_length=64)
-    tools: dict[str, str] = Field(
-        default_factory=dict, description="Tool name → version, e.g. {'onnxruntime': '1.20.0'}."
-    )
-    original_file: str | None = Field(default=None, max_length=255)
+    framework: Annotated[Framework, Meta(description="The source model's framework.")]
+    framework_version: (
+        Annotated[str, Meta(max_length=64, description="Version of the source framework.")] | None
+    ) = None
+    tools: Annotated[
+        dict[str, str], Meta(description="Tool name → version, e.g. {'onnxruntime': '1.20.0'}.")
+    ] = field(default_factory=dict)
+    original_file: (
+        Annotated[str, Meta(max_length=255, description="The source file's name.")] | None
+    ) = None
 
 
-class Metrics(Strict):
+class Metrics(Strict, frozen=True, kw_only=True):
     """Measured quality and speed of this artifact at conversion time."""
 
-    top1: float | None = Field(default=None, ge=0, le=1, description="Top-1 accuracy on eval.")
-    eval_samples: int | None = Field(default=None, ge=0)
-    latency_ms_p50: float | None = Field(default=None, ge=0)
-    latency_ms_p95: float | None = Field(default=None, ge=0)
-    threads: int | None = Field(default=None, ge=1, description="Threads used for latency.")
-    extra: dict[str, float] = Field(default_factory=dict)
+    top1: Annotated[float, Meta(ge=0, le=1, description="Top-1 accuracy on eval.")] | None = None
+    eval_samples: Annotated[int, Meta(ge=0, description="Rows behind top1.")] | None = None
+    latency_ms_p50: Annotated[float, Meta(ge=0, description="Median latency.")] | None = None
+    latency_ms_p95: Annotated[float, Meta(ge=0, description="95th percentile.")] | None = None
+    threads: Annotated[int, Meta(ge=1, description="Threads used for latency.")] | None = None
+    extra: Annotated[dict[str, float], Meta(description="Other named numbers.")] = field(
+        default_factory=dict
+    )
 
 
-class SelfTest(Strict):
+class SelfTest(Strict, frozen=True, kw_only=True):
     """Known input → expected output, run by the device before it serves the model.
 
     ``file`` is an ``.npz`` (loaded with ``allow_pickle=False``) holding ``input/<name>`` and
     ``output/<name>`` arrays; outputs are compared with ``numpy.allclose(atol, rtol)``.
     """
 
-    file: str
-    atol: float = Field(default=1e-4, ge=0)
-    rtol: float = Field(default=1e-3, ge=0)
-    outputs: list[str] = Field(min_length=1, description="Output names that are compared.")
+    file: Annotated[str, Meta(description="The .npz file, listed in files as 'selftest'.")]
+    atol: Annotated[float, Meta(ge=0, description="Absolute tolerance.")] = 1e-4
+    rtol: Annotated[float, Meta(ge=0, description="Relative tolerance.")] = 1e-3
+    outputs: Annotated[list[str], Meta(min_length=1, description="Output names that are compared.")]
 
 
-class ReferenceStats(Strict):
+class ReferenceStats(Strict, frozen=True, kw_only=True):
     """What the input and output looked like on the calibration/eval set (for drift)."""
 
-    samples: int = Field(ge=1)
-    channel_mean: list[float] = Field(default_factory=list)
-    channel_std: list[float] = Field(default_factory=list)
-    histogram_edges: list[float] = Field(default_factory=list)
-    channel_histograms: list[list[int]] = Field(default_factory=list)
-    output_distribution: list[float] = Field(
-        default_factory=list, description="Class frequencies for classifiers."
+    samples: Annotated[int, Meta(ge=1, description="Rows the statistics come from.")]
+    channel_mean: Annotated[list[float], Meta(description="Input mean per channel.")] = field(
+        default_factory=list
     )
+    channel_std: Annotated[list[float], Meta(description="Input std per channel.")] = field(
+        default_factory=list
+    )
+    histogram_edges: Annotated[list[float], Meta(description="Shared bin edges.")] = field(
+        default_factory=list
+    )
+    channel_histograms: Annotated[
+        list[list[int]], Meta(description="Counts per channel over histogram_edges.")
+    ] = field(default_factory=list)
+    output_distribution: Annotated[
+        list[float], Meta(description="Class frequencies for classifiers.")
+    ] = field(default_factory=list)
 
 
-class BuildInfo(Strict):
+class BuildInfo(Strict, frozen=True, kw_only=True):
     """How the converter produced this artifact."""
 
-    calibration_sha256: Sha256Hex | None = None
-    config: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    report_file: str | None = None
+    calibration_sha256: (
+        Annotated[Sha256Hex, Meta(description="SHA-256 of the calibration data.")] | None
+    ) = None
+    config: Annotated[
+        dict[str, str | int | float | bool], Meta(description="The converter's settings.")
+    ] = field(default_factory=dict)
+    report_file: Annotated[str, Meta(description="The conversion report's file.")] | None = None
 
 
-class Signature(Strict):
+class Signature(Strict, frozen=True, kw_only=True):
     """Ed25519 signature over :func:`signing_bytes` of the manifest."""
 
-    algorithm: Literal["ed25519"] = "ed25519"
-    key_id: str = Field(min_length=1, max_length=64, description="Which trusted key signed.")
-    value: str = Field(min_length=1, max_length=200, description="Base64 signature.")
+    algorithm: Annotated[Literal["ed25519"], Meta(description="Signature algorithm.")] = "ed25519"
+    key_id: Annotated[
+        str, Meta(min_length=1, max_length=64, description="Which trusted key signed.")
+    ]
+    value: Annotated[str, Meta(min_length=1, max_length=200, description="Base64 signature.")]
 
 
-class Manifest(Strict):
+class Manifest(Strict, frozen=True, kw_only=True):
     """``manifest.json``: everything a device and the server need to know about an artifact."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Annotated[Literal[1], Meta(description="Contract schema version.")] = (
+        SCHEMA_VERSION
+    )
     name: ModelName
     version: ModelVersion
-    format: Format
-    precision: Precision
-    model_file: str = Field(description="The path (in files) the runtime loads.")
-    files: list[ModelFile] = Field(min_length=1, max_length=64)
-    inputs: list[TensorSpec] = Field(min_length=1, max_length=16)
-    outputs: list[TensorSpec] = Field(min_length=1, max_length=16)
-    preprocessing: Preprocessing | None = None
-    task: Task = "raw"
-    labels: list[str] = Field(default_factory=list, max_length=100_000)
-    source: SourceInfo
-    metrics: Metrics = Field(default_factory=Metrics)
-    self_test: SelfTest | None = None
-    reference_stats: ReferenceStats | None = None
-    build: BuildInfo = Field(default_factory=BuildInfo)
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    signature: Signature | None = None
+    format: Annotated[Format, Meta(description="Model file format.")]
+    precision: Annotated[Precision, Meta(description="Numeric precision of the weights.")]
+    model_file: Annotated[str, Meta(description="The path (in files) the runtime loads.")]
+    files: Annotated[
+        list[ModelFile], Meta(min_length=1, max_length=64, description="Every file, hashed.")
+    ]
+    inputs: Annotated[
+        list[TensorSpec], Meta(min_length=1, max_length=16, description="Model inputs.")
+    ]
+    outputs: Annotated[
+        list[TensorSpec], Meta(min_length=1, max_length=16, description="Model outputs.")
+    ]
+    preprocessing: (
+        Annotated[Preprocessing, Meta(description="Image → tensor recipe; None: raw tensors.")]
+        | None
+    ) = None
+    task: Annotated[Task, Meta(description="What the outputs mean.")] = "raw"
+    labels: Annotated[list[str], Meta(max_length=100_000, description="Class names, by index.")] = (
+        field(default_factory=list)
+    )
+    source: Annotated[SourceInfo, Meta(description="Where the model came from.")]
+    metrics: Annotated[Metrics, Meta(description="Measured at conversion time.")] = field(
+        default_factory=Metrics
+    )
+    self_test: Annotated[SelfTest, Meta(description="Run by the device before serving.")] | None = (
+        None
+    )
+    reference_stats: (
+        Annotated[ReferenceStats, Meta(description="Input/output statistics for drift.")] | None
+    ) = None
+    build: Annotated[BuildInfo, Meta(description="How the converter built it.")] = field(
+        default_factory=BuildInfo
+    )
+    created_at: Annotated[datetime, Meta(description="When the artifact was made.")] = field(
+        default_factory=lambda: datetime.now(UTC)
+    )
+    signature: (
+        Annotated[Signature, Meta(description="Ed25519 signature; None: unsigned.")] | None
+    ) = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Manifest:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         paths = [f.path for f in self.files]
         if len(set(paths)) != len(paths):
             raise ValueError("files lists a path twice")
@@ -254,7 +310,6 @@ class Manifest(Strict):
         expected_suffix = {"onnx": ".onnx", "tflite": ".tflite"}[self.format]
         if not self.model_file.endswith(expected_suffix):
             raise ValueError(f"a {self.format} model_file must end with {expected_suffix}")
-        return self
 
     @property
     def ref(self) -> ModelRef:

@@ -1,4 +1,4 @@
-"""Turning untrusted bytes into contract models, with one-line errors."""
+"""Turning untrusted bytes into contract structs, with one-line errors."""
 
 from __future__ import annotations
 
@@ -6,29 +6,18 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+import msgspec
 
+from edgefleet.contract.base import Strict, decoding, one_line
 from edgefleet.contract.common import SCHEMA_VERSION
 from edgefleet.contract.errors import ContractError
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=Strict)
 
 #: Upgrades from schema version N to N+1, applied in order to a parsed JSON object before
 #: validation. Version 1 is the first; add ``MIGRATIONS[1] = upgrade_1_to_2`` with version 2.
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 MIGRATIONS: dict[int, Migration] = {}
-
-
-def describe_validation_error(err: ValidationError, *, limit: int = 3) -> str:
-    """Summarise a pydantic error in one line: ``field.path: message; ...``."""
-    parts = []
-    for item in err.errors()[:limit]:
-        loc = ".".join(str(p) for p in item["loc"]) or "(root)"
-        parts.append(f"{loc}: {item['msg']}")
-    more = err.error_count() - limit
-    if more > 0:
-        parts.append(f"and {more} more")
-    return "; ".join(parts)
 
 
 def load_json_object(raw: bytes | str, *, what: str, max_bytes: int) -> dict[str, Any]:
@@ -69,9 +58,10 @@ def migrate(data: dict[str, Any], *, what: str) -> dict[str, Any]:
 def validate(model: type[M], data: dict[str, Any], *, what: str) -> M:
     """Validate a migrated object against ``model``, converting errors to ContractError."""
     try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise ContractError(f"invalid {what}: {describe_validation_error(err)}") from err
+        with decoding():
+            return msgspec.convert(data, type=model)
+    except msgspec.ValidationError as err:
+        raise ContractError(f"invalid {what}: {one_line(err)}") from err
 
 
 def canonical_json(data: Any) -> bytes:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field
+import msgspec
+from msgspec import Meta, field
 
+from edgefleet.contract.base import decoding
 from edgefleet.contract.common import (
     SCHEMA_VERSION,
     DeviceId,
@@ -28,66 +30,81 @@ from edgefleet.contract.topics import Channel
 #: A payload larger than this is refused unread (by ingest and by the agent).
 MAX_PAYLOAD_BYTES = 64 * 1024
 
-Seq = Annotated[int, Field(ge=0, le=2**63 - 1, description="Per-device monotonic number.")]
-Counter = Annotated[int, Field(ge=0)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1, description="Per-device monotonic number.")]
+Counter = Annotated[int, Meta(ge=0)]
+#: A timestamp with a timezone (naive datetimes are refused).
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+SchemaVersion = Annotated[Literal[1], Meta(description="Contract schema version.")]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Envelope(Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class Envelope(Strict, frozen=True, kw_only=True):
+    schema_version: SchemaVersion = SCHEMA_VERSION
     device_id: DeviceId
     seq: Seq
-    ts: AwareDatetime = Field(default_factory=utcnow, description="When the device sent it.")
+    ts: Annotated[AwareDatetime, Meta(description="When the device sent it.")] = field(
+        default_factory=utcnow
+    )
 
 
-class LatencySummary(Strict):
+class LatencySummary(Strict, frozen=True, kw_only=True):
     """Inference latency over the interval, in milliseconds."""
 
-    p50: float = Field(ge=0)
-    p95: float = Field(ge=0)
-    p99: float | None = Field(default=None, ge=0)
-    max: float | None = Field(default=None, ge=0)
+    p50: Annotated[float, Meta(ge=0, description="Median.")]
+    p95: Annotated[float, Meta(ge=0, description="95th percentile.")]
+    p99: Annotated[float, Meta(ge=0, description="99th percentile.")] | None = None
+    max: Annotated[float, Meta(ge=0, description="Slowest.")] | None = None
 
 
-class Telemetry(Envelope):
+class Telemetry(Envelope, frozen=True, kw_only=True):
     """A per-interval summary of what the device did."""
 
-    kind: Literal["telemetry"] = "telemetry"
-    interval_s: float = Field(gt=0, le=86_400, description="Length of the summarised interval.")
-    model: ModelRef | None = Field(description="The model that served during the interval.")
-    inference_count: Counter
-    error_count: Counter = 0
-    errors: dict[str, Counter] = Field(
-        default_factory=dict, max_length=64, description="Error count by kind."
+    kind: Annotated[Literal["telemetry"], Meta(description="Payload kind.")] = "telemetry"
+    interval_s: Annotated[
+        float, Meta(gt=0, le=86_400, description="Length of the summarised interval.")
+    ]
+    model: (
+        Annotated[ModelRef, Meta(description="The model that served during the interval.")] | None
     )
-    latency_ms: LatencySummary | None = Field(default=None, description="None if no inference.")
-    dropped: Counter = Field(default=0, description="Inputs dropped by full queues.")
-    system: dict[str, float] = Field(
-        default_factory=dict,
-        max_length=64,
-        description="Host gauges: cpu_percent, rss_mb, disk_free_mb, soc_temp_c, ...",
-    )
-    confidence_histogram: list[Counter] = Field(
-        default_factory=list, max_length=64, description="Counts of top-1 confidence in bins."
-    )
+    inference_count: Annotated[Counter, Meta(description="Inferences in the interval.")]
+    error_count: Annotated[Counter, Meta(description="Failed inputs in the interval.")] = 0
+    errors: Annotated[
+        dict[str, Counter], Meta(max_length=64, description="Error count by kind.")
+    ] = field(default_factory=dict)
+    latency_ms: Annotated[LatencySummary, Meta(description="None if no inference.")] | None = None
+    dropped: Annotated[Counter, Meta(description="Inputs dropped by full queues.")] = 0
+    system: Annotated[
+        dict[str, float],
+        Meta(
+            max_length=64,
+            description="Host gauges: cpu_percent, rss_mb, disk_free_mb, soc_temp_c, ...",
+        ),
+    ] = field(default_factory=dict)
+    confidence_histogram: Annotated[
+        list[Counter], Meta(max_length=64, description="Counts of top-1 confidence in bins.")
+    ] = field(default_factory=list)
 
 
 Phase = Literal["idle", "downloading", "verifying", "loading", "probation", "serving", "failed"]
 
 
-class State(Envelope):
+class State(Envelope, frozen=True, kw_only=True):
     """The device's current state; retained, so a new subscriber sees it at once."""
 
-    kind: Literal["state"] = "state"
-    phase: Phase
-    running: ModelRef | None = None
-    desired: ModelRef | None = None
-    agent_version: str = Field(max_length=64)
-    device_class: str | None = Field(default=None, max_length=64)
-    last_error: str | None = Field(default=None, max_length=2000)
+    kind: Annotated[Literal["state"], Meta(description="Payload kind.")] = "state"
+    phase: Annotated[Phase, Meta(description="What the agent is doing.")]
+    running: Annotated[ModelRef, Meta(description="The model serving now.")] | None = None
+    desired: Annotated[ModelRef, Meta(description="The model it was told to run.")] | None = None
+    agent_version: Annotated[str, Meta(max_length=64, description="The agent's version.")]
+    device_class: (
+        Annotated[str, Meta(max_length=64, description="Hardware class, e.g. 'pi4'.")] | None
+    ) = None
+    last_error: (
+        Annotated[str, Meta(max_length=2000, description="The last failure, if any.")] | None
+    ) = None
 
 
 EventKind = Literal[
@@ -107,57 +124,63 @@ EventKind = Literal[
 ]
 
 
-class Event(Envelope):
+class Event(Envelope, frozen=True, kw_only=True):
     """Something that happened once: update progress, an error worth a line."""
 
-    kind: Literal["event"] = "event"
-    event: EventKind
-    model: ModelRef | None = None
-    progress: float | None = Field(default=None, ge=0, le=1)
-    detail: str = Field(default="", max_length=2000)
+    kind: Annotated[Literal["event"], Meta(description="Payload kind.")] = "event"
+    event: Annotated[EventKind, Meta(description="What happened.")]
+    model: Annotated[ModelRef, Meta(description="The model it concerns.")] | None = None
+    progress: Annotated[float, Meta(ge=0, le=1, description="0-1, for downloads.")] | None = None
+    detail: Annotated[str, Meta(max_length=2000, description="One line of detail.")] = ""
 
 
-class Status(Strict):
+class Status(Strict, frozen=True, kw_only=True):
     """Online/offline; published retained at connect and set as the Last Will."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    kind: Literal["status"] = "status"
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    kind: Annotated[Literal["status"], Meta(description="Payload kind.")] = "status"
     device_id: DeviceId
-    status: Literal["online", "offline"]
-    ts: AwareDatetime = Field(default_factory=utcnow)
+    status: Annotated[Literal["online", "offline"], Meta(description="Connection status.")]
+    ts: Annotated[AwareDatetime, Meta(description="When it was set.")] = field(
+        default_factory=utcnow
+    )
 
 
-class DesiredModel(Strict):
+class DesiredModel(Strict, frozen=True, kw_only=True):
     """Where to fetch the artifact bundle of a model version, and how to check it."""
 
-    name: str
-    version: str
-    url: str = Field(min_length=1, max_length=2048, description="HTTP(S) URL of the bundle.")
-    sha256: Sha256Hex = Field(description="SHA-256 of the bundle file.")
-    size: int = Field(ge=1, description="Bundle size in bytes.")
-    signature: str | None = Field(default=None, max_length=200, description="Manifest signature.")
+    name: Annotated[str, Meta(description="Model name (checked as a ModelRef by the device).")]
+    version: Annotated[str, Meta(description="Model version (checked as a ModelRef).")]
+    url: Annotated[
+        str, Meta(min_length=1, max_length=2048, description="HTTP(S) URL of the bundle.")
+    ]
+    sha256: Annotated[Sha256Hex, Meta(description="SHA-256 of the bundle file.")]
+    size: Annotated[int, Meta(ge=1, description="Bundle size in bytes.")]
+    signature: Annotated[str, Meta(max_length=200, description="Manifest signature.")] | None = None
 
     @property
     def ref(self) -> ModelRef:
         return ModelRef(name=self.name, version=self.version)
 
 
-class DesiredState(Strict):
+class DesiredState(Strict, frozen=True, kw_only=True):
     """What the server wants a device to run; retained, so a device sees it on (re)connect.
 
     ``seq`` is the server's per-device desired-state revision; a device ignores a desired state
     whose seq is lower than one it has already acted on.
     """
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    kind: Literal["desired"] = "desired"
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    kind: Annotated[Literal["desired"], Meta(description="Payload kind.")] = "desired"
     device_id: DeviceId
     seq: Seq
-    ts: AwareDatetime = Field(default_factory=utcnow)
-    model: DesiredModel | None = Field(description="None: run no model.")
+    ts: Annotated[AwareDatetime, Meta(description="When the server set it.")] = field(
+        default_factory=utcnow
+    )
+    model: Annotated[DesiredModel, Meta(description="None: run no model.")] | None
 
 
-class Result(Envelope):
+class Result(Envelope, frozen=True, kw_only=True):
     """One postprocessed inference result, published by the ``mqtt`` result sink.
 
     ``output`` is what the task's postprocessor made (``top_k``, ``detections``, ``classes``,
@@ -165,14 +188,20 @@ class Result(Envelope):
     a device that is offline drops them (oldest first).
     """
 
-    kind: Literal["result"] = "result"
-    model: ModelRef | None = Field(description="The model that produced it (None: no model).")
-    input_id: str = Field(max_length=512, description="Where the input came from.")
-    task: Task | None = Field(default=None, description="The model's task.")
-    output: dict[str, Any] | None = Field(
-        default=None, description="The postprocessed output; None for a failed input."
+    kind: Annotated[Literal["result"], Meta(description="Payload kind.")] = "result"
+    model: (
+        Annotated[ModelRef, Meta(description="The model that produced it (None: no model).")] | None
     )
-    error: str | None = Field(default=None, max_length=2000, description="Why the input failed.")
+    input_id: Annotated[str, Meta(max_length=512, description="Where the input came from.")]
+    task: Annotated[Task, Meta(description="The model's task.")] | None = None
+    output: (
+        Annotated[
+            dict[str, Any],
+            Meta(description="The postprocessed output; None for a failed input."),
+        ]
+        | None
+    ) = None
+    error: Annotated[str, Meta(max_length=2000, description="Why the input failed.")] | None = None
 
 
 Payload = Telemetry | State | Event | Status | DesiredState | Result
@@ -188,7 +217,7 @@ PAYLOAD_TYPES: dict[Channel, type[Payload]] = {
 
 def encode(payload: Payload) -> bytes:
     """The JSON bytes published on the wire."""
-    return payload.model_dump_json(exclude_none=False).encode()
+    return msgspec.json.encode(payload)
 
 
 def decode(channel: Channel, raw: bytes, *, device_id: str | None = None) -> Payload:
@@ -197,9 +226,21 @@ def decode(channel: Channel, raw: bytes, *, device_id: str | None = None) -> Pay
     When ``device_id`` (from the topic) is given, the payload must name the same device: a
     device cannot speak for another by writing another id in the body.
     """
+    cls = PAYLOAD_TYPES[channel]
+    if len(raw) <= MAX_PAYLOAD_BYTES:
+        # The common case in one msgspec pass; anything it refuses (an older schema version to
+        # migrate, or an error) takes the path below, whose errors are the ones reported.
+        try:
+            with decoding():
+                fast = msgspec.json.decode(raw, type=cls)
+        except msgspec.DecodeError:
+            pass
+        else:
+            if device_id is None or fast.device_id == device_id:
+                return fast
     what = f"{channel.value} payload"
     data = load_json_object(raw, what=what, max_bytes=MAX_PAYLOAD_BYTES)
-    payload = validate(PAYLOAD_TYPES[channel], migrate(data, what=what), what=what)
+    payload = validate(cls, migrate(data, what=what), what=what)
     if device_id is not None and payload.device_id != device_id:
         raise ContractError(
             f"{what}: device_id {payload.device_id!r} does not match topic device {device_id!r}"

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -34,7 +33,6 @@ from edgefleet.contract import (
     parse_topic,
 )
 from edgefleet.contract.parsing import load_json_object
-from edgefleet.contract.payloads import PAYLOAD_TYPES
 from fleet_server.messaging.stats import IngestStats
 from fleet_server.messaging.writes import write_batch
 from fleet_server.models.types import utcnow
@@ -209,13 +207,11 @@ class IngestWriter:
         if len(message.payload) > MAX_PAYLOAD_BYTES:
             self._reject("oversized", message, f"{len(message.payload)} bytes")
             return None
-        payload = _fast_decode(channel, message.payload, device_id)
-        if payload is None:
-            try:
-                payload = decode(channel, message.payload, device_id=device_id)
-            except ContractError as err:
-                self._reject(_classify(message.payload, device_id), message, str(err))
-                return None
+        try:
+            payload = decode(channel, message.payload, device_id=device_id)
+        except ContractError as err:
+            self._reject(_classify(message.payload, device_id), message, str(err))
+            return None
         if not isinstance(payload, Telemetry | State | Event | Status):
             self._reject("schema", message, "not a device payload")
             return None
@@ -227,21 +223,6 @@ class IngestWriter:
             "ingest rejected a message",
             extra={"reason": reason, "topic": message.topic[:200], "detail": detail[:300]},
         )
-
-
-def _fast_decode(channel: Channel, raw: bytes, device_id: str) -> Payload | None:
-    """A current-schema payload parsed and validated in one pydantic-core pass, or None.
-
-    None sends the message down :func:`decode` (older schema versions are migrated there, and
-    its errors are the ones counted and logged), so accepting nothing new here is the rule.
-    """
-    try:
-        payload = PAYLOAD_TYPES[channel].model_validate_json(raw)
-    except ValidationError:
-        return None
-    if payload.device_id != device_id:
-        return None
-    return payload
 
 
 def _classify(raw: bytes, device_id: str) -> str:

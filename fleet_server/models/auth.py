@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from sqlmodel import Field, SQLModel
 
-from edgefleet.contract import DeviceId
+from edgefleet.contract.pydantic_types import DeviceId
 from fleet_server.models.devices import Tags
 from fleet_server.models.types import UTCDateTime, utcnow
 

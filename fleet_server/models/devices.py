@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlmodel import Field, SQLModel
 
-from edgefleet.contract import DeviceId, ModelName, ModelVersion
+from edgefleet.contract.pydantic_types import DeviceId, ModelName, ModelVersion
 from fleet_server.models.types import UTCDateTime, utcnow
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")

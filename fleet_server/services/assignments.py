@@ -9,7 +9,8 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select, update
 
-from edgefleet.contract import DesiredModel, DesiredState, DeviceId, ModelName, ModelVersion
+from edgefleet.contract import DesiredModel, DesiredState
+from edgefleet.contract.pydantic_types import DeviceId, ModelName, ModelVersion
 from edgefleet.mqtt import MqttError
 from fleet_server.models import Device
 from fleet_server.models import ModelVersion as ModelVersionRow

@@ -47,7 +47,8 @@ def test_enroll_writes_credentials_the_agent_config_uses(
             )
         out = tmp_path / "etc" / "credentials.json"
         argv = ["agent", "enroll", "--server", server.url, "--out", str(out)]
-        assert run([*argv, "--enrollment-token", grant["token"]]) == 0
+        # "=": a random token may begin with "-", which argparse would take for an option.
+        assert run([*argv, f"--enrollment-token={grant['token']}"]) == 0
         printed = capsys.readouterr().out
         assert "enrolled as dev-" in printed and str(out) in printed
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -70,7 +71,7 @@ def test_enroll_writes_credentials_the_agent_config_uses(
         # The one-use token is spent; the file is not touched by the refused second try.
         before = out.read_bytes()
         again = tmp_path / "second.json"
-        assert run([*argv[:-1], str(again), "--enrollment-token", grant["token"]]) == 1
+        assert run([*argv[:-1], str(again), f"--enrollment-token={grant['token']}"]) == 1
         err = capsys.readouterr().err
         assert "refused the enrollment (410)" in err and "used up" in err
         assert not again.exists() and out.read_bytes() == before

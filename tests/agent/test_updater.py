@@ -291,7 +291,9 @@ def test_invalid_model_name_is_refused(tmp_path: Path, server: BundleServer) -> 
     assert desired.model is not None
     bad = desired.model.model_copy(update={"name": "../../etc"})
     h.updater.apply(desired.model_copy(update={"model": bad}))
-    assert h.kinds() == ["update.failed"] and "invalid name or version" in h.events[0]["detail"]
+    detail = h.events[0]["detail"]
+    assert h.kinds() == ["update.failed"] and "invalid name or version" in detail
+    assert "invalid ModelRef: Expected `str` matching regex" in detail and "`$.name`" in detail
 
 
 def test_desired_none_unloads(serving_v1: Harness) -> None:

@@ -89,7 +89,10 @@ def test_options_from_args(tmp_path: Path) -> None:
         (["--name", "Bad Name!"], "bad option: name: Value error, invalid model name"),
         (["--version", "../1"], "bad option: version"),
         (["--task", "raw", "--labels", "LABELS"], "labels only make sense"),
-        (["--preprocessing", "PRE"], "preprocessing: color"),
+        (
+            ["--preprocessing", "PRE"],
+            "invalid preprocessing: Expected `str`, got `int` - at `$.color`",
+        ),
         (["--preprocessing", "HUGE"], "huge.json is 70000 bytes; the limit is 65536"),
         (["--labels", "NOPE"], "no such file"),
     ],

@@ -32,10 +32,13 @@ def test_preprocessing_roundtrip(tmp_path: Path) -> None:
         (b"{not json", "not valid JSON"),
         (b"\xff\xfe\x00garbage", "not valid JSON"),
         (b"[1, 2, 3]", "must be a JSON object, got list"),
-        (b'{"color": "purple"}', "invalid preprocessing: color"),
+        (
+            b'{"color": "purple"}',
+            r"invalid preprocessing: Invalid enum value .purple. - at `\$\.color`",
+        ),
         (b'{"color": "rgb", "mean": [1, 2]}', "mean needs 1 or 3 values"),
-        (b'{"color": "rgb", "rm": "-rf"}', "rm: Extra inputs are not permitted"),
-        (b'{"scale": -1}', "scale: Input should be greater than 0"),
+        (b'{"color": "rgb", "rm": "-rf"}', "Object contains unknown field `rm`"),
+        (b'{"scale": -1}', r"Expected `float` > 0\.0 - at `\$\.scale`"),
         (b"", "not valid JSON"),
     ],
 )

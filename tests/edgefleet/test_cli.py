@@ -77,3 +77,9 @@ def test_running_one_subcommand_imports_only_its_cli_module() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(("command", "extra"), [("server", "server"), ("convert", "convert")])
+def test_missing_pydantic_names_the_commands_own_extra(command: str, extra: str) -> None:
+    err = ModuleNotFoundError("No module named 'pydantic'", name="pydantic")
+    assert f"pip install 'edgefleet[{extra}]'" in missing_extra_message(err, command)

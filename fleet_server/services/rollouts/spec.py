@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgefleet.contract import DeviceId, ModelName, ModelVersion
+from edgefleet.contract.pydantic_types import DeviceId, ModelName, ModelVersion
 from fleet_server.models.devices import Tags
 
 

@@ -45,18 +45,18 @@ def test_signing_bytes_are_canonical_and_exclude_signature(manifest_dict: dict[s
 @pytest.mark.parametrize(
     ("changes", "fragment"),
     [
-        ({"surprise": 1}, "surprise"),
+        ({"surprise": 1}, "Object contains unknown field `surprise`"),
         ({"schema_version": 99}, "newer than this EdgeFleet understands"),
         ({"schema_version": "1"}, "schema_version is missing or not an integer"),
         ({"schema_version": True}, "schema_version is missing or not an integer"),
-        ({"name": "Bad Name!"}, "invalid model name"),
-        ({"name": "../../etc"}, "invalid model name"),
-        ({"version": "1.0/evil"}, "invalid model version"),
-        ({"format": "pickle"}, "format"),
+        ({"name": "Bad Name!"}, "matching regex '^[a-z0-9][a-z0-9._-]{0,62}\\\\Z' - at `$.name`"),
+        ({"name": "../../etc"}, "matching regex '^[a-z0-9][a-z0-9._-]{0,62}\\\\Z' - at `$.name`"),
+        ({"version": "1.0/evil"}, "- at `$.version`"),
+        ({"format": "pickle"}, "- at `$.format`"),
         ({"model_file": "other.onnx"}, "model_file"),
         ({"model_file": "selftest.npz"}, "model_file"),
-        ({"inputs": []}, "inputs"),
-        ({"task": "astrology"}, "task"),
+        ({"inputs": []}, "Expected `array` of length >= 1 - at `$.inputs`"),
+        ({"task": "astrology"}, "- at `$.task`"),
     ],
 )
 def test_rejects_bad_top_level_fields(
@@ -74,7 +74,7 @@ def test_rejects_bad_top_level_fields(
 )
 def test_rejects_file_paths_that_escape(manifest_dict: dict[str, Any], path: str) -> None:
     files = [dict(manifest_dict["files"][0], path=path), manifest_dict["files"][1]]
-    with pytest.raises(ContractError, match="files.0.path"):
+    with pytest.raises(ContractError, match=r"- at `\$\.files\[0\]`"):
         parse_manifest(_with(manifest_dict, files=files))
 
 
@@ -82,15 +82,15 @@ def test_rejects_duplicate_files_and_bad_hashes(manifest_dict: dict[str, Any]) -
     first = manifest_dict["files"][0]
     with pytest.raises(ContractError, match="twice"):
         parse_manifest(_with(manifest_dict, files=[first, first]))
-    with pytest.raises(ContractError, match="sha256"):
+    with pytest.raises(ContractError, match=r"- at `\$\.files\[0\]\.sha256`"):
         parse_manifest(_with(manifest_dict, files=[dict(first, sha256="XYZ")]))
-    with pytest.raises(ContractError, match="size"):
+    with pytest.raises(ContractError, match=r">= 0 - at `\$\.files\[0\]\.size`"):
         parse_manifest(_with(manifest_dict, files=[dict(first, size=-1)]))
 
 
 def test_rejects_inconsistent_tensors_and_preprocessing(manifest_dict: dict[str, Any]) -> None:
     bad_dim = [dict(manifest_dict["inputs"][0], shape=[0, 64])]
-    with pytest.raises(ContractError, match="static dimensions"):
+    with pytest.raises(ContractError, match=r">= 1 - at `\$\.inputs\[0\]\.shape\[0\]`"):
         parse_manifest(_with(manifest_dict, inputs=bad_dim))
     quant = {"scale": [0.1, 0.2], "zero_point": [0]}
     with pytest.raises(ContractError, match="same length"):
@@ -125,5 +125,5 @@ def test_rejects_oversized_before_parsing() -> None:
 
 def test_every_field_is_documented_in_docs() -> None:
     doc = (Path(__file__).parents[3] / "docs" / "contract.md").read_text()
-    for field in Manifest.model_fields:
+    for field in Manifest.__struct_fields__:
         assert f"`{field}`" in doc, f"docs/contract.md does not document manifest field {field}"

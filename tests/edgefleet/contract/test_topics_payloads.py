@@ -126,10 +126,19 @@ def test_payload_bad_inputs_each_get_one_line() -> None:
     cases: list[tuple[bytes, str]] = [
         (b"not json", "not valid JSON"),
         (b"[]", "must be a JSON object"),
-        (json.dumps({**telemetry, "seq": -1}).encode(), "seq"),
-        (json.dumps({**telemetry, "extra": 1}).encode(), "extra"),
-        (json.dumps({k: v for k, v in telemetry.items() if k != "seq"}).encode(), "seq"),
-        (json.dumps({**telemetry, "ts": "2026-11-23T12:00:00"}).encode(), "timezone"),
+        (
+            json.dumps({**telemetry, "seq": -1}).encode(),
+            "invalid telemetry payload: Expected `int` >= 0 - at `$.seq`",
+        ),
+        (json.dumps({**telemetry, "extra": 1}).encode(), "unknown field `extra`"),
+        (
+            json.dumps({k: v for k, v in telemetry.items() if k != "seq"}).encode(),
+            "missing required field `seq`",
+        ),
+        (
+            json.dumps({**telemetry, "ts": "2026-11-23T12:00:00"}).encode(),
+            "Expected `datetime` with a timezone component - at `$.ts`",
+        ),
         (json.dumps({**telemetry, "schema_version": 2}).encode(), "newer"),
         (b'{"x": "' + b"y" * MAX_PAYLOAD_BYTES + b'"}', "limit"),
     ]
