@@ -17,7 +17,11 @@ TOKEN_FILE = "operator_token"  # noqa: S105 - a file name, not a secret
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """32 random bytes, URL-safe; never starting with '-', which a command line would take for
+    an option (``edgefleet agent enroll --enrollment-token -x...``)."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
 
 
 def hash_token(token: str) -> str:

@@ -10,11 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
 from fleet_server.app import create_app
 from fleet_server.runtime import Runtime
@@ -188,3 +190,34 @@ class MqttProbe:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+@contextmanager
+def migrated_engine(
+    database_url: str, devices: tuple[str, ...], created_at: datetime
+) -> Iterator[Engine]:
+    """An engine on a migrated database holding ``devices`` (for tests that write telemetry
+    rows directly, as ingest would)."""
+    from sqlalchemy import insert
+    from sqlmodel import SQLModel
+
+    from fleet_server.db import make_engine, migrate
+
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        with engine.begin() as conn:
+            for device in devices:
+                conn.execute(
+                    insert(SQLModel.metadata.tables["device"]).values(
+                        device_id=device,
+                        token_hash=f"hash-{device}",
+                        tags=[],
+                        created_at=created_at,
+                        online=False,
+                        desired_revision=0,
+                    )
+                )
+        yield engine
+    finally:
+        engine.dispose()

@@ -39,3 +39,11 @@ def test_device_tokens() -> None:
     assert a != b and len(a) >= 40
     assert hash_token(a) == hashlib.sha256(a.encode()).hexdigest()
     assert tokens_equal(a, a) and not tokens_equal(a, b)
+
+
+def test_new_tokens_never_look_like_a_command_line_option() -> None:
+    from fleet_server.services.auth import new_token
+
+    tokens = [new_token() for _ in range(3000)]  # ~47 would start with '-' by chance
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and all(len(t) == 43 for t in tokens)

@@ -9,10 +9,8 @@ import hashlib
 import hmac
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,6 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, insert
 from sqlmodel import Session, SQLModel, select
 
-from fleet_server.db import make_engine, migrate
 from fleet_server.models import DriftAlert, DriftBucket, DriftStatus
 from fleet_server.services.drift import Aggregate, DriftConfig, DriftJob, backend_for
 from fleet_server.services.drift.detectors import (
@@ -38,6 +35,8 @@ from fleet_server.services.drift.retrain import (
     WebhookBackend,
     WebhookRetrainConfig,
 )
+from tests.fleet_server.helpers import migrated_engine
+from tests.utils.webhook import Received, webhook_server
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 CONFIDENT = [0, 0, 0, 0, 0, 0, 0, 5, 15, 80]  # top-1 confidence mostly in the last bin
@@ -91,24 +90,8 @@ def test_configs_refuse_nonsense() -> None:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    try:
-        migrate(engine)
-        with engine.begin() as conn:
-            for device in ("dev-a", "dev-b"):
-                conn.execute(
-                    insert(SQLModel.metadata.tables["device"]).values(
-                        device_id=device,
-                        token_hash=f"hash-{device}",
-                        tags=[],
-                        created_at=T0,
-                        online=True,
-                        desired_revision=0,
-                    )
-                )
+    with migrated_engine(database_url, ("dev-a", "dev-b"), T0) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 class Fleet:
@@ -264,31 +247,13 @@ def test_a_failing_backend_is_recorded_and_the_job_goes_on(engine: Engine, tmp_p
 
 
 @pytest.fixture
-def webhook() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(500 if b'"fail"' in body else 202)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/retrain", received
-    finally:
-        server.shutdown()
-        server.server_close()
+def webhook() -> Iterator[tuple[str, Received]]:
+    with webhook_server(lambda _h, body: 500 if b'"fail"' in body else 202) as server:
+        yield server
 
 
 def test_webhook_signs_the_exact_body(
-    webhook: tuple[str, list[tuple[dict[str, str], bytes]]],
+    webhook: tuple[str, Received],
 ) -> None:
     url, received = webhook
     backend = WebhookBackend(

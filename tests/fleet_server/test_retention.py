@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Engine, insert, select, text
 from sqlmodel import SQLModel
 
-from fleet_server.db import make_engine, migrate
 from fleet_server.services.retention import RetentionJob
+from tests.fleet_server.helpers import migrated_engine
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -22,24 +22,8 @@ OLD = NOW - timedelta(days=8)  # 2026-11-15 12:00
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    try:
-        migrate(engine)
-        with engine.begin() as conn:
-            for device in ("dev-a", "dev-b"):
-                conn.execute(
-                    insert(SQLModel.metadata.tables["device"]).values(
-                        device_id=device,
-                        token_hash=f"hash-{device}",
-                        tags=[],
-                        created_at=NOW,
-                        online=False,
-                        desired_revision=0,
-                    )
-                )
+    with migrated_engine(database_url, ("dev-a", "dev-b"), NOW) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 def _raw(device: str, seq: int, ts: datetime, **values: Any) -> dict[str, Any]:

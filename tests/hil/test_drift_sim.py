@@ -9,10 +9,8 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from hil.fleet import FleetSimulator
 from tests.fleet_server.helpers import wait_until
 from tests.utils.artifacts import signed_digits_bundles
 from tests.utils.server import live_server
+from tests.utils.webhook import Received, webhook_server
 
 pytestmark = pytest.mark.integration
 
@@ -41,32 +40,16 @@ DRIFT = {
 }
 
 
+def _signed(headers: dict[str, str], body: bytes) -> int:
+    expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    ok = hmac.compare_digest(headers.get("x-edgefleet-signature", ""), f"sha256={expected}")
+    return 202 if ok else 401
+
+
 @pytest.fixture
-def hook() -> Iterator[tuple[str, list[bytes]]]:
-    bodies: list[bytes] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            signature = self.headers.get("X-EdgeFleet-Signature", "")
-            expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-            ok = hmac.compare_digest(signature, f"sha256={expected}")
-            if ok:
-                bodies.append(body)
-            self.send_response(202 if ok else 401)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/retrain", bodies
-    finally:
-        server.shutdown()
-        server.server_close()
+def hook() -> Iterator[tuple[str, Received]]:
+    with webhook_server(_signed) as server:
+        yield server
 
 
 def _verdicts(client: Any) -> dict[str, str]:
@@ -79,11 +62,16 @@ def _verdicts(client: Any) -> dict[str, str]:
 
 
 def test_changed_inputs_open_an_alert_trigger_retraining_and_close(
-    tmp_path: Path, mqtt_url: str, hook: tuple[str, list[bytes]]
+    tmp_path: Path, mqtt_url: str, hook: tuple[str, Received]
 ) -> None:
     from fleet_server.client.api import FleetClient
 
-    url, bodies = hook
+    url, received = hook
+
+    def bodies() -> list[bytes]:
+        """The bodies of the correctly signed calls."""
+        return [body for headers, body in received if _signed(headers, body) == 202]
+
     bundles, _key = signed_digits_bundles(tmp_path / "bundles", ["1.0.0"])
     retrain = {"type": "webhook", "url": url, "secret": SECRET}
     with live_server(tmp_path, broker_url=mqtt_url, drift=DRIFT, retrain=retrain) as server:
@@ -110,7 +98,7 @@ def test_changed_inputs_open_an_alert_trigger_retraining_and_close(
                 "reference formed, every detector ok",
                 every=0.2,
             )
-            assert bodies == []
+            assert received == []
             for device in fleet.devices:  # the world changes: the model is unsure now
                 device.behaviour = dataclasses.replace(normal, confidence=0.35)
             wait_until(
@@ -119,8 +107,8 @@ def test_changed_inputs_open_an_alert_trigger_retraining_and_close(
                 "confidence_shift: drift",
                 every=0.2,
             )
-            wait_until(lambda: len(bodies) == 1, 10, "one webhook call", every=0.1)
-            sent = json.loads(bodies[0])
+            wait_until(lambda: len(bodies()) == 1, 10, "one webhook call", every=0.1)
+            sent = json.loads(bodies()[0])
             assert (sent["model"], sent["version"]) == ("digits", "1.0.0")
             alerts = client.drift()["alerts"]
             assert any(a["trigger_status"] == "sent" for a in alerts)
@@ -133,7 +121,7 @@ def test_changed_inputs_open_an_alert_trigger_retraining_and_close(
                 "alerts closed",
                 every=0.2,
             )
-            assert len(bodies) == 1  # one model, one trigger (cooldown)
+            assert len(bodies()) == len(received) == 1  # one trigger (cooldown), signed
         finally:
             fleet.stop()
             client.close()
