@@ -2,7 +2,8 @@
 
 ```
 <data_dir>/seq.json                    sequence numbers (agent.seq)
-<data_dir>/current.json                committed model: {"name", "version", "path"}
+<data_dir>/current.json                committed model: {"name", "version", "path"}, plus
+                                       "announced": false until update.committed is queued
 <data_dir>/artifacts/<name>/<version>/ unpacked, verified artifacts
 <data_dir>/downloads/                  bundles being fetched (*.part)
 ```
@@ -30,6 +31,8 @@ MAX_POINTER_BYTES = 64 * 1024
 class Committed:
     ref: ModelRef
     path: Path
+    #: False: committed, but the agent stopped before ``update.committed`` was queued.
+    announced: bool = True
 
 
 class DataDir:
@@ -74,14 +77,18 @@ class DataDir:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             log.warning("ignoring unusable model pointer", extra={"error": str(err)[:200]})
             return None
-        return Committed(ref=ref, path=self.artifact_dir(ref))
+        announced = data.get("announced", True) is not False
+        return Committed(ref=ref, path=self.artifact_dir(ref), announced=announced)
 
-    def write_pointer(self, ref: ModelRef | None) -> None:
-        """Commit ``ref`` (None: no model) atomically, fsync + rename."""
-        data: dict[str, str | None] = {"name": None, "version": None, "path": None}
+    def write_pointer(self, ref: ModelRef | None, *, announced: bool = True) -> None:
+        """Commit ``ref`` (None: no model) atomically, fsync + rename. ``announced=False``
+        marks a commit whose ``update.committed`` event is not queued yet: a restart sends it."""
+        data: dict[str, str | bool | None] = {"name": None, "version": None, "path": None}
         if ref is not None:
             path = self.artifact_dir(ref).relative_to(self.root)
             data = {"name": ref.name, "version": ref.version, "path": str(path)}
+            if not announced:
+                data["announced"] = False
         write_json_atomic(self.root / POINTER_FILE, data)
 
     def prune(self, keep: set[ModelRef]) -> None:

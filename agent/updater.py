@@ -6,7 +6,9 @@ probation → commit pointer → committed. Every step is reported as an event; 
 :class:`~agent.probation.HealthMonitor`, a model that replaced another serves on probation
 first: healthy → ``update.committed`` and only then ``current.json``; unhealthy → the previous
 model (still loaded) is swapped back at once and ``update.rolled_back`` names the reason. A stop
-or crash during probation leaves ``current.json`` on the previous model.
+or crash during probation leaves ``current.json`` on the previous model. The pointer is written
+marked "not announced" before ``update.committed`` is queued and unmarked after: a crash in
+between sends the event at the next start (at least once).
 """
 
 from __future__ import annotations
@@ -122,6 +124,15 @@ class Updater:
         ref = serving.model.ref
         self.state.update(phase="serving", running=ref, desired=ref)
         log.info("serving committed model", extra={"model": str(ref)})
+        if not committed.announced:  # the agent stopped between the commit and its event
+            self._emit("update.committed", model=ref, detail="committed before a restart")
+            self._write_pointer(ref)
+
+    def _write_pointer(self, ref: ModelRef, *, announced: bool = True) -> None:
+        try:
+            self.store.write_pointer(ref, announced=announced)
+        except OSError as err:
+            log.error("cannot write the model pointer", extra={"error": str(err)})
 
     def apply(self, desired: DesiredState) -> None:
         """Act on one desired state (synchronously)."""
@@ -163,13 +174,11 @@ class Updater:
                 self._roll_back(ref, old, reason)
                 return
         crash_point("before_commit")
-        try:
-            self.store.write_pointer(ref)
-        except OSError as err:
-            log.error("cannot write the model pointer", extra={"error": str(err)})
+        self._write_pointer(ref, announced=False)
         crash_point("after_commit")
         self.state.update(phase="serving", running=ref, last_error=None)
-        self._emit("update.committed", model=ref)
+        self._emit("update.committed", model=ref)  # queued in the outbox: durable from here
+        self._write_pointer(ref)
         log.info("model committed", extra={"model": str(ref)})
         keep = {ref} | ({old.model.ref} if old is not None else set())
         self.store.prune(keep)

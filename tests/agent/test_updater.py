@@ -144,6 +144,26 @@ def test_update_commits_and_survives_restart(
     restarted = make_harness(h.store.root, h.server)
     restarted.updater.load_committed()
     assert restarted.running() == V2 and restarted.state.snapshot.phase == "serving"
+    assert restarted.events == []  # announced before the restart: nothing to say again
+
+
+def test_a_commit_cut_off_before_its_event_is_announced_at_the_next_start(
+    serving_v1: Harness, digits_v2: Path, tmp_path: Path
+) -> None:
+    h = serving_v1
+    h.updater.apply(h.desired("/v2.tar.gz", bundle_bytes(digits_v2, tmp_path)))
+    # As if the agent died between writing the pointer and queueing update.committed.
+    h.store.write_pointer(V2, announced=False)
+    assert json.loads((h.store.root / POINTER_FILE).read_text())["announced"] is False
+    restarted = make_harness(h.store.root, h.server)
+    restarted.updater.load_committed()
+    assert restarted.running() == V2
+    assert restarted.kinds() == ["update.committed"]
+    assert restarted.events[0]["model"] == V2
+    assert "announced" not in json.loads((h.store.root / POINTER_FILE).read_text())
+    again = make_harness(h.store.root, h.server)
+    again.updater.load_committed()
+    assert again.events == []  # once
 
 
 def test_same_model_and_old_seq_are_ignored(serving_v1: Harness, tmp_path: Path) -> None:
