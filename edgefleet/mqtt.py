@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes, bool], None]
 """Called on paho's network thread with (topic, payload, retained): keep it short."""
 
+AckedHandler = Callable[[str, bytes, bool, Callable[[], None]], None]
+"""Like MessageHandler, plus ``ack``: on a ``manual_ack`` transport the broker gets the message's
+PUBACK only when every acked handler that matched has called it (from any thread, once)."""
+
 
 class MqttError(Exception):
     """The broker could not be reached, refused us, or refused a message."""
@@ -97,8 +101,35 @@ class BrokerAddress:
 @dataclass
 class _Subscription:
     qos: int
-    handler: MessageHandler
+    handler: MessageHandler | AckedHandler
     levels: tuple[str, ...]
+    acked: bool = False
+
+
+class _PendingAck:
+    """Sends one message's PUBACK once each of ``count`` handlers has acknowledged it; each
+    handler's ``ack`` counts once, however often it is called."""
+
+    def __init__(self, client: Any, mid: int, qos: int, count: int) -> None:
+        self._client, self._mid, self._qos = client, mid, qos
+        self._left = count
+        self._lock = threading.Lock()
+
+    def part(self) -> Callable[[], None]:
+        done = False
+
+        def ack() -> None:
+            nonlocal done
+            with self._lock:
+                if done:
+                    return
+                done = True
+                self._left -= 1
+                if self._left != 0:
+                    return
+            self._client.ack(self._mid, self._qos)
+
+        return ack
 
 
 def _filter_levels(topic_filter: str) -> tuple[str, ...]:
@@ -146,6 +177,8 @@ class MqttTransport:
         max_queued: int = 0,
         session_expiry_s: int | None = None,
         on_subscribed: Callable[[], None] | None = None,
+        manual_ack: bool = False,
+        receive_maximum: int | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -171,7 +204,9 @@ class MqttTransport:
             client_id=client_id,
             protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
             clean_session=None if protocol == 5 else session_expiry_s is None,
+            manual_ack=manual_ack,
         )
+        self._manual_ack = manual_ack
         self._client.enable_logger(logging.getLogger("paho"))
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.max_queued_messages_set(max_queued)
@@ -189,12 +224,17 @@ class MqttTransport:
         self._connect_properties: Any = None
         if session_expiry_s is not None and not 0 <= session_expiry_s <= 0xFFFFFFFF:
             raise MqttError(f"session_expiry_s must be 0..4294967295, got {session_expiry_s}")
-        if protocol == 5 and session_expiry_s is not None:
+        if protocol == 5 and (session_expiry_s is not None or receive_maximum is not None):
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
             self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            self._connect_properties.SessionExpiryInterval = session_expiry_s
+            if session_expiry_s is not None:
+                self._connect_properties.SessionExpiryInterval = session_expiry_s
+            if receive_maximum is not None:
+                # How many QoS 1 messages the broker may send before our PUBACKs: with manual
+                # acks this is the window between receiving and storing.
+                self._connect_properties.ReceiveMaximum = max(1, min(receive_maximum, 65535))
         self._clean_start = session_expiry_s is None
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
@@ -261,10 +301,21 @@ class MqttTransport:
 
     # -- messages ----------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: MessageHandler, *, qos: int = 1) -> None:
+        self._add(topic_filter, _Subscription(qos, handler, _filter_levels(topic_filter)))
+
+    def subscribe_acked(self, topic_filter: str, handler: AckedHandler, *, qos: int = 1) -> None:
+        """``handler`` acknowledges each message itself (``manual_ack`` transports): the broker
+        keeps it, and sends it again after a reconnect, until then."""
+        if not self._manual_ack:
+            raise MqttError("subscribe_acked needs a transport created with manual_ack=True")
+        self._add(
+            topic_filter, _Subscription(qos, handler, _filter_levels(topic_filter), acked=True)
+        )
+
+    def _add(self, topic_filter: str, sub: _Subscription) -> None:
+        qos = sub.qos
         with self._lock:
-            self._subs[topic_filter] = _Subscription(
-                qos=qos, handler=handler, levels=_filter_levels(topic_filter)
-            )
+            self._subs[topic_filter] = sub
         if self.connected:
             rc, _mid = self._client.subscribe(topic_filter, qos=qos)
             self._check_rc(rc, f"subscribe to {topic_filter}")
@@ -336,13 +387,23 @@ class MqttTransport:
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
-            subs = list(self._subs.values())
+            subs = [sub for sub in self._subs.values() if topic_matches(sub.levels, msg.topic)]
+        acked = [sub for sub in subs if sub.acked]
+        pending = _PendingAck(client, msg.mid, msg.qos, len(acked)) if acked else None
+        payload = bytes(msg.payload)
         for sub in subs:
-            if topic_matches(sub.levels, msg.topic):
-                try:
-                    sub.handler(msg.topic, bytes(msg.payload), bool(msg.retain))
-                except Exception:
-                    log.exception("mqtt handler failed", extra={"topic": msg.topic[:200]})
+            ack = pending.part() if sub.acked and pending is not None else None
+            try:
+                if ack is not None:
+                    sub.handler(msg.topic, payload, bool(msg.retain), ack)  # type: ignore[call-arg]
+                else:
+                    sub.handler(msg.topic, payload, bool(msg.retain))  # type: ignore[call-arg]
+            except Exception:
+                log.exception("mqtt handler failed", extra={"topic": msg.topic[:200]})
+                if ack is not None:
+                    ack()  # it will not: do not hold the broker's window for it
+        if self._manual_ack and pending is None:
+            client.ack(msg.mid, msg.qos)  # no acked handler matched: nothing to wait for
 
     def _handle_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any

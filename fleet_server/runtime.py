@@ -185,6 +185,7 @@ class Runtime:
             on_subscribed=None if external else self._admit_devices,
             shared_group=settings.resolved_ingest_group,
             channels=channels,
+            receive_maximum=min(settings.ingest_queue_size, 65_535),
             **tls,
         )
 

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -48,6 +49,8 @@ class Inbound:
     topic: str
     payload: bytes
     received_at: datetime
+    #: With a manual-ack bus: the broker's PUBACK, sent once the batch is stored (or dropped).
+    ack: Callable[[], None] | None = None
 
 
 class IngestWriter:
@@ -74,16 +77,26 @@ class IngestWriter:
         self._pending = 0
 
     # -- called from the MQTT network thread ----------------------------------------------
-    def submit(self, topic: str, payload: bytes, retained: bool = False) -> None:
-        """Hand one message to the writer; blocks (back-pressure) up to ``submit_timeout_s``."""
+    def submit(
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool = False,
+        ack: Callable[[], None] | None = None,
+    ) -> None:
+        """Hand one message to the writer; blocks (back-pressure) up to ``submit_timeout_s``.
+        ``ack`` (a manual-ack bus) is called after the message's batch is committed, so a crash
+        before that leaves it with the broker, which sends it again."""
         self._stats.add(received=1)
         with self._idle:
             self._pending += 1
         try:
-            self._queue.put(Inbound(topic, payload, utcnow()), timeout=self._submit_timeout_s)
+            self._queue.put(Inbound(topic, payload, utcnow(), ack), timeout=self._submit_timeout_s)
         except queue.Full:
             self._stats.reject("overloaded")
             self._done(1)
+            if ack is not None:
+                ack()
             log.warning("ingest queue full; message dropped", extra={"topic": topic[:200]})
         self._stats.queue_depth = self._queue.qsize()
 
@@ -157,6 +170,9 @@ class IngestWriter:
             except Exception:  # noqa: BLE001 - the writer must outlive any one bad batch
                 log.exception("ingest batch failed", extra={"messages": len(inbound)})
             finally:
+                for message in inbound:  # stored, or refused for good: the broker may forget it
+                    if message.ack is not None:
+                        message.ack()
                 self._done(len(inbound))
 
     def _done(self, count: int) -> None:

@@ -212,3 +212,30 @@ def test_a_kept_session_survives_a_broker_restart(
 def test_session_expiry_is_bounded() -> None:
     with pytest.raises(MqttError, match="session_expiry_s"):
         MqttTransport(BrokerAddress("127.0.0.1", 1), client_id="x", session_expiry_s=-1)
+
+
+def test_pending_ack_sends_one_puback_when_every_acked_handler_is_done() -> None:
+    from edgefleet.mqtt import _PendingAck
+
+    sent: list[tuple[int, int]] = []
+
+    class Client:
+        def ack(self, mid: int, qos: int) -> None:
+            sent.append((mid, qos))
+
+    pending = _PendingAck(Client(), 7, 1, 2)
+    first, second = pending.part(), pending.part()
+    first()
+    first()  # a handler's ack counts once
+    assert sent == []
+    second()
+    second()
+    assert sent == [(7, 1)]
+
+
+def test_subscribe_acked_needs_a_manual_ack_transport() -> None:
+    from edgefleet.mqtt import BrokerAddress, MqttError, MqttTransport
+
+    transport = MqttTransport(BrokerAddress.from_url("mqtt://127.0.0.1:9"), client_id="t-acks")
+    with pytest.raises(MqttError, match="manual_ack=True"):
+        transport.subscribe_acked("edgefleet/v1/+/telemetry", lambda *_: None)
