@@ -202,9 +202,10 @@ class Updater:
         previous = old.model.ref
         detail = f"{reason}; serving {previous} again"[:2000]
         log.error("update rolled back", extra={"model": str(ref), "error": detail})
+        # Gone before anyone hears of the rollback (a test, or an operator, may look at once).
+        shutil.rmtree(self.store.artifact_dir(ref), ignore_errors=True)
         self.state.update(phase="serving", running=previous, last_error=detail)
         self._emit("update.rolled_back", model=ref, detail=detail)
-        shutil.rmtree(self.store.artifact_dir(ref), ignore_errors=True)
 
     def _prepare(self, target: DesiredModel, ref: ModelRef) -> Serving:
         dest = self.store.artifact_dir(ref)
