@@ -167,7 +167,9 @@ def test_budget_loop_spares_the_outlier_tensor(tmp_path: Path) -> None:
         assert c.excluded_nodes == c.budget_steps[-1].excluded_nodes
         assert c.name.endswith(f"-x{len(c.excluded_nodes)}")
     _never_slower(report)
-    if report.chosen != "fp32":
+    # Which candidate ships is decided by measured latency (fp16 can win on a busy machine);
+    # when it is one of the budget loop's, the manifest says mixed precision.
+    if report.chosen in {c.name for c in looped}:
         assert result.manifest.precision == "mixed"
         assert result.manifest.build.config["quant.excluded_nodes"] >= 2
 
