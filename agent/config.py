@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
-from agent.config_types import ConfigStruct, DeviceIdField, HttpUrl, MqttUrl, Secret, dec_hook
+from agent.config_types import ConfigStruct, HttpUrl, MqttUrl, Secret, dec_hook
 from agent.errors import AgentConfigError
 from agent.plugin_config import (
     FolderInputConfig,
@@ -27,6 +27,7 @@ from agent.plugin_config import (
     SinkConfig,
 )
 from agent.probation import ProbationConfig
+from edgefleet.contract.common import DeviceId
 from edgefleet.mqtt_tls import TlsError, TlsFiles, check_pem_file, client_context
 from edgefleet.structs import TableErrors, convert_tables
 from firmware_configs.profile import (
@@ -178,9 +179,7 @@ class AgentConfig(ConfigStruct, frozen=True, kw_only=True):
     """Everything one device needs to run. Built from TOML by :func:`config_from_data`, which
     first fills in the credentials file and the profile (``msgspec.convert`` alone does not)."""
 
-    device_id: Annotated[
-        DeviceIdField, Meta(description="This device's id (one MQTT topic level).")
-    ]
+    device_id: Annotated[DeviceId, Meta(description="This device's id (one MQTT topic level).")]
     server_url: Annotated[
         HttpUrl, Meta(description="Fleet server base URL, used for bundle downloads.")
     ]

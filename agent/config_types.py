@@ -9,29 +9,15 @@ validated table by table with ``edgefleet.structs.convert_tables``.
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path, PurePath
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
-from edgefleet.contract.common import DEVICE_ID_PATTERN
-from edgefleet.structs import anchored
-
 T = TypeVar("T")
 
 MASK = "**********"
-
-
-#: A device id: one MQTT topic level (the contract's pattern).
-DeviceIdField = typing.Annotated[
-    str,
-    msgspec.Meta(
-        pattern=anchored(DEVICE_ID_PATTERN),
-        description="A device id: one MQTT topic level (a-z, 0-9, '-', '_').",
-    ),
-]
 
 
 class ConfigStruct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

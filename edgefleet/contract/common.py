@@ -7,6 +7,7 @@ from typing import Annotated, Final
 import msgspec
 
 from edgefleet.contract.base import Strict
+from edgefleet.structs import anchored
 
 __all__ = [
     "DEVICE_ID_PATTERN",
@@ -31,18 +32,12 @@ MODEL_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MODEL_VERSION_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$"
 
 
-def _whole(pattern: str) -> str:
-    """``pattern`` for msgspec, which matches with ``re.search``: a final ``$`` becomes ``\\Z``, as
-    ``$`` also matches before a trailing newline ("pi-01\\n" must not pass as a device id)."""
-    return pattern.removesuffix("$") + r"\Z"
-
-
 #: A device id is one MQTT topic level: lowercase letters, digits, '-' and '_' (no '/', '+', '#'),
 #: so a broker ACL can confine a device to ``edgefleet/v1/<device_id>/#``.
 DeviceId = Annotated[
     str,
     msgspec.Meta(
-        pattern=_whole(DEVICE_ID_PATTERN),
+        pattern=anchored(DEVICE_ID_PATTERN),
         description="Device id: one MQTT topic level of lowercase letters, digits, '-', '_'.",
     ),
 ]
@@ -50,7 +45,7 @@ DeviceId = Annotated[
 ModelName = Annotated[
     str,
     msgspec.Meta(
-        pattern=_whole(MODEL_NAME_PATTERN),
+        pattern=anchored(MODEL_NAME_PATTERN),
         description="Model name: lowercase letters, digits, '.', '-', '_'; URL- and file-safe.",
     ),
 ]
@@ -58,7 +53,7 @@ ModelName = Annotated[
 ModelVersion = Annotated[
     str,
     msgspec.Meta(
-        pattern=_whole(MODEL_VERSION_PATTERN),
+        pattern=anchored(MODEL_VERSION_PATTERN),
         description="Model version, e.g. '1.2.0' or '2026-11-23.1'; URL- and file-safe.",
     ),
 ]
