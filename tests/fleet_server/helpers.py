@@ -221,3 +221,36 @@ def migrated_engine(
         yield engine
     finally:
         engine.dispose()
+
+
+def publish_telemetry(
+    url: str, devices: list[str], per_device: int, *, inflight: int = 200
+) -> None:
+    """Telemetry seq 1..``per_device`` for each device, QoS 1, from one paho client; returns
+    once the broker has acknowledged every message."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgefleet.contract import Channel, Telemetry, encode, topic
+    from edgefleet.mqtt import BrokerAddress
+
+    model = {"name": "digits", "version": "1.0.0"}
+    address = BrokerAddress.from_url(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
+    client.max_inflight_messages_set(inflight)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        infos = []
+        for seq in range(1, per_device + 1):
+            for device in devices:
+                message = Telemetry(
+                    device_id=device, seq=seq, interval_s=1, model=model, inference_count=seq
+                )
+                infos.append(client.publish(topic(device, Channel.TELEMETRY), encode(message), 1))
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+            assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -8,7 +8,6 @@ one of those messages was lost."""
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from pathlib import Path
 
@@ -17,44 +16,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import text
 
-from edgefleet.contract import Channel, Telemetry, encode, topic
 from edgefleet.mqtt import BrokerAddress
 from fleet_server.client.api import FleetClient
 from fleet_server.db import make_engine
 from tests.conftest import external_mqtt_url
-from tests.fleet_server.helpers import unique_id, wait_until
+from tests.fleet_server.helpers import publish_telemetry, unique_id, wait_until
 from tests.utils.replica import ReplicaProcess
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "operator-token-for-ingest-crash-0123"  # noqa: S105 - test-only token
-MODEL = {"name": "digits", "version": "1.0.0"}
 DEVICES, PER_DEVICE = 4, 1000
-
-
-def _publish(url: str, devices: list[str], started: threading.Event) -> None:
-    address = BrokerAddress.from_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
-    client.max_inflight_messages_set(500)
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
-        infos = []
-        for seq in range(1, PER_DEVICE + 1):
-            for device in devices:
-                message = Telemetry(
-                    device_id=device, seq=seq, interval_s=1, model=MODEL, inference_count=seq
-                )
-                infos.append(client.publish(topic(device, Channel.TELEMETRY), encode(message), 1))
-            if seq == 100:
-                started.set()
-            time.sleep(0.0005)
-        for info in infos:
-            info.wait_for_publish(timeout=60)
-            assert info.is_published()
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def test_a_server_killed_mid_ingest_loses_no_message(tmp_path: Path) -> None:
@@ -86,12 +58,8 @@ def test_a_server_killed_mid_ingest_loses_no_message(tmp_path: Path) -> None:
             with engine.connect() as conn:
                 return int(conn.execute(text("SELECT count(*) FROM telemetry")).scalar_one())
 
-        started = threading.Event()
         began = time.monotonic()
-        publisher = threading.Thread(target=_publish, args=(url, devices, started), daemon=True)
-        publisher.start()
-        publisher.join(60)  # every message acknowledged by the broker
-        assert not publisher.is_alive()
+        publish_telemetry(url, devices, PER_DEVICE, inflight=500)  # all acknowledged by the broker
         total = DEVICES * PER_DEVICE
         time.sleep(0.5)  # delivered to the server by now
         assert time.monotonic() - began < 8, "too slow: the first batch may have committed"

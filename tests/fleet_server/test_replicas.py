@@ -10,14 +10,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from edgefleet.contract import Channel, Status, Telemetry, encode, topic
-from edgefleet.mqtt import BrokerAddress
+from edgefleet.contract import Channel, Status, encode, topic
 from fleet_server.client.api import FleetClient
 from fleet_server.db import make_engine
 from fleet_server.messaging.bus import ingest_filter
@@ -27,6 +24,7 @@ from tests.fleet_server.helpers import (
     MqttProbe,
     make_settings,
     operator,
+    publish_telemetry,
     running_app,
     unique_id,
     wait_until,
@@ -38,7 +36,6 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "operator-token-for-replica-tests-0123"  # noqa: S105 - test-only token
 TTL_S, RENEW_S = 3.0, 1.0
-MODEL = {"name": "digits", "version": "1.0.0"}
 
 
 def test_shared_group_without_an_external_broker_is_refused(tmp_path: Path) -> None:
@@ -142,28 +139,6 @@ def replicas(tmp_path: Path) -> Iterator[tuple[list[ReplicaProcess], str, str]]:
                 replica.stop()
 
 
-def _publish_telemetry(url: str, devices: list[str], per_device: int) -> None:
-    address = BrokerAddress.from_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
-    client.max_inflight_messages_set(200)
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
-        infos = []
-        for seq in range(1, per_device + 1):
-            for device in devices:
-                message = Telemetry(
-                    device_id=device, seq=seq, interval_s=1, model=MODEL, inference_count=seq
-                )
-                infos.append(client.publish(topic(device, Channel.TELEMETRY), encode(message), 1))
-        for info in infos:
-            info.wait_for_publish(timeout=30)
-            assert info.is_published()
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def _leaders(replicas: list[ReplicaProcess]) -> list[str]:
     return [r.name for r in replicas if r.metrics().get("edgefleet_leader") == 1.0]
 
@@ -181,7 +156,7 @@ def test_two_replicas_share_ingest_and_one_drives(
     per_device = 150
     publishers = [devices[:3], devices[3:]]
     for chunk in publishers:
-        _publish_telemetry(url, chunk, per_device)
+        publish_telemetry(url, chunk, per_device)
     total = len(devices) * per_device
 
     engine = make_engine(database)
@@ -236,10 +211,10 @@ def test_two_replicas_share_ingest_and_one_drives(
             ).one()
         assert holder == other.name and lease_epoch >= 2
         # Ingest goes on through the survivor alone.
-        _publish_telemetry(url, devices[:2], 10)  # seqs 1..10 again: all duplicates
+        publish_telemetry(url, devices[:2], 10)  # seqs 1..10 again: all duplicates
         fresh = [unique_id("late")]
         FleetClient(other.url, TOKEN, timeout=30).add_device(fresh[0])
-        _publish_telemetry(url, fresh, 20)
+        publish_telemetry(url, fresh, 20)
         wait_until(lambda: stored() == total + 20, timeout=30, what="ingest on the survivor")
     finally:
         engine.dispose()
