@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from fleet_server.models import DriftAlert, DriftBucket, DriftCursor, DriftStatus, TelemetryRow
 from fleet_server.models.types import utcnow
@@ -146,31 +146,39 @@ class DriftJob:
         ).all()
         run.versions = len(active)
         for name, version in active:
-            buckets = session.exec(
-                select(DriftBucket)
-                .where(DriftBucket.model_name == name, DriftBucket.model_version == version)
-                .order_by(col(DriftBucket.bucket_start))
-            ).all()
-            reference_end = buckets[0].bucket_start + timedelta(seconds=self.config.reference_s)
-            reference, window = Aggregate(), Aggregate()
-            for b in buckets:
-                if b.bucket_start < reference_end:
-                    reference.add(b.confidence_histogram, b.inferences, b.errors, b.intervals)
-                elif b.bucket_start >= window_start:
-                    window.add(b.confidence_histogram, b.inferences, b.errors, b.intervals)
+            first = session.exec(
+                select(func.min(DriftBucket.bucket_start)).where(
+                    DriftBucket.model_name == name, DriftBucket.model_version == version
+                )
+            ).one()
+            assert first is not None  # the version has a bucket in the window
+            reference_end = first + timedelta(seconds=self.config.reference_s)
+            # Two bounded reads: the reference period and the window after it, not the history.
+            reference = self._sum(session, name, version, first, reference_end)
+            window = self._sum(session, name, version, max(window_start, reference_end), None)
+            forming = f"reference still forming until {reference_end.isoformat()}"
             for detector in self.detectors:
                 result = detector.evaluate(window, reference)
                 if now < reference_end:
-                    result = DriftResult(
-                        result.detector,
-                        "insufficient",
-                        None,
-                        result.threshold,
-                        result.samples,
-                        result.reference_samples,
-                        f"reference still forming until {reference_end.isoformat()}",
-                    )
+                    result = replace(result, status="insufficient", value=None, detail=forming)
                 self._record(session, now, name, version, result, run)
+
+    @staticmethod
+    def _sum(
+        session: Session, name: str, version: str, start: datetime, end: datetime | None
+    ) -> Aggregate:
+        """The buckets of one version from ``start`` up to (not including) ``end``, summed."""
+        query = select(DriftBucket).where(
+            DriftBucket.model_name == name,
+            DriftBucket.model_version == version,
+            col(DriftBucket.bucket_start) >= start,
+        )
+        if end is not None:
+            query = query.where(col(DriftBucket.bucket_start) < end)
+        total = Aggregate()
+        for b in session.exec(query):
+            total.add(b.confidence_histogram, b.inferences, b.errors, b.intervals)
+        return total
 
     def _record(
         self,
@@ -183,28 +191,19 @@ class DriftJob:
     ) -> None:
         status = session.get(DriftStatus, (name, version, result.detector))
         previous = status.status if status is not None else None
-        if status is None or status.status != result.status:
-            since = now
-        else:
-            since = status.since
-        status = status or DriftStatus(
-            model_name=name,
-            model_version=version,
-            detector=result.detector,
-            status=result.status,
-            threshold=result.threshold,
-            samples=0,
-            reference_samples=0,
-            since=now,
-            evaluated_at=now,
-        )
+        if status is None:
+            status = DriftStatus(
+                model_name=name, model_version=version, detector=result.detector, since=now
+            )  # type: ignore[call-arg]  # the rest is set just below
+        elif status.status != result.status:
+            status.since = now
         status.status, status.value, status.threshold = (
             result.status,
             result.value,
             result.threshold,
         )
         status.samples, status.reference_samples = result.samples, result.reference_samples
-        status.since, status.evaluated_at, status.detail = since, now, result.detail[:500]
+        status.evaluated_at, status.detail = now, result.detail[:500]
         session.add(status)
         open_alert = session.exec(
             select(DriftAlert).where(
