@@ -20,19 +20,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from edgefleet.mqtt_subs import (
+    AckedHandler,
+    MessageHandler,
+    PendingAck,
+    Subscription,
+    filter_levels,
+    topic_matches,
+)
 from edgefleet.mqtt_tls import RecordingContext, TlsError, TlsFiles, client_context, explain
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
 
 log = logging.getLogger(__name__)
-
-MessageHandler = Callable[[str, bytes, bool], None]
-"""Called on paho's network thread with (topic, payload, retained): keep it short."""
-
-AckedHandler = Callable[[str, bytes, bool, Callable[[], None]], None]
-"""Like MessageHandler, plus ``ack``: on a ``manual_ack`` transport the broker gets the message's
-PUBACK only when every acked handler that matched has called it (from any thread, once)."""
 
 
 class MqttError(Exception):
@@ -98,64 +99,6 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-@dataclass
-class _Subscription:
-    qos: int
-    handler: MessageHandler | AckedHandler
-    levels: tuple[str, ...]
-    acked: bool = False
-
-
-class _PendingAck:
-    """Sends one message's PUBACK once each of ``count`` handlers has acknowledged it; each
-    handler's ``ack`` counts once, however often it is called."""
-
-    def __init__(self, client: Any, mid: int, qos: int, count: int) -> None:
-        self._client, self._mid, self._qos = client, mid, qos
-        self._left = count
-        self._lock = threading.Lock()
-
-    def part(self) -> Callable[[], None]:
-        done = False
-
-        def ack() -> None:
-            nonlocal done
-            with self._lock:
-                if done:
-                    return
-                done = True
-                self._left -= 1
-                if self._left != 0:
-                    return
-            self._client.ack(self._mid, self._qos)
-
-        return ack
-
-
-def _filter_levels(topic_filter: str) -> tuple[str, ...]:
-    """A subscription filter split into levels; ``$share/<group>/`` is not part of the match."""
-    if topic_filter.startswith("$share/"):
-        topic_filter = topic_filter.split("/", 2)[2]
-    return tuple(topic_filter.split("/"))
-
-
-def topic_matches(levels: tuple[str, ...], topic: str) -> bool:
-    """MQTT filter matching ('+' one level, '#' the rest) without building a matcher per call."""
-    parts = topic.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            return not (i == 0 and topic.startswith("$"))
-        if i >= len(parts):
-            return False
-        if level == "+":
-            if i == 0 and parts[0].startswith("$"):
-                return False
-            continue
-        if level != parts[i]:
-            return False
-    return len(parts) == len(levels)
-
-
 class MqttTransport:
     """One MQTT connection with a background network thread and automatic reconnect.
 
@@ -189,7 +132,7 @@ class MqttTransport:
         self._on_connect_cb = on_connect
         self._on_subscribed_cb = on_subscribed
         self._sub_mids: set[int] = set()
-        self._subs: dict[str, _Subscription] = {}
+        self._subs: dict[str, Subscription] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._refused: str | None = None
@@ -301,18 +244,16 @@ class MqttTransport:
 
     # -- messages ----------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: MessageHandler, *, qos: int = 1) -> None:
-        self._add(topic_filter, _Subscription(qos, handler, _filter_levels(topic_filter)))
+        self._add(topic_filter, Subscription(qos, handler, filter_levels(topic_filter)))
 
     def subscribe_acked(self, topic_filter: str, handler: AckedHandler, *, qos: int = 1) -> None:
         """``handler`` acknowledges each message itself (``manual_ack`` transports): the broker
         keeps it, and sends it again after a reconnect, until then."""
         if not self._manual_ack:
             raise MqttError("subscribe_acked needs a transport created with manual_ack=True")
-        self._add(
-            topic_filter, _Subscription(qos, handler, _filter_levels(topic_filter), acked=True)
-        )
+        self._add(topic_filter, Subscription(qos, handler, filter_levels(topic_filter), acked=True))
 
-    def _add(self, topic_filter: str, sub: _Subscription) -> None:
+    def _add(self, topic_filter: str, sub: Subscription) -> None:
         qos = sub.qos
         with self._lock:
             self._subs[topic_filter] = sub
@@ -389,7 +330,7 @@ class MqttTransport:
         with self._lock:
             subs = [sub for sub in self._subs.values() if topic_matches(sub.levels, msg.topic)]
         acked = [sub for sub in subs if sub.acked]
-        pending = _PendingAck(client, msg.mid, msg.qos, len(acked)) if acked else None
+        pending = PendingAck(client, msg.mid, msg.qos, len(acked)) if acked else None
         payload = bytes(msg.payload)
         for sub in subs:
             ack = pending.part() if sub.acked and pending is not None else None

@@ -140,7 +140,7 @@ def test_qos1_published_during_outage_is_delivered_and_acked(
 
 
 def test_topic_matching_agrees_with_paho() -> None:
-    from edgefleet.mqtt import _filter_levels, topic_matches
+    from edgefleet.mqtt_subs import filter_levels, topic_matches
 
     filters = ["#", "+", "a/#", "a/+", "a/+/c", "+/b/#", "a/b", "+/+", "$share/g/a/+", "a/b/c/#"]
     topics = ["a", "a/b", "a/b/c", "a/x/c", "b/b/d", "a/b/c/d", "$SYS/x", "x", "a/", "/a", ""]
@@ -150,7 +150,7 @@ def test_topic_matching_agrees_with_paho() -> None:
         )
         for topic in topics:
             expected = paho.topic_matches_sub(plain, topic)
-            assert topic_matches(_filter_levels(topic_filter), topic) == expected, (
+            assert topic_matches(filter_levels(topic_filter), topic) == expected, (
                 topic_filter,
                 topic,
             )
@@ -215,7 +215,7 @@ def test_session_expiry_is_bounded() -> None:
 
 
 def test_pending_ack_sends_one_puback_when_every_acked_handler_is_done() -> None:
-    from edgefleet.mqtt import _PendingAck
+    from edgefleet.mqtt_subs import PendingAck
 
     sent: list[tuple[int, int]] = []
 
@@ -223,7 +223,7 @@ def test_pending_ack_sends_one_puback_when_every_acked_handler_is_done() -> None
         def ack(self, mid: int, qos: int) -> None:
             sent.append((mid, qos))
 
-    pending = _PendingAck(Client(), 7, 1, 2)
+    pending = PendingAck(Client(), 7, 1, 2)
     first, second = pending.part(), pending.part()
     first()
     first()  # a handler's ack counts once
