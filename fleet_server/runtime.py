@@ -141,6 +141,7 @@ class Runtime:
                 engine=self.engine,
                 raw_days=settings.telemetry_raw_days,
                 hourly_days=settings.telemetry_hourly_days,
+                audit_days=settings.audit_retention_days,
                 interval_s=settings.retention_interval_s,
                 budget_s=settings.lease_ttl_s / 3,
             )

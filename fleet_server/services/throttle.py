@@ -134,9 +134,7 @@ class AuthThrottle:
         """Counters and table sizes, consistent with each other (for ``/metrics``)."""
         now = self._clock()
         with self._lock:
-            blocked = sum(
-                1 for e in self._clients.values() if self._debt(e, now) > self.budget - 1
-            )
+            blocked = sum(1 for e in self._clients.values() if self._debt(e, now) > self.budget - 1)
             return ThrottleSnapshot(
                 failures=dict(self.stats.failures),
                 refused=dict(self.stats.refused),

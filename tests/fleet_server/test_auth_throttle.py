@@ -28,8 +28,10 @@ def _metric(text: str, name: str, kind: str) -> float:
 
 
 def test_guessing_is_refused_but_not_the_holders(tmp_path: Path, database_url: str) -> None:
-    # The defaults: 20 wrong credentials, refilling over 60 s (one every 3 s).
-    with running_app(make_settings(tmp_path, database_url)) as (client, _runtime):
+    # 20 wrong credentials as by default, refilling slowly enough (one every 30 s) that a busy
+    # machine cannot end the refusal between the steps below.
+    settings = make_settings(tmp_path, database_url, auth_failure_window_s=600.0)
+    with running_app(settings) as (client, _runtime):
         # The legitimate holders, all behind the attacker's address (one NAT): an operator, a
         # device downloading, and a multi-use enrollment token a factory line uses.
         assert client.get("/api/v1/devices", headers=operator()).status_code == 200
@@ -54,11 +56,11 @@ def test_guessing_is_refused_but_not_the_holders(tmp_path: Path, database_url: s
                 waits.add(response.headers["Retry-After"])
                 assert "retry in" in response.json()["detail"]
         elapsed = time.monotonic() - started
-        refills = int(elapsed / 3) + 1
+        refills = int(elapsed / 30) + 1
         print(f"{GUESSES} wrong tokens in {elapsed:.2f} s: {statuses}")  # noqa: T201
         assert set(statuses) == {401, 429}, statuses
         assert 20 <= statuses[401] <= 20 + refills, statuses
-        assert waits and all(1 <= int(w) <= 3 for w in waits), waits
+        assert waits and all(1 <= int(w) <= 30 for w in waits), waits
 
         # Refused now: more guesses of every kind, without being looked up.
         assert client.get("/api/v1/devices", headers=bearer("x" * 40)).status_code == 429
@@ -87,7 +89,7 @@ def test_a_refused_address_is_back_within_seconds(tmp_path: Path, database_url: 
     """Nobody is locked out for long: after Retry-After, one more credential is checked, and a
     new valid one (never seen before, so refused while the address is) then works."""
     settings = make_settings(
-        tmp_path, database_url, auth_failure_budget=3, auth_failure_window_s=3.0
+        tmp_path, database_url, auth_failure_budget=3, auth_failure_window_s=9.0
     )
     with running_app(settings) as (client, _runtime):
         created = client.post(
@@ -97,13 +99,17 @@ def test_a_refused_address_is_back_within_seconds(tmp_path: Path, database_url: 
             wrong = client.post("/api/v1/enroll", json={"enrollment_token": f"wrong-{i}"})
             assert wrong.status_code == 401
         refused = client.get("/api/v1/devices", headers=bearer(created))
-        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
-        time.sleep(1.05)
+        assert refused.status_code == 429, refused.text
+        wait = int(refused.headers["Retry-After"])
+        assert 1 <= wait <= 3  # one failure refills in 9 / 3 s
+        time.sleep(wait + 0.05)
         assert client.get("/api/v1/devices", headers=bearer(created)).status_code == 200
         # Known now: it passes even while the address is refused again.
-        for i in range(3):
-            client.get("/api/v1/devices", headers=bearer(f"wrong-token-{i:030d}"))
-        assert client.get("/api/v1/devices", headers=bearer("v" * 40)).status_code == 429
+        statuses = [
+            client.get("/api/v1/devices", headers=bearer(f"wrong-token-{i:030d}")).status_code
+            for i in range(5)
+        ]
+        assert statuses[-1] == 429, statuses
         assert client.get("/api/v1/devices", headers=bearer(created)).status_code == 200
 
 
@@ -129,18 +135,18 @@ def test_the_spec_documents_429_where_credentials_are_checked(
 def test_the_table_stays_bounded_under_a_flood_from_many_addresses() -> None:
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    throttle = AuthThrottle(budget=20, window_s=60.0, max_clients=10_000, max_known=1_000)
-    for i in range(200_000):
+    throttle = AuthThrottle(budget=20, window_s=60.0, max_clients=5_000, max_known=1_000)
+    for i in range(50_000):
         throttle.failed(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "operator")
     for i in range(5_000):
         throttle.succeeded(f"{i:064x}")
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     snap = throttle.snapshot()
-    print(f"200,000 addresses → {snap.clients} tracked, {grown / 1e6:.1f} MB")  # noqa: T201
-    assert snap.clients == 10_000 and snap.known == 1_000
-    assert snap.failures["operator"] == 200_000
-    assert grown < 10_000_000
+    print(f"50,000 addresses → {snap.clients} tracked, {grown / 1e6:.1f} MB")  # noqa: T201
+    assert snap.clients == 5_000 and snap.known == 1_000
+    assert snap.failures["operator"] == 50_000
+    assert grown < 5_000_000
 
 
 def test_budget_refill_and_addresses() -> None:
