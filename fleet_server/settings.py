@@ -194,6 +194,15 @@ class ServerSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="HTTP listen address.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port.")
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        max_length=2000,
+        description="Comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For names the client (uvicorn's forwarded_allow_ips; '*' trusts every "
+        "peer: only when nothing but the proxy can reach the server). The client address "
+        "keys the wrong-credential budget and the audit log's source.",
+    )
     public_url: str | None = Field(
         default=None,
         description="Base URL devices use to download bundles; default http://<host>:<port>.",
@@ -222,7 +231,7 @@ class ServerSettings(BaseSettings):
         ge=1,
         le=10_000_000,
         description="Most client addresses the failure table holds (least recently failed "
-        "dropped first; about 200 bytes each), so a flood from many addresses cannot grow it.",
+        "dropped first; about 300 bytes each), so a flood from many addresses cannot grow it.",
     )
     auth_known_good_s: float = Field(
         default=86_400.0,

@@ -5,20 +5,35 @@ address; other addresses are untouched; /metrics counts it; the table stays boun
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from fleet_server.services.throttle import AuthThrottle, client_key
-from tests.fleet_server.helpers import bearer, make_settings, operator, running_app, unique_id
+from tests.fleet_server.helpers import (
+    OPERATOR_TOKEN,
+    bearer,
+    make_settings,
+    operator,
+    running_app,
+    unique_id,
+)
+from tests.utils.net import free_port
 
 pytestmark = pytest.mark.integration
 
 GUESSES = 300
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _metric(text: str, name: str, kind: str) -> float:
@@ -176,3 +191,53 @@ def test_budget_refill_and_addresses() -> None:
     assert client_key(None) == "unknown" and client_key("testclient") == "testclient"
     with pytest.raises(ValueError, match="positive"):
         AuthThrottle(budget=0, window_s=1.0)
+
+
+@pytest.mark.slow  # 15-20 s: a server process and 9 s of guessing at the issue's rate
+def test_a_real_server_process_slows_a_guesser_behind_a_proxy(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The issue's run against ``edgefleet server``: 900 wrong tokens at about 100/s, all sent
+    through a reverse proxy on 127.0.0.1 (X-Forwarded-For names the client)."""
+    port, broker_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        EDGEFLEET_OPERATOR_TOKEN=OPERATOR_TOKEN,
+        EDGEFLEET_DATABASE_URL=database_url,
+        EDGEFLEET_FORWARDED_ALLOW_IPS="127.0.0.1",
+    )
+    command = [sys.executable, "-m", "edgefleet", "server", "--data-dir", str(tmp_path / "d")]
+    command += ["--port", str(port), "--broker-port", str(broker_port)]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("edgefleet server listening")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            attacker = {"X-Forwarded-For": "198.51.100.1"}
+            holder = {**attacker, **operator()}
+            assert http.get("/api/v1/devices", headers=holder).status_code == 200
+            statuses: Counter[int] = Counter()
+            started = time.monotonic()
+            for i in range(900):
+                time.sleep(max(0.0, started + i / 100 - time.monotonic()))  # ~100/s
+                guess = {**attacker, **bearer(f"guess-{i:04d}-0123456789abcdef")}
+                statuses[http.get("/api/v1/devices", headers=guess).status_code] += 1
+            elapsed = time.monotonic() - started
+            print(f"900 wrong tokens in {elapsed:.1f} s through a proxy: {dict(statuses)}")  # noqa: T201
+            # 20, plus one per 3 s of the run.
+            assert 20 <= statuses[401] <= 20 + int(elapsed / 3) + 1, statuses
+            assert statuses[429] == 900 - statuses[401]
+            assert http.get("/api/v1/devices", headers=holder).status_code == 200
+            other = {"X-Forwarded-For": "198.51.100.2", **bearer("w" * 40)}
+            assert http.get("/api/v1/devices", headers=other).status_code == 401
+            metrics = http.get("/metrics").text
+            assert _metric(metrics, "edgefleet_auth_throttled_total", "operator") == statuses[429]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
