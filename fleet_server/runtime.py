@@ -34,6 +34,7 @@ from fleet_server.services.mqtt_auth import (
 from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob
+from fleet_server.services.throttle import AuthThrottle, ThrottleCollector
 from fleet_server.settings import ServerSettings
 from fleet_server.storage import ArtifactStore, StoreError, create_store
 
@@ -61,6 +62,15 @@ class Runtime:
             renew_s=settings.lease_renew_s,
         )
         self.metrics.register(LeaderCollector(self.leader.stats))
+        #: Wrong-credential budgets per client address (this process only; see throttle.py).
+        self.throttle = AuthThrottle(
+            budget=settings.auth_failure_budget,
+            window_s=settings.auth_failure_window_s,
+            max_clients=settings.auth_throttle_max_clients,
+            known_good_s=settings.auth_known_good_s,
+            max_known=settings.auth_throttle_max_clients,
+        )
+        self.metrics.register(ThrottleCollector(self.throttle))
         self.engine: Engine | None = None
         self.store: ArtifactStore | None = None
         self.broker: EmbeddedBroker | None = None
@@ -131,6 +141,7 @@ class Runtime:
                 engine=self.engine,
                 raw_days=settings.telemetry_raw_days,
                 hourly_days=settings.telemetry_hourly_days,
+                audit_days=settings.audit_retention_days,
                 interval_s=settings.retention_interval_s,
                 budget_s=settings.lease_ttl_s / 3,
             )

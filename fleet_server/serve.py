@@ -53,6 +53,8 @@ def serve(settings: ServerSettings) -> int:
         log_config=None,
         log_level=settings.log_level,
         lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         access_log=settings.log_level == "debug",
     )
     server = _Server(config, settings)

@@ -194,6 +194,15 @@ class ServerSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="HTTP listen address.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port.")
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        max_length=2000,
+        description="Comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For names the client (uvicorn's forwarded_allow_ips; '*' trusts every "
+        "peer: only when nothing but the proxy can reach the server). The client address "
+        "keys the wrong-credential budget and the audit log's source.",
+    )
     public_url: str | None = Field(
         default=None,
         description="Base URL devices use to download bundles; default http://<host>:<port>.",
@@ -201,6 +210,48 @@ class ServerSettings(BaseSettings):
     operator_token: SecretStr | None = Field(
         default=None,
         description="Operator bearer token; unset: generated once into <data_dir>/operator_token.",
+    )
+    auth_failure_budget: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Wrong credentials (operator or device bearer tokens, enrollment tokens) one "
+        "client address may present before it is refused with 429 and Retry-After; the budget "
+        "refills over auth_failure_window_s. Counted per server process.",
+    )
+    auth_failure_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="The failure budget refills completely in this long: a refused address may "
+        "try again after auth_failure_window_s / auth_failure_budget seconds (3 s by default).",
+    )
+    auth_throttle_max_clients: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Most client addresses the failure table holds (least recently failed "
+        "dropped first; about 300 bytes each), so a flood from many addresses cannot grow it.",
+    )
+    auth_known_good_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=30 * 86_400,
+        description="A credential accepted within this long is still checked when its client "
+        "address is refused (a device behind the same NAT as a guesser keeps working).",
+    )
+    audit_retention_days: float = Field(
+        default=365.0,
+        gt=0,
+        description="Audit log rows older than this (days) are deleted by the retention job.",
+    )
+    audit_aggregate_window_s: int = Field(
+        default=3600,
+        ge=1,
+        le=86_400,
+        description="Refused calls by an unidentified caller (no or a wrong token, a bad "
+        "enrollment token) share one audit row per source address, route, status and this "
+        "long a window, with a count; identified callers get one row per call.",
     )
     max_bundle_bytes: int = Field(
         default=256 * MIB, ge=1, description="Largest bundle upload accepted, in bytes."

@@ -1,5 +1,7 @@
 """The audit middleware: every mutating API call (POST, PUT, PATCH, DELETE under /api/) leaves
-one ``audit_log`` row, refused ones (401, 403, 413, 422, ...) included.
+one ``audit_log`` row, refused ones (401, 403, 413, 422, ...) included; refusals of callers no
+one identified are counted into one row per source, route, status and window
+(:mod:`fleet_server.services.audit`).
 
 It sits outside the routers, so a router added later is covered without edits. The auth
 dependencies name the caller in the request's :class:`AuditEntry` (``deps.AUDIT_SCOPE_KEY``);
@@ -19,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleet_server.api.deps import AUDIT_SCOPE_KEY
 from fleet_server.runtime import Runtime
 from fleet_server.services.audit import AuditEntry, record
+from fleet_server.services.throttle import client_key
+from fleet_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,12 @@ class AuditMiddleware:
             )
             return
         template = route_template(scope)
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        window_s = (
+            settings.audit_aggregate_window_s if isinstance(settings, ServerSettings) else 3600
+        )
+        client = scope.get("client")
+        source = client_key(client[0] if client else None)
         try:
             await run_in_threadpool(
                 lambda: record(
@@ -76,6 +86,8 @@ class AuditMiddleware:
                     path=scope["path"],
                     route=template,
                     status_code=status,
+                    source=source,
+                    window_s=window_s,
                 )
             )
         except Exception:  # noqa: BLE001 - the response is already sent; say so loudly

@@ -4,6 +4,8 @@ Operator tokens are the bootstrap token (settings or ``<data_dir>/operator_token
 and API tokens from ``/api/v1/tokens`` with a role; ``Viewer`` < ``Operator`` < ``Admin``. A
 missing, unknown or revoked token is 401; a valid one with too small a role is 403. Devices use
 their own token (``DeviceAuth``). Every dependency names the caller in the request's audit entry.
+Every presented token is checked through :func:`fleet_server.api.guard.guarded`: an address that
+has presented too many wrong ones is refused with 429 for a few seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
+from fleet_server.api.guard import guarded
 from fleet_server.models import Role
 from fleet_server.runtime import Runtime
 from fleet_server.services.audit import AuditEntry
@@ -129,9 +132,15 @@ def _require(needed: Role) -> Callable[..., Principal]:
     def dependency(
         request: Request, credentials: Credentials, runtime: RuntimeDep, session: SessionDep
     ) -> Principal:
-        principal = _person(_token(request, credentials), runtime, session)
-        if principal is None:
-            raise Unauthorized("invalid or revoked operator token")
+        token = _token(request, credentials)
+
+        def check() -> Principal:
+            person = _person(token, runtime, session)
+            if person is None:
+                raise Unauthorized("invalid or revoked operator token")
+            return person
+
+        principal = guarded(request, runtime, kind="operator", secret=token, check=check)
         _identify(request, principal)
         assert principal.role is not None
         if not principal.role.allows(needed):
@@ -155,16 +164,19 @@ def require_device_or_operator(
 ) -> Principal:
     """Any operator token (viewer and up) or a device's own token."""
     token = _token(request, credentials)
-    person = _person(token, runtime, session)
-    if person is not None:
-        return _identify(request, person)
-    device = device_for_token(session=session, token=token)
-    if device is None:
-        raise Unauthorized("invalid token")
-    return _identify(
-        request,
-        Principal(operator=False, device_id=device.device_id, actor=f"device:{device.device_id}"),
-    )
+
+    def check() -> Principal:
+        person = _person(token, runtime, session)
+        if person is not None:
+            return person
+        device = device_for_token(session=session, token=token)
+        if device is None:
+            raise Unauthorized("invalid token")
+        return Principal(
+            operator=False, device_id=device.device_id, actor=f"device:{device.device_id}"
+        )
+
+    return _identify(request, guarded(request, runtime, kind="device", secret=token, check=check))
 
 
 Viewer = Annotated[Principal, Depends(require_viewer)]

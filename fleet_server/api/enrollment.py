@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from fleet_server.api.deps import Operator, SessionDep, note_actor, note_target
+from fleet_server.api.deps import Operator, RuntimeDep, SessionDep, note_actor, note_target
+from fleet_server.api.guard import TOO_MANY_ATTEMPTS, guarded
 from fleet_server.models import (
     Enrolled,
     EnrollmentTokenCreate,
@@ -74,13 +75,22 @@ def revoke_enrollment_token(
         401: {"description": "Unknown enrollment token."},
         409: {"description": "The device id exists, or the class differs from the token's."},
         410: {"description": "The enrollment token has expired, is used up or was revoked."},
+        429: TOO_MANY_ATTEMPTS,
     },
 )
-def enroll(body: EnrollRequest, request: Request, session: SessionDep) -> Enrolled:
+def enroll(
+    body: EnrollRequest, request: Request, session: SessionDep, runtime: RuntimeDep
+) -> Enrolled:
     """Trade an enrollment token for a device id and its credentials (shown once). The MQTT
     user name is the device id and the password its token."""
     note_actor(request, "enrollment")
-    device, token = service.enroll(session=session, request=body)
+    device, token = guarded(
+        request,
+        runtime,
+        kind="enrollment",
+        secret=body.enrollment_token,
+        check=lambda: service.enroll(session=session, request=body),
+    )
     note_actor(request, f"device:{device.device_id}")
     note_target(request, f"device:{device.device_id}")
     return Enrolled(

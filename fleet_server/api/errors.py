@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleet_server.services.errors import ServiceError, Unauthorized
+from fleet_server.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,8 @@ def _one_line(text: str, limit: int = 500) -> str:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return JSONResponse(
-        {"detail": _one_line(str(exc))}, status_code=exc.status_code, headers=headers
+        {"detail": _one_line(str(exc))}, status_code=exc.status_code, headers=exc.headers
     )
 
 

@@ -237,6 +237,25 @@ class AuditLog(SQLModel, table=True):
     status_code: int
     target: str | None = Field(default=None, max_length=200)
     detail: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    source: str | None = Field(
+        default=None, max_length=64, description="Client address (an IPv6 one by its /64)."
+    )
+    calls: int = Field(
+        default=1,
+        description="Calls this row stands for: 1, or how many refusals of unidentified "
+        "callers it aggregates (same source, route, status and window).",
+    )
+    last_ts: datetime | None = Field(
+        default=None, sa_type=UTCDateTime, description="Last call an aggregated row counts."
+    )
+    aggregate_key: str | None = Field(
+        default=None,
+        max_length=64,
+        unique=True,
+        index=True,
+        description="sha256 of (window, source, actor, method, route, status) for aggregated "
+        "rows; None for one call's row.",
+    )
 
 
 class AuditPublic(BaseModel):
@@ -250,6 +269,13 @@ class AuditPublic(BaseModel):
     status_code: int
     target: str | None
     detail: dict[str, Any] | None
+    source: str | None = pydantic.Field(default=None, description="Client address.")
+    calls: int = pydantic.Field(
+        default=1, description="1, or how many unidentified refusals this row aggregates."
+    )
+    last_ts: datetime | None = pydantic.Field(
+        default=None, description="The last call an aggregated row counts (ts is the first)."
+    )
 
     @classmethod
     def of(cls, row: AuditLog) -> AuditPublic:

@@ -8,6 +8,11 @@ class ServiceError(Exception):
 
     status_code = 400
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """HTTP headers the refusal carries (e.g. ``WWW-Authenticate``, ``Retry-After``)."""
+        return None
+
 
 class BadRequest(ServiceError):
     status_code = 400
@@ -15,6 +20,10 @@ class BadRequest(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code = 401
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(ServiceError):
@@ -41,6 +50,20 @@ class TooLarge(ServiceError):
 
 class Unprocessable(ServiceError):
     status_code = 422
+
+
+class TooManyRequests(ServiceError):
+    """Too many wrong credentials from one client address; it may retry after a few seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class Unavailable(ServiceError):

@@ -5,6 +5,8 @@ most ``batch_size`` raw rows, at most ``max_batches`` per run, so a backlog neve
 long (nor starts one after ``budget_s``); a run that stops half way leaves consistent tables
 (each batch's roll-up and delete commit together) and the next run goes on.
 
+Audit log rows older than ``audit_days`` (by ``ts``) are deleted the same way, in batches.
+
 Runs as a :class:`~fleet_server.services.leader.PeriodicJob`, so on one replica at a time. A raw
 row re-inserted after its roll-up (a QoS 1 redelivery more than ``raw_days`` late) would be
 counted again by the next run.
@@ -32,6 +34,7 @@ class RetentionResult:
     rolled_up: int = 0
     hourly_written: int = 0
     hourly_deleted: int = 0
+    audit_deleted: int = 0
     batches: int = 0
 
 
@@ -60,18 +63,21 @@ class RetentionJob:
         engine: Engine,
         raw_days: float,
         hourly_days: float,
+        audit_days: float | None = None,
         interval_s: float = 3600.0,
         batch_size: int = 5000,
         max_batches: int = 100,
         budget_s: float | None = None,
     ) -> None:
-        if raw_days <= 0 or hourly_days <= 0:
+        if raw_days <= 0 or hourly_days <= 0 or (audit_days is not None and audit_days <= 0):
             raise ValueError("retention periods must be positive")
         if batch_size < 1 or max_batches < 1:
             raise ValueError("batch_size and max_batches must be at least 1")
         self.engine = engine
         self.raw_days = raw_days
         self.hourly_days = hourly_days
+        #: None keeps the audit log forever.
+        self.audit_days = audit_days
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.max_batches = max_batches
@@ -107,6 +113,13 @@ class RetentionJob:
         while more():
             deleted = self._delete_hourly_batch(hourly_cutoff)
             result.hourly_deleted += deleted
+            if deleted:
+                result.batches += 1
+            if deleted < self.batch_size:
+                break
+        while self.audit_days is not None and more():
+            deleted = self._delete_audit_batch(now - timedelta(days=self.audit_days))
+            result.audit_deleted += deleted
             if deleted:
                 result.batches += 1
             if deleted < self.batch_size:
@@ -164,6 +177,19 @@ class RetentionJob:
             if keys:
                 conn.execute(delete(hourly).where(tuple_(*pk).in_(keys)))
         return len(keys)
+
+    def _delete_audit_batch(self, cutoff: datetime) -> int:
+        audit = _table("audit_log")
+        with self.engine.begin() as conn:
+            ids = [
+                row.id
+                for row in conn.execute(
+                    select(audit.c.id).where(audit.c.ts < cutoff).limit(self.batch_size)
+                ).all()
+            ]
+            if ids:
+                conn.execute(delete(audit).where(audit.c.id.in_(ids)))
+        return len(ids)
 
 
 def _table(name: str) -> Table:

@@ -150,3 +150,38 @@ def test_bad_configuration_is_refused(engine: Engine) -> None:
         RetentionJob(engine=engine, raw_days=0, hourly_days=90)
     with pytest.raises(ValueError, match="at least 1"):
         RetentionJob(engine=engine, raw_days=7, hourly_days=90, batch_size=0)
+    with pytest.raises(ValueError, match="positive"):
+        RetentionJob(engine=engine, raw_days=7, hourly_days=90, audit_days=0)
+
+
+def test_audit_rows_past_their_retention_are_deleted(engine: Engine) -> None:
+    """Old audit rows go in bounded batches (one and aggregated rows alike); recent rows stay;
+    without audit_days nothing is deleted."""
+    from fleet_server.services.audit import AuditEntry, record
+
+    ages = [400, 366, 365.5, 364, 10, 0]  # days
+    for i, days in enumerate(ages):
+        record(
+            engine=engine,
+            entry=AuditEntry(actor="bootstrap", role="admin") if i % 2 else AuditEntry(),
+            method="POST",
+            path="/api/v1/devices",
+            route="/api/v1/devices",
+            status_code=201 if i % 2 else 401,
+            source="192.0.2.1",
+            now=NOW - timedelta(days=days),
+        )
+    audit = SQLModel.metadata.tables["audit_log"]
+
+    def kept() -> list[float]:
+        with engine.connect() as conn:
+            stamps = conn.execute(select(audit.c.ts).order_by(audit.c.ts)).scalars().all()
+        return [round((NOW - ts.replace(tzinfo=UTC)).total_seconds() / 86_400, 1) for ts in stamps]
+
+    assert RetentionJob(engine=engine, raw_days=7, hourly_days=90).run_once(now=NOW).batches == 0
+    assert len(kept()) == 6
+    job = RetentionJob(engine=engine, raw_days=7, hourly_days=90, audit_days=365, batch_size=2)
+    result = job.run_once(now=NOW)
+    assert (result.audit_deleted, result.batches) == (3, 2)
+    assert kept() == [364.0, 10.0, 0.0]
+    assert job.run_once(now=NOW).audit_deleted == 0
