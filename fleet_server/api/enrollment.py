@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from fleet_server.api.deps import Operator, SessionDep, note_actor, note_target
+from fleet_server.api.deps import (
+    OPERATOR_REFUSALS,
+    Operator,
+    SessionDep,
+    note_actor,
+    note_target,
+)
+from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
 from fleet_server.models import (
     Enrolled,
     EnrollmentTokenCreate,
@@ -17,16 +24,12 @@ from fleet_server.models import (
 from fleet_server.services import enrollment as service
 
 router = APIRouter(tags=["enrollment"])
-_REFUSALS: dict[int | str, dict[str, str]] = {
-    401: {"description": "No valid token."},
-    403: {"description": "Role too small (operator needed)."},
-}
 
 
 @router.post(
     "/enrollment-tokens",
     status_code=201,
-    responses={401: {"description": "No valid token."}, 403: {"description": "Role too small."}},
+    responses=error_responses(OPERATOR_REFUSALS, BODY_REFUSALS),
 )
 def create_enrollment_token(
     body: EnrollmentTokenCreate, request: Request, session: SessionDep, principal: Operator
@@ -39,7 +42,7 @@ def create_enrollment_token(
     return EnrollmentTokenCreated(**EnrollmentTokenPublic.of(row).model_dump(), token=token)
 
 
-@router.get("/enrollment-tokens", responses=_REFUSALS)
+@router.get("/enrollment-tokens", responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS))
 def list_enrollment_tokens(
     session: SessionDep,
     _: Operator,
@@ -53,7 +56,10 @@ def list_enrollment_tokens(
     return [EnrollmentTokenPublic.of(row) for row in rows]
 
 
-@router.delete("/enrollment-tokens/{token_id}", responses={**_REFUSALS, 404: {}})
+@router.delete(
+    "/enrollment-tokens/{token_id}",
+    responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS, 404),
+)
 def revoke_enrollment_token(
     token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     request: Request,
@@ -70,11 +76,21 @@ def revoke_enrollment_token(
 @router.post(
     "/enroll",
     status_code=201,
-    responses={
-        401: {"description": "Unknown enrollment token."},
-        409: {"description": "The device id exists, or the class differs from the token's."},
-        410: {"description": "The enrollment token has expired, is used up or was revoked."},
-    },
+    responses=error_responses(
+        BODY_REFUSALS,
+        401,
+        409,
+        410,
+        429,
+        503,
+        why={
+            401: "Unknown enrollment token.",
+            409: "The device id exists, or the class differs from the token's.",
+            410: "The enrollment token has expired, is used up or was revoked.",
+            429: "Too many failed attempts from this client: wait `Retry-After` seconds.",
+            503: "The database is not ready; try again later.",
+        },
+    ),
 )
 def enroll(body: EnrollRequest, request: Request, session: SessionDep) -> Enrolled:
     """Trade an enrollment token for a device id and its credentials (shown once). The MQTT

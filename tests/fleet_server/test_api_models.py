@@ -156,7 +156,7 @@ def test_hostile_bundles_are_refused(
     no_field = client.post("/api/v1/models", files={"other": ("x", b"123")}, headers=operator())
     assert no_field.status_code == 400 and "bundle" in no_field.json()["detail"]
     not_multipart = client.post("/api/v1/models", content=valid, headers=operator())
-    assert not_multipart.status_code == 400
+    assert not_multipart.status_code == 415
     broken = client.post(
         "/api/v1/models",
         content=b'--xyz\r\nContent-Disposition: form-data; name="bundle"\r\n\r\nabc',
