@@ -1,4 +1,5 @@
-"""/api/v1/enrollment-tokens (operator) and /api/v1/enroll (the enrollment token is the auth)."""
+"""/api/v1/enrollment-tokens (operator; the list: viewer) and /api/v1/enroll (the enrollment
+token is the auth)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from fastapi import APIRouter, Path, Query, Request
 
 from fleet_server.api.deps import (
     OPERATOR_REFUSALS,
+    VIEWER_REFUSALS,
     Operator,
     SessionDep,
+    Viewer,
     note_actor,
     note_target,
 )
@@ -42,16 +45,18 @@ def create_enrollment_token(
     return EnrollmentTokenCreated(**EnrollmentTokenPublic.of(row).model_dump(), token=token)
 
 
-@router.get("/enrollment-tokens", responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS))
+@router.get("/enrollment-tokens", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS))
 def list_enrollment_tokens(
     session: SessionDep,
-    _: Operator,
+    _: Viewer,
     active: Annotated[
         bool, Query(description="Only tokens that can still enroll a device.")
     ] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[EnrollmentTokenPublic]:
-    """Enrollment tokens, newest first, with their state; never the tokens themselves."""
+    """Enrollment tokens, newest first, with their state; never the tokens themselves (they are
+    shown once, at creation, and stored hashed), so a viewer may read the list like every
+    other fleet ``GET``."""
     rows = service.list_enrollment_tokens(session=session, active_only=active, limit=limit)
     return [EnrollmentTokenPublic.of(row) for row in rows]
 
