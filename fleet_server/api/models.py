@@ -31,7 +31,7 @@ from fleet_server.api.ranges import Unsatisfiable, byte_range, if_range_matches
 from fleet_server.api.upload import FIELD, receive_bundle
 from fleet_server.models import Device, LineageEntry, LineagePublic, ModelVersionPublic
 from fleet_server.services import models as service
-from fleet_server.services.errors import Forbidden, NotFound, Unavailable
+from fleet_server.services.errors import NotFound, Unavailable
 from fleet_server.services.models import Lineage
 from fleet_server.storage import MissingBundle, StoreError
 
@@ -196,11 +196,11 @@ _BUNDLE = {"application/gzip": {"schema": {"type": "string", "format": "binary"}
         **error_responses(
             DEVICE_REFUSALS,
             INPUT_REFUSALS,
-            403,
             404,
             416,
             why={
-                403: "This version is not assigned to the calling device.",
+                404: "No such version, or (to a device) not the version assigned to it: the "
+                "two answers are identical, so a device cannot probe which versions exist.",
                 503: "The database or the artifact store is not ready; try again later.",
             },
         ),
@@ -228,12 +228,16 @@ def download_bundle(
         ),
     ] = None,
 ) -> Response:
-    """The bundle, streamed from the store; one ``Range`` (e.g. ``bytes=N-``) resumes (206)."""
-    row = service.get_model(session=session, name=name, version=version)
+    """The bundle, streamed from the store; one ``Range`` (e.g. ``bytes=N-``) resumes (206).
+
+    A device gets only the version assigned to it. Anything else is the same 404, whether the
+    version exists or not, checked before the version is looked up: a device cannot tell which
+    versions exist (it used to get 403 for "exists, not yours" and 404 for "no such version")."""
     if not principal.operator:
         device = session.get(Device, principal.device_id)
         if device is None or (device.desired_name, device.desired_version) != (name, version):
-            raise Forbidden(f"model {name}@{version} is not assigned to this device")
+            raise NotFound(_not_assigned(name, version))
+    row = service.get_model(session=session, name=name, version=version)
     key = row.storage_key
     etag = f'"{row.sha256}"'
     headers = {
@@ -274,6 +278,10 @@ def download_bundle(
         media_type="application/gzip",
         headers=headers,
     )
+
+
+def _not_assigned(name: str, version: str) -> str:
+    return f"no bundle {name[:64]}@{version[:64]} for this device"
 
 
 def _logged(body: Iterator[bytes], key: str) -> Iterator[bytes]:
