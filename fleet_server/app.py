@@ -12,7 +12,6 @@ from edgefleet import __version__
 from fleet_server.api import api_router, root_router
 from fleet_server.api.audit import AuditMiddleware
 from fleet_server.api.errors import install_error_handlers
-from fleet_server.api.guard import document_throttling
 from fleet_server.api.limits import BodyLimitMiddleware
 from fleet_server.dashboard import router as dashboard_router
 from fleet_server.runtime import Runtime
@@ -53,5 +52,4 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(root_router)
     app.include_router(api_router)
     app.include_router(dashboard_router)
-    document_throttling(app)
     return app

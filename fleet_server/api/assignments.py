@@ -4,14 +4,33 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from fleet_server.api.deps import Operator, RuntimeDep, SessionDep, SettingsDep, note_target
+from fleet_server.api.deps import (
+    OPERATOR_REFUSALS,
+    Operator,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    note_target,
+)
+from fleet_server.api.errors import BODY_REFUSALS, error_responses
 from fleet_server.services.assignments import AssignmentCreate, AssignmentPublic, assign_model
 from fleet_server.services.errors import Unavailable
 
 router = APIRouter(prefix="/assignments", tags=["assignments"])
 
 
-@router.post("")
+@router.post(
+    "",
+    responses=error_responses(
+        OPERATOR_REFUSALS,
+        BODY_REFUSALS,
+        404,
+        why={
+            404: "No such model version, device id, or no device with the tag.",
+            503: "The MQTT bus or the database is not ready; try again later.",
+        },
+    ),
+)
 def create_assignment(
     body: AssignmentCreate,
     request: Request,

@@ -179,6 +179,14 @@ def require_device_or_operator(
     return _identify(request, guarded(request, runtime, kind="device", secret=token, check=check))
 
 
+#: What each caller dependency refuses with, for a route's ``responses=error_responses(...)``:
+#: 401 no valid token, 403 a role too small, 429 too many failed authentications from this
+#: client (``Retry-After``), 503 the database or runtime not ready. A viewer route cannot 403.
+VIEWER_REFUSALS = (401, 429, 503)
+OPERATOR_REFUSALS = (401, 403, 429, 503)
+ADMIN_REFUSALS = OPERATOR_REFUSALS
+DEVICE_REFUSALS = (401, 429, 503)
+
 Viewer = Annotated[Principal, Depends(require_viewer)]
 Operator = Annotated[Principal, Depends(require_operator)]
 Admin = Annotated[Principal, Depends(require_admin)]

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from fleet_server.api.deps import (
+    OPERATOR_REFUSALS,
+    VIEWER_REFUSALS,
     Operator,
     RuntimeDep,
     SessionDep,
@@ -14,6 +16,7 @@ from fleet_server.api.deps import (
     Viewer,
     note_target,
 )
+from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
 from fleet_server.models import (
     DeviceCreate,
     DeviceCreated,
@@ -30,7 +33,13 @@ from fleet_server.services.telemetry import list_telemetry
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 
-@router.post("", status_code=201)
+@router.post(
+    "",
+    status_code=201,
+    responses=error_responses(
+        OPERATOR_REFUSALS, BODY_REFUSALS, 409, why={409: "A device with this id exists."}
+    ),
+)
 def create_device(
     body: DeviceCreate, request: Request, session: SessionDep, _: Operator
 ) -> DeviceCreated:
@@ -44,7 +53,9 @@ def create_device(
     )
 
 
-@router.post("/{device_id}/token")
+@router.post(
+    "/{device_id}/token", responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS, 404)
+)
 def rotate_token(
     device_id: str, request: Request, session: SessionDep, _: Operator
 ) -> DeviceCreated:
@@ -59,7 +70,7 @@ def rotate_token(
     )
 
 
-@router.patch("/{device_id}/tags")
+@router.patch("/{device_id}/tags", responses=error_responses(OPERATOR_REFUSALS, BODY_REFUSALS, 404))
 def update_tags(
     device_id: str, body: TagsUpdate, request: Request, session: SessionDep, _: Operator
 ) -> DevicePublic:
@@ -71,7 +82,18 @@ def update_tags(
     return DevicePublic.of(device)
 
 
-@router.put("/{device_id}/pin")
+@router.put(
+    "/{device_id}/pin",
+    responses=error_responses(
+        OPERATOR_REFUSALS,
+        BODY_REFUSALS,
+        404,
+        why={
+            404: "No such device or model version.",
+            503: "The MQTT bus or the database is not ready; try again later.",
+        },
+    ),
+)
 def pin(
     device_id: str,
     body: PinRequest,
@@ -96,24 +118,28 @@ def pin(
     return DevicePublic.of(device)
 
 
-@router.delete("/{device_id}/pin")
+@router.delete(
+    "/{device_id}/pin", responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS, 404)
+)
 def unpin(device_id: str, request: Request, session: SessionDep, _: Operator) -> DevicePublic:
     """Remove the pin (the device keeps its model until the next assignment)."""
     note_target(request, f"device:{device_id[:80]}")
     return DevicePublic.of(unpin_device(session=session, device_id=device_id))
 
 
-@router.get("")
+@router.get("", responses=error_responses(VIEWER_REFUSALS))
 def list_devices(session: SessionDep, _: Viewer) -> list[DevicePublic]:
     return [DevicePublic.of(d) for d in service.list_devices(session=session)]
 
 
-@router.get("/{device_id}")
+@router.get("/{device_id}", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404))
 def get_device(device_id: str, session: SessionDep, _: Viewer) -> DevicePublic:
     return DevicePublic.of(service.get_device(session=session, device_id=device_id))
 
 
-@router.get("/{device_id}/telemetry")
+@router.get(
+    "/{device_id}/telemetry", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404)
+)
 def device_telemetry(
     device_id: str,
     session: SessionDep,

@@ -6,14 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from fleet_server.api.deps import SessionDep, Viewer
+from fleet_server.api.deps import VIEWER_REFUSALS, SessionDep, Viewer
+from fleet_server.api.errors import INPUT_REFUSALS, error_responses
 from fleet_server.models import DriftAlertPublic, DriftReport, DriftStatusPublic
 from fleet_server.services.drift import drift_report
 
 router = APIRouter(prefix="/drift", tags=["drift"])
 
 
-@router.get("", responses={401: {"description": "No valid token."}})
+@router.get("", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS))
 def get_drift(
     session: SessionDep,
     _: Viewer,

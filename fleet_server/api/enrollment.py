@@ -1,4 +1,5 @@
-"""/api/v1/enrollment-tokens (operator) and /api/v1/enroll (the enrollment token is the auth)."""
+"""/api/v1/enrollment-tokens (operator; the list: viewer) and /api/v1/enroll (the enrollment
+token is the auth)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from fleet_server.api.deps import Operator, RuntimeDep, SessionDep, note_actor, note_target
-from fleet_server.api.guard import TOO_MANY_ATTEMPTS, guarded
+from fleet_server.api.deps import (
+    OPERATOR_REFUSALS,
+    VIEWER_REFUSALS,
+    Operator,
+    RuntimeDep,
+    SessionDep,
+    Viewer,
+    note_actor,
+    note_target,
+)
+from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
+from fleet_server.api.guard import guarded
 from fleet_server.models import (
     Enrolled,
     EnrollmentTokenCreate,
@@ -18,16 +29,12 @@ from fleet_server.models import (
 from fleet_server.services import enrollment as service
 
 router = APIRouter(tags=["enrollment"])
-_REFUSALS: dict[int | str, dict[str, str]] = {
-    401: {"description": "No valid token."},
-    403: {"description": "Role too small (operator needed)."},
-}
 
 
 @router.post(
     "/enrollment-tokens",
     status_code=201,
-    responses={401: {"description": "No valid token."}, 403: {"description": "Role too small."}},
+    responses=error_responses(OPERATOR_REFUSALS, BODY_REFUSALS),
 )
 def create_enrollment_token(
     body: EnrollmentTokenCreate, request: Request, session: SessionDep, principal: Operator
@@ -40,21 +47,26 @@ def create_enrollment_token(
     return EnrollmentTokenCreated(**EnrollmentTokenPublic.of(row).model_dump(), token=token)
 
 
-@router.get("/enrollment-tokens", responses=_REFUSALS)
+@router.get("/enrollment-tokens", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS))
 def list_enrollment_tokens(
     session: SessionDep,
-    _: Operator,
+    _: Viewer,
     active: Annotated[
         bool, Query(description="Only tokens that can still enroll a device.")
     ] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[EnrollmentTokenPublic]:
-    """Enrollment tokens, newest first, with their state; never the tokens themselves."""
+    """Enrollment tokens, newest first, with their state; never the tokens themselves (they are
+    shown once, at creation, and stored hashed), so a viewer may read the list like every
+    other fleet ``GET``."""
     rows = service.list_enrollment_tokens(session=session, active_only=active, limit=limit)
     return [EnrollmentTokenPublic.of(row) for row in rows]
 
 
-@router.delete("/enrollment-tokens/{token_id}", responses={**_REFUSALS, 404: {}})
+@router.delete(
+    "/enrollment-tokens/{token_id}",
+    responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS, 404),
+)
 def revoke_enrollment_token(
     token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     request: Request,
@@ -71,12 +83,21 @@ def revoke_enrollment_token(
 @router.post(
     "/enroll",
     status_code=201,
-    responses={
-        401: {"description": "Unknown enrollment token."},
-        409: {"description": "The device id exists, or the class differs from the token's."},
-        410: {"description": "The enrollment token has expired, is used up or was revoked."},
-        429: TOO_MANY_ATTEMPTS,
-    },
+    responses=error_responses(
+        BODY_REFUSALS,
+        401,
+        409,
+        410,
+        429,
+        503,
+        why={
+            401: "Unknown enrollment token.",
+            409: "The device id exists, or the class differs from the token's.",
+            410: "The enrollment token has expired, is used up or was revoked.",
+            429: "Too many failed attempts from this client: wait `Retry-After` seconds.",
+            503: "The database is not ready; try again later.",
+        },
+    ),
 )
 def enroll(
     body: EnrollRequest, request: Request, session: SessionDep, runtime: RuntimeDep

@@ -1,4 +1,4 @@
-"""Where a request presents a credential: the throttle check around it, and its 429 in the spec.
+"""Where a request presents a credential: the throttle check around it.
 
 Every credential check (operator and device bearer tokens in :mod:`fleet_server.api.deps`,
 the enrollment token at ``POST /api/v1/enroll``) runs through :func:`guarded`, so a wrong
@@ -9,9 +9,9 @@ credential counts against its client address's budget wherever it is presented
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 
 from fleet_server.runtime import Runtime
 from fleet_server.services.auth import hash_token
@@ -19,28 +19,6 @@ from fleet_server.services.errors import TooManyRequests, Unauthorized
 from fleet_server.services.throttle import client_key
 
 T = TypeVar("T")
-
-#: The OpenAPI response of a refused address (added to every route that takes a credential).
-TOO_MANY_ATTEMPTS: dict[str, Any] = {
-    "description": "Too many wrong credentials from this client address: retry after "
-    "Retry-After seconds (a recently accepted credential is not refused).",
-    "headers": {
-        "Retry-After": {
-            "description": "Seconds until this address may present a credential again.",
-            "schema": {"type": "integer", "minimum": 1},
-        }
-    },
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {"detail": {"type": "string"}},
-                "required": ["detail"],
-            }
-        }
-    },
-}
-_BEARER_SCHEME = "HTTPBearer"
 
 
 def client_of(request: Request) -> str:
@@ -72,22 +50,3 @@ def guarded(
         raise
     throttle.succeeded(digest)
     return result
-
-
-def document_throttling(app: FastAPI) -> None:
-    """Add the 429 response to every operation that takes a bearer token (the enrollment route
-    names it itself), on top of whatever the app's OpenAPI generator produces."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()
-        for path_item in schema.get("paths", {}).values():
-            for operation in path_item.values():
-                if not isinstance(operation, dict):
-                    continue
-                security = operation.get("security") or []
-                if any(_BEARER_SCHEME in requirement for requirement in security):
-                    operation.setdefault("responses", {}).setdefault("429", TOO_MANY_ATTEMPTS)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from fleet_server.services.errors import TooLarge
 
 #: JSON bodies of this API are small (a device, an assignment of up to 10,000 ids).
 MAX_JSON_BODY = 1024 * 1024
@@ -37,7 +36,12 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise TooLarge(f"request body is larger than {self.max_bytes} bytes")
+                    # FastAPI turns any other exception raised while it reads a body into
+                    # "400 There was an error parsing the body" (a chunked 2 MB body to
+                    # POST /devices got that); an HTTPException passes through as the 413.
+                    raise HTTPException(
+                        413, detail=f"request body is larger than {self.max_bytes} bytes"
+                    )
             return message
 
         await self.app(scope, limited, send)

@@ -7,13 +7,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fleet_server.api.deps import (
+    DEVICE_REFUSALS,
+    OPERATOR_REFUSALS,
+    VIEWER_REFUSALS,
     DeviceAuth,
     Operator,
     RuntimeDep,
@@ -23,11 +26,12 @@ from fleet_server.api.deps import (
     Viewer,
     note_target,
 )
+from fleet_server.api.errors import INPUT_REFUSALS, ErrorBody, error_responses
 from fleet_server.api.ranges import Unsatisfiable, byte_range, if_range_matches
 from fleet_server.api.upload import FIELD, receive_bundle
 from fleet_server.models import Device, LineageEntry, LineagePublic, ModelVersionPublic
 from fleet_server.services import models as service
-from fleet_server.services.errors import Forbidden, NotFound, Unavailable
+from fleet_server.services.errors import NotFound, Unavailable
 from fleet_server.services.models import Lineage
 from fleet_server.storage import MissingBundle, StoreError
 
@@ -56,7 +60,21 @@ _UPLOAD_BODY = {
     "",
     status_code=201,
     openapi_extra=_UPLOAD_BODY,
-    responses={400: {}, 409: {}, 413: {}},
+    responses=error_responses(
+        OPERATOR_REFUSALS,
+        INPUT_REFUSALS,
+        409,
+        413,
+        415,
+        why={
+            400: "The bundle is refused (not a valid, safe bundle; a signature required; an "
+            "unknown parent) or the form is malformed.",
+            409: "This model version exists.",
+            413: "The bundle is larger than the server's limit.",
+            415: "The body is not multipart/form-data with a boundary.",
+            503: "The database or the artifact store is not ready; try again later.",
+        },
+    ),
 )
 async def upload_model(
     request: Request,
@@ -121,18 +139,20 @@ async def upload_model(
         await run_in_threadpool(shutil.rmtree, work, True)
 
 
-@router.get("")
+@router.get("", responses=error_responses(VIEWER_REFUSALS))
 def list_models(session: SessionDep, _: Viewer) -> list[ModelVersionPublic]:
     rows = service.list_models(session=session)
     return [ModelVersionPublic.of(r, with_manifest=False) for r in rows]
 
 
-@router.get("/{name}/{version}")
+@router.get("/{name}/{version}", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404))
 def get_model(name: str, version: str, session: SessionDep, _: Viewer) -> ModelVersionPublic:
     return ModelVersionPublic.of(service.get_model(session=session, name=name, version=version))
 
 
-@router.get("/{name}/{version}/lineage", responses={404: {}})
+@router.get(
+    "/{name}/{version}/lineage", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404)
+)
 def get_lineage(name: str, version: str, session: SessionDep, _: Viewer) -> LineagePublic:
     """The version and its ancestors (parent, grandparent, ...), at most 100, cycle-safe."""
     chain, truncated = service.lineage_chain(session=session, name=name, version=version)
@@ -144,16 +164,46 @@ def get_lineage(name: str, version: str, session: SessionDep, _: Viewer) -> Line
     )
 
 
+_BUNDLE_HEADERS: dict[str, dict[str, Any]] = {
+    "ETag": {
+        "description": "The bundle's sha256 in quotes; send it back in `If-Range`.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "Accept-Ranges": {"required": True, "schema": {"type": "string", "const": "bytes"}},
+    "Content-Length": {"required": True, "schema": {"type": "integer", "minimum": 0}},
+}
+_BUNDLE = {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}
+
+
 @router.get(
     "/{name}/{version}/bundle",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/gzip": {}}},
-        206: {"content": {"application/gzip": {}}},
-        403: {},
-        404: {},
-        416: {},
-        503: {},
+        200: {"description": "The whole bundle.", "content": _BUNDLE, "headers": _BUNDLE_HEADERS},
+        206: {
+            "description": "The one byte range asked for.",
+            "content": _BUNDLE,
+            "headers": {
+                **_BUNDLE_HEADERS,
+                "Content-Range": {
+                    "description": "`bytes <first>-<last>/<size>`.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": r"^bytes [0-9]+-[0-9]+/[0-9]+$"},
+                },
+            },
+        },
+        **error_responses(
+            DEVICE_REFUSALS,
+            INPUT_REFUSALS,
+            404,
+            416,
+            why={
+                404: "No such version, or (to a device) not the version assigned to it: the "
+                "two answers are identical, so a device cannot probe which versions exist.",
+                503: "The database or the artifact store is not ready; try again later.",
+            },
+        ),
     },
 )
 def download_bundle(
@@ -178,12 +228,16 @@ def download_bundle(
         ),
     ] = None,
 ) -> Response:
-    """The bundle, streamed from the store; one ``Range`` (e.g. ``bytes=N-``) resumes (206)."""
-    row = service.get_model(session=session, name=name, version=version)
+    """The bundle, streamed from the store; one ``Range`` (e.g. ``bytes=N-``) resumes (206).
+
+    A device gets only the version assigned to it. Anything else is the same 404, whether the
+    version exists or not, checked before the version is looked up: a device cannot tell which
+    versions exist (it used to get 403 for "exists, not yours" and 404 for "no such version")."""
     if not principal.operator:
         device = session.get(Device, principal.device_id)
         if device is None or (device.desired_name, device.desired_version) != (name, version):
-            raise Forbidden(f"model {name}@{version} is not assigned to this device")
+            raise NotFound(_not_assigned(name, version))
+    row = service.get_model(session=session, name=name, version=version)
     key = row.storage_key
     etag = f'"{row.sha256}"'
     headers = {
@@ -197,7 +251,11 @@ def download_bundle(
         if if_range_matches(if_range, etag):
             span = byte_range(range_, size)
     except Unsatisfiable:
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        return JSONResponse(
+            ErrorBody(detail=f"range not satisfiable: the bundle has {size} bytes").model_dump(),
+            status_code=416,
+            headers={**headers, "Content-Range": f"bytes */{size}"},
+        )
     except MissingBundle as err:
         raise NotFound(f"bundle of {name}@{version} is missing from the store") from err
     except StoreError as err:
@@ -220,6 +278,10 @@ def download_bundle(
         media_type="application/gzip",
         headers=headers,
     )
+
+
+def _not_assigned(name: str, version: str) -> str:
+    return f"no bundle {name[:64]}@{version[:64]} for this device"
 
 
 def _logged(body: Iterator[bytes], key: str) -> Iterator[bytes]:

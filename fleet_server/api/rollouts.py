@@ -8,7 +8,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_server.api.deps import Operator, RuntimeDep, SessionDep, Viewer, note_target
+from fleet_server.api.deps import (
+    OPERATOR_REFUSALS,
+    VIEWER_REFUSALS,
+    Operator,
+    RuntimeDep,
+    SessionDep,
+    Viewer,
+    note_target,
+)
+from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
 from fleet_server.models.types import utcnow
 from fleet_server.services.errors import Unavailable
 from fleet_server.services.rollouts import RolloutCreate, RolloutEngine, service
@@ -41,7 +50,22 @@ def _engine(runtime: RuntimeDep) -> RolloutEngine:
     return runtime.rollouts
 
 
-@router.post("", status_code=201)
+@router.post(
+    "",
+    status_code=201,
+    responses=error_responses(
+        OPERATOR_REFUSALS,
+        BODY_REFUSALS,
+        404,
+        409,
+        why={
+            404: "No such model version or device id.",
+            409: "A targeted device is in another active rollout.",
+            422: "Invalid body, an unsigned version, or a selector that matches no device.",
+            503: "The rollout engine or the database is not ready; try again later.",
+        },
+    ),
+)
 def create_rollout(
     body: RolloutCreate, request: Request, session: SessionDep, runtime: RuntimeDep, who: Operator
 ) -> RolloutPublic:
@@ -53,7 +77,7 @@ def create_rollout(
     return created
 
 
-@router.get("")
+@router.get("", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS))
 def list_rollouts(
     session: SessionDep,
     _: Viewer,
@@ -63,12 +87,12 @@ def list_rollouts(
     return service.list_rollouts(session, state=state, limit=limit)
 
 
-@router.get("/{rollout_id}")
+@router.get("/{rollout_id}", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404))
 def show_rollout(rollout_id: RolloutId, session: SessionDep, _: Viewer) -> RolloutPublic:
     return service.view(session, rollout_id)
 
 
-@router.get("/{rollout_id}/report")
+@router.get("/{rollout_id}/report", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404))
 def rollout_report(rollout_id: RolloutId, session: SessionDep, _: Viewer) -> RolloutReport:
     """Every decision with the numbers behind it, every device, and new-vs-old differential."""
     return service.report(session, rollout_id, now=utcnow())
@@ -96,4 +120,19 @@ def _action(name: str) -> Callable[..., Any]:
 
 
 for _name in ("pause", "resume", "approve", "abort"):
-    router.add_api_route(f"/{{rollout_id}}/{_name}", _action(_name), methods=["POST"])
+    router.add_api_route(
+        f"/{{rollout_id}}/{_name}",
+        _action(_name),
+        methods=["POST"],
+        responses=error_responses(
+            OPERATOR_REFUSALS,
+            BODY_REFUSALS,
+            404,
+            409,
+            why={
+                409: "The rollout's state does not allow this action, or it changed "
+                "concurrently; try again.",
+                503: "The rollout engine or the database is not ready; try again later.",
+            },
+        ),
+    )

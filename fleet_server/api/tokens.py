@@ -7,20 +7,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from fleet_server.api.deps import Admin, SessionDep, note_target
+from fleet_server.api.deps import ADMIN_REFUSALS, Admin, SessionDep, note_target
+from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
 from fleet_server.models import ApiTokenCreate, ApiTokenCreated, ApiTokenPublic, AuditPublic
 from fleet_server.services import tokens as service
 from fleet_server.services.audit import MAX_AUDIT_LIMIT, list_audit
 from fleet_server.services.errors import Unprocessable
 
 router = APIRouter(tags=["auth"])
-_REFUSALS: dict[int | str, dict[str, str]] = {
-    401: {"description": "Missing, unknown or revoked token."},
-    403: {"description": "The token's role is too small (admin needed)."},
-}
 
 
-@router.post("/tokens", status_code=201, responses={**_REFUSALS, 409: {}})
+@router.post(
+    "/tokens",
+    status_code=201,
+    responses=error_responses(
+        ADMIN_REFUSALS, BODY_REFUSALS, 409, why={409: "A token of this name exists or existed."}
+    ),
+)
 def create_token(
     body: ApiTokenCreate, request: Request, session: SessionDep, principal: Admin
 ) -> ApiTokenCreated:
@@ -30,12 +33,12 @@ def create_token(
     return ApiTokenCreated(**ApiTokenPublic.of(row).model_dump(), token=token)
 
 
-@router.get("/tokens", responses=_REFUSALS)
+@router.get("/tokens", responses=error_responses(ADMIN_REFUSALS))
 def list_tokens(session: SessionDep, _: Admin) -> list[ApiTokenPublic]:
     return [ApiTokenPublic.of(row) for row in service.list_tokens(session=session)]
 
 
-@router.delete("/tokens/{token_id}", responses={**_REFUSALS, 404: {}})
+@router.delete("/tokens/{token_id}", responses=error_responses(ADMIN_REFUSALS, INPUT_REFUSALS, 404))
 def revoke_token(
     token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     request: Request,
@@ -48,7 +51,7 @@ def revoke_token(
     return ApiTokenPublic.of(row)
 
 
-@router.get("/audit", responses=_REFUSALS)
+@router.get("/audit", responses=error_responses(ADMIN_REFUSALS, INPUT_REFUSALS))
 def audit_log(
     session: SessionDep,
     _: Admin,

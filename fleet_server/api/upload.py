@@ -11,7 +11,7 @@ from typing import BinaryIO
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from fleet_server.services.errors import BadRequest, TooLarge
+from fleet_server.services.errors import BadRequest, TooLarge, UnsupportedMediaType
 
 FIELD = "bundle"
 #: Room for multipart boundaries and headers on top of the bundle itself.
@@ -89,7 +89,7 @@ async def receive_bundle(
     """Write the ``bundle`` field of a multipart body to ``dest``; return (sha256, size)."""
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise BadRequest(f"expected multipart/form-data with a {FIELD!r} file field")
+        raise UnsupportedMediaType(f"expected multipart/form-data with a {FIELD!r} file field")
     if content_length is not None:
         try:
             declared = int(content_length)

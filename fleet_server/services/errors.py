@@ -48,6 +48,12 @@ class TooLarge(ServiceError):
     status_code = 413
 
 
+class UnsupportedMediaType(ServiceError):
+    """The body's media type is not one the route takes (the bundle upload: multipart only)."""
+
+    status_code = 415
+
+
 class Unprocessable(ServiceError):
     status_code = 422
 

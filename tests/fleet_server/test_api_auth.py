@@ -4,6 +4,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -46,6 +47,7 @@ def test_role_matrix(client: TestClient) -> None:
         ("GET", f"/api/v1/devices/{device_id}", None, (200, 200, 200, 200)),
         ("GET", "/api/v1/models", None, (200, 200, 200, 200)),
         ("GET", "/api/v1/ingest/stats", None, (200, 200, 200, 200)),
+        ("GET", "/api/v1/enrollment-tokens", None, (200, 200, 200, 200)),
         ("PATCH", f"/api/v1/devices/{device_id}/tags", {"add": ["x"]}, (403, 200, 200, 200)),
         ("DELETE", f"/api/v1/devices/{device_id}/pin", None, (403, 200, 200, 200)),
         (
@@ -91,6 +93,33 @@ def test_role_matrix(client: TestClient) -> None:
         client.get("/api/v1/models/nope/1/bundle", headers=bearer(tokens["viewer"])).status_code
         == 404
     )
+
+
+def test_a_viewer_reads_every_get_but_tokens_and_the_audit_log(client: TestClient) -> None:
+    """What the README promises, for every GET the server publishes (the enrollment-token list
+    was 403 to a viewer: its rows never hold the token, so it is not secret)."""
+    admin_only = {"/api/v1/tokens", "/api/v1/audit"}
+    viewer = make_token(client, "viewer")["token"]
+    spec = client.get("/openapi.json").json()
+    gets = [path for path, methods in spec["paths"].items() if "get" in methods]
+    assert "/api/v1/enrollment-tokens" in gets and len(gets) >= 15
+    for path in gets:
+        url = re.sub(r"\{[^}]+\}", "1", path)
+        status = client.get(url, headers=bearer(viewer)).status_code
+        if path in admin_only:
+            assert status == 403, (path, status)
+        else:
+            assert status in (200, 404, 503), (path, status)
+    listed = client.get("/api/v1/enrollment-tokens", headers=bearer(viewer))
+    assert listed.status_code == 200 and '"token"' not in listed.text
+    # Reading is all: creating or revoking one stays with operators.
+    assert (
+        client.post(
+            "/api/v1/enrollment-tokens", json={"expires_in_s": 60}, headers=bearer(viewer)
+        ).status_code
+        == 403
+    )
+    assert client.delete("/api/v1/enrollment-tokens/1", headers=bearer(viewer)).status_code == 403
 
 
 def test_tokens_are_shown_once_stored_hashed_and_revocable(app: tuple[TestClient, Runtime]) -> None:

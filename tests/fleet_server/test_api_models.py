@@ -7,6 +7,7 @@ import json
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -91,7 +92,7 @@ def test_bundle_download_needs_assignment(
     assert client.get(url).status_code == 401
     assert client.get(url, headers=bearer("not-a-token")).status_code == 401
     denied = client.get(url, headers=bearer(token))
-    assert denied.status_code == 403 and "not assigned" in denied.json()["detail"]
+    assert denied.status_code == 404 and "for this device" in denied.json()["detail"]
     assigned = client.post(
         "/api/v1/assignments",
         json={"model": "digits", "version": "1.0.0", "device_ids": [device_id]},
@@ -104,6 +105,83 @@ def test_bundle_download_needs_assignment(
     assert missing.status_code == 404
     # A device token is not an operator token.
     assert client.get("/api/v1/models", headers=bearer(token)).status_code == 401
+
+
+def _answer(response: Any) -> tuple[int, bytes, dict[str, str]]:
+    """What a client can observe, less what differs between any two answers (the date)."""
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "date"}
+    return response.status_code, response.content, headers
+
+
+def test_a_device_cannot_tell_which_versions_exist(
+    app: tuple[TestClient, Runtime], digits_bundle: Path
+) -> None:
+    """To a device, a version that exists but is not assigned to it and a version (or model)
+    that does not exist get the same answer (status, body, headers), with or without Range or
+    If-Range, and for HEAD; it used to be 403 "not assigned" against 404 "not found"."""
+    client, _ = app
+    assert upload(client, digits_bundle).status_code == 201
+    device_id = unique_id()
+    token = client.post(
+        "/api/v1/devices", json={"device_id": device_id}, headers=operator()
+    ).json()["token"]
+    variants: list[tuple[str, dict[str, str]]] = [
+        ("GET", {}),
+        ("GET", {"Range": "bytes=0-"}),
+        ("GET", {"Range": "bytes=10-19"}),
+        ("GET", {"Range": "bytes=999999999-"}),
+        ("GET", {"Range": "bytes=0-", "If-Range": '"not-the-etag"'}),
+        ("HEAD", {}),
+        ("HEAD", {"Range": "bytes=0-"}),
+    ]
+
+    def answers(name: str, version: str) -> list[tuple[int, bytes, dict[str, str]]]:
+        url = f"/api/v1/models/{name}/{version}/bundle"
+        return [
+            _answer(client.request(method, url, headers={**bearer(token), **extra}))
+            for method, extra in variants
+        ]
+
+    exists = answers("digits", "1.0.0")
+    assert {status for status, _, _ in exists} <= {404, 405}, exists
+    # Same length names, so the bodies (which echo the path) match byte for byte once renamed.
+    missing_version = answers("digits", "9.9.9")
+    missing_model = answers("zzzzzz", "1.0.0")
+    rename = {b"digits@9.9.9": b"digits@1.0.0", b"zzzzzz@1.0.0": b"digits@1.0.0"}
+
+    def renamed(rows: list[tuple[int, bytes, dict[str, str]]]) -> list[Any]:
+        out = []
+        for status, body, headers in rows:
+            for old, new in rename.items():
+                body = body.replace(old, new)
+            out.append((status, body, headers))
+        return out
+
+    assert renamed(missing_version) == exists
+    assert renamed(missing_model) == exists
+    get = exists[0]
+    assert get[0] == 404 and json.loads(get[1]) == {
+        "detail": "no bundle digits@1.0.0 for this device"
+    }
+
+    # Once assigned, the device gets its version (ranges included); other names still 404.
+    assigned = client.post(
+        "/api/v1/assignments",
+        json={"model": "digits", "version": "1.0.0", "device_ids": [device_id]},
+        headers=operator(),
+    )
+    assert assigned.status_code == 200, assigned.text
+    url = "/api/v1/models/digits/1.0.0/bundle"
+    assert client.get(url, headers=bearer(token)).status_code == 200
+    part = client.get(url, headers={**bearer(token), "Range": "bytes=10-19"})
+    assert part.status_code == 206 and len(part.content) == 10
+    assert renamed(answers("digits", "9.9.9")) == exists
+    # An operator still learns what exists: 404 names the missing version, 416 the size.
+    assert client.get("/api/v1/models/digits/9.9.9/bundle", headers=operator()).status_code == 404
+    beyond = client.get(url, headers={**operator(), "Range": "bytes=999999999-"})
+    size = digits_bundle.stat().st_size
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}"
+    assert beyond.json() == {"detail": f"range not satisfiable: the bundle has {size} bytes"}
 
 
 def _hostile_bundles(artifact: Path, valid: bytes) -> dict[str, bytes]:
@@ -156,7 +234,7 @@ def test_hostile_bundles_are_refused(
     no_field = client.post("/api/v1/models", files={"other": ("x", b"123")}, headers=operator())
     assert no_field.status_code == 400 and "bundle" in no_field.json()["detail"]
     not_multipart = client.post("/api/v1/models", content=valid, headers=operator())
-    assert not_multipart.status_code == 400
+    assert not_multipart.status_code == 415
     broken = client.post(
         "/api/v1/models",
         content=b'--xyz\r\nContent-Disposition: form-data; name="bundle"\r\n\r\nabc',

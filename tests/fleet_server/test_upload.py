@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleet_server.api.upload import receive_bundle
-from fleet_server.services.errors import BadRequest, TooLarge
+from fleet_server.services.errors import BadRequest, TooLarge, UnsupportedMediaType
 
 CTYPE = "multipart/form-data; boundary=b0undary"
 
@@ -58,8 +58,8 @@ def test_reads_the_bundle_field_in_small_chunks(tmp_path: Path) -> None:
         (_body(_part("bundle", b"")), {}, BadRequest, "empty"),
         (_body(_part("note", b"n" * 70_000, None)), {}, BadRequest, "too large"),
         (_body(_part("bundle", b"z" * 10_001)), {}, TooLarge, "limit"),
-        (b"garbage", {"content_type": "application/json"}, BadRequest, "multipart"),
-        (b"garbage", {"content_type": "multipart/form-data"}, BadRequest, "multipart"),
+        (b"garbage", {"content_type": "application/json"}, UnsupportedMediaType, "multipart"),
+        (b"garbage", {"content_type": "multipart/form-data"}, UnsupportedMediaType, "multipart"),
         (b"x", {"content_length": "999999999"}, TooLarge, "limit"),
         (b"x", {"content_length": "abc"}, BadRequest, "Content-Length"),
         (b"--b0undary\r\nno headers end", {}, BadRequest, "."),
