@@ -93,7 +93,8 @@ class _Publisher:
         return len(sent)
 
 
-def test_a_database_outage_loses_no_acknowledged_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "worker"])
+def test_a_database_outage_loses_no_acknowledged_message(tmp_path: Path, workers: int) -> None:
     url = external_mqtt_url()
     client_id = f"edgefleet-server-outage-{secrets.token_hex(4)}"
     with private_postgres() as pg:
@@ -104,6 +105,7 @@ def test_a_database_outage_loses_no_acknowledged_message(tmp_path: Path) -> None
             mqtt_client_id=client_id,
             mqtt_session_expiry_s=120,  # a kept MQTT v5 session: acks after commit
             ingest_batch_interval_s=0.1,
+            ingest_workers=workers,  # 1: telemetry through a worker process's own connection
         )
         engine = make_engine(pg.url)
         try:
@@ -167,7 +169,8 @@ def test_a_database_outage_loses_no_acknowledged_message(tmp_path: Path) -> None
                     count = conn.execute(text("SELECT count(*) FROM telemetry")).scalar_one()
                 lost = len(acked - rows)
                 print(
-                    f"db outage: {DOWN_S:.0f} s down, {len(acked)} acknowledged, {lost} lost, "
+                    f"db outage ({workers} workers): {DOWN_S:.0f} s down, "
+                    f"{len(acked)} acknowledged, {lost} lost, "
                     f"{len(backlog)} acknowledged before the restart stored "
                     f"{'never' if drain_s is None else f'{drain_s:.1f} s'} after it, "
                     f"rejected {runtime.stats.snapshot()['rejected']}"
