@@ -11,9 +11,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 #: Why a message was dropped; the label values of ``edgefleet_ingest_rejected_total``.
-#: ``non_finite``: NaN or ±Infinity in a number (refused before the database sees it);
-#: ``db_refused``: a message the database itself refused (isolated from its batch, which is
-#: stored). A database that is unreachable drops nothing: see ``stalled`` and ``db_retries``.
+#: ``non_finite``: NaN or ±Infinity in a number; ``out_of_range``: a counter past BIGINT;
+#: ``nul_in_text``: a NUL character in a text column (these three refused before the database
+#: sees them); ``db_refused``: a message the database itself refused (isolated from its batch,
+#: which is stored). An unreachable database drops nothing: see ``stalled`` and ``db_retries``.
 REJECT_REASONS = (
     "bad_topic",
     "oversized",
@@ -23,6 +24,8 @@ REJECT_REASONS = (
     "unknown_device",
     "overloaded",
     "non_finite",
+    "out_of_range",
+    "nul_in_text",
     "db_refused",
 )
 

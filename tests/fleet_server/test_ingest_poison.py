@@ -1,15 +1,17 @@
 """A device cannot cost another device its telemetry by sending what PostgreSQL refuses.
 
 Through the real broker (Mosquitto) into a server on PostgreSQL: device A interleaves poisoned
-messages with good ones, device B is well-behaved. Non-finite numbers (``NaN``, ``Infinity``,
-``-Infinity`` tokens, which msgspec refuses and a ``json.loads`` fallback accepted, and ``1e999``,
-which overflows to infinity) are refused at the boundary and counted as ``non_finite``; a row
-that passes the contract and the database still refuses (a counter past bigint, a NUL in a text
-column) is isolated and counted as ``db_refused``. Every other message is stored.
+messages with good ones, device B is well-behaved. Refused before the write, each counted by
+reason: non-finite numbers (``NaN``, ``Infinity``, ``-Infinity`` tokens, which msgspec refuses
+and a ``json.loads`` fallback accepted, and ``1e999``, which overflows to infinity) as
+``non_finite``, a counter past BIGINT as ``out_of_range``, a NUL in a text column as
+``nul_in_text``. And rows that pass all that but the database still refuses (here a CHECK
+constraint the test adds, standing for whatever nobody foresaw) are isolated by bisecting their
+batch and counted as ``db_refused``. Every other message is stored.
 
-Before the fix (measured): the 4 non-finite and 2 refused messages among 801 cost 712 of the 795
-good ones, most of them the well-behaved device's (each batch holding a poisoned message was
-dropped after three retries, and acknowledged); after: 0 lost, in ~2 s.
+Before the fix (measured): 4 non-finite and 2 refused messages among 801 cost 712 of the 795 good
+ones, most of them the well-behaved device's (each batch holding a poisoned message was dropped
+after three retries, and acknowledged); after: 0 lost, in ~2 s.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ NON_FINITE = {
 }
 #: Valid under the contract, refused by PostgreSQL: inference_count past a bigint.
 TOO_BIG = 100
+#: Refused by a CHECK constraint the test adds (an inference count nobody else sends).
+CHECKED, REFUSED_COUNT = (200, 300), 424_242
 
 
 def _telemetry(device: str, seq: int, *, poisoned: bool) -> bytes:
@@ -53,6 +57,8 @@ def _telemetry(device: str, seq: int, *, poisoned: bool) -> bytes:
         raw = raw.replace(good, bad)
     elif seq == TOO_BIG:
         raw = raw.replace(f'"inference_count": {seq}', f'"inference_count": {2**63}')
+    elif seq in CHECKED:
+        raw = raw.replace(f'"inference_count": {seq}', f'"inference_count": {REFUSED_COUNT}')
     return raw.encode()
 
 
@@ -79,6 +85,14 @@ def test_poisoned_messages_cost_only_themselves(tmp_path: Path) -> None:
             tmp_path, database, broker_url=url, ingest_batch_size=500, ingest_batch_interval_s=0.2
         )
         with running_app(settings) as (client, runtime):
+            assert runtime.engine is not None
+            with runtime.engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "ALTER TABLE telemetry ADD CONSTRAINT refuse_one_count "
+                        f"CHECK (inference_count <> {REFUSED_COUNT})"
+                    )
+                )
             tag = secrets.token_hex(3)
             bad, good = f"poison-{tag}", f"good-{tag}"
             for device in (bad, good):
@@ -103,12 +117,11 @@ def test_poisoned_messages_cost_only_themselves(tmp_path: Path) -> None:
             wait_until(lambda: runtime.stats.received >= len(messages), timeout=30, what="delivery")
             assert runtime.writer.flush(120)
 
-            assert runtime.engine is not None
             with runtime.engine.connect() as conn:
                 rows = conn.execute(text("SELECT device_id, seq FROM telemetry")).all()
                 events = conn.execute(text("SELECT count(*) FROM event")).scalar_one()
             stored = {(d, int(s)) for d, s in rows}
-            poisoned = set(NON_FINITE) | {TOO_BIG}
+            poisoned = set(NON_FINITE) | {TOO_BIG, *CHECKED}
             expected = {(good, s) for s in range(1, PER_DEVICE + 1)} | {
                 (bad, s) for s in range(1, PER_DEVICE + 1) if s not in poisoned
             }
@@ -118,7 +131,12 @@ def test_poisoned_messages_cost_only_themselves(tmp_path: Path) -> None:
             assert stored == expected
             assert events == 0
             rejected = runtime.stats.snapshot()["rejected"]
-            assert rejected == {"non_finite": len(NON_FINITE), "db_refused": 2}
+            assert rejected == {
+                "non_finite": len(NON_FINITE),
+                "out_of_range": 1,
+                "nul_in_text": 1,
+                "db_refused": len(CHECKED),
+            }
 
             metrics = client.get("/metrics").text
             assert (
@@ -126,3 +144,4 @@ def test_poisoned_messages_cost_only_themselves(tmp_path: Path) -> None:
                 in (metrics)
             )
             assert 'edgefleet_ingest_rejected_total{reason="db_refused"} 2.0' in metrics
+            assert 'edgefleet_ingest_rejected_total{reason="out_of_range"} 1.0' in metrics
