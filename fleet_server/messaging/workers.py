@@ -218,7 +218,10 @@ class IngestWorkers:
                 # Its counts so far stay in the totals under a retired name.
                 last = self._stats.sources().get(name)
                 if last is not None:
-                    self._stats.merge(f"{name}.{self.restarts}", last)
+                    # Its counters stay; its gauges do not (a worker that died while the
+                    # database was down must not keep /readyz at "stalled").
+                    retired = {**last, "queue_depth": 0, "stalled": False}
+                    self._stats.merge(f"{name}.{self.restarts}", retired)
                     self._stats.merge(name, _zero(last))
                 self._spawn(name)
 
