@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from sqlalchemy import Engine, func
@@ -124,13 +125,20 @@ def test_an_unreachable_database_drops_nothing(engine: Engine) -> None:
 def test_full_queue_drops_and_counts(engine: Engine) -> None:
     stats = IngestStats()
     writer = IngestWriter(engine=engine, stats=stats, queue_size=2, submit_timeout_s=0.01)
+    acked: list[int] = []
     # Not started: nothing drains the queue.
     for seq in range(5):
-        writer.submit(topic("pi-1", Channel.TELEMETRY), _telemetry("pi-1", seq))
+        writer.submit(
+            topic("pi-1", Channel.TELEMETRY),
+            _telemetry("pi-1", seq),
+            ack=partial(acked.append, seq),
+        )
     assert stats.snapshot()["rejected"] == {"overloaded": 3}
+    assert acked == []  # a dropped message stays with the broker (not acknowledged)
     writer.start()
     writer.stop()
     assert _count(engine) == 2
+    assert acked == [0, 1]  # acknowledged once stored
 
 
 def test_results_on_a_wildcard_subscription_are_skipped_not_rejected(engine: Engine) -> None:
