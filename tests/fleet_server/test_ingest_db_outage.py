@@ -11,7 +11,8 @@ to a device is stored exactly once.
 Before the fix (measured): a batch was retried 3 times (3.5 s), then dropped and acknowledged:
 8 s down at 20 msg/s lost 75 of 246 acknowledged messages (all counted ``db_error``). After: 0
 of 250 lost, exactly once; the 203 acknowledged before the restart were all stored 2.1 s after
-PostgreSQL was back (back-off capped at 2 s).
+PostgreSQL was back (back-off capped at 2 s); through a worker 0 of 248, 1.6 s. With 20 s down
+(phases 15/20/15 s, one run): before 292 of 1,308 lost; after 0 of 1,006, drained in 1.8 s.
 """
 
 from __future__ import annotations
