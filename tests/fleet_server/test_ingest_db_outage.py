@@ -1,8 +1,8 @@
 """A database outage loses nothing the broker acknowledged.
 
-A server on a private PostgreSQL (started and stopped by the test, never the shared one) and
-the real Mosquitto, with a kept MQTT v5 session (acknowledgements after commit). Two devices
-publish ~20 msg/s in all; PostgreSQL stops (fast shutdown: every connection cut) for several
+A server on a private PostgreSQL (started and stopped by the test, never the shared one) and a
+real Mosquitto (private too), with a kept MQTT v5 session (acknowledgements after commit). Two
+devices publish ~20 msg/s in all; PostgreSQL stops (fast shutdown: every connection cut) for several
 seconds and starts again. While it is down ``/readyz`` says not ready; ingest holds the batch
 and its acknowledgements, so the broker stops sending at the receive window and queues the
 rest for the server's session; once PostgreSQL is back every message the broker acknowledged
@@ -30,8 +30,8 @@ from sqlalchemy import text
 from edgefleet.contract import Channel, Telemetry, encode, topic
 from edgefleet.mqtt import BrokerAddress
 from fleet_server.db import make_engine
-from tests.conftest import external_mqtt_url
 from tests.fleet_server.helpers import make_settings, operator, running_app, wait_until
+from tests.utils.mosquitto import private_mosquitto
 from tests.utils.postgres import private_postgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~20 s: 8 s of it the outage
@@ -96,9 +96,11 @@ class _Publisher:
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "worker"])
 def test_a_database_outage_loses_no_acknowledged_message(tmp_path: Path, workers: int) -> None:
-    url = external_mqtt_url()
+    # Private Mosquitto and PostgreSQL: on the shared broker other tests' devices would be
+    # counted here, and the shared database is never stopped.
     client_id = f"edgefleet-server-outage-{secrets.token_hex(4)}"
-    with private_postgres() as pg:
+    with private_mosquitto(tmp_path) as broker, private_postgres() as pg:
+        url = broker.url
         settings = make_settings(
             tmp_path,
             pg.url,
@@ -182,10 +184,3 @@ def test_a_database_outage_loses_no_acknowledged_message(tmp_path: Path, workers
                 assert runtime.stats.snapshot()["rejected"] == {}
         finally:
             engine.dispose()
-            # Leave no kept session behind on the shared broker: reconnect clean, expiry 0.
-            address = BrokerAddress.from_url(url)
-            cleaner = mqtt.Client(
-                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-            )
-            cleaner.connect(address.host, address.port, clean_start=True)
-            cleaner.disconnect()
