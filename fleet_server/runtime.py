@@ -291,7 +291,12 @@ class Runtime:
                 db_ok = True
             except Exception:  # noqa: BLE001 - any failure means not ready
                 db_ok = False
-        checks = {"database": db_ok, "broker": self.bus is not None and self.bus.connected}
+        checks = {
+            "database": db_ok,
+            "broker": self.bus is not None and self.bus.connected,
+            # False while ingest holds a batch for a database it cannot reach (acks held).
+            "ingest": not self.stats.any_stalled,
+        }
         if self.settings.ingest_workers:
             checks["ingest_workers"] = self.workers is not None and self.workers.alive
         return checks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,7 +11,7 @@ import msgspec
 
 from edgefleet.contract.base import Strict, decoding, one_line
 from edgefleet.contract.common import SCHEMA_VERSION
-from edgefleet.contract.errors import ContractError
+from edgefleet.contract.errors import ContractError, NonFiniteNumberError
 
 M = TypeVar("M", bound=Strict)
 
@@ -21,12 +22,16 @@ MIGRATIONS: dict[int, Migration] = {}
 
 
 def load_json_object(raw: bytes | str, *, what: str, max_bytes: int) -> dict[str, Any]:
-    """Parse ``raw`` as one JSON object of at most ``max_bytes``, or raise ContractError."""
+    """Parse ``raw`` as one JSON object of at most ``max_bytes``, or raise ContractError
+    (:class:`NonFiniteNumberError` for ``NaN``/``Infinity`` tokens and overflowing numbers,
+    which ``json.loads`` would otherwise turn into non-finite floats)."""
     size = len(raw.encode() if isinstance(raw, str) else raw)
     if size > max_bytes:
         raise ContractError(f"{what} is {size} bytes; the limit is {max_bytes}")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except NonFiniteNumberError as err:
+        raise NonFiniteNumberError(f"{what}: {err}") from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ContractError(f"{what} is not valid JSON: {err}") from err
     except RecursionError as err:
@@ -34,6 +39,17 @@ def load_json_object(raw: bytes | str, *, what: str, max_bytes: int) -> dict[str
     if not isinstance(data, dict):
         raise ContractError(f"{what} must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def _refuse_constant(name: str) -> float:
+    raise NonFiniteNumberError(f"{name} is not a JSON number (only finite numbers are)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteNumberError(f"{text[:40]} is out of the range of a float")
+    return value
 
 
 def migrate(data: dict[str, Any], *, what: str) -> dict[str, Any]:

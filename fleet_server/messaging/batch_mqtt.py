@@ -161,6 +161,16 @@ class BatchSubscriber:
         self._ping_if_idle()
         return messages
 
+    def keep_alive(self) -> None:
+        """While the caller holds a batch it cannot store yet (the database is down): read
+        what has arrived into the buffer (at most the receive window: the broker sends no more
+        unacknowledged messages) and ping when idle, so the broker keeps the connection."""
+        sock = self._require()
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable:
+            self._read(sock)
+        self._ping_if_idle()
+
     def ack(self, packet_ids: list[int]) -> None:
         """One write with a PUBACK for each id (QoS 0 ids, 0, are skipped)."""
         data = b"".join(b"\x40\x02" + struct.pack("!H", pid) for pid in packet_ids if pid)

@@ -11,6 +11,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 #: Why a message was dropped; the label values of ``edgefleet_ingest_rejected_total``.
+#: ``non_finite``: NaN or ±Infinity in a number; ``out_of_range``: a counter past BIGINT;
+#: ``nul_in_text``: a NUL character in a text column (these three refused before the database
+#: sees them); ``db_refused``: a message the database itself refused (isolated from its batch,
+#: which is stored). An unreachable database drops nothing: see ``stalled`` and ``db_retries``.
 REJECT_REASONS = (
     "bad_topic",
     "oversized",
@@ -19,7 +23,10 @@ REJECT_REASONS = (
     "device_mismatch",
     "unknown_device",
     "overloaded",
-    "db_error",
+    "non_finite",
+    "out_of_range",
+    "nul_in_text",
+    "db_refused",
 )
 
 
@@ -38,7 +45,10 @@ class IngestStats:
         self._duplicates = 0
         self._rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self._batches = 0
+        self._db_retries = 0
         self.queue_depth = 0
+        #: True while a batch waits for the database to come back (its acks held).
+        self.stalled = False
         self._remote: dict[str, dict[str, Any]] = {}
 
     def add(self, *, received: int = 0, stored: int = 0, duplicates: int = 0) -> None:
@@ -57,6 +67,11 @@ class IngestStats:
         with self._lock:
             self._batches += 1
 
+    def db_retry(self) -> None:
+        """One failed attempt to reach the database; the batch is kept and tried again."""
+        with self._lock:
+            self._db_retries += 1
+
     # -- across processes ----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
         """This process's own counts (what a worker sends to the server process)."""
@@ -68,6 +83,8 @@ class IngestStats:
                 "rejected": dict(self._rejected),
                 "batches": self._batches,
                 "queue_depth": self.queue_depth,
+                "db_retries": self._db_retries,
+                "stalled": self.stalled,
             }
 
     def merge(self, source: str, exported: dict[str, Any]) -> None:
@@ -101,6 +118,19 @@ class IngestStats:
     @property
     def batches(self) -> int:
         return self.totals()[2]
+
+    @property
+    def db_retries(self) -> int:
+        with self._lock:
+            return self._db_retries + sum(
+                int(r.get("db_retries", 0)) for r in self._remote.values()
+            )
+
+    @property
+    def any_stalled(self) -> bool:
+        """This process's writer or any worker waits for the database."""
+        with self._lock:
+            return self.stalled or any(bool(r.get("stalled")) for r in self._remote.values())
 
     @property
     def rejected(self) -> dict[str, int]:
@@ -154,6 +184,16 @@ class IngestCollector(Collector):
         )
         yield GaugeMetricFamily(
             "edgefleet_ingest_queue_depth", "Messages waiting for the ingest writer.", value=depth
+        )
+        yield CounterMetricFamily(
+            "edgefleet_ingest_db_retries",
+            "Failed attempts to reach the database; the batch was kept and tried again.",
+            value=self._stats.db_retries,
+        )
+        yield GaugeMetricFamily(
+            "edgefleet_ingest_stalled",
+            "1 while ingest waits for the database (acknowledgements held, nothing dropped).",
+            value=int(self._stats.any_stalled),
         )
 
 

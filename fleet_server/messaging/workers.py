@@ -11,7 +11,9 @@ A worker is one thread: :class:`~fleet_server.messaging.batch_mqtt.BatchSubscrib
 what the socket holds, it decodes and writes that batch in one transaction, and only then
 acknowledges the batch to the broker. A worker killed mid-batch leaves those messages
 unacknowledged (what the broker does with them then is its choice: MQTT v5 lets it hand them to
-another member of the group; a clean start drops them from the dead session).
+another member of the group; a clean start drops them from the dead session). While the
+database is unreachable a worker keeps its batch, retries with back-off and acknowledges
+nothing; it keeps the broker connection alive meanwhile and reports ``stalled`` (``/readyz``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def worker_main(config: WorkerConfig, pipe: Connection) -> None:
         max_packet_bytes=4 * MAX_PAYLOAD_BYTES + 1024,
     )
     backoff, reported, connected_once = 0.5, 0.0, False
+
+    def wait(delay: float) -> bool:
+        """Between attempts to reach the database: keep the broker connection alive, report
+        (``/readyz`` sees the stall), watch for the stop word; False to give up."""
+        deadline = time.monotonic() + delay
+        while True:
+            with contextlib.suppress(OSError):
+                pipe.send(stats.export())
+            if subscriber.connected:
+                try:
+                    subscriber.keep_alive()
+                except MqttError as err:  # the batch is still stored; its acks cannot be sent
+                    log.warning("ingest worker lost the broker", extra={"error": str(err)})
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            if _stop_requested(pipe, min(remaining, 1.0)):
+                return False
+
     try:
         while not _stop_requested(pipe, 0):
             if not subscriber.connected:
@@ -101,8 +122,11 @@ def worker_main(config: WorkerConfig, pipe: Connection) -> None:
                 batch = subscriber.receive(max_messages=config.batch_size, timeout=_REPORT_S)
                 if batch:
                     now = utcnow()
-                    writer.write_now([Inbound(m.topic, m.payload, now) for m in batch])
-                    subscriber.ack([m.packet_id for m in batch])  # stored first, then acked
+                    inbound = [Inbound(m.topic, m.payload, now) for m in batch]
+                    if not writer.write_now(inbound, wait=wait):
+                        break  # stop asked while the database was down: nothing acked
+                    if subscriber.connected:
+                        subscriber.ack([m.packet_id for m in batch])  # stored first, then acked
             except MqttError as err:
                 log.warning("ingest worker lost the broker", extra={"error": str(err)})
             if connected_once and time.monotonic() - reported >= _REPORT_S:
@@ -194,7 +218,10 @@ class IngestWorkers:
                 # Its counts so far stay in the totals under a retired name.
                 last = self._stats.sources().get(name)
                 if last is not None:
-                    self._stats.merge(f"{name}.{self.restarts}", last)
+                    # Its counters stay; its gauges do not (a worker that died while the
+                    # database was down must not keep /readyz at "stalled").
+                    retired = {**last, "queue_depth": 0, "stalled": False}
+                    self._stats.merge(f"{name}.{self.restarts}", retired)
                     self._stats.merge(name, _zero(last))
                 self._spawn(name)
 

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import SQLModel
 
 from edgefleet.contract import Event, Payload, State, Status, Telemetry
@@ -93,6 +95,18 @@ def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) ->
             duplicates += len(rows) - inserted
         _update_devices(conn, device_table, changes)
     return WriteResult(stored=stored, duplicates=duplicates, unknown_devices=unknown)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` says the database could not be reached or could not answer now
+    (connection refused or cut, server shutting down, pool exhausted, SQLite locked), as
+    opposed to the database refusing these rows (a data or integrity error). A transient
+    error is retried for as long as it lasts; refused rows are isolated and dropped."""
+    if isinstance(err, DBAPIError) and err.connection_invalidated:
+        return True
+    return isinstance(
+        err, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError
+    )
 
 
 def _table(name: str) -> Table:

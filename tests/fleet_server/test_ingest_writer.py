@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from sqlalchemy import Engine, func
@@ -12,9 +13,10 @@ from sqlmodel import Session, select
 
 from edgefleet.contract import Channel, Telemetry, encode, topic
 from fleet_server.db import make_engine, migrate
-from fleet_server.messaging.ingest import IngestWriter
+from fleet_server.messaging.ingest import Inbound, IngestWriter
 from fleet_server.messaging.stats import IngestStats
 from fleet_server.models import Device, TelemetryRow
+from fleet_server.models.types import utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -81,33 +83,62 @@ def test_stop_writes_what_is_queued(engine: Engine) -> None:
     assert _count(engine) == 120
 
 
-def test_database_outage_is_counted_and_survived(engine: Engine) -> None:
+def test_an_unreachable_database_drops_nothing(engine: Engine) -> None:
+    """Unreachable (connection refused) is not refused data: the batch is kept, retried with
+    back-off, counted, and its acknowledgements held; giving up (stopping) acknowledges
+    nothing. The same batch is stored once the database answers."""
     stats = IngestStats()
     broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1")
-    writer = IngestWriter(engine=broken, stats=stats, interval_s=0.01, retries=1)
-    writer.start()
+    acks: list[int] = []
+    messages = [
+        Inbound(topic("pi-1", Channel.TELEMETRY), _telemetry("pi-1", seq), utcnow(), lambda: None)
+        for seq in range(1, 4)
+    ]
+    waits: list[float] = []
+
+    def wait(delay: float) -> bool:
+        waits.append(delay)
+        return len(waits) < 4
+
+    writer = IngestWriter(engine=broken, stats=stats, retry_initial_s=0.01, retry_max_s=0.02)
     try:
-        writer.submit(topic("pi-1", Channel.TELEMETRY), _telemetry("pi-1", 1))
-        assert writer.flush(30)
-        assert stats.snapshot()["rejected"] == {"db_error": 1}
-        writer.submit("edgefleet/v1/pi-1/telemetry", b"{}")
-        assert writer.flush(10)
-        assert stats.snapshot()["rejected"] == {"db_error": 1, "schema": 1}
+        assert writer.write_now(messages, wait=wait) is False
+        assert waits == [0.01, 0.02, 0.02, 0.02]  # capped exponential back-off
+        assert stats.db_retries == 4 and stats.any_stalled
+        assert stats.snapshot()["rejected"] == {}
+
+        threaded = IngestWriter(engine=broken, stats=stats, interval_s=0.01)
+        threaded.start()
+        threaded.submit(
+            topic("pi-1", Channel.TELEMETRY), _telemetry("pi-1", 1), ack=lambda: acks.append(1)
+        )
+        assert not threaded.flush(1.5), "held while the database is unreachable"
+        threaded.stop(timeout=0.5)
+        assert acks == [] and stats.snapshot()["rejected"] == {}
     finally:
-        writer.stop()
         broken.dispose()
+    assert IngestWriter(engine=engine, stats=stats).write_now(messages) is True
+    assert not stats.any_stalled
+    assert _count(engine) == 3
 
 
 def test_full_queue_drops_and_counts(engine: Engine) -> None:
     stats = IngestStats()
     writer = IngestWriter(engine=engine, stats=stats, queue_size=2, submit_timeout_s=0.01)
+    acked: list[int] = []
     # Not started: nothing drains the queue.
     for seq in range(5):
-        writer.submit(topic("pi-1", Channel.TELEMETRY), _telemetry("pi-1", seq))
+        writer.submit(
+            topic("pi-1", Channel.TELEMETRY),
+            _telemetry("pi-1", seq),
+            ack=partial(acked.append, seq),
+        )
     assert stats.snapshot()["rejected"] == {"overloaded": 3}
+    assert acked == []  # a dropped message stays with the broker (not acknowledged)
     writer.start()
     writer.stop()
     assert _count(engine) == 2
+    assert acked == [0, 1]  # acknowledged once stored
 
 
 def test_results_on_a_wildcard_subscription_are_skipped_not_rejected(engine: Engine) -> None:

@@ -25,6 +25,7 @@ from edgefleet.contract import (
     parse_topic,
     topic,
 )
+from edgefleet.contract.errors import NonFiniteNumberError
 from edgefleet.contract.payloads import PAYLOAD_TYPES
 from edgefleet.contract.topics import device_filter, fleet_filter, shared_filter
 
@@ -147,6 +148,26 @@ def test_payload_bad_inputs_each_get_one_line() -> None:
             decode(Channel.TELEMETRY, raw)
         assert fragment in str(info.value), (fragment, str(info.value))
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        '"system": {"cpu_percent": NaN}',
+        '"system": {"cpu_percent": -Infinity}',
+        '"latency_ms": {"p50": Infinity, "p95": 1.0}',
+        '"latency_ms": {"p50": 1.0, "p95": 1e999}',
+    ],
+)
+def test_non_finite_numbers_are_refused(fragment: str) -> None:
+    """Not JSON, refused by msgspec, accepted by ``json.loads`` (the fallback path) and
+    refused by PostgreSQL: decode refuses them with their own error type."""
+    raw = encode(Telemetry(device_id="pi-1", seq=1, interval_s=1, model=None, inference_count=1))
+    data = json.loads(raw)
+    data.pop("system"), data.pop("latency_ms")
+    hostile = json.dumps(data)[:-1] + ", " + fragment + "}"
+    with pytest.raises(NonFiniteNumberError, match="telemetry payload: .*(JSON number|range)"):
+        decode(Channel.TELEMETRY, hostile.encode(), device_id="pi-1")
 
 
 def test_payload_cannot_speak_for_another_device() -> None:
