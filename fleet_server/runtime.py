@@ -186,6 +186,9 @@ class Runtime:
             shared_group=settings.resolved_ingest_group,
             channels=channels,
             receive_maximum=min(settings.ingest_queue_size, 65_535),
+            # The embedded broker acknowledges a device's message once the bus has: only
+            # after ingest stored it, so a SIGKILL of this process loses nothing acknowledged.
+            acks_after_store=not external,
             **tls,
         )
 
