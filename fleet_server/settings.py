@@ -196,7 +196,7 @@ class ServerSettings(BaseSettings):
     mqtt_auth_throttle: AuthThrottleConfig = Field(
         default_factory=AuthThrottleConfig,
         description="How the embedded broker locks a user name or source address after "
-        "repeated failed logins (JSON, e.g. {\"max_lockout_s\": 10}).",
+        'repeated failed logins (JSON, e.g. {"max_lockout_s": 10}).',
     )
     host: str = Field(default="127.0.0.1", description="HTTP listen address.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port.")

@@ -201,7 +201,9 @@ class HeldAckBroker(Broker):  # type: ignore[misc]
         held = message.held if isinstance(message, HeldIncoming) else None
         token = _ORIGIN.set(held)
         try:
-            return bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
+            return bool(
+                await super()._handle_message_delivery(client_session, handler, wait_deliver)
+            )
         finally:
             _ORIGIN.reset(token)
             if held is not None and not held.broadcast:

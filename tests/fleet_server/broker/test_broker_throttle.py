@@ -117,9 +117,7 @@ def test_guessing_a_device_password_is_locked_and_counted(tmp_path: Path) -> Non
     )
     with running_app(settings) as (client, runtime):
         device_id = unique_id("guess")
-        response = client.post(
-            "/api/v1/devices", json={"device_id": device_id}, headers=operator()
-        )
+        response = client.post("/api/v1/devices", json={"device_id": device_id}, headers=operator())
         assert response.status_code == 201, response.text
         token = str(response.json()["token"])
         port = runtime.broker.port
