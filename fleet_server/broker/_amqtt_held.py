@@ -35,7 +35,7 @@ from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
-from amqtt.mqtt.constants import QOS_0, QOS_1
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.session import INCOMING, IncomingApplicationMessage, OutgoingApplicationMessage
@@ -246,7 +246,7 @@ class HeldAckBroker(Broker):  # type: ignore[misc]
                 if (
                     target_session.transitions.state != "connected"
                     and not target_session.clean_session
-                    and qos in (QOS_1, 2)
+                    and qos in (QOS_1, QOS_2)
                     and not target_session.is_anonymous
                 ):
                     await self._retain_broadcast_message(broadcast, qos, target_session)

@@ -134,3 +134,22 @@ def test_a_message_whose_delivery_failed_is_sent_again(peers: Callable[..., Peer
     assert device.disconnects >= 1
     assert device.connects >= 2
     assert [(t, p) for _m, t, p, _d in keeper.received] == [(TELEMETRY, b'{"seq": 7}')] * 2
+
+
+def test_amqtt_is_the_version_the_held_acks_were_written_against() -> None:
+    # _amqtt_held copies amqtt 0.12.1's Broker._run_broadcast and the outgoing QoS 1 flow, and
+    # overrides the methods below: an upgrade must re-read them before moving on.
+    import amqtt
+    from amqtt.broker import Broker
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+
+    assert amqtt.__version__.startswith("0.12."), amqtt.__version__
+    for name in (
+        "_handle_client_session",
+        "_handle_message_delivery",
+        "_broadcast_message",
+        "_run_broadcast",
+    ):
+        assert callable(getattr(Broker, name, None)), name
+    for name in ("handle_publish", "_handle_qos1_message_flow", "_handle_message_flow"):
+        assert callable(getattr(BrokerProtocolHandler, name, None)), name
