@@ -73,6 +73,9 @@ class AccessControlledBroker(GuardedBroker):
         self._authenticator = authenticator
         self._devices_open = devices_open
         self._throttle = throttle
+        # The fleet server's broker (gated): only the server subscribes to device channels,
+        # so a device message that reached nobody has not reached the server.
+        self.held_needs_subscriber = devices_open is not None
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int

@@ -2,22 +2,26 @@
 
 amqtt answers a QoS 1 PUBLISH with PUBACK as soon as the message is queued in its memory. The
 embedded broker lives in the server's process, so a SIGKILL of the server lost what the broker
-had acknowledged and ingest had not yet committed: the device's outbox had already deleted it
-(9 and 4 of 2,000 messages in two runs, the last ~0.2 s, one ingest batch window).
+had acknowledged and ingest had not yet committed, after the device's outbox had deleted it:
+about one ingest batch window (0.2 s); 4 of 1,242, 7 of 2,318 and 2 of 2,342 messages in three
+runs of two kills each (tests/fleet_server/broker/test_broker_crash.py; now 0 in three).
 
 Here a QoS 1 message on a device channel (:data:`~edgefleet.contract.CHANNELS` ``from_device``:
-telemetry, state, events, status, results) is *held*: its publisher gets the PUBACK only once
-every subscriber the broker sent it to has acknowledged it. The fleet server's bus acknowledges
-after ingest committed the batch (``FleetBus(acks_after_store=True)``), so with the embedded
-broker a device's PUBACK means "in the database", and the device's outbox is the only copy
-until then: nothing is journalled, no disk write per message (cost in CHANGELOG/bench: none
-measurable on throughput, the PUBACK comes one ingest batch later).
+telemetry, state, events, status) is *held*: its publisher gets the PUBACK only once every
+subscriber the broker sent it to has acknowledged it. The fleet server's bus acknowledges after
+ingest committed the batch (``FleetBus(acks_after_store=True)``), so on the embedded broker a
+device's PUBACK means "in the database" and the device's outbox is the only copy until then.
+Nothing is journalled, no disk write per message: the price is latency (the PUBACK comes one
+ingest batch later), not throughput (bench/ingest_bench.py --broker embedded, SQLite, median of
+3 runs: 1,029 msg/s before, 1,001 after, within the runs' spread).
 
-When a delivery fails (the subscriber went away before acknowledging), the publisher's
-connection is closed without a PUBACK: its client sends the message again after reconnecting,
-and ingest de-duplicates by device and seq. Deliveries of a held message wait for their PUBACK
-as long as the subscriber stays connected (amqtt gives up after 5 s and forgets the message;
-a database that takes longer must slow the devices down, not lose their messages).
+When a delivery fails (the subscriber went away before acknowledging), or, on the server's
+gated broker, the message reached no subscriber at all (the server's own connection is being
+re-established, or the server is stopping), the publisher's connection is closed without a
+PUBACK: its client sends the message again after reconnecting, and ingest de-duplicates by
+device and seq. A held message's delivery waits for its PUBACK as long as the subscriber stays
+connected (amqtt gives up after 5 s and forgets the message: a database slower than that must
+slow the devices down, not lose their messages).
 
 Everything else keeps amqtt's behaviour: the server's desired state to a device is not held
 (a device that never acknowledges cannot stall the server's publishes), nor is QoS 0, nor a
@@ -179,6 +183,12 @@ class HeldAckBroker(Broker):  # type: ignore[misc]
     """amqtt's broker with every client served by a :class:`HeldAckHandler` and held messages
     tracked from their publisher through the broadcast to each delivery."""
 
+    #: True: a held message that reached no connected subscriber is not acknowledged either
+    #: (the fleet server's broker, where only the server subscribes to device channels: while
+    #: its connection is being re-established, devices keep their messages). False: amqtt's
+    #: rule, a message nobody subscribed to is acknowledged and dropped.
+    held_needs_subscriber = False
+
     async def _handle_client_session(
         self,
         reader: Any,
@@ -264,5 +274,9 @@ class HeldAckBroker(Broker):  # type: ignore[misc]
                 running_tasks.append(task)
                 if qos != QOS_0:
                     deliveries.append(task)
-        if held is not None:
+        if held is None:
+            return
+        if not deliveries and self.held_needs_subscriber:
+            held.settle(False)  # nobody to store it (the server is reconnecting): send again
+        else:
             held.track(deliveries)

@@ -251,7 +251,7 @@ class EmbeddedBroker:
             broker = AccessControlledBroker(
                 config,
                 authenticator=self._authenticator,
-                devices_open=self._devices_open,
+                devices_open=self._devices_open if self._gate_devices else None,
                 throttle=self.auth_throttle,
                 **guard,
             )

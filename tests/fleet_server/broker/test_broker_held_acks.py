@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.contract.topics import Channel, topic
 from fleet_server.broker import EmbeddedBroker
+from tests.fleet_server.broker.test_broker_auth import SERVER, DictAuthenticator
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,14 @@ TELEMETRY = topic(DEVICE, Channel.TELEMETRY)
 class Peer:
     """A paho client with manual acknowledgements that records (mid, topic, payload, dup)."""
 
-    def __init__(self, port: int, client_id: str, *, manual_ack: bool) -> None:
+    def __init__(
+        self,
+        port: int,
+        client_id: str,
+        *,
+        manual_ack: bool,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -44,6 +52,8 @@ class Peer:
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        if credentials is not None:
+            self.client.username_pw_set(*credentials)
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
         assert self._ready.wait(5), f"{client_id} did not connect"
@@ -134,6 +144,40 @@ def test_a_message_whose_delivery_failed_is_sent_again(peers: Callable[..., Peer
     assert device.disconnects >= 1
     assert device.connects >= 2
     assert [(t, p) for _m, t, p, _d in keeper.received] == [(TELEMETRY, b'{"seq": 7}')] * 2
+
+
+def test_on_the_servers_broker_a_message_nobody_received_is_not_acknowledged(
+    start_broker: Callable[..., EmbeddedBroker],
+) -> None:
+    # The fleet server's broker (credentials, device gate): only the server subscribes to device
+    # channels, so while its connection is re-established a device's message reached nobody.
+    broker = start_broker(authenticator=DictAuthenticator({DEVICE: "tok"}), gate_devices=True)
+    made: list[Peer] = []
+
+    def peer(client_id: str, credentials: tuple[str, str], *, manual_ack: bool) -> Peer:
+        made.append(Peer(broker.port, client_id, manual_ack=manual_ack, credentials=credentials))
+        return made[-1]
+
+    try:
+        server = peer("server", SERVER, manual_ack=False)
+        server.subscribe("edgefleet/v1/+/telemetry")
+        broker.admit_devices()
+        device = peer(DEVICE, (DEVICE, "tok"), manual_ack=False)
+        first = device.client.publish(TELEMETRY, b'{"seq": 1}', qos=1)
+        assert _wait(first.is_published), "not acknowledged with the server subscribed"
+
+        server.close()  # the server's connection drops (clean session: its subscriptions go)
+        second = device.client.publish(TELEMETRY, b'{"seq": 2}', qos=1)
+        assert _wait(lambda: device.disconnects >= 1), "the device was not sent away"
+        assert not second.is_published(), "acknowledged with nobody to store it"
+
+        again = peer("server", SERVER, manual_ack=False)
+        again.subscribe("edgefleet/v1/+/telemetry")
+        assert _wait(second.is_published, 10), "not sent again once the server was back"
+        assert (TELEMETRY, b'{"seq": 2}') in [(t, p) for _m, t, p, _d in again.received]
+    finally:
+        for made_peer in made:
+            made_peer.close()
 
 
 def test_amqtt_is_the_version_the_held_acks_were_written_against() -> None:
