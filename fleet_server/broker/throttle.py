@@ -6,12 +6,14 @@ key — a user name, a source address — counts its consecutive failed logins; 
 failure up to ``max_lockout_s``. While a key is locked a CONNECT with it is refused at once
 (CONNACK 0x03, server unavailable: clients retry later) without its password being checked, so
 a guesser gets one try per lock period (measured: 100 wrong passwords in a burst → 5 checked,
-95 refused unchecked). A correct password clears both keys.
+95 refused unchecked). A correct password clears its keys.
 
 The legitimate holder is never locked out for long: a lock ends ``max_lockout_s`` (default
-30 s) after the last *checked* failure, and refusals do not extend it. A user name's lock does
-not apply from the address it last logged in from, so a device keeps reconnecting while someone
-elsewhere guesses its password (that address's own lock still applies to a guesser there).
+30 s) after the last *checked* failure, and refusals do not extend it. A user name that last
+logged in from an address is, from there, subject only to the lock of that (user name, address)
+pair: a device keeps reconnecting while someone elsewhere guesses its password, and while a
+misconfigured neighbour behind the same address (the same host, a NAT) locks that address for
+new names; someone guessing its password from its own address is still locked by the pair.
 Memory is bounded: at most ``max_tracked`` keys and as many remembered addresses, the least
 recently used dropped first.
 """
@@ -62,20 +64,21 @@ class AuthThrottle:
         counted as a refusal."""
         now = self._clock()
         with self._lock:
-            left = self._left(("addr", address), now)
+            left = self._left(("pair", f"{username}\n{address}"), now)
             if self._good.get(username) != address:
+                left = max(left, self._left(("addr", address), now))
                 left = max(left, self._left(("user", username), now))
             if left > 0:
                 self.refused += 1
             return left
 
     def failed(self, *, username: str, address: str) -> None:
-        """A checked login failed: count it against the user name and the address."""
+        """A checked login failed: count it against the user name, the address and the pair."""
         now = self._clock()
         config = self.config
         with self._lock:
             self.failures += 1
-            for key in (("user", username), ("addr", address)):
+            for key in (("user", username), ("addr", address), ("pair", f"{username}\n{address}")):
                 streak = self._touch(key)
                 streak.failures += 1
                 over = streak.failures - config.free_failures
@@ -84,10 +87,11 @@ class AuthThrottle:
                     streak.locked_until = now + min(doubled, config.max_lockout_s)
 
     def succeeded(self, *, username: str, address: str) -> None:
-        """A correct password: forget both streaks, remember where this user logged in."""
+        """A correct password: forget its streaks, remember where this user logged in."""
         with self._lock:
             self._streaks.pop(("user", username), None)
             self._streaks.pop(("addr", address), None)
+            self._streaks.pop(("pair", f"{username}\n{address}"), None)
             self._good[username] = address
             self._good.move_to_end(username)
             while len(self._good) > self.config.max_tracked:

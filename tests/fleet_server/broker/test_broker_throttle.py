@@ -69,12 +69,26 @@ def test_a_user_name_lock_spares_its_last_good_address() -> None:
     assert throttle.locked(username="dev-1", address="10.0.0.2") > 0
 
 
+def test_a_misconfigured_neighbour_does_not_lock_out_known_devices() -> None:
+    # Agents on one host (or behind one NAT): one with a wrong token keeps failing.
+    throttle = AuthThrottle(AuthThrottleConfig(free_failures=2), clock=Clock())
+    throttle.succeeded(username="dev-ok", address="10.0.0.1")
+    for _ in range(10):
+        throttle.failed(username="dev-bad", address="10.0.0.1")
+    assert throttle.locked(username="dev-ok", address="10.0.0.1") == 0
+    assert throttle.locked(username="dev-new", address="10.0.0.1") > 0  # the address is locked
+    # Guessing dev-ok's password from its own address is still braked (the pair's lock).
+    for _ in range(3):
+        throttle.failed(username="dev-ok", address="10.0.0.1")
+    assert throttle.locked(username="dev-ok", address="10.0.0.1") > 0
+
+
 def test_memory_is_bounded() -> None:
     throttle = AuthThrottle(AuthThrottleConfig(max_tracked=100), clock=Clock())
     for i in range(5000):
         throttle.failed(username=f"guess-{i}", address=f"10.0.{i // 250}.{i % 250}")
         throttle.succeeded(username=f"ok-{i}", address="10.1.0.1")
-    assert throttle.tracked <= 200
+    assert throttle.tracked <= 200  # max_tracked keys + max_tracked good addresses
 
 
 def test_lockout_settings_are_checked() -> None:
