@@ -147,7 +147,8 @@ class AccessControlledBroker(GuardedBroker):
             )
         except Exception:  # noqa: BLE001 - a failing check refuses; it must not kill the broker
             log.exception("the MQTT authenticator failed; refusing the connection")
-            identity = None
+            # Not the client's failure (the database is down): it counts against nobody.
+            return None, BAD_USERNAME_PASSWORD, "the credentials could not be checked"
         if identity is None:
             if throttle is not None:
                 throttle.failed(username=str(username), address=address)

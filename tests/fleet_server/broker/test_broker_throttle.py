@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fleet_server.broker import EmbeddedBroker
 from fleet_server.broker.config import AuthThrottleConfig
 from fleet_server.broker.throttle import AuthThrottle
+from tests.fleet_server.broker.test_broker_auth import DictAuthenticator
 from tests.fleet_server.helpers import make_settings, operator, running_app, unique_id
 
 WRONG = "Bad user name or password"  # CONNACK 0x04: checked
@@ -94,6 +97,20 @@ def test_memory_is_bounded() -> None:
 def test_lockout_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="max_lockout_s"):
         AuthThrottleConfig(lockout_s=10, max_lockout_s=5)
+
+
+@pytest.mark.integration
+def test_an_authenticator_that_fails_counts_against_nobody(
+    start_broker: Callable[..., EmbeddedBroker],
+) -> None:
+    auth = DictAuthenticator({"dev-db": "tok"})
+    broker = start_broker(authenticator=auth)
+    auth.fail = True  # the database is down: every login is refused, nobody's fault
+    for _ in range(10):
+        assert _login(broker.port, "dev-db", "tok") == WRONG
+    auth.fail = False
+    assert _login(broker.port, "dev-db", "tok") == ""
+    assert broker.auth_throttle.failures == 0
 
 
 def _login(port: int, username: str, password: str, *, source: str = "127.0.0.1") -> str:
