@@ -10,6 +10,9 @@ at the server from the first to the last stored row, duplicates and loss, median
                                  [--workers 0,2] [--batch-size 500]
                                  [--postgres postgresql+psycopg://postgres@127.0.0.1:5432]
 
+``--broker embedded`` measures the server's own broker (in-process amqtt, default batch interval;
+workers need MQTT v5, which it does not speak: use ``--workers 0``).
+
 ``--workers`` lists the ``ingest_workers`` settings to compare (0: ingest in the server
 process; N: N worker processes in a shared-subscription group), each on each database.
 
@@ -39,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 _BROKER_PIDS: list[int] = []
+#: ``--broker embedded``: the server's own broker (amqtt, in the server process).
+EMBEDDED = "embedded"
 PUBLISH_WINDOW = 500
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -150,14 +155,20 @@ def run_once(
     from fleet_server.client.api import FleetClient
     from tests.utils.server import live_server
 
+    embedded = broker_url == EMBEDDED
     with live_server(
         tmp / f"run-{time.time_ns()}",
-        broker_url=broker_url,
+        broker_url=None if embedded else broker_url,
         database_url=database_url,
         ingest_queue_size=max(100_000, args.messages),
         ingest_workers=workers,
         ingest_batch_size=args.batch_size,
+        # The embedded broker in its defaults except device credentials: the publishers speak
+        # for many devices from one connection.
+        **({"mqtt_auth": False, "ingest_batch_interval_s": 0.2} if embedded else {}),
     ) as server:
+        if embedded:
+            broker_url = server.broker_url
         client = FleetClient(server.url, server.token, timeout=60)
         prefix = f"ing{time.time_ns() % 10**8}"
         ids = [f"{prefix}-{i:04d}" for i in range(args.devices)]
@@ -208,7 +219,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", default="0,2", help="ingest_workers values to compare")
     parser.add_argument("--batch-size", type=int, default=500, help="ingest_batch_size")
-    parser.add_argument("--broker", default=None, help="broker URL (default: a private Mosquitto)")
+    parser.add_argument(
+        "--broker",
+        default=None,
+        help="broker URL, or 'embedded' for the server's own (default: a private Mosquitto)",
+    )
     parser.add_argument(
         "--postgres",
         default="postgresql+psycopg://postgres@127.0.0.1:5432",

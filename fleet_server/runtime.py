@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from edgefleet.contract import Channel, DesiredState
 from edgefleet.mqtt import MqttError
+from fleet_server.broker.throttle import AuthThrottleCollector
 from fleet_server.db import make_engine, migrate, safe_url
 from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
 from fleet_server.messaging.ingest import IngestWriter
@@ -197,6 +198,9 @@ class Runtime:
             shared_group=settings.resolved_ingest_group,
             channels=channels,
             receive_maximum=min(settings.ingest_queue_size, 65_535),
+            # The embedded broker acknowledges a device's message once the bus has: only
+            # after ingest stored it, so a SIGKILL of this process loses nothing acknowledged.
+            acks_after_store=not external,
             **tls,
         )
 
@@ -243,12 +247,15 @@ class Runtime:
             port=self.settings.embedded_broker_port,
             authenticator=authenticator,
             gate_devices=True,
+            auth_throttle=self.settings.mqtt_auth_throttle,
         )
         try:
             broker.start(timeout=10.0)
         except BrokerError as err:
             raise StartupError(f"embedded broker did not start: {err}") from err
         self.broker = broker
+        if authenticator is not None:
+            self.metrics.register(AuthThrottleCollector(broker.auth_throttle))
         return broker.url
 
     def _desired_states(self) -> list[DesiredState]:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fleet_server.broker.config import AuthThrottleConfig
 from fleet_server.services.drift.detectors import DriftConfig
 from fleet_server.services.drift.retrain import RetrainConfig
 
@@ -191,6 +192,11 @@ class ServerSettings(BaseSettings):
     )
     embedded_broker_port: int = Field(
         default=1884, ge=0, le=65535, description="Port of the embedded broker."
+    )
+    mqtt_auth_throttle: AuthThrottleConfig = Field(
+        default_factory=AuthThrottleConfig,
+        description="How the embedded broker locks a user name or source address after "
+        'repeated failed logins (JSON, e.g. {"max_lockout_s": 10}).',
     )
     host: str = Field(default="127.0.0.1", description="HTTP listen address.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port.")

@@ -17,7 +17,8 @@ router = APIRouter(tags=["health"])
 
 
 class Readiness(BaseModel):
-    """``status`` and one boolean per check (``database``, ``broker``, ``ingest``, ``ingest_workers``)."""
+    """``status`` and one boolean per check (``database``, ``broker``, ``ingest``,
+    ``ingest_workers``)."""
 
     model_config = ConfigDict(
         extra="allow",

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
-from amqtt.broker import Broker
+
+from fleet_server.broker._amqtt_held import HeldAckBroker
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,9 @@ class GuardedReader(StreamReaderAdapter):  # type: ignore[misc]  # amqtt ships n
         self._arm()
 
 
-class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt ships no types
-    """amqtt's broker with every TCP connection read through a :class:`GuardedReader`."""
+class GuardedBroker(HeldAckBroker):
+    """amqtt's broker with every TCP connection read through a :class:`GuardedReader`, and a
+    device's QoS 1 message acknowledged only once delivered (:mod:`._amqtt_held`)."""
 
     def __init__(
         self,

@@ -9,6 +9,8 @@ with the check moved first) and refuses, with a CONNACK return code and a closed
 
 * no user name, or credentials the :class:`~fleet_server.broker.access.Authenticator` rejects
   (0x04 bad user name or password);
+* a user name or source address locked after repeated failures (0x03 server unavailable,
+  the password unchecked: :mod:`fleet_server.broker.throttle`);
 * a Last Will on a topic the identity may not publish to (0x05 not authorised), as Mosquitto 2
   does;
 * a client id whose existing session belongs to another user name (0x05): one device cannot
@@ -42,6 +44,7 @@ from amqtt.utils import gen_client_id
 
 from fleet_server.broker._amqtt import GuardedBroker
 from fleet_server.broker.access import Authenticator, Identity
+from fleet_server.broker.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,16 @@ class AccessControlledBroker(GuardedBroker):
         *,
         authenticator: Authenticator,
         devices_open: threading.Event | None = None,
+        throttle: AuthThrottle | None = None,
         **guard: Any,
     ) -> None:
         super().__init__(config, **guard)
         self._authenticator = authenticator
         self._devices_open = devices_open
+        self._throttle = throttle
+        # The fleet server's broker (gated): only the server subscribes to device channels,
+        # so a device message that reached nobody has not reached the server.
+        self.held_needs_subscriber = devices_open is not None
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -126,6 +134,11 @@ class AccessControlledBroker(GuardedBroker):
         username = session.username
         if not username:
             return None, BAD_USERNAME_PASSWORD, "no user name"
+        throttle, address = self._throttle, str(session.remote_address or "")
+        if throttle is not None:
+            wait = throttle.locked(username=str(username), address=address)
+            if wait > 0:
+                return None, SERVER_UNAVAILABLE, f"too many failed logins; retry in {wait:.0f} s"
         try:
             identity = await asyncio.to_thread(
                 self._authenticator.authenticate,
@@ -134,9 +147,14 @@ class AccessControlledBroker(GuardedBroker):
             )
         except Exception:  # noqa: BLE001 - a failing check refuses; it must not kill the broker
             log.exception("the MQTT authenticator failed; refusing the connection")
-            identity = None
+            # Not the client's failure (the database is down): it counts against nobody.
+            return None, BAD_USERNAME_PASSWORD, "the credentials could not be checked"
         if identity is None:
+            if throttle is not None:
+                throttle.failed(username=str(username), address=address)
             return None, BAD_USERNAME_PASSWORD, f"bad user name or password for {username[:64]!r}"
+        if throttle is not None:
+            throttle.succeeded(username=str(username), address=address)
         if session.will_flag and not identity.may_publish(str(session.will_topic or "")):
             return None, NOT_AUTHORIZED, f"{username[:64]!r} may not publish its Last Will there"
         gate = self._devices_open

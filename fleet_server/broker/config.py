@@ -5,12 +5,50 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.contract import MAX_PAYLOAD_BYTES
 
 #: Room for the topic, the packet id and the fixed header on top of the largest payload.
 PACKET_OVERHEAD = 4 * 1024
+
+
+class AuthThrottleConfig(BaseModel):
+    """How the embedded broker slows down password guessing (:mod:`.throttle`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    free_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Failed logins per user name, and per source address, before it is locked.",
+    )
+    lockout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="First lock after free_failures; each further failure doubles it.",
+    )
+    max_lockout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest lock: a correct password always works this long after the last "
+        "failure.",
+    )
+    max_tracked: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="User names and addresses remembered at most (least recently used go first).",
+    )
+
+    @model_validator(mode="after")
+    def _check_lockouts(self) -> AuthThrottleConfig:
+        if self.lockout_s > self.max_lockout_s:
+            raise ValueError("lockout_s must not exceed max_lockout_s")
+        return self
 
 
 class EmbeddedBrokerConfig(BaseModel):
@@ -42,6 +80,10 @@ class EmbeddedBrokerConfig(BaseModel):
         gt=0,
         le=300,
         description="Seconds a new connection may take to send its CONNECT packet.",
+    )
+    auth_throttle: AuthThrottleConfig = Field(
+        default_factory=AuthThrottleConfig,
+        description="Locks on repeated failed logins (with an authenticator only).",
     )
 
 

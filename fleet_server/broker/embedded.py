@@ -11,7 +11,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from fleet_server.broker.base import BrokerError
-from fleet_server.broker.config import EmbeddedBrokerConfig
+from fleet_server.broker.config import AuthThrottleConfig, EmbeddedBrokerConfig
+from fleet_server.broker.throttle import AuthThrottle
 
 if TYPE_CHECKING:
     from fleet_server.broker._amqtt import GuardedBroker
@@ -33,7 +34,9 @@ class EmbeddedBroker:
 
     Without ``authenticator`` every client is admitted anonymously and may use any topic (tests,
     a closed lab network). With one, each CONNECT needs a user name and password it accepts, and
-    the identity it returns confines the client to its topics (:mod:`.access`).
+    the identity it returns confines the client to its topics (:mod:`.access`); repeated
+    failures lock the user name and the source address for a while (``auth_throttle``,
+    :mod:`.throttle`).
 
     With ``gate_devices`` (and an authenticator), every start closes the gate: devices are
     refused (CONNACK 0x03, server unavailable; they retry with back-off) until
@@ -52,6 +55,7 @@ class EmbeddedBroker:
         connect_timeout: float = 10.0,
         authenticator: Authenticator | None = None,
         gate_devices: bool = False,
+        auth_throttle: AuthThrottleConfig | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._gate_devices = gate_devices
@@ -64,11 +68,15 @@ class EmbeddedBroker:
         }
         if max_packet_bytes is not None:
             fields["max_packet_bytes"] = max_packet_bytes
+        if auth_throttle is not None:
+            fields["auth_throttle"] = auth_throttle
         try:
             self._config = EmbeddedBrokerConfig.model_validate(fields)
         except ValueError as err:
             raise BrokerError(f"invalid embedded broker settings: {err}") from err
         self._port = self._config.port
+        #: Failed-login locks; kept across restarts of this broker (one per server process).
+        self.auth_throttle = AuthThrottle(self._config.auth_throttle)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -86,6 +94,7 @@ class EmbeddedBroker:
             max_packet_bytes=config.max_packet_bytes,
             connect_timeout=config.connect_timeout,
             authenticator=authenticator,
+            auth_throttle=config.auth_throttle,
         )
 
     @property
@@ -242,7 +251,8 @@ class EmbeddedBroker:
             broker = AccessControlledBroker(
                 config,
                 authenticator=self._authenticator,
-                devices_open=self._devices_open,
+                devices_open=self._devices_open if self._gate_devices else None,
+                throttle=self.auth_throttle,
                 **guard,
             )
         await broker.start()

@@ -31,7 +31,9 @@ class FleetBus:
     on a broker with persistence, across a broker restart: a device that drains its offline
     queue into a restarted broker before the server is back still reaches the server.
     ``on_subscribed`` runs after every (re)connect once the ingest subscriptions are
-    acknowledged (the embedded broker admits devices then).
+    acknowledged (the embedded broker admits devices then). ``acks_after_store`` acknowledges
+    each message only once ingest stored it, whatever the protocol (the embedded broker passes
+    that acknowledgement on to the device).
 
     With ``shared_group`` (replicas) the connection speaks MQTT v5 and takes the non-retained
     channels (telemetry, events) through ``$share/<group>/...``: the broker hands each message
@@ -61,6 +63,7 @@ class FleetBus:
         shared_group: str | None = None,
         channels: Sequence[Channel] = INGEST_CHANNELS,
         receive_maximum: int = 10_000,
+        acks_after_store: bool = False,
     ) -> None:
         self._writer = writer
         self._desired_source = desired_source
@@ -73,8 +76,10 @@ class FleetBus:
         speaks_v5 = bool(shared_group) or protocol == 5
         #: With a kept session on MQTT v5, a message is acknowledged to the broker only once
         #: ingest has stored it: a server killed mid-batch gets it again when it reconnects.
-        #: (Not on 3.1.1: Mosquitto's window for such a client is 20 messages.)
-        self.acks_after_commit = speaks_v5 and bool(session_expiry_s)
+        #: (Not on 3.1.1: Mosquitto's window for such a client is 20 messages.) With
+        #: ``acks_after_store`` (the embedded broker, which holds a device's PUBACK until the
+        #: server's: fleet_server.broker._amqtt_held) on any version.
+        self.acks_after_commit = (speaks_v5 and bool(session_expiry_s)) or acks_after_store
         self._transport = MqttTransport(
             address,
             client_id=client_id,
