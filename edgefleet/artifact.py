@@ -3,11 +3,14 @@
 An *artifact* is a directory holding ``manifest.json`` and the files it lists. A *bundle* is that
 directory packed as one ``.tar.gz`` for upload and download. Unpacking treats the bundle as
 hostile: only regular files the manifest lists, no links, no paths outside the target, bounded
-sizes, every SHA-256 checked. Standard library and the contract only.
+sizes, every SHA-256 checked. It reads the stream with :mod:`edgefleet.tar_stream` (headers
+checked before what they announce is read), never :mod:`tarfile`, which is used to pack only.
+Standard library and the contract only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -15,13 +18,18 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from edgefleet.contract import MANIFEST_FILE, ContractError, Manifest, parse_manifest
 from edgefleet.contract.manifest import MAX_MANIFEST_BYTES
+from edgefleet.tar_stream import TarStream, TarStreamError
 
 #: Default ceiling for a bundle's unpacked size; devices pass their disk budget instead.
 DEFAULT_MAX_UNPACKED = 512 * 1024 * 1024
+#: Most members a bundle may hold (ours hold the manifest and three to five files).
+MAX_MEMBERS = 256
 _CHUNK = 1024 * 1024
 
 
@@ -121,83 +129,81 @@ def unpack_bundle(
 
 
 def _extract(bundle: Path | io.BufferedIOBase, work: Path, max_bytes: int) -> Manifest:
+    """Stream the members into ``work`` (the caller removes it on failure), then check them
+    against the manifest. :class:`TarStream` refuses hostile headers before reading them; the
+    manifest's own size is bounded separately from ``max_bytes``."""
     try:
-        tar = (
-            tarfile.open(bundle, "r:gz")
-            if isinstance(bundle, Path)
-            else tarfile.open(fileobj=bundle, mode="r:gz")
-        )
-    except (tarfile.TarError, OSError, EOFError) as err:
+        with _opened(bundle) as raw:
+            stream = TarStream(
+                raw, max_members=MAX_MEMBERS, max_data_bytes=max_bytes + MAX_MANIFEST_BYTES
+            )
+            manifest_raw, sizes = _stream_members(stream, work, max_bytes)
+    except TarStreamError as err:
         raise ArtifactError(f"not a readable .tar.gz bundle: {err}") from err
-    with tar:
-        try:
-            members = _members(tar)
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise ArtifactError(f"corrupt or truncated bundle: {err}") from err
-        if MANIFEST_FILE not in members:
-            raise ArtifactError(f"bundle has no {MANIFEST_FILE}")
-        manifest_info = members[MANIFEST_FILE]
-        if manifest_info.size > MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"{MANIFEST_FILE} in the bundle is too large")
-        manifest = _parse(_read(tar, manifest_info))
-        wanted = {f.path: f for f in manifest.files}
-        unexpected = sorted(set(members) - set(wanted) - {MANIFEST_FILE})
-        if unexpected:
-            raise ArtifactError(f"bundle holds files the manifest does not list: {unexpected[:5]}")
-        total = sum(f.size for f in manifest.files)
-        if total > max_bytes:
-            raise ArtifactError(f"bundle unpacks to {total} bytes; the limit is {max_bytes}")
-        for path, entry in wanted.items():
-            info = members.get(path)
-            if info is None:
-                raise ArtifactError(f"bundle is missing {path}")
-            if info.size != entry.size:
-                raise ArtifactError(f"{path}: size {info.size} != manifest {entry.size}")
-            target = work / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _copy_member(tar, info, target)
-        # Keep the manifest byte-for-byte as shipped: the signature covers its content.
-        (work / MANIFEST_FILE).write_bytes(_read(tar, manifest_info))
+    except OSError as err:
+        raise ArtifactError(f"cannot unpack the bundle: {err}") from err
+    if manifest_raw is None:
+        raise ArtifactError(f"bundle has no {MANIFEST_FILE}")
+    manifest = _parse(manifest_raw)
+    wanted = {f.path: f for f in manifest.files}
+    unexpected = sorted(set(sizes) - set(wanted))
+    if unexpected:
+        raise ArtifactError(f"bundle holds files the manifest does not list: {unexpected[:5]}")
+    for path, entry in wanted.items():
+        if path not in sizes:
+            raise ArtifactError(f"bundle is missing {path}")
+        if sizes[path] != entry.size:
+            raise ArtifactError(f"{path}: size {sizes[path]} != manifest {entry.size}")
+    # Keep the manifest byte-for-byte as shipped: the signature covers its content.
+    (work / MANIFEST_FILE).write_bytes(manifest_raw)
     return manifest
 
 
-def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
-    members: dict[str, tarfile.TarInfo] = {}
-    for count, info in enumerate(tar, start=1):
-        if count > 256:
-            raise ArtifactError("bundle has too many members")
-        if not info.isreg():
-            raise ArtifactError(f"bundle member {info.name!r} is not a regular file")
-        name = info.name
-        if name.startswith("./"):
-            name = name[2:]
-        if name.startswith("/") or ".." in Path(name).parts or "\\" in name:
-            raise ArtifactError(f"bundle member {info.name!r} escapes the artifact directory")
-        if name in members:
+def _stream_members(
+    stream: TarStream, work: Path, max_bytes: int
+) -> tuple[bytes | None, dict[str, int]]:
+    """Write every member but the manifest under ``work``; return the manifest's bytes and
+    each written member's size."""
+    manifest_raw: bytes | None = None
+    sizes: dict[str, int] = {}
+    total = 0
+    for member in stream:
+        name = _safe_name(member.name)
+        if name in sizes or (name == MANIFEST_FILE and manifest_raw is not None):
             raise ArtifactError(f"bundle member {name!r} appears twice")
-        members[name] = info
-    return members
-
-
-def _read(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
-    fh = tar.extractfile(info)
-    if fh is None:
-        raise ArtifactError(f"cannot read {info.name!r} from the bundle")
-    try:
-        return fh.read()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise ArtifactError(f"corrupt or truncated bundle at {info.name!r}: {err}") from err
-
-
-def _copy_member(tar: tarfile.TarFile, info: tarfile.TarInfo, target: Path) -> None:
-    fh = tar.extractfile(info)
-    if fh is None:
-        raise ArtifactError(f"cannot read {info.name!r} from the bundle")
-    try:
+        if name == MANIFEST_FILE:
+            if member.size > MAX_MANIFEST_BYTES:
+                raise ArtifactError(f"{MANIFEST_FILE} in the bundle is too large")
+            manifest_raw = stream.read(member.size)
+            continue
+        total += member.size
+        if total > max_bytes:
+            raise ArtifactError(
+                f"bundle unpacks to {total} bytes or more; the limit is {max_bytes}"
+            )
+        target = work / name
+        target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("wb") as out:
-            shutil.copyfileobj(fh, out, _CHUNK)
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise ArtifactError(f"corrupt or truncated bundle at {info.name!r}: {err}") from err
+            while chunk := stream.read(_CHUNK):
+                out.write(chunk)
+        sizes[name] = member.size
+    return manifest_raw, sizes
+
+
+def _safe_name(raw: str) -> str:
+    name = raw[2:] if raw.startswith("./") else raw
+    if not name or name.startswith("/") or ".." in Path(name).parts or "\\" in name:
+        raise ArtifactError(f"bundle member {raw!r} escapes the artifact directory")
+    return name
+
+
+@contextlib.contextmanager
+def _opened(bundle: Path | io.BufferedIOBase) -> Iterator[BinaryIO]:
+    if isinstance(bundle, Path):
+        with bundle.open("rb") as fh:
+            yield fh
+    else:
+        yield cast(BinaryIO, bundle)
 
 
 def _parse(raw: bytes) -> Manifest:

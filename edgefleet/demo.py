@@ -302,7 +302,19 @@ def _demo(options: DemoOptions, root: Path, procs: _Processes) -> int:
     port = _free_port()
     server_url = f"http://127.0.0.1:{port}"
     token = secrets.token_urlsafe(24)
-    env = {**os.environ, "EDGEFLEET_OPERATOR_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    from edgefleet.signing import generate_keypair
+
+    keys = root / "keys"
+    keys.mkdir(exist_ok=True)
+    generate_keypair(keys / "signing.pem", keys / "signing.pub.pem")
+    # The server trusts the key the demo signs with: a signature counts only once verified, and
+    # rollouts ship verified artifacts only.
+    env = {
+        **os.environ,
+        "EDGEFLEET_OPERATOR_TOKEN": token,
+        "EDGEFLEET_TRUSTED_KEYS": str(keys / "signing.pub.pem"),
+        "PYTHONUNBUFFERED": "1",
+    }
     server_args = [sys.executable, "-m", "edgefleet", "server", "--data-dir", str(root / "server"),
                    "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     if options.broker_url:
@@ -317,11 +329,6 @@ def _demo(options: DemoOptions, root: Path, procs: _Processes) -> int:
     _say(f"starting the fleet server on {server_url} (broker {broker_url})")
     procs.start("server", server_args, env)
 
-    from edgefleet.signing import generate_keypair
-
-    keys = root / "keys"
-    keys.mkdir(exist_ok=True)
-    generate_keypair(keys / "signing.pem", keys / "signing.pub.pem")
     private = (keys / "signing.pem").read_bytes()
     artifacts = [_train_and_convert(root, v, private) for v in (OLD_VERSION, MODEL_VERSION)]
     _wait_http(f"{server_url}/healthz", 60, procs)
@@ -329,7 +336,8 @@ def _demo(options: DemoOptions, root: Path, procs: _Processes) -> int:
     for artifact in artifacts:
         pushed = client.push_model(artifact)
         _say(f"registered {pushed['name']}@{pushed['version']} ({pushed['size']} bytes, sha256 "
-             f"{str(pushed['sha256'])[:12]}…, signed)")  # fmt: skip
+             f"{str(pushed['sha256'])[:12]}…, signature {pushed.get('signature_status')})"
+        )  # fmt: skip
 
     run_id = secrets.token_hex(2)
     device_ids = [f"demo-{run_id}-{i + 1}" for i in range(options.devices)]

@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from edgefleet.contract import Channel, DesiredState
 from edgefleet.mqtt import MqttError
+from edgefleet.signing import SignatureError, load_public_key
 from fleet_server.broker.throttle import AuthThrottleCollector
 from fleet_server.db import make_engine, migrate, safe_url
 from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
@@ -94,11 +95,16 @@ class Runtime:
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(exist_ok=True)
-            self.trusted_keys = [path.read_bytes() for path in settings.trusted_keys]
+            self.trusted_keys = _trusted_keys(settings.trusted_keys)
             self.operator_token = resolve_operator_token(settings=settings)
             self.mqtt_credential = resolve_server_credential(settings=settings)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SignatureError) as err:
             raise StartupError(str(err)) from err
+        if not self.trusted_keys:
+            log.warning(
+                "no trusted keys (EDGEFLEET_TRUSTED_KEYS): uploaded signatures are recorded as "
+                "unverified and rollouts are refused until a key that verifies them is trusted"
+            )
         self.engine = make_engine(settings.resolved_database_url)
         migrate(self.engine)
         self.metrics.register(FleetCollector(self.engine))
@@ -331,3 +337,17 @@ def _quietly(what: str, step: Callable[[], object]) -> None:
         step()
     except Exception:  # noqa: BLE001 - shutdown continues with the next step
         log.exception("stopping failed", extra={"component": what})
+
+
+def _trusted_keys(paths: list[Path]) -> list[bytes]:
+    """Read and parse every trusted key now: a bad one stops the start with its file name,
+    instead of failing every signed upload later."""
+    keys = []
+    for path in paths:
+        pem = path.read_bytes()
+        try:
+            load_public_key(pem)
+        except SignatureError as err:
+            raise SignatureError(f"trusted key {path}: {err}") from err
+        keys.append(pem)
+    return keys

@@ -71,7 +71,11 @@ def create_rollout(
 ) -> RolloutPublic:
     """Start a staged rollout; the canary is assigned at once."""
     created = service.create_rollout(
-        session=session, rollouts=_engine(runtime), request=body, actor=who.actor
+        session=session,
+        rollouts=_engine(runtime),
+        request=body,
+        actor=who.actor,
+        trusted_keys=runtime.trusted_keys,
     )
     note_target(request, f"rollout:{created.id}", model=f"{body.model}@{body.version}")
     return created

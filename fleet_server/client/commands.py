@@ -21,6 +21,7 @@ from fleet_server.client.render import (
     model_fields,
     plain,
     short_hash,
+    signature,
     when,
 )
 from fleet_server.client.rollouts import ROLLOUT_COMMANDS
@@ -180,11 +181,19 @@ def models_push(client: FleetClient, args: argparse.Namespace, out: Output) -> N
     if out.json_mode:
         out.json(model)
         return
-    signed = "signed" if model.get("signed") else "unsigned"
+    status = signature(model)
+    label = {"verified": "signature verified", "unverified": "signature NOT verified"}
     out.line(
         f"registered {plain(model.get('name'))}@{plain(model.get('version'))} "
-        f"({plain(model.get('size'))} bytes, sha256 {short_hash(model.get('sha256'))}…, {signed})"
+        f"({plain(model.get('size'))} bytes, sha256 {short_hash(model.get('sha256'))}…, "
+        f"{label.get(status, status)})"
     )
+    if status == "unverified":
+        out.warn(
+            f"the server trusts no key that verifies this signature (key id "
+            f"{plain(model.get('signature_key_id'))}): rollouts refuse this version until it "
+            "does (EDGEFLEET_TRUSTED_KEYS)"
+        )
 
 
 def models_list(client: FleetClient, args: argparse.Namespace, out: Output) -> None:

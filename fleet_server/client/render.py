@@ -59,6 +59,15 @@ def _get(row: Any, *keys: str) -> Any:
     return row
 
 
+def signature(model: JsonObject) -> str:
+    """'verified', 'unverified' (a signature no trusted key of the server verified: rollouts
+    refuse it) or 'unsigned'; a server older than signature_status gives only ``signed``."""
+    status = model.get("signature_status")
+    if status in ("verified", "unverified", "unsigned"):
+        return str(status)
+    return "signed" if model.get("signed") else "unsigned"
+
+
 def _size(value: Any) -> str:
     if not isinstance(value, int) or isinstance(value, bool):
         return plain(value)
@@ -92,7 +101,7 @@ MODEL_COLUMNS: list[Column] = [
     ("PRECISION", lambda m: m.get("precision")),
     ("TASK", lambda m: m.get("task")),
     ("SIZE", lambda m: _size(m.get("size"))),
-    ("SIGNED", lambda m: m.get("signed")),
+    ("SIGNATURE", signature),
     ("SHA256", lambda m: short_hash(m.get("sha256"))),
     ("CREATED", lambda m: when(m.get("created_at"))),
 ]
@@ -256,7 +265,8 @@ def model_fields(model: JsonObject) -> list[tuple[str, Any]]:
         ("task", model.get("task")),
         ("size", _size(model.get("size"))),
         ("sha256", model.get("sha256")),
-        ("signed", model.get("signed")),
+        ("signature", signature(model)),
+        ("signature key id", model.get("signature_key_id")),
         ("created", model.get("created_at")),
         ("parent", model.get("parent_version")),
         ("dataset sha256", model.get("dataset_sha256")),

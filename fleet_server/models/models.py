@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -21,7 +21,10 @@ class ModelVersionBase(SQLModel):
     task: str = Field(max_length=32, description="What the outputs mean.")
     sha256: str = Field(max_length=64, description="SHA-256 of the bundle file.")
     size: int = Field(sa_type=sa.BigInteger, description="Bundle size in bytes.")
-    signed: bool = Field(description="The manifest carries a signature.")
+    signed: bool = Field(
+        description="A trusted key of this server verified the manifest's signature. False for an "
+        "unsigned manifest and for a signature nothing here could verify (see signature_status)."
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # Lineage, given at upload (all optional).
     parent_version: str | None = Field(
@@ -40,7 +43,6 @@ class ModelVersion(ModelVersionBase, table=True):
 
     signature_key_id: str | None = Field(default=None, max_length=64)
     signature_value: str | None = Field(default=None, max_length=200)
-    signature_verified: bool = Field(default=False)
     storage_key: str = Field(max_length=255, description="Key of the bundle in the store.")
     manifest: dict[str, Any] = Field(sa_type=sa.JSON)
     converter_report: dict[str, Any] | None = Field(
@@ -50,7 +52,27 @@ class ModelVersion(ModelVersionBase, table=True):
     )
 
 
+#: What a version's signature is worth: ``verified`` by a trusted key (``signed`` is true),
+#: ``unverified`` (present, but this server had no trusted key that verifies it; agents with
+#: trusted keys still check it), or ``unsigned``.
+SignatureStatus = Literal["verified", "unverified", "unsigned"]
+
+
+def signature_status(row: ModelVersion) -> SignatureStatus:
+    if row.signed:
+        return "verified"
+    return "unsigned" if row.signature_key_id is None else "unverified"
+
+
 class ModelVersionPublic(ModelVersionBase):
+    signature_status: SignatureStatus = Field(
+        description="'verified' (a trusted key verified it: the only kind rollouts ship), "
+        "'unverified' (the manifest carries a signature no trusted key of this server verified) "
+        "or 'unsigned'."
+    )
+    signature_key_id: str | None = Field(
+        default=None, description="Key id the manifest's signature names, verified or not."
+    )
     manifest: dict[str, Any] | None = Field(default=None, description="The full manifest.")
     converter_report: dict[str, Any] | None = Field(
         default=None, description="The converter's report, if the bundle carried one."
@@ -59,6 +81,7 @@ class ModelVersionPublic(ModelVersionBase):
     @classmethod
     def of(cls, row: ModelVersion, *, with_manifest: bool = True) -> ModelVersionPublic:
         data = row.model_dump(include=set(ModelVersionBase.model_fields))
+        data.update(signature_status=signature_status(row), signature_key_id=row.signature_key_id)
         if not with_manifest:
             return cls(**data)
         return cls(**data, manifest=row.manifest, converter_report=row.converter_report)

@@ -13,9 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from edgefleet.artifact import DEFAULT_MAX_UNPACKED, ArtifactError, unpack_bundle
+from edgefleet.contract import ContractError, Manifest, parse_manifest
 from edgefleet.signing import SignatureError, verify_manifest
 from fleet_server.models import ModelVersion
-from fleet_server.services.errors import BadRequest, Conflict, NotFound, Unavailable
+from fleet_server.services.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    Unavailable,
+    Unprocessable,
+)
 from fleet_server.storage import ArtifactStore, StoreError, bundle_key
 
 log = logging.getLogger(__name__)
@@ -50,16 +57,20 @@ def register_bundle(
         )
     except ArtifactError as err:
         raise BadRequest(f"invalid bundle: {err}") from err
-    verified = False
-    if manifest.signature is not None and trusted_keys:
-        try:
-            verify_manifest(manifest, trusted_keys)
-        except SignatureError as err:
-            raise BadRequest(f"invalid bundle: {err}") from err
-        verified = True
-    if require_signed and not verified:
+    not_verified = unverified_reason(manifest, trusted_keys)
+    if manifest.signature is not None and trusted_keys and not_verified is not None:
+        raise BadRequest(f"invalid bundle: {not_verified}")
+    if require_signed and not_verified is not None:
         raise BadRequest(
             "invalid bundle: this server only accepts manifests with a trusted signature"
+        )
+    if manifest.signature is not None and not_verified is not None:
+        log.warning(
+            "signature recorded as unverified: the server has no trusted keys",
+            extra={
+                "model": f"{manifest.name}@{manifest.version}",
+                "key_id": manifest.signature.key_id,
+            },
         )
     name, version = manifest.name, manifest.version
     if session.get(ModelVersion, (name, version)) is not None:
@@ -83,10 +94,9 @@ def register_bundle(
         task=manifest.task,
         sha256=sha256,
         size=size,
-        signed=manifest.signature is not None,
+        signed=not_verified is None,
         signature_key_id=manifest.signature.key_id if manifest.signature else None,
         signature_value=manifest.signature.value if manifest.signature else None,
-        signature_verified=verified,
         storage_key=key,
         manifest=manifest.model_dump(mode="json"),
         parent_version=lineage.parent_version,
@@ -119,6 +129,62 @@ def register_bundle(
     session.refresh(row)
     log.info("model registered", extra={"model": f"{name}@{version}", "sha256": sha256})
     return row
+
+
+def unverified_reason(manifest: Manifest, trusted_keys: Sequence[bytes]) -> str | None:
+    """Why ``manifest`` does not count as signed, or None when a trusted key verifies it.
+
+    The one test of "signed" on the server: a signature counts only once verified. Without
+    trusted keys nothing verifies, so a random signature is no better than none (issue #11,
+    finding 7: it used to be stored as ``signed`` and shipped by rollouts).
+    """
+    if manifest.signature is None:
+        return "the manifest is not signed"
+    if not trusted_keys:
+        return _no_trusted_keys(manifest.signature.key_id)
+    try:
+        verify_manifest(manifest, trusted_keys)
+    except SignatureError as err:
+        return str(err)
+    return None
+
+
+def require_verified(*, row: ModelVersion, trusted_keys: Sequence[bytes]) -> None:
+    """Refuse (422, with the reason) a version whose signature no trusted key verifies.
+
+    A version stored unverified (uploaded before its key was trusted) is checked again against
+    today's keys and marked signed when it passes; the caller's commit keeps that.
+    """
+    ref = f"{row.name}@{row.version}"
+    if row.signed:
+        return
+    if row.signature_key_id is None:
+        raise Unprocessable(
+            f"model {ref} is not signed; rollouts ship signed artifacts only (sign it with "
+            "`edgefleet convert --signing-key`)"
+        )
+    if not trusted_keys:
+        reason: str | None = _no_trusted_keys(row.signature_key_id)
+    else:
+        try:
+            manifest = parse_manifest(json.dumps(row.manifest).encode())
+        except ContractError as err:
+            raise Unprocessable(f"model {ref}: its stored manifest does not parse: {err}") from err
+        reason = unverified_reason(manifest, trusted_keys)
+    if reason is not None:
+        raise Unprocessable(
+            f"model {ref} has an unverified signature ({reason}); rollouts ship artifacts "
+            "signed by a trusted key only (agents with trusted keys still verify every bundle)"
+        )
+    row.signed = True
+    log.info("signature verified", extra={"model": ref, "key_id": row.signature_key_id})
+
+
+def _no_trusted_keys(key_id: str) -> str:
+    return (
+        f"this server has no trusted keys (EDGEFLEET_TRUSTED_KEYS), so nothing verifies the "
+        f"signature of key {key_id}"
+    )
 
 
 @dataclass(frozen=True)

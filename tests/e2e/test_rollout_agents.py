@@ -82,7 +82,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Any, Any, list[str], str]]:
     images = tmp_path / "images"
     digits_images(images, 8)
     agents: list[AgentProcess] = []
-    with live_server(tmp_path, rollout_tick_s=0.25) as server:
+    with live_server(tmp_path, rollout_tick_s=0.25, trusted_keys=[key]) as server:
         client = FleetClient(server.url, server.token)
         try:
             for bundle in bundles:

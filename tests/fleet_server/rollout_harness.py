@@ -73,7 +73,6 @@ class Harness:
                         signed=True,
                         signature_key_id="k",
                         signature_value="sig",
-                        signature_verified=True,
                         storage_key=f"{model}/{version}.tar.gz",
                         manifest={},
                     )
@@ -217,6 +216,7 @@ class Harness:
                 rollouts=self.engine,
                 request=RolloutCreate.model_validate(body),
                 actor="tester",
+                trusted_keys=(),  # the harness's versions are stored as verified
             )
 
     def rollout(self, rollout_id: int) -> Rollout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,16 +10,29 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleet_server.runtime import Runtime
-from tests.fleet_server.helpers import operator, unique_id
+from tests.fleet_server.helpers import make_settings, operator, running_app, unique_id
 from tests.utils.artifacts import signed_digits_bundles
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    signed, _key = signed_digits_bundles(tmp_path_factory.mktemp("signed"), ["1.0.0", "2.0.0"])
-    return signed
+def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
+    return signed_digits_bundles(tmp_path_factory.mktemp("signed"), ["1.0.0", "2.0.0"])
+
+
+@pytest.fixture
+def bundles(signed: tuple[list[Path], Path]) -> list[Path]:
+    return signed[0]
+
+
+@pytest.fixture
+def app(
+    tmp_path: Path, database_url: str, signed: tuple[list[Path], Path]
+) -> Iterator[tuple[TestClient, Runtime]]:
+    """A server that trusts the key the bundles are signed with (rollouts need it)."""
+    with running_app(make_settings(tmp_path, database_url, trusted_keys=[signed[1]])) as started:
+        yield started
 
 
 def _upload(client: TestClient, bundle: Path) -> None:

@@ -14,7 +14,7 @@ from fleet_server.db import DatabaseError, make_engine, migrate, safe_url
 pytestmark = pytest.mark.integration
 
 #: The newest revision; one linear chain (a second head would fail ``migrate``).
-HEAD = "0008_audit_aggregate"
+HEAD = "0009_signed_means_verified"
 
 
 def test_migrated_schema_matches_models(database_url: str) -> None:
@@ -46,6 +46,47 @@ def test_migration_can_go_down_and_up(database_url: str) -> None:
         assert "device" not in inspect(engine).get_table_names()
         migrate(engine)
         assert "device" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_signed_comes_to_mean_verified(database_url: str) -> None:
+    """0009: a version stored as ``signed`` whose signature nothing verified (the default
+    server, no trusted keys) is no longer signed; downgrading restores both columns."""
+    from alembic import command
+
+    from fleet_server.db import alembic_config
+
+    engine = make_engine(database_url)
+    config = alembic_config(engine)
+    rows = {
+        "forged": (True, False, "k1"),
+        "verified": (True, True, "k2"),
+        "plain": (False, False, None),
+    }
+    try:
+        command.upgrade(config, "0008_audit_aggregate")
+        with engine.begin() as conn:
+            for version, (signed, verified, key_id) in rows.items():
+                conn.execute(
+                    text(
+                        "INSERT INTO model_version (name, version, format, precision, task, "
+                        "sha256, size, signed, created_at, signature_key_id, signature_verified, "
+                        "storage_key, manifest) VALUES ('m', :v, 'onnx', 'fp32', 'raw', :sha, 1, "
+                        ":signed, CURRENT_TIMESTAMP, :key_id, :verified, :v, '{}')"
+                    ),
+                    {"v": version, "sha": "0" * 64, "signed": signed, "key_id": key_id,
+                     "verified": verified},
+                )  # fmt: skip
+        migrate(engine)
+        with engine.connect() as conn:
+            now = dict(conn.execute(text("SELECT version, signed FROM model_version")).all())
+        assert now == {"forged": False, "verified": True, "plain": False}
+        command.downgrade(config, "0008_audit_aggregate")
+        with engine.connect() as conn:
+            query = "SELECT version, signed, signature_verified FROM model_version"
+            back = {v: (bool(s), bool(sv)) for v, s, sv in conn.execute(text(query)).all()}
+        assert back == {v: (s, sv) for v, (s, sv, _) in rows.items()}
     finally:
         engine.dispose()
 

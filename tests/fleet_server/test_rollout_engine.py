@@ -349,7 +349,15 @@ def test_unsigned_models_are_refused(h: Harness) -> None:
     with Session(h.db) as session:
         row = session.get(ModelVersion, (h.model, NEW))
         assert row is not None
-        row.signed = False
+        row.signed = False  # carries a signature no trusted key verified
+        session.add(row)
+        session.commit()
+    with pytest.raises(Unprocessable, match="unverified signature.*no trusted keys"):
+        h.create()
+    with Session(h.db) as session:
+        row = session.get(ModelVersion, (h.model, NEW))
+        assert row is not None
+        row.signature_key_id = row.signature_value = None  # no signature at all
         session.add(row)
         session.commit()
     with pytest.raises(Unprocessable, match="not signed"):

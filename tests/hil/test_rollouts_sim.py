@@ -38,8 +38,10 @@ def _fleet_on(
 ) -> Iterator[tuple[Any, Any, FleetSimulator, str]]:
     from fleet_server.client.api import FleetClient
 
-    bundles, _key = signed_digits_bundles(tmp_path / "bundles", ["1.0.0", "2.0.0"])
-    with live_server(tmp_path, broker_url=mqtt_url, rollout_tick_s=0.2) as server:
+    bundles, key = signed_digits_bundles(tmp_path / "bundles", ["1.0.0", "2.0.0"])
+    with live_server(
+        tmp_path, broker_url=mqtt_url, rollout_tick_s=0.2, trusted_keys=[key]
+    ) as server:
         client = FleetClient(server.url, server.token)
         for bundle in bundles:
             client.push_model(bundle)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from fleet_server.models.rollouts import (
     RolloutDevice,
 )
 from fleet_server.services.errors import Conflict, NotFound, Unprocessable
+from fleet_server.services.models import require_verified
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.evidence import gather, tv_distance
 from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
@@ -86,16 +87,17 @@ class RolloutReport(BaseModel):
 
 # -- create ---------------------------------------------------------------------------------------
 def create_rollout(
-    *, session: Session, rollouts: RolloutEngine, request: RolloutCreate, actor: str
+    *,
+    session: Session,
+    rollouts: RolloutEngine,
+    request: RolloutCreate,
+    actor: str,
+    trusted_keys: Sequence[bytes],
 ) -> RolloutPublic:
     model = session.get(ModelVersionRow, (request.model, request.version))
     if model is None:
         raise NotFound(f"model {request.model}@{request.version} not found")
-    if not model.signed:
-        raise Unprocessable(
-            f"model {request.model}@{request.version} is not signed; rollouts ship signed "
-            "artifacts only (sign it with `edgefleet convert --signing-key`)"
-        )
+    require_verified(row=model, trusted_keys=trusted_keys)
     missing = [d for d in request.selector.device_ids if session.get(Device, d) is None]
     if missing:
         raise NotFound(f"unknown device(s): {', '.join(missing[:10])}")

@@ -72,6 +72,17 @@ def test_push_cli_prints_a_summary(fleet: Any, fake_server: FakeServer, artifact
     assert "registered digits@2.0.0 (4096 bytes, sha256 efefefefefef…, unsigned)" in result.out
 
 
+def test_push_cli_says_when_a_signature_is_not_verified(
+    fleet: Any, fake_server: FakeServer, artifact: Path
+) -> None:
+    body = {**PUSHED, "signature_status": "unverified", "signature_key_id": "0123456789abcdef"}
+    fake_server.route("POST", "/api/v1/models", status=201, json_body=body)
+    result = fleet("models", "push", str(artifact))
+    assert result.code == 0
+    assert "sha256 efefefefefef…, signature NOT verified)" in result.out
+    assert "0123456789abcdef" in result.err and "rollouts refuse" in result.err
+
+
 def test_push_server_refusal(fleet: Any, fake_server: FakeServer, artifact: Path) -> None:
     fake_server.route(
         "POST", "/api/v1/models", status=409, json_body={"detail": "digits@2.0.0 exists"}

@@ -45,6 +45,8 @@ MODEL: dict[str, Any] = {
     "sha256": "ab" * 32,
     "size": 5 * 1024 * 1024,
     "signed": True,
+    "signature_status": "verified",
+    "signature_key_id": "5bca89f140c09b2e",
     "created_at": "2026-11-23T18:00:00Z",
     "manifest": {
         "inputs": [{"name": "input", "shape": ["batch", 64], "dtype": "float32"}],
@@ -141,11 +143,18 @@ def test_models_list_and_show(fleet: Any, fake_server: FakeServer) -> None:
     fake_server.route("GET", "/api/v1/models/digits/1.1.0", json_body=MODEL)
     listed = fleet("models", "list")
     assert listed.code == 0
-    for text in ("digits", "1.1.0", "onnx", "5.0 MiB", "abababababab", "yes"):
+    for text in ("digits", "1.1.0", "onnx", "5.0 MiB", "abababababab", "verified"):
         assert text in listed.out
     shown = fleet("models", "show", "digits", "1.1.0")
     assert shown.code == 0
-    for text in ("digits@1.1.0", "input float32[batch×64]", "model.onnx (2.5 KiB)", "ab" * 32):
+    for text in (
+        "digits@1.1.0",
+        "input float32[batch×64]",
+        "model.onnx (2.5 KiB)",
+        "ab" * 32,
+        "verified",
+        "5bca89f140c09b2e",
+    ):
         assert text in shown.out
 
 
