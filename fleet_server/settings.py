@@ -234,12 +234,14 @@ class ServerSettings(BaseSettings):
     mqtt_client_id: str | None = Field(
         default=None,
         min_length=1,
-        max_length=64,
-        description="Client id of the server's MQTT connection, and so of its broker session; "
-        "default edgefleet-server-<host>-<port>: stable across restarts (the broker hands the "
-        "restarted server what was queued for it) and unique per host and HTTP port, so two "
-        "servers on one broker never evict each other. Set it where host names change "
-        "(containers).",
+        max_length=60,
+        description="Client id of the server's MQTT connection, and so of its broker session "
+        "(ingest workers add -w<i>); default edgefleet.server.<host>.<port>: stable across "
+        "restarts (the broker hands the restarted server what was queued for it) and unique per "
+        "host and HTTP port, so two servers on one broker never evict each other. Letters, "
+        "digits and . _ -, never a valid device id (a device's client id is its device id, so "
+        "a device with the server's would take over its session): include a '.' or an "
+        "upper-case letter. Set it where host names change (containers).",
     )
     mqtt_auth: bool = Field(
         default=True,
@@ -346,6 +348,14 @@ class ServerSettings(BaseSettings):
             )
         if not _MQTT_USER.fullmatch(self.mqtt_username):
             raise ValueError("mqtt_username may use only letters, digits and . _ -")
+        if self.mqtt_client_id is not None:
+            if not _MQTT_USER.fullmatch(self.mqtt_client_id):
+                raise ValueError("mqtt_client_id may use only letters, digits and . _ -")
+            if _DEVICE_ID.fullmatch(self.mqtt_client_id):
+                raise ValueError(
+                    "mqtt_client_id must not be a valid device id (add a '.' or an upper-case "
+                    "letter): a device registered under it would take over the server's session"
+                )
         if self.mqtt_password is not None and len(self.mqtt_password.get_secret_value()) < 16:
             raise ValueError("mqtt_password must be at least 16 characters")
         tls_files = (self.broker_ca_file, self.broker_cert_file, self.broker_key_file)
@@ -383,8 +393,9 @@ class ServerSettings(BaseSettings):
     def resolved_mqtt_client_id(self) -> str:
         if self.mqtt_client_id:
             return self.mqtt_client_id
+        # The '.' keeps it out of the device-id space (see mqtt_client_id).
         host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32]
-        return f"edgefleet-server-{host}-{self.port}"
+        return f"edgefleet.server.{host}.{self.port}"
 
     @property
     def resolved_replica_id(self) -> str:
