@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fleet_server.messaging.sanity import DeviceClock
 from fleet_server.services.drift.detectors import DriftConfig
 from fleet_server.services.drift.retrain import RetrainConfig
 
@@ -224,6 +225,32 @@ class ServerSettings(BaseSettings):
     ingest_queue_size: int = Field(
         default=20_000, ge=1, description="Messages buffered between the MQTT thread and the DB."
     )
+    device_ts_future_s: float = Field(
+        default=86_400.0,
+        ge=60,
+        le=365 * 86_400,
+        description="Device messages dated further ahead of the server's clock than this "
+        '(seconds) are refused and counted (edgefleet_ingest_rejected{reason="ts_future"}): '
+        "a device clock in the future cannot freeze its liveness or its data.",
+    )
+    device_ts_past_s: float = Field(
+        default=7 * 86_400.0,
+        ge=60,
+        le=3650 * 86_400,
+        description="Telemetry, events and state dated further back than this (seconds) are "
+        "refused and counted (reason ts_past). Longer than a day by default: an agent's outbox "
+        "keeps what it could not send while offline, and sends it later with its original "
+        "time; raw telemetry this old would be rolled up by retention anyway "
+        "(telemetry_raw_days). Not applied to status (its Last Will carries the connect time).",
+    )
+    device_seq_reset_window: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        description="A state or telemetry seq more than this below the last one applied for "
+        "its device is a restarted counter (a reinstalled agent, or one that once sent a huge "
+        "seq): applied and counted (edgefleet_ingest_seq_resets) instead of ignored for ever. "
+        "Smaller gaps are redeliveries and stay ignored.",
+    )
     rollout_tick_s: float = Field(
         default=2.0,
         gt=0,
@@ -375,6 +402,15 @@ class ServerSettings(BaseSettings):
                     "shared subscriptions (use Mosquitto >= 1.6 or EMQX)"
                 )
         return self
+
+    @property
+    def device_clock(self) -> DeviceClock:
+        """The ingest checks of device timestamps and seqs (messaging/sanity.py)."""
+        return DeviceClock(
+            future_s=self.device_ts_future_s,
+            past_s=self.device_ts_past_s,
+            seq_reset_window=self.device_seq_reset_window,
+        )
 
     @property
     def resolved_database_url(self) -> str:

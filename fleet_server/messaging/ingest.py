@@ -4,7 +4,8 @@ The MQTT handler only enqueues ``(topic, payload, received_at)``; one writer thr
 batch (up to ``batch_size`` messages or ``interval_s`` of waiting), drops what is malformed or
 from unknown devices (counted by reason), and writes the rest in one transaction. Telemetry and
 events are keyed by (device_id, seq), so a QoS 1 redelivery is counted as a duplicate, not stored
-twice; state and status only move forward (by seq, by timestamp).
+twice; state only moves forward by seq and liveness by the server's clock, and device
+timestamps outside a window of the server's clock are refused (:mod:`.sanity`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from edgefleet.contract import (
     parse_topic,
 )
 from edgefleet.contract.parsing import load_json_object
+from fleet_server.messaging.sanity import DeviceClock, clock_problem
 from fleet_server.messaging.stats import IngestStats
 from fleet_server.messaging.writes import write_batch
 from fleet_server.models.types import utcnow
@@ -64,8 +66,10 @@ class IngestWriter:
         queue_size: int = 20_000,
         submit_timeout_s: float = 5.0,
         retries: int = 3,
+        clock: DeviceClock | None = None,
     ) -> None:
         self._engine = engine
+        self._clock = clock or DeviceClock()
         self._stats = stats
         self._batch_size = batch_size
         self._interval_s = interval_s
@@ -191,7 +195,11 @@ class IngestWriter:
             return
         for attempt in range(self._retries + 1):
             try:
-                result = write_batch(engine=self._engine, items=items)
+                result = write_batch(
+                    engine=self._engine,
+                    items=items,
+                    seq_reset_window=self._clock.seq_reset_window,
+                )
             except SQLAlchemyError as err:
                 if attempt == self._retries:
                     self._stats.reject("db_error", len(items))
@@ -203,7 +211,9 @@ class IngestWriter:
                 log.warning("ingest database error; retrying", extra={"error": str(err)[:300]})
                 time.sleep(0.5 * 2**attempt)
                 continue
-            self._stats.add(stored=result.stored, duplicates=result.duplicates)
+            self._stats.add(
+                stored=result.stored, duplicates=result.duplicates, seq_resets=result.seq_resets
+            )
             if result.unknown_devices:
                 self._stats.reject("unknown_device", result.unknown_devices)
             self._stats.batch_done()
@@ -230,6 +240,10 @@ class IngestWriter:
             return None
         if not isinstance(payload, Telemetry | State | Event | Status):
             self._reject("schema", message, "not a device payload")
+            return None
+        clock = clock_problem(payload, message.received_at, self._clock)
+        if clock is not None:
+            self._reject(clock, message, f"ts {payload.ts.isoformat()}")
             return None
         return payload
 

@@ -20,6 +20,8 @@ REJECT_REASONS = (
     "unknown_device",
     "overloaded",
     "db_error",
+    "ts_future",
+    "ts_past",
 )
 
 
@@ -38,14 +40,18 @@ class IngestStats:
         self._duplicates = 0
         self._rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self._batches = 0
+        self._seq_resets = 0
         self.queue_depth = 0
         self._remote: dict[str, dict[str, Any]] = {}
 
-    def add(self, *, received: int = 0, stored: int = 0, duplicates: int = 0) -> None:
+    def add(
+        self, *, received: int = 0, stored: int = 0, duplicates: int = 0, seq_resets: int = 0
+    ) -> None:
         with self._lock:
             self._received += received
             self._stored += stored
             self._duplicates += duplicates
+            self._seq_resets += seq_resets
 
     def reject(self, reason: str, count: int = 1) -> None:
         if reason not in self._rejected:
@@ -67,6 +73,7 @@ class IngestStats:
                 "duplicates": self._duplicates,
                 "rejected": dict(self._rejected),
                 "batches": self._batches,
+                "seq_resets": self._seq_resets,
                 "queue_depth": self.queue_depth,
             }
 
@@ -81,7 +88,7 @@ class IngestStats:
             return {name: dict(counts) for name, counts in self._remote.items()}
 
     def _sum(self, key: str, local: int) -> int:
-        return local + sum(int(r[key]) for r in self._remote.values())
+        return local + sum(int(r.get(key, 0)) for r in self._remote.values())
 
     @property
     def received(self) -> int:
@@ -97,6 +104,11 @@ class IngestStats:
     def duplicates(self) -> int:
         with self._lock:
             return self._sum("duplicates", self._duplicates)
+
+    @property
+    def seq_resets(self) -> int:
+        with self._lock:
+            return self._sum("seq_resets", self._seq_resets)
 
     @property
     def batches(self) -> int:
@@ -118,14 +130,20 @@ class IngestStats:
             return rejected, depth, self._sum("batches", self._batches)
 
     def snapshot(self) -> dict[str, Any]:
+        """The JSON of ``/api/v1/ingest/stats``; like the reject reasons, ``seq_resets`` only
+        once there was one."""
         rejected = self.totals()[0]
         with self._lock:
-            return {
+            snap: dict[str, Any] = {
                 "received": self._sum("received", self._received),
                 "stored": self._sum("stored", self._stored),
                 "duplicates": self._sum("duplicates", self._duplicates),
                 "rejected": {k: v for k, v in rejected.items() if v},
             }
+            resets = self._sum("seq_resets", self._seq_resets)
+        if resets:
+            snap["seq_resets"] = resets
+        return snap
 
 
 class IngestCollector(Collector):
@@ -140,8 +158,10 @@ class IngestCollector(Collector):
             ("received", "Device messages received over MQTT."),
             ("stored", "Device messages written to the database."),
             ("duplicates", "Redelivered or stale messages skipped."),
+            ("seq_resets", "State/telemetry seqs far below a device's last: a restarted counter."),
         ):
-            yield CounterMetricFamily(f"edgefleet_ingest_{name}", help_text, value=snap[name])
+            value = snap.get(name, 0)
+            yield CounterMetricFamily(f"edgefleet_ingest_{name}", help_text, value=value)
         rejected = CounterMetricFamily(
             "edgefleet_ingest_rejected", "Device messages dropped, by reason.", labels=["reason"]
         )
