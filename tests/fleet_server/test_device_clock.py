@@ -21,8 +21,17 @@ from fastapi.testclient import TestClient
 
 from edgefleet.contract import Channel, State, Status, Telemetry, encode, topic
 from fleet_server.runtime import Runtime
-from tests.fleet_server.helpers import MqttProbe, make_settings, operator, running_app, unique_id
+from tests.fleet_server.helpers import (
+    MqttProbe,
+    make_settings,
+    operator,
+    running_app,
+    unique_id,
+    wait_until,
+)
 from tests.fleet_server.test_ingest import _settle, _wait_for
+from tests.utils.agent_process import Device as AgentDevice
+from tests.utils.agent_process import agent_toml
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +144,36 @@ def test_telemetry_dated_year_1_or_9999_is_refused_and_a_backlog_is_kept(fleet: 
     assert delta["rejected"] == {"ts_past": 1, "ts_future": 1}
     rows = client.get(f"/api/v1/devices/{device_id}/telemetry", headers=operator()).json()
     assert sorted(row["seq"] for row in rows) == [3, 4]
+
+
+def test_a_killed_agent_goes_offline_by_its_last_will(tmp_path: Path, database_url: str) -> None:
+    """A real agent process, SIGKILLed: its Last Will ("offline", dated when the agent started,
+    so before its "online") must mark it offline. It did not while ordering was by ``ts``."""
+    settings = make_settings(tmp_path, database_url)
+    with running_app(settings) as (client, runtime):
+        device_id = unique_id()
+        created = client.post("/api/v1/devices", json={"device_id": device_id}, headers=operator())
+        assert created.status_code == 201, created.text
+        device = AgentDevice(
+            device_id=device_id,
+            token=created.json()["token"],
+            data_dir=tmp_path / "agent",
+            config=tmp_path / "agent.toml",
+        )
+        device.config.write_text(
+            agent_toml(
+                device,
+                mqtt_url=runtime.broker_url,
+                server_url=settings.resolved_public_url,
+                interval_s=0.5,
+            )
+        )
+        device.start()
+        assert device.run is not None
+        try:
+            wait_until(lambda: _device(client, device_id)["online"] is True, 30, "online")
+            device.run.proc.kill()  # SIGKILL: no clean disconnect, the broker sends the will
+            device.run.proc.wait(10)
+            wait_until(lambda: _device(client, device_id)["online"] is False, 15, "offline")
+        finally:
+            device.run.kill()
