@@ -177,3 +177,54 @@ def test_a_killed_agent_goes_offline_by_its_last_will(tmp_path: Path, database_u
             wait_until(lambda: _device(client, device_id)["online"] is False, 15, "offline")
         finally:
             device.run.kill()
+
+
+def test_a_reinstalled_agent_loses_no_telemetry(tmp_path: Path, database_url: str) -> None:
+    """The same device credentials with a fresh data directory (the agent reinstalled, its
+    seq.json gone): every telemetry message of the new install must be stored. While a fresh
+    counter started at 0 the new messages reused (device, seq) keys of the old install and
+    ingest dropped them as duplicates."""
+    settings = make_settings(tmp_path, database_url)
+    with running_app(settings) as (client, runtime):
+        device_id = unique_id()
+        created = client.post("/api/v1/devices", json={"device_id": device_id}, headers=operator())
+        assert created.status_code == 201, created.text
+        token = created.json()["token"]
+        delivered: list[int] = []  # telemetry seqs each install queued and got out
+        for install in ("first", "reinstalled"):
+            (tmp_path / install).mkdir()  # its own config, log and data directory
+            device = AgentDevice(
+                device_id=device_id,
+                token=token,
+                data_dir=tmp_path / install / "data",
+                config=tmp_path / install / "agent.toml",
+            )
+            device.config.write_text(
+                agent_toml(
+                    device,
+                    mqtt_url=runtime.broker_url,
+                    server_url=settings.resolved_public_url,
+                    interval_s=0.1,
+                )
+            )
+            device.start()
+            assert device.run is not None
+            try:
+                wait_until(
+                    lambda d=device: len(d.queued().get("telemetry", [])) >= 15,  # type: ignore[misc]
+                    30,
+                    f"{install}: telemetry",
+                )
+                device.run.stop()  # SIGTERM: drains its outbox (bounded)
+            finally:
+                device.run.kill()
+            left = device.outbox_seqs()
+            delivered += [seq for seq in device.queued()["telemetry"] if seq not in left]
+        assert runtime.writer is not None and runtime.writer.flush(10)
+        rows = client.get(
+            f"/api/v1/devices/{device_id}/telemetry?limit=1000", headers=operator()
+        ).json()
+        stored = sorted(row["seq"] for row in rows)
+        lost = len(delivered) - len(stored)
+        assert lost == 0, f"{lost} of {len(delivered)} delivered telemetry messages not stored"
+        assert stored == sorted(delivered)
