@@ -91,8 +91,6 @@ class AccessControlledBroker(GuardedBroker):
             raise AMQTTError(exc) from exc
 
         identity, code, why = await self._admit(session)
-        if identity is not None and not identity.is_server:
-            session.client_id = identity.username  # bound to the identity (docstring)
         if identity is None:
             log.info(
                 "refused an MQTT connection",
@@ -101,6 +99,8 @@ class AccessControlledBroker(GuardedBroker):
             await ConnackPacket.build(0, code).to_stream(writer)
             await writer.close()
             raise MQTTError(f"connection refused: {why}")
+        if not identity.is_server:
+            session.client_id = identity.username  # bound to the identity (module docstring)
 
         # From here on: amqtt 0.12.1 Broker._initialize_client_session, unchanged.
         if session.clean_session:
