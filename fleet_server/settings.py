@@ -237,11 +237,12 @@ class ServerSettings(BaseSettings):
         default=7 * 86_400.0,
         ge=60,
         le=3650 * 86_400,
-        description="Telemetry, events and state dated further back than this (seconds) are "
+        description="Telemetry and events dated further back than this (seconds) are "
         "refused and counted (reason ts_past). Longer than a day by default: an agent's outbox "
         "keeps what it could not send while offline, and sends it later with its original "
         "time; raw telemetry this old would be rolled up by retention anyway "
-        "(telemetry_raw_days). Not applied to status (its Last Will carries the connect time).",
+        "(telemetry_raw_days). Not applied to status and state (retained: a server restart gets "
+        "them again with their old time; a Last Will carries the connect time).",
     )
     device_seq_reset_window: int = Field(
         default=1_000_000,

@@ -7,9 +7,10 @@ an "offline" dated 2099 kept it offline, and a ``state`` with seq 2^63-1 made ev
 look stale (issue #11, finding 5). So:
 
 * a timestamp further ahead of the server's clock than :attr:`DeviceClock.future_s` is refused
-  (``ts_future``), and one older than :attr:`DeviceClock.past_s` too (``ts_past``), except on
-  ``status``: its Last Will carries the time the agent connected (weeks ago on a long
-  connection) and a retained copy comes back with its old time after a server restart;
+  (``ts_future``), and on telemetry and events (the stored time series) one older than
+  :attr:`DeviceClock.past_s` too (``ts_past``). Not on ``status`` and ``state``: a status's
+  Last Will carries the time the agent connected (weeks ago on a long connection), and both are
+  retained, so a server restart gets them again with their old time; neither is ordered by it;
 * liveness follows the order in which the *server* received the statuses, never their ``ts``;
 * a seq far below the last one applied (more than :attr:`DeviceClock.seq_reset_window`) is a
   counter that restarted (a reinstalled agent, or one that once sent a huge number): it is
@@ -46,7 +47,7 @@ def clock_problem(
     """The reject reason for ``payload``'s timestamp (``ts_future``/``ts_past``), or None."""
     if payload.ts > received_at + timedelta(seconds=clock.future_s):
         return "ts_future"
-    if isinstance(payload, Status):
+    if isinstance(payload, Status | State):
         return None  # see the module docstring: old times are legitimate here
     if payload.ts < received_at - timedelta(seconds=clock.past_s):
         return "ts_past"

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.contract import Channel, State, Status, Telemetry, encode, topic
+from edgefleet.contract import Channel, Event, State, Status, Telemetry, encode, topic
+from fleet_server.messaging.sanity import DeviceClock, clock_problem
 from fleet_server.runtime import Runtime
 from tests.fleet_server.helpers import (
     MqttProbe,
@@ -228,3 +229,32 @@ def test_a_reinstalled_agent_loses_no_telemetry(tmp_path: Path, database_url: st
         lost = len(delivered) - len(stored)
         assert lost == 0, f"{lost} of {len(delivered)} delivered telemetry messages not stored"
         assert stored == sorted(delivered)
+
+
+def test_which_timestamps_are_refused() -> None:
+    """The past bound is for the stored time series only: a retained state or status comes back
+    with its old time after a server restart, and a Last Will carries the connect time."""
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    month_ago, tomorrow_and_more = now - timedelta(days=30), now + timedelta(days=1, minutes=1)
+    clock = DeviceClock()
+
+    def telemetry(ts: datetime) -> Telemetry:
+        return Telemetry(device_id="d", seq=1, ts=ts, interval_s=1, model=None, inference_count=0)
+
+    def state(ts: datetime) -> State:
+        return State(device_id="d", seq=1, ts=ts, phase="idle", agent_version="1")
+
+    def event(ts: datetime) -> Event:
+        return Event(device_id="d", seq=1, ts=ts, event="agent.started")
+
+    def status(ts: datetime) -> Status:
+        return Status(device_id="d", status="offline", ts=ts)
+
+    for build in (telemetry, state, event, status):
+        assert clock_problem(build(now), now, clock) is None
+        assert clock_problem(build(tomorrow_and_more), now, clock) == "ts_future"
+    assert clock_problem(telemetry(month_ago), now, clock) == "ts_past"
+    assert clock_problem(event(month_ago), now, clock) == "ts_past"
+    assert clock_problem(state(month_ago), now, clock) is None
+    assert clock_problem(status(month_ago), now, clock) is None
+    assert clock_problem(telemetry(now - timedelta(days=6)), now, clock) is None  # a backlog
