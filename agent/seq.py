@@ -3,8 +3,11 @@
 The file ``<data_dir>/seq.json`` holds the first number *not yet reserved*. Numbers are
 reserved in blocks (written atomically with fsync + rename before any of them is used), so a
 crash skips at most one block and never reuses a number, and there is one write per block, not
-per message. If the file is unreadable, the counter restarts above the wall clock in
-microseconds, which is above any number a device can have used.
+per message. If the file is missing (a new device, or a reinstalled agent whose earlier numbers
+the server still holds) or unreadable, the counter starts above the wall clock in microseconds,
+which is above any number a device can have used: a reinstalled agent that started at 0 again
+had its first messages dropped by the server as duplicates of the old install's (device, seq)
+keys (15 of 15 in tests/fleet_server/test_device_clock.py).
 """
 
 from __future__ import annotations
@@ -41,9 +44,14 @@ class SequenceCounter:
                 raise ValueError(f"bad value {value!r}")
             return value
         except FileNotFoundError:
-            return 0
+            floor = _clock_floor()
+            log.info(
+                "no sequence file; starting above the clock",
+                extra={"path": str(self.path), "seq": floor},
+            )
+            return floor
         except (OSError, ValueError, KeyError, TypeError) as err:
-            floor = time.time_ns() // 1000
+            floor = _clock_floor()
             log.warning(
                 "sequence file unreadable; restarting above the clock",
                 extra={"path": str(self.path), "error": str(err), "seq": floor},
@@ -62,6 +70,11 @@ class SequenceCounter:
             value = self._next
             self._next += 1
             return value
+
+
+def _clock_floor() -> int:
+    """The wall clock in microseconds: grows ~1e6/s, far faster than any device's counter."""
+    return time.time_ns() // 1000
 
 
 def write_json_atomic(path: Path, data: object) -> None:

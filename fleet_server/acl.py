@@ -10,6 +10,8 @@ from fleet_server.db import DatabaseError, make_engine, migrate
 from fleet_server.services.devices import mqtt_password_hashes
 from fleet_server.services.mosquitto import (
     PERSISTENCE_LOCATION,
+    SERVER_HOST,
+    SERVER_PORT,
     MosquittoError,
     MosquittoFiles,
     write_mosquitto_files,
@@ -28,9 +30,12 @@ def export_mosquitto(
     out: Path,
     port: int = 1883,
     host: str = "0.0.0.0",  # noqa: S104 - the sample listener; the operator edits it
+    server_port: int = SERVER_PORT,
+    server_host: str = SERVER_HOST,
     persistence_location: Path = PERSISTENCE_LOCATION,
 ) -> MosquittoFiles:
-    """Write password_file, acl_file and mosquitto.conf for the server's database into ``out``.
+    """Write password_file, server_password_file, acl_file and mosquitto.conf for the server's
+    database into ``out``.
 
     The server's credential is the one the server itself connects with (``mqtt_username`` and
     ``mqtt_password`` or ``<data_dir>/mqtt_password``, generated here if missing).
@@ -50,6 +55,8 @@ def export_mosquitto(
             devices=devices,
             port=port,
             host=host,
+            server_port=server_port,
+            server_host=server_host,
             persistence_location=persistence_location,
         )
     except (OSError, DatabaseError, MosquittoError) as err:

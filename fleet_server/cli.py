@@ -35,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     acl = actions.add_parser(
         "acl",
         help="write Mosquitto password_file, acl_file and mosquitto.conf from the database",
-        description="Write a Mosquitto 2.0 password_file (the server and every device), an "
-        "acl_file confining each device to its own topics, and a sample mosquitto.conf into "
-        "DIR. Run again after registering devices, then send Mosquitto SIGHUP.",
+        description="Write a Mosquitto 2.0 password_file (every device), a "
+        "server_password_file (the server), an acl_file confining each device to its own "
+        "topics, and a sample mosquitto.conf into DIR: devices on one listener (client id = "
+        "device id), the server on another. Run again after registering devices, then send "
+        "Mosquitto SIGHUP.",
     )
     acl.add_argument("--out", required=True, help="directory to write the three files into")
     acl.add_argument("--data-dir", help="data directory (EDGEFLEET_DATA_DIR)")
@@ -49,6 +51,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--listen-host",
         default="0.0.0.0",  # noqa: S104 - written into a sample config, not bound here
         help="address in the sample mosquitto.conf (default 0.0.0.0)",
+    )
+    acl.add_argument(
+        "--server-listen-port",
+        type=int,
+        default=1885,
+        help="port of the server's own listener in the sample mosquitto.conf (default 1885; "
+        "the server's broker_url points here)",
+    )
+    acl.add_argument(
+        "--server-listen-host",
+        default="127.0.0.1",
+        help="address of the server's own listener (default 127.0.0.1)",
     )
     acl.add_argument(
         "--persistence-dir",
@@ -104,9 +118,13 @@ def run_acl(args: argparse.Namespace) -> int:
     settings = _settings({key: value for key, value in mapping.items() if value is not None})
     if settings is None:
         return 2
-    if not 1 <= args.listen_port <= 65535:
-        print("edgefleet server acl: --listen-port must be 1..65535", file=sys.stderr)
-        return 2
+    for flag, port in (
+        ("--listen-port", args.listen_port),
+        ("--server-listen-port", args.server_listen_port),
+    ):
+        if not 1 <= port <= 65535:
+            print(f"edgefleet server acl: {flag} must be 1..65535", file=sys.stderr)
+            return 2
     from pathlib import Path
 
     from fleet_server.acl import AclError, export_mosquitto
@@ -117,12 +135,17 @@ def run_acl(args: argparse.Namespace) -> int:
             out=Path(args.out),
             port=args.listen_port,
             host=args.listen_host,
+            server_port=args.server_listen_port,
+            server_host=args.server_listen_host,
             persistence_location=Path(args.persistence_dir),
         )
     except AclError as err:
         print(f"edgefleet server acl: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {files.password_file} ({files.devices} devices + the server), {files.acl_file}")
+    print(
+        f"wrote {files.password_file} ({files.devices} devices), {files.server_password_file} "
+        f"(the server), {files.acl_file}"
+    )
     print(f"wrote {files.conf_file} (sample: merge it into your mosquitto.conf)")
     if files.skipped:
         print(

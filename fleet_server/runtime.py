@@ -120,6 +120,7 @@ class Runtime:
             batch_size=settings.ingest_batch_size,
             interval_s=settings.ingest_batch_interval_s,
             queue_size=settings.ingest_queue_size,
+            clock=settings.device_clock,
         )
         self.writer.start()
         channels: tuple[Channel, ...] = INGEST_CHANNELS
@@ -229,6 +230,7 @@ class Runtime:
                 client_id=f"{settings.resolved_mqtt_client_id}-w{i}",
                 group=group,
                 batch_size=settings.ingest_batch_size,
+                clock=settings.device_clock,
                 connect_timeout_s=settings.broker_connect_timeout_s,
                 log_level=settings.log_level,
             )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fleet_server.broker.config import AuthThrottleConfig
+from fleet_server.messaging.sanity import DeviceClock
 from fleet_server.services.drift.detectors import DriftConfig
 from fleet_server.services.drift.retrain import RetrainConfig
 
@@ -281,6 +282,33 @@ class ServerSettings(BaseSettings):
     ingest_queue_size: int = Field(
         default=20_000, ge=1, description="Messages buffered between the MQTT thread and the DB."
     )
+    device_ts_future_s: float = Field(
+        default=86_400.0,
+        ge=60,
+        le=365 * 86_400,
+        description="Device messages dated further ahead of the server's clock than this "
+        '(seconds) are refused and counted (edgefleet_ingest_rejected{reason="ts_future"}): '
+        "a device clock in the future cannot freeze its liveness or its data.",
+    )
+    device_ts_past_s: float = Field(
+        default=7 * 86_400.0,
+        ge=60,
+        le=3650 * 86_400,
+        description="Telemetry and events dated further back than this (seconds) are "
+        "refused and counted (reason ts_past). Longer than a day by default: an agent's outbox "
+        "keeps what it could not send while offline, and sends it later with its original "
+        "time; raw telemetry this old would be rolled up by retention anyway "
+        "(telemetry_raw_days). Not applied to status and state (retained: a server restart gets "
+        "them again with their old time; a Last Will carries the connect time).",
+    )
+    device_seq_reset_window: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        description="A state or telemetry seq more than this below the last one applied for "
+        "its device is a restarted counter (a reinstalled agent, or one that once sent a huge "
+        "seq): applied and counted (edgefleet_ingest_seq_resets) instead of ignored for ever. "
+        "Smaller gaps are redeliveries and stay ignored.",
+    )
     rollout_tick_s: float = Field(
         default=2.0,
         gt=0,
@@ -291,12 +319,14 @@ class ServerSettings(BaseSettings):
     mqtt_client_id: str | None = Field(
         default=None,
         min_length=1,
-        max_length=64,
-        description="Client id of the server's MQTT connection, and so of its broker session; "
-        "default edgefleet-server-<host>-<port>: stable across restarts (the broker hands the "
-        "restarted server what was queued for it) and unique per host and HTTP port, so two "
-        "servers on one broker never evict each other. Set it where host names change "
-        "(containers).",
+        max_length=60,
+        description="Client id of the server's MQTT connection, and so of its broker session "
+        "(ingest workers add -w<i>); default edgefleet.server.<host>.<port>: stable across "
+        "restarts (the broker hands the restarted server what was queued for it) and unique per "
+        "host and HTTP port, so two servers on one broker never evict each other. Letters, "
+        "digits and . _ -, never a valid device id (a device's client id is its device id, so "
+        "a device with the server's would take over its session): include a '.' or an "
+        "upper-case letter. Set it where host names change (containers).",
     )
     mqtt_auth: bool = Field(
         default=True,
@@ -403,6 +433,14 @@ class ServerSettings(BaseSettings):
             )
         if not _MQTT_USER.fullmatch(self.mqtt_username):
             raise ValueError("mqtt_username may use only letters, digits and . _ -")
+        if self.mqtt_client_id is not None:
+            if not _MQTT_USER.fullmatch(self.mqtt_client_id):
+                raise ValueError("mqtt_client_id may use only letters, digits and . _ -")
+            if _DEVICE_ID.fullmatch(self.mqtt_client_id):
+                raise ValueError(
+                    "mqtt_client_id must not be a valid device id (add a '.' or an upper-case "
+                    "letter): a device registered under it would take over the server's session"
+                )
         if self.mqtt_password is not None and len(self.mqtt_password.get_secret_value()) < 16:
             raise ValueError("mqtt_password must be at least 16 characters")
         tls_files = (self.broker_ca_file, self.broker_cert_file, self.broker_key_file)
@@ -424,6 +462,15 @@ class ServerSettings(BaseSettings):
         return self
 
     @property
+    def device_clock(self) -> DeviceClock:
+        """The ingest checks of device timestamps and seqs (messaging/sanity.py)."""
+        return DeviceClock(
+            future_s=self.device_ts_future_s,
+            past_s=self.device_ts_past_s,
+            seq_reset_window=self.device_seq_reset_window,
+        )
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -440,8 +487,9 @@ class ServerSettings(BaseSettings):
     def resolved_mqtt_client_id(self) -> str:
         if self.mqtt_client_id:
             return self.mqtt_client_id
+        # The '.' keeps it out of the device-id space (see mqtt_client_id).
         host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32]
-        return f"edgefleet-server-{host}-{self.port}"
+        return f"edgefleet.server.{host}.{self.port}"
 
     @property
     def resolved_replica_id(self) -> str:

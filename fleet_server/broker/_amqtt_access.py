@@ -18,6 +18,12 @@ with the check moved first) and refuses, with a CONNACK return code and a closed
 * a device while ``devices_open`` is not set (0x03 server unavailable): after a (re)start the
   server subscribes first, so no device message reaches a broker with nobody to deliver it to.
 
+A device's client id is its user name, whatever its CONNECT said (as Mosquitto's
+``use_username_as_clientid``): without that, a device could squat on a client id another
+device or the server is about to (re)connect with, and the rule above would then lock the
+rightful owner out. Server client ids always contain a character device ids cannot (settings),
+so no device id is ever one of them.
+
 Topic decisions replace amqtt's plugin chain (``_topic_filtering``): a refused PUBLISH is
 dropped (QoS 1 is still acknowledged and the connection stays open, as Mosquitto does for MQTT
 3.1.1), a refused SUBSCRIBE gets return code 0x80, and nothing a device may not subscribe to is
@@ -101,6 +107,8 @@ class AccessControlledBroker(GuardedBroker):
             await ConnackPacket.build(0, code).to_stream(writer)
             await writer.close()
             raise MQTTError(f"connection refused: {why}")
+        if not identity.is_server:
+            session.client_id = identity.username  # bound to the identity (module docstring)
 
         # From here on: amqtt 0.12.1 Broker._initialize_client_session, unchanged.
         if session.clean_session:
@@ -160,8 +168,9 @@ class AccessControlledBroker(GuardedBroker):
         gate = self._devices_open
         if not identity.is_server and gate is not None and not gate.is_set():
             return None, SERVER_UNAVAILABLE, "devices wait until the fleet server has subscribed"
-        if session.client_id and session.client_id in self._sessions:
-            owner = identity_of(self._sessions[session.client_id][0])
+        client_id = session.client_id if identity.is_server else identity.username
+        if client_id and client_id in self._sessions:
+            owner = identity_of(self._sessions[client_id][0])
             if owner is not None and owner.username != identity.username:
                 return (
                     None,

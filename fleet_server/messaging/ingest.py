@@ -4,7 +4,8 @@ The MQTT handler only enqueues ``(topic, payload, received_at)``; one writer thr
 batch (up to ``batch_size`` messages or ``interval_s`` of waiting), drops what is malformed or
 from unknown devices (counted by reason), and writes the rest in one transaction. Telemetry and
 events are keyed by (device_id, seq), so a QoS 1 redelivery is counted as a duplicate, not stored
-twice; state and status only move forward (by seq, by timestamp).
+twice; state only moves forward by seq and liveness by the server's clock, and device
+timestamps outside a window of the server's clock are refused (:mod:`.sanity`).
 
 A message is acknowledged (``Inbound.ack``) only once its fate is decided: stored, a duplicate,
 or refused for good. Two kinds of database failure are told apart (:func:`is_transient`):
@@ -51,6 +52,7 @@ from edgefleet.contract import (
 )
 from edgefleet.contract.errors import NonFiniteNumberError
 from edgefleet.contract.parsing import load_json_object
+from fleet_server.messaging.sanity import DeviceClock, clock_problem
 from fleet_server.messaging.screen import refusal
 from fleet_server.messaging.stats import IngestStats
 from fleet_server.messaging.writes import is_transient, write_batch
@@ -91,11 +93,13 @@ class IngestWriter:
         submit_timeout_s: float = 5.0,
         retry_initial_s: float = 0.25,
         retry_max_s: float = 2.0,
+        clock: DeviceClock | None = None,
     ) -> None:
         """``retry_initial_s`` doubling up to ``retry_max_s``: the wait between attempts while
         the database is unreachable (the batch is drained at most ``retry_max_s`` after it is
         back; 2 s keeps that short at the cost of one connection attempt per 2 s)."""
         self._engine = engine
+        self._clock = clock or DeviceClock()
         self._stats = stats
         self._batch_size = batch_size
         self._interval_s = interval_s
@@ -264,7 +268,11 @@ class IngestWriter:
         """One transaction for ``items``; if the database refuses it, each half on its own
         (recursively), so a refused message costs only itself."""
         try:
-            result = write_batch(engine=self._engine, items=items)
+            result = write_batch(
+                engine=self._engine,
+                items=items,
+                seq_reset_window=self._clock.seq_reset_window,
+            )
         except Exception as err:  # noqa: BLE001 - sorted below: unreachable or refused
             if is_transient(err):
                 raise _Unavailable(str(err)[:300]) from err
@@ -285,7 +293,9 @@ class IngestWriter:
                 },
             )
             return
-        self._stats.add(stored=result.stored, duplicates=result.duplicates)
+        self._stats.add(
+            stored=result.stored, duplicates=result.duplicates, seq_resets=result.seq_resets
+        )
         if result.unknown_devices:
             self._stats.reject("unknown_device", result.unknown_devices)
         self._stats.batch_done()
@@ -314,6 +324,10 @@ class IngestWriter:
             return None
         if not isinstance(payload, Telemetry | State | Event | Status):
             self._reject("schema", message, "not a device payload")
+            return None
+        clock = clock_problem(payload, message.received_at, self._clock)
+        if clock is not None:
+            self._reject(clock, message, f"ts {payload.ts.isoformat()}")
             return None
         reason = refusal(payload)
         if reason is not None:

@@ -14,7 +14,9 @@ from prometheus_client.registry import Collector
 #: ``non_finite``: NaN or ±Infinity in a number; ``out_of_range``: a counter past BIGINT;
 #: ``nul_in_text``: a NUL character in a text column (these three refused before the database
 #: sees them); ``db_refused``: a message the database itself refused (isolated from its batch,
-#: which is stored). An unreachable database drops nothing: see ``stalled`` and ``db_retries``.
+#: which is stored); ``ts_future``/``ts_past``: a device timestamp outside the window of the
+#: server's clock (:mod:`.sanity`). An unreachable database drops nothing: see ``stalled`` and
+#: ``db_retries``.
 REJECT_REASONS = (
     "bad_topic",
     "oversized",
@@ -27,6 +29,8 @@ REJECT_REASONS = (
     "out_of_range",
     "nul_in_text",
     "db_refused",
+    "ts_future",
+    "ts_past",
 )
 
 
@@ -46,16 +50,20 @@ class IngestStats:
         self._rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self._batches = 0
         self._db_retries = 0
+        self._seq_resets = 0
         self.queue_depth = 0
         #: True while a batch waits for the database to come back (its acks held).
         self.stalled = False
         self._remote: dict[str, dict[str, Any]] = {}
 
-    def add(self, *, received: int = 0, stored: int = 0, duplicates: int = 0) -> None:
+    def add(
+        self, *, received: int = 0, stored: int = 0, duplicates: int = 0, seq_resets: int = 0
+    ) -> None:
         with self._lock:
             self._received += received
             self._stored += stored
             self._duplicates += duplicates
+            self._seq_resets += seq_resets
 
     def reject(self, reason: str, count: int = 1) -> None:
         if reason not in self._rejected:
@@ -82,6 +90,7 @@ class IngestStats:
                 "duplicates": self._duplicates,
                 "rejected": dict(self._rejected),
                 "batches": self._batches,
+                "seq_resets": self._seq_resets,
                 "queue_depth": self.queue_depth,
                 "db_retries": self._db_retries,
                 "stalled": self.stalled,
@@ -98,7 +107,7 @@ class IngestStats:
             return {name: dict(counts) for name, counts in self._remote.items()}
 
     def _sum(self, key: str, local: int) -> int:
-        return local + sum(int(r[key]) for r in self._remote.values())
+        return local + sum(int(r.get(key, 0)) for r in self._remote.values())
 
     @property
     def received(self) -> int:
@@ -114,6 +123,11 @@ class IngestStats:
     def duplicates(self) -> int:
         with self._lock:
             return self._sum("duplicates", self._duplicates)
+
+    @property
+    def seq_resets(self) -> int:
+        with self._lock:
+            return self._sum("seq_resets", self._seq_resets)
 
     @property
     def batches(self) -> int:
@@ -148,14 +162,20 @@ class IngestStats:
             return rejected, depth, self._sum("batches", self._batches)
 
     def snapshot(self) -> dict[str, Any]:
+        """The JSON of ``/api/v1/ingest/stats``; like the reject reasons, ``seq_resets`` only
+        once there was one."""
         rejected = self.totals()[0]
         with self._lock:
-            return {
+            snap: dict[str, Any] = {
                 "received": self._sum("received", self._received),
                 "stored": self._sum("stored", self._stored),
                 "duplicates": self._sum("duplicates", self._duplicates),
                 "rejected": {k: v for k, v in rejected.items() if v},
             }
+            resets = self._sum("seq_resets", self._seq_resets)
+        if resets:
+            snap["seq_resets"] = resets
+        return snap
 
 
 class IngestCollector(Collector):
@@ -170,8 +190,10 @@ class IngestCollector(Collector):
             ("received", "Device messages received over MQTT."),
             ("stored", "Device messages written to the database."),
             ("duplicates", "Redelivered or stale messages skipped."),
+            ("seq_resets", "State/telemetry seqs far below a device's last: a restarted counter."),
         ):
-            yield CounterMetricFamily(f"edgefleet_ingest_{name}", help_text, value=snap[name])
+            value = snap.get(name, 0)
+            yield CounterMetricFamily(f"edgefleet_ingest_{name}", help_text, value=value)
         rejected = CounterMetricFamily(
             "edgefleet_ingest_rejected", "Device messages dropped, by reason.", labels=["reason"]
         )

@@ -31,6 +31,7 @@ from typing import Any
 
 from edgefleet.contract import Channel
 from edgefleet.contract.topics import shared_filter
+from fleet_server.messaging.sanity import DeviceClock
 from fleet_server.messaging.stats import IngestStats
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class WorkerConfig:
     client_id: str
     group: str
     batch_size: int
+    clock: DeviceClock
     connect_timeout_s: float
     log_level: str
 
@@ -73,7 +75,9 @@ def worker_main(config: WorkerConfig, pipe: Connection) -> None:
     configure_logging(config.log_level, quiet=("paho",))
     stats = IngestStats()
     engine = make_engine(config.database_url)
-    writer = IngestWriter(engine=engine, stats=stats, batch_size=config.batch_size)
+    writer = IngestWriter(
+        engine=engine, stats=stats, batch_size=config.batch_size, clock=config.clock
+    )
     address = BrokerAddress.from_url(config.broker_url)
     if address.username is None and config.username is not None:
         address = replace(address, username=config.username, password=config.password)

@@ -22,6 +22,13 @@ from sqlmodel import SQLModel
 
 from edgefleet.contract import Event, Payload, State, Status, Telemetry
 from fleet_server.messaging.inserts import insert_new
+from fleet_server.messaging.sanity import (
+    DeviceClock,
+    SeqOrder,
+    log_reset,
+    seq_order,
+    status_is_newer,
+)
 
 #: Device columns ingest reads to apply its ordering rules.
 _DEVICE_RULE_COLUMNS = ("device_id", "last_seen", "status_ts", "state_seq", "telemetry_seq")
@@ -32,9 +39,16 @@ class WriteResult:
     stored: int
     duplicates: int
     unknown_devices: int
+    #: State/telemetry seqs far below the last applied: a restarted counter, applied.
+    seq_resets: int = 0
 
 
-def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) -> WriteResult:
+def write_batch(
+    *,
+    engine: Engine,
+    items: Sequence[tuple[Payload, datetime]],
+    seq_reset_window: int = DeviceClock.seq_reset_window,
+) -> WriteResult:
     device_table = _table("device")
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
@@ -58,6 +72,7 @@ def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) ->
         telemetry_rows: dict[tuple[str, int], dict[str, Any]] = {}
         event_rows: dict[tuple[str, int], dict[str, Any]] = {}
         unknown = stored = duplicates = 0
+        resets: list[int] = []  # one entry per reset (a list: the rule helpers append)
         for payload, received_at in items:
             device = current.get(payload.device_id)
             if device is None:
@@ -72,7 +87,7 @@ def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) ->
                     duplicates += 1  # repeated within this batch
                 else:
                     telemetry_rows[key] = _telemetry_row(payload, received_at)
-                _apply_telemetry(device, changed, payload)
+                _apply_telemetry(device, changed, payload, seq_reset_window, resets)
             elif isinstance(payload, Event):
                 key = (payload.device_id, payload.seq)
                 if key in event_rows:
@@ -80,12 +95,12 @@ def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) ->
                 else:
                     event_rows[key] = _event_row(payload, received_at)
             elif isinstance(payload, State):
-                if _apply_state(device, changed, payload):
+                if _apply_state(device, changed, payload, seq_reset_window, resets):
                     stored += 1
                 else:
                     duplicates += 1
             elif isinstance(payload, Status):
-                if _apply_status(device, changed, payload):
+                if _apply_status(device, changed, payload, received_at):
                     stored += 1
                 else:
                     duplicates += 1
@@ -94,7 +109,9 @@ def write_batch(*, engine: Engine, items: Sequence[tuple[Payload, datetime]]) ->
             stored += inserted
             duplicates += len(rows) - inserted
         _update_devices(conn, device_table, changes)
-    return WriteResult(stored=stored, duplicates=duplicates, unknown_devices=unknown)
+    return WriteResult(
+        stored=stored, duplicates=duplicates, unknown_devices=unknown, seq_resets=len(resets)
+    )
 
 
 def is_transient(err: BaseException) -> bool:
@@ -162,8 +179,10 @@ def _event_row(p: Event, received_at: datetime) -> dict[str, Any]:
     }
 
 
-def _apply_telemetry(device: dict[str, Any], changed: dict[str, Any], p: Telemetry) -> None:
-    if device["telemetry_seq"] is not None and p.seq <= device["telemetry_seq"]:
+def _apply_telemetry(
+    device: dict[str, Any], changed: dict[str, Any], p: Telemetry, window: int, resets: list[int]
+) -> None:
+    if not _advances(device, "telemetry_seq", p, window, resets):
         return
     device["telemetry_seq"] = changed["telemetry_seq"] = p.seq
     changed["last_telemetry"] = p  # summarised once, for the newest only (_last_telemetry)
@@ -180,8 +199,21 @@ def _last_telemetry(p: Telemetry) -> dict[str, Any]:
     }
 
 
-def _apply_state(device: dict[str, Any], changed: dict[str, Any], p: State) -> bool:
-    if device["state_seq"] is not None and p.seq <= device["state_seq"]:
+def _advances(
+    device: dict[str, Any], column: str, p: Telemetry | State, window: int, resets: list[int]
+) -> bool:
+    """Does ``p`` move the device's ``column`` forward (newer, or a restarted counter)?"""
+    order = seq_order(device[column], p.seq, window=window)
+    if order is SeqOrder.RESET:
+        log_reset(p.device_id, column, device[column], p.seq)
+        resets.append(p.seq)
+    return order is not SeqOrder.STALE
+
+
+def _apply_state(
+    device: dict[str, Any], changed: dict[str, Any], p: State, window: int, resets: list[int]
+) -> bool:
+    if not _advances(device, "state_seq", p, window, resets):
         return False
     device["state_seq"] = p.seq
     changed.update(
@@ -199,9 +231,12 @@ def _apply_state(device: dict[str, Any], changed: dict[str, Any], p: State) -> b
     return True
 
 
-def _apply_status(device: dict[str, Any], changed: dict[str, Any], p: Status) -> bool:
-    if device["status_ts"] is not None and p.ts < device["status_ts"]:
+def _apply_status(
+    device: dict[str, Any], changed: dict[str, Any], p: Status, received_at: datetime
+) -> bool:
+    """``status_ts`` holds when the server received the status it applied (sanity.py)."""
+    if not status_is_newer(device["status_ts"], received_at):
         return False
-    device["status_ts"] = changed["status_ts"] = p.ts
+    device["status_ts"] = changed["status_ts"] = received_at
     changed["online"] = p.status == "online"
     return True

@@ -10,13 +10,25 @@ import pytest
 from agent.seq import SEQ_FILE, SequenceCounter
 
 
-def test_counts_from_zero_and_reserves_a_block(tmp_path: Path) -> None:
+def test_a_new_counter_starts_above_the_clock_and_reserves_a_block(tmp_path: Path) -> None:
+    # Above the clock, not 0: a reinstalled agent must not reuse the old install's numbers.
+    before = time.time_ns() // 1000
+    counter = SequenceCounter(tmp_path, block=10)
+    first = counter.next()
+    assert first >= before
+    assert [counter.next() for _ in range(2)] == [first + 1, first + 2]
+    assert json.loads((tmp_path / SEQ_FILE).read_text()) == {"next": first + 10}
+
+
+def test_a_persisted_counter_continues(tmp_path: Path) -> None:
+    (tmp_path / SEQ_FILE).write_text('{"next": 0}')
     counter = SequenceCounter(tmp_path, block=10)
     assert [counter.next() for _ in range(3)] == [0, 1, 2]
     assert json.loads((tmp_path / SEQ_FILE).read_text()) == {"next": 10}
 
 
 def test_writes_once_per_block(tmp_path: Path) -> None:
+    (tmp_path / SEQ_FILE).write_text('{"next": 0}')
     counter = SequenceCounter(tmp_path, block=10)
     path = tmp_path / SEQ_FILE
     for _ in range(10):
@@ -27,6 +39,7 @@ def test_writes_once_per_block(tmp_path: Path) -> None:
 
 
 def test_restart_never_reuses_a_number(tmp_path: Path) -> None:
+    (tmp_path / SEQ_FILE).write_text('{"next": 0}')
     used: list[int] = []
     for _run in range(4):  # each run "crashes": the counter is simply abandoned
         counter = SequenceCounter(tmp_path, block=7)
@@ -45,6 +58,7 @@ def test_unreadable_file_restarts_above_the_clock(tmp_path: Path, content: str) 
 
 
 def test_threads_get_unique_numbers(tmp_path: Path) -> None:
+    (tmp_path / SEQ_FILE).write_text('{"next": 0}')
     counter = SequenceCounter(tmp_path, block=10)
     results: list[int] = []
     lock = threading.Lock()

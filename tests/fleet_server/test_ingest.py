@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,9 @@ def test_ingest_stores_dedupes_and_rejects(
         probe.publish(status_topic, b"", retain=True)
 
 
-def test_state_and_status_only_move_forward(tmp_path: Path, mqtt_url: str) -> None:
+def test_state_moves_forward_and_liveness_follows_the_server_clock(
+    tmp_path: Path, mqtt_url: str
+) -> None:
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", broker_url=mqtt_url)
     with running_app(settings) as (client, runtime):
         probe = MqttProbe(mqtt_url)
@@ -216,8 +218,10 @@ def test_state_and_status_only_move_forward(tmp_path: Path, mqtt_url: str) -> No
             older = State(device_id=device_id, seq=10, phase="idle", agent_version="1")
             probe.publish(state_topic, encode(newer))
             probe.publish(state_topic, encode(older))
-            later = datetime(2030, 1, 1, tzinfo=UTC)
-            earlier = datetime(2029, 1, 1, tzinfo=UTC)
+            # The status received last wins, whatever the device's clock said (a Last Will
+            # carries the time the agent connected, earlier than its "online").
+            now = datetime.now(UTC)
+            later, earlier = now + timedelta(hours=1), now - timedelta(hours=1)
             probe.publish(
                 status_topic, encode(Status(device_id=device_id, status="offline", ts=later))
             )
@@ -225,9 +229,9 @@ def test_state_and_status_only_move_forward(tmp_path: Path, mqtt_url: str) -> No
                 status_topic, encode(Status(device_id=device_id, status="online", ts=earlier))
             )
             delta = _wait_for(runtime, baseline, 4)
-            assert (delta["stored"], delta["duplicates"]) == (2, 2)
+            assert (delta["stored"], delta["duplicates"]) == (3, 1)
             device = client.get(f"/api/v1/devices/{device_id}", headers=operator()).json()
             assert device["phase"] == "probation" and device["agent_version"] == "2"
-            assert device["online"] is False
+            assert device["online"] is True
         finally:
             probe.close()

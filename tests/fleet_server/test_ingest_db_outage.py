@@ -98,7 +98,7 @@ class _Publisher:
 def test_a_database_outage_loses_no_acknowledged_message(tmp_path: Path, workers: int) -> None:
     # Private Mosquitto and PostgreSQL: on the shared broker other tests' devices would be
     # counted here, and the shared database is never stopped.
-    client_id = f"edgefleet-server-outage-{secrets.token_hex(4)}"
+    client_id = f"edgefleet.server.outage-{secrets.token_hex(4)}"
     with private_mosquitto(tmp_path) as broker, private_postgres() as pg:
         url = broker.url
         settings = make_settings(

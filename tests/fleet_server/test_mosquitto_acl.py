@@ -29,10 +29,12 @@ from fleet_server.services.mosquitto import (
     ACL_FILE,
     CONF_FILE,
     PASSWORD_FILE,
+    SERVER_PASSWORD_FILE,
     MosquittoError,
     acl_lines,
     mosquitto_hash,
     password_lines,
+    server_password_lines,
     verify_mosquitto_hash,
 )
 from fleet_server.settings import ServerSettings
@@ -75,17 +77,19 @@ def test_malformed_hashes_never_verify(hashed: str) -> None:
 
 
 def test_password_and_acl_lines() -> None:
-    text = password_lines(
-        server=(SERVER_USER, "p" * 20), devices=[("dev-1", mosquitto_hash("t")), ("old", None)]
-    )
-    lines = text.splitlines()
-    assert [line.split(":")[0] for line in lines] == [SERVER_USER, "dev-1"]
-    assert verify_mosquitto_hash("p" * 20, lines[0].split(":", 1)[1])
+    text = password_lines(devices=[("dev-1", mosquitto_hash("t")), ("old", None)])
+    # The devices' file never holds the server's user: it logs in on its own listener only.
+    assert [line.split(":")[0] for line in text.splitlines()] == ["dev-1"]
+    [server_line] = server_password_lines(server=(SERVER_USER, "p" * 20)).splitlines()
+    assert server_line.split(":")[0] == SERVER_USER
+    assert verify_mosquitto_hash("p" * 20, server_line.split(":", 1)[1])
     for bad_user in ("a:b", "a/b", "a+b", "a#", "", "a b", "x" * 65):
         with pytest.raises(MosquittoError):
-            password_lines(server=(bad_user, "p"), devices=[])
+            server_password_lines(server=(bad_user, "p"))
+        with pytest.raises(MosquittoError):
+            password_lines(devices=[(bad_user, mosquitto_hash("t"))])
     with pytest.raises(MosquittoError, match="malformed stored MQTT hash"):
-        password_lines(server=(SERVER_USER, "p"), devices=[("dev-1", "$7$1$a$b\nroot:x")])
+        password_lines(devices=[("dev-1", "$7$1$a$b\nroot:x")])
     acl = acl_lines(server_username=SERVER_USER)
     assert acl.splitlines()[1:3] == [f"user {SERVER_USER}", "topic readwrite edgefleet/#"]
     patterns = [line for line in acl.splitlines() if line.startswith("pattern")]
@@ -107,23 +111,36 @@ def test_acl_command_writes_the_files(tmp_path: Path, capsys: pytest.CaptureFixt
         ["server", "acl", "--out", str(out), "--data-dir", str(data), "--listen-port", "1999"]
     )
     assert args.handler(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([PASSWORD_FILE, ACL_FILE, CONF_FILE])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [PASSWORD_FILE, SERVER_PASSWORD_FILE, ACL_FILE, CONF_FILE]
+    )
     assert (out / PASSWORD_FILE).stat().st_mode & 0o777 == 0o640
+    assert (out / SERVER_PASSWORD_FILE).stat().st_mode & 0o777 == 0o640
     conf = (out / CONF_FILE).read_text()
-    assert "listener 1999 0.0.0.0" in conf and "allow_anonymous false" in conf
-    assert f"password_file {(out / PASSWORD_FILE).resolve()}" in conf
+    assert conf.count("allow_anonymous false") == 2 and "per_listener_settings true" in conf
+    # Devices: client id forced to the user name, on their own listener with their own file.
+    devices, server = conf.split("listener 1999 0.0.0.0\n")[1].split("listener 1885 127.0.0.1\n")
+    assert "\nuse_username_as_clientid true\n" in devices
+    assert f"password_file {(out / PASSWORD_FILE).resolve()}\n" in devices
+    assert "use_username_as_clientid" not in server
+    assert f"password_file {(out / SERVER_PASSWORD_FILE).resolve()}\n" in server
     assert "max_queued_messages 100000" in conf
     # The server's session must survive a broker restart (docs: README, deployment).
     assert "persistence true" in conf and "persistence_location /var/lib/mosquitto/" in conf
     assert "autosave_interval 30" in conf
     # The server's password was generated into the data dir, the one the server will use.
     password = (data / "mqtt_password").read_text().strip()
-    [line] = (out / PASSWORD_FILE).read_text().splitlines()
+    [line] = (out / SERVER_PASSWORD_FILE).read_text().splitlines()
     assert verify_mosquitto_hash(password, line.split(":", 1)[1])
-    assert "0 devices + the server" in capsys.readouterr().out
+    assert (out / PASSWORD_FILE).read_text() == ""
+    assert "(0 devices)" in capsys.readouterr().out
 
     bad = parser.parse_args(["server", "acl", "--out", str(out), "--listen-port", "0"])
     assert bad.handler(bad) == 2
+    same = ["--listen-port", "1885", "--data-dir", str(data)]
+    bad = parser.parse_args(["server", "acl", "--out", str(out), *same])
+    assert bad.handler(bad) == 1
+    assert "need different ports" in capsys.readouterr().err
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     args = parser.parse_args(["server", "acl", "--out", str(blocked), "--data-dir", str(data)])
@@ -161,19 +178,23 @@ def mosquitto_dir() -> Iterator[Path]:
 def _readable(out: Path) -> None:
     # Mosquitto started as root reads the files as user 'mosquitto' (in production: chgrp it).
     (out / PASSWORD_FILE).chmod(0o644)
+    (out / SERVER_PASSWORD_FILE).chmod(0o644)
 
 
 @pytest.mark.integration
 def test_mosquitto_enforces_the_generated_files(tmp_path: Path, mosquitto_dir: Path) -> None:
-    port = free_port()
+    port, server_port = free_port(), free_port()
     settings = make_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", broker_url=f"mqtt://127.0.0.1:{port}"
+        tmp_path,
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        broker_url=f"mqtt://127.0.0.1:{server_port}",
     )
     export_mosquitto(
         settings=settings,
         out=mosquitto_dir,
         port=port,
         host="127.0.0.1",
+        server_port=server_port,
         persistence_location=mosquitto_dir,  # never the system broker's database
     )
     _readable(mosquitto_dir)
@@ -198,7 +219,11 @@ def test_mosquitto_enforces_the_generated_files(tmp_path: Path, mosquitto_dir: P
             assert _refused(with_credentials(url, a, tokens[a])), "not in the file yet"
 
             files = export_mosquitto(
-                settings=settings, out=mosquitto_dir, port=port, persistence_location=mosquitto_dir
+                settings=settings,
+                out=mosquitto_dir,
+                port=port,
+                server_port=server_port,
+                persistence_location=mosquitto_dir,
             )
             assert files.devices == 2 and files.skipped == ()
             _readable(mosquitto_dir)
@@ -209,8 +234,14 @@ def test_mosquitto_enforces_the_generated_files(tmp_path: Path, mosquitto_dir: P
             assert _refused(with_credentials(url, a, tokens[b]))
             assert _refused(with_credentials(url, "nobody", tokens[a]))
             assert _refused(with_credentials(url, SERVER_USER, tokens[a]))
+            # Each listener admits its own users only.
+            server_url = f"mqtt://127.0.0.1:{server_port}"
+            assert _refused(with_credentials(url, SERVER_USER, _server_password(settings)))
+            assert _refused(with_credentials(server_url, a, tokens[a]))
 
-            server = MqttProbe(with_credentials(url, SERVER_USER, _server_password(settings)))
+            server = MqttProbe(
+                with_credentials(server_url, SERVER_USER, _server_password(settings))
+            )
             probes.append(server)
             server.subscribe("edgefleet/#")
             server.publish(topic(a, Channel.DESIRED), b"for-a", retain=True)
@@ -238,6 +269,10 @@ def test_mosquitto_enforces_the_generated_files(tmp_path: Path, mosquitto_dir: P
                 (topic(a, Channel.DESIRED), b"for-a")
             }
 
+            # One connection per device: its client id is its device id, so a second
+            # connection of a's would take the first one's place (and its reconnects back).
+            probes.remove(device)
+            device.close()
             # Last Will: Mosquitto 2.0.11 admits a forged one but never delivers it; a's own
             # will on its own status topic is delivered when its connection drops.
             _drop_with_will(url, a, tokens[a], topic(b, Channel.STATUS))

@@ -267,7 +267,7 @@ def test_token_rotation_replaces_both_hashes(
     assert client.get("/api/v1/models/x/1/bundle", headers=bearer(new)).status_code == 404
     files = export_mosquitto(settings=runtime.settings, out=tmp_path / "after")
     assert files.skipped == () and files.devices == 1
-    line = files.password_file.read_text().splitlines()[1]
+    [line] = files.password_file.read_text().splitlines()
     assert line.startswith(f"{device_id}:")
     assert verify_mosquitto_hash(new, line.split(":", 1)[1])
     assert not verify_mosquitto_hash(old, line.split(":", 1)[1])

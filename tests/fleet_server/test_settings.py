@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,11 @@ def test_defaults_do_no_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         f"sqlite:///{(tmp_path / 'edgefleet-data').resolve()}/edgefleet.db"
     )
     assert settings.artifact_root == Path("edgefleet-data") / "artifacts"
-    assert settings.resolved_mqtt_client_id.startswith("edgefleet-server-")
+    assert settings.resolved_mqtt_client_id.startswith("edgefleet.server.")
     # Stable across restarts (the broker keeps the server's session), unique per host + port.
-    assert settings.resolved_mqtt_client_id.endswith(f"-{settings.port}")
+    assert settings.resolved_mqtt_client_id.endswith(f".{settings.port}")
+    # Never a device id: a device's client id is its device id (finding 4 of issue #11).
+    assert not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", settings.resolved_mqtt_client_id)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -56,6 +59,9 @@ def test_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         {"log_level": "loud"},
         {"no_such_setting": 1},
         {"artifact_store": {"kind": "s3"}},
+        # A valid device id: a device registered under it would take over the server's session.
+        {"mqtt_client_id": "edgefleet-server-host-8080"},
+        {"mqtt_client_id": "fleet server"},
     ],
 )
 def test_invalid_settings(values: dict[str, object]) -> None:

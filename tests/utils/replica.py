@@ -34,7 +34,7 @@ class ReplicaProcess:
             EDGEFLEET_PORT=str(self.port),
             EDGEFLEET_OPERATOR_TOKEN=token,
             EDGEFLEET_REPLICA_ID=name,
-            EDGEFLEET_MQTT_CLIENT_ID=f"{name}-{self.port}",
+            EDGEFLEET_MQTT_CLIENT_ID=f"{name}.{self.port}",  # never a device id (settings)
             EDGEFLEET_LOG_LEVEL="warning",
         )
         self.env.update(settings)

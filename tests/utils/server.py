@@ -50,7 +50,7 @@ def live_server(
         "host": "127.0.0.1",
         "port": port,
         "embedded_broker_port": free_port(),
-        "mqtt_client_id": f"edgefleet-server-live-{secrets.token_hex(4)}",
+        "mqtt_client_id": f"edgefleet.server-live-{secrets.token_hex(4)}",
         # A random client id is never resumed: no kept session (MQTT 3.1.1, clean) unless a
         # test asks for one, so none is left behind on a shared broker.
         "mqtt_session_expiry_s": 0,

@@ -174,14 +174,16 @@ def test_client_ids_cannot_be_taken_over_by_another_user(
     server = connect(broker.url, "fleet-server", credentials=SERVER)
     server.subscribe("edgefleet/#")
     victim = connect(broker.url, f"agent-{a}", credentials=(a, "token-a"))
-    # Neither a stranger nor another device can evict a's session or the server's.
-    assert refused(broker.url, f"agent-{a}", credentials=(b, "token-b"))
-    assert refused(broker.url, "fleet-server", credentials=(b, "token-b"))
+    # Neither a stranger nor another device can evict a's session or the server's: a device's
+    # client id is its user name, whatever its CONNECT says.
+    intruder = connect(broker.url, f"agent-{a}", credentials=(b, "token-b"))
+    squatter = connect(broker.url, "fleet-server", credentials=(b, "token-b"))
     assert refused(broker.url, "fleet-server", credentials=(SERVER[0], "guess"))
     assert refused(broker.url, "fleet-server")
     victim.publish(topic(a, Channel.TELEMETRY), b"still here")
     assert [m.payload for m in server.wait_for(1)] == [b"still here"]
     assert victim.connected and server.connected
+    assert squatter.connected and intruder is not None
 
 
 def test_a_failing_authenticator_refuses_and_the_broker_survives(
