@@ -103,7 +103,8 @@ def test_devices_download_only_what_is_assigned(
     token = client.post(
         "/api/v1/devices", json={"device_id": device_id}, headers=operator()
     ).json()["token"]
-    assert client.get(URL, headers=bearer(token)).status_code == 403
+    # Not assigned: the same 404 as a version that does not exist (no version oracle, #11).
+    assert client.get(URL, headers=bearer(token)).status_code == 404
     assigned = client.post(
         "/api/v1/assignments",
         json={"model": "digits", "version": "1.0.0", "device_ids": [device_id]},
