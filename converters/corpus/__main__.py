@@ -1,4 +1,4 @@
-"""``python -m converters.corpus [list|fetch|data] ...``: the corpus from a shell (and ``.ci/run``)."""
+"""``python -m converters.corpus list|fetch|data``: the corpus from a shell (and ``.ci/run``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 
 from converters.corpus.fetch import CorpusError, cache_dir, fetch, is_cached, model_path
 from converters.corpus.models import CORPUS, by_name
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             models = [by_name(n) for n in args.names] if args.names else list(CORPUS)
             sys.stdout.write(f"corpus cache: {cache_dir()}\n")
-            fetch(models, report=lambda line: sys.stdout.write(line + "\n"))
+            fetch(models, report=_say)
             return 0
         from converters.corpus.data import write_data
 

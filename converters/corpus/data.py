@@ -22,8 +22,10 @@ from converters.corpus.models import CorpusModel
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-WORDS = ("EdgeFleet", "invoice", "Total 42.00", "hello world", "ROUTE 66", "model v2",
-         "The quick brown fox", "2026-12-06", "batch of one", "QR-7781", "sensor", "OK")  # fmt: skip
+WORDS = (
+    "EdgeFleet", "invoice", "Total 42.00", "hello world", "ROUTE 66", "model v2",
+    "The quick brown fox", "2026-12-06", "batch of one", "QR-7781", "sensor", "OK",
+)  # fmt: skip
 
 
 @functools.cache
@@ -154,8 +156,8 @@ def _images_yolox(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     for i in range(n):
         img = scene(rng, 416, 416) if i % 2 else np.full((416, 416, 3), 114, np.uint8)
         for _ in range(int(rng.integers(2, 6))):
-            x, y = int(rng.integers(0, 330)), int(rng.integers(40, 400))
-            cv2.putText(img, str(rng.choice(WORDS))[:4], (x, y), cv2.FONT_HERSHEY_SIMPLEX,
+            at = (int(rng.integers(0, 330)), int(rng.integers(40, 400)))
+            cv2.putText(img, str(rng.choice(WORDS))[:4], at, cv2.FONT_HERSHEY_SIMPLEX,
                         float(rng.uniform(0.8, 2.0)), (0, 0, 0), 2)  # fmt: skip
         images.append(img)
     # YOLOX takes raw 0..255 pixels, BGR, NCHW.

