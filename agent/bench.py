@@ -16,13 +16,9 @@ from typing import Any
 import numpy as np
 
 from agent.engine import BackendOptions, LoadedModel, load_model
+from agent.engine.bare import load_bare
 from agent.engine.model import numpy_dtype, static_shape
-from agent.errors import ModelLoadError
 from agent.telemetry import rss_mb
-from edgefleet.artifact import hash_file
-from edgefleet.contract import Manifest, TensorSpec
-
-FORMAT_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite"}
 
 
 @dataclass(frozen=True)
@@ -39,63 +35,8 @@ def open_target(path: Path, options: BackendOptions) -> BenchTarget:
     if path.is_dir():
         model = load_model(path, options=options)
         return BenchTarget(model, path / model.manifest.model_file, model.manifest.format)
-    fmt = FORMAT_BY_SUFFIX.get(path.suffix)
-    if fmt is None or not path.is_file():
-        raise ModelLoadError(f"{path}: not an artifact directory, .onnx or .tflite file")
-    from agent.engine import backend_for
-
-    session = backend_for(fmt).load(path, options)
-    inputs, outputs = _declared(path, fmt)
-    sha, size = hash_file(path)
-    manifest = Manifest.model_validate(
-        {
-            "name": "bench",
-            "version": "0.0.0",
-            "format": fmt,
-            "precision": "fp32",
-            "model_file": path.name,
-            "files": [{"path": path.name, "sha256": sha, "size": size}],
-            "inputs": [t.model_dump() for t in inputs],
-            "outputs": [t.model_dump() for t in outputs],
-            "source": {"framework": fmt},
-        }
-    )
-    model = LoadedModel(manifest=manifest, directory=path.parent, session=session)
-    return BenchTarget(model, path, fmt)
-
-
-def _declared(path: Path, fmt: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Tensor specs read from a bare model file."""
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        from agent.engine.onnx import ORT_DTYPES
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-        def ort_spec(i: Any, n: int) -> TensorSpec:
-            shape = [d if isinstance(d, int) and d > 0 else f"d{k}" for k, d in enumerate(i.shape)]
-            return TensorSpec.model_validate(
-                {"name": i.name, "shape": shape, "dtype": ORT_DTYPES[i.type]}
-            )
-
-        return (
-            [ort_spec(i, n) for n, i in enumerate(sess.get_inputs())],
-            [ort_spec(o, n) for n, o in enumerate(sess.get_outputs())],
-        )
-    from agent.engine.litert import _interpreter_class
-
-    interp = _interpreter_class()(model_path=str(path))
-
-    def lite_spec(d: dict[str, Any]) -> TensorSpec:
-        sig = [int(v) for v in d["shape_signature"]]
-        shape: list[int | str] = [v if v > 0 else f"d{k}" for k, v in enumerate(sig)]
-        return TensorSpec(name=d["name"], shape=shape, dtype=np.dtype(d["dtype"]).name)
-
-    return (
-        [lite_spec(d) for d in interp.get_input_details()],
-        [lite_spec(d) for d in interp.get_output_details()],
-    )
+    model = load_bare(path, options)
+    return BenchTarget(model, path, model.manifest.format)
 
 
 def bare_runner(target: BenchTarget, options: BackendOptions) -> Any:

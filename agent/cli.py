@@ -13,7 +13,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgefleet.contract import Manifest
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -50,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     enroll.set_defaults(handler=enroll_command)
 
     infer = commands.add_parser("infer", help="run an artifact on image or .npy files")
-    infer.add_argument("artifact", type=Path, metavar="ARTIFACT_DIR", help="artifact directory")
+    infer.add_argument(
+        "artifact", type=Path, metavar="MODEL", help="artifact directory, or a .onnx/.tflite file"
+    )
     infer.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image or .npy")
     infer.add_argument("--top-k", type=int, default=3, help="classes per result (default 3)")
     infer.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
@@ -145,10 +150,17 @@ def infer_command(args: argparse.Namespace) -> int:
     if args.top_k < 1 or not 1 <= args.threads <= 64:
         print("edgefleet agent infer: --top-k must be >= 1 and --threads 1-64", file=sys.stderr)
         return EXIT_USAGE
-    if not args.artifact.is_dir():
-        print(f"edgefleet agent infer: {args.artifact} is not a directory", file=sys.stderr)
+    from agent.engine.bare import bare_format
+
+    if not args.artifact.is_dir() and bare_format(args.artifact) is None:
+        print(
+            f"edgefleet agent infer: {args.artifact} is not an artifact directory, "
+            ".onnx or .tflite file",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     from agent.engine import BackendOptions, load_model
+    from agent.engine.bare import load_bare
     from agent.errors import AgentError, ModelLoadError
     from agent.inputs import InputItem
     from agent.pipeline import prepare
@@ -156,7 +168,12 @@ def infer_command(args: argparse.Namespace) -> int:
     from agent.state import Serving
 
     try:
-        model = load_model(args.artifact, options=BackendOptions(threads=args.threads))
+        options = BackendOptions(threads=args.threads)
+        if args.artifact.is_dir():
+            model = load_model(args.artifact, options=options)
+        else:
+            model = load_bare(args.artifact, options)
+            _say_assumed(model.manifest)
         post = None
         if model.manifest.task == "classification":
             post = ClassificationPostConfig(top_k=args.top_k)
@@ -177,6 +194,17 @@ def infer_command(args: argparse.Namespace) -> int:
             result["error"] = str(err)
         print(json.dumps(result), flush=True)
     return EXIT_RUNTIME if failures else EXIT_OK
+
+
+def _say_assumed(manifest: Manifest) -> None:
+    """A bare model file has no preprocessing.json: say what images will be turned into."""
+    pre = manifest.preprocessing
+    if pre is None:
+        note = "no image preprocessing could be guessed: pass .npy tensors"
+    else:
+        size = f"{pre.resize.width}x{pre.resize.height}" if pre.resize else "as is"
+        note = f"assuming {pre.color} 0..1 {pre.layout} {size} (no preprocessing.json)"
+    print(f"edgefleet agent infer: {manifest.model_file}: {note}", file=sys.stderr)
 
 
 def bench_command(args: argparse.Namespace) -> int:

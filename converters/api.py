@@ -24,10 +24,10 @@ from converters.calibration import peek_row_shape
 from converters.errors import ConvertError, InputError, one_line
 from converters.evaldata import (
     EvalSet,
+    batch_of,
     check_overrides,
     deploy_batch,
     load_eval,
-    static_batch,
     synthetic_inputs,
 )
 from converters.inputs import check_preprocessing, check_source, read_sign_key
@@ -37,6 +37,7 @@ from converters.quantize.stage import QuantStage, calibration_stats, quantize_st
 from converters.report import REPORT_FILE, ConvertResult
 from converters.runtime import Latency, make_session, measure_latency, run_batched
 from converters.selftest import build_selftest
+from converters.shapes import data_row_shapes, specialise
 from converters.sources import LoadedModel, loader_for
 from converters.stats import class_index, reference_stats
 from converters.validators import ValidationContext, run_validators
@@ -168,7 +169,7 @@ def _feeds(
         rows = synthetic_inputs(inputs, options.input_shapes, rows=options.synthetic_samples)
         return rows, None, None
     eval_set = load_eval(options.eval_data, inputs=inputs, max_bytes=options.max_eval_bytes)
-    batch = static_batch(inputs[0])
+    batch = batch_of(inputs)
     if batch is not None and eval_set.samples % batch:
         raise InputError(
             f"eval data has {eval_set.samples} rows, not a multiple of the model's fixed batch "
@@ -191,6 +192,33 @@ def _latency(
     return measure_latency(
         session, sample, warmup=options.latency_warmup, runs=options.latency_runs
     )
+
+
+def _specialise(
+    model: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], options: ConvertOptions
+) -> tuple[Any, list[TensorSpec], list[TensorSpec], ConvertOptions, list[str]]:
+    """Fix dynamic input dims from --input-shape / the data (see :mod:`converters.shapes`);
+    with --keep-dynamic only give the data's shapes to the synthetic and latency runs."""
+    rows, where = data_row_shapes(
+        inputs,
+        calibration=options.calibration,
+        eval_data=options.eval_data,
+        preprocessing=options.preprocessing,
+    )
+    if options.keep_dynamic:
+        shapes = dict(options.input_shapes)
+        for spec in inputs:
+            row = rows.get(spec.name)
+            if spec.name not in shapes and row is not None and len(row) == len(spec.shape) - 1:
+                first = spec.shape[0]
+                shapes[spec.name] = [first if isinstance(first, int) else 1, *row]
+        return model, inputs, outputs, options.model_copy(update={"input_shapes": shapes}), []
+    done = specialise(model, inputs=inputs, overrides=options.input_shapes, rows=rows, source=where)
+    note = done.note()
+    if note is None:
+        return model, inputs, outputs, options, []
+    inputs, outputs = tensor_specs(model)
+    return model, inputs, outputs, options, [note]
 
 
 def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResult:
@@ -228,6 +256,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
     name_dynamic_dims(model)
     check_opset(model)
     inputs, outputs = tensor_specs(model)
+    model, inputs, outputs, options, notes = _specialise(model, inputs, outputs, options)
     check_overrides(inputs, options.input_shapes)
     if options.preprocessing is not None:
         check_preprocessing(options.preprocessing, inputs[0])
@@ -238,7 +267,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
 
     mark = time.perf_counter()
     feeds, eval_set, eval_sha = _feeds(options, inputs)
-    batch = static_batch(inputs[0])
+    batch = batch_of(inputs)
     session = make_session(model_bytes)
     onnx_out = run_batched(session, feeds, batch=batch)
     checks = run_validators(
@@ -280,7 +309,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
         model_bytes = chosen.SerializeToString()
         inputs, outputs = tensor_specs(chosen)
         feeds, onnx_out = quant.feeds, quant.outcome.outputs
-        batch = static_batch(inputs[0])
+        batch = batch_of(inputs)
         session = make_session(model_bytes)
         timings["quantize_s"] = time.perf_counter() - mark
 
@@ -334,6 +363,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
         stats=stats,
         tools=_tools(loaded),
         quant=quant,
+        notes=notes,
     )
     report = build_report(conv, timings={**timings, "total_s": time.perf_counter() - started})
 

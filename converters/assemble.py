@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -52,6 +52,8 @@ class Conversion:
     stats: ReferenceStats | None
     tools: dict[str, str]
     quant: QuantStage | None = None
+    #: What the converter did to the graph that a reader should know (fixed dims, ...).
+    notes: list[str] = field(default_factory=list)
 
 
 def check_value(checks: list[CheckResult], check: str, key: str) -> float | None:
@@ -113,7 +115,7 @@ def build_report(conv: Conversion, *, timings: dict[str, float]) -> ConvertRepor
         model_bytes=conv.model_bytes,
         tools=conv.tools,
         timings_s=timings,
-        notes=conv.loaded.notes,
+        notes=[*conv.loaded.notes, *conv.notes],
         quantization=conv.quant.outcome.report if conv.quant is not None else None,
     )
 

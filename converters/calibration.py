@@ -139,6 +139,35 @@ def peek_row_shape(path: Path, *, preprocessing: Preprocessing | None) -> list[i
     return list(shape[1:])
 
 
+def peek_row_shapes(
+    path: Path, *, names: list[str], preprocessing: Preprocessing | None
+) -> dict[str, list[int]]:
+    """Each input's row shape (dims after the first) in an .npz's headers or one image; {}
+    when the file holds no array for them (the readers report that later, with context)."""
+    if path.is_dir():
+        if preprocessing is None or len(names) != 1:
+            return {}
+        files, _ = _image_files(path)
+        return {names[0]: list(load_image(files[0][0], preprocessing).shape)} if files else {}
+    if not path.is_file() or path.suffix.lower() != ".npz":
+        return {}
+    keys = {name: X_KEY if len(names) == 1 else f"{X_KEY}/{name}" for name in names}
+    shapes: dict[str, list[int]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            present = set(archive.namelist())
+            for name, key in keys.items():
+                if _member(key) not in present:
+                    continue
+                with archive.open(_member(key)) as stream:
+                    shape, _ = _npy_header(stream, what=f"{path.name}:{key}")
+                if len(shape) >= 1:
+                    shapes[name] = list(shape[1:])
+    except (OSError, zipfile.BadZipFile):
+        return {}
+    return shapes
+
+
 # -- .npz, streamed member by member ----------------------------------------------------------
 
 

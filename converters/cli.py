@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Concrete shape of an input (repeatable), e.g. input=1,64.",
     )
     parser.add_argument(
+        "--keep-dynamic",
+        action="store_true",
+        help="Keep dynamic input dimensions in the graph (default: fix all but the batch from "
+        "--input-shape or the calibration/eval data's rows).",
+    )
+    parser.add_argument(
         "--eval",
         dest="eval_data",
         type=Path,
@@ -172,6 +178,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[Path, Path, ConvertOpti
             labels=read_labels(args.labels) if args.labels else None,
             input_shapes=shapes,
             eval_data=args.eval_data,
+            keep_dynamic=args.keep_dynamic,
             sign_key=args.sign_key,
             force=args.force,
             calibration=args.calibration,

@@ -121,6 +121,13 @@ def static_batch(spec: TensorSpec) -> int | None:
     return first if isinstance(first, int) else None
 
 
+def batch_of(inputs: list[TensorSpec]) -> int | None:
+    """The batch every run must have: an input's fixed dimension 0 (a model with a state input
+    ``h[1, 1, 128]`` beside ``x[?, 576]`` accepts one row at a time), else None (any)."""
+    fixed = [b for b in (static_batch(s) for s in inputs) if b is not None]
+    return max(fixed) if fixed else None
+
+
 def row_shape(spec: TensorSpec, overrides: dict[str, list[int]]) -> list[int]:
     """The dimensions after the batch dimension, as integers (--input-shape fills dynamic ones)."""
     static_batch(spec)

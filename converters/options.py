@@ -49,6 +49,10 @@ class ConvertOptions(BaseModel):
         default_factory=dict,
         description="Input name → concrete shape used for synthetic inputs and latency runs.",
     )
+    keep_dynamic: bool = Field(
+        default=False,
+        description="Keep dynamic input dims in the graph (default: fix them from the data).",
+    )
     eval_data: Path | None = Field(
         default=None,
         description="An .npz with 'x' (or 'x/<input>' per input) and optionally 'y' labels.",
@@ -197,6 +201,7 @@ def config_record(
         "labels_given": options.labels is not None,
         "preprocessing_given": options.preprocessing is not None,
         "signed": options.sign_key is not None,
+        "keep_dynamic": options.keep_dynamic,
     }
     record["quantize"] = options.quantize_mode
     if options.quantize_mode != "none":

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from converters.device_check import check_on_device_engine
 from converters.errors import ConvertError, InputError, one_line
 from edgefleet.artifact import ArtifactError, hash_file, load_artifact
 from edgefleet.contract import MANIFEST_FILE, Manifest, ModelFile
@@ -41,7 +42,8 @@ def write_artifact(
     make_manifest: Callable[[list[ModelFile]], Manifest],
     force: bool,
 ) -> Manifest:
-    """Write ``files`` and the manifest built from their hashes, verify, and move into place."""
+    """Write ``files`` and the manifest built from their hashes, verify (the contract's checks,
+    then the agent's engine: load and self-test), and move into place."""
     check_out_dir(out_dir, force=force)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +60,7 @@ def write_artifact(
         manifest = make_manifest(entries)
         (work / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         load_artifact(work)
+        check_on_device_engine(work)
         _install(work, out_dir, force=force)
         return manifest
     except ArtifactError as err:

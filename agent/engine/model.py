@@ -221,11 +221,16 @@ def load_model(
     _check_names(manifest, session)
     model = LoadedModel(manifest=manifest, directory=directory, session=session)
     # Warm up once: the first run allocates buffers and picks kernels, so it is not timed.
-    warm = {s.name: np.zeros(static_shape(s), dtype=numpy_dtype(s)) for s in manifest.inputs}
-    try:
-        model.infer(warm)
-    except InferenceError as err:
-        raise ModelLoadError(f"{manifest.ref}: warm-up run failed: {err}") from err
+    # Zeros of size 1 only fit a dynamic batch; a dynamic feature or image dimension (a model
+    # kept dynamic, e.g. x[batch, 3, h, w]) is warmed up by its self-test's real inputs.
+    if manifest.self_test is None or all(
+        isinstance(d, int) for s in manifest.inputs for d in s.shape[1:]
+    ):
+        warm = {s.name: np.zeros(static_shape(s), dtype=numpy_dtype(s)) for s in manifest.inputs}
+        try:
+            model.infer(warm)
+        except InferenceError as err:
+            raise ModelLoadError(f"{manifest.ref}: warm-up run failed: {err}") from err
     run_self_test(model)
     return model
 

@@ -14,13 +14,15 @@ changes them is dropped (and said so in the notes), never shipped.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import io
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from converters.errors import one_line
-from converters.evaldata import static_batch
+from converters.evaldata import batch_of
 from converters.onnx_graph import default_opset, tensor_specs
 from converters.runtime import make_session, run_batched
 
@@ -109,6 +111,47 @@ def _fix_dims(
     return fixed, changed
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime(notes: list[str], step: str) -> Iterator[None]:
+    """Keep onnxruntime's quantization tools off the terminal; their errors become one note.
+
+    ``quant_pre_process`` logs "ONNX Runtime Model Optimization Failed!" and a whole traceback
+    at ERROR when its optimisation pass fails (issue #12: on a real opset-11 classifier) and
+    carries on; symbolic shape inference prints to stdout. Both are caught here and reported as
+    one line in report.json's notes.
+    """
+    collect = _Collect()
+    logger = logging.getLogger("onnxruntime")
+    before = logger.propagate
+    logger.addHandler(collect)
+    logger.propagate = False
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            yield
+    finally:
+        logger.removeHandler(collect)
+        logger.propagate = before
+        errors = [r for r in collect.records if r.levelno >= logging.ERROR]
+        if errors:
+            first = one_line(Exception(errors[0].getMessage()), limit=100)
+            tail = [r.getMessage().strip().splitlines() for r in errors[1:]]
+            cause = next((lines[-1] for lines in reversed(tail) if lines), "")
+            notes.append(
+                f"{step}: onnxruntime said '{first}'"
+                + (f" ({one_line(Exception(cause), limit=120)})" if cause else "")
+            )
+
+
 def _pre_process(model: ModelProto, work: Path, notes: list[str]) -> ModelProto | None:
     import onnx
     from onnxruntime.quantization import quant_pre_process
@@ -118,7 +161,7 @@ def _pre_process(model: ModelProto, work: Path, notes: list[str]) -> ModelProto 
         try:
             # When symbolic inference fails, onnxruntime saves "sym_shape_infer_temp.onnx" into
             # the current directory: keep that litter inside the work directory.
-            with contextlib.chdir(work):
+            with contextlib.chdir(work), quiet_onnxruntime(notes, "quant_pre_process"):
                 quant_pre_process(model, target, skip_symbolic_shape=skip_symbolic)
             if skip_symbolic:
                 notes.append("symbolic shape inference failed; used skip_symbolic_shape=True")
@@ -169,7 +212,7 @@ def _check(
     try:
         inputs, _ = tensor_specs(model)
         session = make_session(model.SerializeToString(), what=f"the model after {step}")
-        got = run_batched(session, feeds, batch=static_batch(inputs[0]))
+        got = run_batched(session, feeds, batch=batch_of(inputs))
     except Exception as err:  # any failure means: do not use this step
         problem: str | None = one_line(err, limit=120)
     else:

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from converters.runtime import make_session, run
+from converters.evaldata import batch_of
+from converters.onnx_graph import tensor_specs
+from converters.runtime import make_session, run_batched
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -76,7 +78,9 @@ def rank_tensors(
         if name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     session = make_session(probe.SerializeToString(), optimize=False, what="the probe model")
-    values = run(session, feeds, what="the probe model")
+    # In the model's own batch: a fixed-batch-1 model refuses 64 rows at once (issue #12).
+    specs, _ = tensor_specs(model)
+    values = run_batched(session, feeds, batch=batch_of(specs), what="the probe model")
     values.update({k: v for k, v in feeds.items() if k in inputs})
     risks = []
     for name in [*inputs, *tensors]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from converters.calibration import CalibrationSet, open_calibration
 from converters.errors import InputError, one_line
-from converters.evaldata import EvalSet, static_batch
+from converters.evaldata import EvalSet, batch_of
 from converters.options import ConvertOptions, ConvertTask
 from converters.quantize.candidates import Target, host_target
 from converters.quantize.configs import DynamicInt8, Fp16, StaticInt8
@@ -126,7 +126,7 @@ def quantize_stage(
     else:
         q_feeds, q_labels = calibration_rows(calib, options.max_eval_rows)
         source = "calibration"
-        reference = run_batched(session, q_feeds, batch=static_batch(inputs[0]))
+        reference = run_batched(session, q_feeds, batch=batch_of(inputs))
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as work:
         outcome = run_quantization(
             QuantInput(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.errors import InputError, one_line
-from converters.evaldata import static_batch
+from converters.evaldata import batch_of
 from converters.onnx_graph import check_opset, tensor_specs
 from converters.options import ConvertOptions
 from converters.runtime import make_session, run_batched
@@ -49,7 +49,7 @@ class OnnxLoader:
         except (onnx.checker.ValidationError, ValueError) as err:
             raise InputError(f"{path.name} fails the ONNX checker: {one_line(err)}") from err
         inputs, _ = tensor_specs(model)
-        batch = static_batch(inputs[0])
+        batch = batch_of(inputs)
         original = make_session(
             model.SerializeToString(),
             optimize=False,

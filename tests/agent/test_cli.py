@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent import cli
@@ -50,8 +51,31 @@ def test_infer_errors_are_json_lines(
 
 def test_infer_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.infer_command(parse(["agent", "infer", str(tmp_path / "nope"), "x.png"])) == 2
-    assert "is not a directory" in capsys.readouterr().err
+    assert "is not an artifact directory, .onnx or .tflite file" in capsys.readouterr().err
     assert cli.infer_command(parse(["agent", "infer", str(tmp_path), "x", "--top-k", "0"])) == 2
+
+
+def test_infer_accepts_bare_model_files(
+    digits_v1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue #12: ``agent infer model.tflite img.jpg`` said "is not a directory"."""
+    from tests.agent.media import sample_photo
+    from tests.agent.onnx_models import conv_classifier
+
+    # A flat-input model: no preprocessing can be guessed, a .npy tensor is served.
+    tensor = tmp_path / "row.npy"
+    np.save(tensor, np.zeros(64, np.float32))
+    args = parse(["agent", "infer", str(digits_v1 / "model.onnx"), str(tensor)])
+    assert cli.infer_command(args) == 0
+    out, err = capsys.readouterr()
+    assert "pass .npy tensors" in err and json.loads(out)["model"] == "bare@0.0.0"
+    # An image model: RGB 0..1 at the input's size is assumed and said on stderr.
+    model = tmp_path / "conv.onnx"
+    model.write_bytes(conv_classifier(32, 3))
+    assert cli.infer_command(parse(["agent", "infer", str(model), str(sample_photo())])) == 0
+    out, err = capsys.readouterr()
+    assert "assuming rgb 0..1 nchw 32x32" in err
+    assert "error" not in json.loads(out)
 
 
 def test_infer_refuses_a_broken_artifact(

@@ -137,7 +137,10 @@ def test_old_opset_conv_is_upgraded_and_quantized_per_channel(tmp_path: Path) ->
     assert all(c.metric is not None for c in per_channel)
     _never_slower(report)
     shipped = onnx.load(str(tmp_path / "out" / "model.onnx"))
-    assert max(o.version for o in shipped.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    opset = max(o.version for o in shipped.opset_import if o.domain in ("", "ai.onnx"))
+    # A quantized candidate is built on the upgraded graph; fp32 ships as given (the upgrade
+    # made a real detector slower, issue #12).
+    assert opset >= 13 if report.chosen != "fp32" else opset == 11
 
 
 def _fragile_setup(tmp_path: Path) -> tuple[Path, Path]:

@@ -94,7 +94,16 @@ def test_dynamic_feature_dim_needs_input_shape(
     with pytest.raises(InputError, match="unknown inputs \\['nope'\\]"):
         convert(source, tmp_path / "out", _opts(fast_options, input_shapes={"nope": [1, 8]}))
     result = convert(source, tmp_path / "out", _opts(fast_options, input_shapes={"x": [1, 8]}))
-    assert result.manifest.inputs[0].shape == ["batch", "features"]
+    # --input-shape fixes the graph's dims but the batch (issue #12), and the report says so ...
+    assert result.manifest.inputs[0].shape == ["batch", 8]
+    assert any("x[1] features→8" in note for note in result.report.notes)
+    # ... unless --keep-dynamic, which only uses the shape to run the model.
+    kept = convert(
+        source,
+        tmp_path / "kept",
+        _opts(fast_options, input_shapes={"x": [1, 8]}, keep_dynamic=True),
+    )
+    assert kept.manifest.inputs[0].shape == ["batch", "features"]
     assert leftovers(tmp_path, "out") == ["out"]
 
 
