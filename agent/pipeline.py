@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.capture import Capturer
 from agent.errors import AgentError, InferenceError, InputError, ModelUnavailableError
 from agent.inputs import InputItem, InputSource
 from agent.postprocess import Geometry
@@ -76,8 +77,10 @@ class Pipeline:
         queue_size: int = 8,
         monitor: HealthMonitor | None = None,
         batch_size: int = 1,
+        capturer: Capturer | None = None,
     ) -> None:
         self.slot = slot
+        self.capturer = capturer
         self.monitor = monitor
         self.collector = collector
         self.sink = sink
@@ -226,11 +229,12 @@ class Pipeline:
             for job in jobs:
                 self.process(job)
             return
-        top = serving.model.top1(outputs) if serving.model.scores_output else None
+        scores = serving.model.probabilities(outputs) if serving.model.scores_output else None
         per_item_ms = elapsed_ms / n  # telemetry latency is per input (amortised)
         for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
-            confidence = float(top[1][i]) if top else None
+            confidence = float(scores[i].max()) if scores is not None else None
             self.collector.record_inference(per_item_ms, confidence)
+            self._observe(job.item, job.tensor, serving, scores, i)
             if self.monitor is not None:
                 self.monitor.record(
                     serving.model.ref,
@@ -272,9 +276,18 @@ class Pipeline:
             self._model_failed(serving)
             self._failed(item, AgentError(f"internal error: {type(err).__name__}"), "internal")
             return
-        top = serving.model.top1(outputs) if serving.model.scores_output else None
-        confidence = float(top[1][0]) if top else None
+        scores = serving.model.probabilities(outputs) if serving.model.scores_output else None
+        confidence = float(scores[0].max()) if scores is not None and scores.size else None
         self.collector.record_inference(elapsed_ms, confidence)
+        if self.capturer is not None:
+            for row in range(max(rows, 1)):
+                self._observe(
+                    item,
+                    job.tensor[row : row + 1] if rows > 1 else job.tensor,
+                    serving,
+                    scores,
+                    row,
+                )
         if self.monitor is not None:
             self.monitor.record(
                 serving.model.ref, latency_ms=elapsed_ms, finite=finite, confidence=confidence
@@ -286,6 +299,27 @@ class Pipeline:
         if item.reply is not None:
             item.reply(results, None)
         self._done()
+
+    def _observe(
+        self,
+        item: InputItem,
+        tensor: np.ndarray,
+        serving: Serving,
+        scores: np.ndarray | None,
+        row: int,
+    ) -> None:
+        """Input statistics, class counts and capture of one input (see agent.capture)."""
+        if self.capturer is None:
+            return
+        row_scores = scores[row] if scores is not None and row < scores.shape[0] else None
+        try:
+            predicted = self.capturer.observe(item, tensor, serving, row_scores)
+        except Exception:  # capture must never cost an inference: count it, log it, go on
+            log.exception("capture crashed", extra={"source": item.source})
+            self.collector.record_error("capture_internal")
+            return
+        if predicted is not None:
+            self.collector.record_class(predicted)
 
     def _model_failed(self, serving: Serving) -> None:
         if self.monitor is not None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.contract import LatencySummary, ModelRef, Telemetry
+from edgefleet.contract import InputStats, LatencySummary, ModelRef, Telemetry
 
 BINS_PER_DECADE = 50
 LOW_MS = 1e-3
@@ -25,6 +25,9 @@ CONFIDENCE_BINS = 10
 #: The Telemetry payload allows 64 error kinds; the rest are counted under this key.
 OTHER_ERRORS = "other"
 MAX_ERROR_KINDS = 63
+#: The Telemetry payload allows 1000 class keys; further classes in an interval are not counted
+#: (error kind ``class_counts_overflow``).
+MAX_CLASS_KEYS = 1000
 
 
 class LatencyHistogram:
@@ -160,6 +163,7 @@ class _Window:
     errors: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
     confidence: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
+    classes: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -200,6 +204,20 @@ class TelemetryCollector:
                 index = min(max(int(confidence * CONFIDENCE_BINS), 0), CONFIDENCE_BINS - 1)
                 w.confidence[index] += 1
 
+    def record_class(self, key: str) -> None:
+        """Count one predicted top-1 class (label or index) in this interval."""
+        overflow = False
+        with self._lock:
+            classes = self._window.classes
+            if key in classes:
+                classes[key] += 1
+            elif len(classes) < MAX_CLASS_KEYS:
+                classes[key] = 1
+            else:
+                overflow = True
+        if overflow:
+            self.record_error("class_counts_overflow")
+
     def record_error(self, kind: str) -> None:
         with self._lock:
             totals = self._totals.errors
@@ -217,8 +235,15 @@ class TelemetryCollector:
             self._window.dropped += n
             self._totals.dropped += n
 
-    def flush(self, *, seq: int, model: ModelRef | None, classifier: bool) -> Telemetry:
-        """Summarise and reset the current interval."""
+    def flush(
+        self,
+        *,
+        seq: int,
+        model: ModelRef | None,
+        classifier: bool,
+        inputs: InputStats | None = None,
+    ) -> Telemetry:
+        """Summarise and reset the current interval (``inputs``: its input statistics)."""
         with self._lock:
             w, self._window = self._window, _Window()
         interval = max(time.monotonic() - w.started, 1e-3)
@@ -234,4 +259,6 @@ class TelemetryCollector:
             dropped=w.dropped,
             system=read_gauges(self._gauges),
             confidence_histogram=w.confidence if classifier else [],
+            inputs=inputs,
+            class_counts=w.classes if classifier else {},
         )
