@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import hashlib
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,47 +15,7 @@ from agent.capture.counters import CaptureCounters
 from agent.capture.queue import SampleQueue
 from agent.capture.uploader import Uploader
 from edgefleet.contract import SampleMeta
-
-
-class SampleServer:
-    """Answers each POST with the next scripted status (then 201); stores what it got."""
-
-    def __init__(self) -> None:
-        self.script: list[int] = []
-        self.received: list[tuple[SampleMeta, bytes, str | None]] = []
-        self.statuses: list[int] = []
-        self.stored: set[str] = set()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                raw = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
-                msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
-                parts = {
-                    p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()
-                }
-                raw_meta = parts["meta"].get_payload(decode=True)
-                content = parts["file"].get_payload(decode=True)
-                assert isinstance(raw_meta, bytes) and isinstance(content, bytes)
-                meta = SampleMeta.model_validate_json(raw_meta)
-                outer.received.append((meta, content, self.headers.get("Authorization")))
-                status = outer.script.pop(0) if outer.script else 201
-                if status == 201 and meta.sample_id in outer.stored:
-                    status = 200  # a replay: already stored
-                if status in (200, 201):
-                    outer.stored.add(meta.sample_id)
-                outer.statuses.append(status)
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/api/v1/samples"
+from tests.agent.capture.helpers import SampleServer
 
 
 @pytest.fixture
