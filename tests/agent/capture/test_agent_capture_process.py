@@ -4,8 +4,10 @@ into a local HTTP endpoint, within the policy's budget."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import time
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,11 +44,11 @@ def samples() -> Iterator[SampleServer]:
     s.httpd.server_close()
 
 
-def _telemetry(m: Received, device_id: str) -> Telemetry | None:
+def _telemetry(m: Received, device: str) -> Telemetry | None:
     _device, channel = parse_topic(m.topic)
     if channel != Channel.TELEMETRY or not m.payload:
         return None
-    payload = decode(channel, m.payload, device_id=device_id)
+    payload = decode(channel, m.payload, device_id=device)
     assert isinstance(payload, Telemetry)
     return payload
 
@@ -77,8 +79,6 @@ def test_agent_reports_input_stats_and_uploads_captures_within_budget(
         interval_s=0.5,
     ).replace('token = "device-token"', f'token = "{TOKEN}"')
     config.write_text(text + "\n[capture]\nmax_per_hour = 5\nupload_rate_per_s = 50\n")
-    import hashlib
-
     policy = CapturePolicy(classes=[str(d) for d in range(10)], random=0.5, max_per_hour=100)
     desired = DesiredState(
         device_id=device_id,
@@ -116,8 +116,6 @@ def test_agent_reports_input_stats_and_uploads_captures_within_budget(
                 1,
             )
             assert deadline_msgs
-            import time
-
             end = time.monotonic() + 15
             while len(samples.stored) < 5 and time.monotonic() < end:
                 time.sleep(0.1)
