@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
