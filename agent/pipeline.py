@@ -231,10 +231,17 @@ class Pipeline:
             return
         scores = serving.model.probabilities(outputs) if serving.model.scores_output else None
         per_item_ms = elapsed_ms / n  # telemetry latency is per input (amortised)
+        capturer = self.capturer
         for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
-            confidence = float(scores[i].max()) if scores is not None else None
-            self.collector.record_inference(per_item_ms, confidence)
-            self._observe(job.item, job.tensor, serving, scores, i)
+            index = int(scores[i].argmax()) if scores is not None else None
+            confidence = (
+                float(scores[i, index]) if scores is not None and index is not None else None
+            )
+            self.collector.record_inference(per_item_ms, confidence, index)
+            if capturer is not None:
+                capturer.countdown -= 1
+                if capturer.countdown <= 0:
+                    self._observe(job.item, job.tensor, serving, scores, i, per_item_ms)
             if self.monitor is not None:
                 self.monitor.record(
                     serving.model.ref,
@@ -277,17 +284,16 @@ class Pipeline:
             self._failed(item, AgentError(f"internal error: {type(err).__name__}"), "internal")
             return
         scores = serving.model.probabilities(outputs) if serving.model.scores_output else None
-        confidence = float(scores[0].max()) if scores is not None and scores.size else None
-        self.collector.record_inference(elapsed_ms, confidence)
-        if self.capturer is not None:
-            for row in range(max(rows, 1)):
-                self._observe(
-                    item,
-                    job.tensor[row : row + 1] if rows > 1 else job.tensor,
-                    serving,
-                    scores,
-                    row,
-                )
+        index = int(scores[0].argmax()) if scores is not None and scores.size else None
+        confidence = float(scores[0, index]) if scores is not None and index is not None else None
+        self.collector.record_inference(elapsed_ms, confidence, index)
+        capturer = self.capturer
+        if capturer is not None:
+            capturer.countdown -= 1
+            if capturer.countdown <= 0:  # a subsample: see Capturer.countdown
+                for row in range(max(rows, 1)):
+                    tensor = job.tensor[row : row + 1] if rows > 1 else job.tensor
+                    self._observe(item, tensor, serving, scores, row, elapsed_ms)
         if self.monitor is not None:
             self.monitor.record(
                 serving.model.ref, latency_ms=elapsed_ms, finite=finite, confidence=confidence
@@ -307,19 +313,16 @@ class Pipeline:
         serving: Serving,
         scores: np.ndarray | None,
         row: int,
+        infer_ms: float,
     ) -> None:
-        """Input statistics, class counts and capture of one input (see agent.capture)."""
-        if self.capturer is None:
-            return
+        """Input statistics and capture of one input (see agent.capture)."""
+        assert self.capturer is not None
         row_scores = scores[row] if scores is not None and row < scores.shape[0] else None
         try:
-            predicted = self.capturer.observe(item, tensor, serving, row_scores)
+            self.capturer.observe(item, tensor, serving, row_scores, infer_ms=infer_ms)
         except Exception:  # capture must never cost an inference: count it, log it, go on
             log.exception("capture crashed", extra={"source": item.source})
             self.collector.record_error("capture_internal")
-            return
-        if predicted is not None:
-            self.collector.record_class(predicted)
 
     def _model_failed(self, serving: Serving) -> None:
         if self.monitor is not None:

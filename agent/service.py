@@ -103,6 +103,7 @@ class AgentService:
             config=capture,
             queue=self.sample_queue,
             count=self.capture_counters.add,
+            background=True,
         )
         self._policy_seq = -1
         self.uploader = Uploader(
@@ -266,6 +267,7 @@ class AgentService:
             threading.Thread(target=self._telemetry_loop, args=(stop,), name="telemetry"),
             threading.Thread(target=self.pipeline.run, args=(stop,), name="inference"),
             threading.Thread(target=self.uploader.run, args=(stop,), name="uploader"),
+            threading.Thread(target=self.capturer.run_writer, args=(stop,), name="capture"),
         ]
         if self.source is not None:
             threads.append(
@@ -351,6 +353,7 @@ class AgentService:
                 model=serving.model.ref if serving else None,
                 classifier=serving is not None and serving.model.scores_output is not None,
                 inputs=self.capturer.inputs.flush(),
+                labels=serving.model.manifest.labels if serving is not None else (),
             )
             backlog = self.forwarder.stats()
             dropped = backlog.dropped_telemetry + backlog.dropped_events + backlog.dropped_state
@@ -359,6 +362,7 @@ class AgentService:
                 "outbox_messages": float(backlog.messages),
                 "outbox_dropped": float(dropped),
                 **self.capture_counters.flush(),
+                "capture.every": float(self.capturer.every),
                 "capture.queued": float(len(self.sample_queue)),
                 "capture.queued_bytes": float(self.sample_queue.total_bytes),
             }

@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +25,7 @@ CONFIDENCE_BINS = 10
 #: The Telemetry payload allows 64 error kinds; the rest are counted under this key.
 OTHER_ERRORS = "other"
 MAX_ERROR_KINDS = 63
-#: The Telemetry payload allows 1000 class keys; further classes in an interval are not counted
-#: (error kind ``class_counts_overflow``).
+#: The Telemetry payload allows 1000 class keys: the 1000 most frequent are sent.
 MAX_CLASS_KEYS = 1000
 
 
@@ -163,7 +162,7 @@ class _Window:
     errors: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
     confidence: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
-    classes: dict[str, int] = field(default_factory=dict)
+    classes: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -193,7 +192,10 @@ class TelemetryCollector:
             t = self._totals
             return Totals(t.inferences, t.latency_ms_sum, dict(t.errors), t.dropped)
 
-    def record_inference(self, latency_ms: float, confidence: float | None = None) -> None:
+    def record_inference(
+        self, latency_ms: float, confidence: float | None = None, predicted: int | None = None
+    ) -> None:
+        """Count one inference; ``predicted``: its top-1 class index (classifiers)."""
         with self._lock:
             self._totals.inferences += 1
             self._totals.latency_ms_sum += latency_ms
@@ -203,20 +205,8 @@ class TelemetryCollector:
             if confidence is not None and confidence == confidence:  # skip NaN
                 index = min(max(int(confidence * CONFIDENCE_BINS), 0), CONFIDENCE_BINS - 1)
                 w.confidence[index] += 1
-
-    def record_class(self, key: str) -> None:
-        """Count one predicted top-1 class (label or index) in this interval."""
-        overflow = False
-        with self._lock:
-            classes = self._window.classes
-            if key in classes:
-                classes[key] += 1
-            elif len(classes) < MAX_CLASS_KEYS:
-                classes[key] = 1
-            else:
-                overflow = True
-        if overflow:
-            self.record_error("class_counts_overflow")
+            if predicted is not None:
+                w.classes[predicted] = w.classes.get(predicted, 0) + 1
 
     def record_error(self, kind: str) -> None:
         with self._lock:
@@ -242,8 +232,10 @@ class TelemetryCollector:
         model: ModelRef | None,
         classifier: bool,
         inputs: InputStats | None = None,
+        labels: Sequence[str] = (),
     ) -> Telemetry:
-        """Summarise and reset the current interval (``inputs``: its input statistics)."""
+        """Summarise and reset the current interval (``inputs``: its input statistics;
+        ``labels``: the model's, naming the class counts, else the index as a string)."""
         with self._lock:
             w, self._window = self._window, _Window()
         interval = max(time.monotonic() - w.started, 1e-3)
@@ -260,5 +252,11 @@ class TelemetryCollector:
             system=read_gauges(self._gauges),
             confidence_histogram=w.confidence if classifier else [],
             inputs=inputs,
-            class_counts=w.classes if classifier else {},
+            class_counts=_class_counts(w.classes, labels) if classifier else {},
         )
+
+
+def _class_counts(counts: dict[int, int], labels: Sequence[str]) -> dict[str, int]:
+    """Counts by class index as counts by label (the index as a string past the labels)."""
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_CLASS_KEYS]
+    return {(labels[i] if 0 <= i < len(labels) else str(i))[:128]: n for i, n in top}

@@ -1,27 +1,35 @@
-"""What the fleet sees: input statistics for telemetry and hard-example capture, per inference.
+"""What the fleet sees: input statistics for telemetry and hard-example capture.
 
-:meth:`Capturer.observe` runs in the inference thread after each input. Its fast path (no
-statistics due, no capture policy) is a counter and two attribute reads; statistics cost one
-subsampled ``searchsorted`` (:mod:`agent.capture.stats`); capture decisions are scalar
-comparisons, and only a captured input pays for encoding and the fsynced write — at most the
-policy's ``max_per_hour`` times an hour. Measured overhead: ``bench/capture_bench.py``.
+The pipeline counts :attr:`Capturer.countdown` down on every inference (one integer
+operation) and calls :meth:`Capturer.observe` when it reaches zero: statistics and capture
+decisions run on a subsample of the inputs, one in :attr:`Capturer.every`. ``every`` is set from
+measurement, continuously: the median of ``observe``'s own recent cost over the median
+recent inference time, divided by ``overhead_share`` (2 %), so the decisions cost at most 2 %
+of inference on any model (the class counts and the countdown, on every input, take the rest of
+the 3 % budget). ``bench/capture_bench.py`` measures it: see its docstring for the figures.
 
-Decision order: ``random`` first, on its own coin (so the random samples are an unbiased
-sample of all inputs), then the samplers in :data:`agent.capture.samplers.SAMPLERS` order;
-then the budgets (per hour, per day, bytes per day). Every input refused by a budget is
-counted (``capture.over_budget``) and nothing past a budget is written.
+Decision order: ``random`` first, on its own coin (scaled by ``every`` so that ``random`` stays
+the share of *all* inputs), then the samplers in :data:`agent.capture.samplers.SAMPLERS` order;
+then the budgets (per hour, per day, bytes per day). An input refused by a budget is counted
+(``capture.over_budget``) and nothing past a budget is written. Encoding and the fsynced write
+of a capture run on a writer thread (``background=True``), never on the inference thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import secrets
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from queue import Empty, Full, Queue
 
 import numpy as np
 
@@ -40,6 +48,7 @@ from edgefleet.contract import (
     CaptureReason,
     ContractError,
     InputStats,
+    ModelRef,
     SampleMeta,
 )
 
@@ -47,6 +56,12 @@ log = logging.getLogger(__name__)
 
 CountHook = Callable[[str], object]
 MAX_OUTPUTS = 1000
+#: At most one input in this many is skipped between two considered ones.
+MAX_EVERY = 1000
+#: Measurements of cost and inference time the stride is set from (their medians).
+PACE_WINDOW = 15
+#: Captures waiting for the writer thread; more are dropped (counted as writer_busy).
+PENDING = 8
 
 
 class _Model:
@@ -77,6 +92,7 @@ class Capturer:
         budget: CaptureBudget | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        background: bool = False,
     ) -> None:
         self.device_id = device_id
         self.config = config
@@ -88,8 +104,17 @@ class Capturer:
         self._clock = clock
         self._policy: CapturePolicy | None = None
         self._model: _Model | None = None
-        self._seen = 0
         self._lock = threading.Lock()
+        #: Inputs left before the next one is considered (the pipeline counts it down), and
+        #: the stride it is reset to; see :meth:`_pace`.
+        self.countdown = 1
+        self.every = 1
+        self._costs: deque[float] = deque(maxlen=PACE_WINDOW)
+        self._infers: deque[float] = deque(maxlen=PACE_WINDOW)
+        self._measured = 0
+        #: The writer is encoding or storing a capture (set by :meth:`write`).
+        self._writing = False
+        self._pending: Queue[_Pending] | None = Queue(maxsize=PENDING) if background else None
         self.captured: dict[CaptureReason, int] = {}
         if queue is not None:
             self.budget.restore([(e.meta.captured_at.timestamp(), e.size) for e in queue.entries()])
@@ -108,6 +133,9 @@ class Capturer:
             with self._lock:
                 model = _Model(serving)
                 self._model = model
+                self._measured = 0
+                self._costs.clear()
+                self._infers.clear()
         return model
 
     def observe(
@@ -116,26 +144,20 @@ class Capturer:
         tensor: np.ndarray,
         serving: Serving,
         scores: np.ndarray | None,
-    ) -> str | None:
-        """Count one inference (``scores``: this input's class scores, None for other tasks);
-        capture it if the policy says so. Returns the predicted class key (for class counts)."""
-        model = self._model_for(serving)
-        predicted: str | None = None
-        confidence = margin = None
-        index = -1
-        if scores is not None and scores.size:
-            index = int(scores.argmax())
-            predicted = model.key(index)
-            confidence = float(scores[index])
-        self._seen += 1
+        *,
+        infer_ms: float | None = None,
+    ) -> None:
+        """Statistics and the capture decision for one input (``scores``: its class scores,
+        None for other tasks). ``infer_ms``: its inference time, which sets how many inputs
+        the next decision skips (:attr:`countdown`)."""
+        model = self._model_for(serving)  # once per model: not part of the paced cost
+        writing = self._writing  # the writer thread shares the GIL: not a fair measurement
+        start = time.perf_counter()
         policy = self._policy
-        stats_due = self._seen % self.config.stats_every == 0
-        if not stats_due and policy is None:
-            return predicted
         bins = model.bins
         values = bin_index = None
         score: float | None = None
-        if bins is not None and (stats_due or (policy and policy.outside_reference is not None)):
+        if bins is not None:
             values = bins.values(tensor)
             if values is None:
                 self._count("input_stats_mismatch")
@@ -145,70 +167,128 @@ class Capturer:
             else:
                 bin_index = bins.bin_index(values)
                 score = bins.score(values, bin_index)
-                if stats_due:
-                    threshold = DEFAULT_OUTSIDE_REFERENCE
-                    if policy is not None and policy.outside_reference is not None:
-                        threshold = policy.outside_reference
-                    self.inputs.add(bins, values, bin_index, score, threshold=threshold)
-        elif stats_due and model.no_bins is not None:
+                threshold = DEFAULT_OUTSIDE_REFERENCE
+                if policy is not None and policy.outside_reference is not None:
+                    threshold = policy.outside_reference
+                self.inputs.add(bins, values, bin_index, score, threshold=threshold)
+        elif model.no_bins is not None:
             self._count(model.no_bins)
-        if policy is None:
-            return predicted
-        reason: CaptureReason | None = None
-        if policy.random > 0 and self._rng.random() < policy.random:
-            reason = "random"
-        else:
-            if policy.margin is not None and scores is not None and scores.size > 1:
+        job = None
+        if policy is not None:
+            job = self._decide(item, serving, model, policy, scores, score, values, bin_index)
+        if infer_ms is not None and not (writing or self._writing):
+            # Paced on the per-input cost; a capture's hand-off and write (bounded by the
+            # hourly budget, not by the input rate) are measured apart by the bench.
+            self._pace((time.perf_counter() - start) * 1000.0, infer_ms)
+        if job is not None:
+            self._hand_off(job)
+
+    def _pace(self, cost_ms: float, infer_ms: float) -> None:
+        """Consider one input in N, N such that this costs ``overhead_share`` of inference.
+
+        Medians of the last :data:`PACE_WINDOW` measurements, not means: on a busy host one
+        call now and then is preempted or waits for the GIL (5 ms against 70 µs), and a mean
+        would park the stride at its maximum. The first measurement after a model change is
+        left out (cold caches: 4.7 ms on the digits model)."""
+        self._measured += 1
+        if self._measured == 1:
+            return
+        self._costs.append(cost_ms)
+        self._infers.append(infer_ms)
+        cost, infer = statistics.median(self._costs), statistics.median(self._infers)
+        wanted = cost / max(self.config.overhead_share * infer, 1e-9)
+        self.every = min(max(1, math.ceil(wanted)), MAX_EVERY)
+        self.countdown = self.every
+
+    def _decide(
+        self,
+        item: InputItem,
+        serving: Serving,
+        model: _Model,
+        policy: CapturePolicy,
+        scores: np.ndarray | None,
+        score: float | None,
+        values: np.ndarray | None,
+        bin_index: np.ndarray | None,
+    ) -> _Pending | None:
+        """The capture this input earns under ``policy`` (None: none or over budget)."""
+        predicted: str | None = None
+        confidence = margin = None
+        if scores is not None and scores.size:
+            index = int(scores.argmax())
+            predicted = model.key(index)
+            confidence = float(scores[index])
+            if scores.size > 1:
                 top2 = np.partition(scores.ravel(), -2)[-2:]
                 margin = float(top2[1] - top2[0])
+        reason: CaptureReason | None = None
+        # One input in `every` is considered: the coin is scaled so that `random` stays the
+        # share of *all* inputs captured at random.
+        if policy.random > 0 and self._rng.random() < min(1.0, policy.random * self.every):
+            reason = "random"
+        else:
             seen = Observation(
                 confidence=confidence, margin=margin, predicted=predicted, input_score=score
             )
             reason = reason_for(policy, seen)
         if reason is None:
-            return predicted
-        if margin is None and scores is not None and scores.size > 1:
-            top2 = np.partition(scores.ravel(), -2)[-2:]
-            margin = float(top2[1] - top2[0])
-        one = None
-        if bins is not None and values is not None and bin_index is not None:
-            one = single_stats(bins, values, bin_index)
-        self._capture(
-            item,
-            serving,
-            policy,
-            reason,
+            return None
+        if self.budget.has_room(policy) is not None:
+            self._count("over_budget")
+            return None
+        stats = None
+        if model.bins is not None and values is not None and bin_index is not None:
+            stats = single_stats(model.bins, values, bin_index)
+        data = item.data.copy() if isinstance(item.data, np.ndarray) else item.data
+        return _Pending(
+            data=data,
+            tensor=item.tensor,
+            ref=serving.model.ref,
+            policy=policy,
+            reason=reason,
+            at=self._clock(),
             confidence=confidence,
             margin=margin,
             predicted=predicted,
-            outputs=scores,
+            outputs=[] if scores is None else scores.ravel()[:MAX_OUTPUTS].tolist(),
             score=score,
-            stats=one,
+            stats=stats,
         )
-        return predicted
 
-    def _capture(
-        self,
-        item: InputItem,
-        serving: Serving,
-        policy: CapturePolicy,
-        reason: CaptureReason,
-        *,
-        confidence: float | None,
-        margin: float | None,
-        predicted: str | None,
-        outputs: np.ndarray | None,
-        score: float | None,
-        stats: InputStats | None,
-    ) -> None:
-        assert self.queue is not None  # no policy without a queue (set_policy)
-        if self.budget.has_room(policy) is not None:
-            self._count("over_budget")
+    def _hand_off(self, job: _Pending) -> None:
+        if self._pending is None:
+            self.write(job)
             return
         try:
+            self._pending.put_nowait(job)
+        except Full:
+            self._count("writer_busy")
+
+    # -- the writer (its own thread in the agent: encoding and fsync stay off inference) ------
+    def run_writer(self, stop: threading.Event) -> None:
+        assert self._pending is not None, "Capturer(background=True) has the writer thread"
+        while not stop.is_set():
+            try:
+                job = self._pending.get(timeout=0.2)
+            except Empty:
+                continue
+            self.write(job)
+
+    def write(self, job: _Pending) -> None:
+        """Encode one capture, charge it to the budget, and queue it durably."""
+        self._writing = True
+        try:
+            self._write(job)
+        finally:
+            self._writing = False
+
+    def _write(self, job: _Pending) -> None:
+        assert self.queue is not None  # no policy without a queue (set_policy)
+        policy = job.policy
+        try:
             content, content_type = encode_sample(
-                item.data,
-                tensor=item.tensor,
+                job.data,
+                tensor=job.tensor,
                 max_side=policy.max_side,
                 jpeg_quality=policy.jpeg_quality,
             )
@@ -222,15 +302,15 @@ class Capturer:
             meta = SampleMeta(
                 sample_id=secrets.token_urlsafe(12),
                 device_id=self.device_id,
-                model=serving.model.ref,
-                captured_at=datetime.fromtimestamp(self._clock(), UTC),
-                reason=reason,
-                confidence=_share(confidence),
-                margin=_share(margin),
-                predicted=predicted,
-                outputs=[] if outputs is None else outputs.ravel()[:MAX_OUTPUTS].tolist(),
-                input_score=score,
-                input_stats=stats,
+                model=job.ref,
+                captured_at=datetime.fromtimestamp(job.at, UTC),
+                reason=job.reason,
+                confidence=_share(job.confidence),
+                margin=_share(job.margin),
+                predicted=job.predicted,
+                outputs=job.outputs,
+                input_score=job.score,
+                input_stats=job.stats,
                 content_type=content_type,
                 sha256=hashlib.sha256(content).hexdigest(),
                 size=len(content),
@@ -240,8 +320,26 @@ class Capturer:
             log.warning("capture failed", extra={"err": str(err)[:300]})
             self._count("failed")
             return
-        self.captured[reason] = self.captured.get(reason, 0) + 1
-        self._count(f"captured_{reason}")
+        self.captured[job.reason] = self.captured.get(job.reason, 0) + 1
+        self._count(f"captured_{job.reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A capture decided on the inference thread, waiting for the writer."""
+
+    data: bytes | np.ndarray
+    tensor: bool
+    ref: ModelRef
+    policy: CapturePolicy
+    reason: CaptureReason
+    at: float
+    confidence: float | None
+    margin: float | None
+    predicted: str | None
+    outputs: list[float]
+    score: float | None
+    stats: InputStats | None
 
 
 def _share(value: float | None) -> float | None:

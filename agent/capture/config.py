@@ -38,14 +38,15 @@ class CaptureConfig(ConfigStruct, frozen=True, kw_only=True):
     upload_timeout_s: Annotated[
         float, Meta(gt=0, le=600, description="Seconds one upload may take before it is retried.")
     ] = 30.0
-    stats_every: Annotated[
-        int,
+    overhead_share: Annotated[
+        float,
         Meta(
-            ge=1,
-            le=1_000_000,
-            description="Input statistics on one input in this many (1: every input).",
+            gt=0,
+            le=1,
+            description="Share of the inference time that input statistics and capture "
+            "decisions may take; the agent considers one input in N to stay under it.",
         ),
-    ] = 1
+    ] = 0.02
     low_confidence: Annotated[Share, Meta(description="Tightens low_confidence.")] | None = None
     margin: Annotated[Share, Meta(description="Tightens margin.")] | None = None
     outside_reference: Annotated[Share, Meta(description="Tightens outside_reference.")] | None = (
