@@ -216,3 +216,45 @@ def test_sample_meta_on_disk_is_the_contract(model: Serving, tmp_path: Path) -> 
     import hashlib
 
     assert hashlib.sha256(entry.content.read_bytes()).hexdigest() == meta.sha256
+
+
+def test_pacing_considers_one_input_in_cost_over_share_of_inference(
+    model: Serving, tmp_path: Path
+) -> None:
+    capturer, _, _ = _capturer(tmp_path, FakeClock())
+    capturer.set_policy(CapturePolicy(low_confidence=0.01))
+    capturer._model_for(model)
+    for _ in range(5):  # the first measurement after a model change is left out
+        capturer._pace(0.1, 0.5)
+    assert capturer.every == 10  # 0.1 ms / (2 % of 0.5 ms)
+    capturer._pace(50.0, 0.5)  # one preempted call does not move the median
+    assert capturer.every == 10
+    for _ in range(20):
+        capturer._pace(0.001, 1.0)
+    assert capturer.every == 1
+
+
+def test_pipeline_counts_every_class_and_observes_a_subsample(
+    model: Serving, tmp_path: Path
+) -> None:
+    from agent.pipeline import Pipeline
+    from agent.state import ModelSlot
+    from agent.telemetry import TelemetryCollector
+
+    capturer, _, _ = _capturer(tmp_path, FakeClock())
+    collector = TelemetryCollector(device_id="dev-1", data_dir=tmp_path)
+    slot = ModelSlot()
+    slot.swap(model)
+    pipeline = Pipeline(
+        slot=slot, collector=collector, on_error=lambda k, d: None, capturer=capturer
+    )
+    capturer.config = CaptureConfig(overhead_share=1e-6)  # an expensive budget: stride > 1
+    for i in range(200):
+        pipeline.process(prepare(InputItem(source="x", data=digit_pixels(1400 + i)), model))
+    labels = model.model.manifest.labels
+    telemetry = collector.flush(
+        seq=1, model=model.model.ref, classifier=True, inputs=capturer.inputs.flush(), labels=labels
+    )
+    assert sum(telemetry.class_counts.values()) == 200
+    assert set(telemetry.class_counts) <= set(labels)
+    assert telemetry.inputs is not None and 1 <= telemetry.inputs.samples < 200
