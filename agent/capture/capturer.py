@@ -12,7 +12,8 @@ mostly the per-input path, not the paced part (one input in ~470). Captured inpu
 measured while the writer holds the GIL are left out of the pacing.
 
 Decision order: ``random`` first, on its own coin (scaled by ``every`` so that ``random`` stays
-the share of *all* inputs), then the samplers in :data:`agent.capture.samplers.SAMPLERS` order;
+the share of *all* inputs — up to ``1 / every``: a larger fraction is capped there, e.g. 1 in
+~470 on the 20 µs digits model), then the samplers in :data:`agent.capture.samplers.SAMPLERS` order;
 then the budgets (per hour, per day, bytes per day). An input refused by a budget is counted
 (``capture.over_budget``) and nothing past a budget is written. Encoding and the fsynced write
 of a capture run on a writer thread (``background=True``), never on the inference thread.
