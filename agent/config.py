@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
+from agent.capture.config import CaptureConfig
 from agent.config_types import ConfigStruct, HttpUrl, MqttUrl, Secret, dec_hook
 from agent.errors import AgentConfigError
 from agent.plugin_config import (
@@ -41,6 +42,7 @@ from firmware_configs.profile import (
 
 __all__ = [
     "AgentConfig",
+    "CaptureConfig",
     "EngineConfig",
     "FolderInputConfig",
     "InputConfig",
@@ -240,6 +242,12 @@ class AgentConfig(ConfigStruct, frozen=True, kw_only=True):
     outbox: Annotated[OutboxConfig, Meta(description="Offline queue for outgoing messages.")] = (
         msgspec.field(default_factory=OutboxConfig)
     )
+    capture: Annotated[
+        CaptureConfig,
+        Meta(
+            description="Input statistics and hard-example capture; tightens the server's policy."
+        ),
+    ] = msgspec.field(default_factory=CaptureConfig)
 
     def __post_init__(self) -> None:
         if (self.token is None) == (self.token_file is None):
@@ -296,6 +304,8 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
     )
     _defaults(data, "telemetry", interval_s=profile.telemetry.interval_s)
     _defaults(data, "outbox", max_mb=profile.budgets.offline_queue_mb)
+    # Captured samples share the disk budget with the outbox: half its size again.
+    _defaults(data, "capture", queue_mb=profile.budgets.offline_queue_mb / 2)
     source = data.get("input")
     if isinstance(source, dict) and source.get("type") == "camera":
         defaults = profile.input

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.capture import Capturer
 from agent.errors import AgentError, InferenceError, InputError, ModelUnavailableError
 from agent.inputs import InputItem, InputSource
 from agent.postprocess import Geometry
@@ -76,8 +77,10 @@ class Pipeline:
         queue_size: int = 8,
         monitor: HealthMonitor | None = None,
         batch_size: int = 1,
+        capturer: Capturer | None = None,
     ) -> None:
         self.slot = slot
+        self.capturer = capturer
         self.monitor = monitor
         self.collector = collector
         self.sink = sink
@@ -226,11 +229,19 @@ class Pipeline:
             for job in jobs:
                 self.process(job)
             return
-        top = serving.model.top1(outputs) if serving.model.scores_output else None
+        scores = serving.model.probabilities(outputs) if serving.model.scores_output else None
         per_item_ms = elapsed_ms / n  # telemetry latency is per input (amortised)
+        capturer = self.capturer
         for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
-            confidence = float(top[1][i]) if top else None
-            self.collector.record_inference(per_item_ms, confidence)
+            index = int(scores[i].argmax()) if scores is not None else None
+            confidence = (
+                float(scores[i, index]) if scores is not None and index is not None else None
+            )
+            self.collector.record_inference(per_item_ms, confidence, index)
+            if capturer is not None:
+                capturer.countdown -= 1
+                if capturer.countdown <= 0:
+                    self._observe(job.item, job.tensor, serving, scores, i, per_item_ms)
             if self.monitor is not None:
                 self.monitor.record(
                     serving.model.ref,
@@ -272,9 +283,17 @@ class Pipeline:
             self._model_failed(serving)
             self._failed(item, AgentError(f"internal error: {type(err).__name__}"), "internal")
             return
-        top = serving.model.top1(outputs) if serving.model.scores_output else None
-        confidence = float(top[1][0]) if top else None
-        self.collector.record_inference(elapsed_ms, confidence)
+        scores = serving.model.probabilities(outputs) if serving.model.scores_output else None
+        index = int(scores[0].argmax()) if scores is not None and scores.size else None
+        confidence = float(scores[0, index]) if scores is not None and index is not None else None
+        self.collector.record_inference(elapsed_ms, confidence, index)
+        capturer = self.capturer
+        if capturer is not None:
+            capturer.countdown -= 1
+            if capturer.countdown <= 0:  # a subsample: see Capturer.countdown
+                for row in range(max(rows, 1)):
+                    tensor = job.tensor[row : row + 1] if rows > 1 else job.tensor
+                    self._observe(item, tensor, serving, scores, row, elapsed_ms)
         if self.monitor is not None:
             self.monitor.record(
                 serving.model.ref, latency_ms=elapsed_ms, finite=finite, confidence=confidence
@@ -286,6 +305,24 @@ class Pipeline:
         if item.reply is not None:
             item.reply(results, None)
         self._done()
+
+    def _observe(
+        self,
+        item: InputItem,
+        tensor: np.ndarray,
+        serving: Serving,
+        scores: np.ndarray | None,
+        row: int,
+        infer_ms: float,
+    ) -> None:
+        """Input statistics and capture of one input (see agent.capture)."""
+        assert self.capturer is not None
+        row_scores = scores[row] if scores is not None and row < scores.shape[0] else None
+        try:
+            self.capturer.observe(item, tensor, serving, row_scores, infer_ms=infer_ms)
+        except Exception:  # capture must never cost an inference: count it, log it, go on
+            log.exception("capture crashed", extra={"source": item.source})
+            self.collector.record_error("capture_internal")
 
     def _model_failed(self, serving: Serving) -> None:
         if self.monitor is not None:

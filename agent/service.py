@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.capture import Capturer, SampleQueue, Uploader
+from agent.capture.counters import CaptureCounters
 from agent.config import AgentConfig
 from agent.engine import BackendOptions, LoadedModel, load_model
 from agent.errors import AgentConfigError, AgentError
@@ -36,12 +38,14 @@ from agent.store import DataDir
 from agent.telemetry import TelemetryCollector, rss_mb
 from agent.updater import Updater
 from edgefleet.contract import (
+    MAX_PAYLOAD_BYTES,
     Channel,
     ContractError,
     DesiredState,
     ModelRef,
     Telemetry,
     decode,
+    encode,
     topic,
 )
 from edgefleet.contract.payloads import EventKind
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_ACK_TIMEOUT_S = 5.0
 OUTBOX_FILE = "outbox.db"
+CAPTURE_DIR = "capture"
 
 
 class AgentService:
@@ -86,6 +91,30 @@ class AgentService:
         self.sink: ResultSink | None = (
             create_sink(config.sink, context=sink_context) if config.sink else None
         )
+        capture = config.capture
+        self.capture_counters = CaptureCounters()
+        self.sample_queue = SampleQueue(
+            config.data_dir / CAPTURE_DIR,
+            max_bytes=capture.max_bytes,
+            on_drop=self.capture_counters.add,
+        )
+        self.capturer = Capturer(
+            device_id=self.device_id,
+            config=capture,
+            queue=self.sample_queue,
+            count=self.capture_counters.add,
+            background=True,
+        )
+        self._policy_seq = -1
+        self.uploader = Uploader(
+            self.sample_queue,
+            url=config.server_url.rstrip("/") + capture.upload_path,
+            token=self._token,
+            link_up=lambda: self.transport.connected,
+            rate_per_s=capture.upload_rate_per_s,
+            count=self.capture_counters.add,
+            timeout_s=capture.upload_timeout_s,
+        )
         self.pipeline = Pipeline(
             slot=self.slot,
             collector=self.collector,
@@ -94,6 +123,7 @@ class AgentService:
             queue_size=config.engine.queue_size,
             monitor=self.monitor,
             batch_size=config.engine.batch_size,
+            capturer=self.capturer,
         )
         self.source: InputSource | None = None
         if config.input is not None:
@@ -203,6 +233,9 @@ class AgentService:
             self.publisher.event("payload.rejected", detail=f"desired: {reason}")
             return
         assert isinstance(desired, DesiredState)
+        if desired.seq >= self._policy_seq:  # a stale retained message must not undo a newer one
+            self._policy_seq = desired.seq
+            self.capturer.set_policy(desired.capture)
         self.updater.offer(desired)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -233,6 +266,8 @@ class AgentService:
             threading.Thread(target=self.updater.run, args=(stop,), name="updater"),
             threading.Thread(target=self._telemetry_loop, args=(stop,), name="telemetry"),
             threading.Thread(target=self.pipeline.run, args=(stop,), name="inference"),
+            threading.Thread(target=self.uploader.run, args=(stop,), name="uploader"),
+            threading.Thread(target=self.capturer.run_writer, args=(stop,), name="capture"),
         ]
         if self.source is not None:
             threads.append(
@@ -317,6 +352,8 @@ class AgentService:
                 seq=seq,
                 model=serving.model.ref if serving else None,
                 classifier=serving is not None and serving.model.scores_output is not None,
+                inputs=self.capturer.inputs.flush(),
+                labels=serving.model.manifest.labels if serving is not None else (),
             )
             backlog = self.forwarder.stats()
             dropped = backlog.dropped_telemetry + backlog.dropped_events + backlog.dropped_state
@@ -324,10 +361,25 @@ class AgentService:
                 **payload.system,
                 "outbox_messages": float(backlog.messages),
                 "outbox_dropped": float(dropped),
+                **self.capture_counters.flush(),
+                "capture.every": float(self.capturer.every),
+                "capture.queued": float(len(self.sample_queue)),
+                "capture.queued_bytes": float(self.sample_queue.total_bytes),
             }
-            return payload.model_copy(update={"system": system})
+            update: dict[str, Any] = {}
+            if payload.inputs is not None and len(encode(payload)) > MAX_PAYLOAD_BYTES:
+                # 64 channels x 256 bins can outgrow a payload: send the rest, say why.
+                update["inputs"] = None
+                system["capture.input_stats_too_big"] = 1.0
+            return payload.model_copy(update={**update, "system": system})
 
         self.publisher.telemetry(build)
+
+    def _token(self) -> str | None:
+        try:
+            return self.config.bearer_token()
+        except AgentConfigError:
+            return None  # an unreadable token file: the upload gets 401 and retries
 
     @property
     def snapshot(self) -> Snapshot:

@@ -11,11 +11,11 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.contract import LatencySummary, ModelRef, Telemetry
+from edgefleet.contract import InputStats, LatencySummary, ModelRef, Telemetry
 
 BINS_PER_DECADE = 50
 LOW_MS = 1e-3
@@ -25,6 +25,8 @@ CONFIDENCE_BINS = 10
 #: The Telemetry payload allows 64 error kinds; the rest are counted under this key.
 OTHER_ERRORS = "other"
 MAX_ERROR_KINDS = 63
+#: The Telemetry payload allows 1000 class keys: the 1000 most frequent are sent.
+MAX_CLASS_KEYS = 1000
 
 
 class LatencyHistogram:
@@ -160,6 +162,7 @@ class _Window:
     errors: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
     confidence: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
+    classes: dict[int, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -189,7 +192,10 @@ class TelemetryCollector:
             t = self._totals
             return Totals(t.inferences, t.latency_ms_sum, dict(t.errors), t.dropped)
 
-    def record_inference(self, latency_ms: float, confidence: float | None = None) -> None:
+    def record_inference(
+        self, latency_ms: float, confidence: float | None = None, predicted: int | None = None
+    ) -> None:
+        """Count one inference; ``predicted``: its top-1 class index (classifiers)."""
         with self._lock:
             self._totals.inferences += 1
             self._totals.latency_ms_sum += latency_ms
@@ -199,6 +205,8 @@ class TelemetryCollector:
             if confidence is not None and confidence == confidence:  # skip NaN
                 index = min(max(int(confidence * CONFIDENCE_BINS), 0), CONFIDENCE_BINS - 1)
                 w.confidence[index] += 1
+            if predicted is not None:
+                w.classes[predicted] = w.classes.get(predicted, 0) + 1
 
     def record_error(self, kind: str) -> None:
         with self._lock:
@@ -217,8 +225,17 @@ class TelemetryCollector:
             self._window.dropped += n
             self._totals.dropped += n
 
-    def flush(self, *, seq: int, model: ModelRef | None, classifier: bool) -> Telemetry:
-        """Summarise and reset the current interval."""
+    def flush(
+        self,
+        *,
+        seq: int,
+        model: ModelRef | None,
+        classifier: bool,
+        inputs: InputStats | None = None,
+        labels: Sequence[str] = (),
+    ) -> Telemetry:
+        """Summarise and reset the current interval (``inputs``: its input statistics;
+        ``labels``: the model's, naming the class counts, else the index as a string)."""
         with self._lock:
             w, self._window = self._window, _Window()
         interval = max(time.monotonic() - w.started, 1e-3)
@@ -234,4 +251,12 @@ class TelemetryCollector:
             dropped=w.dropped,
             system=read_gauges(self._gauges),
             confidence_histogram=w.confidence if classifier else [],
+            inputs=inputs,
+            class_counts=_class_counts(w.classes, labels) if classifier else {},
         )
+
+
+def _class_counts(counts: dict[int, int], labels: Sequence[str]) -> dict[str, int]:
+    """Counts by class index as counts by label (the index as a string past the labels)."""
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_CLASS_KEYS]
+    return {(labels[i] if 0 <= i < len(labels) else str(i))[:128]: n for i, n in top}

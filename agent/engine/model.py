@@ -114,8 +114,8 @@ class LoadedModel:
             for name, value in outputs.items()
         }
 
-    def top1(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-        """(class indices, confidences) per batch row for classifiers; None otherwise."""
+    def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Per-class scores in [0, 1] per batch row (softmax of logits) for classifiers."""
         if self.scores_output is None:
             return None
         scores = self.real({self.scores_output: outputs[self.scores_output]})[self.scores_output]
@@ -123,6 +123,13 @@ class LoadedModel:
         if scores.size and (scores.min() < 0 or scores.max() > 1):
             shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores = shifted / shifted.sum(axis=1, keepdims=True)
+        return scores
+
+    def top1(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(class indices, confidences) per batch row for classifiers; None otherwise."""
+        scores = self.probabilities(outputs)
+        if scores is None:
+            return None
         index = scores.argmax(axis=1)
         return index, scores[np.arange(scores.shape[0]), index]
 

@@ -72,6 +72,9 @@ def desired_state(
             signature=model.signature_value,
         )
     return DesiredState(
+        # Without a capture policy this is exactly a version-1 desired state, the one a
+        # version-1 agent can read (it refuses version 2 as newer than it understands).
+        schema_version=1,
         device_id=device.device_id,
         seq=device.desired_revision,
         ts=device.desired_at or utcnow(),

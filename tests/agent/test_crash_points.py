@@ -45,7 +45,7 @@ COMMITTED_ON_DISK = {"after_commit"}
 #: again) instead of fetching it again.
 DOWNLOADED = {"after_download"}
 #: Data-dir entries besides ``artifacts/`` and ``downloads/`` (the outbox may have SQLite files).
-TOP_LEVEL = {POINTER_FILE, "seq.json", "outbox.db", "outbox.db-wal", "outbox.db-shm"}
+TOP_LEVEL = {POINTER_FILE, "seq.json", "outbox.db", "outbox.db-wal", "outbox.db-shm", "capture"}
 
 
 def _events(watch: Watcher, device: str, kind: str) -> list[Event]:

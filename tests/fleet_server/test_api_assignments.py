@@ -75,6 +75,8 @@ def test_assign_publishes_retained_desired_state(
         _topic, raw, retained, qos = probe.received(topic(lab_a, Channel.DESIRED))[0]
         assert retained and qos == 1
         assert json.loads(raw)["kind"] == "desired"
+        # Without a capture policy the payload is version 1: agents before contract 2 read it.
+        assert json.loads(raw)["schema_version"] == 1 and "capture" not in json.loads(raw)
         assert state.device_id == lab_a and state.seq == 1
         assert state.model is not None
         assert (state.model.name, state.model.version) == ("digits", "1.0.0")
