@@ -266,7 +266,7 @@ class ServerSettings(BaseSettings):
     max_sample_bytes: int = Field(
         default=8 * MIB,
         ge=1,
-        description="Largest captured sample (one JPEG or .npy file) a device may upload, in bytes.",
+        description="Largest captured sample (one JPEG or .npy file) a device uploads, in bytes.",
     )
     sample_retention_days: float = Field(
         default=180.0,

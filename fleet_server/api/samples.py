@@ -267,7 +267,9 @@ def get_content(
 
 
 @router.delete(
-    "/{sample_id}", status_code=204, responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS, 404)
+    "/{sample_id}",
+    status_code=204,
+    responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS, 404),
 )
 def delete_sample(
     sample_id: int, request: Request, session: SessionDep, store: StoreDep, _: Operator

@@ -256,7 +256,6 @@ def desired_states_for(
     return states
 
 
-
 def republish(
     *, session: Session, publisher: DesiredPublisher, public_url: str, device_ids: Sequence[str]
 ) -> int:

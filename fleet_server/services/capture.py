@@ -108,7 +108,10 @@ def set_policy(
         data = msgspec.to_builtins(policy)
         if row is None:
             row = CapturePolicyRow(
-                model_name=name, model_version=version or ALL_VERSIONS, policy=data, updated_by=actor
+                model_name=name,
+                model_version=version or ALL_VERSIONS,
+                policy=data,
+                updated_by=actor,
             )
         else:
             row.policy = data

@@ -114,9 +114,7 @@ def apply_labels(
         row = rows[sample_id]
         row.labelled = True
         row.label = label.label
-        row.boxes = (
-            [b.model_dump() for b in label.boxes] if label.boxes is not None else None
-        )
+        row.boxes = [b.model_dump() for b in label.boxes] if label.boxes is not None else None
         row.labelled_by = actor[:64]
         row.labelled_at = now
         session.add(row)

@@ -33,7 +33,6 @@ from sqlmodel import Session, col, select
 from edgefleet.contract import ContractError, SampleMeta
 from edgefleet.contract.parsing import load_json_object, validate
 from fleet_server.models import Device, Sample, SampleBudget
-from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.types import utcnow
 from fleet_server.services.capture import effective_policy
 from fleet_server.services.errors import (
