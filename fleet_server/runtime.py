@@ -154,6 +154,8 @@ class Runtime:
                 raw_days=settings.telemetry_raw_days,
                 hourly_days=settings.telemetry_hourly_days,
                 audit_days=settings.audit_retention_days,
+                sample_days=settings.sample_retention_days,
+                store=self.store,
                 interval_s=settings.retention_interval_s,
                 budget_s=settings.lease_ttl_s / 3,
             )
