@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from fleet_server.api import (
     assignments,
     capture,
+    datasets,
     devices,
     drift,
     enrollment,
@@ -22,6 +23,7 @@ api_router.include_router(devices.router)
 api_router.include_router(capture.router)
 api_router.include_router(models.router)
 api_router.include_router(samples.router)
+api_router.include_router(datasets.router)
 api_router.include_router(assignments.router)
 api_router.include_router(ingest.router)
 api_router.include_router(rollouts.router)
