@@ -1,11 +1,11 @@
-"""/api/v1/datasets/snapshot: a labelled dataset snapshot's manifest (and generated documents);
+"""/api/v1/datasets/{model}/snapshot: a labelled dataset snapshot's manifest (and generated documents);
 the client fetches each listed file from ``/samples/{id}/content`` and checks its sha256."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -29,7 +29,7 @@ class SnapshotPublic(BaseModel):
 
 
 @router.get(
-    "/snapshot",
+    "/{model}/snapshot",
     responses=error_responses(
         VIEWER_REFUSALS,
         INPUT_REFUSALS,
@@ -41,7 +41,7 @@ async def snapshot(
     session: SessionDep,
     store: StoreDep,
     _: Viewer,
-    model: Annotated[str, Query(min_length=1, max_length=63)],
+    model: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Model name.")],
     format: SnapshotFormat = "imagefolder",  # noqa: A002 - the CLI's and the API's name
     version: Annotated[str | None, Query(max_length=63)] = None,
     device: Annotated[str | None, Query(max_length=63)] = None,

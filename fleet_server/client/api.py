@@ -275,8 +275,9 @@ class FleetClient:
         return _object(self._request("POST", "/api/v1/samples/labels", json_body=body))
 
     def snapshot(self, model: str, **params: Any) -> JsonObject:
-        query = {"model": model} | {k: v for k, v in params.items() if v is not None}
-        return _object(self._request("GET", "/api/v1/datasets/snapshot", params=query))
+        query = {k: v for k, v in params.items() if v is not None}
+        path = f"/api/v1/datasets/{_segment(model)}/snapshot"
+        return _object(self._request("GET", path, params=query))
 
     def sample_content(self, sample_id: int, dest: Path) -> int:
         """Stream the sample's content into ``dest``; the bytes written."""
