@@ -1,5 +1,6 @@
-"""/api/v1/datasets/{model}/snapshot: a labelled dataset snapshot's manifest (and generated documents);
-the client fetches each listed file from ``/samples/{id}/content`` and checks its sha256."""
+"""/api/v1/datasets/{model}/snapshot: a labelled dataset snapshot's manifest (and generated
+documents); the client fetches each listed file from ``/samples/{id}/content`` and checks its
+sha256."""
 
 from __future__ import annotations
 

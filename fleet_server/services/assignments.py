@@ -81,6 +81,9 @@ def desired_state(
             signature=model.signature_value,
         )
     return DesiredState(
+        # Without a capture policy the payload is exactly a version-1 one, which a version-1
+        # agent still reads; only a policy needs (and asks for) an agent that knows version 2.
+        schema_version=2 if capture is not None else 1,
         device_id=device.device_id,
         seq=device.desired_revision,
         ts=device.desired_at or utcnow(),

@@ -3,6 +3,7 @@ state each device receives (republished when a policy changes), audited."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,15 @@ def test_policy_reaches_devices_in_their_desired_state(
         probe.subscribe(topic(device, Channel.DESIRED))
         first = _last_desired(probe, device, 0)
         assert first.capture is None  # no policy: capture nothing
+        # ... and the payload is a version-1 one, byte for byte: a version-1 agent reads it.
+        raw = json.loads(probe.received(topic(device, Channel.DESIRED))[-1][1])
+        assert raw["schema_version"] == 1 and "capture" not in raw
 
         shown = set_policy(client, low_confidence=0.4, random=0.01, max_per_day=50)
         assert shown["effective_from"] == "model" and shown["republished"] == 1
         state = _last_desired(probe, device, first.seq)
         assert state.capture is not None and state.capture.low_confidence == 0.4
+        assert state.schema_version == 2
         assert state.capture.max_per_day == 50 and state.capture.random == 0.01
         assert state.model is not None and state.model.version == "1.0.0"  # same model
 
