@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +40,8 @@ from fleet_server.services.labels import BulkLabels, LabelSet, apply_labels
 from fleet_server.services.samples import SampleFilter
 
 router = APIRouter(prefix="/samples", tags=["samples"])
+#: A sample's server id (bounded: a larger number is no row's, and SQLite refuses it).
+SampleId = Annotated[int, PathParam(ge=1, le=2**62, description="Sample id.")]
 
 Reason = Literal[
     "low_confidence", "margin", "outside_reference", "class", "random", "shadow_disagreement"
@@ -242,7 +245,7 @@ def bulk_label(
 
 
 @router.get("/{sample_id}", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404))
-def get_sample(sample_id: int, session: SessionDep, _: Viewer) -> SamplePublic:
+def get_sample(sample_id: SampleId, session: SessionDep, _: Viewer) -> SamplePublic:
     return SamplePublic.of(service.get_sample(session=session, sample_id=sample_id))
 
 
@@ -255,7 +258,7 @@ def get_sample(sample_id: int, session: SessionDep, _: Viewer) -> SamplePublic:
     },
 )
 def get_content(
-    sample_id: int, session: SessionDep, store: StoreDep, _: Viewer
+    sample_id: SampleId, session: SessionDep, store: StoreDep, _: Viewer
 ) -> StreamingResponse:
     row = service.get_sample(session=session, sample_id=sample_id)
     chunks = service.content(store=store, row=row)
@@ -272,7 +275,7 @@ def get_content(
     responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS, 404),
 )
 def delete_sample(
-    sample_id: int, request: Request, session: SessionDep, store: StoreDep, _: Operator
+    sample_id: SampleId, request: Request, session: SessionDep, store: StoreDep, _: Operator
 ) -> None:
     note_target(request, f"sample:{sample_id}")
     service.get_sample(session=session, sample_id=sample_id)
@@ -289,7 +292,7 @@ def delete_sample(
     ),
 )
 def label_sample(
-    sample_id: int, body: LabelSet, request: Request, session: SessionDep, caller: Operator
+    sample_id: SampleId, body: LabelSet, request: Request, session: SessionDep, caller: Operator
 ) -> SamplePublic:
     """Set the sample's label: ``{"label": "cat"}`` or ``{"boxes": [{label, x1, y1, x2, y2}]}``."""
     note_target(request, f"sample:{sample_id}")

@@ -73,7 +73,7 @@ class LabelSet(BaseModel):
 
 
 class BulkLabel(LabelSet):
-    id: int = Field(ge=1, description="Sample id.")
+    id: int = Field(ge=1, le=2**62, description="Sample id.")
 
 
 class BulkLabels(BaseModel):

@@ -416,9 +416,10 @@ def encode_cursor(sample_id: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
+        value = int(text[1:]) if text.startswith("s") and text[1:].isdigit() else -1
+        if not 0 < value <= 2**62:
             raise ValueError(cursor)
-        return int(text[1:])
+        return value
     except (ValueError, UnicodeDecodeError) as err:
         raise BadRequest("invalid cursor (use next_cursor of the previous page)") from err
 
