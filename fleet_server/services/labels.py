@@ -20,7 +20,6 @@ from fleet_server.services.errors import NotFound, Unprocessable
 
 #: Most labels one bulk request may set.
 MAX_BULK = 10_000
-_CLASS = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
 
 
 class Box(BaseModel):

@@ -14,7 +14,6 @@ same image captured twice is stored once).
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import threading
 from collections import Counter
@@ -100,10 +99,6 @@ class SampleStats:
             "Uploads of a sample already stored (answered 200, nothing added).",
             value=replayed,
         )
-
-
-class Refused(ServiceError):
-    """Wraps a refusal with the reason label it is counted under."""
 
 
 @dataclass(frozen=True)
@@ -489,11 +484,3 @@ def delete_samples(*, session: Session, store: ArtifactStore, ids: Sequence[int]
 def count_samples(*, session: Session, flt: SampleFilter) -> int:
     query = _where(select(func.count()).select_from(Sample), flt)
     return int(session.exec(query).one())
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 16), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -201,3 +201,44 @@ def test_no_capture_policy_no_upload(
         response = post_sample(client, token, meta_for(image, device), image)
         assert response.status_code == 403 and "capture policy" in response.json()["detail"]
         assert _refused(runtime) == {"no_policy": 1}
+
+
+def test_concurrent_uploads_never_exceed_the_budget(
+    app: tuple[TestClient, Runtime], digits_bundle: Path
+) -> None:
+    """Twelve uploads at once against a budget of 4: one conditional UPDATE per upload, so
+    exactly 4 are stored and 8 refused with 429, on SQLite and PostgreSQL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, runtime = app
+    [(device, token)] = fleet(client, digits_bundle, max_per_day=4)
+    images = [jpeg(200 + i) for i in range(12)]
+
+    def send(image: bytes) -> int:
+        return int(post_sample(client, token, meta_for(image, device), image).status_code)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = sorted(pool.map(send, images))
+    assert statuses == [201] * 4 + [429] * 8
+    assert _count(client) == 4 and runtime.samples.stored == 4
+
+
+def test_samples_in_an_s3_store(
+    tmp_path: Path, database_url: str, digits_bundle: Path, s3_server: object
+) -> None:
+    """Content lands in the bucket under <prefix>samples/<sha256>, once, and comes back."""
+    bucket = s3_server.new_bucket()  # type: ignore[attr-defined]
+    store = s3_server.store_config(bucket, prefix="fleet/")  # type: ignore[attr-defined]
+    settings = make_settings(tmp_path, database_url, artifact_store=store)
+    with running_app(settings) as (client, _runtime):
+        [(device, token)] = fleet(client, digits_bundle)
+        image = jpeg(300)
+        first = post_sample(client, token, meta_for(image, device), image)
+        second = post_sample(client, token, meta_for(image, device), image)
+        assert first.status_code == second.status_code == 201
+        assert second.json()["content_shared"] is True
+        s3 = s3_server.client()  # type: ignore[attr-defined]
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+        assert keys.count(f"fleet/samples/{first.json()['sha256']}") == 1
+        content = client.get(f"/api/v1/samples/{first.json()['id']}/content", headers=operator())
+        assert content.content == image
