@@ -31,7 +31,7 @@ from fleet_server.api.deps import (
     Viewer,
     note_target,
 )
-from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
+from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, Responses, error_responses
 from fleet_server.api.sample_upload import FILE, META, receive_sample
 from fleet_server.models import Sample
 from fleet_server.services import samples as service
@@ -114,6 +114,12 @@ class UploadResult(BaseModel):
     )
 
 
+#: A replayed upload's answer (documented beside the 201).
+_REPLAY: Responses = {
+    200: {"model": UploadResult, "description": "A replay: already stored, nothing added."}
+}
+
+
 class LabelsResult(BaseModel):
     labelled: int
 
@@ -121,8 +127,10 @@ class LabelsResult(BaseModel):
 @router.post(
     "",
     status_code=201,
+    response_model=UploadResult,
     openapi_extra=_UPLOAD_BODY,
-    responses=error_responses(
+    responses=_REPLAY
+    | error_responses(
         DEVICE_REFUSALS,
         INPUT_REFUSALS,
         403,
