@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 
 from edgefleet.contract import ContractError, SampleMeta
 from edgefleet.contract.parsing import load_json_object, validate
-from fleet_server.models import Device, Sample, SampleBudget
+from fleet_server.models import Device, RolloutDevice, Sample, SampleBudget
 from fleet_server.models.types import utcnow
 from fleet_server.services.capture import effective_policy
 from fleet_server.services.errors import (
@@ -56,6 +56,9 @@ MAX_META_BYTES = 256 * 1024
 NPY_MAGIC = b"\x93NUMPY"
 #: Every JPEG starts with SOI (FF D8) and a marker (FF).
 JPEG_MAGIC = b"\xff\xd8\xff"
+#: A version a rollout moved the device away from stays uploadable this long (a week: the
+#: device's capture queue may wait that long for a link).
+RECENT_SWITCH_S = 7 * 24 * 3600
 #: How long a 429 asks the device to wait: the budget is per UTC day; an hour is a fair retry.
 BUDGET_RETRY_S = 3600
 
@@ -206,7 +209,7 @@ def _store_upload(
     if device is None:
         raise _Refusal("other_device", Forbidden(f"device {caller_device!r} is not registered"))
     name, version = meta.model.name, meta.model.version
-    if (name, version) not in _models_of(device):
+    if (name, version) not in _models_of(session, device):
         raise _Refusal(
             "other_model",
             Forbidden(
@@ -311,14 +314,24 @@ def _replay(existing: Sample, sha256: str, stats: SampleStats) -> Stored:
     return Stored(row=existing, replay=True, content_shared=True)
 
 
-def _models_of(device: Device) -> set[tuple[str | None, str | None]]:
-    """What a device may upload samples for: what it runs, what it is assigned, and what it
-    last said it was assigned (a sample captured before a switch is uploaded after it)."""
+def _models_of(session: Session, device: Device) -> set[tuple[str | None, str | None]]:
+    """What a device may upload samples for: what it runs, what it is assigned, what it last
+    said it was assigned, and what a rollout moved it away from in the last
+    :data:`RECENT_SWITCH_S` (a sample captured before a switch waits in the device's queue
+    while the link is down and is uploaded after it)."""
     pairs = {
         (device.running_name, device.running_version),
         (device.desired_name, device.desired_version),
         (device.reported_desired_name, device.reported_desired_version),
     }
+    since = utcnow() - timedelta(seconds=RECENT_SWITCH_S)
+    previous = session.exec(
+        select(RolloutDevice.previous_name, RolloutDevice.previous_version).where(
+            RolloutDevice.device_id == device.device_id,
+            col(RolloutDevice.assigned_at) >= since,
+        )
+    ).all()
+    pairs.update((p[0], p[1]) for p in previous)
     return {p for p in pairs if p[0] is not None and p[1] is not None}
 
 

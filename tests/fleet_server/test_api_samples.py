@@ -242,3 +242,57 @@ def test_samples_in_an_s3_store(
         assert keys.count(f"fleet/samples/{first.json()['sha256']}") == 1
         content = client.get(f"/api/v1/samples/{first.json()['id']}/content", headers=operator())
         assert content.content == image
+
+
+def test_a_version_a_rollout_just_replaced_is_still_accepted(
+    app: tuple[TestClient, Runtime], digits_bundle: Path
+) -> None:
+    """A sample captured under the previous version (queued while offline) is uploaded after a
+    rollout moved the device on: accepted for a week after the move, refused after."""
+    from datetime import timedelta
+
+    from sqlmodel import Session
+
+    from fleet_server.models import Rollout, RolloutDevice
+    from fleet_server.models.types import utcnow
+
+    client, runtime = app
+    [(device, token)] = fleet(client, digits_bundle)
+    image = jpeg(400)
+    old = ("digits", "0.9.0")
+    response = post_sample(client, token, meta_for(image, device, model=old), image)
+    assert response.status_code == 403  # never ran it: refused
+
+    assert runtime.engine is not None
+    with Session(runtime.engine) as session:
+        rollout = Rollout(
+            name="r",
+            model_name="digits",
+            model_version="1.0.0",
+            selector={},
+            strategy={},
+            gates={},
+            state="completed",
+            stage_started_at=utcnow(),
+        )
+        session.add(rollout)
+        session.flush()
+        member = RolloutDevice(
+            rollout_id=rollout.id or 0,
+            device_id=device,
+            position=0,
+            status="committed",
+            previous_name=old[0],
+            previous_version=old[1],
+            assigned_at=utcnow() - timedelta(days=2),
+        )
+        session.add(member)
+        session.commit()
+        response = post_sample(client, token, meta_for(image, device, model=old), image)
+        assert response.status_code == 201, response.text
+        member.assigned_at = utcnow() - timedelta(days=8)
+        session.add(member)
+        session.commit()
+    image = jpeg(401)
+    response = post_sample(client, token, meta_for(image, device, model=old), image)
+    assert response.status_code == 403 and "does not run digits@0.9.0" in response.json()["detail"]
