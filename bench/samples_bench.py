@@ -7,7 +7,7 @@ listing is then timed R times through the HTTP API (uvicorn, httpx) with an oper
 The query plans are printed (``EXPLAIN``) so the index each filter uses is visible.
 
 Measured (2026-12-06, shared 2-core box, 40 requests each): first page p95 17–34 ms, 20th page
-p95 14–25 ms, p50 8–28 ms over all 8 filters; 18 s to insert the 100k rows.
+p95 14–25 ms, p50 8–28 ms over all 8 filters; 10–18 s to insert the 100k rows.
 
     PYTHONPATH=. python bench/samples_bench.py \\
         --database postgresql+psycopg://postgres@127.0.0.1:5432/test [--samples 100000]
