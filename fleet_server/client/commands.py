@@ -25,6 +25,7 @@ from fleet_server.client.render import (
     when,
 )
 from fleet_server.client.rollouts import ROLLOUT_COMMANDS
+from fleet_server.client.samples import SAMPLE_COMMANDS
 
 Command = Callable[[FleetClient, argparse.Namespace, Output], None]
 
@@ -272,4 +273,5 @@ COMMANDS: dict[str, Command] = {
     "audit": audit,
     "drift": drift,
     **ROLLOUT_COMMANDS,
+    **SAMPLE_COMMANDS,
 }
