@@ -43,6 +43,7 @@ from fleet_server.models.models import (
     ModelVersionPublic,
 )
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
+from fleet_server.models.samples import CapturePolicyRow, Sample, SampleBudget
 from fleet_server.models.telemetry import (
     EventPublic,
     EventRow,
@@ -88,6 +89,9 @@ __all__ = [
     "ModelVersion",
     "ModelVersionPublic",
     "Rollout",
+    "CapturePolicyRow",
+    "Sample",
+    "SampleBudget",
     "RolloutDecision",
     "RolloutDevice",
     "TelemetryHourlyRow",
