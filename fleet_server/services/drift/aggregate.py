@@ -29,8 +29,10 @@ class Aggregate:
     input_histograms: list[list[int]] = field(default_factory=list)
     outside_reference: int = 0
     class_counts: dict[str, int] = field(default_factory=dict)
-    #: Where the input/class part of a reference came from: "manifest" or "fleet" (first day).
+    #: Where a reference's input histograms came from: "manifest" (none from the fleet).
     source: str = "fleet"
+    #: Where a reference's class counts came from: "manifest" or "fleet" (its first period).
+    class_source: str = "fleet"
 
     def add_inputs(
         self,
@@ -100,5 +102,3 @@ class DetectorConfig(BaseModel):
     min_samples: int = Field(
         default=500, ge=1, description="Fewer in the window or the reference: insufficient."
     )
-
-

@@ -21,7 +21,16 @@ from fleet_server.services.drift.input_detectors import (
     InputPsiConfig,
 )
 
-__all__ = ["DETECTORS", "Aggregate", "DetectorConfig", "DriftConfig", "DriftResult", "Status", "detectors_for"]
+__all__ = [
+    "DETECTORS",
+    "Aggregate",
+    "DetectorConfig",
+    "DriftConfig",
+    "DriftResult",
+    "Status",
+    "detectors_for",
+]
+
 
 class ConfidenceShiftConfig(DetectorConfig):
     threshold: float = Field(

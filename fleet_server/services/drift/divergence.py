@@ -74,7 +74,7 @@ def _rounded(n: int) -> int:
     (a smaller n gives a higher threshold, so rounding down only ever makes it stricter)."""
     if n < 100:
         return n
-    scale = 10 ** (int(math.log10(n)) - 1)
+    scale = int(10 ** (int(math.log10(n)) - 1))
     return n // scale * scale
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fleet_server.services.drift.aggregate import Aggregate, DetectorConfig, DriftResult
+from fleet_server.services.drift.aggregate import Aggregate, DetectorConfig, DriftResult, Status
 from fleet_server.services.drift.divergence import Distance, distance, null_threshold
 
 
@@ -87,7 +87,7 @@ def _judge(
     detail = f"{kind} {value:.3f} vs bar {bar:.3f} (floor {floor}) on {label}, n={n}"
     if drifted:
         detail += f"; drifted: {', '.join(drifted)}"
-    status = "drift" if drifted else "ok"
+    status: Status = "drift" if drifted else "ok"
     return DriftResult(name, status, value, bar, samples, reference_samples, detail)
 
 
@@ -136,7 +136,7 @@ class ClassShift:
             return DriftResult(self.name, "insufficient", None, threshold, n, ref_n)
         keys = sorted(set(window.class_counts) | set(reference.class_counts))
         pair = (
-            f"{len(keys)} classes ({reference.source} reference)",
+            f"{len(keys)} classes ({reference.class_source} reference)",
             [float(window.class_counts.get(k, 0)) for k in keys],
             [float(reference.class_counts.get(k, 0)) for k in keys],
         )
