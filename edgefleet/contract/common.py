@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from datetime import datetime
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -14,6 +15,7 @@ __all__ = [
     "MODEL_NAME_PATTERN",
     "MODEL_VERSION_PATTERN",
     "SCHEMA_VERSION",
+    "AwareDatetime",
     "DeviceId",
     "ModelName",
     "ModelRef",
@@ -24,7 +26,16 @@ __all__ = [
 
 #: Version of the whole contract (manifest + topics + payloads). Bump it, add a migration and a
 #: CHANGELOG line marked BREAKING whenever a field changes meaning or is removed.
-SCHEMA_VERSION: Final = 1
+#: 2 added input statistics and class counts to telemetry, the capture policy to the desired
+#: state and the sample metadata; a version-1 payload is still read as it is (its new fields
+#: take their defaults) and written back byte for byte (see ``payloads.encode``).
+SCHEMA_VERSION: Final = 2
+#: The payload schema versions this EdgeFleet reads.
+PayloadSchemaVersion = Annotated[
+    Literal[1, 2], msgspec.Meta(description="Contract schema version.")
+]
+#: A timestamp with a timezone (naive datetimes are refused).
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 #: The patterns behind DeviceId, ModelName and ModelVersion, for code that declares its own types.
 DEVICE_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from msgspec import Meta, field
 
 from edgefleet.contract.common import (
-    SCHEMA_VERSION,
     ModelName,
     ModelRef,
     ModelVersion,
@@ -23,6 +22,11 @@ from edgefleet.contract.common import (
     Strict,
 )
 from edgefleet.contract.parsing import canonical_json, load_json_object, migrate, validate
+
+#: The manifest's own schema version. Contract version 2 changed payloads only, so manifests
+#: stay at 1: an artifact converted today still loads on a version-1 agent, and its signature
+#: covers the same bytes.
+MANIFEST_SCHEMA_VERSION: Final = 1
 
 #: A manifest larger than this is refused before it is parsed.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -245,9 +249,9 @@ class Signature(Strict, frozen=True, kw_only=True):
 class Manifest(Strict, frozen=True, kw_only=True):
     """``manifest.json``: everything a device and the server need to know about an artifact."""
 
-    schema_version: Annotated[Literal[1], Meta(description="Contract schema version.")] = (
-        SCHEMA_VERSION
-    )
+    schema_version: Annotated[
+        Literal[1], Meta(description="Manifest schema version (unchanged by contract 2).")
+    ] = MANIFEST_SCHEMA_VERSION
     name: ModelName
     version: ModelVersion
     format: Annotated[Format, Meta(description="Model file format.")]

@@ -16,9 +16,19 @@ from edgefleet.contract.errors import ContractError, NonFiniteNumberError
 M = TypeVar("M", bound=Strict)
 
 #: Upgrades from schema version N to N+1, applied in order to a parsed JSON object before
-#: validation. Version 1 is the first; add ``MIGRATIONS[1] = upgrade_1_to_2`` with version 2.
+#: validation.
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _v1_is_valid_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 only added optional fields (input statistics, class counts, the capture
+    policy); a version-1 object is read as it is and keeps ``schema_version: 1``, so the reader
+    knows which agent wrote it and :func:`~edgefleet.contract.payloads.encode` writes it back
+    byte for byte. The manifest did not change and is still version 1."""
+    return data
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_is_valid_v2}
 
 
 def load_json_object(raw: bytes | str, *, what: str, max_bytes: int) -> dict[str, Any]:

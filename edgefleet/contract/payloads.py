@@ -15,10 +15,13 @@ import msgspec
 from msgspec import Meta, field
 
 from edgefleet.contract.base import decoding
+from edgefleet.contract.capture import CapturePolicy, ClassKey, InputStats
 from edgefleet.contract.common import (
     SCHEMA_VERSION,
+    AwareDatetime,
     DeviceId,
     ModelRef,
+    PayloadSchemaVersion,
     Sha256Hex,
     Strict,
 )
@@ -32,9 +35,24 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1, description="Per-device monotonic number.")]
 Counter = Annotated[int, Meta(ge=0)]
-#: A timestamp with a timezone (naive datetimes are refused).
-AwareDatetime = Annotated[datetime, Meta(tz=True)]
-SchemaVersion = Annotated[Literal[1], Meta(description="Contract schema version.")]
+SchemaVersion = PayloadSchemaVersion
+
+#: Fields added by schema version 2, per payload type. A payload that says schema_version 1
+#: must leave them at their defaults, and :func:`encode` leaves them out of its bytes, so a
+#: version-1 payload is written exactly as a version-1 EdgeFleet wrote it and a version-1
+#: device can still read a desired state the server marks as version 1.
+V2_FIELDS: dict[str, tuple[str, ...]] = {
+    "Telemetry": ("inputs", "class_counts"),
+    "DesiredState": ("capture",),
+}
+
+
+def _check_v1(payload: Strict) -> None:
+    if getattr(payload, "schema_version", SCHEMA_VERSION) != 1:
+        return
+    for name in V2_FIELDS.get(type(payload).__name__, ()):
+        if getattr(payload, name) not in (None, {}):
+            raise ValueError(f"{name} needs schema_version 2 (this payload says 1)")
 
 
 def utcnow() -> datetime:
@@ -86,6 +104,28 @@ class Telemetry(Envelope, frozen=True, kw_only=True):
     confidence_histogram: Annotated[
         list[Counter], Meta(max_length=64, description="Counts of top-1 confidence in bins.")
     ] = field(default_factory=list)
+    inputs: (
+        Annotated[
+            InputStats,
+            Meta(
+                description="Statistics of a subsample of the preprocessed inputs on the "
+                "manifest's reference bins (schema 2; None: not measured)."
+            ),
+        ]
+        | None
+    ) = None
+    class_counts: Annotated[
+        dict[ClassKey, Counter],
+        Meta(
+            max_length=1000,
+            description="Predicted top-1 class counts in the interval, by label or class "
+            "index (schema 2).",
+        ),
+    ] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_v1(self)
 
 
 Phase = Literal["idle", "downloading", "verifying", "loading", "probation", "serving", "failed"]
@@ -178,6 +218,17 @@ class DesiredState(Strict, frozen=True, kw_only=True):
         default_factory=utcnow
     )
     model: Annotated[DesiredModel, Meta(description="None: run no model.")] | None
+    capture: (
+        Annotated[
+            CapturePolicy,
+            Meta(description="Which inputs to capture and upload (schema 2); None: none."),
+        ]
+        | None
+    ) = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_v1(self)
 
 
 class Result(Envelope, frozen=True, kw_only=True):
@@ -216,8 +267,15 @@ PAYLOAD_TYPES: dict[Channel, type[Payload]] = {
 
 
 def encode(payload: Payload) -> bytes:
-    """The JSON bytes published on the wire."""
-    return msgspec.json.encode(payload)
+    """The JSON bytes published on the wire. A payload marked schema_version 1 is written
+    without the fields version 2 added, exactly as a version-1 EdgeFleet wrote it."""
+    dropped = V2_FIELDS.get(type(payload).__name__, ())
+    if payload.schema_version != 1 or not dropped:
+        return msgspec.json.encode(payload)
+    data = msgspec.to_builtins(payload)
+    for name in dropped:
+        del data[name]
+    return msgspec.json.encode(data)
 
 
 def decode(channel: Channel, raw: bytes, *, device_id: str | None = None) -> Payload:
