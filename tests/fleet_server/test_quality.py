@@ -4,9 +4,12 @@ and all, and per device class."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
@@ -152,3 +155,60 @@ def test_version_quality_from_labelled_samples_matches_sklearn(engine: Engine) -
         assert by_class["unknown"]["samples"] == len(chosen) - len(rpi)
     assert counts.labelled == len(labelled)
     assert counts.correct == sum(t == p for _, t, p in labelled)
+
+
+@pytest.mark.integration
+def test_quality_over_http_cli_and_metrics(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleet_server.client.api import FleetClient
+    from tests.fleet_server.client.conftest import run_fleet
+    from tests.utils.server import live_server
+
+    pairs = _random_pairs(11, 120)
+    with live_server(tmp_path, database_url=database_url) as server:
+        engine = server.runtime.engine
+        assert engine is not None
+        with Session(engine) as session:
+            _version(session, "1.0.0")
+            for i, (truth, predicted) in enumerate(pairs):
+                session.add(
+                    Sample(
+                        sample_id=f"h-{i:06d}",
+                        device_id="cam",
+                        model_name="pets",
+                        model_version="1.0.0",
+                        reason="random" if i % 4 else "margin",
+                        captured_at=T0,
+                        predicted=predicted,
+                        content_type="image/jpeg",
+                        sha256=f"{i:064x}",
+                        size=1,
+                        labelled=True,
+                        label=truth,
+                    )  # fmt: skip
+                )
+            session.commit()
+        client = FleetClient(server.url, server.token)
+        try:
+            report = client.quality("pets", "1.0.0")
+        finally:
+            client.close()
+        random_pairs = [p for i, p in enumerate(pairs) if i % 4]
+        expected_random = accuracy_score([t for t, _ in random_pairs], [p for _, p in random_pairs])
+        expected_all = accuracy_score([t for t, _ in pairs], [p for _, p in pairs])
+        assert report["subsets"]["random"]["overall"]["accuracy"] == pytest.approx(expected_random)
+        assert report["subsets"]["all"]["overall"]["samples"] == 120
+        argv = ["fleet", "--server", server.url, "--token", server.token]
+        capsys.readouterr()
+        assert run_fleet([*argv, "quality", "pets", "1.0.0", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == report
+        assert run_fleet([*argv, "quality", "pets", "1.0.0"]) == 0
+        table = capsys.readouterr().out
+        assert f"{100 * expected_random:.1f} %" in table and "random" in table
+        assert run_fleet([*argv, "quality", "pets", "9.9.9"]) != 0
+        assert "does not exist" in capsys.readouterr().err
+        metrics = httpx.get(f"{server.url}/metrics").text
+        line = f'edgefleet_label_accuracy{{model="pets@1.0.0",subset="all"}} {expected_all}'
+        assert line in metrics
+        assert 'edgefleet_labelled_samples{model="pets@1.0.0",subset="random"} 90.0' in metrics

@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from fleet_server.models import Device, ModelVersion
 from fleet_server.models.samples import Sample
+from fleet_server.services.errors import NotFound
 from fleet_server.services.quality.metrics import (
     Box,
     ClassifierQuality,
@@ -33,8 +34,8 @@ Subset = Literal["random", "all"]
 SUBSETS: tuple[Subset, ...] = ("random", "all")
 
 
-class QualityError(LookupError):
-    """The model version does not exist."""
+class QualityError(NotFound):
+    """The model version does not exist (404)."""
 
 
 @dataclass(frozen=True)
