@@ -83,6 +83,7 @@ class DriftAlert(SQLModel, table=True):
     value: float | None = Field(default=None)
     threshold: float
     samples: int = Field(sa_type=sa.BigInteger)
+    detail: str = Field(default="", max_length=500, description="What fired, and why.")
     opened_at: datetime = Field(sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     trigger_status: str = Field(
@@ -130,6 +131,7 @@ class DriftAlertPublic(BaseModel):
     value: float | None
     threshold: float
     samples: int
+    detail: str
     opened_at: datetime
     closed_at: datetime | None
     trigger_status: str
@@ -147,6 +149,7 @@ class DriftAlertPublic(BaseModel):
             value=row.value,
             threshold=row.threshold,
             samples=row.samples,
+            detail=row.detail,
             opened_at=row.opened_at,
             closed_at=row.closed_at,
             trigger_status=row.trigger_status,

@@ -1,6 +1,6 @@
 """Input drift: telemetry keeps ``inputs`` and ``class_counts``; ``drift_input_bucket`` sums them
 per model version, segment (fleet, device class, tag) and bucket; detector names grow to 96
-characters (``input_psi[class=pi4]``).
+characters (``input_psi[class=pi4]``); an alert records in ``detail`` what fired and why.
 
 Revision ID: 0011_input_drift_quality
 Revises: 0010_samples
@@ -41,6 +41,10 @@ def upgrade() -> None:
             batch.alter_column(
                 "detector", type_=sa.String(length=96), existing_type=sa.String(length=32)
             )
+            if table == "drift_alert":
+                batch.add_column(
+                    sa.Column("detail", sa.String(length=500), nullable=False, server_default="")
+                )
 
 
 def downgrade() -> None:
@@ -48,6 +52,8 @@ def downgrade() -> None:
     op.execute("DELETE FROM drift_alert WHERE length(detector) > 32")
     for table in ("drift_alert", "drift_status"):
         with op.batch_alter_table(table) as batch:
+            if table == "drift_alert":
+                batch.drop_column("detail")
             batch.alter_column(
                 "detector", type_=sa.String(length=32), existing_type=sa.String(length=96)
             )

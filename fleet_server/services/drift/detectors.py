@@ -20,6 +20,7 @@ from fleet_server.services.drift.input_detectors import (
     InputJsConfig,
     InputPsiConfig,
 )
+from fleet_server.services.drift.triggers import ModelTriggers
 
 __all__ = [
     "DETECTORS",
@@ -82,6 +83,12 @@ class DriftConfig(BaseModel):
     input_psi: InputPsiConfig = Field(default_factory=InputPsiConfig)
     input_js: InputJsConfig = Field(default_factory=InputJsConfig)
     input_class_shift: ClassShiftConfig = Field(default_factory=ClassShiftConfig)
+    triggers: dict[str, ModelTriggers] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="Retraining triggers beyond drift, by model name: accuracy_drop, "
+        "labelled_count, schedule (services/drift/triggers.py).",
+    )
     segments: bool = Field(
         default=True,
         description="Also judge the input detectors per device class and per tag (named "

@@ -39,6 +39,7 @@ from fleet_server.services.drift.inputs import (
 )
 from fleet_server.services.drift.inputs import segments as input_segments
 from fleet_server.services.drift.retrain import RetrainBackend, RetrainError
+from fleet_server.services.drift.triggers import ALL_VERSIONS, judge_triggers
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,15 @@ class DriftJob:
         with Session(self.engine) as session:
             run.rows = self._summarise(session, now)
             self._judge(session, now, run)
+            for event in judge_triggers(
+                session,
+                now,
+                self.config.triggers,
+                lambda name, version, result: self._record(
+                    session, now, name, version, result, run
+                ),
+            ):
+                self._open(session, now, event.model, ALL_VERSIONS, event.result, run, now)
             session.commit()
         self._trigger_pending(now, run)
         return run
@@ -274,30 +284,45 @@ class DriftJob:
             )
         ).first()
         if result.status == "drift" and previous != "drift" and open_alert is None:
-            alert = DriftAlert(
-                model_name=name,
-                model_version=version,
-                detector=result.detector,
-                value=result.value,
-                threshold=result.threshold,
-                samples=result.samples,
-                opened_at=now,
-                trigger_status="pending" if self.retrain is not None else "none",
-            )
-            session.add(alert)
-            session.flush()
-            assert alert.id is not None
-            run.opened.append(alert.id)
-            log.warning(
-                "drift detected",
-                extra={"model": f"{name}@{version}", "detector": result.detector,
-                       "value": result.value, "threshold": result.threshold},
-            )  # fmt: skip
+            self._open(session, now, name, version, result, run, None)
         elif result.status == "ok" and open_alert is not None:
             open_alert.closed_at = now
             session.add(open_alert)
             assert open_alert.id is not None
             run.closed.append(open_alert.id)
+
+    def _open(
+        self,
+        session: Session,
+        now: datetime,
+        name: str,
+        version: str,
+        result: DriftResult,
+        run: DriftRun,
+        closed_at: datetime | None,
+    ) -> None:
+        """Open an alert (``closed_at`` set: an event, closed at once) that retraining picks up."""
+        alert = DriftAlert(
+            model_name=name,
+            model_version=version,
+            detector=result.detector,
+            value=result.value,
+            threshold=result.threshold,
+            samples=result.samples,
+            detail=result.detail[:500],
+            opened_at=now,
+            closed_at=closed_at,
+            trigger_status="pending" if self.retrain is not None else "none",
+        )
+        session.add(alert)
+        session.flush()
+        assert alert.id is not None
+        run.opened.append(alert.id)
+        log.warning(
+            "drift detected" if closed_at is None else "retraining trigger fired",
+            extra={"model": f"{name}@{version}", "detector": result.detector,
+                   "value": result.value, "threshold": result.threshold},
+        )  # fmt: skip
 
     # -- alerts → retraining -------------------------------------------------------------------
     def _trigger_pending(self, now: datetime, run: DriftRun) -> None:
@@ -344,6 +369,7 @@ class DriftJob:
             "value": alert.value,
             "threshold": alert.threshold,
             "samples": alert.samples,
+            "detail": alert.detail,
             "opened_at": alert.opened_at.isoformat(),
             "window_s": self.config.window_s,
             "reference_s": self.config.reference_s,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlmodel import Session, col, select
@@ -70,19 +71,35 @@ def _boxes(raw: Any, labels: Sequence[str], *, scored: bool) -> list[Box]:
     ]
 
 
-def _labelled(session: Session, name: str, versions: Sequence[str]) -> list[Sample]:
-    return list(
-        session.exec(
-            select(Sample)
-            .where(Sample.model_name == name, col(Sample.model_version).in_(list(versions)))
-            .where(col(Sample.labelled).is_(True))
-            .order_by(col(Sample.id))
-        )
+def _labelled(
+    session: Session,
+    name: str,
+    versions: Sequence[str],
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[Sample]:
+    query = (
+        select(Sample)
+        .where(Sample.model_name == name, col(Sample.model_version).in_(list(versions)))
+        .where(col(Sample.labelled).is_(True))
     )
+    if since is not None:
+        query = query.where(col(Sample.captured_at) >= since)
+    if until is not None:
+        query = query.where(col(Sample.captured_at) < until)
+    return list(session.exec(query.order_by(col(Sample.id))))
 
 
-def label_counts(session: Session, name: str, versions: Sequence[str]) -> LabelCounts:
-    """Classifier label counts over ``versions`` of model ``name`` (for the rollout gate)."""
+def label_counts(
+    session: Session,
+    name: str,
+    versions: Sequence[str],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> LabelCounts:
+    """Classifier label counts over ``versions`` of model ``name``, of the samples captured in
+    [since, until) (for the rollout gate and the accuracy-drop trigger)."""
     if not versions:
         return LabelCounts()
     labels_of: dict[str, list[str]] = {}
@@ -93,7 +110,7 @@ def label_counts(session: Session, name: str, versions: Sequence[str]) -> LabelC
     ):
         labels_of[row.version] = [str(x) for x in row.manifest.get("labels") or []]
     labelled = correct = 0
-    for s in _labelled(session, name, versions):
+    for s in _labelled(session, name, versions, since, until):
         if s.label is None:
             continue
         labelled += 1
