@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from fleet_server.db import make_engine, migrate
 from fleet_server.models.samples import Sample
+from fleet_server.services.rollouts import service
 from tests.fleet_server.rollout_harness import NEW, OLD, Harness
 
 pytestmark = pytest.mark.integration
@@ -74,6 +75,14 @@ def test_a_less_accurate_version_fails_the_label_gate(h: Harness) -> None:
     gate = _gate(h, rollout.id, "gate_failed")
     assert gate["status"] == "fail" and gate["value"] == pytest.approx(-0.2)
     assert gate["samples"] == 100
+    with Session(h.db) as session:  # the rollout report says the same, random and all named
+        report = service.report(session, rollout.id, now=h.clock.now)
+    labels = report.differential["label_accuracy"]
+    assert labels["new"]["random"]["accuracy"] == pytest.approx(0.7)
+    assert labels["old"]["all"]["accuracy"] == pytest.approx(0.9)
+    assert labels["old"]["versions"] == [OLD] and labels["new"]["all"]["labelled"] == 100
+    low, high = labels["new"]["random"]["ci95"]
+    assert low < 0.7 < high
 
 
 def test_an_equally_accurate_version_passes_and_few_labels_wait(h: Harness) -> None:

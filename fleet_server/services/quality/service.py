@@ -77,12 +77,15 @@ def _labelled(
     versions: Sequence[str],
     since: datetime | None = None,
     until: datetime | None = None,
+    reason: str | None = None,
 ) -> list[Sample]:
     query = (
         select(Sample)
         .where(Sample.model_name == name, col(Sample.model_version).in_(list(versions)))
         .where(col(Sample.labelled).is_(True))
     )
+    if reason is not None:
+        query = query.where(Sample.reason == reason)
     if since is not None:
         query = query.where(col(Sample.captured_at) >= since)
     if until is not None:
@@ -97,9 +100,11 @@ def label_counts(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    reason: str | None = None,
 ) -> LabelCounts:
     """Classifier label counts over ``versions`` of model ``name``, of the samples captured in
-    [since, until) (for the rollout gate and the accuracy-drop trigger)."""
+    [since, until), of one capture ``reason`` if given (for the rollout gate and report and
+    the accuracy-drop trigger)."""
     if not versions:
         return LabelCounts()
     labels_of: dict[str, list[str]] = {}
@@ -110,7 +115,7 @@ def label_counts(
     ):
         labels_of[row.version] = [str(x) for x in row.manifest.get("labels") or []]
     labelled = correct = 0
-    for s in _labelled(session, name, versions, since, until):
+    for s in _labelled(session, name, versions, since, until, reason):
         if s.label is None:
             continue
         labelled += 1

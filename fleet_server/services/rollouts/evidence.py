@@ -258,13 +258,17 @@ def gather(
             baseline = "pre-update"
 
     # Labels judge a version, not devices: every labelled sample of the new version, and of
-    # the versions the baseline ran.
+    # the versions the baseline ran or the members ran before the rollout.
     new.labels = label_counts(session, target[0], [target[1]])
-    old.labels = label_counts(session, target[0], sorted(old.versions - {target[1]}))
+    previous = {m.previous_version for m in members if m.previous_name == target[0]}
+    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
+    old.labels = label_counts(session, target[0], sorted(old_versions))
     # Labels judge a version, not devices: every labelled sample of the new version, and of
-    # the versions the baseline ran.
+    # the versions the baseline ran or the members ran before the rollout.
     new.labels = label_counts(session, target[0], [target[1]])
-    old.labels = label_counts(session, target[0], sorted(old.versions - {target[1]}))
+    previous = {m.previous_version for m in members if m.previous_name == target[0]}
+    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
+    old.labels = label_counts(session, target[0], sorted(old_versions))
     return Evidence(
         stage_devices=len(in_stage),
         committed=sum(m.status == "committed" for m in in_stage),
