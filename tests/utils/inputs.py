@@ -3,8 +3,8 @@
 tests and bench/input_drift.py.
 
 An "image" is 28×28 values in [0, 1]: a dark background with a per-image share of bright
-stroke pixels (10–30 %), so images differ from each other as real ones do. Shifts: "dim"
-(× 0.85), "darken" (× 0.5), "invert" (1 − x), "noise" (+ N(0, 0.2)), "none".
+stroke pixels (10–30 %), so images differ from each other as real ones do. Shifts: "slight"
+(× 0.95), "dim" (× 0.85), "darken" (× 0.5), "invert" (1 − x), "noise" (+ N(0, 0.2)), "none".
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-Shift = Literal["none", "dim", "darken", "invert", "noise"]
+Shift = Literal["none", "slight", "dim", "darken", "invert", "noise"]
 EDGES = [i / 16 for i in range(17)]
 LABELS = ["zero", "one", "two", "three"]
 CLASS_SHARES = [0.4, 0.3, 0.2, 0.1]
@@ -23,7 +23,9 @@ def images(rng: np.random.Generator, n: int, shift: Shift = "none") -> np.ndarra
     stroke_share = rng.uniform(0.1, 0.3, size=(n, 1))
     stroke = rng.random((n, 28 * 28)) < stroke_share
     values = np.where(stroke, rng.beta(20, 2, (n, 28 * 28)), rng.beta(1, 20, (n, 28 * 28)))
-    if shift == "dim":
+    if shift == "slight":
+        values = values * 0.95
+    elif shift == "dim":
         values = values * 0.85
     elif shift == "darken":
         values = values * 0.5
