@@ -50,15 +50,4 @@ def quality(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
               rows)  # fmt: skip
 
 
-def add_parser(actions: Any, common: argparse.ArgumentParser) -> None:
-    leaf = actions.add_parser(
-        "quality",
-        parents=[common],
-        help="accuracy / per-class scores / mAP of a model version from labelled samples",
-    )
-    leaf.add_argument("name", metavar="MODEL")
-    leaf.add_argument("version", metavar="VERSION")
-    leaf.set_defaults(action="quality")
-
-
 QUALITY_COMMANDS = {"quality": quality}
