@@ -36,6 +36,7 @@ from fleet_server.services.mqtt_auth import (
 from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob
+from fleet_server.services.samples import SampleStats
 from fleet_server.services.throttle import AuthThrottle, ThrottleCollector
 from fleet_server.settings import ServerSettings
 from fleet_server.storage import ArtifactStore, StoreError, create_store
@@ -73,6 +74,9 @@ class Runtime:
             max_known=settings.auth_throttle_max_clients,
         )
         self.metrics.register(ThrottleCollector(self.throttle))
+        #: Sample uploads stored and refused (by reason), for /metrics.
+        self.samples = SampleStats()
+        self.metrics.register(self.samples)
         self.engine: Engine | None = None
         self.store: ArtifactStore | None = None
         self.broker: EmbeddedBroker | None = None
@@ -150,6 +154,8 @@ class Runtime:
                 raw_days=settings.telemetry_raw_days,
                 hourly_days=settings.telemetry_hourly_days,
                 audit_days=settings.audit_retention_days,
+                sample_days=settings.sample_retention_days,
+                store=self.store,
                 interval_s=settings.retention_interval_s,
                 budget_s=settings.lease_ttl_s / 3,
             )

@@ -263,6 +263,17 @@ class ServerSettings(BaseSettings):
     max_bundle_bytes: int = Field(
         default=256 * MIB, ge=1, description="Largest bundle upload accepted, in bytes."
     )
+    max_sample_bytes: int = Field(
+        default=8 * MIB,
+        ge=1,
+        description="Largest captured sample (one JPEG or .npy file) a device uploads, in bytes.",
+    )
+    sample_retention_days: float = Field(
+        default=180.0,
+        gt=0,
+        description="Samples received longer ago than this (days) are deleted by the retention "
+        "job, labelled or not; their content goes when no sample refers to it any more.",
+    )
     trusted_keys: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="PEM public keys that verify signed manifests (JSON list or comma-separated).",

@@ -4,6 +4,8 @@ from fastapi import APIRouter
 
 from fleet_server.api import (
     assignments,
+    capture,
+    datasets,
     devices,
     drift,
     enrollment,
@@ -12,12 +14,17 @@ from fleet_server.api import (
     models,
     quality,
     rollouts,
+    samples,
     tokens,
 )
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(devices.router)
+# Before models: GET /models/{name}/capture would otherwise match /models/{name}/{version}.
+api_router.include_router(capture.router)
 api_router.include_router(models.router)
+api_router.include_router(samples.router)
+api_router.include_router(datasets.router)
 api_router.include_router(assignments.router)
 api_router.include_router(ingest.router)
 api_router.include_router(rollouts.router)

@@ -1,5 +1,5 @@
-"""A size limit for every request body except the bundle upload (which streams to disk and has
-its own, larger limit)."""
+"""A size limit for every request body except the bundle and sample uploads (which stream to
+disk and have their own limits)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: JSON bodies of this API are small (a device, an assignment of up to 10,000 ids).
 MAX_JSON_BODY = 1024 * 1024
-UPLOAD_PATH = "/api/v1/models"
+#: Streaming uploads with their own limits: bundles (``max_bundle_bytes``) and captured samples
+#: (``max_sample_bytes``).
+UPLOAD_PATHS = ("/api/v1/models", "/api/v1/samples")
 
 
 class BodyLimitMiddleware:
@@ -20,7 +22,7 @@ class BodyLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (
-            scope["method"] == "POST" and scope["path"].rstrip("/") == UPLOAD_PATH
+            scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS
         ):
             await self.app(scope, receive, send)
             return

@@ -251,6 +251,61 @@ class FleetClient:
             params["since"] = since
         return _objects(self._request("GET", "/api/v1/audit", params=params))
 
+    # -- capture policies and samples ------------------------------------------------------
+
+    def capture_path(self, name: str, version: str | None) -> str:
+        tail = f"/{_segment(version)}" if version else ""
+        return f"/api/v1/models/{_segment(name)}{tail}/capture"
+
+    def set_capture(self, name: str, version: str | None, policy: JsonObject) -> JsonObject:
+        return _object(self._request("PUT", self.capture_path(name, version), json_body=policy))
+
+    def get_capture(self, name: str, version: str | None) -> JsonObject:
+        return _object(self._request("GET", self.capture_path(name, version)))
+
+    def list_samples(self, **params: Any) -> JsonObject:
+        query = {k: v for k, v in params.items() if v is not None}
+        return _object(self._request("GET", "/api/v1/samples", params=query))
+
+    def get_sample(self, sample_id: int) -> JsonObject:
+        return _object(self._request("GET", f"/api/v1/samples/{int(sample_id)}"))
+
+    def label_sample(self, sample_id: int, body: JsonObject) -> JsonObject:
+        path = f"/api/v1/samples/{int(sample_id)}/label"
+        return _object(self._request("PUT", path, json_body=body))
+
+    def label_samples(self, labels: list[JsonObject]) -> JsonObject:
+        body = {"labels": labels}
+        return _object(self._request("POST", "/api/v1/samples/labels", json_body=body))
+
+    def snapshot(self, model: str, **params: Any) -> JsonObject:
+        query = {k: v for k, v in params.items() if v is not None}
+        path = f"/api/v1/datasets/{_segment(model)}/snapshot"
+        return _object(self._request("GET", path, params=query))
+
+    def sample_content(self, sample_id: int, dest: Path) -> int:
+        """Stream the sample's content into ``dest``; the bytes written."""
+        path = f"/api/v1/samples/{int(sample_id)}/content"
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    raw = _read_bounded(response, self.base_url)
+                    _decode(response, raw)
+                written = 0
+                with dest.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        written += len(chunk)
+                return written
+        except httpx.TimeoutException as err:
+            raise FleetUnreachableError(f"no answer from {self.base_url} (timed out)") from err
+        except httpx.TransportError as err:
+            raise FleetUnreachableError(
+                f"cannot reach the fleet server at {self.base_url}: {one_line(str(err), 120)}"
+            ) from err
+        except OSError as err:
+            raise FleetClientError(0, f"cannot write {dest}: {err.strerror or err}") from err
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _request(

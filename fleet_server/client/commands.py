@@ -26,6 +26,7 @@ from fleet_server.client.render import (
     when,
 )
 from fleet_server.client.rollouts import ROLLOUT_COMMANDS
+from fleet_server.client.samples import SAMPLE_COMMANDS
 
 Command = Callable[[FleetClient, argparse.Namespace, Output], None]
 
@@ -274,4 +275,5 @@ COMMANDS: dict[str, Command] = {
     "drift": drift,
     **ROLLOUT_COMMANDS,
     **QUALITY_COMMANDS,
+    **SAMPLE_COMMANDS,
 }

@@ -15,6 +15,7 @@ from edgefleet.mqtt import MqttError
 from fleet_server.models import Device
 from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.types import utcnow
+from fleet_server.services.capture import PolicyCache
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import NotFound
 
@@ -58,11 +59,19 @@ def bundle_url(*, public_url: str, name: str, version: str) -> str:
 
 
 def desired_state(
-    *, device: Device, model: ModelVersionRow | None, public_url: str
+    *,
+    device: Device,
+    model: ModelVersionRow | None,
+    public_url: str,
+    policies: PolicyCache,
 ) -> DesiredState:
-    """The retained ``desired`` payload for ``device`` at its current revision."""
+    """The retained ``desired`` payload for ``device`` at its current revision: the one place
+    that builds it, for assignments, pins and rollouts alike (the capture policy of the
+    assigned version rides along; no model, no capture)."""
     desired = None
+    capture = None
     if model is not None:
+        capture = policies.get(model.name, model.version)
         desired = DesiredModel(
             name=model.name,
             version=model.version,
@@ -72,10 +81,14 @@ def desired_state(
             signature=model.signature_value,
         )
     return DesiredState(
+        # Without a capture policy the payload is exactly a version-1 one, which a version-1
+        # agent still reads; only a policy needs (and asks for) an agent that knows version 2.
+        schema_version=2 if capture is not None else 1,
         device_id=device.device_id,
         seq=device.desired_revision,
         ts=device.desired_at or utcnow(),
         model=desired,
+        capture=capture,
     )
 
 
@@ -114,7 +127,7 @@ def assign_model(
     devices = session.exec(select(Device).where(col(Device.device_id).in_(ids))).all()
     publish_all(
         publisher=publisher,
-        states=[desired_state(device=d, model=model, public_url=public_url) for d in devices],
+        states=desired_states_for(session=session, devices=devices, public_url=public_url),
     )
     log.info(
         "model assigned",
@@ -181,7 +194,7 @@ def pin_device(
     session.refresh(device)
     publish_all(
         publisher=publisher,
-        states=[desired_state(device=device, model=model, public_url=public_url)],
+        states=desired_states_for(session=session, devices=[device], public_url=public_url),
     )
     log.info("device pinned", extra={"device_id": device_id, "model": f"{name}@{version}"})
     return device
@@ -229,6 +242,7 @@ def desired_states_for(
     assigned no model; one whose assigned version is gone from the registry is left out).
     Each model row is read once."""
     models: dict[tuple[str, str], ModelVersionRow | None] = {}
+    policies = PolicyCache(session)
     states = []
     for device in devices:
         model = None
@@ -239,5 +253,29 @@ def desired_states_for(
             model = models[key]
             if model is None:
                 continue
-        states.append(desired_state(device=device, model=model, public_url=public_url))
+        states.append(
+            desired_state(device=device, model=model, public_url=public_url, policies=policies)
+        )
     return states
+
+
+def republish(
+    *, session: Session, publisher: DesiredPublisher, public_url: str, device_ids: Sequence[str]
+) -> int:
+    """Give ``device_ids`` the next desired-state revision with the same model, then publish
+    it: what the payload carries besides the model changed (the capture policy), and an agent
+    ignores a revision it has already acted on. Same model: the agent installs nothing."""
+    if not device_ids:
+        return 0
+    ids = sorted(device_ids)
+    session.exec(
+        update(Device)
+        .where(col(Device.device_id).in_(ids))
+        .values(desired_revision=col(Device.desired_revision) + 1, desired_at=utcnow())
+    )
+    session.commit()
+    devices = session.exec(select(Device).where(col(Device.device_id).in_(ids)))
+    return publish_all(
+        publisher=publisher,
+        states=desired_states_for(session=session, devices=devices, public_url=public_url),
+    )

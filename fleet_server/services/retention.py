@@ -5,7 +5,9 @@ most ``batch_size`` raw rows, at most ``max_batches`` per run, so a backlog neve
 long (nor starts one after ``budget_s``); a run that stops half way leaves consistent tables
 (each batch's roll-up and delete commit together) and the next run goes on.
 
-Audit log rows older than ``audit_days`` (by ``ts``) are deleted the same way, in batches.
+Audit log rows older than ``audit_days`` (by ``ts``) are deleted the same way, in batches, and
+so are captured samples received more than ``sample_days`` ago (labelled or not), their content
+in the store with the last row that refers to it.
 
 Runs as a :class:`~fleet_server.services.leader.PeriodicJob`, so on one replica at a time. A raw
 row re-inserted after its roll-up (a QoS 1 redelivery more than ``raw_days`` late) would be
@@ -22,9 +24,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, insert, or_, select, tuple_, update
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 from fleet_server.models.types import utcnow
+from fleet_server.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ class RetentionResult:
     hourly_written: int = 0
     hourly_deleted: int = 0
     audit_deleted: int = 0
+    samples_deleted: int = 0
     batches: int = 0
 
 
@@ -64,6 +68,8 @@ class RetentionJob:
         raw_days: float,
         hourly_days: float,
         audit_days: float | None = None,
+        sample_days: float | None = None,
+        store: ArtifactStore | None = None,
         interval_s: float = 3600.0,
         batch_size: int = 5000,
         max_batches: int = 100,
@@ -71,6 +77,8 @@ class RetentionJob:
     ) -> None:
         if raw_days <= 0 or hourly_days <= 0 or (audit_days is not None and audit_days <= 0):
             raise ValueError("retention periods must be positive")
+        if sample_days is not None and (sample_days <= 0 or store is None):
+            raise ValueError("sample retention needs a positive period and the store")
         if batch_size < 1 or max_batches < 1:
             raise ValueError("batch_size and max_batches must be at least 1")
         self.engine = engine
@@ -78,6 +86,9 @@ class RetentionJob:
         self.hourly_days = hourly_days
         #: None keeps the audit log forever.
         self.audit_days = audit_days
+        #: None keeps samples forever; their content is deleted from ``store``.
+        self.sample_days = sample_days
+        self.store = store
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.max_batches = max_batches
@@ -120,6 +131,13 @@ class RetentionJob:
         while self.audit_days is not None and more():
             deleted = self._delete_audit_batch(now - timedelta(days=self.audit_days))
             result.audit_deleted += deleted
+            if deleted:
+                result.batches += 1
+            if deleted < self.batch_size:
+                break
+        while self.sample_days is not None and more():
+            deleted = self._delete_sample_batch(now - timedelta(days=self.sample_days))
+            result.samples_deleted += deleted
             if deleted:
                 result.batches += 1
             if deleted < self.batch_size:
@@ -190,6 +208,21 @@ class RetentionJob:
             if ids:
                 conn.execute(delete(audit).where(audit.c.id.in_(ids)))
         return len(ids)
+
+    def _delete_sample_batch(self, cutoff: datetime) -> int:
+        from fleet_server.services.samples import delete_samples
+
+        assert self.store is not None
+        sample = _table("sample")
+        with self.engine.connect() as conn:
+            ids = [
+                row.id
+                for row in conn.execute(
+                    select(sample.c.id).where(sample.c.received_at < cutoff).limit(self.batch_size)
+                ).all()
+            ]
+        with Session(self.engine) as session:
+            return delete_samples(session=session, store=self.store, ids=ids)
 
 
 def _table(name: str) -> Table:

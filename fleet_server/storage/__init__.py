@@ -9,8 +9,12 @@ from typing import Protocol
 
 from fleet_server.settings import LocalStoreConfig, S3StoreConfig, ServerSettings, StoreConfig
 
-#: ``<name>/<version>.tar.gz`` with the contract's name and version patterns.
-_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}/[A-Za-z0-9][A-Za-z0-9._+-]{0,62}\.tar\.gz$")
+#: ``<name>/<version>.tar.gz`` with the contract's name and version patterns, or a captured
+#: sample's content ``samples/<sha256>`` (one object per distinct content: deduplicated).
+_KEY = re.compile(
+    r"^(?:[a-z0-9][a-z0-9._-]{0,62}/[A-Za-z0-9][A-Za-z0-9._+-]{0,62}\.tar\.gz"
+    r"|samples/[0-9a-f]{64})$"
+)
 #: Bytes per chunk when a bundle is streamed out of a store.
 CHUNK = 256 * 1024
 
@@ -49,6 +53,12 @@ class ArtifactStore(Protocol):
 
 def bundle_key(name: str, version: str) -> str:
     return f"{name}/{version}.tar.gz"
+
+
+def sample_key(sha256: str) -> str:
+    """Where a sample's content lives: by its sha256, so equal contents are stored once.
+    (``samples`` cannot clash with a bundle key: those end in ``.tar.gz``.)"""
+    return f"samples/{sha256}"
 
 
 def check_key(key: str) -> str:
