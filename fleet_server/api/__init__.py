@@ -12,6 +12,7 @@ from fleet_server.api import (
     health,
     ingest,
     models,
+    quality,
     rollouts,
     samples,
     tokens,
@@ -30,6 +31,7 @@ api_router.include_router(rollouts.router)
 api_router.include_router(tokens.router)
 api_router.include_router(enrollment.router)
 api_router.include_router(drift.router)
+api_router.include_router(quality.router)
 
 root_router = health.router
 

@@ -237,6 +237,10 @@ class FleetClient:
     def drift(self, *, limit: int = 100) -> JsonObject:
         return _object(self._request("GET", "/api/v1/drift", params={"limit": limit}))
 
+    def quality(self, name: str, version: str) -> JsonObject:
+        path = f"/api/v1/models/{_segment(name)}/{_segment(version)}/quality"
+        return _object(self._request("GET", path))
+
     def audit(
         self, *, actor: str | None = None, since: str | None = None, limit: int = 100
     ) -> list[JsonObject]:

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from fleet_server.client import rollouts_cli, samples_cli
+from fleet_server.client import quality_cli, rollouts_cli, samples_cli
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 SERVER_ENV = "EDGEFLEET_SERVER"
@@ -170,6 +170,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     leaf.add_argument("--limit", type=_positive, default=20, metavar="N", help="alerts shown")
     leaf.set_defaults(action="drift")
+    quality_cli.add_parser(actions, common)
 
     leaf = actions.add_parser("audit", parents=[common], help="the audit log, newest first")
     leaf.add_argument("--actor", metavar="A", help="only this actor (token name, bootstrap, ...)")

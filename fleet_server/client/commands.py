@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from fleet_server.client.api import FleetClient
+from fleet_server.client.quality import QUALITY_COMMANDS
 from fleet_server.client.render import (
     ALERT_COLUMNS,
     AUDIT_COLUMNS,
@@ -273,5 +274,6 @@ COMMANDS: dict[str, Command] = {
     "audit": audit,
     "drift": drift,
     **ROLLOUT_COMMANDS,
+    **QUALITY_COMMANDS,
     **SAMPLE_COMMANDS,
 }

@@ -163,6 +163,9 @@ def _telemetry_row(p: Telemetry, received_at: datetime) -> dict[str, Any]:
         "dropped": p.dropped,
         "system": dict(p.system),
         "confidence_histogram": list(p.confidence_histogram),
+        # Schema 2: summed into drift_input_bucket by the drift job (services/drift/inputs.py).
+        "inputs": p.inputs.model_dump() if p.inputs else None,
+        "class_counts": dict(p.class_counts),
     }
 
 

@@ -26,6 +26,24 @@ class DriftBucket(SQLModel, table=True):
     confidence_histogram: list[int] = Field(default_factory=list, sa_type=sa.JSON)
 
 
+class DriftInputBucket(SQLModel, table=True):
+    """What one model version's inputs and predictions looked like in one bucket of time, for the
+    whole fleet (``segment`` '') and per device class ('class=pi4') and tag ('tag=dock-3')."""
+
+    __tablename__ = "drift_input_bucket"
+
+    model_name: str = Field(primary_key=True, max_length=63)
+    model_version: str = Field(primary_key=True, max_length=63)
+    segment: str = Field(primary_key=True, max_length=72, description="'' | class=X | tag=Y")
+    bucket_start: datetime = Field(primary_key=True, sa_type=UTCDateTime)
+    input_samples: int = Field(default=0, sa_type=sa.BigInteger, description="Inputs sampled.")
+    outside_reference: int = Field(default=0, sa_type=sa.BigInteger)
+    input_histograms: list[list[int]] = Field(
+        default_factory=list, sa_type=sa.JSON, description="Per channel, on the manifest's bins."
+    )
+    class_counts: dict[str, int] = Field(default_factory=dict, sa_type=sa.JSON)
+
+
 class DriftCursor(SQLModel, table=True):
     """How far telemetry has been summed into buckets (by ``received_at``)."""
 
@@ -42,7 +60,7 @@ class DriftStatus(SQLModel, table=True):
 
     model_name: str = Field(primary_key=True, max_length=63)
     model_version: str = Field(primary_key=True, max_length=63)
-    detector: str = Field(primary_key=True, max_length=32)
+    detector: str = Field(primary_key=True, max_length=96, description="input_psi[class=pi4]")
     status: str = Field(max_length=16, description="ok | drift | insufficient")
     value: float | None = Field(default=None)
     threshold: float
@@ -61,10 +79,11 @@ class DriftAlert(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     model_name: str = Field(max_length=63, index=True)
     model_version: str = Field(max_length=63)
-    detector: str = Field(max_length=32)
+    detector: str = Field(max_length=96)
     value: float | None = Field(default=None)
     threshold: float
     samples: int = Field(sa_type=sa.BigInteger)
+    detail: str = Field(default="", max_length=500, description="What fired, and why.")
     opened_at: datetime = Field(sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     trigger_status: str = Field(
@@ -112,6 +131,7 @@ class DriftAlertPublic(BaseModel):
     value: float | None
     threshold: float
     samples: int
+    detail: str
     opened_at: datetime
     closed_at: datetime | None
     trigger_status: str
@@ -129,6 +149,7 @@ class DriftAlertPublic(BaseModel):
             value=row.value,
             threshold=row.threshold,
             samples=row.samples,
+            detail=row.detail,
             opened_at=row.opened_at,
             closed_at=row.closed_at,
             trigger_status=row.trigger_status,

@@ -4,6 +4,7 @@ redelivered QoS 1 message is stored once."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -27,6 +28,14 @@ class TelemetryBase(SQLModel):
     dropped: int = Field(default=0, sa_type=sa.BigInteger)
     system: dict[str, float] = Field(default_factory=dict, sa_type=sa.JSON)
     confidence_histogram: list[int] = Field(default_factory=list, sa_type=sa.JSON)
+    inputs: dict[str, Any] | None = Field(
+        default=None,
+        sa_type=sa.JSON,
+        description="The sampled inputs' statistics (contract InputStats); None from a v1 agent.",
+    )
+    class_counts: dict[str, int] = Field(
+        default_factory=dict, sa_type=sa.JSON, description="Predicted top-1 class counts."
+    )
 
 
 class TelemetryRow(TelemetryBase, table=True):

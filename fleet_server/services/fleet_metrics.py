@@ -1,6 +1,8 @@
 """Fleet gauges for ``/metrics``, read from the database at scrape time (one source of truth,
 right on every replica): devices online/offline, rollouts by state, devices per status in each
-active rollout."""
+active rollout, and label accuracy per model version on the random and on all labelled
+samples (classifiers; grouped in SQL by label and prediction, so a scrape reads at most
+versions × reasons × classes² rows)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from sqlalchemy import Engine, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from fleet_server.models import Device, DriftStatus, Rollout, RolloutDevice
+from fleet_server.models import Device, DriftStatus, ModelVersion, Rollout, RolloutDevice
 from fleet_server.models.rollouts import ACTIVE_STATES, ROLLOUT_STATES
+from fleet_server.models.samples import Sample
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,46 @@ class FleetCollector(Collector):
             "1 while a drift detector judges a model version drifted, else 0.",
             labels=["model", "detector", "status"],
         )
+        accuracy = GaugeMetricFamily(
+            "edgefleet_label_accuracy",
+            "Top-1 accuracy of a model version on labelled samples (subset: random | all).",
+            labels=["model", "subset"],
+        )
+        labelled = GaugeMetricFamily(
+            "edgefleet_labelled_samples",
+            "Labelled samples of a model version (subset: random | all).",
+            labels=["model", "subset"],
+        )
         try:
             with Session(self._engine) as session:
+                label_rows = session.execute(
+                    sa_select(
+                        col(Sample.model_name),
+                        col(Sample.model_version),
+                        col(Sample.reason),
+                        col(Sample.label),
+                        col(Sample.predicted),
+                        func.count(),
+                    )
+                    .where(col(Sample.labelled).is_(True), col(Sample.label).is_not(None))
+                    .group_by(
+                        col(Sample.model_name),
+                        col(Sample.model_version),
+                        col(Sample.reason),
+                        col(Sample.label),
+                        col(Sample.predicted),
+                    )
+                ).all()
+                versions = {(n, v) for n, v, *_ in label_rows}
+                labels_of = {
+                    (row.name, row.version): [str(x) for x in row.manifest.get("labels") or []]
+                    for row in session.exec(
+                        select(ModelVersion).where(
+                            col(ModelVersion.name).in_({n for n, _ in versions})
+                        )
+                    )
+                    if (row.name, row.version) in versions
+                }
                 verdicts = session.exec(
                     select(
                         DriftStatus.model_name,
@@ -86,7 +127,21 @@ class FleetCollector(Collector):
             members.add_metric([str(rollout_id), f"{name}@{version}", status], count)
         for name, version, detector, status in verdicts:
             drift.add_metric([f"{name}@{version}", detector, status], 1 if status == "drift" else 0)
+        sums: dict[tuple[str, str], list[int]] = {}  # (model@version, subset) → [n, correct]
+        for name, version, reason, label, predicted, count in label_rows:
+            names = labels_of.get((name, version), [])
+            if predicted is not None and predicted.isdigit() and int(predicted) < len(names):
+                predicted = names[int(predicted)]
+            for subset in ("random", "all") if reason == "random" else ("all",):
+                total = sums.setdefault((f"{name}@{version}", subset), [0, 0])
+                total[0] += int(count)
+                total[1] += int(count) if predicted == label else 0
+        for (model, subset), (n, correct) in sorted(sums.items()):
+            labelled.add_metric([model, subset], n)
+            accuracy.add_metric([model, subset], correct / n)
         yield devices
         yield rollouts
         yield members
         yield drift
+        yield accuracy
+        yield labelled

@@ -8,68 +8,29 @@ Each detector is a small class behind :class:`DriftDetector`, registered by hand
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Status = Literal["ok", "drift", "insufficient"]
+from fleet_server.services.drift.aggregate import Aggregate, DetectorConfig, DriftResult, Status
+from fleet_server.services.drift.input_detectors import (
+    ClassShift,
+    ClassShiftConfig,
+    InputDistance,
+    InputJsConfig,
+    InputPsiConfig,
+)
+from fleet_server.services.drift.triggers import ModelTriggers
 
-
-@dataclass
-class Aggregate:
-    """Telemetry summed over some buckets: top-1 confidence histogram, inferences, errors."""
-
-    histogram: list[int] = field(default_factory=list)
-    inferences: int = 0
-    errors: int = 0
-    intervals: int = 0
-
-    def add(self, histogram: list[int], inferences: int, errors: int, intervals: int) -> None:
-        if histogram:
-            if not self.histogram:
-                self.histogram = [0] * len(histogram)
-            if len(histogram) == len(self.histogram):
-                self.histogram = [a + b for a, b in zip(self.histogram, histogram, strict=True)]
-        self.inferences += inferences
-        self.errors += errors
-        self.intervals += intervals
-
-    @property
-    def confidences(self) -> int:
-        return sum(self.histogram)
-
-    def mean_confidence(self) -> float | None:
-        """Mean top-1 confidence from the histogram (equal bins over [0, 1], bin midpoints)."""
-        total = self.confidences
-        if not total:
-            return None
-        bins = len(self.histogram)
-        return sum((i + 0.5) / bins * n for i, n in enumerate(self.histogram)) / total
-
-    def error_rate(self) -> float | None:
-        attempts = self.inferences + self.errors
-        return self.errors / attempts if attempts else None
-
-
-@dataclass(frozen=True)
-class DriftResult:
-    detector: str
-    status: Status
-    value: float | None
-    threshold: float
-    samples: int
-    reference_samples: int
-    detail: str = ""
-
-
-class DetectorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(default=True, description="Off: the detector is not evaluated.")
-    min_samples: int = Field(
-        default=500, ge=1, description="Fewer in the window or the reference: insufficient."
-    )
+__all__ = [
+    "DETECTORS",
+    "Aggregate",
+    "DetectorConfig",
+    "DriftConfig",
+    "DriftResult",
+    "Status",
+    "detectors_for",
+]
 
 
 class ConfidenceShiftConfig(DetectorConfig):
@@ -119,6 +80,20 @@ class DriftConfig(BaseModel):
     confidence_shift: ConfidenceShiftConfig = Field(default_factory=ConfidenceShiftConfig)
     confidence_drop: ConfidenceDropConfig = Field(default_factory=ConfidenceDropConfig)
     error_rate_rise: ErrorRateRiseConfig = Field(default_factory=ErrorRateRiseConfig)
+    input_psi: InputPsiConfig = Field(default_factory=InputPsiConfig)
+    input_js: InputJsConfig = Field(default_factory=InputJsConfig)
+    input_class_shift: ClassShiftConfig = Field(default_factory=ClassShiftConfig)
+    triggers: dict[str, ModelTriggers] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="Retraining triggers beyond drift, by model name: accuracy_drop, "
+        "labelled_count, schedule (services/drift/triggers.py).",
+    )
+    segments: bool = Field(
+        default=True,
+        description="Also judge the input detectors per device class and per tag (named "
+        "'input_psi[class=pi4]', 'input_js[tag=dock-3]').",
+    )
 
 
 class DriftDetector(Protocol):
@@ -231,6 +206,9 @@ DETECTORS: dict[str, Callable[[DriftConfig], DriftDetector]] = {
     "confidence_shift": _shift,
     "confidence_drop": _drop,
     "error_rate_rise": _errors,
+    "input_psi": lambda config: InputDistance("input_psi", "psi", config.input_psi),
+    "input_js": lambda config: InputDistance("input_js", "js", config.input_js),
+    "input_class_shift": lambda config: ClassShift(config.input_class_shift),
 }
 
 

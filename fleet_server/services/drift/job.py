@@ -31,11 +31,21 @@ from fleet_server.services.drift.detectors import (
     DriftResult,
     detectors_for,
 )
+from fleet_server.services.drift.inputs import (
+    first_bucket,
+    manifest_reference,
+    summarise_inputs,
+    summed,
+)
+from fleet_server.services.drift.inputs import segments as input_segments
 from fleet_server.services.drift.retrain import RetrainBackend, RetrainError
+from fleet_server.services.drift.triggers import ALL_VERSIONS, judge_triggers
 
 log = logging.getLogger(__name__)
 
 CURSOR = "telemetry"
+#: Detectors judged on the inputs (per segment, against the manifest): their names start so.
+INPUT_PREFIX = "input_"
 
 
 @dataclass
@@ -86,6 +96,15 @@ class DriftJob:
         with Session(self.engine) as session:
             run.rows = self._summarise(session, now)
             self._judge(session, now, run)
+            for event in judge_triggers(
+                session,
+                now,
+                self.config.triggers,
+                lambda name, version, result: self._record(
+                    session, now, name, version, result, run
+                ),
+            ):
+                self._open(session, now, event.model, ALL_VERSIONS, event.result, run, now)
             session.commit()
         self._trigger_pending(now, run)
         return run
@@ -105,12 +124,15 @@ class DriftJob:
                 col(TelemetryRow.inference_count),
                 col(TelemetryRow.error_count),
                 col(TelemetryRow.confidence_histogram),
+                col(TelemetryRow.device_id),
+                col(TelemetryRow.inputs),
+                col(TelemetryRow.class_counts),
             )
             .where(col(TelemetryRow.received_at) > start, col(TelemetryRow.received_at) <= until)
             .order_by(col(TelemetryRow.received_at))
         ).all()
         sums: dict[tuple[str, str, datetime], Aggregate] = defaultdict(Aggregate)
-        for model, received_at, inferences, errors, histogram in rows:
+        for model, received_at, inferences, errors, histogram, *_ in rows:
             if not isinstance(model, dict) or "name" not in model or "version" not in model:
                 continue  # served no model in that interval
             key = (model["name"], model["version"], bucket_of(received_at, self.config.bucket_s))
@@ -130,6 +152,12 @@ class DriftJob:
                 total.intervals,
             )
             session.add(row)
+        summarise_inputs(
+            session,
+            [(r[5], r[0], r[1], r[6], r[7]) for r in rows],
+            lambda ts: bucket_of(ts, self.config.bucket_s),
+            segments=self.config.segments,
+        )
         if cursor is None:
             cursor = DriftCursor(name=CURSOR, position=until)
         cursor.position = until
@@ -158,9 +186,51 @@ class DriftJob:
             window = self._sum(session, name, version, max(window_start, reference_end), None)
             forming = f"reference still forming until {reference_end.isoformat()}"
             for detector in self.detectors:
+                if detector.name.startswith(INPUT_PREFIX):
+                    continue
                 result = detector.evaluate(window, reference)
                 if now < reference_end:
                     result = replace(result, status="insufficient", value=None, detail=forming)
+                self._record(session, now, name, version, result, run)
+            self._judge_inputs(session, now, name, version, window_start, run)
+
+    def _judge_inputs(
+        self,
+        session: Session,
+        now: datetime,
+        name: str,
+        version: str,
+        window_start: datetime,
+        run: DriftRun,
+    ) -> None:
+        """The ``input_*`` detectors per segment: the window is the last ``window_s`` (the
+        manifest's reference exists from the first minute); the class shift without a manifest
+        distribution compares with the segment's own first ``reference_s``, and waits for it."""
+        detectors = [d for d in self.detectors if d.name.startswith(INPUT_PREFIX)]
+        if not detectors:
+            return
+        manifest, labels = manifest_reference(session, name, version)
+        for segment in input_segments(session, name, version, window_start):
+            window = summed(session, name, version, segment, window_start, None, labels)
+            reference, forming = manifest, ""
+            if manifest.class_source != "manifest":
+                first = first_bucket(session, name, version, segment)
+                assert first is not None  # the segment has a bucket in the window
+                reference_end = first + timedelta(seconds=self.config.reference_s)
+                fleet = summed(session, name, version, segment, first, reference_end, labels)
+                reference = replace(manifest, class_counts=fleet.class_counts)
+                if now < reference_end:
+                    forming = f"reference still forming until {reference_end.isoformat()}"
+                else:
+                    window_from = max(window_start, reference_end)
+                    later = summed(session, name, version, segment, window_from, None, labels)
+                    window = replace(window, class_counts=later.class_counts)
+            for detector in detectors:
+                result = detector.evaluate(window, reference)
+                if forming and detector.name == "input_class_shift":
+                    result = replace(result, status="insufficient", value=None, detail=forming)
+                if segment:
+                    result = replace(result, detector=f"{result.detector}[{segment}]")
                 self._record(session, now, name, version, result, run)
 
     @staticmethod
@@ -214,30 +284,45 @@ class DriftJob:
             )
         ).first()
         if result.status == "drift" and previous != "drift" and open_alert is None:
-            alert = DriftAlert(
-                model_name=name,
-                model_version=version,
-                detector=result.detector,
-                value=result.value,
-                threshold=result.threshold,
-                samples=result.samples,
-                opened_at=now,
-                trigger_status="pending" if self.retrain is not None else "none",
-            )
-            session.add(alert)
-            session.flush()
-            assert alert.id is not None
-            run.opened.append(alert.id)
-            log.warning(
-                "drift detected",
-                extra={"model": f"{name}@{version}", "detector": result.detector,
-                       "value": result.value, "threshold": result.threshold},
-            )  # fmt: skip
+            self._open(session, now, name, version, result, run, None)
         elif result.status == "ok" and open_alert is not None:
             open_alert.closed_at = now
             session.add(open_alert)
             assert open_alert.id is not None
             run.closed.append(open_alert.id)
+
+    def _open(
+        self,
+        session: Session,
+        now: datetime,
+        name: str,
+        version: str,
+        result: DriftResult,
+        run: DriftRun,
+        closed_at: datetime | None,
+    ) -> None:
+        """Open an alert (``closed_at`` set: an event, closed at once) that retraining picks up."""
+        alert = DriftAlert(
+            model_name=name,
+            model_version=version,
+            detector=result.detector,
+            value=result.value,
+            threshold=result.threshold,
+            samples=result.samples,
+            detail=result.detail[:500],
+            opened_at=now,
+            closed_at=closed_at,
+            trigger_status="pending" if self.retrain is not None else "none",
+        )
+        session.add(alert)
+        session.flush()
+        assert alert.id is not None
+        run.opened.append(alert.id)
+        log.warning(
+            "drift detected" if closed_at is None else "retraining trigger fired",
+            extra={"model": f"{name}@{version}", "detector": result.detector,
+                   "value": result.value, "threshold": result.threshold},
+        )  # fmt: skip
 
     # -- alerts → retraining -------------------------------------------------------------------
     def _trigger_pending(self, now: datetime, run: DriftRun) -> None:
@@ -284,6 +369,7 @@ class DriftJob:
             "value": alert.value,
             "threshold": alert.threshold,
             "samples": alert.samples,
+            "detail": alert.detail,
             "opened_at": alert.opened_at.isoformat(),
             "window_s": self.config.window_s,
             "reference_s": self.config.reference_s,

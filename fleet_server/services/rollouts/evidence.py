@@ -19,6 +19,7 @@ from sqlalchemy import true as sa_true
 from sqlmodel import Session, SQLModel
 
 from fleet_server.models.rollouts import RolloutDevice
+from fleet_server.services.quality.service import LabelCounts, label_counts
 
 Baseline = Literal["control", "pre-update", "none"]
 
@@ -38,9 +39,16 @@ class Cohort:
     p50_by_class: dict[str, list[float]] = field(default_factory=dict)
     p95_by_class: dict[str, list[float]] = field(default_factory=dict)
     histogram: list[int] = field(default_factory=list)
+    #: Model versions seen in the rows (the old side may span several).
+    versions: set[str] = field(default_factory=set)
+    #: Labelled samples of those versions and how many the model got right.
+    labels: LabelCounts = field(default_factory=LabelCounts)
 
     def add(self, row: Any, device_class: str | None) -> None:
         self.devices.add(row.device_id)
+        version = _version_of(row)
+        if version is not None:
+            self.versions.add(version[1])
         self.intervals += 1
         self.inferences += int(row.inference_count)
         self.errors += int(row.error_count)
@@ -82,6 +90,8 @@ class Cohort:
                 for cls, values in sorted(self.p95_by_class.items())
             },
             "confidence_histogram": self.histogram,
+            "labelled": self.labels.labelled,
+            "label_accuracy": _round(self.labels.accuracy),
         }
 
 
@@ -247,6 +257,18 @@ def gather(
         if old.intervals:
             baseline = "pre-update"
 
+    # Labels judge a version, not devices: every labelled sample of the new version, and of
+    # the versions the baseline ran or the members ran before the rollout.
+    new.labels = label_counts(session, target[0], [target[1]])
+    previous = {m.previous_version for m in members if m.previous_name == target[0]}
+    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
+    old.labels = label_counts(session, target[0], sorted(old_versions))
+    # Labels judge a version, not devices: every labelled sample of the new version, and of
+    # the versions the baseline ran or the members ran before the rollout.
+    new.labels = label_counts(session, target[0], [target[1]])
+    previous = {m.previous_version for m in members if m.previous_name == target[0]}
+    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
+    old.labels = label_counts(session, target[0], sorted(old_versions))
     return Evidence(
         stage_devices=len(in_stage),
         committed=sum(m.status == "committed" for m in in_stage),

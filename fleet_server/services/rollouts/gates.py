@@ -17,6 +17,7 @@ from fleet_server.services.rollouts.spec import (
     ConfidenceGate,
     ErrorRateGate,
     GatePolicy,
+    LabelAccuracyGate,
     LatencyGate,
     OfflineGate,
     SuccessRateGate,
@@ -189,6 +190,38 @@ class Offline(_Base):
         return self._result(status, fraction, c.max_fraction, n, c.min_samples, detail)
 
 
+class LabelAccuracy(_Base):
+    """Accuracy on labelled samples, new version minus old (per version, all labelled samples;
+    ``edgefleet fleet quality`` has the random-only figures). Used when labels exist: with no
+    labelled sample of the new version the gate is skipped; with some but fewer than
+    ``min_samples`` (on either side) the stage waits for more."""
+
+    name = "label_accuracy"
+
+    def __init__(self, config: LabelAccuracyGate) -> None:
+        self.config = config
+
+    def evaluate(self, evidence: Evidence) -> GateResult:
+        c = self.config
+        new, old = evidence.new.labels, evidence.old.labels
+        threshold = -c.max_drop
+        if new.labelled == 0 and old.labelled == 0:
+            detail = "no labelled samples of either version"
+            return self._result("skipped", None, threshold, 0, c.min_samples, detail)
+        if min(new.labelled, old.labelled) < c.min_samples:
+            detail = f"labelled samples: new {new.labelled}, old {old.labelled}"
+            return self._result("insufficient", None, threshold, new.labelled, c.min_samples,
+                                detail)  # fmt: skip
+        assert new.accuracy is not None and old.accuracy is not None
+        change = new.accuracy - old.accuracy
+        detail = (
+            f"new {new.accuracy:.4f} ({new.correct}/{new.labelled}) vs old "
+            f"{old.accuracy:.4f} ({old.correct}/{old.labelled})"
+        )
+        status: GateStatus = "pass" if change >= threshold else "fail"
+        return self._result(status, change, threshold, new.labelled, c.min_samples, detail)
+
+
 #: Gate name → constructor from the policy; the order is the report's order.
 GATES: dict[str, Callable[[Any], Gate]] = {
     "success_rate": SuccessRate,
@@ -196,6 +229,7 @@ GATES: dict[str, Callable[[Any], Gate]] = {
     "latency_p95_ratio": LatencyRatio,
     "confidence_shift": ConfidenceShift,
     "offline": Offline,
+    "label_accuracy": LabelAccuracy,
 }
 
 

@@ -20,6 +20,8 @@ from fleet_server.models.rollouts import (
 )
 from fleet_server.services.errors import Conflict, NotFound, Unprocessable
 from fleet_server.services.models import require_verified
+from fleet_server.services.quality.metrics import wilson
+from fleet_server.services.quality.service import label_counts
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.evidence import gather, tv_distance
 from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
@@ -81,7 +83,8 @@ class RolloutReport(BaseModel):
     devices: list[RolloutDevicePublic]
     differential: dict[str, Any] = Field(
         description="New vs old version over the whole rollout, by device class: predictions "
-        "(confidence histograms), latency and errors."
+        "(confidence histograms), latency and errors; and accuracy on labelled samples "
+        "(random and all)."
     )
 
 
@@ -364,4 +367,33 @@ def differential(
         "latency_by_class": by_class,
         "error_rate_increase": increase,
         "confidence_tv_distance": None if distance is None else round(distance, 6),
+        "label_accuracy": _label_accuracy(
+            session,
+            rollout,
+            evidence.old.versions
+            | {
+                m.previous_version
+                for m in members
+                if m.previous_name == rollout.model_name and m.previous_version
+            },
+        ),
     }
+
+
+def _label_accuracy(session: Session, rollout: Rollout, old_versions: set[str]) -> dict[str, Any]:
+    """What labels say, new vs old version(s), on the random (unbiased) samples and on all
+    labelled samples — each named; ``edgefleet fleet quality`` has the per-class detail."""
+    sides = {"new": [rollout.model_version], "old": sorted(old_versions - {rollout.model_version})}
+    result: dict[str, Any] = {}
+    for side, versions in sides.items():
+        result[side] = {"versions": versions}
+        for subset, reason in (("random", "random"), ("all", None)):
+            counts = label_counts(session, rollout.model_name, versions, reason=reason)
+            low, high = wilson(counts.correct, counts.labelled)
+            result[side][subset] = {
+                "labelled": counts.labelled,
+                "correct": counts.correct,
+                "accuracy": None if counts.accuracy is None else round(counts.accuracy, 6),
+                "ci95": [round(low, 6), round(high, 6)] if counts.labelled else None,
+            }
+    return result

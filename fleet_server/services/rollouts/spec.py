@@ -187,12 +187,30 @@ class OfflineGate(Strict):
     min_samples: int = Field(default=1, ge=1, description="Committed devices.")
 
 
+class LabelAccuracyGate(Strict):
+    enabled: bool = True
+    max_drop: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="How far the new version's accuracy on labelled samples may fall below the "
+        "old version's (absolute).",
+    )
+    min_samples: int = Field(
+        default=50,
+        ge=1,
+        description="Labelled samples each version needs before the gate judges; with some "
+        "labels but fewer the stage waits; with none at all the gate is skipped.",
+    )
+
+
 class GatePolicy(Strict):
     success_rate: SuccessRateGate = Field(default_factory=SuccessRateGate)
     error_rate: ErrorRateGate = Field(default_factory=ErrorRateGate)
     latency_p95_ratio: LatencyGate = Field(default_factory=LatencyGate)
     confidence_shift: ConfidenceGate = Field(default_factory=ConfidenceGate)
     offline: OfflineGate = Field(default_factory=OfflineGate)
+    label_accuracy: LabelAccuracyGate = Field(default_factory=LabelAccuracyGate)
     baseline_window_s: float = Field(
         default=3600.0,
         gt=0,
