@@ -5,6 +5,7 @@ Chromium is not installed (Debian: ``apt-get install chromium``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -60,6 +61,8 @@ class Page:
 def chromium_page() -> Iterator[Page]:
     websockets = pytest.importorskip("websockets.sync.client")
     if CHROMIUM is None:
+        if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
+            pytest.fail("chromium is not installed but EDGEFLEET_REQUIRE_SERVICES=1 requires it")
         pytest.skip("chromium is not installed")
     port = free_port()
     proc = subprocess.Popen(
