@@ -16,30 +16,50 @@ misconfigured neighbour behind the same address (the same host, a NAT) locks tha
 new names; someone guessing its password from its own address is still locked by the pair.
 Memory is bounded: at most ``max_tracked`` keys and as many remembered addresses, the least
 recently used dropped first.
+
+The table, the lockout arithmetic (``DoublingLockout``) and the metric shape are
+:mod:`fleet_server.services.throttle`'s, shared with the HTTP throttle; what is the broker's own
+is which keys a login charges and who passes a locked one.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from collections.abc import Callable
 
 from fleet_server.broker.config import AuthThrottleConfig
+from fleet_server.services.throttle.metrics import (
+    Family,
+    SnapshotCollector,
+    ThrottleMetrics,
+    ThrottleSnapshot,
+)
+from fleet_server.services.throttle.policies import DoublingLockout, Streak
+from fleet_server.services.throttle.table import FailureTable, RecentMap
 
-#: 2**32 × lockout_s is beyond any max_lockout_s: the exponent stops growing there.
-_MAX_DOUBLINGS = 32
+METRICS = ThrottleMetrics(
+    failures=Family(
+        "edgefleet_mqtt_auth_failures",
+        "Embedded broker logins refused for a wrong user name or password (checked).",
+    ),
+    refused=Family(
+        "edgefleet_mqtt_auth_throttled",
+        "Embedded broker logins refused unchecked while their user name or address was "
+        "locked after repeated failures.",
+    ),
+    blocked=Family(
+        "edgefleet_mqtt_auth_locked",
+        "User names and source addresses the embedded broker refuses for now.",
+    ),
+)
+
+_Key = tuple[str, str]
 
 
-@dataclass
-class _Streak:
-    failures: int = 0
-    locked_until: float = 0.0
+def _keys(username: str, address: str) -> tuple[_Key, _Key, _Key]:
+    """What one login charges: its user name, its source address and the pair."""
+    return ("user", username), ("addr", address), ("pair", f"{username}\n{address}")
 
 
 class AuthThrottle:
@@ -52,99 +72,79 @@ class AuthThrottle:
         self.config = config
         self._clock = clock
         self._lock = threading.Lock()
-        self._streaks: OrderedDict[tuple[str, str], _Streak] = OrderedDict()
-        self._good: OrderedDict[str, str] = OrderedDict()  # user name → last good address
-        #: Failed logins whose password was checked (wrong user name or password).
-        self.failures = 0
-        #: Logins refused unchecked because their user name or address was locked.
-        self.refused = 0
+        policy = DoublingLockout(
+            free_failures=config.free_failures,
+            lockout_s=config.lockout_s,
+            max_lockout_s=config.max_lockout_s,
+        )
+        self._streaks: FailureTable[_Key, Streak] = FailureTable(policy, config.max_tracked)
+        self._good: RecentMap[str, str] = RecentMap(config.max_tracked)  # user → last address
+        self._failures = 0
+        self._refused = 0
+
+    @property
+    def failures(self) -> int:
+        """Failed logins whose password was checked (wrong user name or password)."""
+        return self._failures
+
+    @property
+    def refused(self) -> int:
+        """Logins refused unchecked because their user name or address was locked."""
+        return self._refused
 
     def locked(self, *, username: str, address: str) -> float:
         """Seconds until this login may be checked (0: check it now). A positive answer is
         counted as a refusal."""
         now = self._clock()
+        user, addr, pair = _keys(username, address)
         with self._lock:
-            left = self._left(("pair", f"{username}\n{address}"), now)
+            left = self._streaks.wait(pair, now)
             if self._good.get(username) != address:
-                left = max(left, self._left(("addr", address), now))
-                left = max(left, self._left(("user", username), now))
+                left = max(left, self._streaks.wait(addr, now), self._streaks.wait(user, now))
             if left > 0:
-                self.refused += 1
+                self._refused += 1
             return left
 
     def failed(self, *, username: str, address: str) -> None:
         """A checked login failed: count it against the user name, the address and the pair."""
         now = self._clock()
-        config = self.config
         with self._lock:
-            self.failures += 1
-            for key in (("user", username), ("addr", address), ("pair", f"{username}\n{address}")):
-                streak = self._touch(key)
-                streak.failures += 1
-                over = streak.failures - config.free_failures
-                if over >= 0:
-                    doubled = config.lockout_s * 2 ** min(over, _MAX_DOUBLINGS)
-                    streak.locked_until = now + min(doubled, config.max_lockout_s)
+            self._failures += 1
+            for key in _keys(username, address):
+                self._streaks.charge(key, now)
 
     def succeeded(self, *, username: str, address: str) -> None:
         """A correct password: forget its streaks, remember where this user logged in."""
         with self._lock:
-            self._streaks.pop(("user", username), None)
-            self._streaks.pop(("addr", address), None)
-            self._streaks.pop(("pair", f"{username}\n{address}"), None)
-            self._good[username] = address
-            self._good.move_to_end(username)
-            while len(self._good) > self.config.max_tracked:
-                self._good.popitem(last=False)
+            for key in _keys(username, address):
+                self._streaks.forget(key)
+            self._good.put(username, address)
 
     @property
     def locked_keys(self) -> int:
         """User names and addresses locked right now."""
-        now = self._clock()
-        with self._lock:
-            return sum(1 for s in self._streaks.values() if s.locked_until > now)
+        return self.snapshot().blocked
 
     @property
     def tracked(self) -> int:
         with self._lock:
             return len(self._streaks) + len(self._good)
 
-    def _left(self, key: tuple[str, str], now: float) -> float:
-        streak = self._streaks.get(key)
-        return max(0.0, streak.locked_until - now) if streak is not None else 0.0
-
-    def _touch(self, key: tuple[str, str]) -> _Streak:
-        streak = self._streaks.get(key)
-        if streak is None:
-            streak = self._streaks[key] = _Streak()
-            while len(self._streaks) > self.config.max_tracked:
-                self._streaks.popitem(last=False)
-        else:
-            self._streaks.move_to_end(key)
-        return streak
+    def snapshot(self) -> ThrottleSnapshot:
+        """Counters and table sizes, consistent with each other (for ``/metrics``)."""
+        now = self._clock()
+        with self._lock:
+            return ThrottleSnapshot(
+                failures={"": self._failures},
+                refused={"": self._refused},
+                clients=len(self._streaks),
+                blocked=self._streaks.blocked(now),
+                known=len(self._good),
+            )
 
 
-class AuthThrottleCollector(Collector):
+class AuthThrottleCollector(SnapshotCollector):
     """``/metrics``: the embedded broker's failed and throttled logins."""
 
     def __init__(self, throttle: AuthThrottle) -> None:
-        self._throttle = throttle
-
-    def collect(self) -> Iterator[Any]:
-        throttle = self._throttle
-        yield CounterMetricFamily(
-            "edgefleet_mqtt_auth_failures",
-            "Embedded broker logins refused for a wrong user name or password (checked).",
-            value=throttle.failures,
-        )
-        yield CounterMetricFamily(
-            "edgefleet_mqtt_auth_throttled",
-            "Embedded broker logins refused unchecked while their user name or address was "
-            "locked after repeated failures.",
-            value=throttle.refused,
-        )
-        yield GaugeMetricFamily(
-            "edgefleet_mqtt_auth_locked",
-            "User names and source addresses the embedded broker refuses for now.",
-            value=throttle.locked_keys,
-        )
+        super().__init__(throttle.snapshot, METRICS)
