@@ -65,7 +65,7 @@ class Runtime:
             renew_s=settings.lease_renew_s,
         )
         self.metrics.register(LeaderCollector(self.leader.stats))
-        #: Wrong-credential budgets per client address (this process only; see throttle.py).
+        #: Wrong-credential budgets per client address (this process only; services/throttle/).
         self.throttle = AuthThrottle(
             budget=settings.auth_failure_budget,
             window_s=settings.auth_failure_window_s,

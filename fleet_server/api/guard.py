@@ -3,7 +3,7 @@
 Every credential check (operator and device bearer tokens in :mod:`fleet_server.api.deps`,
 the enrollment token at ``POST /api/v1/enroll``) runs through :func:`guarded`, so a wrong
 credential counts against its client address's budget wherever it is presented
-(:mod:`fleet_server.services.throttle` says how the budget works and why).
+(:mod:`fleet_server.services.throttle.policies` says how the budget works and why).
 """
 
 from __future__ import annotations
