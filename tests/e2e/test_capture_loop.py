@@ -87,6 +87,7 @@ def _invert(src: Path, out: Path) -> list[Path]:
     paths = []
     for path in sorted(src.glob("*.png")):
         img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        assert img is not None, path
         dark = (255 - img).astype(np.uint8)
         dest = out / path.name
         cv2.imwrite(str(dest), dark)
@@ -211,10 +212,14 @@ def _sources(folders: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, list[str
     """Every source image (pixels), its true label and its half."""
     import cv2
 
-    pixels, labels, halves = [], [], []
+    pixels: list[np.ndarray] = []
+    labels: list[int] = []
+    halves: list[str] = []
     for half, folder in folders.items():
         for path in sorted(folder.glob("*.png")):
-            pixels.append(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
+            img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            assert img is not None, path
+            pixels.append(img)
             labels.append(int(path.stem.rsplit("label", 1)[1]))
             halves.append(half)
     return np.stack(pixels), np.asarray(labels), halves
@@ -340,7 +345,8 @@ def test_the_fleet_sends_back_what_it_sees(
     print(  # noqa: T201
         f"accuracy: API all {got_all['overall']['accuracy']} vs sklearn {expected_all:.4f} "
         f"({len(samples)} samples); API random {got_random['overall']['accuracy']} vs "
-        f"sklearn {expected_random:.4f} ({len(rnd)} samples); took {time.monotonic() - started:.1f} s"
+        f"sklearn {expected_random:.4f} ({len(rnd)} samples); "
+        f"took {time.monotonic() - started:.1f} s"
     )
     assert got_all["overall"]["accuracy"] == pytest.approx(expected_all)
     assert got_random["overall"]["accuracy"] == pytest.approx(expected_random)
