@@ -47,7 +47,7 @@ DRIFT: dict[str, Any] = {
     "input_class_shift": {"min_samples": 20},
 }
 POLICY: dict[str, Any] = {
-    "random": 0.5,
+    "random": 0.05,
     "low_confidence": 0.9,
     "max_per_hour": PER_HOUR,
     "max_per_day": 100,
@@ -77,6 +77,15 @@ def _with_reference(artifact: Path, out: Path) -> Path:
         manifest.model_copy(update={"reference_stats": ref}).to_json()
     )
     return copy
+
+
+def _shuffled(paths: list[Path]) -> None:
+    """Rename the images into a random order: the folder input reads them sorted, and the
+    dataset's order is by writer, so the first seconds of a fleet would be a biased few (the
+    unshifted half raised input_js on channel 2, JS 0.358 vs a bar of 0.354, on 80 inputs)."""
+    order = np.random.default_rng(13).permutation(len(paths))
+    for rank, path in zip(order, paths, strict=True):
+        path.rename(path.with_name(f"{rank:04d}-{path.name}"))
 
 
 def _invert(src: Path, out: Path) -> list[Path]:
@@ -163,7 +172,7 @@ def fleet(
     )
     bundle = bundle_of(artifact, tmp_path / "digits-1.0.0.tar.gz")
     plain = tmp_path / "plain"
-    digits_images(plain, IMAGES, start=0)
+    _shuffled(digits_images(plain, IMAGES, start=0))
     dark = tmp_path / "dark"
     _invert(plain, dark)
     folders = {"plain": plain, "dark": dark}
