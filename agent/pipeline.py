@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -293,7 +294,8 @@ class Pipeline:
             if capturer.countdown <= 0:  # a subsample: see Capturer.countdown
                 for row in range(max(rows, 1)):
                     tensor = job.tensor[row : row + 1] if rows > 1 else job.tensor
-                    self._observe(item, tensor, serving, scores, row, elapsed_ms)
+                    found = results[row].get("detections") if row < len(results) else None
+                    self._observe(item, tensor, serving, scores, row, elapsed_ms, found)
         if self.monitor is not None:
             self.monitor.record(
                 serving.model.ref, latency_ms=elapsed_ms, finite=finite, confidence=confidence
@@ -314,12 +316,15 @@ class Pipeline:
         scores: np.ndarray | None,
         row: int,
         infer_ms: float,
+        detections: list[dict[str, Any]] | None = None,
     ) -> None:
         """Input statistics and capture of one input (see agent.capture)."""
         assert self.capturer is not None
         row_scores = scores[row] if scores is not None and row < scores.shape[0] else None
         try:
-            self.capturer.observe(item, tensor, serving, row_scores, infer_ms=infer_ms)
+            self.capturer.observe(
+                item, tensor, serving, row_scores, infer_ms=infer_ms, detections=detections
+            )
         except Exception:  # capture must never cost an inference: count it, log it, go on
             log.exception("capture crashed", extra={"source": item.source})
             self.collector.record_error("capture_internal")

@@ -30,10 +30,11 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from queue import Empty, Full, Queue
+from typing import Any
 
 import numpy as np
 
@@ -150,10 +151,13 @@ class Capturer:
         scores: np.ndarray | None,
         *,
         infer_ms: float | None = None,
+        detections: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """Statistics and the capture decision for one input (``scores``: its class scores,
         None for other tasks). ``infer_ms``: its inference time, which sets how many inputs
-        the next decision skips (:attr:`countdown`)."""
+        the next decision skips (:attr:`countdown`). ``detections``: a detector's boxes for
+        this input (the postprocessor's ``detections``), kept as the sample's ``outputs`` so
+        the server's mAP has the predicted boxes."""
         model = self._model_for(serving)  # once per model: not part of the paced cost
         writing = self._writing  # the writer thread shares the GIL: not a fair measurement
         start = time.perf_counter()
@@ -180,6 +184,8 @@ class Capturer:
         job = None
         if policy is not None:
             job = self._decide(item, serving, model, policy, scores, score, values, bin_index)
+            if job is not None and scores is None and detections:
+                job = replace(job, outputs=detection_rows(detections))
         if infer_ms is not None and job is None and not (writing or self._writing):
             # Paced on the per-input cost: an input that is captured (its statistics, the
             # hand-off, and the write; bounded by the hourly budget, not the input rate) or
@@ -327,6 +333,17 @@ class Capturer:
             return
         self.captured[job.reason] = self.captured.get(job.reason, 0) + 1
         self._count(f"captured_{job.reason}")
+
+
+def detection_rows(detections: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Boxes as the flat rows the server reads from ``SampleMeta.outputs``: six numbers each,
+    ``x1, y1, x2, y2, score, class_index`` (source-image pixels, as the agent reports them),
+    at most ``MAX_OUTPUTS // 6`` boxes (the contract's bound on ``outputs``)."""
+    rows: list[float] = []
+    for d in detections[: MAX_OUTPUTS // 6]:
+        x1, y1, x2, y2 = (float(v) for v in d["box"])
+        rows.extend((x1, y1, x2, y2, float(d["score"]), float(d["class"])))
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,3 +258,22 @@ def test_pipeline_counts_every_class_and_observes_a_subsample(
     assert sum(telemetry.class_counts.values()) == 200
     assert set(telemetry.class_counts) <= set(labels)
     assert telemetry.inputs is not None and 1 <= telemetry.inputs.samples < 200
+
+
+def test_detector_samples_carry_their_boxes_as_outputs_rows(model: Serving, tmp_path: Path) -> None:
+    """The server's mAP reads predicted boxes from ``outputs`` as rows of x1, y1, x2, y2,
+    score, class_index; a detector's sample had ``outputs=[]`` (no class scores)."""
+    capturer, queue, _ = _capturer(tmp_path, FakeClock())
+    capturer.set_policy(CapturePolicy(random=1.0))
+    item = InputItem(source="d", data=digit_pixels(1400))
+    job = prepare(item, model)
+    found = [
+        {"class": 2, "label": "2", "score": 0.91, "box": [1.0, 2.0, 5.5, 7.25]},
+        {"class": 0, "label": "0", "score": 0.4, "box": [0.0, 0.0, 3.0, 3.0]},
+    ]
+    capturer.observe(item, job.tensor, model, None, detections=found)
+    too_many = [{"class": 1, "score": 0.5, "box": [0, 0, 1, 1]}] * 400
+    capturer.observe(item, job.tensor, model, None, detections=too_many)
+    first, second = queue.entries()
+    assert first.meta.outputs == [1.0, 2.0, 5.5, 7.25, 0.91, 2.0, 0.0, 0.0, 3.0, 3.0, 0.4, 0.0]
+    assert len(second.meta.outputs) == 996  # 166 whole boxes under the contract's 1000
