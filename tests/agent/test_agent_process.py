@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,20 @@ class AgentProcess:
         reader.join(timeout)
         assert result, f"agent printed nothing within {timeout} s: {self.stderr[-5:]}"
         return result[0]
+
+    def served_first(self, timeout: float = 30.0) -> str:
+        """The model the agent served at start (its "serving committed model" log line).
+
+        ``first_line`` is printed once the broker connection is up and names the model serving
+        *then*: on a busy machine a retained desired state can already have swapped it (three
+        tests read 2.0.0 there under load when they meant the committed model at start)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.stderr):
+                if "serving committed model" in line:
+                    return str(json.loads(line).get("model", ""))
+            time.sleep(0.05)
+        raise AssertionError(f"no 'serving committed model' within {timeout} s: {self.stderr[-5:]}")
 
     def stop(self, timeout: float = 20.0) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -149,7 +149,8 @@ def test_sigkill_at_update_step_then_restart_commits(
             started = time.monotonic()
             agent = AgentProcess(config)
             running = "2.0.0" if point in COMMITTED_ON_DISK else "1.0.0"
-            assert f"model=digits@{running}" in agent.first_line()
+            assert agent.served_first() == f"digits@{running}"
+            agent.first_line()
             first_line_s = time.monotonic() - started
             if point in COMMITTED_ON_DISK:
                 # The pointer already names v2 (marked not announced): nothing to redo; the

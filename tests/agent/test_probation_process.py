@@ -195,7 +195,7 @@ def test_kill_during_probation_serves_the_committed_model_and_retries(
             seen = len(watch.messages)
             agent = AgentProcess(config)
             # The committed model serves first; the retained desired state is then retried.
-            assert "model=digits@1.0.0" in agent.first_line()
+            assert agent.served_first() == "digits@1.0.0"
             watch.wait_for(
                 lambda m: (
                     watch.messages.index(m) >= seen
