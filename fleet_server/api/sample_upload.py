@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 
-from fleet_server.services.errors import BadRequest, ServiceError, TooLarge, UnsupportedMediaType
+from fleet_server.api.upload import feed_multipart, form_boundary
+from fleet_server.services.errors import BadRequest, TooLarge
 from fleet_server.services.samples import MAX_META_BYTES
 
 META, FILE = "meta", "file"
@@ -99,38 +99,16 @@ async def receive_sample(
     max_bytes: int,
 ) -> Received:
     """Parse the form; raise a ServiceError (413, 415, 400) for a body that cannot be one."""
-    ctype, params = parse_options_header(content_type or "")
-    if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise UnsupportedMediaType("expected multipart/form-data with parts 'meta' and 'file'")
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError as err:
-            raise BadRequest("invalid Content-Length") from err
-        if declared > max_bytes + MAX_META_BYTES + _OVERHEAD:
-            raise TooLarge(f"sample is larger than the limit of {max_bytes} bytes")
+    boundary = form_boundary(
+        content_type,
+        content_length,
+        limit=max_bytes + MAX_META_BYTES + _OVERHEAD,
+        expected="expected multipart/form-data with parts 'meta' and 'file'",
+        too_large=f"sample is larger than the limit of {max_bytes} bytes",
+    )
     with dest.open("wb") as out:
         sink = _Sink(out, max_bytes)
-        parser = MultipartParser(
-            params[b"boundary"],
-            {
-                "on_part_begin": sink.on_part_begin,
-                "on_part_data": sink.on_part_data,
-                "on_part_end": sink.on_part_end,
-                "on_header_field": sink.on_header_field,
-                "on_header_value": sink.on_header_value,
-                "on_header_end": sink.on_header_end,
-                "on_headers_finished": sink.on_headers_finished,
-            },
-        )
-        try:
-            async for chunk in stream:
-                parser.write(chunk)
-            parser.finalize()
-        except ServiceError:
-            raise
-        except FormParserError as err:
-            raise BadRequest(f"malformed multipart body: {err}") from err
+        await feed_multipart(boundary, sink, stream)
     missing = [p for p in (META, FILE) if p not in sink.seen]
     if missing:
         raise BadRequest(f"the form has no {' or '.join(repr(m) for m in missing)} part")

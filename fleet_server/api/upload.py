@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -78,6 +78,66 @@ class _Sink:
         self._in_bundle = False
 
 
+class MultipartSink(Protocol):
+    """python-multipart's parser callbacks, as the sinks of both uploads implement them."""
+
+    def on_part_begin(self) -> None: ...
+    def on_header_field(self, data: bytes, start: int, end: int) -> None: ...
+    def on_header_value(self, data: bytes, start: int, end: int) -> None: ...
+    def on_header_end(self) -> None: ...
+    def on_headers_finished(self) -> None: ...
+    def on_part_data(self, data: bytes, start: int, end: int) -> None: ...
+    def on_part_end(self) -> None: ...
+
+
+def form_boundary(
+    content_type: str | None,
+    content_length: str | None,
+    *,
+    limit: int,
+    expected: str,
+    too_large: str,
+) -> bytes:
+    """The multipart boundary of a form upload, refusing a body that is not multipart (415,
+    ``expected``) or declares more than ``limit`` bytes (413, ``too_large``) before any is read."""
+    ctype, params = parse_options_header(content_type or "")
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise UnsupportedMediaType(expected)
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError as err:
+            raise BadRequest("invalid Content-Length") from err
+        if declared > limit:
+            raise TooLarge(too_large)
+    return bytes(params[b"boundary"])
+
+
+async def feed_multipart(
+    boundary: bytes, sink: MultipartSink, stream: AsyncIterator[bytes]
+) -> None:
+    """Stream ``stream`` through the multipart parser into ``sink`` (a malformed body is 400;
+    the sink's own refusals, e.g. 413 past its limit, pass through)."""
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": sink.on_part_begin,
+            "on_part_data": sink.on_part_data,
+            "on_part_end": sink.on_part_end,
+            "on_header_field": sink.on_header_field,
+            "on_header_value": sink.on_header_value,
+            "on_header_end": sink.on_header_end,
+            "on_headers_finished": sink.on_headers_finished,
+        },
+    )
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as err:
+        raise BadRequest(f"malformed multipart body: {err}") from err
+
+
 async def receive_bundle(
     *,
     content_type: str | None,
@@ -87,36 +147,16 @@ async def receive_bundle(
     max_bytes: int,
 ) -> tuple[str, int]:
     """Write the ``bundle`` field of a multipart body to ``dest``; return (sha256, size)."""
-    ctype, params = parse_options_header(content_type or "")
-    if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise UnsupportedMediaType(f"expected multipart/form-data with a {FIELD!r} file field")
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError as err:
-            raise BadRequest("invalid Content-Length") from err
-        if declared > max_bytes + _OVERHEAD:
-            raise TooLarge(f"bundle is larger than the limit of {max_bytes} bytes")
+    boundary = form_boundary(
+        content_type,
+        content_length,
+        limit=max_bytes + _OVERHEAD,
+        expected=f"expected multipart/form-data with a {FIELD!r} file field",
+        too_large=f"bundle is larger than the limit of {max_bytes} bytes",
+    )
     with dest.open("wb") as out:
         sink = _Sink(out, max_bytes)
-        parser = MultipartParser(
-            params[b"boundary"],
-            {
-                "on_part_begin": sink.on_part_begin,
-                "on_part_data": sink.on_part_data,
-                "on_part_end": sink.on_part_end,
-                "on_header_field": sink.on_header_field,
-                "on_header_value": sink.on_header_value,
-                "on_header_end": sink.on_header_end,
-                "on_headers_finished": sink.on_headers_finished,
-            },
-        )
-        try:
-            async for chunk in stream:
-                parser.write(chunk)
-            parser.finalize()
-        except FormParserError as err:
-            raise BadRequest(f"malformed multipart body: {err}") from err
+        await feed_multipart(boundary, sink, stream)
     if not sink.found:
         raise BadRequest(f"the form has no {FIELD!r} file field")
     if sink.size == 0:
