@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from converters.quantize.report import QuantizationReport, table
+from converters.quantize.report import QuantizationReport, table, where_timed
 from converters.validators import CheckResult
 from edgefleet.contract import Manifest
 
@@ -98,6 +98,8 @@ def summary(result: ConvertResult) -> str:
         )
         lines.extend(table(q))
         lines.append(f"  chosen   {q.chosen}")
+        if (warning := where_timed(q)) is not None:
+            lines.append(warning)
     signed = f"signed by {m.signature.key_id}" if m.signature else "unsigned"
     lines.append(f"  manifest {signed}")
     return "\n".join(lines)

@@ -1,19 +1,31 @@
-"""The latency gate: every candidate is timed against fp32, interleaved, and one slower than
-fp32 on this host is never chosen.
+"""The latency gate: every candidate is timed against fp32, interleaved, and one that is not
+faster than fp32 *beyond the measurement's noise* on this host is never chosen.
 
 :func:`benchmark` warms every session up, then runs ``rounds`` rounds; in each round every
 session (in a rotating order) runs ``runs_per_round`` timed single calls, so drift in the
 machine's state (frequency, caches, neighbours) hits all of them alike. The figure is the
-median of all timed calls. :func:`gate` and :func:`choose` are pure decisions over the numbers
-and are tested with injected measurements.
+median of all timed calls; each round's own median is kept too.
+
+:func:`gate` pairs the rounds: round *i*'s fp32 median over the candidate's is one speed-up
+sample, and the distribution-free confidence interval of their median (order statistics of a
+Binomial(n, 1/2), Hollander & Wolfe ch. 3) must lie above 1: a candidate at 1.01x whose rounds
+say 0.97-1.05x is noise and is rejected. Below 6 rounds no 95 % interval exists and the gate
+falls back to the point estimate, saying so. :func:`confirm_alone` times the chosen pair each
+alone, because interleaving two sessions call by call can distort small models (caches shared
+between them). :func:`gate` and :func:`choose` are pure decisions over the numbers and are
+tested with injected measurements.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+#: Coverage of the speed-up interval the gate requires above 1.
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -21,6 +33,8 @@ class Timing:
     p50_ms: float
     p95_ms: float
     runs: int
+    #: Median of each round's calls, in round order (empty when measured as one block).
+    round_ms: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,18 +72,43 @@ def benchmark(
                 times[name].append((time.perf_counter_ns() - start) / 1e6)
         if progress is not None and (r + 1) % max(1, rounds // 4) == 0:
             progress(f"benchmark round {r + 1}/{rounds}")
+    per = max(1, runs_per_round)
     return {
         name: Timing(
             p50_ms=float(np.median(values)),
             p95_ms=float(np.percentile(values, 95)),
             runs=len(values),
+            round_ms=tuple(
+                float(np.median(values[i : i + per])) for i in range(0, len(values), per)
+            ),
         )
         for name, values in times.items()
     }
 
 
-def gate(fp32_ms: float, candidate_ms: float, *, min_speedup: float = 1.0) -> Verdict:
-    """Accept only a candidate strictly faster than fp32 (by at least ``min_speedup``)."""
+def median_interval(
+    samples: Sequence[float], *, confidence: float = CONFIDENCE
+) -> tuple[float, float] | None:
+    """Distribution-free interval for the median of ``samples`` with at least ``confidence``
+    coverage: the k-th smallest and k-th largest, k the largest with P(Bin(n, 1/2) < k) <=
+    (1 - confidence) / 2. None when n is too small for any such interval (n < 6 at 95 %)."""
+    n = len(samples)
+    alpha = (1.0 - confidence) / 2
+    k, tail = 0, 0.0
+    while k < n:
+        nxt = tail + math.comb(n, k) / 2**n
+        if nxt > alpha:
+            break
+        tail, k = nxt, k + 1
+    if k == 0:
+        return None
+    ordered = sorted(samples)
+    return ordered[k - 1], ordered[n - k]
+
+
+def gate(fp32: Timing, candidate: Timing, *, min_speedup: float = 1.0) -> Verdict:
+    """Accept only a candidate faster than fp32 beyond noise (by at least ``min_speedup``)."""
+    fp32_ms, candidate_ms = fp32.p50_ms, candidate.p50_ms
     speedup = fp32_ms / candidate_ms if candidate_ms > 0 else float("inf")
     if candidate_ms >= fp32_ms:
         return Verdict(
@@ -79,10 +118,60 @@ def gate(fp32_ms: float, candidate_ms: float, *, min_speedup: float = 1.0) -> Ve
         return Verdict(
             False, f"speed-up {speedup:.2f}x is below the required {min_speedup:.2f}x", speedup
         )
-    return Verdict(True, f"{speedup:.2f}x faster than fp32", speedup)
+    pairs = [f / c for f, c in zip(fp32.round_ms, candidate.round_ms, strict=False) if c > 0]
+    interval = median_interval(pairs)
+    if interval is None:
+        return Verdict(
+            True, f"{speedup:.2f}x faster than fp32 ({len(pairs)} rounds: no noise check)", speedup
+        )
+    low, high = interval
+    span = f"{CONFIDENCE:.0%} CI {low:.2f}-{high:.2f}x over {len(pairs)} paired rounds"
+    if low <= 1.0:
+        return Verdict(False, f"not faster beyond noise: {speedup:.2f}x ({span})", speedup)
+    return Verdict(True, f"{speedup:.2f}x faster than fp32 ({span})", speedup)
+
+
+def confirm_alone(
+    sessions: Mapping[str, Any], feed: Mapping[str, Any], *, warmup: int, runs: int
+) -> dict[str, Timing]:
+    """Each session timed alone, one after the other (no interleaving): the check that an
+    interleaved win is not an artefact of two sessions sharing caches call by call."""
+    return {
+        name: benchmark({name: session}, feed, warmup=warmup, rounds=1, runs_per_round=runs)[name]
+        for name, session in sessions.items()
+    }
 
 
 def choose(latencies: Mapping[str, float], accepted: set[str]) -> str | None:
     """The fastest accepted candidate, or None."""
     eligible = [(ms, name) for name, ms in latencies.items() if name in accepted]
     return min(eligible)[1] if eligible else None
+
+
+def choose_confirmed(
+    sessions: Mapping[str, Any],
+    feed: Mapping[str, Any],
+    latencies: Mapping[str, float],
+    accepted: set[str],
+    *,
+    baseline: str,
+    warmup: int,
+    runs: int,
+) -> tuple[str | None, dict[str, str]]:
+    """The fastest accepted candidate that is still faster than ``baseline`` when each is timed
+    alone; returns it (or None) and the reason for each candidate that failed that check."""
+    refused: dict[str, str] = {}
+    remaining = set(accepted)
+    while (name := choose(latencies, remaining)) is not None:
+        alone = confirm_alone(
+            {baseline: sessions[baseline], name: sessions[name]}, feed, warmup=warmup, runs=runs
+        )
+        base_ms, cand_ms = alone[baseline].p50_ms, alone[name].p50_ms
+        if cand_ms < base_ms:
+            return name, refused
+        refused[name] = (
+            f"faster only when interleaved: timed alone {cand_ms:.4f} ms vs "
+            f"{baseline} {base_ms:.4f} ms"
+        )
+        remaining.discard(name)
+    return None, refused

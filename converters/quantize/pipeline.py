@@ -25,7 +25,7 @@ from converters.quantize.candidates import (
 )
 from converters.quantize.configs import DynamicInt8, Fp16, StaticInt8, config_name
 from converters.quantize.engines import INT8_OPS, QuantizeError, fp16_available, quantize
-from converters.quantize.gate import benchmark, choose, gate
+from converters.quantize.gate import benchmark, choose_confirmed, gate
 from converters.quantize.normalise import Normalised, normalise
 from converters.quantize.ranking import TensorRisk, rank_tensors
 from converters.quantize.report import BudgetStep, CandidateReport, QuantizationReport
@@ -318,9 +318,7 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
         fp32_report.latency_ms_p50 = latencies[FP32]
         fp32_report.speedup = 1.0
         for b in survivors:
-            verdict = gate(
-                latencies[FP32], latencies[b.report.name], min_speedup=q.options.min_speedup
-            )
+            verdict = gate(timings[FP32], timings[b.report.name], min_speedup=q.options.min_speedup)
             b.report.latency_ms_p50 = latencies[b.report.name]
             b.report.speedup = verdict.speedup
             if verdict.accepted:
@@ -330,7 +328,21 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
                 b.report.status = "rejected"
                 b.report.reason = f"latency gate: {verdict.reason}"
     quantized = accepted - {FP32}
-    chosen_name = choose(latencies, quantized) if quantized else None
+    chosen_name: str | None = None
+    if quantized:
+        chosen_name, refused = choose_confirmed(
+            sessions,
+            _deploy_feed(q, fp32.model),
+            latencies,
+            quantized,
+            baseline=FP32,
+            warmup=q.options.latency_warmup,
+            runs=q.options.gate_runs_per_round * 5,
+        )
+        for b in survivors:
+            if b.report.name in refused:
+                b.report.status = "rejected"
+                b.report.reason = f"latency gate: {refused[b.report.name]}"
     mode = q.options.quantize_mode
     if chosen_name is None:
         best = min(

@@ -59,11 +59,32 @@ class QuantizationReport(_Model):
     host_load: float | None = Field(
         default=None, description="1-minute load average when the gate ran (noise context)."
     )
+    measured_on: str = Field(
+        default_factory=lambda: measured_here(),
+        description="Where the latency gate timed the candidates: 'this host, <arch>'.",
+    )
     normalisation: list[str] = Field(description="Steps applied to the fp32 model.")
     notes: list[str] = Field(default_factory=list, description="Dropped steps, fallbacks.")
     skipped: dict[str, str] = Field(default_factory=dict, description="Mode → why not tried.")
     candidates: list[CandidateReport] = Field(description="fp32 first, then every candidate.")
     chosen: str = Field(description="The candidate written as the artifact.")
+
+
+def measured_here() -> str:
+    """The latency gate always runs on the converting host, whatever ``--target`` names."""
+    import platform
+
+    return f"this host, {platform.machine() or 'unknown arch'}"
+
+
+def where_timed(report: QuantizationReport) -> str | None:
+    """A warning line when ``--target`` names a device: the gate timed this host, not it."""
+    if report.target == "host":
+        return None
+    return (
+        f"  timed    on {report.measured_on}, not on {report.target} ({report.target_arch}): "
+        "the choice is this host's; re-measure there with 'edgefleet agent bench'"
+    )
 
 
 def table(report: QuantizationReport) -> list[str]:

@@ -8,7 +8,7 @@ from converters.calibration import CalibrationSet
 from converters.errors import ConvertError, one_line
 from converters.options import ConvertOptions
 from converters.quantize import metrics
-from converters.quantize.gate import benchmark, choose, gate
+from converters.quantize.gate import benchmark, choose_confirmed, gate
 from converters.quantize.report import CandidateReport, QuantizationReport
 from converters.quantize.stage import resolve_target
 from converters.tflite.candidates import TfliteConfig, convert_keras
@@ -80,23 +80,32 @@ def choose_candidate(
     accepted: set[str] = set()
     if built:
         progress(f"latency gate: {len(built) + 1} TFLite models")
+        sessions = {FP32: base, **{k: v[2] for k, v in built.items()}}
+        feed = {k: v[:1] for k, v in feeds.items()}
         timings = benchmark(
-            {FP32: base, **{k: v[2] for k, v in built.items()}},
-            {k: v[:1] for k, v in feeds.items()}, warmup=options.latency_warmup,
+            sessions, feed, warmup=options.latency_warmup,
             rounds=options.gate_rounds, runs_per_round=options.gate_runs_per_round,
         )  # fmt: skip
         latencies = {k: t.p50_ms for k, t in timings.items()}
         reports[0].latency_ms_p50, reports[0].speedup = latencies[FP32], 1.0
         for r in reports[1:]:
             if r.name in built:
-                verdict = gate(latencies[FP32], latencies[r.name], min_speedup=options.min_speedup)
+                verdict = gate(timings[FP32], timings[r.name], min_speedup=options.min_speedup)
                 r.latency_ms_p50, r.speedup = latencies[r.name], verdict.speedup
                 if verdict.accepted:
                     accepted.add(r.name)
                     r.reason += f"; {verdict.reason}"
                 else:
                     r.status, r.reason = "rejected", f"latency gate: {verdict.reason}"
-    chosen = choose(latencies, accepted)
+    chosen: str | None = None
+    if accepted:
+        chosen, refused = choose_confirmed(
+            sessions, feed, latencies, accepted, baseline=FP32,
+            warmup=options.latency_warmup, runs=options.gate_runs_per_round * 5,
+        )  # fmt: skip
+        for r in reports[1:]:
+            if r.name in refused:
+                r.status, r.reason = "rejected", f"latency gate: {refused[r.name]}"
     if chosen is None and mode in ("int8", "fp16"):
         why = "; ".join(f"{r.name}: {r.reason}" for r in reports[1:]) or "no candidate"
         raise ConvertError(f"--quantize {mode}: no TFLite candidate qualifies ({why})")

@@ -3,6 +3,7 @@ planning per target, typed configs and their dispatch, the tensor ranking, calib
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import get_args
 
@@ -22,7 +23,14 @@ from converters.quantize.configs import (
     precision_of,
 )
 from converters.quantize.engines import ENGINES
-from converters.quantize.gate import Timing, benchmark, choose, gate
+from converters.quantize.gate import (
+    Timing,
+    benchmark,
+    choose,
+    choose_confirmed,
+    gate,
+    median_interval,
+)
 from converters.quantize.ranking import fake_quant_error, rank_tensors
 from edgefleet.contract import Preprocessing, TensorSpec
 from edgefleet.contract.manifest import ResizeSpec
@@ -38,22 +46,68 @@ MLP = OpMix(convs=0, matmuls=2, ml_ops=0, total=5)
 # -- the latency gate: pure decisions over injected measurements -------------------------------
 
 
+def _timing(p50: float, rounds: list[float] | None = None) -> Timing:
+    return Timing(p50_ms=p50, p95_ms=p50, runs=15, round_ms=tuple(rounds or []))
+
+
 @pytest.mark.parametrize(
     ("fp32", "cand", "accepted"),
     [(0.085, 0.051, True), (0.085, 0.28, False), (0.085, 0.085, False), (0.085, 0.0849, True)],
 )
 def test_gate_rejects_anything_not_faster(fp32: float, cand: float, accepted: bool) -> None:
-    verdict = gate(fp32, cand)
+    verdict = gate(_timing(fp32), _timing(cand))
     assert verdict.accepted is accepted
     assert verdict.speedup == pytest.approx(fp32 / cand)
     if not accepted:
         assert "slower than fp32" in verdict.reason
+    else:
+        assert "no noise check" in verdict.reason  # no rounds: the point estimate, said so
 
 
 def test_gate_min_speedup() -> None:
-    assert not gate(0.1, 0.095, min_speedup=1.1).accepted
-    assert "below the required 1.10x" in gate(0.1, 0.095, min_speedup=1.1).reason
-    assert gate(0.1, 0.05, min_speedup=1.1).accepted
+    assert not gate(_timing(0.1), _timing(0.095), min_speedup=1.1).accepted
+    assert "below the required 1.10x" in gate(_timing(0.1), _timing(0.095), min_speedup=1.1).reason
+    assert gate(_timing(0.1), _timing(0.05), min_speedup=1.1).accepted
+
+
+def test_gate_rejects_a_win_inside_the_noise() -> None:
+    """1.01x overall, but the paired rounds swing both ways: noise, not speed (the picodet fp16
+    chosen at 1.00x of the last session)."""
+    rng = np.random.default_rng(7)
+    fp32_rounds = list(10.0 + rng.normal(0, 0.4, 15))
+    noisy = [f / r for f, r in zip(fp32_rounds, 1.01 + rng.normal(0, 0.04, 15), strict=True)]
+    verdict = gate(_timing(10.0, fp32_rounds), _timing(10.0 / 1.01, noisy))
+    assert not verdict.accepted
+    assert "not faster beyond noise" in verdict.reason and "15 paired rounds" in verdict.reason
+    steady = [f / 1.3 for f in fp32_rounds]
+    verdict = gate(_timing(10.0, fp32_rounds), _timing(10.0 / 1.3, steady))
+    assert verdict.accepted and "CI 1.30-1.30x" in verdict.reason
+
+
+def test_median_interval_is_the_binomial_order_statistics() -> None:
+    assert median_interval([1.0] * 5) is None  # n < 6: no 95 % interval exists
+    # n = 15: P(Bin(15, .5) <= 3) = 0.0176 <= 0.025 < P(<= 4) = 0.059 → 4th and 12th values.
+    assert median_interval([float(i) for i in range(1, 16)]) == (4.0, 12.0)
+    assert median_interval([float(i) for i in range(6, 0, -1)]) == (1.0, 6.0)
+
+
+def test_choose_confirmed_drops_a_win_that_only_exists_interleaved() -> None:
+    class Fixed:
+        def __init__(self, ms: float) -> None:
+            self.ms = ms
+
+        def run(self, _outputs: object, _feed: object) -> None:
+            end = time.perf_counter() + self.ms / 1000
+            while time.perf_counter() < end:
+                pass
+
+    sessions = {"fp32": Fixed(2.0), "fast": Fixed(0.5), "fake": Fixed(3.0)}
+    latencies = {"fp32": 2.0, "fake": 0.1, "fast": 0.5}  # "fake" won only interleaved
+    chosen, refused = choose_confirmed(
+        sessions, {}, latencies, {"fake", "fast"}, baseline="fp32", warmup=1, runs=5
+    )
+    assert chosen == "fast"
+    assert set(refused) == {"fake"} and "faster only when interleaved" in refused["fake"]
 
 
 def test_choose_takes_the_fastest_accepted_only() -> None:
