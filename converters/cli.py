@@ -131,6 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
     parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Per-node lines too (each step of the accuracy-budget loop).",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="Print the manifest and report as JSON."
     )
     parser.add_argument(
@@ -189,6 +194,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[Path, Path, ConvertOpti
             min_speedup=args.min_speedup,
             format=args.format,
             progress=not args.quiet,
+            verbose=args.verbose and not args.quiet,
             **({"calibration_methods": args.calibration_method} if args.calibration_method else {}),
         )
     except ValidationError as err:
@@ -234,6 +240,10 @@ def handle(args: argparse.Namespace) -> int:
 
     if str(args.source) == KEYGEN and not args.source.exists():
         return keygen(args.out_dir, as_json=args.json, force=args.force)
+    if not args.verbose:
+        from converters.quiet import quiet_third_party
+
+        quiet_third_party()
     try:
         source, out_dir, options = options_from_args(args)
         from converters.api import convert

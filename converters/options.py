@@ -140,6 +140,10 @@ class ConvertOptions(BaseModel):
         description="Allow unpickling a whole torch nn.Module (runs code from the file).",
     )
     progress: bool = Field(default=False, description="Progress lines on stderr.")
+    verbose: bool = Field(
+        default=False,
+        description="Per-node lines on stderr too (each step of the accuracy-budget loop).",
+    )
     max_eval_bytes: int = Field(
         default=MAX_EVAL_BYTES, ge=1, description="Largest eval file (and unpacked size) read."
     )

@@ -56,6 +56,8 @@ class QuantInput:
     target: Target
     work: Path
     progress: Callable[[str], None]
+    #: Per-node lines (the budget loop's steps): shown only with --verbose.
+    detail: Callable[[str], None] = lambda _line: None
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class _Runner:
                 continue
             excluded |= set(risk.nodes)
             trial = config.model_copy(update={"excluded_nodes": tuple(sorted(excluded))})
-            self.q.progress(f"budget loop: sparing {risk.tensor} ({config_name(trial)})")
+            self.q.detail(f"budget loop: sparing {risk.tensor} ({config_name(trial)})")
             step = BudgetStep(
                 excluded_tensor=risk.tensor,
                 tensor_error=risk.error,
@@ -277,7 +279,11 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
     )
     built: list[_Built] = []
     reports: list[CandidateReport] = []
+    started = time.perf_counter()
     for index, config in enumerate(plan.configs):
+        if index:
+            left = (time.perf_counter() - started) / index * (len(plan.configs) - index)
+            q.progress(f"candidate {index + 1}/{len(plan.configs)} (about {left:.0f} s left)")
         result = runner.candidate(config, index)
         if isinstance(result, _Built):
             built.append(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from converters.quantize.pipeline import QuantInput, QuantOutcome, run_quantizat
 from converters.runtime import run_batched
 from converters.stats import class_index, streaming_reference_stats
 from converters.validators import CheckResult
+from converters.value_range import raw_pixel_warnings
 from edgefleet.contract import TensorSpec
 from edgefleet.contract.manifest import ReferenceStats
 
@@ -65,13 +66,27 @@ class QuantStage:
         )
 
 
-def progress_printer(enabled: bool) -> Callable[[str], None]:
-    def emit(line: str) -> None:
-        if enabled:
-            sys.stderr.write(f"edgefleet convert: {line}\n")
+class Progress:
+    """Phase lines on stderr, each with the time since the conversion started; per-node detail
+    lines only when verbose. Called like a function for a phase line."""
+
+    def __init__(self, enabled: bool, *, verbose: bool = False) -> None:
+        self.enabled, self.verbose = enabled, verbose and enabled
+        self.started = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        if self.enabled:
+            elapsed = time.monotonic() - self.started
+            sys.stderr.write(f"edgefleet convert: [{elapsed:5.0f} s] {line}\n")
             sys.stderr.flush()
 
-    return emit
+    def detail(self, line: str) -> None:
+        if self.verbose:
+            self(f"  {line}")
+
+
+def progress_printer(enabled: bool, *, verbose: bool = False) -> Progress:
+    return Progress(enabled, verbose=verbose)
 
 
 def resolve_target(options: ConvertOptions) -> Target:
@@ -113,7 +128,7 @@ def quantize_stage(
 ) -> QuantStage:
     """Run the pipeline on the eval rows (or, without --eval, on calibration rows)."""
     assert options.calibration is not None  # checked by the caller
-    progress = progress_printer(options.progress)
+    progress = progress_printer(options.progress, verbose=options.verbose)
     target = resolve_target(options)
     calib = open_calibration(
         options.calibration,
@@ -121,6 +136,13 @@ def quantize_stage(
         preprocessing=options.preprocessing,
         labels=labels or None,
     )
+    warnings: list[str] = []
+    if calib.kind == "npz":
+        first = next(calib.batches(limit=256), None)
+        evaluation = feeds if eval_set is not None else None
+        for line in raw_pixel_warnings(first.inputs if first else {}, evaluation=evaluation):
+            progress(f"warning: {line}")
+            warnings.append(line)
     if eval_set is not None:
         q_feeds, q_labels, source, reference = feeds, eval_set.labels, "eval", onnx_out
     else:
@@ -142,8 +164,10 @@ def quantize_stage(
                 target=target,
                 work=Path(work),
                 progress=progress,
+                detail=progress.detail,
             )
         )
+    outcome.report.notes.extend(warnings)
     return QuantStage(outcome=outcome, calibration=calib, feeds=q_feeds, eval_source=source)
 
 

@@ -149,7 +149,7 @@ def convert_tflite(
     from converters.writer import write_artifact
 
     started = time.perf_counter()
-    progress = progress_printer(options.progress)
+    progress = progress_printer(options.progress, verbose=options.verbose)
     keras_model: Any = None
     if kind == "keras":
         keras_model = _load_keras(source)
