@@ -129,6 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Load a pickled torch nn.Module (runs code from the file: only your own files).",
     )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="Stop searching quantization candidates after this long and keep the best so far "
+        "(default: no limit).",
+    )
     parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
     parser.add_argument(
         "--verbose",
@@ -195,6 +202,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[Path, Path, ConvertOpti
             format=args.format,
             progress=not args.quiet,
             verbose=args.verbose and not args.quiet,
+            time_budget_s=args.time_budget,
             **({"calibration_methods": args.calibration_method} if args.calibration_method else {}),
         )
     except ValidationError as err:

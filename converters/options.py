@@ -140,6 +140,13 @@ class ConvertOptions(BaseModel):
         description="Allow unpickling a whole torch nn.Module (runs code from the file).",
     )
     progress: bool = Field(default=False, description="Progress lines on stderr.")
+    time_budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=86_400,
+        description="Stop trying further quantization candidates (and budget-loop steps) once "
+        "the search has run this long; the best found so far is kept.",
+    )
     verbose: bool = Field(
         default=False,
         description="Per-node lines on stderr too (each step of the accuracy-budget loop).",

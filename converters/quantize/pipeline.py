@@ -105,6 +105,7 @@ class _Runner:
         self.fp32_size = fp32.path.stat().st_size
         self._ranking: list[TensorRisk] | None = None
         self.calib_rows = q.options.calibration_rows
+        self.search_started = time.perf_counter()
 
     def score(self, outputs: Mapping[str, Any]) -> float:
         return metrics.score(
@@ -144,6 +145,11 @@ class _Runner:
         first = next(self.q.calibration.batches(limit=1)).inputs
         per_row = sum(int(v[0].size) for v in first.values()) or 1
         return max(1, min(self.calib_rows, 64, MAX_RANKING_ELEMENTS // per_row))
+
+    def out_of_time(self) -> bool:
+        """True once the search has used up ``--time-budget`` (never without one)."""
+        budget = self.q.options.time_budget_s
+        return budget is not None and time.perf_counter() - self.search_started >= budget
 
     def candidate(self, config: Config, index: int) -> _Built | CandidateReport:
         started = time.perf_counter()
@@ -193,7 +199,7 @@ class _Runner:
         excluded: set[str] = set(config.excluded_nodes)
         budget = self.q.options.max_drop
         for risk in self.ranking():
-            if len(steps) >= self.q.options.max_exclusion_steps:
+            if len(steps) >= self.q.options.max_exclusion_steps or self.out_of_time():
                 break
             if not risk.nodes or set(risk.nodes) <= excluded:
                 continue
@@ -248,6 +254,7 @@ def _deploy_feed(q: QuantInput, model: ModelProto) -> dict[str, Any]:
 
 def run_quantization(q: QuantInput) -> QuantOutcome:
     """Build, validate and time every candidate; return the chosen one (fp32 is a candidate)."""
+    search_started = time.perf_counter()
     q.progress(f"normalising the fp32 model (calibration: {q.calibration.samples} rows)")
     fp32 = normalise(
         q.model,
@@ -265,6 +272,7 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
     # needs it. The normalised model is checked to compute the same outputs.
     shipped_fp32 = q.model.SerializeToString()
     runner = _Runner(q, fp32, {})
+    runner.search_started = search_started
     runner.fp32_out = runner.evaluate(fp32.path)
     runner.metric_name = metrics.metric_name(q.labels, runner.fp32_out, q.task)
     runner.baseline = runner.score(runner.fp32_out)
@@ -281,6 +289,13 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
     reports: list[CandidateReport] = []
     started = time.perf_counter()
     for index, config in enumerate(plan.configs):
+        if runner.out_of_time():
+            for late in plan.configs[index:]:
+                plan.skipped[config_name(late)] = (
+                    f"--time-budget {q.options.time_budget_s:g} s reached before it was tried"
+                )
+            q.progress(f"time budget reached: {len(plan.configs) - index} candidates not tried")
+            break
         if index:
             left = (time.perf_counter() - started) / index * (len(plan.configs) - index)
             q.progress(f"candidate {index + 1}/{len(plan.configs)} (about {left:.0f} s left)")

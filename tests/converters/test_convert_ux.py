@@ -114,3 +114,21 @@ def test_cli_warns_on_raw_pixels_and_shows_budget_steps_only_with_verbose(tmp_pa
     )  # fmt: skip
     assert verbose.returncode == 0, verbose.stderr
     assert "budget loop: sparing" in verbose.stderr
+
+
+def test_time_budget_stops_the_search_and_keeps_the_best_so_far(tmp_path: Path) -> None:
+    source = save_onnx(fragile_onnx(), tmp_path / "f.onnx")
+    rows = np.random.default_rng(2).random((64, 16)).astype(np.float32)
+    calib = write_npz(tmp_path / "c.npz", x=rows)
+    done = _convert(
+        str(source), "-o", str(tmp_path / "a"), "--calibration", str(calib), "--json",
+        "--time-budget", "0.001", *QUICK, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["report"]["quantization"]
+    untried = [k for k, v in report["skipped"].items() if "--time-budget 0.001 s reached" in v]
+    assert untried, report["skipped"]
+    assert report["chosen"] == "fp32"  # nothing else was tried: the best so far is fp32
+    assert "time budget reached" in done.stderr
+    bad = _convert(str(source), "-o", str(tmp_path / "b"), "--time-budget", "-1", cwd=tmp_path)
+    assert bad.returncode == 2 and "time_budget_s" in bad.stderr
