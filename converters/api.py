@@ -6,13 +6,13 @@ reference stats, report → manifest (validated by the contract, signed) → wri
 
 from __future__ import annotations
 
-import importlib
 import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from converters import quiet
 from converters.assemble import (
     MODEL_FILE,
     SELFTEST_FILE,
@@ -30,7 +30,7 @@ from converters.evaldata import (
     load_eval,
     synthetic_inputs,
 )
-from converters.inputs import check_preprocessing, check_source, read_sign_key
+from converters.inputs import check_preprocessing, check_source, read_sign_key, source_sha256
 from converters.onnx_graph import check_opset, name_dynamic_dims, tensor_specs
 from converters.options import ConvertOptions, ConvertTask
 from converters.quantize.stage import QuantStage, calibration_stats, quantize_stage
@@ -39,6 +39,7 @@ from converters.runtime import Latency, make_session, measure_latency, run_batch
 from converters.selftest import build_selftest
 from converters.shapes import data_row_shapes, specialise
 from converters.sources import LoadedModel, loader_for
+from converters.sources.keras_source import KerasLoader
 from converters.stats import class_index, reference_stats
 from converters.validators import ValidationContext, run_validators
 from converters.writer import check_out_dir, write_artifact
@@ -52,33 +53,35 @@ __all__ = ["ConvertOptions", "ConvertResult", "convert"]
 REQUIRED_MODULES = ("numpy", "onnx", "onnxruntime")
 
 
-#: Sources that become TFLite artifacts (suffix → kind); everything else goes through ONNX.
-TFLITE_SOURCES = {".keras": "keras", ".tflite": "tflite"}
+#: Sources that become TFLite artifacts by default (suffix → kind); everything else goes through
+#: ONNX. ``--format onnx`` takes a Keras model or SavedModel through tf2onnx instead.
+TFLITE_SOURCES = {".keras": "keras", ".h5": "keras", ".tflite": "tflite"}
+KERAS = KerasLoader()
 
 
 def check_format(source: Path, tflite_kind: str | None, options: ConvertOptions) -> None:
-    """--format must be one the installed tool chain can make from this source."""
+    """--format must be one the tool chain can make from this source (``all`` is the CLI's:
+    it runs one conversion per format)."""
     wanted = options.format
-    if wanted is None:
+    if wanted is None or wanted == "all":
         return
-    if tflite_kind is not None and wanted != "tflite":
+    if tflite_kind == "tflite" and wanted != "tflite":
         raise InputError(
-            f"--format {wanted}: {source.name} converts to TFLite only (Keras → ONNX needs "
-            "tf2onnx, which this converter does not use); pass --format tflite"
+            f"--format {wanted}: {source.name} is a TFLite model already; pass --format tflite"
         )
-    if tflite_kind is None and wanted != "onnx":
+    if tflite_kind is None and wanted == "tflite" and source.suffix.lower() != ".onnx":
         raise InputError(
-            f"--format {wanted}: {source.name} converts to ONNX only (ONNX → TFLite needs "
-            "onnx2tf, which is not part of the environment); pass --format onnx"
+            f"--format tflite: {source.name} converts to ONNX only (convert it to .onnx first, "
+            "then ONNX → TFLite goes through onnx2tf); pass --format onnx"
         )
 
 
 def _convert_tflite(
     source: Path, out_dir: Path, options: ConvertOptions, *, kind: str
 ) -> ConvertResult:
-    importlib.import_module("ai_edge_litert")  # ModuleNotFoundError: the CLI names the extra
+    quiet.import_module("ai_edge_litert")  # ModuleNotFoundError: the CLI names the extra
     if kind in ("keras", "savedmodel"):
-        importlib.import_module("tensorflow")
+        quiet.import_module("tensorflow")
     if kind != "savedmodel":
         check_source(source)
     check_out_dir(out_dir, force=options.force)
@@ -234,12 +237,14 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
     if source.is_dir() and (source / "saved_model.pb").is_file():
         tflite_kind = "savedmodel"
     check_format(source, tflite_kind, options)
-    if tflite_kind is not None:
+    if tflite_kind is not None and options.format != "onnx":
         return _convert_tflite(source, out_dir, options, kind=tflite_kind)
-    loader = loader_for(source)
+    if tflite_kind is None and options.format == "tflite":
+        return _convert_tflite(source, out_dir, options, kind="onnx")
+    loader = KERAS if tflite_kind is not None else loader_for(source)
     for module in (*REQUIRED_MODULES, *loader.modules):
-        importlib.import_module(module)  # ModuleNotFoundError: the CLI names the extra
-    source_size = check_source(source)
+        quiet.import_module(module)  # ModuleNotFoundError: the CLI names the extra
+    source_size = source_sha256(source)[1] if source.is_dir() else check_source(source)
     check_out_dir(out_dir, force=options.force)
     key_pem = _check_key(options)
     if options.quantize_mode != "none" and options.calibration is None:
@@ -336,7 +341,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
     conv = Conversion(
         source=source,
         source_kind=loader.kind,
-        source_sha256=hash_file(source)[0],
+        source_sha256=source_sha256(source)[0],
         source_size=source_size,
         loaded=loaded,
         options=options,

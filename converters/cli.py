@@ -113,8 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         choices=["onnx", "tflite", "all"],
-        help="Artifact format (default: tflite for .keras/.tflite sources, onnx otherwise); "
-        "each source converts to one format with the installed tools.",
+        help="Artifact format (default: tflite for .keras/.h5/.tflite/SavedModel sources, onnx "
+        "otherwise). onnx from Keras/SavedModel uses tf2onnx; tflite from .onnx uses onnx2tf "
+        "(its own tool venv); all writes OUT_DIR/onnx and OUT_DIR/tflite.",
     )
     parser.add_argument(
         "--min-speedup",
@@ -249,25 +250,54 @@ def handle(args: argparse.Namespace) -> int:
     if str(args.source) == KEYGEN and not args.source.exists():
         return keygen(args.out_dir, as_json=args.json, force=args.force)
     if not args.verbose:
-        from converters.quiet import quiet_third_party
+        from converters import quiet
 
-        quiet_third_party()
+        quiet.enable()
+    existed = args.out_dir.exists()
     try:
         source, out_dir, options = options_from_args(args)
         from converters.api import convert
         from converters.report import summary
 
-        result = convert(source, out_dir, options)
+        if options.format == "all":
+            # One artifact per format, OUT_DIR/onnx and OUT_DIR/tflite; both or neither.
+            results = []
+            for fmt in ("onnx", "tflite"):
+                one = options.model_copy(update={"format": fmt})
+                results.append(convert(source, out_dir / fmt, one))
+        else:
+            results = [convert(source, out_dir, options)]
     except ConvertError as err:
         print(f"edgefleet convert: error: {one_line(err, limit=500)}", file=sys.stderr)
+        if options_format(args) == "all" and not existed:
+            _remove_partial(args.out_dir)
         return err.exit_code
     if args.json:
-        document = {
-            "artifact_dir": str(result.artifact_dir),
-            "manifest": json.loads(result.manifest.to_json()),
-            "report": json.loads(result.report.to_json()),
-        }
-        print(json.dumps(document, indent=2))
+        documents = [
+            {
+                "artifact_dir": str(result.artifact_dir),
+                "manifest": json.loads(result.manifest.to_json()),
+                "report": json.loads(result.report.to_json()),
+            }
+            for result in results
+        ]
+        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
     else:
-        print(summary(result))
+        print("\n".join(summary(result) for result in results))
     return 0
+
+
+def options_format(args: argparse.Namespace) -> str | None:
+    return getattr(args, "format", None)
+
+
+def _remove_partial(out_dir: Path) -> None:
+    """--format all failed part way: the first format's artifact goes too (both or neither)."""
+    import shutil
+
+    for fmt in ("onnx", "tflite"):
+        shutil.rmtree(out_dir / fmt, ignore_errors=True)
+    try:
+        out_dir.rmdir()
+    except OSError:
+        pass

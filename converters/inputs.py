@@ -6,11 +6,13 @@ checks the size before reading and turns any problem into one :class:`InputError
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
 from converters.errors import InputError, one_line
 from converters.options import MAX_DIM, MAX_LABEL_CHARS, MAX_LABELS
+from edgefleet.artifact import hash_file
 from edgefleet.contract import ContractError, Preprocessing, TensorSpec
 from edgefleet.contract.manifest import MAX_FILE_BYTES
 from edgefleet.contract.parsing import load_json_object, validate
@@ -135,3 +137,16 @@ def check_preprocessing(pre: Preprocessing, spec: TensorSpec) -> None:
                 f"({pre.color}, {width}x{height}, {pre.layout}) but input {spec.name!r} "
                 f"is {spec.shape}"
             )
+
+
+def source_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, or of a directory's files (relative paths and bytes)."""
+    if path.is_file():
+        return hash_file(path)
+    digest, size = hashlib.sha256(), 0
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\x00")
+        data = item.read_bytes()
+        size += len(data)
+        digest.update(data + b"\x00")
+    return digest.hexdigest(), size

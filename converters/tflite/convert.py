@@ -15,6 +15,7 @@ from typing import Any
 from converters.calibration import CalibrationSet, open_calibration
 from converters.errors import ConvertError, InputError, one_line
 from converters.evaldata import load_eval, synthetic_inputs
+from converters.inputs import source_sha256
 from converters.options import ConvertOptions, config_record
 from converters.quantize import metrics
 from converters.quantize.gate import benchmark
@@ -23,14 +24,17 @@ from converters.quantize.stage import calibration_rows, progress_printer
 from converters.report import REPORT_FILE, ConvertReport, ConvertResult, EvalReport, SourceReport
 from converters.stats import class_index, reference_stats
 from converters.tflite.candidates import TfliteConfig, convert_keras
+from converters.tflite.from_onnx import onnx_reference, onnx_to_tflite
 from converters.tflite.runner import TfliteRunner
 from converters.tflite.select import choose_candidate
 from converters.validators import ValidationContext, run_validators
 from edgefleet.artifact import hash_file
 from edgefleet.contract import Manifest, ModelFile, SelfTest
-from edgefleet.contract.manifest import BuildInfo, Metrics, SourceInfo
+from edgefleet.contract.manifest import BuildInfo, Framework, Metrics, SourceInfo
 
 MODEL_FILE = "model.tflite"
+#: The manifest's source framework by source kind (Keras and SavedModel: "keras").
+_FRAMEWORKS: dict[str, Framework] = {"tflite": "tflite", "onnx": "onnx"}
 SELFTEST_FILE = "selftest.npz"
 FP32 = "fp32"
 
@@ -59,21 +63,6 @@ def _predict(model: Any, x: Any) -> Any:
             f"{model.name}: needs a 'serving_default' signature with one input ({one_line(err)})"
         ) from err
     return next(iter(outputs.values())).numpy()
-
-
-def source_sha256(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of a file, or of a directory's files (relative paths and bytes)."""
-    import hashlib
-
-    if path.is_file():
-        return hash_file(path)
-    digest, size = hashlib.sha256(), 0
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(item.relative_to(path).as_posix().encode() + b"\x00")
-        data = item.read_bytes()
-        size += len(data)
-        digest.update(data + b"\x00")
-    return digest.hexdigest(), size
 
 
 #: Float self-test tolerance floor, relative to the largest output (float32 rounding).
@@ -155,11 +144,13 @@ def convert_tflite(
         keras_model = _load_keras(source)
     elif kind == "savedmodel":
         keras_model = source  # TFLiteConverter.from_saved_model reads the directory
-    fp32_bytes = (
-        convert_keras(keras_model, TfliteConfig(kind="tflite_fp32"), None)
-        if keras_model is not None
-        else source.read_bytes()
-    )
+    if keras_model is not None:
+        fp32_bytes = convert_keras(keras_model, TfliteConfig(kind="tflite_fp32"), None)
+    elif kind == "onnx":
+        progress("ONNX → TFLite with onnx2tf")
+        fp32_bytes = onnx_to_tflite(source, input_shapes=options.input_shapes)
+    else:
+        fp32_bytes = source.read_bytes()
     base = TfliteRunner(fp32_bytes, what=source.name)
     float_inputs, float_outputs = base.specs(float_view=True)
     calib: CalibrationSet | None = None
@@ -186,6 +177,8 @@ def convert_tflite(
 
         predicted = _predict(keras_model, next(iter(feeds.values())))
         reference = {float_outputs[0].name: np.asarray(predicted)}
+    elif kind == "onnx":  # the TFLite model must behave like the ONNX model it came from
+        reference = {float_outputs[0].name: onnx_reference(source, feeds)}
     checks = run_validators(
         ValidationContext(
             inputs=feeds,
@@ -207,11 +200,16 @@ def convert_tflite(
     quant_report: QuantizationReport | None = None
     mode = options.quantize_mode
     notes: list[str] = []
+    what = (
+        "an ONNX source becomes a float TFLite model"
+        if kind == "onnx"
+        else ("an existing .tflite file is wrapped as is")
+    )
     if mode in ("int8", "fp16") and keras_model is None:
-        raise InputError(f"--quantize {mode}: an existing .tflite file is wrapped as is; use none")
+        raise InputError(f"--quantize {mode}: {what}; use none (or --format onnx)")
     if mode == "auto" and keras_model is None:
         # No TFLite → TFLite quantizer here (that needs the source model): auto keeps fp32.
-        notes.append("--quantize auto: an existing .tflite file is wrapped as is (fp32)")
+        notes.append(f"--quantize auto: {what} (fp32)")
         mode = "none"
     if mode != "none" and keras_model is not None:
         assert calib is not None  # api.convert requires --calibration for quantization
@@ -280,7 +278,7 @@ def convert_tflite(
             model_file=MODEL_FILE, files=files, inputs=inputs, outputs=outputs,
             preprocessing=options.preprocessing, task=task, labels=options.labels or [],
             source=SourceInfo(
-                framework="tflite" if kind == "tflite" else "keras",
+                framework=_FRAMEWORKS.get(kind, "keras"),
                 framework_version=tools.get("tensorflow"), tools=tools,
                 original_file=source.name[:255],
             ),

@@ -8,8 +8,6 @@ onnxruntime's ``session.run(None, feed)`` shape so the latency gate can time it.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -22,16 +20,12 @@ _DTYPES = {"float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bo
 
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
-    """TensorFlow's converter prints to file descriptor 1; keep stdout for --json."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
+    """TensorFlow's converter prints to file descriptor 1; keep stdout for --json (and, when
+    the CLI is quiet, keep its chatter off the terminal: :func:`converters.quiet.tool_output`)."""
+    from converters.quiet import tool_output
+
+    with tool_output():
         yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _quant(detail: Mapping[str, Any]) -> QuantParams | None:

@@ -158,11 +158,42 @@ def test_saved_model_directory(keras_setup: KerasSetup, tmp_path: Path) -> None:
 def test_format_must_match_the_source(tmp_path: Path) -> None:
     model = tmp_path / "m.keras"
     model.write_bytes(b"x")
-    with pytest.raises(InputError, match="tf2onnx"):
-        convert(model, tmp_path / "o", ConvertOptions(format="onnx"))
-    with pytest.raises(InputError, match="onnx2tf"):
-        convert(tmp_path / "m.onnx", tmp_path / "o", ConvertOptions(format="all"))
+    with pytest.raises(InputError, match="not a loadable Keras model"):
+        convert(model, tmp_path / "o", ConvertOptions(format="onnx"))  # tf2onnx's road
+    tflite = tmp_path / "m.tflite"
+    tflite.write_bytes(b"x")
+    with pytest.raises(InputError, match="is a TFLite model already"):
+        convert(tflite, tmp_path / "o", ConvertOptions(format="onnx"))
+    pickle = tmp_path / "m.pkl"
+    pickle.write_bytes(b"x")
+    with pytest.raises(InputError, match="converts to ONNX only"):
+        convert(pickle, tmp_path / "o", ConvertOptions(format="tflite"))
     assert leftovers(tmp_path, "o") == []
+
+
+def test_keras_and_saved_model_to_onnx_with_tf2onnx(
+    keras_setup: KerasSetup, tmp_path: Path
+) -> None:
+    pytest.importorskip("tf2onnx", reason="Keras → ONNX needs tf2onnx (the convert-tf extra)")
+    result = convert(
+        keras_setup.path,
+        tmp_path / "k",
+        ConvertOptions(**QUICK, format="onnx", eval_data=keras_setup.eval_npz),
+    )
+    manifest = load_artifact(tmp_path / "k")
+    assert (manifest.format, manifest.source.framework) == ("onnx", "keras")
+    assert {c.name: c.passed for c in result.report.checks} == {"fidelity": True, "top1": True}
+    assert "tf2onnx" in manifest.source.tools
+    saved = tmp_path / "saved"
+    keras_setup.model.export(str(saved), verbose=False)
+    result = convert(
+        saved,
+        tmp_path / "s",
+        ConvertOptions(**QUICK, format="onnx", eval_data=keras_setup.eval_npz),
+    )
+    assert load_artifact(tmp_path / "s").format == "onnx"
+    assert all(c.passed for c in result.report.checks)
+    assert result.report.source.size > 0 and len(result.report.source.sha256) == 64
 
 
 @pytest.mark.integration

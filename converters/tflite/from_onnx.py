@@ -1,0 +1,149 @@
+"""ONNX → TFLite through onnx2tf, run from its own tool venv.
+
+onnx2tf 2.x needs Python >= 3.12 and pins exact numpy/onnxruntime/TensorFlow versions that
+clash with ours, so it lives in a separate venv (``python -m converters.tflite.from_onnx
+install`` makes one, cached under ``~/.cache/edgefleet/tools/onnx2tf``) and runs as a
+subprocess; ``EDGEFLEET_ONNX2TF`` points at another ``onnx2tf`` executable. Image inputs keep
+the ONNX model's NCHW layout (``-kat``), so the manifest's preprocessing stays the one the
+user wrote; dynamic dimensions are fixed (batch 1). The ONNX model itself, run with
+onnxruntime, is the reference the TFLite artifact is validated against.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from converters.errors import ConvertError, InputError, one_line
+
+ENV = "EDGEFLEET_ONNX2TF"
+#: What the tool venv installs (onnx2tf 2.x pins the rest itself).
+REQUIREMENTS = (
+    "onnx2tf>=2.6,<3",
+    "tensorflow-cpu==2.21.*",
+    "tf-keras==2.21.*",
+    "onnx",
+    "onnxruntime",
+    "onnx-graphsurgeon",
+    "onnxsim",
+    "sng4onnx",
+    "psutil",
+    "ml_dtypes",
+)
+TIMEOUT_S = 900
+
+
+def tool_dir() -> Path:
+    return Path.home() / ".cache" / "edgefleet" / "tools" / "onnx2tf"
+
+
+def find_tool() -> Path | None:
+    """The onnx2tf executable: $EDGEFLEET_ONNX2TF, else the cached tool venv's."""
+    given = os.environ.get(ENV)
+    if given:
+        return Path(given)
+    default = tool_dir() / "bin" / "onnx2tf"
+    return default if default.is_file() else None
+
+
+def _missing() -> InputError:
+    return InputError(
+        "ONNX → TFLite needs onnx2tf (Python >= 3.12, its own venv): run "
+        "'python -m converters.tflite.from_onnx install' or set EDGEFLEET_ONNX2TF"
+    )
+
+
+def onnx_to_tflite(source: Path, *, input_shapes: Mapping[str, list[int]]) -> bytes:
+    """The float32 ``.tflite`` bytes of the ONNX model at ``source``."""
+    import onnx
+
+    tool = find_tool()
+    if tool is None or not tool.is_file():
+        raise _missing()
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception as err:  # protobuf and onnx raise several unrelated types
+        raise InputError(f"{source.name} is not a readable ONNX model: {one_line(err)}") from err
+    initializers = {t.name for t in model.graph.initializer}
+    args: list[str] = []
+    keep: list[str] = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim
+        ]
+        fixed = input_shapes.get(value.name) or [1 if d is None else d for d in dims]
+        if len(fixed) != len(dims):
+            raise InputError(
+                f"--input-shape {value.name}: {len(fixed)} dims given, the model has {len(dims)}"
+            )
+        args.append(f"{value.name}:{','.join(str(d) for d in fixed)}")
+        if len(dims) in (3, 4, 5):
+            keep.append(value.name)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-onnx2tf-") as work:
+        command = [str(tool), "-i", str(source), "-o", work, "-ois", *args]
+        if keep:
+            command += ["-kat", *keep]
+        try:
+            done = subprocess.run(  # noqa: S603 (our own argv, no shell)
+                command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired as err:
+            raise ConvertError(f"onnx2tf took longer than {TIMEOUT_S} s on {source.name}") from err
+        except OSError as err:
+            raise ConvertError(f"cannot run onnx2tf ({tool}): {one_line(err)}") from err
+        result = Path(work) / f"{source.stem}_float32.tflite"
+        if done.returncode != 0 or not result.is_file():
+            tail = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+            raise ConvertError(
+                f"onnx2tf could not convert {source.name} (exit {done.returncode}): "
+                f"{tail[-1][:300] if tail else 'no output'}"
+            )
+        return result.read_bytes()
+
+
+def onnx_reference(source: Path, feeds: Mapping[str, Any]) -> Any:
+    """The ONNX model's first output on ``feeds`` (given in the model's input order)."""
+    import onnx
+
+    from converters.evaldata import batch_of
+    from converters.onnx_graph import tensor_specs
+    from converters.runtime import make_session, run_batched
+
+    model = onnx.load(str(source), load_external_data=False)
+    inputs, outputs = tensor_specs(model)
+    session = make_session(model.SerializeToString(), what=source.name)
+    named = dict(zip((s.name for s in inputs), feeds.values(), strict=True))
+    return run_batched(session, named, batch=batch_of(inputs))[outputs[0].name]
+
+
+def install(target: Path | None = None) -> Path:
+    """Make the onnx2tf tool venv with a Python >= 3.12 (python3.12 on PATH, or pyenv's)."""
+    target = target or tool_dir()
+    candidates = [
+        shutil.which("python3.12"),
+        *sorted(str(p) for p in (Path.home() / ".pyenv" / "versions").glob("3.1[2-9]*/bin/python")),
+    ]
+    python = next((c for c in candidates if c), None)
+    if python is None:
+        raise SystemExit("no Python >= 3.12 found (python3.12 on PATH or ~/.pyenv/versions/3.12*)")
+    if not (target / "bin" / "onnx2tf").is_file():
+        subprocess.run([python, "-m", "venv", str(target)], check=True)  # noqa: S603
+        pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)  # noqa: S603
+        subprocess.run([*pip, *REQUIREMENTS], check=True)  # noqa: S603
+    return target / "bin" / "onnx2tf"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["install"]:
+        raise SystemExit("usage: python -m converters.tflite.from_onnx install")
+    sys.stdout.write(f"{install()}\n")
