@@ -208,5 +208,5 @@ class _Run:
                 "label": label[:200] if label is not None else None,
             }
             for score, neg, verdict, label in ranked
-            if score > 0
+            if round(score, 6) > 0
         ]
