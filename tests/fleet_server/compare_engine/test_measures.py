@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,17 +99,17 @@ def test_require_compare_thresholds() -> None:
 
 
 def test_replaced_versions_are_the_targets_versions_else_the_parent() -> None:
-    from fleet_server.models import Device
-    from fleet_server.models import ModelVersion as Row
+    def row(**fields: Any) -> Any:  # only the attributes replaced_versions reads
+        return SimpleNamespace(**fields)
 
-    candidate = Row(name="m", version="3", parent_version="2")
+    candidate = row(name="m", version="3", parent_version="2")
     devices = [
-        Device(device_id="a", desired_name="m", desired_version="1"),
-        Device(device_id="b", desired_name="m", desired_version="3"),
-        Device(device_id="c", desired_name="other", desired_version="9"),
-        Device(device_id="d"),
+        row(desired_name="m", desired_version="1"),
+        row(desired_name="m", desired_version="3"),
+        row(desired_name="other", desired_version="9"),
+        row(desired_name=None, desired_version=None),
     ]
     assert replaced_versions(candidate=candidate, targets=devices) == ["1"]
     assert replaced_versions(candidate=candidate, targets=devices[1:]) == ["2"]
-    orphan = Row(name="m", version="3")
+    orphan = row(name="m", version="3", parent_version=None)
     assert replaced_versions(candidate=orphan, targets=devices[1:]) == []
