@@ -206,3 +206,45 @@ def test_hostile_inputs_get_one_clear_error(
         anonymous = httpx.post(server.url + url, json=body)
         assert anonymous.status_code == 401
         assert len(http.get(url).json()["items"]) == 1
+
+
+def test_compare_on_the_fleets_labelled_samples(
+    server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--data fleet``: the labelled samples devices sent (real digits as JPEGs), exported
+    as ``samples export`` does; unlabelled samples are left out."""
+    import cv2
+
+    from tests.fleet_server.sample_helpers import meta_for
+
+    x, y = _digits()
+    with _http(server) as http:
+        device = http.post("/api/v1/devices", json={"device_id": "cam-2"}).json()
+        body = {"model": "digits", "version": "1.0.0", "device_ids": ["cam-2"]}
+        assert http.post("/api/v1/assignments", json=body).status_code == 200
+        policy = {"low_confidence": 0.5, "max_per_day": 100}
+        assert http.put("/api/v1/models/digits/capture", json=policy).status_code == 200
+        for i in range(1400, 1412):
+            pixels = np.clip(np.rint(x[i].reshape(8, 8) * 255 / 16), 0, 255).astype(np.uint8)
+            ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 100])
+            assert ok
+            image = encoded.tobytes()
+            files = {
+                "meta": (None, json.dumps(meta_for(image, "cam-2")), "application/json"),
+                "file": ("x.jpg", image, "image/jpeg"),
+            }
+            headers = {"Authorization": f"Bearer {device['token']}"}
+            sent = httpx.post(f"{server.url}/api/v1/samples", files=files, headers=headers)
+            assert sent.status_code == 201, sent.text
+            if i < 1410:  # two stay unlabelled
+                label = {"label": str(y[i])}
+                assert http.put(f"/api/v1/samples/{sent.json()['id']}/label", json=label).is_success
+
+    stored = compare_json(server, capsys, "1.0.0", "1.1.0", "--data", "fleet")
+    result = stored["result"]
+    assert result["data"]["kind"] == "fleet" and result["samples"] == 10
+    assert result["labelled"]["samples"] == 10 and result["agreement"] < 0.3
+    assert result["labelled"]["accuracy_delta"] < -0.5
+    with _http(server) as http:
+        sha = http.get("/api/v1/datasets/digits/snapshot").json()["sha256"]
+    assert result["data"]["sha256"] == sha
