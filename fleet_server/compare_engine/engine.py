@@ -64,13 +64,14 @@ def compare_artifacts(
     if factory is None:
         raise CompareError(f"no measure for task {ma.task!r} (known: {', '.join(MEASURES)})")
     for manifest in (ma, mb):
-        fixed = [s.shape[0] for s in manifest.inputs if isinstance(s.shape[0], int)]
-        if any(b != 1 for b in fixed):
-            raise CompareError(f"{manifest.ref}: a fixed batch of {fixed[0]} (compare runs rows)")
+        fixed = [s.shape[0] for s in manifest.inputs if s.shape and isinstance(s.shape[0], int)]
+        batch = next((b for b in fixed if b != 1), None)
+        if batch is not None:
+            raise CompareError(f"{manifest.ref}: a fixed batch of {batch} (compare runs rows)")
     dataset = open_data(data, manifest_a=ma, manifest_b=mb, labels_file=labels)
-    measure = factory(model_a, model_b)
     run = _Run(top=top)
     try:
+        measure = factory(model_a, model_b)
         for index, feeds_a, feeds_b, label in _rows(dataset, limit):
             outputs_a, outputs_b = run.timed(index, model_a.infer, feeds_a, model_b.infer, feeds_b)
             run.note(index, measure.row(outputs_a, outputs_b), label)

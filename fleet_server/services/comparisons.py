@@ -27,11 +27,10 @@ LIST_LIMIT = 50
 def store_comparison(
     *, session: Session, name: str, version: str, body: ComparisonCreate, actor: str
 ) -> ComparisonPublic:
-    get_model(session=session, name=name, version=version)
+    candidate = get_model(session=session, name=name, version=version)
     if body.baseline_version == version:
         raise Unprocessable("a version cannot be compared with itself")
     baseline = get_model(session=session, name=name, version=body.baseline_version)
-    candidate = get_model(session=session, name=name, version=version)
     if baseline.task != candidate.task or body.task != candidate.task:
         raise Unprocessable(
             f"task mismatch: baseline is {baseline.task}, candidate is {candidate.task}, "
