@@ -124,6 +124,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--top", type=_top, default=10, metavar="K", help="disagreeing inputs listed, 0..50"
     )
     leaf.set_defaults(action="models_compare")
+    leaf = model_actions.add_parser(
+        "comparison", parents=[common], help="the latest stored comparison of a candidate version"
+    )
+    leaf.add_argument("name", metavar="MODEL")
+    leaf.add_argument("version", metavar="VERSION", help="the candidate (B) version")
+    leaf.set_defaults(action="models_comparison")
 
     leaf = actions.add_parser(
         "assign", parents=[common], help="set the desired model of devices (by id or by tag)"

@@ -133,4 +133,18 @@ def show(stored: JsonObject, out: Output) -> None:
     out.table("inputs where they disagree most", DISAGREEMENT_COLUMNS, r.get("disagreements") or [])
 
 
-COMPARE_COMMANDS = {"models_compare": models_compare}
+def models_comparison(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    listed = client.comparisons(args.name, args.version)
+    if out.json_mode:
+        out.json(listed)
+        return
+    latest = listed.get("latest")
+    if not isinstance(latest, dict):
+        out.line(f"{plain(args.name)}@{plain(args.version)} has no stored comparison")
+        return
+    show(latest, out)
+    if len(listed.get("items") or []) > 1:
+        out.line(f"({len(listed['items'])} stored; --json lists them all)")
+
+
+COMPARE_COMMANDS = {"models_compare": models_compare, "models_comparison": models_comparison}

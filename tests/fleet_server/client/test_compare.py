@@ -116,6 +116,10 @@ def test_compare_stores_the_result_and_require_compare_judges_it(
     assert code == 0, out
     assert "agreement" in out and "100.0 %" in out and "latency" in out, out
 
+    code, out = cli(server, capsys, "models", "comparison", "digits", "1.1.0")
+    assert code == 0 and "1.0.0 vs 1.1.0" in out and "Δ -" in out, out
+    code, out = cli(server, capsys, "models", "comparison", "digits", "1.0.0")
+    assert code == 0 and "has no stored comparison" in out, out
     with _http(server) as http:
         listed = http.get("/api/v1/models/digits/1.1.0/compare").json()
         assert listed["latest"]["id"] == broken["id"] and len(listed["items"]) == 1
