@@ -86,6 +86,13 @@ class CalibrationSet:
 
         return _Reader()
 
+    def row_names(self) -> list[str]:
+        """A name per row, in stream order: the image's path under the folder, or 'row N'."""
+        if self.kind != "images":
+            return [f"row {i}" for i in range(self.samples)]
+        files, _ = _image_files(self.path, self.class_names or None)
+        return [p.relative_to(self.path).as_posix() for p, _ in files[:MAX_CALIBRATION_ROWS]]
+
     def rows(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
         """Single rows (batch 1) of every input, streamed."""
         return self._rows(limit)

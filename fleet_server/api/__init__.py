@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from fleet_server.api import (
     assignments,
     capture,
+    comparisons,
     datasets,
     devices,
     drift,
@@ -23,6 +24,7 @@ api_router.include_router(devices.router)
 # Before models: GET /models/{name}/capture would otherwise match /models/{name}/{version}.
 api_router.include_router(capture.router)
 api_router.include_router(models.router)
+api_router.include_router(comparisons.router)
 api_router.include_router(samples.router)
 api_router.include_router(datasets.router)
 api_router.include_router(assignments.router)

@@ -283,11 +283,30 @@ class FleetClient:
         path = f"/api/v1/datasets/{_segment(model)}/snapshot"
         return _object(self._request("GET", path, params=query))
 
+    # -- comparisons ---------------------------------------------------------------------------
+
+    def post_comparison(self, name: str, version: str, result: JsonObject) -> JsonObject:
+        path = f"/api/v1/models/{_segment(name)}/{_segment(version)}/compare"
+        return _object(self._request("POST", path, json_body=result))
+
+    def comparisons(self, name: str, version: str) -> JsonObject:
+        path = f"/api/v1/models/{_segment(name)}/{_segment(version)}/compare"
+        return _object(self._request("GET", path))
+
+    def download_bundle(self, name: str, version: str, dest: Path) -> int:
+        """Stream a version's bundle into ``dest`` (an operator may download any); the bytes."""
+        path = f"/api/v1/models/{_segment(name)}/{_segment(version)}/bundle"
+        return self._download(path, dest, timeout=self._upload_timeout)
+
     def sample_content(self, sample_id: int, dest: Path) -> int:
         """Stream the sample's content into ``dest``; the bytes written."""
-        path = f"/api/v1/samples/{int(sample_id)}/content"
+        return self._download(f"/api/v1/samples/{int(sample_id)}/content", dest)
+
+    def _download(self, path: str, dest: Path, *, timeout: httpx.Timeout | None = None) -> int:
         try:
-            with self._http.stream("GET", path) as response:
+            with self._http.stream(
+                "GET", path, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
+            ) as response:
                 if response.status_code >= 400:
                     raw = _read_bounded(response, self.base_url)
                     _decode(response, raw)

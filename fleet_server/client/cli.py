@@ -95,6 +95,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     leaf.add_argument("name", metavar="NAME")
     leaf.add_argument("version", metavar="VERSION")
     leaf.set_defaults(action="models_lineage")
+    leaf = model_actions.add_parser(
+        "compare",
+        parents=[common],
+        help="run versions A and B on the same inputs here; store the result with B",
+        description="Downloads both bundles, runs them with the agent's engine (1 thread) on "
+        "DATA, prints agreement, labelled accuracy/F1 deltas, both latencies on this host and "
+        "the inputs where they disagree most, and posts the result to the server (kept with B; "
+        "read by 'rollouts create --require-compare').",
+    )
+    leaf.add_argument("name", metavar="MODEL")
+    leaf.add_argument("baseline", metavar="A", help="the version B would replace")
+    leaf.add_argument("candidate", metavar="B", help="the candidate version")
+    leaf.add_argument(
+        "--data",
+        required=True,
+        metavar="DATA",
+        help="an .npz (x, optional y), an image folder (sub-folders: labels), or 'fleet' "
+        "(the fleet's labelled samples of MODEL)",
+    )
+    leaf.add_argument(
+        "--labels", type=Path, metavar="FILE", help="one label per line, in row order"
+    )
+    leaf.add_argument(
+        "--limit", type=_positive, default=2000, metavar="N", help="rows compared (default 2000)"
+    )
+    leaf.add_argument(
+        "--top", type=_top, default=10, metavar="K", help="disagreeing inputs listed, 0..50"
+    )
+    leaf.set_defaults(action="models_compare")
+    leaf = model_actions.add_parser(
+        "comparison", parents=[common], help="the latest stored comparison of a candidate version"
+    )
+    leaf.add_argument("name", metavar="MODEL")
+    leaf.add_argument("version", metavar="VERSION", help="the candidate (B) version")
+    leaf.set_defaults(action="models_comparison")
 
     leaf = actions.add_parser(
         "assign", parents=[common], help="set the desired model of devices (by id or by tag)"
@@ -217,6 +252,16 @@ def _limit(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from err
     if not 1 <= value <= MAX_TELEMETRY_LIMIT:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_TELEMETRY_LIMIT}")
+    return value
+
+
+def _top(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from err
+    if not 0 <= value <= 50:
+        raise argparse.ArgumentTypeError("must be between 0 and 50")
     return value
 
 

@@ -62,6 +62,18 @@ def _spec(args: argparse.Namespace) -> JsonObject:
             "max_ratio": args.max_p95_ratio,
         }
         body["gates"] = gates
+    thresholds = {
+        "max_agreement_drop": args.max_agreement_drop,
+        "max_accuracy_drop": args.max_accuracy_drop,
+        "max_latency_ratio": args.max_latency_ratio,
+    }
+    given = {k: v for k, v in thresholds.items() if v is not None}
+    if given and not args.require_compare:
+        raise FleetClientError(0, "--max-agreement-drop and friends need --require-compare")
+    if args.require_compare:
+        required = dict(body.get("require_compare") or {})
+        required.update({k: (None if v == "off" else v) for k, v in given.items()})
+        body["require_compare"] = required
     return body
 
 

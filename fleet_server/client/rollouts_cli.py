@@ -38,6 +38,24 @@ def register(
     leaf.add_argument("--approval", action="store_true", help="wait for approve between stages")
     leaf.add_argument("--on-failure", choices=("abort", "pause"))
     leaf.add_argument("--max-p95-ratio", type=float, metavar="X", help="latency gate threshold")
+    leaf.add_argument(
+        "--require-compare",
+        action="store_true",
+        help="refuse unless a stored comparison (fleet models compare) against the replaced "
+        "version passes the thresholds below (server defaults otherwise)",
+    )
+    leaf.add_argument(
+        "--max-agreement-drop", type=_share, metavar="F", help="1 - agreement, at most (0.05)"
+    )
+    leaf.add_argument(
+        "--max-accuracy-drop",
+        type=_share_or_off,
+        metavar="F",
+        help="labelled accuracy drop, at most (0.02); 'off' accepts unlabelled comparisons",
+    )
+    leaf.add_argument(
+        "--max-latency-ratio", type=float, metavar="X", help="median latency B / A, at most (1.5)"
+    )
     leaf.set_defaults(action="rollouts_create")
 
     leaf = sub.add_parser("list", parents=[common], help="recent rollouts")
@@ -57,6 +75,20 @@ def register(
     leaf.add_argument("--interval", type=float, default=2.0, metavar="S")
     leaf.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after")
     leaf.set_defaults(action="rollouts_watch")
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _share_or_off(text: str) -> float | str:
+    return "off" if text.strip().lower() == "off" else _share(text)
 
 
 def _percentages(text: str) -> list[float]:

@@ -120,9 +120,30 @@ def samples_export(client: FleetClient, args: argparse.Namespace, out: Output) -
     root: Path = args.output
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FleetClientError(0, f"{root} exists and is not an empty directory")
-    snapshot = client.snapshot(
-        args.name, format=args.format, version=args.version, device=args.device, reason=args.reason
+    snapshot = export_snapshot(
+        client,
+        root,
+        args.name,
+        format=args.format,
+        version=args.version,
+        device=args.device,
+        reason=args.reason,
     )
+    manifest = snapshot["manifest"]
+    result = {"dataset_sha256": snapshot["sha256"], "dir": str(root), **manifest["counts"]}
+    if out.json_mode:
+        out.json(result)
+        return
+    counts = manifest["counts"]
+    out.line(f"{counts['samples']} samples ({len(manifest['files'])} files) written to {root}")
+    out.line(f"per class: {json.dumps(counts['per_class'])}")
+    out.line(f"dataset_sha256: {snapshot['sha256']} (sha256 of {SNAPSHOT_FILE})")
+
+
+def export_snapshot(client: FleetClient, root: Path, model: str, **filters: Any) -> JsonObject:
+    """Write a dataset snapshot of ``model``'s labelled samples under ``root`` (every file
+    checked against the manifest's sha256); the server's snapshot (``manifest``, ``sha256``)."""
+    snapshot = client.snapshot(model, **filters)
     manifest = snapshot.get("manifest")
     documents = snapshot.get("documents") or {}
     if not isinstance(manifest, dict) or not isinstance(documents, dict):
@@ -140,14 +161,7 @@ def samples_export(client: FleetClient, args: argparse.Namespace, out: Output) -
         if _sha256(target) != entry.get("sha256"):
             raise FleetClientError(0, f"{target}: content does not match the manifest's sha256")
     (root / SNAPSHOT_FILE).write_bytes(canonical_json(manifest))
-    result = {"dataset_sha256": snapshot["sha256"], "dir": str(root), **manifest["counts"]}
-    if out.json_mode:
-        out.json(result)
-        return
-    counts = manifest["counts"]
-    out.line(f"{counts['samples']} samples ({len(manifest['files'])} files) written to {root}")
-    out.line(f"per class: {json.dumps(counts['per_class'])}")
-    out.line(f"dataset_sha256: {snapshot['sha256']} (sha256 of {SNAPSHOT_FILE})")
+    return snapshot
 
 
 def _inside(root: Path, path: str) -> Path:

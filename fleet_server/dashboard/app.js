@@ -12,6 +12,8 @@ const API = {
   ingest: "/api/v1/ingest/stats",
   drift: "/api/v1/drift?limit=20",
   report: (id) => `/api/v1/rollouts/${Number(id)}/report`,
+  compare: (model, version) =>
+    `/api/v1/models/${encodeURIComponent(model)}/${encodeURIComponent(version)}/compare`,
 };
 
 function esc(value) {
@@ -160,6 +162,23 @@ function renderDrift(report) {
   );
 }
 
+// The latest stored comparison of a rollout's candidate (edgefleet fleet models compare).
+function renderComparison(list) {
+  const c = list && list.latest;
+  if (!c) return '<p class="muted">no comparison stored (edgefleet fleet models compare)</p>';
+  const r = c.result || {};
+  const lab = r.labelled;
+  const lat = r.latency || {};
+  const pct = (v) => (typeof v === "number" && Number.isFinite(v) ? `${(100 * v).toFixed(1)} %` : "n/a");
+  const delta = lab ? `${(100 * lab.accuracy_delta).toFixed(1)} pt` : "no labels";
+  const row =
+    `<tr><td>${esc(c.baseline_version)} → ${esc(c.candidate_version)}</td><td>${esc(r.task)}</td>` +
+    `<td class="n">${esc(r.samples)}</td><td class="n">${esc(pct(r.agreement))}</td>` +
+    `<td class="n">${esc(delta)}</td><td class="n">${esc(num(lat.ratio))}</td>` +
+    `<td>${esc(lat.host)} (${esc(lat.arch)})</td><td>${esc(ago(c.created_at))}</td></tr>`;
+  return table(["versions", "task", "inputs", "agreement", "accuracy Δ", "latency ×", "measured on", "when"], [row]);
+}
+
 function matches(device, needle) {
   if (!needle) return true;
   const hay = [
@@ -233,7 +252,13 @@ function boot() {
       $("drift").innerHTML = renderDrift(drift);
       $("rollouts").innerHTML = renderRollouts(rollouts);
       $("devices").innerHTML = renderDevices(devs, $("filter").value);
-      if (selected !== null) $("rollout-detail").innerHTML = renderReport(await fetchJson(API.report(selected), token));
+      if (selected !== null) {
+        const report = await fetchJson(API.report(selected), token);
+        const r = report.rollout || {};
+        const compared = await fetchJson(API.compare(r.model, r.version), token).catch(() => null);
+        $("rollout-detail").innerHTML =
+          renderReport(report) + "<h4>Comparison before rollout</h4>" + renderComparison(compared);
+      }
       $("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
       $("status").className = "muted";
     } catch (err) {
@@ -286,7 +311,7 @@ function boot() {
 }
 
 if (typeof module !== "undefined" && module.exports) {
-  module.exports = { esc, ago, num, renderSummary, renderVersions, renderRollouts, renderReport, renderDevices, renderDrift, API };
+  module.exports = { esc, ago, num, renderSummary, renderVersions, renderRollouts, renderReport, renderDevices, renderDrift, renderComparison, API };
 } else {
   document.addEventListener("DOMContentLoaded", boot);
 }

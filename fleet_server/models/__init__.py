@@ -16,6 +16,7 @@ from fleet_server.models.auth import (
     EnrollRequest,
     Role,
 )
+from fleet_server.models.comparisons import ModelComparison
 from fleet_server.models.devices import (
     Device,
     DeviceCreate,
@@ -53,6 +54,7 @@ from fleet_server.models.telemetry import (
 )
 
 __all__ = [
+    "ModelComparison",
     "DriftAlert",
     "DriftAlertPublic",
     "DriftBucket",

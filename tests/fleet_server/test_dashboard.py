@@ -73,7 +73,7 @@ def test_every_api_path_exists_and_a_viewer_may_read_it(
         "/api/v1/tokens", json={"name": unique_id("dash"), "role": "viewer"}, headers=operator()
     )
     viewer = bearer(made.json()["token"])
-    for path in paths - {"/api/v1/rollouts/{}/report"}:
+    for path in paths - {"/api/v1/rollouts/{}/report", "/api/v1/models/{}/{}/compare"}:
         assert client.get(path, headers=viewer).status_code == 200, path
     assert client.get("/api/v1/rollouts/999999/report", headers=viewer).status_code == 404
     assert client.get("/api/v1/devices").status_code == 401
@@ -125,7 +125,14 @@ def test_render_escapes_hostile_device_data(app: tuple[TestClient, Runtime]) -> 
              "alerts": [{"id": 1, "model": "digits", "version": "1.0.0", "detector": HOSTILE,
                          "opened_at": "2026-11-24T01:00:00Z", "closed_at": None,
                          "trigger_status": "sent", "trigger_detail": HOSTILE}]}  # fmt: skip
-    data = json.dumps({"devices": devices, "rollouts": [rollout], "report": report, "drift": drift})
+    compared = {"latest": {"baseline_version": HOSTILE, "candidate_version": "2.0.0",
+                           "created_at": "2026-11-24T01:00:00Z",
+                           "result": {"task": "classification", "samples": 200, "agreement": 0.12,
+                                      "labelled": {"accuracy_delta": -0.8},
+                                      "latency": {"ratio": 1.1, "host": HOSTILE,
+                                                  "arch": "x86_64"}}}}  # fmt: skip
+    data = json.dumps({"devices": devices, "rollouts": [rollout], "report": report, "drift": drift,
+                       "compared": compared})  # fmt: skip
     out = _node(
         f"const x = {data};\n"
         "console.log(JSON.stringify({"
@@ -135,7 +142,8 @@ def test_render_escapes_hostile_device_data(app: tuple[TestClient, Runtime]) -> 
         "summary: d.renderSummary(x.devices, x.rollouts, {stored: 5}),"
         "rollouts: d.renderRollouts(x.rollouts),"
         "report: d.renderReport(x.report),"
-        "drift: d.renderDrift(x.drift), noDrift: d.renderDrift(null)}));"
+        "drift: d.renderDrift(x.drift), noDrift: d.renderDrift(null),"
+        "compared: d.renderComparison(x.compared), notCompared: d.renderComparison(null)}));"
     )
     for name, html in out.items():
         assert (
@@ -151,3 +159,5 @@ def test_render_escapes_hostile_device_data(app: tuple[TestClient, Runtime]) -> 
     assert "gate_failed" in out["report"] and "3.00" in out["report"]
     assert 'class="bad">drift' in out["drift"] and "0.830" in out["drift"]
     assert 'class="bad">open' in out["drift"] and "none" in out["noDrift"]
+    assert "12.0 %" in out["compared"] and "-80.0 pt" in out["compared"]
+    assert "no comparison stored" in out["notCompared"]

@@ -76,11 +76,22 @@ def _reference_outputs(
 
 
 def build_digits_artifact(
-    out_dir: Path, *, version: str = "1.0.0", name: str = "digits", seed: int = 0
+    out_dir: Path,
+    *,
+    version: str = "1.0.0",
+    name: str = "digits",
+    seed: int = 0,
+    shuffled_labels: bool = False,
 ) -> Path:
-    """Write a complete, verified digits artifact into ``out_dir`` and return it."""
+    """Write a complete, verified digits artifact into ``out_dir`` and return it.
+
+    ``shuffled_labels``: the classes' weights are permuted (a fixed derangement), so the model
+    is as confident as ever but almost always names the wrong digit (a broken retrain)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights, bias, accuracy = _trained(seed)
+    if shuffled_labels:
+        order = np.array([3, 7, 0, 9, 1, 6, 8, 2, 5, 4])
+        weights, bias, accuracy = weights[:, order], bias[order], 0.1
     (out_dir / "model.onnx").write_bytes(_onnx_bytes(weights, bias))
 
     x, _ = _digits()

@@ -22,6 +22,7 @@ from fleet_server.services.errors import Conflict, NotFound, Unprocessable
 from fleet_server.services.models import require_verified
 from fleet_server.services.quality.metrics import wilson
 from fleet_server.services.quality.service import label_counts
+from fleet_server.services.rollouts.compare_check import check_comparisons
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.evidence import gather, tv_distance
 from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
@@ -117,6 +118,16 @@ def create_rollout(
             f"{len(busy)} targeted device(s) are in another active rollout, e.g. "
             f"{', '.join(sorted(busy)[:5])}; finish or abort it first"
         )
+    compared = (
+        check_comparisons(
+            session=session,
+            candidate=model,
+            targets=targets,
+            requirement=request.require_compare,
+        )
+        if request.require_compare is not None
+        else {}
+    )
     now = rollouts.clock()
     rollout = Rollout(
         name=request.name or f"{request.model}@{request.version}",
@@ -146,7 +157,7 @@ def create_rollout(
         "created",
         actor=actor,
         reason=f"{len(targets)} device(s) targeted",
-        evidence={"stages": [s.model_dump() for s in plan]},
+        evidence={"stages": [s.model_dump() for s in plan], **compared},
     )
     session.commit()
     assert rollout.id is not None

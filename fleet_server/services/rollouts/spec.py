@@ -219,6 +219,28 @@ class GatePolicy(Strict):
     )
 
 
+class CompareRequirement(Strict):
+    """Refuse the rollout unless a stored comparison of the candidate against every version it
+    replaces (``edgefleet fleet models compare``) stays within these thresholds."""
+
+    max_agreement_drop: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="How far the task's agreement may fall below 1 (1 - agreement), at most.",
+    )
+    max_accuracy_drop: float | None = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="How far labelled accuracy may fall (baseline - candidate), at most; a "
+        "comparison without labels is refused unless this is null (not checked).",
+    )
+    max_latency_ratio: float = Field(
+        default=1.5, gt=0, le=1000, description="Median latency candidate / baseline, at most."
+    )
+
+
 class RolloutCreate(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     model: ModelName
@@ -226,6 +248,11 @@ class RolloutCreate(Strict):
     selector: Selector
     strategy: Strategy = Field(default_factory=Strategy)
     gates: GatePolicy = Field(default_factory=GatePolicy)
+    require_compare: CompareRequirement | None = Field(
+        default=None,
+        description="Refuse (422) unless a stored comparison against the replaced version "
+        "passes these thresholds; null: no comparison needed.",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
