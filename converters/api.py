@@ -7,10 +7,13 @@ reference stats, report → manifest (validated by the contract, signed) → wri
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from converters import quiet
 from converters.assemble import (
@@ -33,7 +36,12 @@ from converters.evaldata import (
 from converters.inputs import check_preprocessing, check_source, read_sign_key, source_sha256
 from converters.onnx_graph import check_opset, name_dynamic_dims, tensor_specs
 from converters.options import ConvertOptions, ConvertTask
-from converters.quantize.stage import QuantStage, calibration_stats, quantize_stage
+from converters.quantize.stage import (
+    QuantStage,
+    calibration_stats,
+    progress_printer,
+    quantize_stage,
+)
 from converters.report import REPORT_FILE, ConvertResult
 from converters.runtime import Latency, make_session, measure_latency, run_batched
 from converters.selftest import build_selftest
@@ -90,7 +98,49 @@ def _convert_tflite(
         raise InputError(f"--quantize {options.quantize_mode} needs --calibration DATA")
     from converters.tflite.convert import convert_tflite
 
-    return convert_tflite(source, out_dir, options, kind=kind, key_pem=key_pem)
+    if kind != "onnx":
+        return convert_tflite(source, out_dir, options, kind=kind, key_pem=key_pem)
+    from converters.tflite.from_onnx import nhwc_copy, onnx_to_tflite
+
+    progress_printer(options.progress)("ONNX → TFLite with onnx2tf")
+    converted = onnx_to_tflite(source, input_shapes=_onnx_input_shapes(source, options))
+    with tempfile.TemporaryDirectory(prefix="edgefleet-nhwc-") as work:
+        if converted.nhwc:
+            # onnx2tf made the image input NHWC: the data and the manifest follow it.
+            update: dict[str, object] = {}
+            for key in ("calibration", "eval_data"):
+                data = getattr(options, key)
+                if data is not None and data.suffix.lower() == ".npz":
+                    update[key] = nhwc_copy(data, Path(work))
+            if options.preprocessing is not None:
+                update["preprocessing"] = msgspec.structs.replace(
+                    options.preprocessing, layout="nhwc"
+                )
+            options = options.model_copy(update=update)
+        return convert_tflite(
+            source, out_dir, options, kind=kind, key_pem=key_pem, from_onnx=converted
+        )
+
+
+def _onnx_input_shapes(source: Path, options: ConvertOptions) -> dict[str, list[int]]:
+    """--input-shape, else each input's shape fixed from the calibration/eval data (batch 1)."""
+    import onnx
+
+    from converters.onnx_graph import tensor_specs
+
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception as err:  # protobuf and onnx raise several unrelated types
+        raise InputError(f"{source.name} is not a readable ONNX model: {one_line(err)}") from err
+    inputs, _ = tensor_specs(model)
+    rows, _where = data_row_shapes(
+        inputs,
+        calibration=options.calibration,
+        eval_data=options.eval_data,
+        preprocessing=options.preprocessing,
+    )
+    shapes = {name: [1, *row] for name, row in rows.items()}
+    return {**shapes, **options.input_shapes}
 
 
 def default_name(source: Path) -> str:

@@ -24,7 +24,7 @@ from converters.quantize.stage import calibration_rows, progress_printer
 from converters.report import REPORT_FILE, ConvertReport, ConvertResult, EvalReport, SourceReport
 from converters.stats import class_index, reference_stats
 from converters.tflite.candidates import TfliteConfig, convert_keras
-from converters.tflite.from_onnx import onnx_reference, onnx_to_tflite
+from converters.tflite.from_onnx import FromOnnx, onnx_reference
 from converters.tflite.runner import TfliteRunner
 from converters.tflite.select import choose_candidate
 from converters.validators import ValidationContext, run_validators
@@ -131,7 +131,13 @@ def _selftest(runner: TfliteRunner, feeds: dict[str, Any]) -> tuple[bytes, float
 
 
 def convert_tflite(
-    source: Path, out_dir: Path, options: ConvertOptions, *, kind: str, key_pem: bytes | None
+    source: Path,
+    out_dir: Path,
+    options: ConvertOptions,
+    *,
+    kind: str,
+    key_pem: bytes | None,
+    from_onnx: FromOnnx | None = None,
 ) -> ConvertResult:
     """Keras → TFLite candidates, or an existing ``.tflite`` wrapped; written atomically."""
     from converters.api import default_name
@@ -146,9 +152,8 @@ def convert_tflite(
         keras_model = source  # TFLiteConverter.from_saved_model reads the directory
     if keras_model is not None:
         fp32_bytes = convert_keras(keras_model, TfliteConfig(kind="tflite_fp32"), None)
-    elif kind == "onnx":
-        progress("ONNX → TFLite with onnx2tf")
-        fp32_bytes = onnx_to_tflite(source, input_shapes=options.input_shapes)
+    elif from_onnx is not None:
+        fp32_bytes = from_onnx.model
     else:
         fp32_bytes = source.read_bytes()
     base = TfliteRunner(fp32_bytes, what=source.name)
@@ -177,8 +182,9 @@ def convert_tflite(
 
         predicted = _predict(keras_model, next(iter(feeds.values())))
         reference = {float_outputs[0].name: np.asarray(predicted)}
-    elif kind == "onnx":  # the TFLite model must behave like the ONNX model it came from
-        reference = {float_outputs[0].name: onnx_reference(source, feeds)}
+    elif from_onnx is not None:  # the TFLite model must behave like the ONNX model it came from
+        nhwc = bool(from_onnx.nhwc)
+        reference = {float_outputs[0].name: onnx_reference(source, feeds, nhwc=nhwc)}
     checks = run_validators(
         ValidationContext(
             inputs=feeds,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,19 @@ def _missing() -> InputError:
     )
 
 
-def onnx_to_tflite(source: Path, *, input_shapes: Mapping[str, list[int]]) -> bytes:
-    """The float32 ``.tflite`` bytes of the ONNX model at ``source``."""
+@dataclass(frozen=True)
+class FromOnnx:
+    """The float32 TFLite bytes, and the inputs onnx2tf turned from NCHW to NHWC (empty when
+    the ONNX layout was kept)."""
+
+    model: bytes
+    nhwc: tuple[str, ...] = ()
+
+
+def onnx_to_tflite(source: Path, *, input_shapes: Mapping[str, list[int]]) -> FromOnnx:
+    """ONNX → float32 TFLite. Image inputs keep NCHW (``-kat``) when onnx2tf can; when it
+    cannot (its NCHW path fails on some graphs, e.g. a softmax axis in PP-OCR's classifier),
+    onnx2tf's own NHWC conversion is taken and the caller is told which inputs changed."""
     import onnx
 
     tool = find_tool()
@@ -71,8 +83,8 @@ def onnx_to_tflite(source: Path, *, input_shapes: Mapping[str, list[int]]) -> by
     except Exception as err:  # protobuf and onnx raise several unrelated types
         raise InputError(f"{source.name} is not a readable ONNX model: {one_line(err)}") from err
     initializers = {t.name for t in model.graph.initializer}
-    args: list[str] = []
-    keep: list[str] = []
+    shapes: list[str] = []
+    images: list[str] = []
     for value in model.graph.input:
         if value.name in initializers:
             continue
@@ -85,33 +97,50 @@ def onnx_to_tflite(source: Path, *, input_shapes: Mapping[str, list[int]]) -> by
             raise InputError(
                 f"--input-shape {value.name}: {len(fixed)} dims given, the model has {len(dims)}"
             )
-        args.append(f"{value.name}:{','.join(str(d) for d in fixed)}")
-        if len(dims) in (3, 4, 5):
-            keep.append(value.name)
+        if any(d is None for d in dims[1:]) and value.name not in input_shapes:
+            raise InputError(
+                f"{source.name}: input {value.name} has dynamic dims {dims}; onnx2tf needs them "
+                f"fixed: pass --input-shape {value.name}=1,... (or --calibration data)"
+            )
+        shapes.append(f"{value.name}:{','.join(str(d) for d in fixed)}")
+        if len(dims) == 4:
+            images.append(value.name)
+    base = [str(tool), "-i", str(source), "-ois", *shapes]
+    if images:
+        kept = _run(tool, [*base, "-kat", *images], source)
+        if isinstance(kept, bytes):
+            return FromOnnx(kept)
+    converted = _run(tool, base, source)
+    if isinstance(converted, bytes):
+        return FromOnnx(converted, nhwc=tuple(images))
+    raise ConvertError(f"onnx2tf could not convert {source.name}: {converted}")
+
+
+def _run(tool: Path, command: list[str], source: Path) -> bytes | str:
+    """The float32 model bytes, or the last line onnx2tf printed when it failed."""
+    env = {**os.environ, "PATH": f"{tool.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with tempfile.TemporaryDirectory(prefix="edgefleet-onnx2tf-") as work:
-        command = [str(tool), "-i", str(source), "-o", work, "-ois", *args]
-        if keep:
-            command += ["-kat", *keep]
         try:
             done = subprocess.run(  # noqa: S603 (our own argv, no shell)
-                command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
-            )
+                [*command, "-o", work], capture_output=True, text=True, timeout=TIMEOUT_S,
+                check=False, env=env,
+            )  # fmt: skip
         except subprocess.TimeoutExpired as err:
             raise ConvertError(f"onnx2tf took longer than {TIMEOUT_S} s on {source.name}") from err
         except OSError as err:
             raise ConvertError(f"cannot run onnx2tf ({tool}): {one_line(err)}") from err
         result = Path(work) / f"{source.stem}_float32.tflite"
-        if done.returncode != 0 or not result.is_file():
-            tail = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise ConvertError(
-                f"onnx2tf could not convert {source.name} (exit {done.returncode}): "
-                f"{tail[-1][:300] if tail else 'no output'}"
-            )
-        return result.read_bytes()
+        if done.returncode == 0 and result.is_file():
+            return result.read_bytes()
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error" in line]
+        return f"exit {done.returncode}: {(errors or lines or ['no output'])[-1].strip()[:300]}"
 
 
-def onnx_reference(source: Path, feeds: Mapping[str, Any]) -> Any:
-    """The ONNX model's first output on ``feeds`` (given in the model's input order)."""
+def onnx_reference(source: Path, feeds: Mapping[str, Any], *, nhwc: bool = False) -> Any:
+    """The ONNX model's first output on ``feeds`` (given in the model's input order; NHWC
+    image feeds are transposed back to the model's NCHW when ``nhwc``)."""
+    import numpy as np
     import onnx
 
     from converters.evaldata import batch_of
@@ -121,8 +150,25 @@ def onnx_reference(source: Path, feeds: Mapping[str, Any]) -> Any:
     model = onnx.load(str(source), load_external_data=False)
     inputs, outputs = tensor_specs(model)
     session = make_session(model.SerializeToString(), what=source.name)
-    named = dict(zip((s.name for s in inputs), feeds.values(), strict=True))
+    values = [
+        np.transpose(v, (0, 3, 1, 2)) if nhwc and np.ndim(v) == 4 else v for v in feeds.values()
+    ]
+    named = dict(zip((s.name for s in inputs), values, strict=True))
     return run_batched(session, named, batch=batch_of(inputs))[outputs[0].name]
+
+
+def nhwc_copy(data: Path, work: Path) -> Path:
+    """An ``.npz`` of NCHW rows rewritten as NHWC (every 4-D float array) in ``work``."""
+    import numpy as np
+
+    with np.load(data, allow_pickle=False) as archive:
+        arrays = {
+            k: np.transpose(archive[k], (0, 2, 3, 1)) if archive[k].ndim == 4 else archive[k]
+            for k in archive.files
+        }
+    out = work / f"nhwc-{data.name}"
+    np.savez(out, **arrays)  # type: ignore[arg-type]
+    return out
 
 
 def install(target: Path | None = None) -> Path:
