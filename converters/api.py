@@ -302,7 +302,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
 
     import onnx
 
-    if loader.kind == "pytorch" and "input" not in options.input_shapes and options.calibration:
+    if loader.kind == "pytorch" and not options.input_shapes and options.calibration:
         # A PyTorch module declares no input shape: one calibration row, batch 1, gives it.
         row = peek_row_shape(options.calibration, preprocessing=options.preprocessing)
         options = options.model_copy(update={"input_shapes": {"input": [1, *row]}})

@@ -8,7 +8,9 @@ TorchScript archives are loaded with ``torch.jit.load``.
 Export tries ``torch.onnx.export(dynamo=True)`` first (with a dynamic batch dimension) and
 falls back to the TorchScript exporter, recording why. The input shape comes from
 ``--input-shape input=...`` or from the calibration data's first row; the input is ``input``
-and the output ``output``. The source model itself is the fidelity reference.
+and the output ``output``. A module with several inputs takes one ``--input-shape NAME=...``
+per input, in its ``forward`` order, and the inputs are named so; several outputs (a tuple or
+list) are named ``output_0``, ``output_1``... The source model itself is the fidelity reference.
 """
 
 from __future__ import annotations
@@ -60,17 +62,34 @@ def _load_module(path: Path, options: ConvertOptions) -> tuple[Any, str]:
     return module, "pickle"
 
 
-def _input_shape(path: Path, options: ConvertOptions) -> list[int]:
-    shape = options.input_shapes.get(INPUT_NAME)
-    if shape is None:
+def _input_shapes(path: Path, options: ConvertOptions) -> dict[str, list[int]]:
+    """Input name → shape, in forward() order: every --input-shape, else ``input``'s."""
+    if not options.input_shapes:
         raise InputError(
             f"{path.name}: a PyTorch model has no declared input shape; pass "
-            f"--input-shape {INPUT_NAME}=1,C,H,W or --calibration data"
+            f"--input-shape {INPUT_NAME}=1,C,H,W (one per input, in forward() order) or "
+            "--calibration data"
         )
-    return shape
+    return dict(options.input_shapes)
 
 
-def _export(module: Any, example: Any, notes: list[str]) -> Any:
+def _output_names(module: Any, examples: tuple[Any, ...]) -> list[str]:
+    """``output`` for one tensor, ``output_<i>`` for each tensor of a tuple or list."""
+    import torch
+
+    with torch.no_grad():
+        out = module(*examples)
+    if isinstance(out, tuple | list):
+        if not all(isinstance(o, torch.Tensor) for o in out):
+            raise InputError("the model's forward() returns a nested or non-tensor output")
+        return [f"{OUTPUT_NAME}_{i}" for i in range(len(out))] if len(out) > 1 else [OUTPUT_NAME]
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"the model's forward() returns a {type(out).__name__}, not tensors")
+    return [OUTPUT_NAME]
+
+
+def _export(module: Any, examples: tuple[Any, ...], names: list[str], outputs: list[str],
+            notes: list[str]) -> Any:  # fmt: skip
     import onnx
     import torch
 
@@ -78,12 +97,12 @@ def _export(module: Any, example: Any, notes: list[str]) -> Any:
         batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.onnx.export(
             module,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            examples,
+            input_names=names,
+            output_names=outputs,
             opset_version=OPSET,
             dynamo=True,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=tuple({0: batch} for _ in names),
             verbose=False,
         )
         if program is None:
@@ -97,12 +116,12 @@ def _export(module: Any, example: Any, notes: list[str]) -> Any:
     try:
         torch.onnx.export(
             module,
-            (example,),
+            examples,
             buffer,  # type: ignore[arg-type]
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=names,
+            output_names=outputs,
             opset_version=OPSET,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={n: {0: "batch"} for n in (*names, *outputs)},
             dynamo=False,
         )
     except Exception as err:  # the TorchScript exporter raises many types too
@@ -123,29 +142,39 @@ class TorchLoader:
 
         module, how = _load_module(path, options)
         module.eval()
-        shape = _input_shape(path, options)
-        example = torch.zeros(shape, dtype=torch.float32)
+        shapes = _input_shapes(path, options)
+        names = list(shapes)
+        examples = tuple(torch.zeros(shape, dtype=torch.float32) for shape in shapes.values())
         notes: list[str] = [f"loaded as {how}"]
+        try:
+            outputs = _output_names(module, examples)
+        except InputError:
+            raise
+        except Exception as err:  # forward() on the given shapes raises what the model raises
+            raise InputError(
+                f"{path.name}: forward() fails on inputs {shapes}: {one_line(err)}"
+            ) from err
         exporter_log = logging.getLogger("torch.onnx")
         level = exporter_log.level
         exporter_log.setLevel(logging.ERROR)  # opset and torchvision notices, not our problem
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                onnx_model = _export(module, example, notes)
+                onnx_model = _export(module, examples, names, outputs, notes)
         finally:
             exporter_log.setLevel(level)
-        if len(onnx_model.graph.output) != 1:
-            notes.append(f"{len(onnx_model.graph.output)} outputs exported")
+        if len(names) > 1 or len(outputs) > 1:
+            notes.append(f"{len(names)} inputs, {len(outputs)} outputs exported")
 
         def reference(feeds: Mapping[str, Any]) -> dict[str, Any]:
-            x = torch.from_numpy(np.ascontiguousarray(feeds[INPUT_NAME], dtype=np.float32))
+            xs = [
+                torch.from_numpy(np.ascontiguousarray(feeds[name], dtype=np.float32))
+                for name in names
+            ]
             with torch.no_grad():
-                out = module(x)
-            if isinstance(out, tuple | list):
-                out = out[0]
-            names = [o.name for o in onnx_model.graph.output]
-            return {names[0]: out.detach().numpy()}
+                out = module(*xs)
+            values = list(out) if isinstance(out, tuple | list) else [out]
+            return {n: v.detach().numpy() for n, v in zip(outputs, values, strict=True)}
 
         return LoadedModel(
             framework="pytorch",

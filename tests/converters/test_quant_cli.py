@@ -163,6 +163,38 @@ def test_torchscript_exports_with_a_dynamic_batch(cnn_setup: CnnSetup, tmp_path:
     assert checks["fidelity"].passed
 
 
+def test_torch_module_with_two_inputs_and_two_outputs(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+
+    class TwoByTwo(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(3, 3)
+
+        def forward(self, a: Any, b: Any) -> tuple[Any, Any]:
+            h = self.a(a) + self.b(b)
+            return torch.softmax(h, dim=1), h.sum(dim=1, keepdim=True)
+
+    torch.manual_seed(0)
+    source = tmp_path / "two.pt"
+    traced = torch.jit.trace(TwoByTwo(), (torch.zeros(1, 4), torch.zeros(1, 3)))
+    torch.jit.save(traced, str(source))
+    shapes = {"a": [1, 4], "b": [1, 3]}
+    result = convert(source, tmp_path / "o", ConvertOptions(**QUICK, input_shapes=shapes))
+    assert [t.name for t in result.manifest.inputs] == ["a", "b"]
+    assert [t.name for t in result.manifest.outputs] == ["output_0", "output_1"]
+    fidelity = {c.name: c for c in result.report.checks}["fidelity"]
+    assert fidelity.passed and "output_0, output_1" in fidelity.message
+    # Shapes that forward() rejects: one clear line, nothing written.
+    with pytest.raises(InputError, match="forward\\(\\) fails on inputs"):
+        convert(
+            source,
+            tmp_path / "bad",
+            ConvertOptions(**QUICK, input_shapes={"a": [1, 5], "b": [1, 3]}),
+        )
+    assert leftovers(tmp_path, "bad") == []
+
+
 @pytest.mark.integration
 def test_missing_torch_names_the_extra(tmp_path: Path) -> None:
     result = convert_without("torch", "m.pt", tmp_path)
