@@ -65,6 +65,8 @@ REQUIRED_MODULES = ("numpy", "onnx", "onnxruntime")
 #: ONNX. ``--format onnx`` takes a Keras model or SavedModel through tf2onnx instead.
 TFLITE_SOURCES = {".keras": "keras", ".h5": "keras", ".tflite": "tflite"}
 KERAS = KerasLoader()
+#: Sources another tool turns into TFLite (suffix → kind): onnx2tf, litert-torch.
+TO_TFLITE = {".onnx": "onnx", ".pt": "pytorch", ".pth": "pytorch", ".pt2": "pytorch"}
 
 
 def check_format(source: Path, tflite_kind: str | None, options: ConvertOptions) -> None:
@@ -77,7 +79,7 @@ def check_format(source: Path, tflite_kind: str | None, options: ConvertOptions)
         raise InputError(
             f"--format {wanted}: {source.name} is a TFLite model already; pass --format tflite"
         )
-    if tflite_kind is None and wanted == "tflite" and source.suffix.lower() != ".onnx":
+    if tflite_kind is None and wanted == "tflite" and source.suffix.lower() not in TO_TFLITE:
         raise InputError(
             f"--format tflite: {source.name} converts to ONNX only (convert it to .onnx first, "
             "then ONNX → TFLite goes through onnx2tf); pass --format onnx"
@@ -98,6 +100,15 @@ def _convert_tflite(
         raise InputError(f"--quantize {options.quantize_mode} needs --calibration DATA")
     from converters.tflite.convert import convert_tflite
 
+    if kind == "pytorch":
+        from converters.tflite.from_torch import torch_to_tflite
+
+        if not options.input_shapes and options.calibration:
+            row = peek_row_shape(options.calibration, preprocessing=options.preprocessing)
+            options = options.model_copy(update={"input_shapes": {"input": [1, *row]}})
+        progress_printer(options.progress)("PyTorch → TFLite with litert-torch")
+        built = torch_to_tflite(source, options=options)
+        return convert_tflite(source, out_dir, options, kind=kind, key_pem=key_pem, prebuilt=built)
     if kind != "onnx":
         return convert_tflite(source, out_dir, options, kind=kind, key_pem=key_pem)
     from converters.tflite.from_onnx import nhwc_copy, onnx_to_tflite
@@ -118,7 +129,7 @@ def _convert_tflite(
                 )
             options = options.model_copy(update=update)
         return convert_tflite(
-            source, out_dir, options, kind=kind, key_pem=key_pem, from_onnx=converted
+            source, out_dir, options, kind=kind, key_pem=key_pem, prebuilt=converted
         )
 
 
@@ -290,7 +301,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
     if tflite_kind is not None and options.format != "onnx":
         return _convert_tflite(source, out_dir, options, kind=tflite_kind)
     if tflite_kind is None and options.format == "tflite":
-        return _convert_tflite(source, out_dir, options, kind="onnx")
+        return _convert_tflite(source, out_dir, options, kind=TO_TFLITE[source.suffix.lower()])
     loader = KERAS if tflite_kind is not None else loader_for(source)
     for module in (*REQUIRED_MODULES, *loader.modules):
         quiet.import_module(module)  # ModuleNotFoundError: the CLI names the extra

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 def _load_module(path: Path, options: ConvertOptions) -> tuple[Any, str]:
     import torch
 
+    if path.suffix.lower() == ".pt2":  # torch.export.save: a program, not code to unpickle
+        try:
+            return torch.export.load(str(path)).module(), "torch.export"
+        except Exception as err:  # torch.export raises many types
+            raise InputError(f"{path.name} is not a torch.export program: {one_line(err)}") from err
     try:
         return torch.jit.load(str(path), map_location="cpu"), "torchscript"  # type: ignore[no-untyped-call]
     except Exception as jit_err:  # not a TorchScript archive (or a broken one)
@@ -133,7 +138,7 @@ class TorchLoader:
     """TorchScript archives; pickled ``nn.Module`` files only with ``trust_pickle``."""
 
     kind: str = "pytorch"
-    suffixes: tuple[str, ...] = (".pt", ".pth")
+    suffixes: tuple[str, ...] = (".pt", ".pth", ".pt2")
     modules: tuple[str, ...] = ("torch",)
 
     def load(self, path: Path, *, options: ConvertOptions) -> LoadedModel:
@@ -141,7 +146,8 @@ class TorchLoader:
         import torch
 
         module, how = _load_module(path, options)
-        module.eval()
+        if how != "torch.export":  # an exported program is already in inference form
+            module.eval()
         shapes = _input_shapes(path, options)
         names = list(shapes)
         examples = tuple(torch.zeros(shape, dtype=torch.float32) for shape in shapes.values())
@@ -171,6 +177,14 @@ class TorchLoader:
                 torch.from_numpy(np.ascontiguousarray(feeds[name], dtype=np.float32))
                 for name in names
             ]
+            if how == "torch.export" and len(xs[0]) != shapes[names[0]][0]:
+                # An exported program keeps the batch it was exported with: one call per batch.
+                step = shapes[names[0]][0]
+                parts = [
+                    reference({n: feeds[n][i : i + step] for n in names})
+                    for i in range(0, len(xs[0]), step)
+                ]
+                return {n: np.concatenate([p[n] for p in parts]) for n in outputs}
             with torch.no_grad():
                 out = module(*xs)
             values = list(out) if isinstance(out, tuple | list) else [out]

@@ -24,7 +24,7 @@ from converters.quantize.stage import calibration_rows, progress_printer
 from converters.report import REPORT_FILE, ConvertReport, ConvertResult, EvalReport, SourceReport
 from converters.stats import class_index, reference_stats
 from converters.tflite.candidates import TfliteConfig, convert_keras
-from converters.tflite.from_onnx import FromOnnx, onnx_reference
+from converters.tflite.prebuilt import Prebuilt
 from converters.tflite.runner import TfliteRunner
 from converters.tflite.select import choose_candidate
 from converters.validators import ValidationContext, run_validators
@@ -34,7 +34,7 @@ from edgefleet.contract.manifest import BuildInfo, Framework, Metrics, SourceInf
 
 MODEL_FILE = "model.tflite"
 #: The manifest's source framework by source kind (Keras and SavedModel: "keras").
-_FRAMEWORKS: dict[str, Framework] = {"tflite": "tflite", "onnx": "onnx"}
+_FRAMEWORKS: dict[str, Framework] = {"tflite": "tflite"}
 SELFTEST_FILE = "selftest.npz"
 FP32 = "fp32"
 
@@ -137,7 +137,7 @@ def convert_tflite(
     *,
     kind: str,
     key_pem: bytes | None,
-    from_onnx: FromOnnx | None = None,
+    prebuilt: Prebuilt | None = None,
 ) -> ConvertResult:
     """Keras → TFLite candidates, or an existing ``.tflite`` wrapped; written atomically."""
     from converters.api import default_name
@@ -152,8 +152,8 @@ def convert_tflite(
         keras_model = source  # TFLiteConverter.from_saved_model reads the directory
     if keras_model is not None:
         fp32_bytes = convert_keras(keras_model, TfliteConfig(kind="tflite_fp32"), None)
-    elif from_onnx is not None:
-        fp32_bytes = from_onnx.model
+    elif prebuilt is not None:
+        fp32_bytes = prebuilt.model
     else:
         fp32_bytes = source.read_bytes()
     base = TfliteRunner(fp32_bytes, what=source.name)
@@ -182,9 +182,8 @@ def convert_tflite(
 
         predicted = _predict(keras_model, next(iter(feeds.values())))
         reference = {float_outputs[0].name: np.asarray(predicted)}
-    elif from_onnx is not None:  # the TFLite model must behave like the ONNX model it came from
-        nhwc = bool(from_onnx.nhwc)
-        reference = {float_outputs[0].name: onnx_reference(source, feeds, nhwc=nhwc)}
+    elif prebuilt is not None:  # the TFLite model must behave like the model it came from
+        reference = {float_outputs[0].name: prebuilt.reference(feeds)}
     checks = run_validators(
         ValidationContext(
             inputs=feeds,
@@ -207,9 +206,9 @@ def convert_tflite(
     mode = options.quantize_mode
     notes: list[str] = []
     what = (
-        "an ONNX source becomes a float TFLite model"
-        if kind == "onnx"
-        else ("an existing .tflite file is wrapped as is")
+        f"a {prebuilt.framework} source becomes a float TFLite model"
+        if prebuilt is not None
+        else "an existing .tflite file is wrapped as is"
     )
     if mode in ("int8", "fp16") and keras_model is None:
         raise InputError(f"--quantize {mode}: {what}; use none (or --format onnx)")
@@ -284,7 +283,7 @@ def convert_tflite(
             model_file=MODEL_FILE, files=files, inputs=inputs, outputs=outputs,
             preprocessing=options.preprocessing, task=task, labels=options.labels or [],
             source=SourceInfo(
-                framework=_FRAMEWORKS.get(kind, "keras"),
+                framework=prebuilt.framework if prebuilt else _FRAMEWORKS.get(kind, "keras"),
                 framework_version=tools.get("tensorflow"), tools=tools,
                 original_file=source.name[:255],
             ),

@@ -17,11 +17,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from converters.errors import ConvertError, InputError, one_line
+from converters.tflite.prebuilt import Prebuilt
 
 ENV = "EDGEFLEET_ONNX2TF"
 #: What the tool venv installs (onnx2tf 2.x pins the rest itself).
@@ -60,16 +61,7 @@ def _missing() -> InputError:
     )
 
 
-@dataclass(frozen=True)
-class FromOnnx:
-    """The float32 TFLite bytes, and the inputs onnx2tf turned from NCHW to NHWC (empty when
-    the ONNX layout was kept)."""
-
-    model: bytes
-    nhwc: tuple[str, ...] = ()
-
-
-def onnx_to_tflite(source: Path, *, input_shapes: Mapping[str, list[int]]) -> FromOnnx:
+def onnx_to_tflite(source: Path, *, input_shapes: Mapping[str, list[int]]) -> Prebuilt:
     """ONNX → float32 TFLite. Image inputs keep NCHW (``-kat``) when onnx2tf can; when it
     cannot (its NCHW path fails on some graphs, e.g. a softmax axis in PP-OCR's classifier),
     onnx2tf's own NHWC conversion is taken and the caller is told which inputs changed."""
@@ -109,10 +101,11 @@ def onnx_to_tflite(source: Path, *, input_shapes: Mapping[str, list[int]]) -> Fr
     if images:
         kept = _run(tool, [*base, "-kat", *images], source)
         if isinstance(kept, bytes):
-            return FromOnnx(kept)
+            return Prebuilt(kept, "onnx", partial(onnx_reference, source))
     converted = _run(tool, base, source)
     if isinstance(converted, bytes):
-        return FromOnnx(converted, nhwc=tuple(images))
+        nhwc = tuple(images)
+        return Prebuilt(converted, "onnx", partial(onnx_reference, source, nhwc=True), nhwc=nhwc)
     raise ConvertError(f"onnx2tf could not convert {source.name}: {converted}")
 
 
