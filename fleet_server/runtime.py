@@ -34,7 +34,7 @@ from fleet_server.services.mqtt_auth import (
     resolve_server_credential,
 )
 from fleet_server.services.retention import RetentionJob
-from fleet_server.services.rollouts import RolloutEngine
+from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob
 from fleet_server.services.samples import SampleStats
 from fleet_server.services.throttle import AuthThrottle, ThrottleCollector

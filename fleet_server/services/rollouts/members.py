@@ -9,10 +9,11 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from fleet_server.models import Device
-from fleet_server.models.rollouts import ACTIVE_STATES, Rollout, RolloutDevice
+from fleet_server.models.rollouts import Rollout, RolloutDevice
 from fleet_server.models.telemetry import EventRow
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.rollouts.spec import Strategy
+from fleet_server.services.rollouts.state import ACTIVE_STATES
 
 
 def new_member(

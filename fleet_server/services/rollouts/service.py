@@ -26,6 +26,13 @@ from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.evidence import gather, tv_distance
 from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
 from fleet_server.services.rollouts.spec import GatePolicy, RolloutCreate, Strategy
+from fleet_server.services.rollouts.state import (
+    INITIAL_STATE,
+    RolloutAction,
+    RolloutState,
+    next_state,
+    transition,
+)
 
 
 class StagePublic(BaseModel):
@@ -61,7 +68,7 @@ class RolloutPublic(BaseModel):
     name: str
     model: str
     version: str
-    state: str
+    state: RolloutState
     reason: str | None
     stage: int
     stage_name: str
@@ -125,7 +132,7 @@ def create_rollout(
         selector=request.selector.model_dump(mode="json"),
         strategy=request.strategy.model_dump(mode="json"),
         gates=request.gates.model_dump(mode="json"),
-        state="running",
+        state=INITIAL_STATE.value,
         stage=0,
         stage_started_at=now,
         created_by=actor,
@@ -139,13 +146,13 @@ def create_rollout(
         session.add(new_member(rollout, device, position, joined_late=False, model=target))
     session.flush()
     plan = _stages(rollout, session)
-    RolloutEngine.decide(
+    transition(
         session,
         rollout,
-        now,
-        "created",
-        actor=actor,
+        RolloutAction.CREATED,
         reason=f"{len(targets)} device(s) targeted",
+        at=now,
+        actor=actor,
         evidence={"stages": [s.model_dump() for s in plan]},
     )
     session.commit()
@@ -173,20 +180,17 @@ def _spread(devices: list[Device], *, salt: str) -> list[Device]:
 
 
 # -- operator actions -----------------------------------------------------------------------------
-def _transition(
+def _operator(
     rollouts: RolloutEngine,
     rollout_id: int,
-    *,
-    allowed: tuple[str, ...],
-    verb: str,
+    action: RolloutAction,
     change: Callable[[Session, Rollout, datetime, Outbox], None],
 ) -> None:
+    """Run ``change`` if the table allows ``action`` in the rollout's current state (read again
+    on every retry of a lost claim); otherwise :class:`.state.TransitionRefused` (a 409)."""
+
     def guarded(session: Session, rollout: Rollout, now: datetime, outbox: Outbox) -> None:
-        if rollout.state not in allowed:
-            raise Conflict(
-                f"cannot {verb} rollout {rollout_id}: it is {rollout.state} "
-                f"(allowed from {', '.join(allowed)})"
-            )
+        next_state(rollout.id, rollout.state, action)
         change(session, rollout, now, outbox)
 
     rollouts.act_retrying(rollout_id, guarded)
@@ -194,30 +198,27 @@ def _transition(
 
 def pause(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
     def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
-        r.state, r.reason = "paused", reason or f"paused by {actor}"
-        RolloutEngine.decide(session, r, now, "pause", actor=actor, reason=r.reason)
+        why = reason or f"paused by {actor}"
+        transition(session, r, RolloutAction.PAUSE, reason=why, at=now, actor=actor)
 
-    _transition(
-        rollouts, rollout_id, allowed=("running", "awaiting_approval"), verb="pause", change=change
-    )
+    _operator(rollouts, rollout_id, RolloutAction.PAUSE, change)
 
 
 def resume(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
     def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
-        r.state, r.reason = "running", None
+        transition(session, r, RolloutAction.RESUME, reason=reason, at=now, actor=actor)
         r.stage_started_at = now  # the stage timeout counts from the resume
-        RolloutEngine.decide(session, r, now, "resume", actor=actor, reason=reason)
 
-    _transition(rollouts, rollout_id, allowed=("paused",), verb="resume", change=change)
+    _operator(rollouts, rollout_id, RolloutAction.RESUME, change)
     rollouts.step_soon(rollout_id)
 
 
 def approve(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
     def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
-        RolloutEngine.decide(session, r, now, "approve", actor=actor, reason=reason)
+        transition(session, r, RolloutAction.APPROVE, reason=reason, at=now, actor=actor)
         rollouts.next_stage(session, r, now, Strategy.model_validate(r.strategy), actor=actor)
 
-    _transition(rollouts, rollout_id, allowed=("awaiting_approval",), verb="approve", change=change)
+    _operator(rollouts, rollout_id, RolloutAction.APPROVE, change)
     rollouts.step_soon(rollout_id)
 
 
@@ -225,13 +226,7 @@ def abort(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) 
     def change(session: Session, r: Rollout, now: datetime, outbox: Outbox) -> None:
         rollouts.abort(session, r, now, outbox, actor=actor, reason=reason or f"aborted by {actor}")
 
-    _transition(
-        rollouts,
-        rollout_id,
-        allowed=("running", "paused", "awaiting_approval"),
-        verb="abort",
-        change=change,
-    )
+    _operator(rollouts, rollout_id, RolloutAction.ABORT, change)
 
 
 # -- views ----------------------------------------------------------------------------------------
@@ -266,7 +261,7 @@ def view(session: Session, rollout_id: int) -> RolloutPublic:
         name=rollout.name,
         model=rollout.model_name,
         version=rollout.model_version,
-        state=rollout.state,
+        state=RolloutState(rollout.state),
         reason=rollout.reason,
         stage=rollout.stage,
         stage_name=stages[rollout.stage].name,
@@ -283,10 +278,12 @@ def view(session: Session, rollout_id: int) -> RolloutPublic:
     )
 
 
-def list_rollouts(session: Session, *, state: str | None, limit: int) -> list[RolloutPublic]:
+def list_rollouts(
+    session: Session, *, state: RolloutState | None, limit: int
+) -> list[RolloutPublic]:
     query = select(Rollout.id).order_by(col(Rollout.id).desc()).limit(limit)
     if state is not None:
-        query = query.where(Rollout.state == state)
+        query = query.where(Rollout.state == state.value)
     return [view(session, rid) for rid in session.exec(query).all() if rid is not None]
 
 
