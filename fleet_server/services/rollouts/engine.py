@@ -432,7 +432,13 @@ class RolloutEngine:
             )
         finish = RolloutAction.FINISH_ABORT
         if not left:
-            transition(session, rollout, finish, reason=rollout.reason or "aborted", at=now)
+            transition(
+                session,
+                rollout,
+                finish,
+                reason=rollout.reason or RolloutState.ABORTED.value,
+                at=now,
+            )
         elif overdue:
             reason = f"{rollout.reason}; {len(left)} device(s) did not confirm the rollback"
             transition(session, rollout, finish, reason=reason, at=now)
