@@ -23,14 +23,14 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from edgefleet.contract import DesiredState
 from fleet_server.models import Device
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.types import utcnow
-from fleet_server.services.assignments import (
+from fleet_server.services.desired import (
     DesiredPublisher,
-    desired_states_for,
+    desired_states_of,
     publish_all,
+    write_desired,
 )
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
@@ -49,7 +49,6 @@ from fleet_server.services.rollouts.members import (
     runs,
     sync_outcomes,
     target_of,
-    write_desired,
 )
 from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
 from fleet_server.services.rollouts.state import (
@@ -161,17 +160,15 @@ class RolloutEngine:
             rollout.revision = revision + 1
             session.add(rollout)
             for device_ids, model_ref in outbox.changes:
-                write_desired(session, device_ids, model_ref, now)
+                write_desired(session=session, device_ids=device_ids, model=model_ref, at=now)
             session.commit()
         if self.publisher is not None and outbox.device_ids():
-            publish_all(publisher=self.publisher, states=self._desired_states(outbox.device_ids()))
+            with Session(self.engine) as session:  # the committed truth, read back
+                states = desired_states_of(
+                    session=session, device_ids=outbox.device_ids(), public_url=self.public_url
+                )
+            publish_all(publisher=self.publisher, states=states)
         return rollout
-
-    def _desired_states(self, device_ids: set[str]) -> list[DesiredState]:
-        """What the database says each device should run now (the committed truth)."""
-        with Session(self.engine) as session:
-            devices = devices_by_id(session, sorted(device_ids)).values()
-            return desired_states_for(session=session, devices=devices, public_url=self.public_url)
 
     # -- one step --------------------------------------------------------------------------------
     def _advance(self, session: Session, rollout: Rollout, now: datetime, outbox: Outbox) -> None:
