@@ -23,9 +23,8 @@ from fleet_server.services.models import require_verified
 from fleet_server.services.quality.metrics import wilson
 from fleet_server.services.quality.service import label_counts
 from fleet_server.services.rollouts.engine import RolloutEngine
-from fleet_server.services.rollouts.evidence import gather, tv_distance
 from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
-from fleet_server.services.rollouts.spec import GatePolicy, RolloutCreate, Strategy
+from fleet_server.services.rollouts.spec import RolloutCreate, Strategy
 from fleet_server.services.rollouts.state import (
     INITIAL_STATE,
     RolloutAction,
@@ -328,47 +327,49 @@ def report(session: Session, rollout_id: int, *, now: datetime) -> RolloutReport
 def differential(
     session: Session, rollout: Rollout, members: list[RolloutDevice], *, now: datetime
 ) -> dict[str, Any]:
-    """New vs old on the same device classes, over every device that committed.
+    """New vs old as the gates last judged them: read from the newest stored evaluation (the
+    last stage covers every device), never gathered or decided again here.
 
-    The old side is the control group (devices not yet updated) when it has telemetry, else the
-    updated devices' own telemetry from before their update."""
-    policy = GatePolicy.model_validate(rollout.gates)
-    evidence = gather(
-        session=session,
-        members=members,
-        target=(rollout.model_name, rollout.model_version),
-        stage_ids={m.device_id for m in members if m.status != "skipped"},
-        offline=set(),
-        now=now,
-        window_s=policy.baseline_window_s,
-        min_control_intervals=policy.latency_p95_ratio.min_samples,
-    )
-    new, old = evidence.new.summary(), evidence.old.summary()
-    classes = sorted(set(new["latency_ms"]) | set(old["latency_ms"]))
+    ``gates`` are the stored verdicts; ``error_rate_increase`` and ``confidence_tv_distance``
+    are the values the error-rate and confidence gates decided; per class, the stored p95
+    medians of both sides and their ratio; ``evaluation_age_s``, how old those figures are at
+    ``now``. Label accuracy is the quality service's, per side."""
+    evaluation = rollout.last_evaluation or {}
+    evidence = evaluation.get("evidence") or {}
+    gates = {g.get("name"): g for g in evaluation.get("gates") or [] if isinstance(g, dict)}
+    new, old = evidence.get("new") or {}, evidence.get("old") or {}
+    new_latency, old_latency = new.get("latency_ms") or {}, old.get("latency_ms") or {}
     by_class = {}
-    for name in classes:
-        n, o = new["latency_ms"].get(name), old["latency_ms"].get(name)
+    for name in sorted(set(new_latency) | set(old_latency)):
+        n, o = new_latency.get(name), old_latency.get(name)
         ratio = None
-        if n and o and n["p95"] is not None and o["p95"]:
+        if n and o and n.get("p95") is not None and o.get("p95"):
             ratio = round(n["p95"] / o["p95"], 4)
         by_class[name] = {"new": n, "old": o, "p95_ratio": ratio}
-    distance = tv_distance(evidence.new.histogram, evidence.old.histogram)
-    increase = None
-    if evidence.new.error_rate is not None and evidence.old.error_rate is not None:
-        increase = round(evidence.new.error_rate - evidence.old.error_rate, 6)
+
+    def decided(gate: str) -> Any:
+        return (gates.get(gate) or {}).get("value")
+
+    age = None
+    if evaluation.get("ts"):
+        age = round((now - datetime.fromisoformat(str(evaluation["ts"]))).total_seconds(), 3)
+
     return {
-        "baseline": evidence.baseline,
+        "evaluated_at": evaluation.get("ts"),
+        "evaluation_age_s": age,
+        "stage_name": evaluation.get("stage_name"),
+        "baseline": evidence.get("baseline", "none"),
         "new_version": f"{rollout.model_name}@{rollout.model_version}",
         "new": new,
         "old": old,
+        "gates": list(gates.values()),
         "latency_by_class": by_class,
-        "error_rate_increase": increase,
-        "confidence_tv_distance": None if distance is None else round(distance, 6),
+        "error_rate_increase": decided("error_rate"),
+        "confidence_tv_distance": decided("confidence_shift"),
         "label_accuracy": _label_accuracy(
             session,
             rollout,
-            evidence.old.versions
-            | {
+            {
                 m.previous_version
                 for m in members
                 if m.previous_name == rollout.model_name and m.previous_version
