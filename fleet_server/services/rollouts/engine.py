@@ -263,9 +263,8 @@ class RolloutEngine:
         if soaked and not waiting:
             stage = rollout.stage
             self._promote(session, rollout, now, strategy, evaluation, total=len(eligible))
-            if (
-                rollout.state == RolloutState.RUNNING and rollout.stage != stage
-            ):  # the next stage goes out now
+            # The next stage goes out now.
+            if rollout.state == RolloutState.RUNNING and rollout.stage != stage:
                 covered = eligible[: strategy.target_count(rollout.stage, len(eligible))]
                 assign_pending(session, rollout, covered, now, strategy, outbox)
         elif (now - rollout.stage_started_at).total_seconds() > strategy.stage_timeout_s:
