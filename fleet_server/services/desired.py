@@ -81,6 +81,18 @@ def write_desired(
         session.connection().execute(query.values(**values))
 
 
+def stamp_resent(*, session: Session, device_ids: Sequence[str], at: datetime) -> None:
+    """Note that ``device_ids`` get their unchanged desired state again (same revision): the
+    payload's ``ts`` and the resync's retry clock. In the caller's transaction."""
+    ids = sorted(device_ids)
+    for start in range(0, len(ids), CHUNK):
+        session.connection().execute(
+            update(Device)
+            .where(col(Device.device_id).in_(ids[start : start + CHUNK]))
+            .values(desired_at=at)
+        )
+
+
 def publish_desired(
     *, session: Session, publisher: DesiredPublisher, public_url: str, device_ids: Iterable[str]
 ) -> int:

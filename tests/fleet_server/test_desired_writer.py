@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from edgefleet.contract import DesiredState
 from edgefleet.mqtt import MqttError
 from fleet_server.db import make_engine, migrate
 from fleet_server.models import Device
-from fleet_server.services.desired import Keep, publish_desired, write_desired
+from fleet_server.services.desired import Keep, publish_desired, stamp_resent, write_desired
+from fleet_server.services.rollouts.members import RESYNC_AFTER_S
 from tests.fleet_server.helpers import unique_id
+from tests.fleet_server.rollout_harness import NEW, OLD, Harness
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OWNER = ROOT / "fleet_server" / "services" / "desired.py"
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NEXT = ("digits", "3.0.0")
-DESIRED_COLUMNS = {"desired_name", "desired_version", "desired_revision"}
+DESIRED_COLUMNS = {"desired_name", "desired_version", "desired_revision", "desired_at"}
 
 
 @pytest.fixture
@@ -93,6 +95,13 @@ def test_one_write_sets_keeps_clears_and_respects_pins(db: Engine) -> None:
     assert after[free[0]] == ("digits", "2.0.0", 6, None)  # same model, next revision
     assert after[free[1]] == (None, None, 6, None)  # no model
     assert after[free[2]] == ("digits", "3.0.0", 6, "digits")  # pinned to what it now runs
+    later = AT + timedelta(seconds=31)
+    with Session(db) as session:  # a resent state: same revision, same model, a new stamp
+        stamp_resent(session=session, device_ids=free[:1], at=later)
+        session.commit()
+        device = session.get(Device, free[0])
+        assert device is not None and device.desired_at == later
+    assert _rows(db, free) == after
 
 
 def test_a_pin_must_name_a_version() -> None:
@@ -126,6 +135,35 @@ def test_a_large_write_is_chunked_and_published_from_the_committed_rows(db: Engi
         )
     assert len(before) == 10 and publisher.calls == 601 and sent == 601 - 6
     assert {s.seq for s in publisher.sent} == {1} and {s.model for s in publisher.sent} == {None}
+
+
+def test_a_rollout_resends_an_unacknowledged_state_at_most_every_resync_period(db: Engine) -> None:
+    h = Harness(db)
+    ids = h.add_devices(2)
+    h.create(strategy={"canary_percent": 100, "batches": [100], "soak_s": 0})
+    first = {s.device_id: s for s in h.publisher.sent}
+    assert set(first) == set(ids) and len(h.publisher.sent) == 2
+    h.clock.advance(RESYNC_AFTER_S - 1)
+    h.engine.tick()
+    assert len(h.publisher.sent) == 2  # not yet
+    h.clock.advance(2)
+    h.engine.tick()
+    again = h.publisher.sent[2:]
+    assert sorted(s.device_id for s in again) == sorted(ids)
+    for state in again:  # the same revision and model, stamped now
+        assert (state.seq, state.model) == (
+            first[state.device_id].seq,
+            first[state.device_id].model,
+        )
+        assert state.ts == h.clock.now
+    h.clock.advance(RESYNC_AFTER_S - 1)
+    h.engine.tick()
+    assert len(h.publisher.sent) == 4  # the stamp holds the next resend back
+    h.report_running(ids[:1], OLD)  # the first still reports the old version as its desired one
+    h.send([h.state(ids[1], NEW)])  # the second acknowledges the new one: not resent again
+    h.clock.advance(2)
+    h.engine.tick()
+    assert [s.device_id for s in h.publisher.sent[4:]] == [ids[0]]
 
 
 # -- the boundary -------------------------------------------------------------------------------

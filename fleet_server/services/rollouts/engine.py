@@ -30,6 +30,7 @@ from fleet_server.services.desired import (
     DesiredPublisher,
     desired_states_of,
     publish_all,
+    stamp_resent,
     write_desired,
 )
 from fleet_server.services.devices import is_pinned
@@ -161,6 +162,8 @@ class RolloutEngine:
             session.add(rollout)
             for device_ids, model_ref in outbox.changes:
                 write_desired(session=session, device_ids=device_ids, model=model_ref, at=now)
+            if outbox.republish:
+                stamp_resent(session=session, device_ids=sorted(outbox.republish), at=now)
             session.commit()
         if self.publisher is not None and outbox.device_ids():
             with Session(self.engine) as session:  # the committed truth, read back
@@ -189,7 +192,7 @@ class RolloutEngine:
                 session.add(member)
         if evaluation_due(rollout, now, False, strategy):  # scanning every device costs
             self._join_late(session, rollout, members, now)
-        resync_desired(session, rollout, members, devices, now, outbox)
+        resync_desired(rollout, members, devices, now, outbox)
 
         eligible = sorted((m for m in members if m.status != "skipped"), key=lambda m: m.position)
         if not eligible:

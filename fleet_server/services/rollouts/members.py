@@ -203,7 +203,6 @@ def assign_pending(
 
 
 def resync_desired(
-    session: Session,
     rollout: Rollout,
     members: list[RolloutDevice],
     devices: dict[str, Device],
@@ -224,7 +223,5 @@ def resync_desired(
             device.desired_version,
         ):
             stale.append(device)
-    for device in stale:
-        device.desired_at = now  # retry at most every RESYNC_AFTER_S
-        session.add(device)
-        outbox.republish.add(device.device_id)
+    # Stamped at the write (desired.stamp_resent): retried at most every RESYNC_AFTER_S.
+    outbox.republish.update(device.device_id for device in stale)
