@@ -55,6 +55,7 @@ def main() -> int:
 
 def _run(args: argparse.Namespace, broker_url: str | None) -> int:
     from fleet_server.client.api import FleetClient
+    from fleet_server.services.rollouts.state import RolloutState
     from hil.device import Behaviour
     from hil.fleet import FleetSimulator
     from tests.utils.artifacts import signed_digits_bundles
@@ -131,12 +132,18 @@ def _run(args: argparse.Namespace, broker_url: str | None) -> int:
             print(f"  {line}")
         print(f"  rollout {rollout['state']} in {rollout['total']:.1f} s "
               f"(target: all committed in <= 60 s)")  # fmt: skip
-    ok = server_done is not None and rollout is not None and rollout["state"] == "completed"
+    ok = (
+        server_done is not None
+        and rollout is not None
+        and rollout["state"] == RolloutState.COMPLETED
+    )
     return 0 if ok else 1
 
 
 def _staged_rollout(client: Any, fleet: Any, tag: str, args: argparse.Namespace) -> dict[str, Any]:
     """digits@2.0.0 through the rollout engine; timings from the create call."""
+    from fleet_server.services.rollouts.state import TERMINAL_STATES
+
     spec = {
         "model": "digits",
         "version": "2.0.0",
@@ -154,7 +161,7 @@ def _staged_rollout(client: Any, fleet: Any, tag: str, args: argparse.Namespace)
     state = created["state"]
     device_done = None
     deadline = start + args.timeout
-    while time.perf_counter() < deadline and state not in ("completed", "aborted", "failed"):
+    while time.perf_counter() < deadline and state not in TERMINAL_STATES:
         time.sleep(0.25)
         if device_done is None and fleet.stats().running.get("digits@2.0.0") == args.devices:
             device_done = time.perf_counter() - start

@@ -297,6 +297,7 @@ def run_demo(options: DemoOptions) -> int:
 
 def _demo(options: DemoOptions, root: Path, procs: _Processes) -> int:
     from fleet_server.client.api import FleetClient
+    from fleet_server.services.rollouts.state import TERMINAL_STATES, RolloutState
 
     started = time.monotonic()
     port = _free_port()
@@ -401,16 +402,14 @@ def _demo(options: DemoOptions, root: Path, procs: _Processes) -> int:
             first_all = time.monotonic() - rollout_at
             _say(f"every device reported telemetry for the new version {first_all:.1f} s after "
                  "the rollout started")  # fmt: skip
-        if state in ("completed", "aborted", "failed") and (
-            first_all is not None or state != "completed"
-        ):
+        if state in TERMINAL_STATES and (first_all is not None or state != RolloutState.COMPLETED):
             break
     _print_decisions(client.rollout_report(rollout_id))
 
     codes = procs.stop(device_ids)
     procs.stop(["server"])
     ok = (
-        state == "completed"
+        state == RolloutState.COMPLETED
         and len(devices) == len(device_ids)
         and all(_reported_new_version(d) for d in devices)
     )

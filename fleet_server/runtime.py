@@ -23,8 +23,8 @@ from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
 from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
 from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers, WorkerConfig
-from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
+from fleet_server.services.desired import current_desired_states
 from fleet_server.services.drift import DriftJob, backend_for
 from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
@@ -34,7 +34,7 @@ from fleet_server.services.mqtt_auth import (
     resolve_server_credential,
 )
 from fleet_server.services.retention import RetentionJob
-from fleet_server.services.rollouts import RolloutEngine
+from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob
 from fleet_server.services.samples import SampleStats
 from fleet_server.services.throttle import AuthThrottle, ThrottleCollector

@@ -21,7 +21,7 @@ from fleet_server.api.deps import (
 )
 from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
 from fleet_server.services import capture as service
-from fleet_server.services.assignments import republish
+from fleet_server.services.desired import republish
 from fleet_server.services.errors import Unavailable
 
 router = APIRouter(prefix="/models", tags=["capture"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,17 +20,16 @@ from fleet_server.api.deps import (
 from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
 from fleet_server.models.types import utcnow
 from fleet_server.services.errors import Unavailable
-from fleet_server.services.rollouts import RolloutCreate, RolloutEngine, service
+from fleet_server.services.rollouts import service
+from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.service import RolloutPublic, RolloutReport
+from fleet_server.services.rollouts.spec import RolloutCreate
+from fleet_server.services.rollouts.state import OPERATOR_ACTIONS, RolloutState
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
 #: Rollout ids are database integers: anything outside 1..2^31-1 is a 422, not a driver error.
 RolloutId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Rollout id.")]
-
-State = Literal[
-    "running", "paused", "awaiting_approval", "aborting", "completed", "aborted", "failed"
-]
 
 
 class RolloutAction(BaseModel):
@@ -85,7 +84,7 @@ def create_rollout(
 def list_rollouts(
     session: SessionDep,
     _: Viewer,
-    state: State | None = None,
+    state: RolloutState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[RolloutPublic]:
     return service.list_rollouts(session, state=state, limit=limit)
@@ -123,10 +122,10 @@ def _action(name: str) -> Callable[..., Any]:
     return endpoint
 
 
-for _name in ("pause", "resume", "approve", "abort"):
+for _verb in OPERATOR_ACTIONS:
     router.add_api_route(
-        f"/{{rollout_id}}/{_name}",
-        _action(_name),
+        f"/{{rollout_id}}/{_verb.value}",
+        _action(_verb.value),
         methods=["POST"],
         responses=error_responses(
             OPERATOR_REFUSALS,

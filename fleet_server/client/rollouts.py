@@ -12,7 +12,7 @@ from typing import Any
 
 from fleet_server.client.api import FleetClient, FleetClientError, JsonObject
 from fleet_server.client.render import Column, Output, plain, when
-from fleet_server.client.rollouts_cli import TERMINAL
+from fleet_server.services.rollouts.state import TERMINAL_STATES, RolloutState
 
 MAX_SPEC_BYTES = 1024 * 1024
 
@@ -228,8 +228,8 @@ def rollouts_watch(client: FleetClient, args: argparse.Namespace, out: Output) -
                 out.line(line)
             last = line
             state = rollout.get("state")
-            if state in TERMINAL:
-                if state != "completed":
+            if state in TERMINAL_STATES:
+                if state != RolloutState.COMPLETED:
                     raise FleetClientError(
                         0, f"rollout {args.rollout_id} {state}: {plain(rollout.get('reason'))}"
                     )

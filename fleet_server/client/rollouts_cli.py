@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TERMINAL = ("completed", "aborted", "failed")
-STATES = ("running", "paused", "awaiting_approval", "aborting", *TERMINAL)
+from fleet_server.services.rollouts.state import OPERATOR_ACTIONS, RolloutState
 
 
 def register(
@@ -59,13 +58,13 @@ def register(
     leaf.set_defaults(action="rollouts_create")
 
     leaf = sub.add_parser("list", parents=[common], help="recent rollouts")
-    leaf.add_argument("--state", choices=STATES)
+    leaf.add_argument("--state", choices=[s.value for s in RolloutState])
     leaf.set_defaults(action="rollouts_list")
     for name, text in (("show", "one rollout: stage, counts, gates"), ("report", "full report")):
         leaf = sub.add_parser(name, parents=[common], help=text)
         leaf.add_argument("rollout_id", type=int, metavar="ID")
         leaf.set_defaults(action=f"rollouts_{name}")
-    for name in ("pause", "resume", "approve", "abort"):
+    for name in (a.value for a in OPERATOR_ACTIONS):
         leaf = sub.add_parser(name, parents=[common], help=f"{name} a rollout")
         leaf.add_argument("rollout_id", type=int, metavar="ID")
         leaf.add_argument("--reason", default="", metavar="TEXT", help="recorded in the report")

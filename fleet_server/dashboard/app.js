@@ -53,7 +53,9 @@ function table(headers, rows) {
 function renderSummary(devices, rollouts, ingest) {
   const online = devices.filter((d) => d.online).length;
   const failing = devices.filter((d) => d.phase === "failed" || d.last_error).length;
-  const active = rollouts.filter((r) => ["pending", "running", "paused"].includes(r.state));
+  // The server sets finished_at exactly when a rollout reaches a terminal state (its state table
+  // is services/rollouts/state.py); the dashboard spells no state name of its own.
+  const active = rollouts.filter((r) => !r.finished_at);
   const stored = ingest && typeof ingest.stored === "number" ? ingest.stored : "n/a";
   const card = (label, value, cls = "") =>
     `<div class="card ${cls}"><div class="value">${esc(value)}</div><div>${esc(label)}</div></div>`;

@@ -14,20 +14,6 @@ from sqlmodel import Field, SQLModel
 
 from fleet_server.models.types import UTCDateTime, utcnow
 
-#: Rollout states. ``running`` and ``aborting`` are driven by the engine's tick; ``paused`` and
-#: ``awaiting_approval`` wait for an operator; the last three are terminal.
-ROLLOUT_STATES = (
-    "running",
-    "paused",
-    "awaiting_approval",
-    "aborting",
-    "completed",
-    "aborted",
-    "failed",
-)
-ACTIVE_STATES = ("running", "paused", "awaiting_approval", "aborting")
-TERMINAL_STATES = ("completed", "aborted", "failed")
-
 #: Per-device status inside a rollout.
 DEVICE_STATUSES = (
     "pending",  # in the rollout, not yet assigned
@@ -49,6 +35,8 @@ class Rollout(SQLModel, table=True):
     selector: dict[str, Any] = Field(sa_type=sa.JSON)
     strategy: dict[str, Any] = Field(sa_type=sa.JSON)
     gates: dict[str, Any] = Field(sa_type=sa.JSON)
+    #: A :class:`~fleet_server.services.rollouts.state.RolloutState` value, changed only by
+    #: ``state.transition`` (the one table of allowed steps).
     state: str = Field(max_length=32, index=True)
     #: Index into the stage plan (0 = canary).
     stage: int = Field(default=0)

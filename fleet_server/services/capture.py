@@ -2,8 +2,8 @@
 
 The policy of a version, when set, replaces its model name's (no field-by-field merge: what an
 operator reads back is what devices get). It travels in the desired state
-(:func:`fleet_server.services.assignments.desired_state`, the one payload builder both
-desired-state writers use), so setting or removing one republishes the desired state of every
+(:func:`fleet_server.services.desired.desired_state`, built by the one desired-state
+writer and publisher), so setting or removing one republishes the desired state of every
 device assigned an affected version.
 """
 

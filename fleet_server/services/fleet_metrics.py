@@ -17,8 +17,8 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from fleet_server.models import Device, DriftStatus, ModelVersion, Rollout, RolloutDevice
-from fleet_server.models.rollouts import ACTIVE_STATES, ROLLOUT_STATES
 from fleet_server.models.samples import Sample
+from fleet_server.services.rollouts.state import ACTIVE_STATES, RolloutState
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ class FleetCollector(Collector):
             return
         devices.add_metric(["online"], online.get(True, 0))
         devices.add_metric(["offline"], online.get(False, 0))
-        for state in ROLLOUT_STATES:
-            rollouts.add_metric([state], by_state.get(state, 0))
+        for state in RolloutState:
+            rollouts.add_metric([state.value], by_state.get(state.value, 0))
         for rollout_id, name, version, status, count in active:
             members.add_metric([str(rollout_id), f"{name}@{version}", status], count)
         for name, version, detector, status in verdicts:

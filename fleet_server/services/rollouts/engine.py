@@ -7,12 +7,10 @@ backs off, so no stage is ever applied twice. Desired states are published only 
 commit; one lost in a crash is republished when the bus (re)connects (it republishes every
 device's desired state) or by :func:`.members.resync_desired`.
 
-States::
-
-    running ──gate fails, on_failure=pause──▶ paused ──resume──▶ running
-       │  └──stage passes, require_approval──▶ awaiting_approval ──approve──▶ running (next stage)
-       │  └──last stage passes──▶ completed
-       └──gate fails, on_failure=abort / operator abort──▶ aborting ──all reverted──▶ aborted
+Every state change and every decision goes through :func:`.state.transition` (the table of
+allowed steps is there): a gate that fails pauses (``on_failure=pause``) or aborts; a stage that
+passes starts the next one, waits for approval (``require_approval``) or completes the rollout;
+an abort ends ``aborted`` once every touched device runs its previous version again.
 """
 
 from __future__ import annotations
@@ -25,18 +23,15 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from edgefleet.contract import DesiredState
 from fleet_server.models import Device
-from fleet_server.models.rollouts import (
-    Rollout,
-    RolloutDecision,
-    RolloutDevice,
-)
+from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.types import utcnow
-from fleet_server.services.assignments import (
+from fleet_server.services.desired import (
     DesiredPublisher,
-    desired_states_for,
+    desired_states_of,
     publish_all,
+    stamp_resent,
+    write_desired,
 )
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
@@ -55,9 +50,15 @@ from fleet_server.services.rollouts.members import (
     runs,
     sync_outcomes,
     target_of,
-    write_desired,
 )
 from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
+from fleet_server.services.rollouts.state import (
+    DRIVEN_STATES,
+    RolloutAction,
+    RolloutState,
+    next_state,
+    transition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class RolloutEngine:
         """Step every rollout the engine drives; returns how many were stepped."""
         with Session(self.engine) as session:
             ids = session.exec(
-                select(Rollout.id).where(col(Rollout.state).in_(("running", "aborting")))
+                select(Rollout.id).where(col(Rollout.state).in_(DRIVEN_STATES))
             ).all()
         for rollout_id in ids:
             assert rollout_id is not None
@@ -100,7 +101,7 @@ class RolloutEngine:
         return len(ids)
 
     def step(self, rollout_id: int) -> None:
-        self.act(rollout_id, self._advance, only_states=("running", "aborting"))
+        self.act(rollout_id, self._advance, only_states=DRIVEN_STATES)
 
     def step_soon(self, rollout_id: int) -> None:
         """Step now unless a concurrent step just did (then the next tick carries on)."""
@@ -130,7 +131,7 @@ class RolloutEngine:
         rollout_id: int,
         action: Callable[[Session, Rollout, datetime, Outbox], None],
         *,
-        only_states: Sequence[str] | None = None,
+        only_states: Sequence[RolloutState] | None = None,
     ) -> Rollout:
         """Run ``action`` on the rollout and commit it only if nobody else changed the rollout
         meanwhile (compare-and-set on ``revision``); then publish the desired states it set.
@@ -160,17 +161,17 @@ class RolloutEngine:
             rollout.revision = revision + 1
             session.add(rollout)
             for device_ids, model_ref in outbox.changes:
-                write_desired(session, device_ids, model_ref, now)
+                write_desired(session=session, device_ids=device_ids, model=model_ref, at=now)
+            if outbox.republish:
+                stamp_resent(session=session, device_ids=sorted(outbox.republish), at=now)
             session.commit()
         if self.publisher is not None and outbox.device_ids():
-            publish_all(publisher=self.publisher, states=self._desired_states(outbox.device_ids()))
+            with Session(self.engine) as session:  # the committed truth, read back
+                states = desired_states_of(
+                    session=session, device_ids=outbox.device_ids(), public_url=self.public_url
+                )
+            publish_all(publisher=self.publisher, states=states)
         return rollout
-
-    def _desired_states(self, device_ids: set[str]) -> list[DesiredState]:
-        """What the database says each device should run now (the committed truth)."""
-        with Session(self.engine) as session:
-            devices = devices_by_id(session, sorted(device_ids)).values()
-            return desired_states_for(session=session, devices=devices, public_url=self.public_url)
 
     # -- one step --------------------------------------------------------------------------------
     def _advance(self, session: Session, rollout: Rollout, now: datetime, outbox: Outbox) -> None:
@@ -179,7 +180,7 @@ class RolloutEngine:
             session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
         )
         devices = devices_by_id(session, [m.device_id for m in members])
-        if rollout.state == "aborting":
+        if rollout.state == RolloutState.ABORTING:
             self._settle_abort(session, rollout, members, devices, now, strategy)
             return
         sync_outcomes(session, rollout, members, devices, now, strategy)
@@ -191,11 +192,17 @@ class RolloutEngine:
                 session.add(member)
         if evaluation_due(rollout, now, False, strategy):  # scanning every device costs
             self._join_late(session, rollout, members, now)
-        resync_desired(session, rollout, members, devices, now, outbox)
+        resync_desired(rollout, members, devices, now, outbox)
 
         eligible = sorted((m for m in members if m.status != "skipped"), key=lambda m: m.position)
         if not eligible:
-            self._finish(session, rollout, now, "completed", "no device needed the update")
+            transition(
+                session,
+                rollout,
+                RolloutAction.COMPLETE,
+                reason="no device needed the update",
+                at=now,
+            )
             return
         covered = eligible[: strategy.target_count(rollout.stage, len(eligible))]
         assign_pending(session, rollout, covered, now, strategy, outbox)
@@ -237,12 +244,20 @@ class RolloutEngine:
         failed = [r for r in results if r.status == "fail"]
         if failed:
             reason = "; ".join(f"{r.name} {fmt_result(r)}" for r in failed)
-            self.decide(session, rollout, now, "gate_failed", reason=reason, evidence=evaluation)
+            transition(
+                session,
+                rollout,
+                RolloutAction.GATE_FAILED,
+                reason=reason,
+                at=now,
+                evidence=evaluation,
+            )
             if strategy.on_failure == "abort":
                 self.abort(session, rollout, now, outbox, actor="engine", reason=reason)
             else:
-                rollout.state, rollout.reason = "paused", f"gate failed: {reason}"
-                self.decide(session, rollout, now, "pause", reason=rollout.reason)
+                transition(
+                    session, rollout, RolloutAction.PAUSE, reason=f"gate failed: {reason}", at=now
+                )
             return
 
         if not full:
@@ -251,14 +266,20 @@ class RolloutEngine:
         if soaked and not waiting:
             stage = rollout.stage
             self._promote(session, rollout, now, strategy, evaluation, total=len(eligible))
-            if rollout.state == "running" and rollout.stage != stage:  # the next stage goes out now
+            # The next stage goes out now.
+            if rollout.state == RolloutState.RUNNING and rollout.stage != stage:
                 covered = eligible[: strategy.target_count(rollout.stage, len(eligible))]
                 assign_pending(session, rollout, covered, now, strategy, outbox)
         elif (now - rollout.stage_started_at).total_seconds() > strategy.stage_timeout_s:
             names = ", ".join(r.name for r in waiting) or "updates"
-            rollout.state = "paused"
-            rollout.reason = f"stage timed out waiting for evidence: {names}"
-            self.decide(session, rollout, now, "pause", reason=rollout.reason, evidence=evaluation)
+            transition(
+                session,
+                rollout,
+                RolloutAction.PAUSE,
+                reason=f"stage timed out waiting for evidence: {names}",
+                at=now,
+                evidence=evaluation,
+            )
 
     def _promote(
         self,
@@ -278,27 +299,26 @@ class RolloutEngine:
             and strategy.target_count(rollout.stage + 1, total) <= covered
         ):
             rollout.stage += 1
+        passed = RolloutAction.STAGE_PASSED
+        transition(session, rollout, passed, reason=name, at=now, evidence=evaluation)
         if rollout.stage + 1 >= strategy.stage_count():
-            self.decide(session, rollout, now, "stage_passed", reason=name, evidence=evaluation)
-            self._finish(session, rollout, now, "completed", "every stage passed its gates")
+            reason = "every stage passed its gates"
+            transition(session, rollout, RolloutAction.COMPLETE, reason=reason, at=now)
         elif strategy.require_approval:
-            rollout.state = "awaiting_approval"
-            rollout.reason = f"{name} passed; waiting for approval"
-            self.decide(session, rollout, now, "stage_passed", reason=name, evidence=evaluation)
+            reason = f"{name} passed; waiting for approval"
+            transition(session, rollout, RolloutAction.AWAIT_APPROVAL, reason=reason, at=now)
         else:
-            self.decide(session, rollout, now, "stage_passed", reason=name, evidence=evaluation)
             self.next_stage(session, rollout, now, strategy, actor="engine")
 
     def next_stage(
         self, session: Session, rollout: Rollout, now: datetime, strategy: Strategy, *, actor: str
     ) -> None:
+        next_state(rollout.id, rollout.state, RolloutAction.STAGE_STARTED)  # before changing
         rollout.stage += 1
-        rollout.state = "running"
-        rollout.reason = None
         rollout.stage_started_at = now
         rollout.stage_finished_at = None
         name = strategy.stage_names()[rollout.stage]
-        self.decide(session, rollout, now, "stage_started", reason=name, actor=actor)
+        transition(session, rollout, RolloutAction.STAGE_STARTED, reason=name, at=now, actor=actor)
 
     # -- devices ---------------------------------------------------------------------------------
 
@@ -326,12 +346,12 @@ class RolloutEngine:
             members.append(member)
             joined.append(device.device_id)
         if joined:
-            self.decide(
+            transition(
                 session,
                 rollout,
-                now,
-                "devices_joined",
+                RolloutAction.DEVICES_JOINED,
                 reason=f"{len(joined)} device(s) matched the selector after the start",
+                at=now,
                 evidence={"devices": joined[:100], "count": len(joined)},
             )
 
@@ -347,6 +367,7 @@ class RolloutEngine:
         reason: str,
     ) -> None:
         """Every touched device goes back to what it ran before; untouched ones are left alone."""
+        next_state(rollout.id, rollout.state, RolloutAction.ABORT)  # refused: nothing changed
         members = list(
             session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
         )
@@ -361,13 +382,12 @@ class RolloutEngine:
             session.add(member)
         for previous, ids in back.items():
             outbox.set_desired(ids, previous)
-        rollout.state, rollout.reason = "aborting", reason
-        self.decide(
+        transition(
             session,
             rollout,
-            now,
-            "abort",
+            RolloutAction.ABORT,
             reason=reason,
+            at=now,
             actor=actor,
             evidence={"rolled_back": sum(len(ids) for ids in back.values())},
         )
@@ -400,59 +420,24 @@ class RolloutEngine:
         if left and strategy is not None:
             started = session.exec(
                 select(RolloutDecision.ts)
-                .where(RolloutDecision.rollout_id == rollout.id, RolloutDecision.action == "abort")
+                .where(
+                    RolloutDecision.rollout_id == rollout.id,
+                    RolloutDecision.action == RolloutAction.ABORT.value,
+                )
                 .order_by(col(RolloutDecision.id).desc())
             ).first()
             overdue = started is not None and (now - started).total_seconds() > (
                 strategy.update_timeout_s
             )
+        finish = RolloutAction.FINISH_ABORT
         if not left:
-            self._finish(session, rollout, now, "aborted", rollout.reason or "aborted")
-        elif overdue:
-            self._finish(
+            transition(
                 session,
                 rollout,
-                now,
-                "aborted",
-                f"{rollout.reason}; {len(left)} device(s) did not confirm the rollback",
+                finish,
+                reason=rollout.reason or RolloutState.ABORTED.value,
+                at=now,
             )
-
-    # -- bookkeeping ------------------------------------------------------------------------------
-    def _finish(
-        self, session: Session, rollout: Rollout, now: datetime, state: str, reason: str
-    ) -> None:
-        rollout.state, rollout.reason, rollout.finished_at = state, reason, now
-        self.decide(session, rollout, now, state, reason=reason)
-
-    @staticmethod
-    def decide(
-        session: Session,
-        rollout: Rollout,
-        now: datetime,
-        action: str,
-        *,
-        reason: str = "",
-        actor: str = "engine",
-        evidence: dict[str, Any] | None = None,
-    ) -> None:
-        assert rollout.id is not None
-        session.add(
-            RolloutDecision(
-                rollout_id=rollout.id,
-                ts=now,
-                stage=rollout.stage,
-                action=action,
-                actor=actor,
-                reason=reason[:2000],
-                evidence=evidence or {},
-            )
-        )
-        log.info(
-            "rollout decision",
-            extra={
-                "rollout_id": rollout.id,
-                "action": action,
-                "stage": rollout.stage,
-                "why": reason,
-            },
-        )
+        elif overdue:
+            reason = f"{rollout.reason}; {len(left)} device(s) did not confirm the rollback"
+            transition(session, rollout, finish, reason=reason, at=now)

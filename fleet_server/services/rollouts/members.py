@@ -1,18 +1,19 @@
 """Who is in a rollout and what they run: membership rows, update outcomes from events and
-reported state, assignment of a stage's devices (rate limit, window), desired-state writes."""
+reported state, assignment of a stage's devices (rate limit, window), and the desired-state
+changes a step decides on (:class:`Outbox`; :mod:`fleet_server.services.desired` writes them)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from fleet_server.models import Device
-from fleet_server.models.rollouts import ACTIVE_STATES, Rollout, RolloutDevice
+from fleet_server.models.rollouts import Rollout, RolloutDevice
 from fleet_server.models.telemetry import EventRow
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.rollouts.spec import Strategy
+from fleet_server.services.rollouts.state import ACTIVE_STATES
 
 
 def new_member(
@@ -42,23 +43,6 @@ def new_member(
         device_class=device.device_class,
         joined_late=joined_late,
     )
-
-
-def write_desired(
-    session: Session, device_ids: list[str], model_ref: tuple[str, str] | None, now: datetime
-) -> None:
-    """Point devices at ``model_ref`` (None: no model) with the next desired-state revision."""
-    for start in range(0, len(device_ids), 500):
-        session.connection().execute(
-            update(Device)
-            .where(col(Device.device_id).in_(device_ids[start : start + 500]))
-            .values(
-                desired_name=model_ref[0] if model_ref else None,
-                desired_version=model_ref[1] if model_ref else None,
-                desired_revision=col(Device.desired_revision) + 1,
-                desired_at=now,
-            )
-        )
 
 
 def busy_devices(session: Session, *, exclude: int | None) -> set[str]:
@@ -219,7 +203,6 @@ def assign_pending(
 
 
 def resync_desired(
-    session: Session,
     rollout: Rollout,
     members: list[RolloutDevice],
     devices: dict[str, Device],
@@ -240,7 +223,5 @@ def resync_desired(
             device.desired_version,
         ):
             stale.append(device)
-    for device in stale:
-        device.desired_at = now  # retry at most every RESYNC_AFTER_S
-        session.add(device)
-        outbox.republish.add(device.device_id)
+    # Stamped at the write (desired.stamp_resent): retried at most every RESYNC_AFTER_S.
+    outbox.republish.update(device.device_id for device in stale)

@@ -24,9 +24,15 @@ from fleet_server.services.quality.metrics import wilson
 from fleet_server.services.quality.service import label_counts
 from fleet_server.services.rollouts.compare_check import check_comparisons
 from fleet_server.services.rollouts.engine import RolloutEngine
-from fleet_server.services.rollouts.evidence import gather, tv_distance
 from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
-from fleet_server.services.rollouts.spec import GatePolicy, RolloutCreate, Strategy
+from fleet_server.services.rollouts.spec import RolloutCreate, Strategy
+from fleet_server.services.rollouts.state import (
+    INITIAL_STATE,
+    RolloutAction,
+    RolloutState,
+    next_state,
+    transition,
+)
 
 
 class StagePublic(BaseModel):
@@ -62,7 +68,7 @@ class RolloutPublic(BaseModel):
     name: str
     model: str
     version: str
-    state: str
+    state: RolloutState
     reason: str | None
     stage: int
     stage_name: str
@@ -136,7 +142,7 @@ def create_rollout(
         selector=request.selector.model_dump(mode="json"),
         strategy=request.strategy.model_dump(mode="json"),
         gates=request.gates.model_dump(mode="json"),
-        state="running",
+        state=INITIAL_STATE.value,
         stage=0,
         stage_started_at=now,
         created_by=actor,
@@ -150,13 +156,13 @@ def create_rollout(
         session.add(new_member(rollout, device, position, joined_late=False, model=target))
     session.flush()
     plan = _stages(rollout, session)
-    RolloutEngine.decide(
+    transition(
         session,
         rollout,
-        now,
-        "created",
-        actor=actor,
+        RolloutAction.CREATED,
         reason=f"{len(targets)} device(s) targeted",
+        at=now,
+        actor=actor,
         evidence={"stages": [s.model_dump() for s in plan], **compared},
     )
     session.commit()
@@ -184,20 +190,17 @@ def _spread(devices: list[Device], *, salt: str) -> list[Device]:
 
 
 # -- operator actions -----------------------------------------------------------------------------
-def _transition(
+def _operator(
     rollouts: RolloutEngine,
     rollout_id: int,
-    *,
-    allowed: tuple[str, ...],
-    verb: str,
+    action: RolloutAction,
     change: Callable[[Session, Rollout, datetime, Outbox], None],
 ) -> None:
+    """Run ``change`` if the table allows ``action`` in the rollout's current state (read again
+    on every retry of a lost claim); otherwise :class:`.state.TransitionRefused` (a 409)."""
+
     def guarded(session: Session, rollout: Rollout, now: datetime, outbox: Outbox) -> None:
-        if rollout.state not in allowed:
-            raise Conflict(
-                f"cannot {verb} rollout {rollout_id}: it is {rollout.state} "
-                f"(allowed from {', '.join(allowed)})"
-            )
+        next_state(rollout.id, rollout.state, action)
         change(session, rollout, now, outbox)
 
     rollouts.act_retrying(rollout_id, guarded)
@@ -205,30 +208,27 @@ def _transition(
 
 def pause(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
     def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
-        r.state, r.reason = "paused", reason or f"paused by {actor}"
-        RolloutEngine.decide(session, r, now, "pause", actor=actor, reason=r.reason)
+        why = reason or f"paused by {actor}"
+        transition(session, r, RolloutAction.PAUSE, reason=why, at=now, actor=actor)
 
-    _transition(
-        rollouts, rollout_id, allowed=("running", "awaiting_approval"), verb="pause", change=change
-    )
+    _operator(rollouts, rollout_id, RolloutAction.PAUSE, change)
 
 
 def resume(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
     def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
-        r.state, r.reason = "running", None
+        transition(session, r, RolloutAction.RESUME, reason=reason, at=now, actor=actor)
         r.stage_started_at = now  # the stage timeout counts from the resume
-        RolloutEngine.decide(session, r, now, "resume", actor=actor, reason=reason)
 
-    _transition(rollouts, rollout_id, allowed=("paused",), verb="resume", change=change)
+    _operator(rollouts, rollout_id, RolloutAction.RESUME, change)
     rollouts.step_soon(rollout_id)
 
 
 def approve(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) -> None:
     def change(session: Session, r: Rollout, now: datetime, _: Outbox) -> None:
-        RolloutEngine.decide(session, r, now, "approve", actor=actor, reason=reason)
+        transition(session, r, RolloutAction.APPROVE, reason=reason, at=now, actor=actor)
         rollouts.next_stage(session, r, now, Strategy.model_validate(r.strategy), actor=actor)
 
-    _transition(rollouts, rollout_id, allowed=("awaiting_approval",), verb="approve", change=change)
+    _operator(rollouts, rollout_id, RolloutAction.APPROVE, change)
     rollouts.step_soon(rollout_id)
 
 
@@ -236,13 +236,7 @@ def abort(rollouts: RolloutEngine, rollout_id: int, *, actor: str, reason: str) 
     def change(session: Session, r: Rollout, now: datetime, outbox: Outbox) -> None:
         rollouts.abort(session, r, now, outbox, actor=actor, reason=reason or f"aborted by {actor}")
 
-    _transition(
-        rollouts,
-        rollout_id,
-        allowed=("running", "paused", "awaiting_approval"),
-        verb="abort",
-        change=change,
-    )
+    _operator(rollouts, rollout_id, RolloutAction.ABORT, change)
 
 
 # -- views ----------------------------------------------------------------------------------------
@@ -277,7 +271,7 @@ def view(session: Session, rollout_id: int) -> RolloutPublic:
         name=rollout.name,
         model=rollout.model_name,
         version=rollout.model_version,
-        state=rollout.state,
+        state=RolloutState(rollout.state),
         reason=rollout.reason,
         stage=rollout.stage,
         stage_name=stages[rollout.stage].name,
@@ -294,10 +288,12 @@ def view(session: Session, rollout_id: int) -> RolloutPublic:
     )
 
 
-def list_rollouts(session: Session, *, state: str | None, limit: int) -> list[RolloutPublic]:
+def list_rollouts(
+    session: Session, *, state: RolloutState | None, limit: int
+) -> list[RolloutPublic]:
     query = select(Rollout.id).order_by(col(Rollout.id).desc()).limit(limit)
     if state is not None:
-        query = query.where(Rollout.state == state)
+        query = query.where(Rollout.state == state.value)
     return [view(session, rid) for rid in session.exec(query).all() if rid is not None]
 
 
@@ -342,47 +338,49 @@ def report(session: Session, rollout_id: int, *, now: datetime) -> RolloutReport
 def differential(
     session: Session, rollout: Rollout, members: list[RolloutDevice], *, now: datetime
 ) -> dict[str, Any]:
-    """New vs old on the same device classes, over every device that committed.
+    """New vs old as the gates last judged them: read from the newest stored evaluation (the
+    last stage covers every device), never gathered or decided again here.
 
-    The old side is the control group (devices not yet updated) when it has telemetry, else the
-    updated devices' own telemetry from before their update."""
-    policy = GatePolicy.model_validate(rollout.gates)
-    evidence = gather(
-        session=session,
-        members=members,
-        target=(rollout.model_name, rollout.model_version),
-        stage_ids={m.device_id for m in members if m.status != "skipped"},
-        offline=set(),
-        now=now,
-        window_s=policy.baseline_window_s,
-        min_control_intervals=policy.latency_p95_ratio.min_samples,
-    )
-    new, old = evidence.new.summary(), evidence.old.summary()
-    classes = sorted(set(new["latency_ms"]) | set(old["latency_ms"]))
+    ``gates`` are the stored verdicts; ``error_rate_increase`` and ``confidence_tv_distance``
+    are the values the error-rate and confidence gates decided; per class, the stored p95
+    medians of both sides and their ratio; ``evaluation_age_s``, how old those figures are at
+    ``now``. Label accuracy is the quality service's, per side."""
+    evaluation = rollout.last_evaluation or {}
+    evidence = evaluation.get("evidence") or {}
+    gates = {g.get("name"): g for g in evaluation.get("gates") or [] if isinstance(g, dict)}
+    new, old = evidence.get("new") or {}, evidence.get("old") or {}
+    new_latency, old_latency = new.get("latency_ms") or {}, old.get("latency_ms") or {}
     by_class = {}
-    for name in classes:
-        n, o = new["latency_ms"].get(name), old["latency_ms"].get(name)
+    for name in sorted(set(new_latency) | set(old_latency)):
+        n, o = new_latency.get(name), old_latency.get(name)
         ratio = None
-        if n and o and n["p95"] is not None and o["p95"]:
+        if n and o and n.get("p95") is not None and o.get("p95"):
             ratio = round(n["p95"] / o["p95"], 4)
         by_class[name] = {"new": n, "old": o, "p95_ratio": ratio}
-    distance = tv_distance(evidence.new.histogram, evidence.old.histogram)
-    increase = None
-    if evidence.new.error_rate is not None and evidence.old.error_rate is not None:
-        increase = round(evidence.new.error_rate - evidence.old.error_rate, 6)
+
+    def decided(gate: str) -> Any:
+        return (gates.get(gate) or {}).get("value")
+
+    age = None
+    if evaluation.get("ts"):
+        age = round((now - datetime.fromisoformat(str(evaluation["ts"]))).total_seconds(), 3)
+
     return {
-        "baseline": evidence.baseline,
+        "evaluated_at": evaluation.get("ts"),
+        "evaluation_age_s": age,
+        "stage_name": evaluation.get("stage_name"),
+        "baseline": evidence.get("baseline", "none"),
         "new_version": f"{rollout.model_name}@{rollout.model_version}",
         "new": new,
         "old": old,
+        "gates": list(gates.values()),
         "latency_by_class": by_class,
-        "error_rate_increase": increase,
-        "confidence_tv_distance": None if distance is None else round(distance, 6),
+        "error_rate_increase": decided("error_rate"),
+        "confidence_tv_distance": decided("confidence_shift"),
         "label_accuracy": _label_accuracy(
             session,
             rollout,
-            evidence.old.versions
-            | {
+            {
                 m.previous_version
                 for m in members
                 if m.previous_name == rollout.model_name and m.previous_version
