@@ -3,14 +3,16 @@
 The board is a Debian ``minbase`` root (debootstrap, second stage run under qemu-user-static
 through binfmt_misc) with the agent's pinned third-party wheels installed into its system
 Python. It is cached under ``~/.cache/edgefleet/hil/arm64-<key>`` where the key hashes what
-goes into it (suite, Debian packages, pinned requirements): a debootstrap costs ~25 minutes
-on a busy 2-core host, a cache hit nothing. The edgefleet wheel is never cached: each run
+goes into it (suite, Debian packages, pinned requirements): a build took 10 minutes on a
+busy 2-core host (docs/hil.md), a cache hit nothing. The edgefleet wheel is never cached: each run
 makes a venv (``--system-site-packages``) on a bind mount and installs the wheel there.
 
 Commands run in the board through ``unshare --mount`` + ``chroot``: /proc, /dev and the run's
-work folder are mounted in a private mount namespace, so nothing stays mounted on the host
-when the command ends and parallel runs do not see each other's folders. The network is the
-host's: a server on the host's loopback is reachable from the board as 127.0.0.1.
+work folder are mounted in a private mount namespace (not /sys: onnxruntime's cpuinfo reads the
+host's x86 CPU topology there and segfaults under qemu; without it, it warns and runs), so
+nothing stays mounted on the host when the command ends and parallel runs do not see each
+other's folders. The network is the host's: a server on the host's loopback is reachable
+from the board as 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ BOARD_ENV = {
     "LANG": "C.UTF-8",
     "PIP_CERT": BOARD_CA_BUNDLE,
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
 }
 
 
