@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +70,6 @@ class Site:
     client: Any
     key: Path
     bundles: dict[str, Path]
-    install_s: float
     agents: list[BoardAgent] = field(default_factory=list)
 
     def board_path(self, host: Path) -> str:
@@ -130,53 +128,51 @@ def _build_wheel(out: Path) -> Path:
     return wheel
 
 
-def _start_tflite_factory(out: Path) -> subprocess.Popen[str]:
-    """TensorFlow makes the .tflite models in its own process, while the board installs."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.agent.tflite_factory", str(out)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _start_tflite_factory(out: Path) -> subprocess.Popen[bytes]:
+    """TensorFlow makes the .tflite models in its own process while the board installs; its
+    log goes to a file (a pipe nobody reads while the board installs could fill and block)."""
+    out.mkdir(parents=True)
+    with (out / "factory.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.agent.tflite_factory", str(out)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
-def _tflite_digits(factory: subprocess.Popen[str], made: Path, out: Path) -> Path | None:
+def _tflite_digits(factory: subprocess.Popen[bytes], made: Path, out: Path) -> Path | None:
     """The digits TFLite artifact (to be signed), or None when TensorFlow is not installed."""
     from tests.agent.conftest import _digits_tflite
 
-    _, stderr = factory.communicate(timeout=300)
+    factory.wait(300)
     if factory.returncode != 0:
-        if "No module named 'tensorflow'" in stderr:
+        log = (made / "factory.log").read_text(errors="replace")
+        if "No module named 'tensorflow'" in log:
             return None
-        raise RuntimeError(f"tests.agent.tflite_factory failed: {stderr[-3000:]}")
+        raise RuntimeError(f"tests.agent.tflite_factory failed: {log[-3000:]}")
     return _digits_tflite(out / "digits-tfl", made / "digits_fp32.tflite", int8=False)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    from edgefleet.signing import generate_keypair
-    from fleet_server.client.api import FleetClient
-    from tests.utils.artifacts import build_digits_artifact
-
-    board = _board()
-    work = tmp_path_factory.mktemp("arm64")
-    factory = _start_tflite_factory(work / "tflite")
-    wheels = work / "wheels"
-    wheel = _build_wheel(wheels)
-    started = time.monotonic()
+def _install_agent(board: Board, work: Path) -> None:
+    """This tree's wheel, installed with its [agent] extra into a fresh venv on the board; the
+    pinned aarch64 dependencies come from the cached root (--no-index: nothing else)."""
+    wheel = _build_wheel(work / "wheels")
     board.run(["python3", "-m", "venv", "--system-site-packages", "--without-pip", VENV], work=work)
     board.run(
         ["python3", "-m", "pip", "--python", f"{VENV}/bin/python", "install", "--no-index"]
-        + [
-            "--find-links",
-            f"{WORK}/wheels",
-            f"edgefleet[agent] @ file://{WORK}/wheels/{wheel.name}",
-        ],
+        + ["--find-links", f"{WORK}/wheels"]
+        + [f"edgefleet[agent] @ file://{WORK}/wheels/{wheel.name}"],
         work=work,
         timeout=600,
     )
-    install_s = time.monotonic() - started
+
+
+def _signed_bundles(work: Path, factory: subprocess.Popen[bytes]) -> tuple[Path, dict[str, Path]]:
+    """Signed bundles by ref (digits 1.0.0, 2.0.0, the NaN 3.0.0, digits-tfl 1.0.0 when
+    TensorFlow is there) and the public key that verifies them."""
+    from edgefleet.signing import generate_keypair
+    from tests.utils.artifacts import build_digits_artifact
 
     keys = work / "keys"
     keys.mkdir()
@@ -196,12 +192,29 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         bundles["digits-tfl@1.0.0"] = bundle_of(
             sign_artifact(tflite, private), artifacts / "digits-tfl-1.0.0.tar.gz"
         )
+    return keys / "signing.pub.pem", bundles
 
-    with live_server(work / "server", trusted_keys=[keys / "signing.pub.pem"]) as server:
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    from fleet_server.client.api import FleetClient
+
+    board = _board()
+    work = tmp_path_factory.mktemp("arm64")
+    factory = _start_tflite_factory(work / "tflite")
+    try:
+        _install_agent(board, work)
+        keys, bundles = _signed_bundles(work, factory)
+    finally:
+        if factory.poll() is None:
+            factory.kill()
+            factory.wait(10)
+
+    with live_server(work / "server", trusted_keys=[keys]) as server:
         client = FleetClient(server.url, server.token)
         for bundle in bundles.values():
             client.push_model(bundle)
-        state = Site(board, work, server, client, keys / "signing.pub.pem", bundles, install_s)
+        state = Site(board, work, server, client, keys, bundles)
         try:
             yield state
         finally:
