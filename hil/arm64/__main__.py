@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from hil.arm64.rootfs import (
+    Board,
     BuildError,
     RootfsSpec,
     Unavailable,
@@ -30,6 +31,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _freeze(board: Board) -> list[str]:
+    done = board.run(["python3", "-m", "pip", "freeze"], check=False)
+    return done.stdout.split() if done.returncode == 0 else [f"pip freeze failed: {done.stderr}"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     spec = RootfsSpec()
@@ -44,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "built": board is not None,
                         "emulation_problem": emulation_problem(),
                         **({"board": board.info()} if board is not None else {}),
+                        # What the pins pulled in, resolved at build time (not in the key).
+                        **({"pip_freeze": _freeze(board)} if board is not None else {}),
                     },
                     indent=2,
                 )

@@ -337,6 +337,10 @@ def test_enrolled_agent_serves_signed_onnx_commits_an_update_and_rolls_back_a_ba
     wait_until(lambda: _running(site, device_id) == "digits@1.0.0", SLOW, "digits 1.0.0", every=0.5)
     wait_until(lambda: _served(site, device_id, "digits@1.0.0") > 0, SLOW, "telemetry", every=0.5)
     assert any(e.get("model") == "digits@1.0.0" for e in agent.logged("model committed"))
+    # The board's own gauges reach the server (RSS from the board's /proc; the value is an
+    # emulated process's and is not quoted anywhere).
+    rows = site.client.device_telemetry(device_id, limit=50)
+    assert any((row.get("system") or {}).get("rss_mb", 0) > 0 for row in rows), rows[:2]
 
     _assign(site, device_id, "digits@2.0.0")
     wait_until(
