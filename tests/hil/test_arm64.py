@@ -297,10 +297,10 @@ def test_the_board_is_arm64_and_runs_the_agent_wheel(site: Site) -> None:
         [
             f"{VENV}/bin/python",
             "-c",
-            "import json, platform, importlib.metadata as m, onnxruntime, cv2, numpy; "
-            "from ai_edge_litert.interpreter import Interpreter; "
+            # The runtimes themselves are imported by the agent in the tests below.
+            "import json, platform, importlib.metadata as m, agent; "
             "print(json.dumps({'machine': platform.machine(), 'edgefleet': "
-            "str(m.distribution('edgefleet').locate_file(''))}))",
+            "str(m.distribution('edgefleet').locate_file('')), 'agent': agent.__file__}))",
         ],
         work=site.work,
         timeout=SLOW,
@@ -309,6 +309,7 @@ def test_the_board_is_arm64_and_runs_the_agent_wheel(site: Site) -> None:
     assert seen["machine"] == "aarch64"
     # The agent comes from this run's wheel in the fresh venv, not from the cached root.
     assert seen["edgefleet"].startswith(f"{VENV}/"), seen
+    assert seen["agent"].startswith(f"{VENV}/lib/"), seen
 
 
 def test_enrolled_agent_serves_signed_onnx_commits_an_update_and_rolls_back_a_bad_one(
