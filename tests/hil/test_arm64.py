@@ -154,18 +154,26 @@ def _tflite_digits(factory: subprocess.Popen[bytes], made: Path, out: Path) -> P
     return _digits_tflite(out / "digits-tfl", made / "digits_fp32.tflite", int8=False)
 
 
-def _install_agent(board: Board, work: Path) -> None:
-    """This tree's wheel, installed with its [agent] extra into a fresh venv on the board; the
-    pinned aarch64 dependencies come from the cached root (--no-index: nothing else)."""
+def _start_install(board: Board, work: Path) -> subprocess.Popen[str]:
+    """This tree's wheel, installed with its [agent] extra into a fresh venv on the board (the
+    pinned aarch64 dependencies come from the cached root; --no-index: nothing else), in the
+    background: under emulation it is the slowest step, and the host has its own to do."""
     wheel = _build_wheel(work / "wheels")
-    board.run(["python3", "-m", "venv", "--system-site-packages", "--without-pip", VENV], work=work)
-    board.run(
-        ["python3", "-m", "pip", "--python", f"{VENV}/bin/python", "install", "--no-index"]
-        + ["--find-links", f"{WORK}/wheels"]
-        + [f"edgefleet[agent] @ file://{WORK}/wheels/{wheel.name}"],
-        work=work,
-        timeout=600,
+    venv = f"python3 -m venv --system-site-packages --without-pip {VENV}"
+    pip = (
+        f"python3 -m pip --python {VENV}/bin/python install --no-index "
+        f"--find-links {WORK}/wheels 'edgefleet[agent] @ file://{WORK}/wheels/{wheel.name}'"
     )
+    with (work / "install.log").open("w") as log:
+        return board.popen(
+            ["sh", "-ec", f"{venv} && {pip}"], work=work, stdout=log.fileno(), stderr=log.fileno()
+        )
+
+
+def _finish_install(install: subprocess.Popen[str], work: Path) -> None:
+    if install.wait(600) != 0:
+        log = (work / "install.log").read_text(errors="replace")
+        raise RuntimeError(f"installing the wheel on the board failed: {log[-3000:]}")
 
 
 def _signed_bundles(work: Path, factory: subprocess.Popen[bytes]) -> tuple[Path, dict[str, Path]]:
@@ -202,25 +210,29 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     board = _board()
     work = tmp_path_factory.mktemp("arm64")
     factory = _start_tflite_factory(work / "tflite")
+    install = None
     try:
-        _install_agent(board, work)
+        install = _start_install(board, work)
         keys, bundles = _signed_bundles(work, factory)
+        with live_server(work / "server", trusted_keys=[keys]) as server:
+            client = FleetClient(server.url, server.token)
+            for bundle in bundles.values():
+                client.push_model(bundle)
+            _finish_install(install, work)
+            state = Site(board, work, server, client, keys, bundles)
+            try:
+                yield state
+            finally:
+                for agent in state.agents:
+                    agent.kill()
+                client.close()
     finally:
         if factory.poll() is None:
             factory.kill()
             factory.wait(10)
-
-    with live_server(work / "server", trusted_keys=[keys]) as server:
-        client = FleetClient(server.url, server.token)
-        for bundle in bundles.values():
-            client.push_model(bundle)
-        state = Site(board, work, server, client, keys, bundles)
-        try:
-            yield state
-        finally:
-            for agent in state.agents:
-                agent.kill()
-            client.close()
+        if install is not None and install.poll() is None:
+            os.killpg(install.pid, signal.SIGKILL)  # its own session: sh, pip and qemu
+            install.wait(10)
 
 
 def _config(site: Site, *, name: str, credentials: Path, input_table: str) -> Path:
