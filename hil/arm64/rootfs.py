@@ -64,6 +64,12 @@ class RootfsSpec:
     packages: tuple[str, ...] = ("python3", "python3-venv", "python3-pip", "ca-certificates")
     requirements: str = field(default_factory=lambda: REQUIREMENTS.read_text())
 
+    def pins(self) -> list[str]:
+        """The requirement lines without comments and blanks (a reworded comment is the same
+        root)."""
+        lines = (line.split("#", 1)[0].strip() for line in self.requirements.splitlines())
+        return [line for line in lines if line]
+
     def key(self) -> str:
         """The cache key: a hash of suite, arch, packages and the pinned requirements.
 
@@ -74,7 +80,7 @@ class RootfsSpec:
                 "suite": self.suite,
                 "arch": self.arch,
                 "packages": sorted(self.packages),
-                "requirements": self.requirements,
+                "requirements": self.pins(),
             },
             sort_keys=True,
         )

@@ -25,6 +25,9 @@ def test_the_key_covers_what_goes_into_the_root_and_nothing_else() -> None:
     # Same root from another mirror, or with the packages listed in another order.
     assert replace(spec, mirror="http://mirror.example/debian").key() == spec.key()
     assert replace(spec, packages=tuple(reversed(spec.packages))).key() == spec.key()
+    reworded = "# another comment\n\n" + spec.requirements.replace("# ", "#  ")
+    assert replace(spec, requirements=reworded).key() == spec.key()
+    assert "numpy==2.4.6" in spec.pins() and not any("#" in p for p in spec.pins())
     assert board_key(spec) == f"arm64-{spec.key()}"
 
 
