@@ -32,6 +32,7 @@ from edgefleet.contract.common import DeviceId
 from edgefleet.mqtt_tls import TlsError, TlsFiles, check_pem_file, client_context
 from edgefleet.structs import TableErrors, convert_tables
 from firmware_configs.profile import (
+    BackendsField,
     BatchSizeField,
     CpuMemArenaField,
     ExecutionProvidersField,
@@ -168,6 +169,7 @@ class EngineConfig(ConfigStruct, frozen=True, kw_only=True):
     cpu_mem_arena: CpuMemArenaField = True
     mem_pattern: MemPatternField = True
     batch_size: BatchSizeField = 1
+    backends: BackendsField = msgspec.field(default_factory=lambda: ["onnx", "tflite"])
 
     def __post_init__(self) -> None:
         if self.batch_size > self.queue_size:
@@ -290,6 +292,9 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
     except ProfileError as err:
         raise ValueError(f"profile: {err}") from err
     data = dict(data)
+    # The class the server sees in state names the profile, so it knows which artifact
+    # formats this device runs (fleet_server.services.compat); an enrolled class wins.
+    data.setdefault("device_class", profile.name)
     engine = profile.engine
     _defaults(
         data,
@@ -300,6 +305,7 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
         cpu_mem_arena=engine.cpu_mem_arena,
         mem_pattern=engine.mem_pattern,
         batch_size=engine.batch_size,
+        backends=list(engine.backends),
         queue_size=profile.input.queue_size,
     )
     _defaults(data, "telemetry", interval_s=profile.telemetry.interval_s)

@@ -172,6 +172,7 @@ class AgentService:
             execution_providers=tuple(engine.execution_providers),
             cpu_mem_arena=engine.cpu_mem_arena,
             mem_pattern=engine.mem_pattern,
+            formats=tuple(engine.backends),
         )
         return load_model(path, options=options, trusted_keys=self.trusted_keys)
 

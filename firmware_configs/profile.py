@@ -71,14 +71,22 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     inherited), and mypy needs frozen repeated."""
 
 
+#: The artifact formats a device runs, in order of preference; a format left out is refused
+#: by the agent at load and by the server at assignment/rollout time (32-bit ARM: no
+#: onnxruntime wheels, so "tflite" only).
+BackendsField = Annotated[
+    list[Literal["onnx", "tflite"]],
+    Meta(
+        min_length=1,
+        description="Artifact formats this device runs, in order of preference; others are "
+        "refused (at load by the agent, at assignment and rollout time by the server).",
+    ),
+]
+
+
 class EngineProfile(_Strict, frozen=True, kw_only=True):
     threads: Annotated[int, Meta(ge=1, le=64, description="Intra-op threads for inference.")]
-    backends: Annotated[
-        list[Literal["onnx", "tflite"]],
-        Meta(
-            min_length=1, description="Backend preference when an artifact ships several formats."
-        ),
-    ]
+    backends: BackendsField
     graph_optimization: GraphOptimizationField = "all"
     execution_providers: ExecutionProvidersField = msgspec.field(
         default_factory=default_execution_providers

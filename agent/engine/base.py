@@ -33,6 +33,9 @@ class BackendOptions:
     cpu_mem_arena: bool = True
     #: onnxruntime memory pattern: pre-plans one block for the intermediate tensors.
     mem_pattern: bool = True
+    #: Artifact formats this device runs (its profile's ``engine.backends``): a 32-bit ARM
+    #: board has no onnxruntime wheel, so its profile lists only "tflite".
+    formats: tuple[str, ...] = ("onnx", "tflite")
 
 
 class Session(Protocol):

@@ -224,6 +224,11 @@ def load_model(
         raise ModelLoadError(f"artifact {directory.name}: {err}") from err
     if trusted_keys:
         _verify_signature(manifest, trusted_keys)
+    if manifest.format not in options.formats:
+        raise ModelLoadError(
+            f"{manifest.ref} is in {manifest.format} format and this device runs only "
+            f"{' and '.join(options.formats)} artifacts (its profile's engine.backends)"
+        )
     session = backend_for(manifest.format).load(directory / manifest.model_file, options)
     _check_names(manifest, session)
     model = LoadedModel(manifest=manifest, directory=directory, session=session)

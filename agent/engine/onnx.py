@@ -72,7 +72,14 @@ class OnnxBackend:
     name = "onnx"
 
     def load(self, path: Path, options: BackendOptions) -> Session:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ModelLoadError(
+                f"{path.name} is an ONNX model and this device has no 'onnxruntime' "
+                "(there are no onnxruntime wheels for 32-bit ARM, armv7l): serve a .tflite "
+                "artifact here, or pip install onnxruntime where it exists"
+            ) from err
 
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -238,6 +238,12 @@ def assign(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
     ref = f"{plain(result.get('model'))}@{plain(result.get('version'))}"
     if isinstance(skipped, list) and skipped:
         out.warn(f"{ref}: skipped {len(skipped)} pinned device(s): {plain(skipped, 2000)}")
+    incompatible = result.get("incompatible")
+    if isinstance(incompatible, list) and incompatible:
+        out.warn(
+            f"{ref}: skipped {len(incompatible)} device(s) whose class cannot run its format: "
+            f"{plain(incompatible, 2000)}"
+        )
     if not devices:
         out.warn(f"{ref}: the assignment matched no device")
         return

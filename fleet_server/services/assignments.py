@@ -12,9 +12,10 @@ from edgefleet.contract.pydantic_types import DeviceId, ModelName, ModelVersion
 from fleet_server.models import Device
 from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.types import utcnow
+from fleet_server.services.compat import can_run, cannot_run
 from fleet_server.services.desired import DesiredPublisher, publish_desired, write_desired
 from fleet_server.services.devices import is_pinned
-from fleet_server.services.errors import NotFound
+from fleet_server.services.errors import NotFound, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ class AssignmentPublic(BaseModel):
     skipped: list[str] = Field(
         default_factory=list, description="Targeted devices left alone because they are pinned."
     )
+    incompatible: list[str] = Field(
+        default_factory=list,
+        description="Targeted devices left alone because their device class cannot run this "
+        "artifact's format (e.g. an ONNX model for a 32-bit ARM board).",
+    )
 
 
 def assign_model(
@@ -66,15 +72,17 @@ def assign_model(
         if not tagged:
             raise NotFound(f"no device has tag {request.tag!r}")
         targets.update(tagged)
-    pinned = {
-        d.device_id
-        for d in session.exec(select(Device).where(col(Device.device_id).in_(sorted(targets))))
-        if is_pinned(d)
-    }
-    ids = sorted(targets - pinned)
+    rows = session.exec(select(Device).where(col(Device.device_id).in_(sorted(targets)))).all()
+    pinned = {d.device_id for d in rows if is_pinned(d)}
+    incompatible = cannot_run([d for d in rows if d.device_id not in pinned], fmt=model.format)
+    ids = sorted(targets - pinned - set(incompatible))
     if not ids:
         return AssignmentPublic(
-            model=model.name, version=model.version, devices=[], skipped=sorted(pinned)
+            model=model.name,
+            version=model.version,
+            devices=[],
+            skipped=sorted(pinned),
+            incompatible=incompatible,
         )
     write_desired(
         session=session,
@@ -91,10 +99,15 @@ def assign_model(
             "model": f"{model.name}@{model.version}",
             "devices": ids,
             "skipped_pinned": sorted(pinned),
+            "skipped_incompatible": incompatible,
         },
     )
     return AssignmentPublic(
-        model=model.name, version=model.version, devices=ids, skipped=sorted(pinned)
+        model=model.name,
+        version=model.version,
+        devices=ids,
+        skipped=sorted(pinned),
+        incompatible=incompatible,
     )
 
 
@@ -111,8 +124,14 @@ def pin_device(
     model = session.get(ModelVersionRow, (name, version))
     if model is None:
         raise NotFound(f"model {name}@{version} not found")
-    if session.get(Device, device_id) is None:
+    found = session.get(Device, device_id)
+    if found is None:
         raise NotFound(f"device {device_id[:80]!r} not found")
+    if not can_run(device_class=found.device_class, fmt=model.format):
+        raise Unprocessable(
+            f"device {device_id[:80]!r} (class {found.device_class}) cannot run "
+            f"{model.format} artifacts"
+        )
     write_desired(
         session=session,
         device_ids=[device_id],

@@ -63,6 +63,7 @@ def test_assign_publishes_retained_desired_state(
         "version": "1.0.0",
         "devices": sorted([lab_a, lab_b, other]),
         "skipped": [],
+        "incompatible": [],
     }
     assert runtime.bus is not None and runtime.bus.wait_published(5)
 

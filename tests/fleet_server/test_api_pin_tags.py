@@ -77,6 +77,7 @@ def test_pin_assigns_now_and_assignments_skip_it(
             "version": "2.0.0",
             "devices": [free],
             "skipped": [pinned],
+            "incompatible": [],
         }
         only_pinned = client.post(
             "/api/v1/assignments",

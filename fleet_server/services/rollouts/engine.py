@@ -24,6 +24,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from fleet_server.models import Device
+from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.types import utcnow
 from fleet_server.services.desired import (
@@ -33,6 +34,7 @@ from fleet_server.services.desired import (
     stamp_resent,
     write_desired,
 )
+from fleet_server.services.compat import can_run
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
 from fleet_server.services.rollouts.evaluation import evaluation_due, evaluation_record, fmt_result
@@ -331,6 +333,7 @@ class RolloutEngine:
         busy = busy_devices(session, exclude=rollout.id)
         joined = []
         position = max((m.position for m in members), default=-1)
+        model = session.get(ModelVersionRow, (rollout.model_name, rollout.model_version))
         for device in session.exec(select(Device).order_by(col(Device.created_at))):
             if device.device_id in known or device.device_id in busy:
                 continue
@@ -338,6 +341,10 @@ class RolloutEngine:
                 device_id=device.device_id, tags=device.tags, device_class=device.device_class
             ):
                 continue
+            if model is not None and not can_run(
+                device_class=device.device_class, fmt=model.format
+            ):
+                continue  # never sent an artifact its class cannot run (compat)
             position += 1
             member = new_member(
                 rollout, device, position, joined_late=True, model=target_of(rollout)

@@ -18,6 +18,7 @@ from fleet_server.models.rollouts import (
     RolloutDecision,
     RolloutDevice,
 )
+from fleet_server.services.compat import can_run
 from fleet_server.services.errors import Conflict, NotFound, Unprocessable
 from fleet_server.services.models import require_verified
 from fleet_server.services.quality.metrics import wilson
@@ -111,13 +112,21 @@ def create_rollout(
     missing = [d for d in request.selector.device_ids if session.get(Device, d) is None]
     if missing:
         raise NotFound(f"unknown device(s): {', '.join(missing[:10])}")
-    targets = [
+    matched = [
         d
         for d in session.exec(select(Device))
         if request.selector.matches(device_id=d.device_id, tags=d.tags, device_class=d.device_class)
     ]
-    if not targets:
+    if not matched:
         raise Unprocessable("the selector matches no device")
+    # A device whose class cannot run the artifact's format is never sent it (left out).
+    targets = [d for d in matched if can_run(device_class=d.device_class, fmt=model.format)]
+    incompatible = sorted(d.device_id for d in matched if d not in targets)
+    if not targets:
+        raise Unprocessable(
+            f"no selected device can run {model.format} artifacts (device classes: "
+            f"{', '.join(sorted({d.device_class or '-' for d in matched}))})"
+        )
     busy = busy_devices(session, exclude=None) & {d.device_id for d in targets}
     if busy:
         raise Conflict(
@@ -160,10 +169,15 @@ def create_rollout(
         session,
         rollout,
         RolloutAction.CREATED,
-        reason=f"{len(targets)} device(s) targeted",
+        reason=f"{len(targets)} device(s) targeted"
+        + (f", {len(incompatible)} left out (cannot run {model.format})" if incompatible else ""),
         at=now,
         actor=actor,
-        evidence={"stages": [s.model_dump() for s in plan], **compared},
+        evidence={
+            "stages": [s.model_dump() for s in plan],
+            **compared,
+            **({"incompatible": incompatible[:100]} if incompatible else {}),
+        },
     )
     session.commit()
     assert rollout.id is not None

@@ -203,11 +203,18 @@ def test_assign_reports_skipped_pinned_devices(fleet: Any, fake_server: FakeServ
     fake_server.route(
         "POST",
         "/api/v1/assignments",
-        json_body={"model": "digits", "version": "2", "devices": ["a"], "skipped": ["p"]},
+        json_body={
+            "model": "digits",
+            "version": "2",
+            "devices": ["a"],
+            "skipped": ["p"],
+            "incompatible": ["v7"],
+        },
     )
     result = fleet("assign", "digits", "2", "--tag", "lab")
     assert result.code == 0
     assert "skipped 1 pinned device(s): p" in result.err and "1 device(s): a" in result.out
+    assert "skipped 1 device(s) whose class cannot run its format: v7" in result.err
 
 
 @pytest.mark.parametrize(
