@@ -95,7 +95,10 @@ def window(
     """The window a request asks for (default: the last 24 hours), checked and clamped to the
     raw telemetry still kept."""
     until = until or now
-    since = since or until - timedelta(hours=24)
+    try:
+        since = since or until - timedelta(hours=24)
+    except OverflowError as err:
+        raise Unprocessable("until: out of range") from err
     if since >= until:
         raise Unprocessable("since must be before until")
     if until - since > MAX_SPAN:

@@ -143,6 +143,7 @@ def test_bad_windows_get_one_clear_error(client: TestClient) -> None:
         ({"model": "m", "version": ["v"] * 9}, "at most 8"),
         ({"model": "m", "version": "v" * 64}, "1 to 63 characters"),
         ({}, "Field required"),
+        ({"model": "m", "until": "0001-01-01T00:00:00Z"}, "until: out of range"),
     ]  # fmt: skip
     for params, says in bad:
         got = client.get("/api/v1/charts/latency", params=params, headers=operator())
