@@ -206,7 +206,8 @@ def test_render_escapes_hostile_device_data(app: tuple[TestClient, Runtime]) -> 
     assert 'class="bad">open' in out["drift"] and "none" in out["noDrift"]
     assert "gate_failed" in out["rollout"] and 'data-gate="&lt;script&gt;' in out["rollout"]
     assert 'data-value="3"' in out["rollout"] and 'data-threshold="1.2"' in out["rollout"]
-    assert 'class="bar s0"' in out["rollout"] and 'data-points="2026-11-24T01:00:00Z:2.5,' in out["line"]
+    assert 'class="bar s0"' in out["rollout"]
+    assert 'data-points="2026-11-24T01:00:00Z:2.5,' in out["line"]
     assert "previous</th><td>digits@0.9.0" in out["device"]
     # Actions for an operator, none at all for a viewer; abort is marked destructive.
     for verb in ('data-verb="resume"', 'data-verb="approve"', 'data-verb="abort"'):
