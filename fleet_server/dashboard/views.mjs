@@ -6,7 +6,9 @@ import { lineChart, histogramChart, gateChart, stageChart } from "./charts.mjs";
 
 const RANK = { viewer: 0, operator: 1, admin: 2 };
 export const can = (ctx, needed) => (RANK[ctx && ctx.role] ?? -1) >= RANK[needed];
-const ACTIVE = ["pending", "running", "paused"];
+const ACTIVE = ["running", "paused", "awaiting_approval", "aborting"];
+// Which actions each rollout state allows (the server's transition table says the same).
+const VERBS = { pause: ["running", "awaiting_approval"], resume: ["paused"], approve: ["awaiting_approval"], abort: ["running", "paused", "awaiting_approval"] };
 
 function gateCell(gate) {
   const cls = { pass: "ok", fail: "bad", insufficient: "warn" }[gate.status] || "muted";
@@ -203,7 +205,7 @@ export function renderDevice({ device, telemetry, events }, ctx) {
   if (can(ctx, "operator")) {
     actions =
       `<form class="inline" data-form="pin" data-device="${esc(d.device_id)}">` +
-      `<input name="model" placeholder="model" required maxlength="63" value="${esc(d.running ? d.running.name : "")}">` +
+      `<input name="model" placeholder="model" required maxlength="63" value="${esc((d.running || d.desired || d.pinned || {}).name || "")}">` +
       `<input name="version" placeholder="version" required maxlength="63"><button type="submit">pin</button></form>` +
       (d.pinned ? button("unpin", "unpin", { device: d.device_id }, true) : "") +
       `<form class="inline" data-form="tags" data-device="${esc(d.device_id)}">` +
@@ -312,11 +314,10 @@ export function renderRollout({ report, chart }, ctx) {
   };
   let actions = "";
   if (can(ctx, "operator")) {
-    const st = r.state;
-    if (st === "running") actions += button("pause", "rollout", { verb: "pause", id: r.id });
-    if (st === "paused") actions += button("resume", "rollout", { verb: "resume", id: r.id });
-    if (ACTIVE.includes(st) && (r.strategy || {}).require_approval) actions += button("approve stage", "rollout", { verb: "approve", id: r.id });
-    if (ACTIVE.includes(st)) actions += button("abort", "rollout", { verb: "abort", id: r.id }, true);
+    const labels = { pause: "pause", resume: "resume", approve: "approve next stage", abort: "abort" };
+    for (const [verb, states] of Object.entries(VERBS)) {
+      if (states.includes(r.state)) actions += button(labels[verb], "rollout", { verb, id: r.id }, verb === "abort");
+    }
   }
   const gates = (r.last_evaluation && r.last_evaluation.gates) || [];
   const newName = `${r.model}@${r.version}`;

@@ -210,9 +210,10 @@ def test_render_escapes_hostile_device_data(app: tuple[TestClient, Runtime]) -> 
     assert 'data-points="2026-11-24T01:00:00Z:2.5,' in out["line"]
     assert "previous</th><td>digits@0.9.0" in out["device"]
     # Actions for an operator, none at all for a viewer; abort is marked destructive.
-    for verb in ('data-verb="resume"', 'data-verb="approve"', 'data-verb="abort"'):
+    for verb in ('data-verb="resume"', 'data-verb="abort"'):
         assert verb in out["rollout"] and verb not in out["rolloutViewer"]
-    assert 'data-verb="pause"' not in out["rollout"]  # paused: only resume, approve, abort
+    # paused: only resume and abort (approve is for awaiting_approval)
+    assert 'data-verb="pause"' not in out["rollout"] and 'data-verb="approve"' not in out["rollout"]
     assert 'class="act danger" data-action="rollout"' in out["rollout"]
     assert 'data-form="pin"' in out["device"] and 'data-form="tags"' in out["device"]
     assert 'data-form="rollout"' in out["model"] and 'data-form="label"' in out["model"]
