@@ -264,6 +264,21 @@ def test_an_operator_pins_tags_and_enrolls(page: Any, fleet: dict[str, Any]) -> 
     page.click("#confirm-ok")
     _expect(page.locator("#notice")).to_contain_text("revoked")
     assert all(t["state"] != "active" for t in client.list_enrollment_tokens())
+    # A capture policy for one version; a bad value is refused with the server's one line.
+    page.goto(f"{fleet['url']}/dashboard#/model/digits/1.0.0")
+    capture = page.locator("form[data-form='capture']")
+    capture.locator("input[name='random']").fill("0.05")
+    capture.locator("input[name='max_per_hour']").fill("12")
+    capture.locator("button[type='submit']").click()
+    _expect(page.locator("#notice")).to_contain_text("capture policy of digits@1.0.0 set")
+    policy = client.get_capture("digits", "1.0.0")["policy"]
+    assert policy["random"] == 0.05 and policy["max_per_hour"] == 12
+    capture.locator("input[name='max_per_hour']").fill("-1")
+    capture.locator("input[name='max_per_hour']").evaluate("e => e.removeAttribute('min')")
+    capture.locator("button[type='submit']").click()
+    _expect(page.locator("#notice")).to_contain_text("422")
+    assert page.locator("#notice.bad").count() == 1
+    assert client.get_capture("digits", "1.0.0")["policy"]["max_per_hour"] == 12
     assert _errors(page) == []
 
 
