@@ -57,6 +57,19 @@ async function call(path, { method = "GET", body } = {}) {
 }
 
 const optional = (p) => p.catch(() => null);
+
+// A chart's series is a database scan over its whole window: asked again at most once a minute,
+// not on every 5-second refresh.
+const CHART_TTL_MS = 60_000;
+const chartCache = new Map();
+function chartOf(path) {
+  const hit = chartCache.get(path);
+  if (hit && Date.now() - hit.at < CHART_TTL_MS) return hit.value;
+  const value = optional(call(path));
+  chartCache.clear();  // one view's charts at a time
+  chartCache.set(path, { at: Date.now(), value });
+  return value;
+}
 const list = (text) => String(text || "").split(",").map((s) => s.trim()).filter(Boolean);
 
 function route() {
@@ -84,7 +97,7 @@ const LOAD = {
   async model(r) {
     const [model, lineage, versions, chart, quality, samples, capture] = await Promise.all([
       call(API.model(r.name, r.version)), optional(call(API.lineage(r.name, r.version))), call(API.models),
-      optional(call(API.latency(`model=${enc(r.name)}&buckets=120`))), optional(call(API.quality(r.name, r.version))),
+      chartOf(API.latency(`model=${enc(r.name)}&buckets=120`)), optional(call(API.quality(r.name, r.version))),
       optional(call(API.samples(r.name, r.version))), optional(call(API.capture(r.name, r.version))),
     ]);  // prettier-ignore
     return { model, lineage, versions, chart, quality, samples, capture };
@@ -93,11 +106,11 @@ const LOAD = {
     const report = await call(API.report(r.id));
     const ro = report.rollout;
     const versions = [ro.version, ...Object.keys(ro.from_versions || {}).filter((v) => v.startsWith(`${ro.model}@`)).map((v) => v.split("@")[1])];
-    const now = Date.now();
+    const now = Math.ceil(Date.now() / 60_000) * 60_000;  // to the minute: the chart's cache key
     const since = new Date(Math.max(Date.parse(ro.created_at) - 3600_000, now - 30 * DAY_MS)).toISOString();
     const until = ro.finished_at && Date.parse(ro.finished_at) > Date.parse(since) ? new Date(Date.parse(ro.finished_at) + 60_000).toISOString() : new Date(now).toISOString();
     const query = `model=${enc(ro.model)}&since=${enc(since)}&until=${enc(until)}&buckets=120&` + [...new Set(versions)].map((v) => `version=${enc(v)}`).join("&");
-    const chart = await optional(call(API.latency(query)));
+    const chart = await chartOf(API.latency(query));
     return { report, chart };
   },
 };
