@@ -215,6 +215,12 @@ function notice(text, bad = false) {
   $("notice").className = bad ? "bad" : "ok";
 }
 
+// A form being filled in is never redrawn under the user's hands.
+function typing() {
+  const active = document.activeElement;
+  return Boolean(document.querySelector("#view form[data-dirty]") || (active && active.closest("#view form")));
+}
+
 // -- boot ---------------------------------------------------------------------------------------
 function boot() {
   let timer = null;
@@ -222,14 +228,14 @@ function boot() {
 
   async function refresh() {
     if (!sessionStorage.getItem(TOKEN_KEY)) return;
-    const active = document.activeElement;
-    if (document.querySelector("#view form[data-dirty]") || (active && active.closest("#view form"))) return;  // typing
+    if (typing()) return;
     const r = route();
     try {
       if (role === null) role = (await call(API.whoami)).role;
       const ctx = { role, now: Date.now() };
       const data = await LOAD[r.view](r);
-      if (JSON.stringify(route()) !== JSON.stringify(r)) return;  // the user moved on meanwhile
+      // The user moved on, or started typing, while the data loaded: keep what they see.
+      if (JSON.stringify(route()) !== JSON.stringify(r) || typing()) return;
       draw(r, data, ctx);
       $("status").textContent = `${role}; updated ${new Date().toLocaleTimeString()}`;
       $("status").className = "muted";

@@ -119,6 +119,7 @@ def _expect(locator: Any) -> Any:
     forbids eval, does not stop them as it stops ``wait_for_function``)."""
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=WAIT_MS)  # a loaded CI machine: its 5 s default is too short
     return expect(locator)
 
 
