@@ -54,7 +54,8 @@ export function lineChart({ title, series, format = (v) => num(v, 3), empty = "n
   let body = yAxis(max, format);
   for (let i = 0; i <= 3; i++) {
     const t = new Date(t0 + ((t1 - t0) * i) / 3).toISOString();
-    body += `<text class="tick" x="${x(t)}" y="${H - 8}" text-anchor="middle">${esc(localTime(t).slice(5, 16))}</text>`;
+    const anchor = ["start", "middle", "middle", "end"][i];  // the ends stay inside the frame
+    body += `<text class="tick" x="${x(t)}" y="${H - 8}" text-anchor="${anchor}">${esc(localTime(t).slice(5, 16))}</text>`;
   }
   shown.forEach((s, i) => {
     let d = "";
@@ -110,7 +111,7 @@ export function gateChart(gates) {
   const rowH = 26;
   const height = rows.length * rowH + 8;
   const left = 150;
-  const width = W - left - 90;
+  const width = W - left - 190;  // room on the right for "value / threshold (status)"
   let body = "";
   rows.forEach((g, i) => {
     const value = typeof g.value === "number" ? g.value : null;
@@ -118,7 +119,7 @@ export function gateChart(gates) {
     const yy = 4 + i * rowH;
     const status = { pass: "ok", fail: "bad", insufficient: "warn" }[g.status] || "muted";
     const bw = value === null ? 0 : (width * Math.min(value, scale)) / scale;
-    const tx = left + (width * g.threshold) / scale;
+    const tx = left + (width * Math.max(0, g.threshold)) / scale;
     body +=
       `<text class="tick" x="${left - 6}" y="${yy + 16}" text-anchor="end">${esc(g.name)}</text>` +
       `<rect class="track" x="${left}" y="${yy + 4}" width="${width}" height="16"></rect>` +
@@ -139,7 +140,7 @@ export function stageChart(stages, devices) {
   const total = Math.max(1, ...own);
   const rowH = 26;
   const left = 150;
-  const width = W - left - 90;
+  const width = W - left - 190;  // room on the right for "value / threshold (status)"
   let body = "";
   stages.forEach((stage, i) => {
     const mine = (devices || []).filter((d) => d.stage === stage.index);
