@@ -71,7 +71,10 @@ class MqttConfig(ConfigStruct, frozen=True, kw_only=True):
         MqttUrl, Meta(description="Broker URL: mqtt://host[:port] or mqtts://host[:port].")
     ]
     username: Annotated[str | None, Meta(description="Broker user name, if required.")] = None
-    password: Annotated[Secret | None, Meta(description="Broker password, if required.")] = None
+    password: Annotated[
+        Secret | None,
+        Meta(description="Broker password; default (when username is set): the device token."),
+    ] = None
     ca_file: Annotated[
         Path | None,
         Meta(

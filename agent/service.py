@@ -399,7 +399,12 @@ def _broker(config: AgentConfig) -> BrokerAddress:
     except MqttError as err:
         raise AgentConfigError(f"mqtt.url: {err}") from err
     if m.username is not None:
-        password = m.password.get_secret_value() if m.password else None
+        # The server's broker checks the device token as the password: a config need not
+        # repeat that secret (the token file is read here, so a rotated token is picked up).
+        # An explicit empty password sends none.
+        password: str | None = config.bearer_token()
+        if m.password is not None:
+            password = m.password.get_secret_value() or None
         address = replace(address, username=m.username, password=password)
     return address
 

@@ -40,6 +40,22 @@ class MqttError(Exception):
     """The broker could not be reached, refused us, or refused a message."""
 
 
+#: Refusals that mean the login is wrong, and what to check (CONNACK reason strings from paho).
+_LOGIN_REFUSALS = ("Bad user name or password", "Not authorized")
+
+
+def refusal(reason: str, *, username: str | None) -> str:
+    """The broker's CONNACK reason, with what to check when the login is what it refused."""
+    if not any(r.lower() in reason.lower() for r in _LOGIN_REFUSALS):
+        return reason
+    if username is None:
+        return f"{reason} (no user name was sent; set mqtt.username)"
+    return (
+        f"{reason} (user {username!r}: check mqtt.username and mqtt.password; an agent's "
+        "password defaults to its device token)"
+    )
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
     host: str
@@ -290,8 +306,10 @@ class MqttTransport:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            self._refused = str(reason)
-            log.warning("mqtt connect refused", extra={"broker": self.address.url})
+            said = refusal(str(reason), username=self.address.username)
+            if said != self._refused:  # the same refusal on every retry is logged once
+                log.warning(f"mqtt connect refused: {said}", extra={"broker": self.address.url})
+            self._refused = said
             return
         self._refused = None
         self._tls_logged = ""

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from fleet_server.api import (
     assignments,
     capture,
+    charts,
     comparisons,
     datasets,
     devices,
@@ -34,6 +35,7 @@ api_router.include_router(tokens.router)
 api_router.include_router(enrollment.router)
 api_router.include_router(drift.router)
 api_router.include_router(quality.router)
+api_router.include_router(charts.router)
 
 root_router = health.router
 

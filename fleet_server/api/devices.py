@@ -21,6 +21,7 @@ from fleet_server.models import (
     DeviceCreate,
     DeviceCreated,
     DevicePublic,
+    EventPublic,
     PinRequest,
     TagsUpdate,
     TelemetryPublic,
@@ -28,7 +29,7 @@ from fleet_server.models import (
 from fleet_server.services import devices as service
 from fleet_server.services.assignments import pin_device, unpin_device
 from fleet_server.services.errors import Unavailable
-from fleet_server.services.telemetry import list_telemetry
+from fleet_server.services.telemetry import list_events, list_telemetry
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -148,3 +149,15 @@ def device_telemetry(
 ) -> list[TelemetryPublic]:
     rows = list_telemetry(session=session, device_id=device_id, limit=limit)
     return [TelemetryPublic.model_validate(row.model_dump()) for row in rows]
+
+
+@router.get("/{device_id}/events", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404))
+def device_events(
+    device_id: str,
+    session: SessionDep,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[EventPublic]:
+    """The device's events (download, verify, probation, commit, rollback...), newest first."""
+    rows = list_events(session=session, device_id=device_id, limit=limit)
+    return [EventPublic.model_validate(row.model_dump()) for row in rows]

@@ -1,4 +1,5 @@
-"""/api/v1/tokens (admin): operator API tokens with roles. /api/v1/audit (admin): the log."""
+"""/api/v1/tokens (admin): operator API tokens with roles. /api/v1/audit (admin): the log.
+/api/v1/whoami (viewer): the caller's name and role, so a page shows only what the role may do."""
 
 from __future__ import annotations
 
@@ -6,15 +7,40 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field
 
-from fleet_server.api.deps import ADMIN_REFUSALS, Admin, SessionDep, note_target
+from fleet_server.api.deps import (
+    ADMIN_REFUSALS,
+    VIEWER_REFUSALS,
+    Admin,
+    SessionDep,
+    Viewer,
+    note_target,
+)
 from fleet_server.api.errors import BODY_REFUSALS, INPUT_REFUSALS, error_responses
-from fleet_server.models import ApiTokenCreate, ApiTokenCreated, ApiTokenPublic, AuditPublic
+from fleet_server.models import (
+    ApiTokenCreate,
+    ApiTokenCreated,
+    ApiTokenPublic,
+    AuditPublic,
+    Role,
+)
 from fleet_server.services import tokens as service
 from fleet_server.services.audit import MAX_AUDIT_LIMIT, list_audit
 from fleet_server.services.errors import Unprocessable
 
 router = APIRouter(tags=["auth"])
+
+
+class WhoAmI(BaseModel):
+    actor: str = Field(description="The name the audit log records for this token.")
+    role: Role = Field(description="viewer, operator or admin.")
+
+
+@router.get("/whoami", responses=error_responses(VIEWER_REFUSALS))
+def whoami(principal: Viewer) -> WhoAmI:
+    """Who this token is: the dashboard hides the buttons its role may not use."""
+    return WhoAmI(actor=principal.actor, role=principal.role or Role.VIEWER)
 
 
 @router.post(

@@ -2,6 +2,8 @@
 
 Everything shown comes from the server and is treated as untrusted text: no rich markup is
 interpreted, control characters (terminal escapes) are blanked and long values are cut.
+When stdout is not a terminal (a pipe, a file) tables become plain tab-separated rows under one
+header line, never cut to a width: ``grep``, ``cut -f`` and ``awk -F'\t'`` read them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from rich.text import Text
 from fleet_server.client.api import JsonObject, one_line
 
 _CELL_CHARS = 60
+#: A piped cell is only cut at this length (a bound against a hostile server, not a width).
+_PIPED_CELL_CHARS = 4096
 _MISSING = "–"
 
 Column = tuple[str, Callable[[JsonObject], Any]]
@@ -186,12 +190,22 @@ TELEMETRY_COLUMNS: list[Column] = [
 ]
 
 
+def stdout_is_terminal() -> bool:
+    """Whether a person reads stdout (tables) or a program does (plain rows)."""
+    return sys.stdout.isatty()
+
+
 class Output:
     """Where one command's result goes: a table, a few lines, or JSON."""
 
-    def __init__(self, *, json_mode: bool) -> None:
+    def __init__(self, *, json_mode: bool, piped: bool | None = None) -> None:
         self.json_mode = json_mode
+        self.piped = not stdout_is_terminal() if piped is None else piped
         self.console = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+    def _rows(self, lines: Iterable[list[str]]) -> None:
+        sys.stdout.write("".join("\t".join(cells) + "\n" for cells in lines))
+        sys.stdout.flush()
 
     def json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -204,6 +218,11 @@ class Output:
         self.console.print(Text(text))
 
     def table(self, title: str, columns: list[Column], rows: Iterable[JsonObject]) -> None:
+        if self.piped:
+            names = [name for name, _getter in columns]
+            body = [[plain(get(row), _PIPED_CELL_CHARS) for _n, get in columns] for row in rows]
+            self._rows([names, *body])
+            return
         cells = [[plain(getter(row)) for _header, getter in columns] for row in rows]
         table = Table(title=f"{title} ({len(cells)})", title_justify="left")
         # The first column names the row: never cut it; narrow terminals shorten the rest.
@@ -218,6 +237,9 @@ class Output:
         self.console.print(table)
 
     def record(self, title: str, fields: list[tuple[str, Any]]) -> None:
+        if self.piped:
+            self._rows([name, plain(value, _PIPED_CELL_CHARS)] for name, value in fields)
+            return
         table = Table(title=title, title_justify="left", show_header=False)
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")

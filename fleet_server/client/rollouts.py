@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
@@ -209,7 +208,7 @@ def rollouts_watch(client: FleetClient, args: argparse.Namespace, out: Output) -
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     interval = min(max(args.interval, 0.2), 60.0)
     live = None
-    if sys.stdout.isatty() and not out.json_mode:
+    if not out.piped and not out.json_mode:
         from rich.live import Live
 
         live = Live(console=out.console, auto_refresh=False)

@@ -1,11 +1,13 @@
-"""``/dashboard``: a read-only fleet view in the browser, served by the fleet server itself.
+"""``/dashboard``: the operator console in the browser, served by the fleet server itself.
 
-Three static files (HTML, JS, CSS) shipped in the package: no build step, no CDN, nothing fetched
-from anywhere but this server. The page holds no data; it asks for an API token (the viewer role
-suffices), keeps it in the tab's ``sessionStorage`` and reads the same JSON API the CLI uses
-(``/api/v1/devices``, ``/rollouts``, ``/models``, ``/ingest/stats``). Everything a device or an
-operator wrote (ids, errors, tags) is escaped before it is shown, and a strict Content Security
-Policy allows scripts and connections to this origin only.
+Static files shipped in the package (HTML, CSS and four small ES modules: ``fmt`` escaping and
+formatting, ``charts`` SVG drawn by our own code, ``views`` pure render functions, ``app`` the
+wiring): no build step, no CDN, no chart library, nothing fetched from anywhere but this server.
+The page holds no data; it asks for an API token, keeps it in the tab's ``sessionStorage`` and
+reads the same JSON API the CLI uses. A viewer token sees the fleet, device, model and rollout
+views; an operator token also gets the actions (the server checks every call and audits it as
+any other). Everything a device or an operator wrote is escaped before it is shown, and a strict
+Content Security Policy allows scripts, styles and connections to this origin only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
 router = APIRouter(include_in_schema=False)
@@ -29,10 +31,15 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
+_JS = "text/javascript; charset=utf-8"
+#: Every file served, by name; anything else under /dashboard/ is a 404.
 FILES = {
     "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "app.mjs": _JS,
+    "fmt.mjs": _JS,
+    "charts.mjs": _JS,
+    "views.mjs": _JS,
 }
 
 
@@ -50,11 +57,8 @@ def dashboard() -> Response:
     return _serve("index.html")
 
 
-@router.get("/dashboard/app.js")
-def dashboard_js() -> Response:
-    return _serve("app.js")
-
-
-@router.get("/dashboard/app.css")
-def dashboard_css() -> Response:
-    return _serve("app.css")
+@router.get("/dashboard/{name}")
+def dashboard_file(name: str) -> Response:
+    if name not in FILES or name == "index.html":
+        raise HTTPException(status_code=404, detail="not found")
+    return _serve(name)

@@ -40,6 +40,8 @@ class TelemetryBase(SQLModel):
 
 class TelemetryRow(TelemetryBase, table=True):
     __tablename__ = "telemetry"
+    #: The dashboard's charts select a window of server time (migration 0017).
+    __table_args__ = (sa.Index("ix_telemetry_received_at", "received_at"),)
 
 
 class TelemetryPublic(TelemetryBase):

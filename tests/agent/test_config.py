@@ -410,3 +410,22 @@ def test_mqtt_tls_files_are_validated_at_load(tmp_path: Path) -> None:
                 parse_config(text)
     finally:
         pki.cleanup()
+
+
+def test_broker_password_defaults_to_the_device_token(tmp_path: Path) -> None:
+    from agent.service import _broker
+
+    def password(text: str) -> str | None:
+        return _broker(parse_config(text)).password
+
+    without = VALID.replace('password = "pw"\n', "")
+    assert password(without) == parse_config(without).bearer_token()
+    token_file = tmp_path / "token"
+    token_file.write_text("rotated-token\n")
+    from_file = without.replace('token = "secret-token"', f'token_file = "{token_file}"')
+    assert password(from_file) == token_file.read_text().strip()
+    assert password(VALID) == "pw"  # noqa: S105 - an explicit one wins
+    assert password(VALID.replace('"pw"', '""')) is None  # an explicit empty one sends none
+    anonymous = without.replace('username = "dev-1"\n', "")
+    assert _broker(parse_config(anonymous)).username is None
+    assert _broker(parse_config(anonymous)).password is None

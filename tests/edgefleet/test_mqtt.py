@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.mqtt import BrokerAddress, MqttError, MqttTransport
+from edgefleet.mqtt import BrokerAddress, MqttError, MqttTransport, refusal
 from tests.utils.mosquitto import PrivateMosquitto
 from tests.utils.net import free_port
 
@@ -93,6 +95,57 @@ def test_connect_failure_is_one_clear_error() -> None:
     transport = MqttTransport(BrokerAddress("127.0.0.1", port), client_id="nobody")
     with pytest.raises(MqttError, match=f"no connection to mqtt://127.0.0.1:{port}"):
         transport.start(wait=1.5)
+
+
+def _refusing_broker(connack: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A listener that answers every CONNECT with ``connack`` (a refusal) and hangs up."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(connack)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize(
+    ("username", "says"),
+    [
+        ("dev-1", "user 'dev-1': check mqtt.username and mqtt.password"),
+        (None, "no user name was sent; set mqtt.username"),
+    ],
+)
+def test_a_refused_login_says_why_and_what_to_check(
+    username: str | None, says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, thread = _refusing_broker(b"\x20\x02\x00\x04")  # 3.1.1: bad user name or password
+    try:
+        port = server.getsockname()[1]
+        wrong = "nope"
+        address = BrokerAddress("127.0.0.1", port, username=username, password=wrong)
+        transport = MqttTransport(address, client_id="dev-1", protocol=3)
+        with pytest.raises(MqttError, match="refused the connection: Bad user name or pass") as err:
+            transport.start(wait=10)
+        assert says in str(err.value) and wrong not in str(err.value)
+        refusals = [r.getMessage() for r in caplog.records if "connect refused" in r.getMessage()]
+        assert refusals and all(says in r for r in refusals)
+    finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
+        server.close()
+        thread.join(5)
+
+
+def test_other_refusals_are_passed_on_unchanged() -> None:
+    assert refusal("Server unavailable", username="dev-1") == "Server unavailable"
+    assert "mqtt.password" in refusal("Not authorized", username="dev-1")
 
 
 def _persistent_subscriber(port: int, topic: str, got: list[bytes]) -> paho.Client:

@@ -255,12 +255,12 @@ def test_state_names_are_spelled_only_in_the_enum() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in STATE_NAMES:
                 spelled.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
-    dashboard = (ROOT / "fleet_server" / "dashboard" / "app.js").read_text().splitlines()
-    spelled += [
-        f"app.js:{n} {line.strip()}"
-        for n, line in enumerate(dashboard, 1)
-        if ".state" in line and any(f'"{name}"' in line for name in STATE_NAMES)
-    ]
+    for script in sorted((ROOT / "fleet_server" / "dashboard").glob("*.mjs")):
+        spelled += [
+            f"{script.name}:{n} {line.strip()}"
+            for n, line in enumerate(script.read_text().splitlines(), 1)
+            if "state" in line and any(f'"{name}"' in line for name in STATE_NAMES)
+        ]
     assert spelled == []
 
 

@@ -27,6 +27,7 @@ from fleet_server.models import Device
 from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.types import utcnow
+from fleet_server.services.compat import can_run
 from fleet_server.services.desired import (
     DesiredPublisher,
     desired_states_of,
@@ -34,7 +35,6 @@ from fleet_server.services.desired import (
     stamp_resent,
     write_desired,
 )
-from fleet_server.services.compat import can_run
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
 from fleet_server.services.rollouts.evaluation import evaluation_due, evaluation_record, fmt_result

@@ -32,6 +32,7 @@ from fleet_server.services.rollouts.state import (
     RolloutAction,
     RolloutState,
     next_state,
+    operator_actions,
     transition,
 )
 
@@ -75,6 +76,11 @@ class RolloutPublic(BaseModel):
     stage_name: str
     stages: list[StagePublic]
     counts: dict[str, int] = Field(description="Devices by status in this rollout.")
+    from_versions: dict[str, int] = Field(
+        default_factory=dict,
+        description="What the rollout's devices ran before it ('name@version', '' for none), "
+        "with how many devices each.",
+    )
     selector: dict[str, Any]
     strategy: dict[str, Any]
     gates: dict[str, Any]
@@ -83,6 +89,11 @@ class RolloutPublic(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     last_evaluation: dict[str, Any] | None
+    actions: list[str] = Field(
+        default_factory=list,
+        description="Operator actions its state allows now (pause, resume, approve, abort), "
+        "from the one transition table.",
+    )
 
 
 class RolloutReport(BaseModel):
@@ -278,6 +289,12 @@ def view(session: Session, rollout_id: int) -> RolloutPublic:
         .group_by(RolloutDevice.status)
     ).all()
     counts.update({status: int(n) for status, n in rows})
+    before = session.exec(
+        select(RolloutDevice.previous_name, RolloutDevice.previous_version, func.count())
+        .where(RolloutDevice.rollout_id == rollout_id)
+        .group_by(col(RolloutDevice.previous_name), col(RolloutDevice.previous_version))
+    ).all()
+    from_versions = {f"{n}@{v}" if n and v else "": int(c) for n, v, c in before}
     stages = _stages(rollout, session)
     assert rollout.id is not None
     return RolloutPublic(
@@ -286,11 +303,13 @@ def view(session: Session, rollout_id: int) -> RolloutPublic:
         model=rollout.model_name,
         version=rollout.model_version,
         state=RolloutState(rollout.state),
+        actions=operator_actions(rollout.state),
         reason=rollout.reason,
         stage=rollout.stage,
         stage_name=stages[rollout.stage].name,
         stages=stages,
         counts=counts,
+        from_versions=from_versions,
         selector=rollout.selector,
         strategy=rollout.strategy,
         gates=rollout.gates,

@@ -109,6 +109,15 @@ class TransitionRefused(Conflict):
     """The table has no row for the rollout's state and this action (the API's 409)."""
 
 
+def operator_actions(state: str) -> list[str]:
+    """The operator actions the table allows from ``state`` (what a console may offer)."""
+    try:
+        current = RolloutState(state)
+    except ValueError:
+        return []
+    return [a.value for a in OPERATOR_ACTIONS if (current, a) in TRANSITIONS]
+
+
 def allowed_from(action: RolloutAction) -> tuple[RolloutState, ...]:
     """The states in which ``action`` is allowed, in the enum's order."""
     return tuple(s for s in RolloutState if (s, action) in TRANSITIONS)

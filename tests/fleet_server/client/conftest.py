@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from fleet_server.client import render
 from fleet_server.client.cli import register
 
 
@@ -133,12 +134,19 @@ def fleet(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Any:
-    """``fleet(*args, server=..., token=...) -> Result``: run ``edgefleet fleet`` in-process."""
+    """``fleet(*args, server=..., token=..., tty=True) -> Result``: run ``edgefleet fleet``
+    in-process, its stdout a terminal (tables) or, with ``tty=False``, a pipe (plain rows)."""
     monkeypatch.setenv("COLUMNS", "250")
     monkeypatch.delenv("EDGEFLEET_SERVER", raising=False)
     monkeypatch.delenv("EDGEFLEET_TOKEN", raising=False)
 
-    def run(*args: str, server: str | None = None, token: str | None = "op-token") -> Result:  # noqa: S107
+    def run(
+        *args: str,
+        server: str | None = None,
+        token: str | None = "op-token",  # noqa: S107
+        tty: bool = True,
+    ) -> Result:
+        monkeypatch.setattr(render, "stdout_is_terminal", lambda: tty)
         argv = ["fleet", "--server", server or fake_server.url]
         if token is not None:
             argv += ["--token", token]

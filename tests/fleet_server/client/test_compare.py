@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from fleet_server.client import render
 from tests.fleet_server.client.conftest import run_fleet
 from tests.utils.artifacts import _digits, build_digits_artifact, digits_images, sign_artifact
 from tests.utils.server import LiveServer, live_server
@@ -62,7 +63,11 @@ def _http(server: LiveServer) -> httpx.Client:
 
 
 def cli(server: LiveServer, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = run_fleet(["fleet", *args, "--server", server.url, "--token", server.token])
+    """``edgefleet fleet`` in-process, its stdout a wide terminal (tables, as a person sees)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render, "stdout_is_terminal", lambda: True)
+        patch.setenv("COLUMNS", "250")
+        code = run_fleet(["fleet", *args, "--server", server.url, "--token", server.token])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 

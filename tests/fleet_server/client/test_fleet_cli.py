@@ -79,6 +79,25 @@ def test_devices_list_prints_a_table_and_sends_the_token(
     assert result.err == ""
 
 
+def test_piped_output_is_plain_rows_never_cut(fleet: Any, fake_server: FakeServer) -> None:
+    """Piped (80 columns or none), a table is a header and tab-separated rows, nothing cut;
+    a device's tab or newline cannot split its row."""
+    long_error = "decode failed: " + "x" * 300
+    hostile = {**DEVICE, "device_id": "pi-\ttab", "last_error": long_error + "\nsecond line"}
+    fake_server.route("GET", "/api/v1/devices", json_body=[hostile, OFFLINE])
+    result = fleet("devices", "list", tty=False)
+    assert result.code == 0, result.err
+    header, *rows = result.out.splitlines()
+    assert header.split("\t")[:3] == ["ID", "CLASS", "TAGS"] and "┃" not in result.out
+    assert len(rows) == 2 and all(len(r.split("\t")) == len(header.split("\t")) for r in rows)
+    first = dict(zip(header.split("\t"), rows[0].split("\t"), strict=True))
+    assert first["ID"] == "pi- tab" and first["RUNNING"] == "digits@1.0.0"
+    assert first["DESIRED"] == "digits@1.1.0" and first["LAST ERROR"] == long_error + " second line"
+    fake_server.route("GET", "/api/v1/devices/pi-kitchen", json_body=DEVICE)
+    shown = fleet("devices", "show", "pi-kitchen", tty=False)
+    assert "desired\tdigits@1.1.0" in shown.out.splitlines()
+
+
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_json_output_is_the_servers_json(fleet: Any, fake_server: FakeServer, where: str) -> None:
     fake_server.route("GET", "/api/v1/devices", json_body=[DEVICE, OFFLINE])
