@@ -4,6 +4,7 @@
 * :mod:`~edgefleet.contract.topics` — the MQTT topic layout, QoS and retained flags.
 * :mod:`~edgefleet.contract.payloads` — telemetry, state, event, status and desired-state JSON.
 * :mod:`~edgefleet.contract.capture` — input statistics, the capture policy, sample metadata.
+* :mod:`~edgefleet.contract.shadow` — the shadow model a device runs beside the served one.
 
 Imports msgspec and the standard library only, never pydantic: the contract is imported on every
 device, whose RSS budget is bare onnxruntime + 15 MB, and pydantic alone costs +15.4 MB (import +
@@ -49,6 +50,7 @@ from edgefleet.contract.payloads import (
     decode,
     encode,
 )
+from edgefleet.contract.shadow import ShadowReport, ShadowSpec
 from edgefleet.contract.topics import CHANNELS, PREFIX, Channel, parse_topic, topic
 
 __all__ = [
@@ -82,6 +84,8 @@ __all__ = [
     "Result",
     "SampleMeta",
     "SelfTest",
+    "ShadowReport",
+    "ShadowSpec",
     "Signature",
     "State",
     "Status",
