@@ -21,7 +21,14 @@ from edgefleet.contract.capture import (
     InputStats,
     SampleMeta,
 )
-from edgefleet.contract.common import SCHEMA_VERSION, DeviceId, ModelName, ModelRef, ModelVersion
+from edgefleet.contract.common import (
+    SCHEMA_VERSION,
+    DesiredModel,
+    DeviceId,
+    ModelName,
+    ModelRef,
+    ModelVersion,
+)
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.manifest import (
     MANIFEST_FILE,
@@ -38,7 +45,6 @@ from edgefleet.contract.manifest import (
 )
 from edgefleet.contract.payloads import (
     MAX_PAYLOAD_BYTES,
-    DesiredModel,
     DesiredState,
     Event,
     LatencySummary,

@@ -19,12 +19,12 @@ from edgefleet.contract.capture import CapturePolicy, ClassKey, InputStats
 from edgefleet.contract.common import (
     SCHEMA_VERSION,
     AwareDatetime,
-    DesiredModel,
     DeviceId,
     ModelRef,
     PayloadSchemaVersion,
     Strict,
 )
+from edgefleet.contract.common import DesiredModel as DesiredModel  # moved; still importable
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.manifest import Task
 from edgefleet.contract.parsing import load_json_object, migrate, validate

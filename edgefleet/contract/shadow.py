@@ -112,9 +112,9 @@ class ShadowReport(Strict, frozen=True, kw_only=True):
     max_abs_diff: (
         Annotated[float, Meta(ge=0, description="Raw: largest |output delta|.")] | None
     ) = None
-    mean_abs_diff: (
-        Annotated[float, Meta(ge=0, description="Raw: mean |output delta|.")] | None
-    ) = None
+    mean_abs_diff: Annotated[float, Meta(ge=0, description="Raw: mean |output delta|.")] | None = (
+        None
+    )
     errors: Annotated[
         dict[str, _Count],
         Meta(max_length=32, description="Shadow failures by kind (load_failed, inference, ...)."),
