@@ -270,8 +270,9 @@ class ShadowRunner:
             serving_cpu, shadow_cpu = self._serving_cpu, self._shadow_cpu
             self._new_interval()
             loaded = self._loaded
-            if loaded is None and ref is not None and not errors and not tally.paired:
-                self._ref = None  # removed, and its last interval already went out
+            if loaded is None and not (errors or tally.paired or skipped):
+                self._ref = None  # removed (or failed) and its last interval already went out
+                return None
         if ref is None:
             return None
         current = loaded.serving if loaded is not None and loaded.serving.model.ref == ref else None

@@ -76,11 +76,20 @@ def _reference_outputs(
 
 
 def build_digits_artifact(
-    out_dir: Path, *, version: str = "1.0.0", name: str = "digits", seed: int = 0
+    out_dir: Path,
+    *,
+    version: str = "1.0.0",
+    name: str = "digits",
+    seed: int = 0,
+    shuffle_labels: bool = False,
 ) -> Path:
-    """Write a complete, verified digits artifact into ``out_dir`` and return it."""
+    """Write a complete, verified digits artifact into ``out_dir`` and return it.
+    ``shuffle_labels``: the classes are rotated by one (digit d scores as d + 1): a valid model
+    whose every top-1 differs from the real one's (a shadow that always disagrees)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights, bias, accuracy = _trained(seed)
+    if shuffle_labels:
+        weights, bias, accuracy = np.roll(weights, 1, axis=1), np.roll(bias, 1), 0.0
     (out_dir / "model.onnx").write_bytes(_onnx_bytes(weights, bias))
 
     x, _ = _digits()
