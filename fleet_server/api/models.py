@@ -239,7 +239,8 @@ def download_bundle(
 
     A device gets only the version assigned to it, or its shadow. Anything else is the same
     404, whether the version exists or not, checked before the version is looked up: a device
-    cannot tell which versions exist (it used to get 403 for "exists, not yours" and 404 for "no such version")."""
+    cannot tell which versions exist (it used to get 403 for "exists, not yours" and 404 for
+    "no such version")."""
     if not principal.operator:
         device = session.get(Device, principal.device_id)
         if device is None or (
