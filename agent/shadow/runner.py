@@ -117,6 +117,8 @@ class ShadowRunner:
     def load(self, serving: Serving, *, sample_rate: float, cpu_budget: float) -> None:
         """Run ``serving`` as the shadow from now on (replacing any other)."""
         with self._lock:
+            if self._ref != serving.model.ref:
+                self._new_interval()  # figures of another shadow are not this one's
             self._ref = serving.model.ref
             self._credit = cpu_budget * BURST_S
             self._credit_at = self._clock()
@@ -237,6 +239,9 @@ class ShadowRunner:
             comparison = None
         with self._lock:
             self._credit -= cpu_ms / 1000.0
+            loaded = self._loaded
+            if loaded is None or loaded.serving is not shadow:
+                return  # swapped or removed while it ran: not the current shadow's figure
             if comparison is None:
                 self._count_error("incomparable")
                 return
