@@ -83,7 +83,13 @@ class ShadowRunner:
         clock: Any = time.monotonic,
     ) -> None:
         self.capturer = capturer
-        self._queue: queue.Queue[Pair] = queue.Queue(maxsize=queue_size)
+        # A SimpleQueue (C, ~0.3 µs a put) bounded by two counters, each written by one thread
+        # only (sent: the inference thread; taken: the worker), so no lock is shared with the
+        # serving path; queue.Queue's put takes a lock and a condition (~2 µs on digits).
+        self._queue: queue.SimpleQueue[Pair] = queue.SimpleQueue()
+        self._size = queue_size
+        self._sent = 0
+        self._taken = 0
         self._rng = rng or random.Random()  # noqa: S311 (sampling, not security)
         self._clock = clock
         self._lock = threading.Lock()
@@ -123,7 +129,6 @@ class ShadowRunner:
             self._credit = cpu_budget * BURST_S
             self._credit_at = self._clock()
             self._loaded = _Loaded(serving, sample_rate, cpu_budget)
-        self._drain()
 
     def set_limits(self, *, sample_rate: float, cpu_budget: float) -> None:
         loaded = self._loaded
@@ -138,20 +143,11 @@ class ShadowRunner:
             self._ref = ref
             self._loaded = None
             self._count_error(kind)
-        self._drain()
 
     def unload(self) -> ModelRef | None:
         """Stop running the shadow; its last figures go out with the next flush."""
         loaded, self._loaded = self._loaded, None
-        self._drain()
         return loaded.serving.model.ref if loaded is not None else None
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
 
     # -- the inference thread ----------------------------------------------------------------
     def wants(self) -> bool:
@@ -160,7 +156,7 @@ class ShadowRunner:
         loaded = self._loaded
         if loaded is None or self._rng.random() >= loaded.sample_rate:
             return False
-        if self._queue.full():
+        if self._sent - self._taken >= self._size:
             self._skip()
             return False
         with self._lock:
@@ -177,10 +173,11 @@ class ShadowRunner:
         """Hand a served input to the worker; never blocks (full: skipped and counted)."""
         if self._loaded is None:
             return
-        try:
-            self._queue.put_nowait(pair)
-        except queue.Full:
+        if self._sent - self._taken >= self._size:
             self._skip()
+            return
+        self._sent += 1
+        self._queue.put(pair)
 
     def _skip(self) -> None:
         with self._lock:
@@ -193,6 +190,7 @@ class ShadowRunner:
                 pair = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            self._taken += 1
             loaded = self._loaded
             if loaded is None:
                 continue
