@@ -194,12 +194,16 @@ class ShadowRunner:
             loaded = self._loaded
             if loaded is None:
                 continue
+            spent = time.thread_time()
             try:
                 self.run_one(loaded.serving, pair)
             except Exception:  # a shadow bug must not end the worker: count it, go on
                 log.exception("shadow crashed", extra={"model": str(loaded.serving.model.ref)})
                 with self._lock:
                     self._count_error("internal")
+            finally:  # all of an input's shadow work, failed or not, is charged to the budget
+                with self._lock:
+                    self._credit -= time.thread_time() - spent
 
     def run_one(self, shadow: Serving, pair: Pair) -> None:
         """Run the shadow on one served input, compare, tally, and capture a disagreement."""
@@ -238,7 +242,6 @@ class ShadowRunner:
             log.debug("shadow answer not comparable", extra={"error": str(err)[:200]})
             comparison = None
         with self._lock:
-            self._credit -= cpu_ms / 1000.0
             loaded = self._loaded
             if loaded is None or loaded.serving is not shadow:
                 return  # swapped or removed while it ran: not the current shadow's figure
