@@ -200,7 +200,7 @@ def test_sample_rate_and_cpu_budget(digits_v1: Path) -> None:
     runner.load(serving, sample_rate=1.0, cpu_budget=0.5)
     pair = _pair(serving, 1400)
     runner.run_one(serving, pair)
-    runner._credit -= 2.0  # what a 2 s run would have taken out
+    runner._spent += 2.0  # what a 2 s run charges to the budget
     assert not runner.wants()
     now[0] += 2.0
     assert not runner.wants()  # 0.5 - 2 + 1 < 0
