@@ -321,7 +321,10 @@ class Updater:
             runner.set_limits(**limits)
             return
         try:
-            serving = self._prepare(spec, ref, load=self._load_shadow, report=False)
+            if self._serving_uses(ref):  # its artifact is the serving one's: load, never delete
+                serving = Serving.of(self._load_shadow(self.store.artifact_dir(ref)), self._post)
+            else:
+                serving = self._prepare(spec, ref, load=self._load_shadow, report=False)
         except (AgentError, ArtifactError, OSError) as err:
             log.error("shadow not loaded", extra={"model": str(ref), "error": str(err)[:300]})
             gone = runner.unload()
@@ -336,13 +339,16 @@ class Updater:
 
     def _drop_shadow_artifact(self, ref: ModelRef) -> None:
         """Delete a former shadow's artifact unless the serving model uses it (disk budget)."""
+        if not self._serving_uses(ref):
+            shutil.rmtree(self.store.artifact_dir(ref), ignore_errors=True)
+
+    def _serving_uses(self, ref: ModelRef) -> bool:
+        """Is ``ref`` the served or the committed model (whose artifact is not the shadow's)?"""
         serving = self.slot.current
         committed = self.store.read_pointer()
-        if (serving is not None and serving.model.ref == ref) or (
+        return (serving is not None and serving.model.ref == ref) or (
             committed is not None and committed.ref == ref
-        ):
-            return
-        shutil.rmtree(self.store.artifact_dir(ref), ignore_errors=True)
+        )
 
     def _same_origin(self, url: str) -> bool:
         """The device token goes to the fleet server only, never to a third-party host."""

@@ -3,6 +3,7 @@ budget, and the runner on real digits models (a faithful copy agrees, a shuffled
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -285,3 +286,64 @@ def _serving_ref() -> Any:
     from edgefleet.contract import ModelRef
 
     return ModelRef(name="digits", version="1.0.0")
+
+
+# -- the updater: fetched like a serving model, kept apart from it ----------------------------
+
+
+def test_the_updater_fetches_keeps_and_unloads_a_shadow_apart_from_serving(
+    tmp_path: Path, digits_v1: Path, digits_v2: Path
+) -> None:
+    from edgefleet.contract import DesiredState, ShadowSpec
+    from tests.agent.helpers import serve_bundles
+    from tests.agent.test_updater import TOKEN, V1, make_harness
+    from tests.utils.artifacts import bundle_of
+
+    with serve_bundles(TOKEN) as server:
+        h = make_harness(tmp_path / "data", server)
+        runner = ShadowRunner()
+        h.updater.shadow = runner
+        v1 = bundle_of(digits_v1, tmp_path / "v1.tar.gz").read_bytes()
+        v2 = bundle_of(digits_v2, tmp_path / "v2.tar.gz").read_bytes()
+        serving_state = h.desired("/v1", v1, ref=V1)
+        server.files["/v2"] = v2
+
+        def with_shadow(shadow: dict[str, Any] | None) -> DesiredState:
+            h.seq += 1
+            spec = ShadowSpec.model_validate(shadow) if shadow else None
+            return serving_state.model_copy(update={"seq": h.seq, "shadow": spec})
+
+        v2_spec = {
+            "name": "digits",
+            "version": "2.0.0",
+            "url": f"{server.url}/v2",
+            "sha256": hashlib.sha256(v2).hexdigest(),
+            "size": len(v2),
+            "sample_rate": 0.5,
+        }
+        h.updater.apply(with_shadow(v2_spec))
+        assert h.running() == V1 and runner.current is not None
+        assert str(runner.current.model.ref) == "digits@2.0.0"
+        assert server.requests[-1][0] == "/v2"  # downloaded and verified like a serving one
+        # Its steps are not the device's: no update event or phase names the shadow.
+        assert all(e["model"] in (None, V1) for e in h.events), h.events
+        assert {s.phase for s in h.states[-1:]} == {"serving"}
+        assert (h.store.root / "artifacts" / "digits" / "2.0.0").is_dir()
+
+        # A bundle that fails its hash: counted, the old shadow unloaded, serving untouched.
+        bad = {**v2_spec, "version": "3.0.0", "sha256": "0" * 64}
+        h.updater.apply(with_shadow(bad))
+        assert h.running() == V1 and runner.current is None
+        report = runner.flush()
+        assert report is not None and report.errors == {"load_failed": 1}
+        assert str(report.model) == "digits@3.0.0"
+        assert not (h.store.root / "artifacts" / "digits" / "2.0.0").exists()
+
+        # The serving version as its own shadow loads from its artifact, which a later
+        # removal never deletes.
+        same = {**v2_spec, "version": "1.0.0", "sha256": "0" * 64, "url": f"{server.url}/x"}
+        h.updater.apply(with_shadow(same))
+        assert runner.current is not None and runner.current.model.ref == V1
+        h.updater.apply(with_shadow(None))
+        assert runner.current is None and h.running() == V1
+        assert (h.store.root / "artifacts" / "digits" / "1.0.0" / "manifest.json").exists()
