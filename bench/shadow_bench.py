@@ -81,7 +81,7 @@ def measure(artifact: Path, kind: str, *, n: int, size: int) -> list[dict[str, A
 
     frames = _frames(kind, n, size)
     stop = threading.Event()
-    lanes = []
+    lanes: list[tuple[str, Any, Any, list[Any], list[float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, rate, budget in CONFIGS:
             slot = ModelSlot()
