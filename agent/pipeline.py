@@ -11,6 +11,9 @@ waits for a batch to fill: it takes what is queued, so a slow source still gets 
 fast one fills batches while the previous run is going (the bounded queue is the back-pressure).
 A batch that fails is run again item by item, so every input gets what batch 1 would give it.
 
+Shadow: with a :class:`~agent.shadow.ShadowRunner`, a sampled input run alone (not in a batch)
+is also handed to the shadow worker after it is served; see :mod:`agent.shadow.runner`.
+
 Hot swap: each queued job carries the :class:`Serving` it was preprocessed for. The inference
 thread takes :attr:`ModelSlot.current` once per job; if the model was swapped in between and
 preprocesses differently, the job is preprocessed again for the new model from its raw input,
@@ -34,6 +37,7 @@ from agent.errors import AgentError, InferenceError, InputError, ModelUnavailabl
 from agent.inputs import InputItem, InputSource
 from agent.postprocess import Geometry
 from agent.probation import HealthMonitor
+from agent.shadow import Pair, ShadowRunner
 from agent.sinks import ResultSink
 from agent.state import ModelSlot, Serving
 from agent.telemetry import TelemetryCollector
@@ -79,9 +83,11 @@ class Pipeline:
         monitor: HealthMonitor | None = None,
         batch_size: int = 1,
         capturer: Capturer | None = None,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.slot = slot
         self.capturer = capturer
+        self.shadow = shadow
         self.monitor = monitor
         self.collector = collector
         self.sink = sink
@@ -265,9 +271,14 @@ class Pipeline:
             if not _same_input(serving, job.serving):
                 job = prepare(item, serving)  # swapped to a model with other preprocessing
             name = serving.preprocess.tensor.name
+            # Decided before the run, so the serving CPU time is measured only when paired.
+            paired = self.shadow is not None and self.shadow.wants()
+            cpu = time.thread_time() if paired else 0.0
             start = time.perf_counter()
             outputs = serving.model.infer({name: job.tensor})
             elapsed_ms = (time.perf_counter() - start) * 1000.0
+            if paired:
+                cpu = (time.thread_time() - cpu) * 1000.0
             self.runs += 1
             finite = _finite(outputs)
             rows = job.tensor.shape[0] if job.tensor.ndim else 1
@@ -288,6 +299,11 @@ class Pipeline:
         index = int(scores[0].argmax()) if scores is not None and scores.size else None
         confidence = float(scores[0, index]) if scores is not None and index is not None else None
         self.collector.record_inference(elapsed_ms, confidence, index)
+        if paired and rows == 1 and results:
+            assert self.shadow is not None
+            self.shadow.offer(
+                Pair(item, serving, job.tensor, job.geometry, outputs, results[0], elapsed_ms, cpu)
+            )
         capturer = self.capturer
         if capturer is not None:
             capturer.countdown -= 1

@@ -32,6 +32,7 @@ from agent.probation import HealthMonitor
 from agent.publisher import Publisher, status_payload
 from agent.sdnotify import SystemdNotifier
 from agent.seq import SequenceCounter
+from agent.shadow import ShadowRunner
 from agent.sinks import ResultSink, SinkContext, create_sink
 from agent.state import AgentState, ModelSlot, Snapshot
 from agent.store import DataDir
@@ -115,6 +116,7 @@ class AgentService:
             count=self.capture_counters.add,
             timeout_s=capture.upload_timeout_s,
         )
+        self.shadow = ShadowRunner(capturer=self.capturer)
         self.pipeline = Pipeline(
             slot=self.slot,
             collector=self.collector,
@@ -124,6 +126,7 @@ class AgentService:
             monitor=self.monitor,
             batch_size=config.engine.batch_size,
             capturer=self.capturer,
+            shadow=self.shadow,
         )
         self.source: InputSource | None = None
         if config.input is not None:
@@ -160,14 +163,16 @@ class AgentService:
             max_bundle_bytes=config.max_bundle_bytes,
             postprocess=config.postprocess,
             monitor=self.monitor,
+            shadow=self.shadow,
+            load_shadow=self._load_shadow,
         )
         self._logged_kinds: set[str] = set()
         self.notifier = SystemdNotifier()
 
-    def _load(self, path: Path) -> LoadedModel:
+    def _load(self, path: Path, *, threads: int | None = None) -> LoadedModel:
         engine = self.config.engine
         options = BackendOptions(
-            threads=engine.threads,
+            threads=engine.threads if threads is None else threads,
             graph_optimization=engine.graph_optimization,
             execution_providers=tuple(engine.execution_providers),
             cpu_mem_arena=engine.cpu_mem_arena,
@@ -175,6 +180,11 @@ class AgentService:
             formats=tuple(engine.backends),
         )
         return load_model(path, options=options, trusted_keys=self.trusted_keys)
+
+    def _load_shadow(self, path: Path) -> LoadedModel:
+        """The shadow model: verified exactly as a serving one, run on one engine thread (it
+        runs on its own thread beside serving, and its thread CPU time is then all of it)."""
+        return self._load(path, threads=1)
 
     def _emit(
         self,
@@ -269,6 +279,7 @@ class AgentService:
             threading.Thread(target=self.pipeline.run, args=(stop,), name="inference"),
             threading.Thread(target=self.uploader.run, args=(stop,), name="uploader"),
             threading.Thread(target=self.capturer.run_writer, args=(stop,), name="capture"),
+            threading.Thread(target=self.shadow.run, args=(stop,), name="shadow"),
         ]
         if self.source is not None:
             threads.append(
@@ -287,7 +298,9 @@ class AgentService:
                 on_running(f"edgefleet agent {self.device_id} running model={running or 'none'}")
             else:
                 stop.wait(0.2)
-            if all(t.is_alive() for t in threads if t.name != "input"):  # a dead worker stops
+            # A dead worker stops the watchdog pings (systemd restarts the agent); the input
+            # may end, and the shadow must never cost serving a restart.
+            if all(t.is_alive() for t in threads if t.name not in ("input", "shadow")):
                 self.notifier.watchdog()  # the pings: systemd restarts the agent
         self.notifier.stopping()
         self._shutdown(threads, drain)
@@ -355,6 +368,7 @@ class AgentService:
                 classifier=serving is not None and serving.model.scores_output is not None,
                 inputs=self.capturer.inputs.flush(),
                 labels=serving.model.manifest.labels if serving is not None else (),
+                shadow=self.shadow.flush(),
             )
             backlog = self.forwarder.stats()
             dropped = backlog.dropped_telemetry + backlog.dropped_events + backlog.dropped_state

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.contract import InputStats, LatencySummary, ModelRef, Telemetry
+from edgefleet.contract import InputStats, LatencySummary, ModelRef, ShadowReport, Telemetry
 
 BINS_PER_DECADE = 50
 LOW_MS = 1e-3
@@ -233,6 +233,7 @@ class TelemetryCollector:
         classifier: bool,
         inputs: InputStats | None = None,
         labels: Sequence[str] = (),
+        shadow: ShadowReport | None = None,
     ) -> Telemetry:
         """Summarise and reset the current interval (``inputs``: its input statistics;
         ``labels``: the model's, naming the class counts, else the index as a string)."""
@@ -253,6 +254,7 @@ class TelemetryCollector:
             confidence_histogram=w.confidence if classifier else [],
             inputs=inputs,
             class_counts=_class_counts(w.classes, labels) if classifier else {},
+            shadow=shadow,
         )
 
 

@@ -26,11 +26,12 @@ from agent.errors import AgentError, UpdateError
 from agent.faults import crash_point
 from agent.plugin_config import PostprocessConfig
 from agent.probation import HealthMonitor
+from agent.shadow import ShadowRunner
 from agent.state import AgentState, ModelSlot, Serving
 from agent.store import DataDir
 from edgefleet.artifact import ArtifactError, unpack_bundle
-from edgefleet.contract import ContractError, DesiredModel, DesiredState, ModelRef
-from edgefleet.contract.payloads import EventKind
+from edgefleet.contract import ContractError, DesiredModel, DesiredState, ModelRef, ShadowSpec
+from edgefleet.contract.payloads import EventKind, Phase
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class Updater:
         download_timeout: float = 30.0,
         postprocess: PostprocessConfig | None = None,
         monitor: HealthMonitor | None = None,
+        shadow: ShadowRunner | None = None,
+        load_shadow: Callable[[Path], LoadedModel] | None = None,
     ) -> None:
         self.store = store
         self.slot = slot
@@ -77,6 +80,8 @@ class Updater:
         self._cond = threading.Condition()
         self._monitor = monitor
         self._stop = threading.Event()
+        self.shadow = shadow
+        self._load_shadow = load_shadow or load
 
     # -- mailbox (called from the MQTT thread) -------------------------------------------
     def offer(self, desired: DesiredState) -> None:
@@ -135,11 +140,17 @@ class Updater:
             log.error("cannot write the model pointer", extra={"error": str(err)})
 
     def apply(self, desired: DesiredState) -> None:
-        """Act on one desired state (synchronously)."""
+        """Act on one desired state (synchronously): the serving model first, then the
+        shadow (which never changes what is served, whatever happens to it)."""
         if self._last_seq is not None and desired.seq <= self._last_seq:
             log.info("ignoring old desired state", extra={"seq": desired.seq})
             return
         self._last_seq = desired.seq
+        self._apply_model(desired)
+        if self.shadow is not None and not self._stop.is_set():
+            self._apply_shadow(desired.shadow)
+
+    def _apply_model(self, desired: DesiredState) -> None:
         target = desired.model
         running = self.slot.current.model.ref if self.slot.current else None
         if target is None:
@@ -181,6 +192,8 @@ class Updater:
         self._write_pointer(ref)
         log.info("model committed", extra={"model": str(ref)})
         keep = {ref} | ({old.model.ref} if old is not None else set())
+        if self.shadow is not None and self.shadow.ref is not None:
+            keep.add(self.shadow.ref)  # the shadow's artifact is not the serving slots' to prune
         self.store.prune(keep)
 
     def _probation(self, ref: ModelRef, old: Serving) -> tuple[bool, str] | None:
@@ -207,26 +220,48 @@ class Updater:
         self.state.update(phase="serving", running=previous, last_error=detail)
         self._emit("update.rolled_back", model=ref, detail=detail)
 
-    def _prepare(self, target: DesiredModel, ref: ModelRef) -> Serving:
+    def _prepare(
+        self,
+        target: DesiredModel,
+        ref: ModelRef,
+        *,
+        load: Callable[[Path], LoadedModel] | None = None,
+        report: bool = True,
+    ) -> Serving:
+        """Download (unless on disk), verify, load and self-test ``target``. ``report=False``
+        (a shadow): the same steps, with no phase change and no update events, since the
+        device's state and events are about what it serves."""
+        load = load or self._load
         dest = self.store.artifact_dir(ref)
         if dest.exists():
-            self.state.update(phase="loading")
-            self._emit("update.self_test", model=ref, detail="artifact already on disk")
+            self._step("loading", "update.self_test", ref, "artifact already on disk", report)
             try:
-                return Serving.of(self._load(dest), self._post)
+                return Serving.of(load(dest), self._post)
             except AgentError as err:
                 log.warning("re-fetching unusable artifact", extra={"error": str(err)})
                 shutil.rmtree(dest, ignore_errors=True)
-        self._fetch(target, ref, dest)
-        self.state.update(phase="loading")
-        self._emit("update.self_test", model=ref)
+        self._fetch(target, ref, dest, report=report)
+        self._step("loading", "update.self_test", ref, "", report)
         try:
-            return Serving.of(self._load(dest), self._post)
+            return Serving.of(load(dest), self._post)
         except AgentError:
             shutil.rmtree(dest, ignore_errors=True)
             raise
 
-    def _fetch(self, target: DesiredModel, ref: ModelRef, dest: Path) -> None:
+    def _step(
+        self,
+        phase: Phase,
+        kind: EventKind,
+        ref: ModelRef,
+        detail: str,
+        report: bool,
+        progress: float | None = None,
+    ) -> None:
+        if report:
+            self.state.update(phase=phase)
+            self._emit(kind, model=ref, detail=detail, progress=progress)
+
+    def _fetch(self, target: DesiredModel, ref: ModelRef, dest: Path, *, report: bool) -> None:
         if target.size > self._max_bundle:
             raise UpdateError(f"bundle of {target.size} bytes exceeds max_bundle_bytes")
         free = shutil.disk_usage(self.store.root).free
@@ -234,8 +269,7 @@ class Updater:
         if target.size * 3 > free:
             raise UpdateError(f"not enough disk: bundle {target.size} bytes, {free} free")
         url = urljoin(self._server_url, target.url)
-        self.state.update(phase="downloading")
-        self._emit("update.downloading", model=ref, progress=0.0)
+        self._step("downloading", "update.downloading", ref, "", report, 0.0)
         # Imported on the first download: urllib.request, http.client and email are ~1 MB of
         # RSS an agent that is not updating does not need.
         from agent.download import download
@@ -252,8 +286,7 @@ class Updater:
             timeout=self._timeout,
         )
         crash_point("after_download")
-        self.state.update(phase="verifying")
-        self._emit("update.verifying", model=ref, progress=1.0)
+        self._step("verifying", "update.verifying", ref, "", report, 1.0)
         try:
             manifest = unpack_bundle(bundle, dest, max_unpacked_bytes=self._max_bundle * 4)
         except ArtifactError as err:
@@ -264,6 +297,58 @@ class Updater:
             shutil.rmtree(dest, ignore_errors=True)
             raise UpdateError(f"bundle holds {manifest.ref}, not the desired {ref}")
         crash_point("after_verify")
+
+    def _apply_shadow(self, spec: ShadowSpec | None) -> None:
+        """Load, keep or unload the shadow model. Fetched and verified by the same steps as a
+        serving model (:meth:`_prepare`), kept in its own runner, never in the serving slot; a
+        failure is counted in the shadow report and leaves serving as it was."""
+        runner = self.shadow
+        assert runner is not None
+        current = runner.current
+        if spec is None:
+            gone = runner.unload()
+            if gone is not None:
+                log.info("shadow removed", extra={"model": str(gone)})
+                self._drop_shadow_artifact(gone)
+            return
+        try:
+            ref = spec.ref
+        except ContractError as err:
+            log.error("shadow has an invalid name or version", extra={"error": str(err)})
+            return
+        limits = {"sample_rate": spec.sample_rate, "cpu_budget": spec.cpu_budget}
+        if current is not None and current.model.ref == ref:
+            runner.set_limits(**limits)
+            return
+        try:
+            if self._serving_uses(ref):  # its artifact is the serving one's: load, never delete
+                serving = Serving.of(self._load_shadow(self.store.artifact_dir(ref)), self._post)
+            else:
+                serving = self._prepare(spec, ref, load=self._load_shadow, report=False)
+        except (AgentError, ArtifactError, OSError) as err:
+            log.error("shadow not loaded", extra={"model": str(ref), "error": str(err)[:300]})
+            gone = runner.unload()
+            runner.failed(ref, "load_failed")
+            if gone is not None:
+                self._drop_shadow_artifact(gone)
+            return
+        runner.load(serving, **limits)
+        log.info("shadow loaded", extra={"model": str(ref), **limits})
+        if current is not None:
+            self._drop_shadow_artifact(current.model.ref)
+
+    def _drop_shadow_artifact(self, ref: ModelRef) -> None:
+        """Delete a former shadow's artifact unless the serving model uses it (disk budget)."""
+        if not self._serving_uses(ref):
+            shutil.rmtree(self.store.artifact_dir(ref), ignore_errors=True)
+
+    def _serving_uses(self, ref: ModelRef) -> bool:
+        """Is ``ref`` the served or the committed model (whose artifact is not the shadow's)?"""
+        serving = self.slot.current
+        committed = self.store.read_pointer()
+        return (serving is not None and serving.model.ref == ref) or (
+            committed is not None and committed.ref == ref
+        )
 
     def _same_origin(self, url: str) -> bool:
         """The device token goes to the fleet server only, never to a third-party host."""

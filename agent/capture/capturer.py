@@ -266,6 +266,54 @@ class Capturer:
             stats=stats,
         )
 
+    def shadow_disagreement(
+        self,
+        item: InputItem,
+        serving: Serving,
+        scores: np.ndarray | None,
+        *,
+        detections: Sequence[Mapping[str, Any]] | None = None,
+    ) -> bool:
+        """Capture an input the shadow model disagreed on (reason ``shadow_disagreement``),
+        if the policy asks for it and its budgets have room; called from the shadow worker.
+        The sample names the serving model and carries its outputs. True if handed over."""
+        policy = self._policy
+        if policy is None or not policy.shadow_disagreement:
+            return False
+        if self.budget.has_room(policy) is not None:
+            self._count("over_budget")
+            return False
+        model = self._model_for(serving)
+        predicted: str | None = None
+        confidence = margin = None
+        if scores is not None and scores.size:
+            index = int(scores.argmax())
+            predicted, confidence = model.key(index), float(scores[index])
+            if scores.size > 1:
+                top2 = np.partition(scores.ravel(), -2)[-2:]
+                margin = float(top2[1] - top2[0])
+        outputs = [] if scores is None else scores.ravel()[:MAX_OUTPUTS].tolist()
+        if scores is None and detections:
+            outputs = detection_rows(detections)
+        data = item.data.copy() if isinstance(item.data, np.ndarray) else item.data
+        self._hand_off(
+            _Pending(
+                data=data,
+                tensor=item.tensor,
+                ref=serving.model.ref,
+                policy=policy,
+                reason="shadow_disagreement",
+                at=self._clock(),
+                confidence=confidence,
+                margin=margin,
+                predicted=predicted,
+                outputs=outputs,
+                score=None,
+                stats=None,
+            )
+        )
+        return True
+
     def _hand_off(self, job: _Pending) -> None:
         if self._pending is None:
             self.write(job)

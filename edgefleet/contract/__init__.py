@@ -4,6 +4,7 @@
 * :mod:`~edgefleet.contract.topics` — the MQTT topic layout, QoS and retained flags.
 * :mod:`~edgefleet.contract.payloads` — telemetry, state, event, status and desired-state JSON.
 * :mod:`~edgefleet.contract.capture` — input statistics, the capture policy, sample metadata.
+* :mod:`~edgefleet.contract.shadow` — the shadow model a device runs beside the served one.
 
 Imports msgspec and the standard library only, never pydantic: the contract is imported on every
 device, whose RSS budget is bare onnxruntime + 15 MB, and pydantic alone costs +15.4 MB (import +
@@ -20,7 +21,14 @@ from edgefleet.contract.capture import (
     InputStats,
     SampleMeta,
 )
-from edgefleet.contract.common import SCHEMA_VERSION, DeviceId, ModelName, ModelRef, ModelVersion
+from edgefleet.contract.common import (
+    SCHEMA_VERSION,
+    DesiredModel,
+    DeviceId,
+    ModelName,
+    ModelRef,
+    ModelVersion,
+)
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.manifest import (
     MANIFEST_FILE,
@@ -37,7 +45,6 @@ from edgefleet.contract.manifest import (
 )
 from edgefleet.contract.payloads import (
     MAX_PAYLOAD_BYTES,
-    DesiredModel,
     DesiredState,
     Event,
     LatencySummary,
@@ -49,6 +56,7 @@ from edgefleet.contract.payloads import (
     decode,
     encode,
 )
+from edgefleet.contract.shadow import ShadowReport, ShadowSpec
 from edgefleet.contract.topics import CHANNELS, PREFIX, Channel, parse_topic, topic
 
 __all__ = [
@@ -82,6 +90,8 @@ __all__ = [
     "Result",
     "SampleMeta",
     "SelfTest",
+    "ShadowReport",
+    "ShadowSpec",
     "Signature",
     "State",
     "Status",

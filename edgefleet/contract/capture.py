@@ -149,7 +149,11 @@ class CapturePolicy(Strict, frozen=True, kw_only=True):
         Share, Meta(description="Fraction of all inputs captured at random (reason 'random').")
     ] = 0.0
     shadow_disagreement: Annotated[
-        bool, Meta(description="Capture when the shadow model's top-1 differs (later issue).")
+        bool,
+        Meta(
+            description="Capture the inputs on which the shadow model disagrees with the "
+            "serving one (see edgefleet.contract.shadow for what disagrees per task)."
+        ),
     ] = False
     max_per_hour: Annotated[
         int, Meta(ge=0, le=1_000_000, description="Samples captured per rolling hour, at most.")
@@ -194,9 +198,9 @@ def _both(a: float | None, b: float | None, pick: Callable[[float, float], float
 class SampleMeta(Strict, frozen=True, kw_only=True):
     """The metadata sent with one uploaded sample (part ``meta`` of ``POST /api/v1/samples``)."""
 
-    schema_version: Annotated[Literal[2], Meta(description="Contract schema version.")] = (
-        SCHEMA_VERSION
-    )
+    schema_version: Annotated[
+        Literal[2, 3], Meta(description="Contract schema version (SampleMeta is unchanged in 3).")
+    ] = SCHEMA_VERSION
     sample_id: Annotated[
         str,
         Meta(

@@ -6,12 +6,14 @@ from datetime import datetime
 from typing import Annotated, Final, Literal
 
 import msgspec
+from msgspec import Meta
 
 from edgefleet.contract.base import Strict
 from edgefleet.structs import anchored
 
 __all__ = [
     "DEVICE_ID_PATTERN",
+    "DesiredModel",
     "MODEL_NAME_PATTERN",
     "MODEL_VERSION_PATTERN",
     "SCHEMA_VERSION",
@@ -27,12 +29,13 @@ __all__ = [
 #: Version of the whole contract (manifest + topics + payloads). Bump it, add a migration and a
 #: CHANGELOG line marked BREAKING whenever a field changes meaning or is removed.
 #: 2 added input statistics and class counts to telemetry, the capture policy to the desired
-#: state and the sample metadata; a version-1 payload is still read as it is (its new fields
-#: take their defaults) and written back byte for byte (see ``payloads.encode``).
-SCHEMA_VERSION: Final = 2
+#: state and the sample metadata; 3 added the shadow model (``DesiredState.shadow``) and its
+#: report (``Telemetry.shadow``). An older payload is still read as it is (its new fields take
+#: their defaults) and written back byte for byte (see ``payloads.encode``).
+SCHEMA_VERSION: Final = 3
 #: The payload schema versions this EdgeFleet reads.
 PayloadSchemaVersion = Annotated[
-    Literal[1, 2], msgspec.Meta(description="Contract schema version.")
+    Literal[1, 2, 3], msgspec.Meta(description="Contract schema version.")
 ]
 #: A timestamp with a timezone (naive datetimes are refused).
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -81,3 +84,20 @@ class ModelRef(Strict, frozen=True, kw_only=True):
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+class DesiredModel(Strict, frozen=True, kw_only=True):
+    """Where to fetch the artifact bundle of a model version, and how to check it."""
+
+    name: Annotated[str, Meta(description="Model name (checked as a ModelRef by the device).")]
+    version: Annotated[str, Meta(description="Model version (checked as a ModelRef).")]
+    url: Annotated[
+        str, Meta(min_length=1, max_length=2048, description="HTTP(S) URL of the bundle.")
+    ]
+    sha256: Annotated[Sha256Hex, Meta(description="SHA-256 of the bundle file.")]
+    size: Annotated[int, Meta(ge=1, description="Bundle size in bytes.")]
+    signature: Annotated[str, Meta(max_length=200, description="Manifest signature.")] | None = None
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.name, version=self.version)

@@ -28,7 +28,12 @@ def _v1_is_valid_v2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_is_valid_v2}
+def _v2_is_valid_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 only added the optional shadow model and its report; as above."""
+    return data
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_is_valid_v2, 2: _v2_is_valid_v3}
 
 
 def load_json_object(raw: bytes | str, *, what: str, max_bytes: int) -> dict[str, Any]:

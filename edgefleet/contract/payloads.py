@@ -22,12 +22,13 @@ from edgefleet.contract.common import (
     DeviceId,
     ModelRef,
     PayloadSchemaVersion,
-    Sha256Hex,
     Strict,
 )
+from edgefleet.contract.common import DesiredModel as DesiredModel  # moved; still importable
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.manifest import Task
 from edgefleet.contract.parsing import load_json_object, migrate, validate
+from edgefleet.contract.shadow import ShadowReport, ShadowSpec
 from edgefleet.contract.topics import Channel
 
 #: A payload larger than this is refused unread (by ingest and by the agent).
@@ -37,22 +38,35 @@ Seq = Annotated[int, Meta(ge=0, le=2**63 - 1, description="Per-device monotonic 
 Counter = Annotated[int, Meta(ge=0)]
 SchemaVersion = PayloadSchemaVersion
 
-#: Fields added by schema version 2, per payload type. A payload that says schema_version 1
-#: must leave them at their defaults, and :func:`encode` leaves them out of its bytes, so a
-#: version-1 payload is written exactly as a version-1 EdgeFleet wrote it and a version-1
-#: device can still read a desired state the server marks as version 1.
-V2_FIELDS: dict[str, tuple[str, ...]] = {
-    "Telemetry": ("inputs", "class_counts"),
-    "DesiredState": ("capture",),
+#: Fields each schema version added, per payload type. A payload that says an older
+#: schema_version must leave the newer fields at their defaults, and :func:`encode` leaves them
+#: out of its bytes, so an older payload is written exactly as that EdgeFleet wrote it and an
+#: older device can still read a desired state the server marks with its version.
+ADDED_FIELDS: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {"Telemetry": ("inputs", "class_counts"), "DesiredState": ("capture",)},
+    3: {"Telemetry": ("shadow",), "DesiredState": ("shadow",)},
 }
+#: The version-2 additions (kept for readers of the version-2 rules).
+V2_FIELDS: dict[str, tuple[str, ...]] = ADDED_FIELDS[2]
 
 
-def _check_v1(payload: Strict) -> None:
-    if getattr(payload, "schema_version", SCHEMA_VERSION) != 1:
-        return
-    for name in V2_FIELDS.get(type(payload).__name__, ()):
+def newer_fields(payload: Strict) -> list[tuple[int, str]]:
+    """(version, field) of every field added after ``payload``'s schema_version."""
+    version = getattr(payload, "schema_version", SCHEMA_VERSION)
+    kind = type(payload).__name__
+    return [
+        (added, name)
+        for added, fields in ADDED_FIELDS.items()
+        if added > version
+        for name in fields.get(kind, ())
+    ]
+
+
+def _check_version(payload: Strict) -> None:
+    version = getattr(payload, "schema_version", SCHEMA_VERSION)
+    for added, name in newer_fields(payload):
         if getattr(payload, name) not in (None, {}):
-            raise ValueError(f"{name} needs schema_version 2 (this payload says 1)")
+            raise ValueError(f"{name} needs schema_version {added} (this payload says {version})")
 
 
 def utcnow() -> datetime:
@@ -122,10 +136,17 @@ class Telemetry(Envelope, frozen=True, kw_only=True):
             "index (schema 2).",
         ),
     ] = field(default_factory=dict)
+    shadow: (
+        Annotated[
+            ShadowReport,
+            Meta(description="The shadow model's paired figures (schema 3; None: no shadow)."),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_v1(self)
+        _check_version(self)
 
 
 Phase = Literal["idle", "downloading", "verifying", "loading", "probation", "serving", "failed"]
@@ -186,23 +207,6 @@ class Status(Strict, frozen=True, kw_only=True):
     )
 
 
-class DesiredModel(Strict, frozen=True, kw_only=True):
-    """Where to fetch the artifact bundle of a model version, and how to check it."""
-
-    name: Annotated[str, Meta(description="Model name (checked as a ModelRef by the device).")]
-    version: Annotated[str, Meta(description="Model version (checked as a ModelRef).")]
-    url: Annotated[
-        str, Meta(min_length=1, max_length=2048, description="HTTP(S) URL of the bundle.")
-    ]
-    sha256: Annotated[Sha256Hex, Meta(description="SHA-256 of the bundle file.")]
-    size: Annotated[int, Meta(ge=1, description="Bundle size in bytes.")]
-    signature: Annotated[str, Meta(max_length=200, description="Manifest signature.")] | None = None
-
-    @property
-    def ref(self) -> ModelRef:
-        return ModelRef(name=self.name, version=self.version)
-
-
 class DesiredState(Strict, frozen=True, kw_only=True):
     """What the server wants a device to run; retained, so a device sees it on (re)connect.
 
@@ -225,10 +229,17 @@ class DesiredState(Strict, frozen=True, kw_only=True):
         ]
         | None
     ) = None
+    shadow: (
+        Annotated[
+            ShadowSpec,
+            Meta(description="A model to run beside the served one (schema 3); None: none."),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_v1(self)
+        _check_version(self)
 
 
 class Result(Envelope, frozen=True, kw_only=True):
@@ -267,13 +278,13 @@ PAYLOAD_TYPES: dict[Channel, type[Payload]] = {
 
 
 def encode(payload: Payload) -> bytes:
-    """The JSON bytes published on the wire. A payload marked schema_version 1 is written
-    without the fields version 2 added, exactly as a version-1 EdgeFleet wrote it."""
-    dropped = V2_FIELDS.get(type(payload).__name__, ())
-    if payload.schema_version != 1 or not dropped:
+    """The JSON bytes published on the wire. A payload marked an older schema_version is
+    written without the fields later versions added, exactly as that EdgeFleet wrote it."""
+    dropped = newer_fields(payload)
+    if not dropped:
         return msgspec.json.encode(payload)
     data = msgspec.to_builtins(payload)
-    for name in dropped:
+    for _, name in dropped:
         del data[name]
     return msgspec.json.encode(data)
 

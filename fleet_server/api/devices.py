@@ -21,12 +21,15 @@ from fleet_server.models import (
     DeviceCreate,
     DeviceCreated,
     DevicePublic,
+    DeviceShadowPublic,
     EventPublic,
     PinRequest,
+    ShadowRequest,
     TagsUpdate,
     TelemetryPublic,
 )
 from fleet_server.services import devices as service
+from fleet_server.services import shadow as shadow_service
 from fleet_server.services.assignments import pin_device, unpin_device
 from fleet_server.services.errors import Unavailable
 from fleet_server.services.telemetry import list_events, list_telemetry
@@ -126,6 +129,70 @@ def unpin(device_id: str, request: Request, session: SessionDep, _: Operator) ->
     """Remove the pin (the device keeps its model until the next assignment)."""
     note_target(request, f"device:{device_id[:80]}")
     return DevicePublic.of(unpin_device(session=session, device_id=device_id))
+
+
+@router.put(
+    "/{device_id}/shadow",
+    responses=error_responses(
+        OPERATOR_REFUSALS,
+        BODY_REFUSALS,
+        404,
+        409,
+        why={
+            404: "No such device or model version.",
+            409: "The device is assigned no model (a shadow runs beside one).",
+            503: "The MQTT bus or the database is not ready; try again later.",
+        },
+    ),
+)
+def put_shadow(
+    device_id: str,
+    body: ShadowRequest,
+    request: Request,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    _: Operator,
+) -> DeviceShadowPublic:
+    """Run a version as the device's shadow (beside its model, on a sample of its inputs,
+    outputs sent nowhere); published at once. Replaces any shadow it had."""
+    note_target(request, f"device:{device_id[:80]}", shadow=f"{body.model}@{body.version}")
+    if runtime.bus is None:
+        raise Unavailable("the MQTT bus is not running")
+    return shadow_service.set_shadow(
+        session=session,
+        publisher=runtime.bus,
+        public_url=settings.resolved_public_url,
+        device_id=device_id,
+        request=body,
+    )
+
+
+@router.delete(
+    "/{device_id}/shadow",
+    status_code=204,
+    responses=error_responses(
+        OPERATOR_REFUSALS, INPUT_REFUSALS, 404, why={404: "No such device, or it has no shadow."}
+    ),
+)
+def delete_shadow(
+    device_id: str,
+    request: Request,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    _: Operator,
+) -> None:
+    """Take the shadow off the device (it unloads it; what it serves is unchanged)."""
+    note_target(request, f"device:{device_id[:80]}")
+    if runtime.bus is None:
+        raise Unavailable("the MQTT bus is not running")
+    shadow_service.clear_shadow(
+        session=session,
+        publisher=runtime.bus,
+        public_url=settings.resolved_public_url,
+        device_id=device_id,
+    )
 
 
 @router.get("", responses=error_responses(VIEWER_REFUSALS))

@@ -29,8 +29,15 @@ from fleet_server.api.deps import (
 from fleet_server.api.errors import INPUT_REFUSALS, ErrorBody, error_responses
 from fleet_server.api.ranges import Unsatisfiable, byte_range, if_range_matches
 from fleet_server.api.upload import FIELD, receive_bundle
-from fleet_server.models import Device, LineageEntry, LineagePublic, ModelVersionPublic
+from fleet_server.models import (
+    Device,
+    LineageEntry,
+    LineagePublic,
+    ModelVersionPublic,
+    ShadowSummary,
+)
 from fleet_server.services import models as service
+from fleet_server.services import shadow as shadow_service
 from fleet_server.services.errors import NotFound, Unavailable
 from fleet_server.services.models import Lineage
 from fleet_server.storage import MissingBundle, StoreError
@@ -230,12 +237,18 @@ def download_bundle(
 ) -> Response:
     """The bundle, streamed from the store; one ``Range`` (e.g. ``bytes=N-``) resumes (206).
 
-    A device gets only the version assigned to it. Anything else is the same 404, whether the
-    version exists or not, checked before the version is looked up: a device cannot tell which
-    versions exist (it used to get 403 for "exists, not yours" and 404 for "no such version")."""
+    A device gets only the version assigned to it, or its shadow. Anything else is the same
+    404, whether the version exists or not, checked before the version is looked up: a device
+    cannot tell which versions exist (it used to get 403 for "exists, not yours" and 404 for
+    "no such version")."""
     if not principal.operator:
         device = session.get(Device, principal.device_id)
-        if device is None or (device.desired_name, device.desired_version) != (name, version):
+        if device is None or (
+            (device.desired_name, device.desired_version) != (name, version)
+            and not shadow_service.may_download(
+                session=session, device_id=device.device_id, name=name, version=version
+            )
+        ):
             raise NotFound(_not_assigned(name, version))
     row = service.get_model(session=session, name=name, version=version)
     key = row.storage_key
@@ -278,6 +291,17 @@ def download_bundle(
         media_type="application/gzip",
         headers=headers,
     )
+
+
+@router.get(
+    "/{name}/{version}/shadow",
+    responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404),
+)
+def get_shadow_summary(name: str, version: str, session: SessionDep, _: Viewer) -> ShadowSummary:
+    """What devices running this version as a shadow reported, beside their serving model on
+    the same inputs: agreement (paired-weighted), p95 latencies and their ratio, CPU ratio,
+    errors; for the fleet and per device class (the newest 100,000 reports)."""
+    return shadow_service.summarise(session=session, name=name, version=version)
 
 
 def _not_assigned(name: str, version: str) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import SQLModel
 
-from edgefleet.contract import Event, Payload, State, Status, Telemetry
+from edgefleet.contract import Event, Payload, ShadowReport, State, Status, Telemetry
 from fleet_server.messaging.inserts import insert_new
 from fleet_server.messaging.sanity import (
     DeviceClock,
@@ -71,6 +71,7 @@ def write_batch(
         changes: dict[str, dict[str, Any]] = {}
         telemetry_rows: dict[tuple[str, int], dict[str, Any]] = {}
         event_rows: dict[tuple[str, int], dict[str, Any]] = {}
+        shadow_rows: dict[tuple[str, int], dict[str, Any]] = {}
         unknown = stored = duplicates = 0
         resets: list[int] = []  # one entry per reset (a list: the rule helpers append)
         for payload, received_at in items:
@@ -87,6 +88,8 @@ def write_batch(
                     duplicates += 1  # repeated within this batch
                 else:
                     telemetry_rows[key] = _telemetry_row(payload, received_at)
+                    if payload.shadow is not None:
+                        shadow_rows[key] = _shadow_row(payload, payload.shadow)
                 _apply_telemetry(device, changed, payload, seq_reset_window, resets)
             elif isinstance(payload, Event):
                 key = (payload.device_id, payload.seq)
@@ -108,6 +111,9 @@ def write_batch(
             inserted = insert_new(conn=conn, table=table, rows=list(rows.values()))
             stored += inserted
             duplicates += len(rows) - inserted
+        # Stored with their telemetry message, and skipped with it when already stored (a
+        # redelivery): not counted again in stored/duplicates.
+        insert_new(conn=conn, table=_table("shadow_reports"), rows=list(shadow_rows.values()))
         _update_devices(conn, device_table, changes)
     return WriteResult(
         stored=stored, duplicates=duplicates, unknown_devices=unknown, seq_resets=len(resets)
@@ -166,6 +172,25 @@ def _telemetry_row(p: Telemetry, received_at: datetime) -> dict[str, Any]:
         # Schema 2: summed into drift_input_bucket by the drift job (services/drift/inputs.py).
         "inputs": p.inputs.model_dump() if p.inputs else None,
         "class_counts": dict(p.class_counts),
+    }
+
+
+def _shadow_row(p: Telemetry, report: ShadowReport) -> dict[str, Any]:
+    """Schema 3: the shadow figures of one interval (read by services/shadow.py)."""
+    figures = report.model_dump(
+        mode="json", exclude={"model", "paired", "skipped", "disagreements"}
+    )
+    figures["serving"] = p.model.model_dump() if p.model else None
+    return {
+        "device_id": p.device_id,
+        "seq": p.seq,
+        "ts": p.ts,
+        "model_name": report.model.name,
+        "model_version": report.model.version,
+        "paired": report.paired,
+        "skipped": report.skipped,
+        "disagreements": report.disagreements,
+        "figures": figures,
     }
 
 

@@ -45,6 +45,13 @@ from fleet_server.models.models import (
 )
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.samples import CapturePolicyRow, Sample, SampleBudget
+from fleet_server.models.shadow import (
+    DeviceShadow,
+    DeviceShadowPublic,
+    ShadowReportRow,
+    ShadowRequest,
+    ShadowSummary,
+)
 from fleet_server.models.telemetry import (
     EventPublic,
     EventRow,
@@ -54,6 +61,11 @@ from fleet_server.models.telemetry import (
 )
 
 __all__ = [
+    "DeviceShadow",
+    "DeviceShadowPublic",
+    "ShadowReportRow",
+    "ShadowRequest",
+    "ShadowSummary",
     "ModelComparison",
     "DriftAlert",
     "DriftAlertPublic",

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from sqlmodel import Session, col, select, update
 
-from edgefleet.contract import DesiredModel, DesiredState
+from edgefleet.contract import DesiredModel, DesiredState, ShadowSpec
 from edgefleet.mqtt import MqttError
-from fleet_server.models import Device
+from fleet_server.models import Device, DeviceShadow
 from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.types import utcnow
 from fleet_server.services.capture import PolicyCache
@@ -123,8 +123,8 @@ def republish(
     *, session: Session, publisher: DesiredPublisher, public_url: str, device_ids: Sequence[str]
 ) -> int:
     """Give ``device_ids`` the next desired-state revision with the same model, commit, publish:
-    what the payload carries besides the model changed (the capture policy), and an agent
-    ignores a revision it has already acted on."""
+    what the payload carries besides the model changed (the capture policy, the shadow), and an
+    agent ignores a revision it has already acted on. Same model: the agent installs nothing."""
     if not device_ids:
         return 0
     ids = sorted(device_ids)
@@ -146,10 +146,12 @@ def desired_state(
     model: ModelVersionRow | None,
     public_url: str,
     policies: PolicyCache,
+    shadow: ShadowSpec | None = None,
 ) -> DesiredState:
     """The retained ``desired`` payload for ``device`` at its current revision: the one place
-    that builds it, for assignments, pins and rollouts alike (the capture policy of the
-    assigned version rides along; no model, no capture)."""
+    that builds it, for assignments, pins, rollouts and shadows alike (the capture policy of the
+    assigned version rides along; no model, no capture; ``shadow``: the model to run beside
+    it, see :func:`shadow_specs`)."""
     desired = None
     capture = None
     if model is not None:
@@ -163,14 +165,16 @@ def desired_state(
             signature=model.signature_value,
         )
     return DesiredState(
-        # Without a capture policy the payload is exactly a version-1 one, which a version-1
-        # agent still reads; only a policy needs (and asks for) an agent that knows version 2.
-        schema_version=2 if capture is not None else 1,
+        # The oldest version that holds what is sent, so an older agent still reads it: no
+        # capture policy and no shadow is exactly a version-1 payload; a policy needs an agent
+        # that knows version 2, a shadow one that knows version 3.
+        schema_version=3 if shadow is not None else 2 if capture is not None else 1,
         device_id=device.device_id,
         seq=device.desired_revision,
         ts=device.desired_at or utcnow(),
         model=desired,
         capture=capture,
+        shadow=shadow,
     )
 
 
@@ -202,6 +206,10 @@ def desired_states_for(
     Each model row is read once."""
     models: dict[tuple[str, str], ModelVersionRow | None] = {}
     policies = PolicyCache(session)
+    devices = list(devices)
+    shadows = shadow_specs(
+        session=session, device_ids=[d.device_id for d in devices], public_url=public_url
+    )
     states = []
     for device in devices:
         model = None
@@ -213,6 +221,40 @@ def desired_states_for(
             if model is None:
                 continue
         states.append(
-            desired_state(device=device, model=model, public_url=public_url, policies=policies)
+            desired_state(
+                device=device,
+                model=model,
+                public_url=public_url,
+                policies=policies,
+                shadow=shadows.get(device.device_id),
+            )
         )
     return states
+
+
+def shadow_specs(
+    *, session: Session, device_ids: Sequence[str], public_url: str
+) -> dict[str, ShadowSpec]:
+    """The shadow each of ``device_ids`` should run (devices without one, or whose shadow
+    version is gone from the registry, are left out)."""
+    if not device_ids:
+        return {}
+    specs = {}
+    for start in range(0, len(device_ids), CHUNK):
+        chunk = list(device_ids[start : start + CHUNK])
+        rows = session.exec(select(DeviceShadow).where(col(DeviceShadow.device_id).in_(chunk)))
+        for row in rows:
+            model = session.get(ModelVersionRow, (row.model_name, row.model_version))
+            if model is None:
+                continue
+            specs[row.device_id] = ShadowSpec(
+                name=model.name,
+                version=model.version,
+                url=bundle_url(public_url=public_url, name=model.name, version=model.version),
+                sha256=model.sha256,
+                size=model.size,
+                signature=model.signature_value,
+                sample_rate=row.sample_rate,
+                cpu_budget=row.cpu_budget,
+            )
+    return specs

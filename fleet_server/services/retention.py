@@ -5,6 +5,8 @@ most ``batch_size`` raw rows, at most ``max_batches`` per run, so a backlog neve
 long (nor starts one after ``budget_s``); a run that stops half way leaves consistent tables
 (each batch's roll-up and delete commit together) and the next run goes on.
 
+A raw row's shadow report (``shadow_reports``, same key) is deleted with it, not rolled up.
+
 Audit log rows older than ``audit_days`` (by ``ts``) are deleted the same way, in batches, and
 so are captured samples received more than ``sample_days`` ago (labelled or not), their content
 in the store with the last row that refers to it.
@@ -180,6 +182,9 @@ class RetentionJob:
             _merge_into(conn, hourly, buckets)
             keys = [(row.device_id, row.seq) for row in rows]
             conn.execute(delete(raw).where(tuple_(raw.c.device_id, raw.c.seq).in_(keys)))
+            # A shadow report lives as long as its raw telemetry row (it is not rolled up).
+            shadow = _table("shadow_reports")
+            conn.execute(delete(shadow).where(tuple_(shadow.c.device_id, shadow.c.seq).in_(keys)))
         return len(rows), len(buckets)
 
     def _delete_hourly_batch(self, cutoff: datetime) -> int:

@@ -185,3 +185,22 @@ def test_audit_rows_past_their_retention_are_deleted(engine: Engine) -> None:
     assert (result.audit_deleted, result.batches) == (3, 2)
     assert kept() == [364.0, 10.0, 0.0]
     assert job.run_once(now=NOW).audit_deleted == 0
+
+
+def test_a_shadow_report_goes_with_its_raw_telemetry_row(engine: Engine) -> None:
+    _insert(engine, [_raw("dev-a", 1, OLD), _raw("dev-a", 2, NOW - timedelta(days=1))])
+    shadow = SQLModel.metadata.tables["shadow_reports"]
+    report = {"model_name": "digits", "model_version": "2.0.0", "paired": 5, "skipped": 0}
+    with engine.begin() as conn:
+        conn.execute(
+            insert(shadow),
+            [
+                {"device_id": "dev-a", "seq": s, "ts": ts, "disagreements": 1, "figures": {}}
+                | report
+                for s, ts in ((1, OLD), (2, NOW - timedelta(days=1)))
+            ],
+        )
+    RetentionJob(engine=engine, raw_days=7, hourly_days=90).run_once(now=NOW)
+    with engine.connect() as conn:
+        left = {r.seq for r in conn.execute(select(shadow.c.seq))}
+    assert left == {2} and _raw_keys(engine) == {("dev-a", 2)}

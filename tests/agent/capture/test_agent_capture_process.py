@@ -102,7 +102,7 @@ def test_agent_reports_input_stats_and_uploads_captures_within_budget(
                 what="telemetry with input statistics",
             )
             t = _telemetry(with_inputs, device_id)
-            assert t is not None and t.inputs is not None and t.schema_version == 2
+            assert t is not None and t.inputs is not None and t.schema_version == 3
             assert len(t.inputs.channel_histograms) == 64  # one per digits feature
             # A subsample: one input in `capture.every`, paced to 2 % of inference time.
             assert 1 <= t.inputs.samples <= t.inference_count

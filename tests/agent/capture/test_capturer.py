@@ -212,7 +212,7 @@ def test_sample_meta_on_disk_is_the_contract(model: Serving, tmp_path: Path) -> 
     (entry,) = queue.entries()
     raw = (entry.content.parent / f"{entry.name}.json").read_bytes()
     meta = SampleMeta.model_validate_json(raw)
-    assert meta.reason == "class" and json.loads(raw)["schema_version"] == 2
+    assert meta.reason == "class" and json.loads(raw)["schema_version"] == 3
     import hashlib
 
     assert hashlib.sha256(entry.content.read_bytes()).hexdigest() == meta.sha256

@@ -9,6 +9,7 @@ import pydantic
 import pytest
 
 from edgefleet.contract import (
+    SCHEMA_VERSION,
     ContractError,
     DesiredModel,
     Event,
@@ -54,7 +55,8 @@ def test_model_dump_modes_exclude_and_exclude_none() -> None:
 def test_model_dump_json_and_validate_json_round_trip() -> None:
     event = _event(detail="x")
     assert json.loads(event.model_dump_json()) == event.model_dump(mode="json")
-    assert event.model_dump_json(indent=2).startswith('{\n  "schema_version": 2,\n')
+    head = f'{{\n  "schema_version": {SCHEMA_VERSION},\n'
+    assert event.model_dump_json(indent=2).startswith(head)
     assert Event.model_validate_json(event.model_dump_json()) == event
     assert Event.model_validate(event.model_dump()) == event
     with pytest.raises(ContractError, match=r"^invalid Event: Expected `int` >= 0 - at `\$.seq`$"):

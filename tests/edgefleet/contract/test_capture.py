@@ -30,8 +30,8 @@ def _read(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def test_schema_version_is_2_and_v2_fixtures_decode() -> None:
-    assert SCHEMA_VERSION == 2
+def test_schema_version_is_3_and_v2_fixtures_decode() -> None:
+    assert SCHEMA_VERSION == 3
     telemetry = decode(Channel.TELEMETRY, _read("telemetry-v2.in.json"), device_id="pi-01")
     assert isinstance(telemetry, Telemetry) and telemetry.inputs is not None
     assert telemetry.inputs.channel_histograms == [[600, 20, 20, 0]]

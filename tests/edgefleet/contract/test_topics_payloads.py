@@ -119,7 +119,7 @@ def test_payload_round_trip(payload: Any) -> None:
     channel = next(c for c, t in PAYLOAD_TYPES.items() if isinstance(payload, t))
     raw = encode(payload)
     data = json.loads(raw)
-    assert data["schema_version"] == SCHEMA_VERSION == 2 and data["device_id"] == "pi-01"
+    assert data["schema_version"] == SCHEMA_VERSION == 3 and data["device_id"] == "pi-01"
     assert decode(channel, raw, device_id="pi-01") == payload
 
 
@@ -141,7 +141,7 @@ def test_payload_bad_inputs_each_get_one_line() -> None:
             json.dumps({**telemetry, "ts": "2026-11-23T12:00:00"}).encode(),
             "Expected `datetime` with a timezone component - at `$.ts`",
         ),
-        (json.dumps({**telemetry, "schema_version": 3}).encode(), "newer"),
+        (json.dumps({**telemetry, "schema_version": 4}).encode(), "newer"),
         (b'{"x": "' + b"y" * MAX_PAYLOAD_BYTES + b'"}', "limit"),
     ]
     for raw, fragment in cases:

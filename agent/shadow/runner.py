@@ -1,0 +1,335 @@
+"""The shadow worker: a second model run beside the serving one, on the same inputs, on its
+own thread, never in the way of serving.
+
+The inference thread asks :meth:`ShadowRunner.wants` before it runs the serving model (one
+attribute read when no shadow is loaded; a coin at ``sample_rate`` and two checks when one is)
+and, for an input it wants, measures the serving run's thread CPU time and hands the input, the
+serving outputs and its result over with :meth:`ShadowRunner.offer`. Nothing on that path
+waits:
+
+* the hand-over queue holds :data:`QUEUE_SIZE` inputs; a sampled input that finds it full is
+  skipped and counted (the shadow is behind); the worker polls it every :data:`POLL_S` rather
+  than being woken per input (see :meth:`ShadowRunner.run`);
+* the CPU budget is a token bucket of thread CPU time (``time.thread_time``, which counts only
+  what the shadow thread burned, not the time it waited for a core on a busy device): it fills
+  at ``cpu_budget`` seconds per second up to :data:`BURST_S` seconds' worth, each shadow run
+  takes its CPU time out, and a sampled input that finds it empty is skipped and counted.
+
+The worker runs the shadow model, compares the two answers with the task's measure
+(:mod:`agent.shadow.measures`), tallies the interval for :meth:`ShadowRunner.flush` (a
+``ShadowReport`` in the telemetry) and hands disagreements to the capturer (reason
+``shadow_disagreement``, within the capture policy's budgets). The shadow's outputs go to no
+sink. Any failure of the shadow is counted in the report's ``errors`` and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.capture import Capturer
+from agent.errors import AgentError, InputError
+from agent.inputs import InputItem
+from agent.postprocess import Geometry
+from agent.shadow.measures import MEASURES, Answer, Tally
+from agent.state import Serving
+from agent.telemetry import LatencyHistogram
+from edgefleet.contract import ContractError, ModelRef, ShadowReport
+
+log = logging.getLogger(__name__)
+
+#: Inputs waiting for the shadow worker; a sampled input finding it full is skipped.
+QUEUE_SIZE = 2
+#: The CPU budget's bucket holds at most this many seconds' worth of budget.
+BURST_S = 1.0
+#: The worker runs what waits this often while a shadow is loaded (see :meth:`ShadowRunner.run`)
+#: and looks again this often while none is.
+POLL_S = 0.01
+IDLE_S = 0.2
+#: The report's error kinds are bounded by the contract; more are counted under this one.
+MAX_ERROR_KINDS = 31
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One served input, handed to the shadow worker with what the serving model made of it."""
+
+    item: InputItem
+    serving: Serving
+    tensor: np.ndarray
+    geometry: Geometry
+    outputs: dict[str, np.ndarray]
+    result: dict[str, Any]
+    serving_ms: float
+    serving_cpu_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    serving: Serving
+    sample_rate: float
+    cpu_budget: float
+
+
+class ShadowRunner:
+    def __init__(
+        self,
+        *,
+        capturer: Capturer | None = None,
+        queue_size: int = QUEUE_SIZE,
+        rng: random.Random | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.capturer = capturer
+        # A SimpleQueue (C, ~0.3 µs a put) bounded by two counters, each written by one thread
+        # only (sent: the inference thread; taken: the worker), so no lock is shared with the
+        # serving path; queue.Queue's put takes a lock and a condition (~2 µs on digits).
+        self._queue: queue.SimpleQueue[Pair] = queue.SimpleQueue()
+        self._size = queue_size
+        self._sent = 0
+        self._taken = 0
+        self._rng = rng or random.Random()  # noqa: S311 (sampling, not security)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+        #: The shadow the report is about: the desired one, loaded or not (a failed load is
+        #: reported against it); kept until a flush after the shadow is removed.
+        self._ref: ModelRef | None = None
+        # The CPU budget as two single-writer sums: accrued (the inference thread) and spent
+        # (the worker); the credit is their difference, so wants() takes no lock.
+        self._accrued = 0.0
+        self._spent = 0.0
+        self._credit_at = clock()
+        self._new_interval()
+
+    def _new_interval(self) -> None:
+        self._tally = Tally()
+        self._skipped = 0
+        self._errors: dict[str, int] = {}
+        self._serving_ms = LatencyHistogram()
+        self._shadow_ms = LatencyHistogram()
+        self._serving_cpu = 0.0
+        self._shadow_cpu = 0.0
+
+    # -- the updater thread ------------------------------------------------------------------
+    @property
+    def current(self) -> Serving | None:
+        loaded = self._loaded
+        return loaded.serving if loaded is not None else None
+
+    @property
+    def ref(self) -> ModelRef | None:
+        return self._ref
+
+    def load(self, serving: Serving, *, sample_rate: float, cpu_budget: float) -> None:
+        """Run ``serving`` as the shadow from now on (replacing any other)."""
+        with self._lock:
+            if self._ref != serving.model.ref:
+                self._new_interval()  # figures of another shadow are not this one's
+            self._ref = serving.model.ref
+            self._accrued = self._spent + cpu_budget * BURST_S
+            self._credit_at = self._clock()
+            self._loaded = _Loaded(serving, sample_rate, cpu_budget)
+
+    def set_limits(self, *, sample_rate: float, cpu_budget: float) -> None:
+        loaded = self._loaded
+        if loaded is not None:
+            self._loaded = _Loaded(loaded.serving, sample_rate, cpu_budget)
+
+    def failed(self, ref: ModelRef, kind: str) -> None:
+        """The desired shadow ``ref`` could not be fetched or loaded: none runs, it is counted."""
+        with self._lock:
+            if self._ref != ref:
+                self._new_interval()  # figures of another shadow are not this one's
+            self._ref = ref
+            self._loaded = None
+            self._count_error(kind)
+
+    def unload(self) -> ModelRef | None:
+        """Stop running the shadow; its last figures go out with the next flush."""
+        loaded, self._loaded = self._loaded, None
+        return loaded.serving.model.ref if loaded is not None else None
+
+    # -- the inference thread ----------------------------------------------------------------
+    def wants(self) -> bool:
+        """Should the next served input be paired? Decided before the serving run (so its CPU
+        time is measured only when it is); a sampled input that cannot be taken is skipped."""
+        loaded = self._loaded
+        if loaded is None or self._rng.random() >= loaded.sample_rate:
+            return False
+        if self._sent - self._taken >= self._size:
+            self._skip()
+            return False
+        now = self._clock()
+        spent = self._spent
+        cap = spent + loaded.cpu_budget * BURST_S
+        self._accrued = min(cap, self._accrued + (now - self._credit_at) * loaded.cpu_budget)
+        self._credit_at = now
+        if self._accrued > spent:
+            return True
+        self._skip()
+        return False
+
+    def offer(self, pair: Pair) -> None:
+        """Hand a served input to the worker; never blocks (full: skipped and counted)."""
+        if self._loaded is None:
+            return
+        if self._sent - self._taken >= self._size:
+            self._skip()
+            return
+        self._sent += 1
+        self._queue.put(pair)
+
+    def _skip(self) -> None:
+        with self._lock:
+            self._skipped += 1
+
+    # -- the shadow thread -------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Every :data:`POLL_S`, run what waits. Polled, not woken per input: a wake-up per
+        paired input made the serving thread wait for the GIL on that input, i.e. on the
+        sampled 10 % — the whole p95 tail of a fast model (digits p95 ×1.7–1.9 with a
+        worker that did nothing at all); polled, the contention falls on the inputs served
+        while the worker runs, a few per poll."""
+        while not stop.wait(POLL_S if self._loaded is not None else IDLE_S):
+            while True:
+                try:
+                    pair = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._taken += 1
+                self._run_pair(pair)
+
+    def _run_pair(self, pair: Pair) -> None:
+        loaded = self._loaded
+        if loaded is not None:
+            spent = time.thread_time()
+            try:
+                self.run_one(loaded.serving, pair)
+            except Exception:  # a shadow bug must not end the worker: count it, go on
+                log.exception("shadow crashed", extra={"model": str(loaded.serving.model.ref)})
+                with self._lock:
+                    self._count_error("internal")
+            finally:  # all of an input's shadow work, failed or not, is charged to the budget
+                self._spent += time.thread_time() - spent
+
+    def run_one(self, shadow: Serving, pair: Pair) -> None:
+        """Run the shadow on one served input, compare, tally, and capture a disagreement."""
+        tensor, geometry = pair.tensor, pair.geometry
+        pre = shadow.preprocess
+        if pre.spec != pair.serving.preprocess.spec or pre.tensor != pair.serving.preprocess.tensor:
+            try:  # a shadow that preprocesses differently gets the raw input, its own way
+                tensor, size = pre.prepare(pair.item.data, tensor=pair.item.tensor)
+            except InputError:
+                with self._lock:
+                    self._count_error("input")
+                return
+            geometry = Geometry(source=size, resize=pre.spec.resize if pre.spec else None)
+        task = shadow.model.manifest.task
+        measure = MEASURES[task]
+        cpu0 = time.thread_time()
+        start = time.perf_counter()
+        try:
+            outputs = shadow.model.infer({pre.tensor.name: tensor})
+            # Timed as the serving run is (the model run alone), so the two compare.
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            cpu_ms = (time.thread_time() - cpu0) * 1000.0
+            result = shadow.results(outputs, [geometry])[0] if measure.uses_result else {}
+        except AgentError:
+            with self._lock:
+                self._count_error("inference")
+            return
+        try:
+            if task != pair.serving.model.manifest.task:
+                raise ValueError(f"tasks differ: {pair.serving.model.manifest.task} vs {task}")
+            comparison = measure.compare(
+                Answer(pair.serving, pair.serving.model.real(pair.outputs), pair.result),
+                Answer(shadow, shadow.model.real(outputs), result),
+            )
+        except ValueError as err:
+            log.debug("shadow answer not comparable", extra={"error": str(err)[:200]})
+            comparison = None
+        with self._lock:
+            loaded = self._loaded
+            if loaded is None or loaded.serving is not shadow:
+                return  # swapped or removed while it ran: not the current shadow's figure
+            if comparison is None:
+                self._count_error("incomparable")
+                return
+            self._tally.add(comparison)
+            self._serving_ms.record(pair.serving_ms)
+            self._shadow_ms.record(elapsed_ms)
+            self._serving_cpu += pair.serving_cpu_ms
+            self._shadow_cpu += cpu_ms
+        if not comparison.agrees and self.capturer is not None:
+            scores = pair.serving.model.probabilities(pair.outputs)
+            self.capturer.shadow_disagreement(
+                pair.item,
+                pair.serving,
+                scores[0] if scores is not None and scores.size else None,
+                detections=pair.result.get("detections"),
+            )
+
+    def _count_error(self, kind: str) -> None:
+        """Count a shadow error (call with the lock held)."""
+        if kind not in self._errors and len(self._errors) >= MAX_ERROR_KINDS:
+            kind = "other"
+        self._errors[kind] = self._errors.get(kind, 0) + 1
+
+    # -- the telemetry thread ----------------------------------------------------------------
+    def flush(self) -> ShadowReport | None:
+        """The interval's report (None: no shadow desired and nothing to say), then reset."""
+        with self._lock:
+            ref = self._ref
+            tally, skipped, errors = self._tally, self._skipped, self._errors
+            serving_ms, shadow_ms = self._serving_ms, self._shadow_ms
+            serving_cpu, shadow_cpu = self._serving_cpu, self._shadow_cpu
+            self._new_interval()
+            loaded = self._loaded
+            if loaded is None and not (errors or tally.paired or skipped):
+                self._ref = None  # removed (or failed) and its last interval already went out
+                return None
+        if ref is None:
+            return None
+        current = loaded.serving if loaded is not None and loaded.serving.model.ref == ref else None
+        try:
+            return ShadowReport(
+                model=ref,
+                task=current.model.manifest.task if current is not None else None,
+                paired=tally.paired,
+                skipped=skipped,
+                disagreements=tally.disagreements,
+                agreement=tally.agreement,
+                serving_p50_ms=_pct(serving_ms, 0.5),
+                serving_p95_ms=_pct(serving_ms, 0.95),
+                shadow_p50_ms=_pct(shadow_ms, 0.5),
+                shadow_p95_ms=_pct(shadow_ms, 0.95),
+                serving_cpu_ms=round(serving_cpu, 3),
+                shadow_cpu_ms=round(shadow_cpu, 3),
+                errors=errors,
+                **{name: _bounded(name, v) for name, v in tally.figures().items()},
+            )
+        except ContractError as err:  # a figure out of its range: say so rather than lose all
+            log.warning("shadow report refused", extra={"error": str(err)[:300]})
+            return ShadowReport(model=ref, paired=0, errors={**errors, "report_invalid": 1})
+
+
+def _pct(histogram: LatencyHistogram, q: float) -> float | None:
+    return round(histogram.percentile(q), 4) if histogram.count else None
+
+
+def _bounded(name: str, value: float) -> float:
+    """Shares stay in [0, 1] after float sums (0.1 + 0.2 ...)."""
+    value = round(value, 6)
+    return (
+        min(max(value, 0.0), 1.0)
+        if name in ("mean_abs_conf_delta", "box_f1", "mask_iou")
+        else value
+    )

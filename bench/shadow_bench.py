@@ -1,0 +1,174 @@
+"""Serving latency with a shadow model beside it (issue #14): does the shadow delay serving?
+
+Target: serving p95 +≤ 5 % at sample rate 0.1. For each model (digits, a logistic regression of
+tens of µs; a conv classifier of ~1 ms) three real :class:`agent.pipeline.Pipeline` s serve the
+same inputs, each with a :class:`agent.shadow.ShadowRunner` whose worker thread runs:
+
+* ``none``: no shadow loaded (the per-input cost is one ``wants()`` call);
+* ``0.1``: a second copy of the model as the shadow, sample rate 0.1, CPU budget 0.25;
+* ``1.0``: the same at sample rate 1.0, CPU budget 1.0 (the heaviest setting).
+
+Per input the wall time of ``Pipeline.process`` (infer + postprocess + the shadow hand-over) is
+recorded. The three run interleaved in blocks of 100 inputs, rounds repeated, so the drift of
+a shared host hits all alike; p50/p95 over all inputs of a configuration, the ratio to
+``none`` beside it. Engines run with one thread each (serving and shadow), as on a device
+whose cores are not all given to the runtime.
+
+Measured on the shared 2-core host at load average 13–15 (other jobs running; ``--n 4000
+--repeat 3``), ratios to ``none`` in the same run, three runs each:
+
+* digits (p50 0.036 ms): rate 0.1 → p50 ×1.004–1.031, p95 ×0.967–1.12 (median ×1.009);
+  rate 1.0 → p50 ×1.006–1.028, p95 ×0.84–1.055 (median ×1.041). 121–137 inputs paired per
+  lane at 0.1; the rest of the sampled ones skipped (behind: two taken per 10 ms poll).
+* conv 96×96 (p50 0.30–0.32 ms): rate 0.1 → p50 ×0.983–1.009; rate 1.0 → p50 ×0.991–1.053. Its
+  p95 (3.8–18.7 ms against a 0.3 ms p50) is the host's scheduler, not the model: ratios
+  0.75–1.79 in both directions, so this host cannot show the +5 % p95 target on it.
+* Again at load average ~6: digits rate 0.1 → p50 ×1.017–1.034, p95 ×0.986–1.077 (median
+  ×1.018); rate 1.0 → p95 ×0.991–1.096. conv rate 0.1 → p50 ×0.996–1.014, p95 ×1.061–1.122
+  (median ×1.107; p95 0.73–4.2 ms against a 0.31 ms p50): the +5 % p95 target is met on digits
+  and **not shown on conv** here — the shadow's CPU (~0.6 ms a run, a quarter core at most)
+  adds to an oversubscribed 2-core host's preemption, which is what this p95 measures.
+* Before the worker polled (woken per paired input), digits p95 was ×1.49–1.79 at rate 0.1,
+  and ×1.7–1.9 with a worker that did nothing: the wake-ups, not the shadow's work.
+
+    PYTHONPATH=. python bench/shadow_bench.py [--n 6000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONFIGS: tuple[tuple[str, float | None, float], ...] = (
+    ("none", None, 0.25),
+    ("0.1", 0.1, 0.25),
+    ("1.0", 1.0, 1.0),
+)
+BLOCK = 100
+
+
+def _frames(kind: str, n: int, size: int) -> list[np.ndarray]:
+    if kind == "digits":
+        from tests.agent.capture.helpers import digit_pixels
+
+        return [digit_pixels(1400 + i % 300) for i in range(n)]
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(64)]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def measure(artifact: Path, kind: str, *, n: int, size: int) -> list[dict[str, Any]]:
+    from agent.engine import BackendOptions, load_model
+    from agent.inputs import InputItem
+    from agent.pipeline import Pipeline, prepare
+    from agent.shadow import ShadowRunner
+    from agent.state import ModelSlot, Serving
+    from agent.telemetry import TelemetryCollector
+
+    def serving() -> Serving:
+        return Serving.of(load_model(artifact, options=BackendOptions(threads=1)))
+
+    frames = _frames(kind, n, size)
+    stop = threading.Event()
+    lanes: list[tuple[str, Any, Any, list[Any], list[float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rate, budget in CONFIGS:
+            slot = ModelSlot()
+            slot.swap(serving())
+            runner = ShadowRunner()
+            if rate is not None:
+                runner.load(serving(), sample_rate=rate, cpu_budget=budget)
+            pipeline = Pipeline(
+                slot=slot,
+                collector=TelemetryCollector(device_id="bench", data_dir=Path(tmp)),
+                on_error=lambda kind, detail: None,
+                shadow=runner,
+            )
+            worker = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+            worker.start()
+            current = slot.current
+            assert current is not None
+            jobs = [prepare(InputItem(source="b", data=f), current) for f in frames]
+            for job in jobs[:50]:  # warm-up
+                pipeline.process(job)
+            runner.flush()
+            lanes.append((name, pipeline, runner, jobs, []))
+        for start in range(0, n, BLOCK):  # interleaved blocks
+            for _name, pipeline, _runner, jobs, times in lanes:
+                for i in range(start, min(start + BLOCK, n)):
+                    job = jobs[i % len(jobs)]
+                    t0 = time.perf_counter()
+                    pipeline.process(job)
+                    times.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.2)  # let the workers finish what they hold before the reports
+        stop.set()
+    rows = []
+    base_p50 = base_p95 = 0.0
+    for name, _pipeline, runner, _jobs, times in lanes:
+        report = runner.flush()
+        p50, p95 = statistics.median(times), _percentile(times, 95)
+        if name == "none":
+            base_p50, base_p95 = p50, p95
+        rows.append(
+            {
+                "model": kind,
+                "shadow_rate": name,
+                "inputs": len(times),
+                "serving_p50_ms": round(p50, 4),
+                "serving_p95_ms": round(p95, 4),
+                "p50_ratio": round(p50 / base_p50, 3),
+                "p95_ratio": round(p95 / base_p95, 3),
+                "paired": report.paired if report else 0,
+                "skipped": report.skipped if report else 0,
+                "shadow_p95_ms": report.shadow_p95_ms if report else None,
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=6000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--conv-size", type=int, default=96)
+    args = parser.parse_args()
+    from tests.agent.factory import conv_artifact
+    from tests.utils.artifacts import build_digits_artifact
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        digits = build_digits_artifact(root / "d")
+        conv = conv_artifact(root / "c", size=args.conv_size, channels=16)
+        for _ in range(args.repeat):
+            rows += measure(digits, "digits", n=args.n, size=8)
+            rows += measure(conv, "conv", n=max(args.n // 4, 500), size=args.conv_size)
+    for row in rows:
+        print(json.dumps(row))  # noqa: T201 (a bench prints its figures)
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault((row["model"], row["shadow_rate"]), []).append(row)
+    for (model, rate), group in by.items():
+        summary = {
+            "summary": f"{model} shadow={rate}",
+            "median_p50_ratio": statistics.median(r["p50_ratio"] for r in group),
+            "median_p95_ratio": statistics.median(r["p95_ratio"] for r in group),
+            "median_serving_p95_ms": statistics.median(r["serving_p95_ms"] for r in group),
+        }
+        print(json.dumps(summary))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
