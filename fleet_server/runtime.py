@@ -26,6 +26,8 @@ from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers, Worke
 from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
 from fleet_server.services.drift import DriftJob, backend_for
+from fleet_server.services.pipelines.config import PipelineRetrainConfig
+from fleet_server.services.pipelines.driver import PipelineDriver
 from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
 from fleet_server.services.mqtt_auth import (
@@ -161,12 +163,28 @@ class Runtime:
             )
         )
         if settings.drift.enabled:
+            retrain = settings.retrain
             self.leader.add_job(
                 DriftJob(
                     engine=self.engine,
                     config=settings.drift,
-                    retrain=backend_for(settings.retrain) if settings.retrain else None,
+                    retrain=backend_for(retrain, engine=self.engine) if retrain else None,
                     cooldown_s=settings.retrain_cooldown_s,
+                )
+            )
+        if isinstance(settings.retrain, PipelineRetrainConfig):
+            leader = self.leader
+            assert self.store is not None  # created above, before the jobs
+            self.leader.add_job(
+                PipelineDriver(
+                    engine=self.engine,
+                    config=settings.retrain,
+                    store=self.store,
+                    rollouts=self.rollouts,
+                    trusted_keys=self.trusted_keys,
+                    require_signed=settings.require_signed,
+                    work_dir=settings.retrain.work_dir or settings.data_dir / "pipelines",
+                    holds_lease=lambda epoch: leader.epoch == epoch,
                 )
             )
         self.leader.start(self.engine)

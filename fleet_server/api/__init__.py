@@ -12,6 +12,7 @@ from fleet_server.api import (
     health,
     ingest,
     models,
+    pipelines,
     quality,
     rollouts,
     samples,
@@ -32,6 +33,7 @@ api_router.include_router(tokens.router)
 api_router.include_router(enrollment.router)
 api_router.include_router(drift.router)
 api_router.include_router(quality.router)
+api_router.include_router(pipelines.router)
 
 root_router = health.router
 

@@ -42,6 +42,12 @@ from fleet_server.models.models import (
     ModelVersion,
     ModelVersionPublic,
 )
+from fleet_server.models.pipelines import (
+    PipelineRun,
+    PipelineRunPublic,
+    PipelineStep,
+    PipelineStepPublic,
+)
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.samples import CapturePolicyRow, Sample, SampleBudget
 from fleet_server.models.telemetry import (
@@ -88,6 +94,10 @@ __all__ = [
     "ModelRefPublic",
     "ModelVersion",
     "ModelVersionPublic",
+    "PipelineRun",
+    "PipelineRunPublic",
+    "PipelineStep",
+    "PipelineStepPublic",
     "Rollout",
     "CapturePolicyRow",
     "Sample",
