@@ -22,6 +22,7 @@ def accuracy(artifact_dir: Path, holdout: Path) -> tuple[float, int]:
 
     from converters.errors import ConvertError
     from converters.runtime import make_session, run_batched
+    from converters.stats import class_index
 
     manifest: dict[str, Any] = json.loads((artifact_dir / "manifest.json").read_text())
     if manifest.get("format") != "onnx":
@@ -35,16 +36,16 @@ def accuracy(artifact_dir: Path, holdout: Path) -> tuple[float, int]:
         session = make_session((artifact_dir / manifest["model_file"]).read_bytes())
         batch = spec["shape"][0] if spec["shape"] and isinstance(spec["shape"][0], int) else None
         if batch is not None and batch != len(y):
-            scores = [
-                next(iter(run_batched(session, {spec["name"]: x[i : i + 1]}, batch=1).values()))
-                for i in range(len(y))
-            ]
-            out = np.concatenate(scores)
+            rows = [run_batched(session, {spec["name"]: x[i : i + 1]}, batch=1)
+                    for i in range(len(y))]  # fmt: skip
+            outputs = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
         else:
-            out = next(iter(run_batched(session, {spec["name"]: x}, batch=None).values()))
+            outputs = run_batched(session, {spec["name"]: x}, batch=None)
     except ConvertError as err:
         raise StepError(f"cannot evaluate {artifact_dir.name}: {err}") from err
-    predicted = np.asarray(out).reshape(len(y), -1).argmax(axis=1)
+    predicted = class_index(outputs)
+    if predicted is None:
+        raise StepError(f"{artifact_dir.name} has no 2-D score output to compare on")
     return float((predicted == y).mean()), len(y)
 
 

@@ -112,7 +112,7 @@ def _copy(ctx: StepContext, sha256: str, size: int, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with path.open("wb") as f:
-            for chunk in ctx.store.read(sample_key(sha256), 0, size - 1):
+            for chunk in ctx.store.read(sample_key(sha256), 0, size):
                 f.write(chunk)
     except (StoreError, OSError) as err:
         raise StepError(f"sample {sha256[:12]}: {err}"[:500]) from err

@@ -39,7 +39,7 @@ def export_parent(ctx: StepContext) -> Path:
     bundle = ctx.run_dir / "parent.tar.gz"
     try:
         with bundle.open("wb") as f:
-            for chunk in ctx.store.read(key, 0, size - 1):
+            for chunk in ctx.store.read(key, 0, size):
                 f.write(chunk)
         if target.exists():
             shutil.rmtree(target)
