@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from fleet_server.client.api import FleetClient
+from fleet_server.client.pipelines import PIPELINE_COMMANDS
 from fleet_server.client.quality import QUALITY_COMMANDS
 from fleet_server.client.render import (
     ALERT_COLUMNS,
@@ -276,4 +277,5 @@ COMMANDS: dict[str, Command] = {
     **ROLLOUT_COMMANDS,
     **QUALITY_COMMANDS,
     **SAMPLE_COMMANDS,
+    **PIPELINE_COMMANDS,
 }
