@@ -26,8 +26,6 @@ from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers, Worke
 from fleet_server.services.assignments import current_desired_states
 from fleet_server.services.auth import resolve_operator_token
 from fleet_server.services.drift import DriftJob, backend_for
-from fleet_server.services.pipelines.config import PipelineRetrainConfig
-from fleet_server.services.pipelines.driver import PipelineDriver
 from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
 from fleet_server.services.mqtt_auth import (
@@ -35,6 +33,8 @@ from fleet_server.services.mqtt_auth import (
     MqttCredential,
     resolve_server_credential,
 )
+from fleet_server.services.pipelines.config import PipelineRetrainConfig
+from fleet_server.services.pipelines.driver import PipelineDriver
 from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob

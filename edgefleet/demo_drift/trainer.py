@@ -19,8 +19,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="edgefleet.demo_drift.trainer")
     parser.add_argument("--snapshot", type=Path, required=True, help="pipeline snapshot dir")
     parser.add_argument("--output", type=Path, required=True, help="model file to write (.pkl)")
-    parser.add_argument("--fleet-weight", type=int, default=3,
-                        help="repeat each fleet sample this often (they are few)")  # fmt: skip
+    parser.add_argument(
+        "--fleet-weight",
+        type=int,
+        default=3,
+        help="repeat each fleet sample this often (they are few)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--worse", action="store_true", help="train on shuffled labels")
     mode.add_argument("--crash", action="store_true", help="fail half-way")

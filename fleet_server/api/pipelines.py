@@ -59,9 +59,12 @@ def get_run(run_id: RunId, session: SessionDep, _: Viewer) -> PipelineRunPublic:
 @router.post(
     "/runs/{run_id}/cancel",
     responses=error_responses(
-        OPERATOR_REFUSALS, BODY_REFUSALS, 404, 409,
+        OPERATOR_REFUSALS,
+        BODY_REFUSALS,
+        404,
+        409,
         why={404: "No such run.", 409: "The run has finished."},
-    ),  # fmt: skip
+    ),
 )
 def cancel_run(
     run_id: RunId,
@@ -86,10 +89,17 @@ def cancel_run(
 @router.post(
     "/runs/{run_id}/steps",
     responses=error_responses(
-        OPERATOR_REFUSALS, BODY_REFUSALS, 404, 409, 413,
-        why={404: "No such run.", 409: "The run is server-driven or finished.",
-             413: "The log is larger than 64 KiB."},
-    ),  # fmt: skip
+        OPERATOR_REFUSALS,
+        BODY_REFUSALS,
+        404,
+        409,
+        413,
+        why={
+            404: "No such run.",
+            409: "The run is server-driven or finished.",
+            413: "The log is larger than 64 KiB.",
+        },
+    ),
 )
 def report_step(
     run_id: RunId, body: StepReport, request: Request, session: SessionDep, who: Operator

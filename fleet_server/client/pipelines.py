@@ -53,10 +53,24 @@ def _show(run: JsonObject, out: Output, *, logs: bool) -> None:
         return
     out.record(
         f"pipeline run #{plain(run.get('id'))}",
-        [(k, run.get(k)) for k in ("model_name", "source", "state", "step", "parent_version",
-                                   "candidate_version", "dataset_sha256", "rollout_id",
-                                   "alert_id", "error", "created_at", "finished_at")],
-    )  # fmt: skip
+        [
+            (k, run.get(k))
+            for k in (
+                "model_name",
+                "source",
+                "state",
+                "step",
+                "parent_version",
+                "candidate_version",
+                "dataset_sha256",
+                "rollout_id",
+                "alert_id",
+                "error",
+                "created_at",
+                "finished_at",
+            )
+        ],
+    )
     steps = run.get("steps")
     rows = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
     out.table("steps", STEP_COLUMNS, rows)

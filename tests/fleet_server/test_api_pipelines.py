@@ -63,8 +63,9 @@ def test_runs_are_listed_shown_and_cancelled(app: tuple[TestClient, Runtime]) ->
     client, runtime = app
     first = _start(runtime, "pipeline")
     other = _start(runtime, "webhook", model="cats")
-    viewer = client.post("/api/v1/tokens", json={"name": unique_id("v"), "role": "viewer"},
-                         headers=operator()).json()["token"]  # fmt: skip
+    viewer = client.post(
+        "/api/v1/tokens", json={"name": unique_id("v"), "role": "viewer"}, headers=operator()
+    ).json()["token"]
     listed = client.get(RUNS, headers=bearer(viewer))
     assert listed.status_code == 200, listed.text
     assert [r["id"] for r in listed.json()] == [other, first]
@@ -74,8 +75,9 @@ def test_runs_are_listed_shown_and_cancelled(app: tuple[TestClient, Runtime]) ->
     assert shown["state"] == "queued" and shown["trigger"]["alert_id"] == 3
     assert "context" not in shown and "active_model" not in shown
     assert client.post(f"{RUNS}/{first}/cancel", headers=bearer(viewer)).status_code == 403
-    cancelled = client.post(f"{RUNS}/{first}/cancel", json={"reason": "bad labels"},
-                            headers=operator())  # fmt: skip
+    cancelled = client.post(
+        f"{RUNS}/{first}/cancel", json={"reason": "bad labels"}, headers=operator()
+    )
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["error"] == "cancelled by bootstrap: bad labels"
@@ -103,19 +105,31 @@ def test_a_webhook_run_is_recorded_and_its_engine_reports_the_steps(
     path = received[0]["report_path"]
     steps = [
         {"name": "train", "state": "running", "detail": "epoch 3/12"},
-        {"name": "train", "state": "succeeded", "detail": "12 epochs", "numbers": {"loss": 0.21},
-         "log": "epoch 12 loss 0.21\n"},
-        {"name": "push", "state": "succeeded", "candidate_version": "1.1.0",
-         "dataset_sha256": "ab" * 32, "finish_run": True},
-    ]  # fmt: skip
+        {
+            "name": "train",
+            "state": "succeeded",
+            "detail": "12 epochs",
+            "numbers": {"loss": 0.21},
+            "log": "epoch 12 loss 0.21\n",
+        },
+        {
+            "name": "push",
+            "state": "succeeded",
+            "candidate_version": "1.1.0",
+            "dataset_sha256": "ab" * 32,
+            "finish_run": True,
+        },
+    ]
     for body in steps:
         answer = client.post(path, json=body, headers=operator())
         assert answer.status_code == 200, answer.text
     run = client.get(f"{RUNS}/{run_id}", headers=operator()).json()
     assert run["source"] == "webhook" and run["state"] == "succeeded"
     assert run["candidate_version"] == "1.1.0" and run["dataset_sha256"] == "ab" * 32
-    assert [(s["name"], s["state"]) for s in run["steps"]] == [("train", "succeeded"),
-                                                               ("push", "succeeded")]  # fmt: skip
+    assert [(s["name"], s["state"]) for s in run["steps"]] == [
+        ("train", "succeeded"),
+        ("push", "succeeded"),
+    ]
     assert run["steps"][0]["numbers"] == {"loss": 0.21} and "epoch 12" in run["steps"][0]["log"]
     late = client.post(path, json={"name": "push", "state": "failed"}, headers=operator())
     assert late.status_code == 409, "a finished run takes no more reports"
@@ -127,9 +141,15 @@ def test_an_engine_reports_a_failed_step_and_an_unreachable_webhook_fails_its_ru
     client, runtime = app
     assert runtime.engine is not None
     run_id = _start(runtime, "webhook")
-    failed = client.post(f"{RUNS}/{run_id}/steps", json={"name": "train", "state": "failed",
-                         "detail": "OOM on the GPU node"}, headers=operator())  # fmt: skip
-    assert failed.json()["state"] == "failed" and failed.json()["error"] == "train: OOM on the GPU node"
+    failed = client.post(
+        f"{RUNS}/{run_id}/steps",
+        json={"name": "train", "state": "failed", "detail": "OOM on the GPU node"},
+        headers=operator(),
+    )
+    assert (
+        failed.json()["state"] == "failed"
+        and failed.json()["error"] == "train: OOM on the GPU node"
+    )
     dead = WebhookRetrainConfig(type="webhook", url="http://127.0.0.1:9/hook", timeout_s=2)
     with pytest.raises(RetrainError, match="webhook failed"):
         backend_for(dead, engine=runtime.engine).trigger({"model": "digits", "version": "*"})

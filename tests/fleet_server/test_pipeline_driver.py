@@ -41,7 +41,9 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 def _config(**model: Any) -> PipelineRetrainConfig:
     pipeline = {"train_argv": ["train"], "rollout": {"selector": {"tags": ["line-1"]}}, **model}
-    return PipelineRetrainConfig.model_validate({"type": "pipeline", "models": {"digits": pipeline}})
+    return PipelineRetrainConfig.model_validate(
+        {"type": "pipeline", "models": {"digits": pipeline}}
+    )
 
 
 class Done:
@@ -50,8 +52,9 @@ class Done:
 
     def run(self, ctx: StepContext) -> StepResult:
         self.calls += 1
-        return StepResult(detail=f"{self.name} ok", numbers={"calls": self.calls},
-                          context={self.name: self.calls})  # fmt: skip
+        return StepResult(
+            detail=f"{self.name} ok", numbers={"calls": self.calls}, context={self.name: self.calls}
+        )
 
 
 class DiesOnce(Done):
@@ -72,8 +75,11 @@ class Waits(Done):
 
 class Fails(Done):
     def run(self, ctx: StepContext) -> StepResult:
-        raise StepError("exit 3: out of memory", log="epoch 1\nTraceback ...\nMemoryError\n",
-                        numbers={"exit_code": 3})  # fmt: skip
+        raise StepError(
+            "exit 3: out of memory",
+            log="epoch 1\nTraceback ...\nMemoryError\n",
+            numbers={"exit_code": 3},
+        )
 
 
 class Buggy(Done):
@@ -83,10 +89,16 @@ class Buggy(Done):
 
 def _driver(engine: Engine, tmp_path: Path, steps: dict[str, Step], **kw: Any) -> PipelineDriver:
     return PipelineDriver(
-        engine=engine, config=kw.pop("config", _config()),
-        store=LocalArtifactStore(root=tmp_path / "store"), rollouts=kw.pop("rollouts", None),
-        trusted_keys=[], require_signed=False, work_dir=tmp_path / "work", steps=steps, **kw,
-    )  # fmt: skip
+        engine=engine,
+        config=kw.pop("config", _config()),
+        store=LocalArtifactStore(root=tmp_path / "store"),
+        rollouts=kw.pop("rollouts", None),
+        trusted_keys=[],
+        require_signed=False,
+        work_dir=tmp_path / "work",
+        steps=steps,
+        **kw,
+    )
 
 
 def _start(engine: Engine, model: str = "digits") -> int:
@@ -114,7 +126,9 @@ def test_steps_run_in_order_and_the_run_succeeds(engine: Engine, tmp_path: Path)
     run, steps = _run(engine, run_id)
     assert run.state == "succeeded" and run.active_model is None and run.finished_at is not None
     assert [(s.name, s.state, s.attempt) for s in steps] == [
-        ("snapshot", "succeeded", 1), ("train", "succeeded", 1)]  # fmt: skip
+        ("snapshot", "succeeded", 1),
+        ("train", "succeeded", 1),
+    ]
     assert run.context == {"snapshot": 1, "train": 1} and run.trigger["alert_id"] == 7
 
 
@@ -132,7 +146,10 @@ def test_a_restart_resumes_the_run_at_its_step(engine: Engine, tmp_path: Path) -
     assert run.state == "succeeded", run.error
     assert first.calls == 1, "a finished step is not run again"
     assert [(s.name, s.state, s.attempt) for s in steps] == [
-        ("snapshot", "succeeded", 1), ("train", "failed", 1), ("train", "succeeded", 2)]  # fmt: skip
+        ("snapshot", "succeeded", 1),
+        ("train", "failed", 1),
+        ("train", "succeeded", 2),
+    ]
     assert "interrupted" in steps[1].detail
     assert run.context["seen"] == {"snapshot": 1}, "the resumed step sees what earlier ones left"
 
@@ -159,15 +176,22 @@ def test_cancel_stops_a_waiting_run(engine: Engine, tmp_path: Path) -> None:
     run, steps = _run(engine, run_id)
     assert run.state == "running" and steps[0].numbers == {"polls": 2} and len(steps) == 1
     with Session(engine) as session:
-        view = service.cancel_run(session=session, rollouts=None, run_id=run_id,
-                                  actor="op", reason="wrong data", now=utcnow())  # fmt: skip
+        view = service.cancel_run(
+            session=session,
+            rollouts=None,
+            run_id=run_id,
+            actor="op",
+            reason="wrong data",
+            now=utcnow(),
+        )
     assert view.state == "cancelled" and view.error == "cancelled by op: wrong data"
     assert [s.state for s in view.steps] == ["cancelled"]
     driver.tick()
     assert waits.calls == 2, "a cancelled run is not advanced"
     with Session(engine) as session, pytest.raises(Conflict, match="cancelled"):
-        service.cancel_run(session=session, rollouts=None, run_id=run_id, actor="op",
-                           reason="", now=utcnow())  # fmt: skip
+        service.cancel_run(
+            session=session, rollouts=None, run_id=run_id, actor="op", reason="", now=utcnow()
+        )
     _start(engine)  # the model is free for the next run
 
 
@@ -200,7 +224,9 @@ def test_a_driver_that_lost_the_lease_records_nothing(engine: Engine, tmp_path: 
     _driver(engine, tmp_path, {"snapshot": step}, holds_lease=lambda epoch: False).tick(epoch=1)
     run, steps = _run(engine, run_id)
     assert step.calls == 1 and run.state == "running" and steps[0].state == "running"
-    _driver(engine, tmp_path, {"snapshot": step}, holds_lease=lambda epoch: epoch == 2).tick(epoch=2)
+    _driver(engine, tmp_path, {"snapshot": step}, holds_lease=lambda epoch: epoch == 2).tick(
+        epoch=2
+    )
     run, steps = _run(engine, run_id)
     assert run.state == "succeeded" and [s.attempt for s in steps] == [1, 2]
 
@@ -232,8 +258,7 @@ def test_rollout_and_watch_promote_the_candidate(engine: Engine, tmp_path: Path)
     h = Harness(engine)
     ids = h.add_devices(4)
     strategy = {"canary_percent": 25, "batches": [100], "soak_s": 0}
-    run_id, driver = _rollout_run(h, tmp_path, strategy=strategy,
-                                  shadow={"min_pairs": 100})  # fmt: skip
+    run_id, driver = _rollout_run(h, tmp_path, strategy=strategy, shadow={"min_pairs": 100})
     driver.tick()
     run, steps = _run(engine, run_id)
     assert run.rollout_id is not None and [s.name for s in steps] == ["rollout", "watch"]
@@ -250,8 +275,10 @@ def test_rollout_and_watch_promote_the_candidate(engine: Engine, tmp_path: Path)
         if _run(engine, run_id)[0].state != "running":
             break
     run, steps = _run(engine, run_id)
-    assert run.state == "succeeded", (steps[-1].numbers, h.decisions(run.rollout_id))
-    assert set(h.members(run.rollout_id, "committed")) == set(ids)
+    rollout_id = run.rollout_id
+    assert rollout_id is not None
+    assert run.state == "succeeded", (steps[-1].numbers, h.decisions(rollout_id))
+    assert set(h.members(rollout_id, "committed")) == set(ids)
     assert "promoted fleet-wide" in steps[-1].detail
 
 
@@ -261,9 +288,9 @@ def test_a_rollout_stopped_by_its_gates_fails_the_run(engine: Engine, tmp_path: 
     strategy = {"canary_percent": 25, "batches": [100], "soak_s": 0}
     run_id, driver = _rollout_run(h, tmp_path, strategy=strategy)
     driver.tick()
-    run, _ = _run(engine, run_id)
-    assert run.rollout_id is not None
-    h.fail(h.members(run.rollout_id, "assigned"))
+    rollout_id = _run(engine, run_id)[0].rollout_id
+    assert rollout_id is not None
+    h.fail(h.members(rollout_id, "assigned"))
     for _ in range(10):
         h.clock.advance(5)
         h.engine.tick()
@@ -273,4 +300,4 @@ def test_a_rollout_stopped_by_its_gates_fails_the_run(engine: Engine, tmp_path: 
     run, steps = _run(engine, run_id)
     assert run.state == "failed" and steps[-1].name == "watch"
     assert f"the fleet stays on {OLD}" in run.error and run.alert_id is not None
-    assert h.rollout(run.rollout_id).state in ("aborted", "aborting", "failed")
+    assert h.rollout(rollout_id).state in ("aborted", "aborting", "failed")

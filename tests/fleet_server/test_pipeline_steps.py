@@ -51,8 +51,16 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Engine, LocalArtifactStore]]:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     with Session(engine) as session:
-        register_bundle(session=session, store=store, bundle=bundle, sha256=sha, size=size,
-                        work_dir=scratch, trusted_keys=[], require_signed=False)  # fmt: skip
+        register_bundle(
+            session=session,
+            store=store,
+            bundle=bundle,
+            sha256=sha,
+            size=size,
+            work_dir=scratch,
+            trusted_keys=[],
+            require_signed=False,
+        )
     digits = load_digits()
     images = np.clip(np.rint(digits.data / PIXEL_SCALE), 0, 255).astype(np.uint8)
     with Session(engine) as session:
@@ -63,12 +71,23 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Engine, LocalArtifactStore]]:
             path.write_bytes(png.tobytes())
             sha, size = hash_file(path)
             store.put(sample_key(sha), path)
-            session.add(Sample(
-                sample_id=f"s{i}", device_id="cam-1", model_name="digits", model_version="1.0.0",
-                reason="random", captured_at=T0, content_type="image/jpeg", sha256=sha,
-                size=size, labelled=True, label=str(digits.target[i]), labelled_by="demo",
-                labelled_at=T0,
-            ))  # fmt: skip
+            session.add(
+                Sample(
+                    sample_id=f"s{i}",
+                    device_id="cam-1",
+                    model_name="digits",
+                    model_version="1.0.0",
+                    reason="random",
+                    captured_at=T0,
+                    content_type="image/jpeg",
+                    sha256=sha,
+                    size=size,
+                    labelled=True,
+                    label=str(digits.target[i]),
+                    labelled_by="demo",
+                    labelled_at=T0,
+                )
+            )
         session.commit()
     base = tmp_path / "base.npz"
     np.savez(base, x=digits.data[:900].astype(np.float32), y=digits.target[:900])
@@ -81,18 +100,36 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Engine, LocalArtifactStore]]:
 def _run_pipeline(
     engine: Engine, store: LocalArtifactStore, tmp_path: Path, *mode: str
 ) -> tuple[PipelineRun, list[PipelineStep]]:
-    trainer = [sys.executable, "-m", "edgefleet.demo_drift.trainer",
-               "--snapshot", "{snapshot}", "--output", "{output}", *mode]  # fmt: skip
+    trainer = [
+        sys.executable,
+        "-m",
+        "edgefleet.demo_drift.trainer",
+        "--snapshot",
+        "{snapshot}",
+        "--output",
+        "{output}",
+        *mode,
+    ]
     model: dict[str, Any] = {
-        "train_argv": trainer, "output_name": "model.pkl", "base_dataset": str(tmp_path / "base.npz"),
-        "convert_args": ["--quantize", "none"], "rollout": {"selector": {"tags": ["line-1"]}},
-    }  # fmt: skip
+        "train_argv": trainer,
+        "output_name": "model.pkl",
+        "base_dataset": str(tmp_path / "base.npz"),
+        "convert_args": ["--quantize", "none"],
+        "rollout": {"selector": {"tags": ["line-1"]}},
+    }
     config = PipelineRetrainConfig.model_validate({"type": "pipeline", "models": {"digits": model}})
     # Up to the push: the rollout and watch steps are covered with a fleet in test_pipeline_driver.
     steps = {name: STEPS[name] for name in ORDER[: ORDER.index("push") + 1]}
-    driver = PipelineDriver(engine=engine, config=config, store=store, rollouts=None,
-                            trusted_keys=[], require_signed=False, work_dir=tmp_path / "work",
-                            steps=steps)  # fmt: skip
+    driver = PipelineDriver(
+        engine=engine,
+        config=config,
+        store=store,
+        rollouts=None,
+        trusted_keys=[],
+        require_signed=False,
+        work_dir=tmp_path / "work",
+        steps=steps,
+    )
     with Session(engine) as session:
         payload = {"model": "digits", "version": "1.0.0", "detector": "input_psi"}
         run_id = service.start_run(session, payload=payload, source="pipeline", now=utcnow()).id

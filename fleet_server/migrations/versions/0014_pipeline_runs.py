@@ -41,9 +41,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_pipeline_runs_model_name", "pipeline_runs", ["model_name"])
     op.create_index("ix_pipeline_runs_state", "pipeline_runs", ["state"])
-    op.create_index(
-        "ix_pipeline_runs_active_model", "pipeline_runs", ["active_model"], unique=True
-    )
+    op.create_index("ix_pipeline_runs_active_model", "pipeline_runs", ["active_model"], unique=True)
     op.create_table(
         "pipeline_steps",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -92,7 +92,8 @@ class ModelPipeline(Strict):
     )
     convert_timeout_s: float = Field(default=900.0, gt=0, le=24 * 3600, description="Kill then.")
     sign_key: Path | None = Field(
-        default=None, description="Ed25519 private key (PEM) the candidate's manifest is signed with."
+        default=None,
+        description="Ed25519 private key (PEM) the candidate's manifest is signed with.",
     )
     compare: CompareGate = Field(default_factory=CompareGate, description="Before the rollout.")
     rollout: RolloutTemplate = Field(description="The rollout of an accepted candidate.")

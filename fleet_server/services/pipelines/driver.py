@@ -121,8 +121,13 @@ class PipelineDriver:
                 return None
             config = self.config.models.get(run.model_name)
             if config is None:
-                records.transition(session, run, "failed", now=now,
-                                   error=f"no pipeline is configured for {run.model_name}")  # fmt: skip
+                records.transition(
+                    session,
+                    run,
+                    "failed",
+                    now=now,
+                    error=f"no pipeline is configured for {run.model_name}",
+                )
                 session.commit()
                 return None
             if run.state == "queued":
@@ -182,35 +187,58 @@ class PipelineDriver:
             assert run is not None and step is not None
             if run.state != "running" or step.state != "running":
                 if step.state == "running":
-                    records.finish_step(session, step, "cancelled", now=now,
-                                        detail=f"the run was {run.state} during the step")  # fmt: skip
+                    records.finish_step(
+                        session,
+                        step,
+                        "cancelled",
+                        now=now,
+                        detail=f"the run was {run.state} during the step",
+                    )
                     session.commit()
                 self._mine.discard(step_id)
                 return False
             if epoch is not None and self.holds_lease is not None and not self.holds_lease(epoch):
-                log.warning("lost the lease during a pipeline step; not recording it",
-                            extra={"run": run_id, "step": name})  # fmt: skip
+                log.warning(
+                    "lost the lease during a pipeline step; not recording it",
+                    extra={"run": run_id, "step": name},
+                )
                 self._mine.discard(step_id)
                 return False
             if failure is not None:
-                records.finish_step(session, step, "failed", now=now, detail=str(failure),
-                                    numbers=failure.numbers, log=failure.log)  # fmt: skip
-                records.transition(session, run, "failed", now=now,
-                                   error=f"{name}: {failure}")  # fmt: skip
+                records.finish_step(
+                    session,
+                    step,
+                    "failed",
+                    now=now,
+                    detail=str(failure),
+                    numbers=failure.numbers,
+                    log=failure.log,
+                )
+                records.transition(session, run, "failed", now=now, error=f"{name}: {failure}")
                 session.commit()
                 self._mine.discard(step_id)
-                log.error("pipeline run failed", extra={"run": run_id, "step": name,
-                                                        "error": str(failure)})  # fmt: skip
+                log.error(
+                    "pipeline run failed",
+                    extra={"run": run_id, "step": name, "error": str(failure)},
+                )
                 return False
             assert result is not None
             if not result.done:
-                records.update_step(step, detail=result.detail, numbers=result.numbers,
-                                    log=result.log)  # fmt: skip
+                records.update_step(
+                    step, detail=result.detail, numbers=result.numbers, log=result.log
+                )
                 session.add(step)
                 session.commit()
                 return False
-            records.finish_step(session, step, "succeeded", now=now, detail=result.detail,
-                                numbers=result.numbers, log=result.log)  # fmt: skip
+            records.finish_step(
+                session,
+                step,
+                "succeeded",
+                now=now,
+                detail=result.detail,
+                numbers=result.numbers,
+                log=result.log,
+            )
             for key, value in result.run_fields.items():
                 if key not in RUN_FIELDS:
                     raise ValueError(f"step {name} set unknown run field {key!r}")
@@ -223,6 +251,7 @@ class PipelineDriver:
                 records.transition(session, run, "succeeded", now=now)
             session.commit()
             self._mine.discard(step_id)
-            log.info("pipeline step done", extra={"run": run_id, "step": name,
-                                                  "detail": result.detail})  # fmt: skip
+            log.info(
+                "pipeline step done", extra={"run": run_id, "step": name, "detail": result.detail}
+            )
             return not last

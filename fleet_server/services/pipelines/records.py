@@ -183,8 +183,6 @@ def update_step(
 def steps_of(session: Session, run_id: int) -> list[PipelineStep]:
     return list(
         session.exec(
-            select(PipelineStep)
-            .where(PipelineStep.run_id == run_id)
-            .order_by(col(PipelineStep.id))
+            select(PipelineStep).where(PipelineStep.run_id == run_id).order_by(col(PipelineStep.id))
         )
     )

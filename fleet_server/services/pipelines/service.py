@@ -56,10 +56,15 @@ def public(session: Session, run: PipelineRun, *, logs: bool = False) -> Pipelin
     assert run.id is not None
     steps = [
         PipelineStepPublic(
-            name=s.name, state=s.state, attempt=s.attempt, started_at=s.started_at,
-            finished_at=s.finished_at, detail=s.detail, numbers=s.numbers,
+            name=s.name,
+            state=s.state,
+            attempt=s.attempt,
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            detail=s.detail,
+            numbers=s.numbers,
             log=s.log if logs else None,
-        )  # fmt: skip
+        )
         for s in records.steps_of(session, run.id)
     ]
     data = run.model_dump(exclude={"active_model", "context"})
@@ -89,16 +94,22 @@ def cancel_run(
     """Cancel a run that is not finished; its rollout (if any is still going) is aborted, so the
     fleet goes back to the parent."""
     run = records.get_run(session, run_id)
-    records.transition(session, run, "cancelled", now=now,
-                       error=f"cancelled by {actor}" + (f": {reason}" if reason else ""))  # fmt: skip
+    records.transition(
+        session,
+        run,
+        "cancelled",
+        now=now,
+        error=f"cancelled by {actor}" + (f": {reason}" if reason else ""),
+    )
     step = records.running_step(session, run)
     if step is not None:
         records.finish_step(session, step, "cancelled", now=now, detail=f"cancelled by {actor}")
     session.commit()
     if run.rollout_id is not None and rollouts is not None:
         try:
-            rollout_service.abort(rollouts, run.rollout_id, actor=actor,
-                                  reason=f"pipeline run #{run_id} cancelled")  # fmt: skip
+            rollout_service.abort(
+                rollouts, run.rollout_id, actor=actor, reason=f"pipeline run #{run_id} cancelled"
+            )
         except ServiceError:
             pass  # the rollout had already ended: nothing to undo
     session.refresh(run)
@@ -114,8 +125,14 @@ class StepReport(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"name": "train", "state": "succeeded", "detail": "12 epochs",
-                          "numbers": {"top1": 0.93}}]  # fmt: skip
+            "examples": [
+                {
+                    "name": "train",
+                    "state": "succeeded",
+                    "detail": "12 epochs",
+                    "numbers": {"top1": 0.93},
+                }
+            ]
         },
     )
 
@@ -169,15 +186,22 @@ def report_step(
         records.update_step(step, detail=report.detail, numbers=report.numbers, log=log)
         session.add(step)
     else:
-        records.finish_step(session, step, report.state, now=now, detail=report.detail,
-                            numbers=report.numbers, log=log)  # fmt: skip
+        records.finish_step(
+            session,
+            step,
+            report.state,
+            now=now,
+            detail=report.detail,
+            numbers=report.numbers,
+            log=log,
+        )
         if report.state == "failed":
-            records.transition(session, run, "failed", now=now,
-                               error=f"{report.name}: {report.detail or 'failed'}")  # fmt: skip
+            records.transition(
+                session, run, "failed", now=now, error=f"{report.name}: {report.detail or 'failed'}"
+            )
         elif report.finish_run:
             records.transition(session, run, "succeeded", now=now)
     session.add(run)
     session.commit()
     session.refresh(run)
     return public(session, run)
-

@@ -26,7 +26,9 @@ def accuracy(artifact_dir: Path, holdout: Path) -> tuple[float, int]:
 
     manifest: dict[str, Any] = json.loads((artifact_dir / "manifest.json").read_text())
     if manifest.get("format") != "onnx":
-        raise StepError(f"compare runs ONNX models; {artifact_dir.name} is {manifest.get('format')}")
+        raise StepError(
+            f"compare runs ONNX models; {artifact_dir.name} is {manifest.get('format')}"
+        )
     with np.load(holdout, allow_pickle=False) as data:
         x, y = data["x"], data["y"]
     if len(y) == 0:
@@ -36,8 +38,9 @@ def accuracy(artifact_dir: Path, holdout: Path) -> tuple[float, int]:
         session = make_session((artifact_dir / manifest["model_file"]).read_bytes())
         batch = spec["shape"][0] if spec["shape"] and isinstance(spec["shape"][0], int) else None
         if batch is not None and batch != len(y):
-            rows = [run_batched(session, {spec["name"]: x[i : i + 1]}, batch=1)
-                    for i in range(len(y))]  # fmt: skip
+            rows = [
+                run_batched(session, {spec["name"]: x[i : i + 1]}, batch=1) for i in range(len(y))
+            ]
             outputs = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
         else:
             outputs = run_batched(session, {spec["name"]: x}, batch=None)
@@ -59,8 +62,12 @@ class CompareStep:
         holdout = Path(ctx.run.context["snapshot_dir"]) / "holdout.npz"
         new, samples = accuracy(Path(ctx.run.context["artifact_dir"]), holdout)
         old, _ = accuracy(Path(ctx.run.context["parent_dir"]), holdout)
-        numbers = {"parent_top1": round(old, 4), "candidate_top1": round(new, 4),
-                   "samples": samples, "gain": round(new - old, 4)}  # fmt: skip
+        numbers = {
+            "parent_top1": round(old, 4),
+            "candidate_top1": round(new, 4),
+            "samples": samples,
+            "gain": round(new - old, 4),
+        }
         if samples < gate.min_samples:
             raise StepError(
                 f"{samples} held-out samples; the compare needs {gate.min_samples}",
@@ -71,6 +78,7 @@ class CompareStep:
             f"(gain {new - old:+.4f}, needs ≥ {gate.min_gain:+.4f})"
         )
         if new - old < gate.min_gain:
-            raise StepError(f"candidate stopped: {line}; the fleet stays on the parent",
-                            numbers=numbers)  # fmt: skip
+            raise StepError(
+                f"candidate stopped: {line}; the fleet stays on the parent", numbers=numbers
+            )
         return StepResult(detail=line, numbers=numbers)

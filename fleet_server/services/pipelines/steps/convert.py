@@ -39,15 +39,30 @@ class ConvertStep:
         artifact = ctx.run_dir / "artifact"
         parent = json.loads((Path(ctx.run.context["parent_dir"]) / "manifest.json").read_text())
         argv = [
-            sys.executable, "-m", "edgefleet", "convert", str(trained),
-            "-o", str(artifact), "--force", "--quiet",
-            "--name", ctx.run.model, "--version", version,
-            "--task", str(parent.get("task", "classification")),
-            "--preprocessing", str(snapshot / "preprocessing.json"),
-            "--labels", str(snapshot / "labels.txt"),
-            "--eval", str(snapshot / "holdout.npz"),
-            "--max-drop", str(ctx.config.max_drop),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "edgefleet",
+            "convert",
+            str(trained),
+            "-o",
+            str(artifact),
+            "--force",
+            "--quiet",
+            "--name",
+            ctx.run.model,
+            "--version",
+            version,
+            "--task",
+            str(parent.get("task", "classification")),
+            "--preprocessing",
+            str(snapshot / "preprocessing.json"),
+            "--labels",
+            str(snapshot / "labels.txt"),
+            "--eval",
+            str(snapshot / "holdout.npz"),
+            "--max-drop",
+            str(ctx.config.max_drop),
+        ]
         if _rows(snapshot / "train.npz") > 0:
             argv += ["--calibration", str(snapshot / "train.npz")]
         if ctx.config.sign_key is not None:

@@ -31,8 +31,10 @@ class PushStep:
                 if existing.training_ref != training_ref(ctx.run.id):
                     raise StepError(f"{ctx.run.model}@{version} exists and is not this run's")
                 # An earlier attempt pushed it and the server stopped before recording that.
-                return StepResult(detail=f"{ctx.run.model}@{version} already pushed",
-                                  numbers={"sha256": existing.sha256, "size": existing.size})  # fmt: skip
+                return StepResult(
+                    detail=f"{ctx.run.model}@{version} already pushed",
+                    numbers={"sha256": existing.sha256, "size": existing.size},
+                )
         bundle = pack_bundle(Path(ctx.run.context["artifact_dir"]), ctx.run_dir / "bundle.tar.gz")
         sha256, size = hash_file(bundle)
         scratch = ctx.run_dir / "push"

@@ -37,8 +37,11 @@ class RolloutStep:
                 select(Rollout).where(Rollout.name == rollout_name(ctx.run.id))
             ).first()
             if earlier is not None:
-                return StepResult(detail=f"rollout #{earlier.id} (created earlier)",
-                                  numbers=numbers, run_fields={"rollout_id": earlier.id})  # fmt: skip
+                return StepResult(
+                    detail=f"rollout #{earlier.id} (created earlier)",
+                    numbers=numbers,
+                    run_fields={"rollout_id": earlier.id},
+                )
             try:
                 created = rollout_service.create_rollout(
                     session=session,

@@ -55,8 +55,13 @@ class SnapshotStep:
                 raise StepError(f"parent {ctx.run.model}@{ctx.run.parent_version} is gone")
             manifest = parse_manifest(json.dumps(parent.manifest).encode())
             try:
-                snap = build_snapshot(session=session, store=ctx.store, model=ctx.run.model,
-                                      version=None, fmt="imagefolder")  # fmt: skip
+                snap = build_snapshot(
+                    session=session,
+                    store=ctx.store,
+                    model=ctx.run.model,
+                    version=None,
+                    fmt="imagefolder",
+                )
             except ServiceError as err:
                 raise StepError(f"snapshot: {err}") from err
         samples = snap.manifest["counts"]["labelled"]
@@ -118,7 +123,9 @@ def _copy(ctx: StepContext, sha256: str, size: int, path: Path) -> None:
         raise StepError(f"sample {sha256[:12]}: {err}"[:500]) from err
 
 
-def _npz(files: list[tuple[Path, str]], labels: list[str], manifest: Any, out: Path) -> tuple[int, int]:
+def _npz(
+    files: list[tuple[Path, str]], labels: list[str], manifest: Any, out: Path
+) -> tuple[int, int]:
     """Rows of model input (the parent's preprocessing) and class indices; (rows, skipped)."""
     import numpy as np
 
@@ -128,7 +135,7 @@ def _npz(files: list[tuple[Path, str]], labels: list[str], manifest: Any, out: P
     index = {label: i for i, label in enumerate(labels)}
     pre = manifest.preprocessing
     spec = manifest.inputs[0]
-    row_shape = [d for d in spec.shape[1:]] if spec.shape else []
+    row_shape = list(spec.shape[1:]) if spec.shape else []
     xs: list[Any] = []
     ys: list[int] = []
     skipped = 0

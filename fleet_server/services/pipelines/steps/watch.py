@@ -40,8 +40,9 @@ class WatchStep:
         numbers = {"rollout_state": state, "stage": stage, "devices": counts}
         reason = last.reason if last is not None else ""
         if state == "completed":
-            return StepResult(detail=f"rollout #{rollout_id} completed: promoted fleet-wide",
-                              numbers=numbers)  # fmt: skip
+            return StepResult(
+                detail=f"rollout #{rollout_id} completed: promoted fleet-wide", numbers=numbers
+            )
         if state in TERMINAL_STATES:
             raise StepError(
                 f"rollout #{rollout_id} {state}: {reason}; the fleet stays on "
@@ -51,8 +52,12 @@ class WatchStep:
         if (ctx.now - created).total_seconds() > ctx.config.watch_timeout_s:
             if ctx.rollouts is not None and state != "aborting":
                 try:
-                    rollout_service.abort(ctx.rollouts, rollout_id, actor=ACTOR,
-                                          reason="the pipeline's watch timed out")  # fmt: skip
+                    rollout_service.abort(
+                        ctx.rollouts,
+                        rollout_id,
+                        actor=ACTOR,
+                        reason="the pipeline's watch timed out",
+                    )
                 except ServiceError:
                     pass  # it ended meanwhile; the failure below says why we stopped waiting
             raise StepError(
