@@ -11,6 +11,7 @@ const API = {
   models: "/api/v1/models",
   ingest: "/api/v1/ingest/stats",
   drift: "/api/v1/drift?limit=20",
+  pipelines: "/api/v1/pipelines/runs?limit=20",
   report: (id) => `/api/v1/rollouts/${Number(id)}/report`,
 };
 
@@ -160,6 +161,22 @@ function renderDrift(report) {
   );
 }
 
+function renderPipelines(runs) {
+  const cls = { succeeded: "ok", failed: "bad", cancelled: "muted" };
+  const rows = (runs || []).map((r) => {
+    const steps = (r.steps || [])
+      .map((s) => `${esc(s.name)}${s.attempt > 1 ? ` (try ${esc(s.attempt)})` : ""}: ${esc(s.state)}`)
+      .join(" → ");
+    const last = (r.steps || []).slice(-1)[0];
+    return (
+      `<tr><td class="n">${esc(r.id)}</td><td>${esc(r.model_name)}</td><td>${esc(r.source)}</td>` +
+      `<td class="${cls[r.state] || ""}">${esc(r.state)}</td><td>${esc(r.parent_version)} → ${esc(r.candidate_version)}</td>` +
+      `<td>${steps}</td><td>${esc(last ? last.detail : "")}</td><td class="err">${esc(r.error)}</td></tr>`
+    );
+  });
+  return table(["run", "model", "source", "state", "parent → candidate", "steps", "last step", "error"], rows);
+}
+
 function matches(device, needle) {
   if (!needle) return true;
   const hay = [
@@ -221,16 +238,18 @@ function boot() {
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (!token) return;
     try {
-      const [devs, rollouts, ingest, drift] = await Promise.all([
+      const [devs, rollouts, ingest, drift, pipelines] = await Promise.all([
         fetchJson(API.devices, token),
         fetchJson(API.rollouts, token),
         fetchJson(API.ingest, token).catch(() => null),
         fetchJson(API.drift, token).catch(() => null),
+        fetchJson(API.pipelines, token).catch(() => null),
       ]);
       devices = devs;
       $("summary").innerHTML = renderSummary(devs, rollouts, ingest);
       $("versions").innerHTML = renderVersions(devs);
       $("drift").innerHTML = renderDrift(drift);
+      $("pipelines").innerHTML = renderPipelines(pipelines);
       $("rollouts").innerHTML = renderRollouts(rollouts);
       $("devices").innerHTML = renderDevices(devs, $("filter").value);
       if (selected !== null) $("rollout-detail").innerHTML = renderReport(await fetchJson(API.report(selected), token));
@@ -286,7 +305,7 @@ function boot() {
 }
 
 if (typeof module !== "undefined" && module.exports) {
-  module.exports = { esc, ago, num, renderSummary, renderVersions, renderRollouts, renderReport, renderDevices, renderDrift, API };
+  module.exports = { esc, ago, num, renderSummary, renderVersions, renderRollouts, renderReport, renderDevices, renderDrift, renderPipelines, API };
 } else {
   document.addEventListener("DOMContentLoaded", boot);
 }
