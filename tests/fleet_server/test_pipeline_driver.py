@@ -6,6 +6,7 @@ steps driving a rollout to promotion."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,24 @@ def test_a_rollout_stopped_by_its_gates_fails_the_run(engine: Engine, tmp_path: 
     assert run.state == "failed" and steps[-1].name == "watch"
     assert f"the fleet stays on {OLD}" in run.error and run.alert_id is not None
     assert h.rollout(rollout_id).state in ("aborted", "aborting", "failed")
+
+
+def test_the_snapshot_waits_for_labels_then_gives_up(engine: Engine, tmp_path: Path) -> None:
+    h = Harness(engine)  # registers digits 1.0.0 and 2.0.0; no samples are labelled
+    run_id = _start(engine)
+    offset = [0.0]
+
+    def clock() -> datetime:
+        return utcnow() + timedelta(seconds=offset[0])
+
+    config = _config(label_wait_s=600, min_samples=5)
+    driver = _driver(engine, tmp_path, {"snapshot": STEPS["snapshot"]}, config=config, clock=clock)
+    driver.tick()
+    run, steps = _run(engine, run_id)
+    assert run.state == "running" and steps[0].state == "running"
+    assert steps[0].detail.startswith("waiting for labels: 0 labelled samples of digits")
+    offset[0] = 601
+    driver.tick()
+    run, steps = _run(engine, run_id)
+    assert run.state == "failed" and "needs 5 to train (waited 60" in run.error
+    assert h.model == "digits"

@@ -82,6 +82,14 @@ class ModelPipeline(Strict):
     min_samples: int = Field(
         default=20, ge=1, le=1_000_000, description="Labelled samples needed to start training."
     )
+    label_wait_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=30 * 86_400,
+        description="A trigger usually comes before the labels (drift is seen first, people "
+        "label after): the snapshot step waits this long for min_samples labelled samples, "
+        "then fails the run.",
+    )
     convert_args: list[str] = Field(
         default_factory=list,
         max_length=64,

@@ -31,6 +31,7 @@ from edgefleet.contract.parsing import canonical_json
 from fleet_server.models import ModelVersion
 from fleet_server.services.errors import ServiceError
 from fleet_server.services.pipelines.steps.base import StepContext, StepError, StepResult
+from fleet_server.services.samples import SampleFilter, count_samples
 from fleet_server.services.snapshots import build_snapshot
 from fleet_server.storage import StoreError, sample_key
 
@@ -53,6 +54,21 @@ class SnapshotStep:
             parent = session.get(ModelVersion, (ctx.run.model, ctx.run.parent_version))
             if parent is None:
                 raise StepError(f"parent {ctx.run.model}@{ctx.run.parent_version} is gone")
+            flt = SampleFilter(model=ctx.run.model, labelled=True)
+            labelled = count_samples(session=session, flt=flt)
+            if labelled < ctx.config.min_samples:
+                waited = (ctx.now - ctx.run.started_at).total_seconds()
+                line = (
+                    f"{labelled} labelled samples of {ctx.run.model}; the pipeline needs "
+                    f"{ctx.config.min_samples} to train"
+                )
+                if waited < ctx.config.label_wait_s:
+                    return StepResult(
+                        detail=f"waiting for labels: {line}",
+                        done=False,
+                        numbers={"labelled": labelled, "waited_s": round(waited, 1)},
+                    )
+                raise StepError(f"{line} (waited {waited:.0f} s)")
             manifest = parse_manifest(json.dumps(parent.manifest).encode())
             try:
                 snap = build_snapshot(
