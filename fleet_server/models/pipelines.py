@@ -32,7 +32,11 @@ class PipelineRun(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     model_name: str = Field(max_length=63, index=True)
     active_model: str | None = Field(
-        default=None, max_length=63, unique=True, description="model_name while not finished"
+        default=None,
+        max_length=63,
+        unique=True,
+        index=True,
+        description="model_name while not finished",
     )
     source: str = Field(max_length=16, description="pipeline | webhook")
     state: str = Field(max_length=16, index=True)
