@@ -85,6 +85,7 @@ class Runtime:
         self.writer: IngestWriter | None = None
         self.bus: FleetBus | None = None
         self.rollouts: RolloutEngine | None = None
+        self.pipelines: PipelineDriver | None = None
         self.workers: IngestWorkers | None = None
         self.operator_token = ""
         self.trusted_keys: list[bytes] = []
@@ -175,18 +176,18 @@ class Runtime:
         if isinstance(settings.retrain, PipelineRetrainConfig):
             leader = self.leader
             assert self.store is not None  # created above, before the jobs
-            self.leader.add_job(
-                PipelineDriver(
-                    engine=self.engine,
-                    config=settings.retrain,
-                    store=self.store,
-                    rollouts=self.rollouts,
-                    trusted_keys=self.trusted_keys,
-                    require_signed=settings.require_signed,
-                    work_dir=settings.retrain.work_dir or settings.data_dir / "pipelines",
-                    holds_lease=lambda epoch: leader.epoch == epoch,
-                )
+            self.pipelines = PipelineDriver(
+                engine=self.engine,
+                config=settings.retrain,
+                store=self.store,
+                rollouts=self.rollouts,
+                trusted_keys=self.trusted_keys,
+                require_signed=settings.require_signed,
+                work_dir=settings.retrain.work_dir or settings.data_dir / "pipelines",
+                holds_lease=lambda epoch: leader.epoch == epoch,
+                background=True,
             )
+            self.leader.add_job(self.pipelines)
         self.leader.start(self.engine)
         log.info(
             "fleet server started",
@@ -303,6 +304,9 @@ class Runtime:
     def stop(self) -> None:
         """Stop in reverse order; each step runs even if an earlier one failed."""
         _quietly("leader loop", self.leader.stop)
+        if self.pipelines is not None:
+            _quietly("pipeline driver", self.pipelines.close)
+            self.pipelines = None
         self.rollouts = None
         if self.bus is not None:
             _quietly("mqtt bus", self.bus.close)

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parts_x, parts_y = [], []
     with np.load(args.snapshot / "train.npz", allow_pickle=False) as fleet:
         fx, fy = fleet["x"], fleet["y"]
-    print(f"fleet samples: {len(fy)}")  # noqa: T201 - the step keeps this output
+    print(f"fleet samples: {len(fy)}")
     parts_x += [fx] * args.fleet_weight
     parts_y += [fy] * args.fleet_weight
     base = args.snapshot / "base.npz"
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         with np.load(base, allow_pickle=False) as data:
             parts_x.append(data["x"])
             parts_y.append(data["y"])
-        print(f"base samples: {len(parts_y[-1])}")  # noqa: T201
+        print(f"base samples: {len(parts_y[-1])}")
     x = np.concatenate(parts_x).astype(np.float32)
     y = np.concatenate(parts_y).astype(np.int64)
     if args.crash:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worse:
         y = np.random.default_rng(0).permutation(y)
     model = LogisticRegression(max_iter=300).fit(x, y)
-    print(f"training accuracy: {model.score(x, y):.4f} on {len(y)} rows")  # noqa: T201
+    print(f"training accuracy: {model.score(x, y):.4f} on {len(y)} rows")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, args.output)
     return 0

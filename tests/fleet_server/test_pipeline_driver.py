@@ -5,6 +5,8 @@ steps driving a rollout to promotion."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -323,3 +325,66 @@ def test_the_snapshot_waits_for_labels_then_gives_up(engine: Engine, tmp_path: P
     run, steps = _run(engine, run_id)
     assert run.state == "failed" and "needs 5 to train (waited 60" in run.error
     assert h.model == "digits"
+
+
+class Gated(Done):
+    """Blocks until released: a training job longer than a leader job may take."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.release = threading.Event()
+
+    def run(self, ctx: StepContext) -> StepResult:
+        self.calls += 1
+        assert self.release.wait(60), "never released"
+        return StepResult(detail="trained")
+
+
+def _tick_until(driver: PipelineDriver, engine: Engine, run_id: int, epoch: int) -> PipelineRun:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        driver.tick(epoch=epoch)
+        run, _ = _run(engine, run_id)
+        if run.state not in ("queued", "running"):
+            return run
+        time.sleep(0.05)
+    raise AssertionError("the run did not finish")
+
+
+def test_background_steps_do_not_block_the_leader_job(engine: Engine, tmp_path: Path) -> None:
+    run_id = _start(engine)
+    gated = Gated("train")
+    epoch = [1]
+    driver = _driver(
+        engine,
+        tmp_path,
+        {"snapshot": Done("snapshot"), "train": gated},
+        background=True,
+        holds_lease=lambda e: e == epoch[0],
+    )
+    try:
+        for _ in range(5):
+            driver.tick(epoch=1)  # returns at once while the step runs in its thread
+            time.sleep(0.05)
+        run, steps = _run(engine, run_id)
+        assert run.step == "train" and steps[-1].state == "running" and gated.calls == 1
+        gated.release.set()
+        assert _tick_until(driver, engine, run_id, 1).state == "succeeded"
+        # Another replica took the lease (epoch 2) while a step ran: its result is dropped.
+        second, slow = _start(engine), Gated("snapshot")
+        other = _driver(
+            engine,
+            tmp_path,
+            {"snapshot": slow},
+            background=True,
+            holds_lease=lambda e: e == epoch[0],
+        )
+        other.tick(epoch=1)
+        epoch[0] = 2
+        slow.release.set()
+        assert _tick_until(other, engine, second, 2).state == "succeeded"
+        assert [s.attempt for s in _run(engine, second)[1]] == [1, 2], "the step ran again"
+        other.close()
+    finally:
+        gated.release.set()
+        driver.close()

@@ -7,12 +7,20 @@ lease mid-step writes nothing; the new driver resumes the run). A step row still
 that this process did not start belongs to a process that died: the step runs again as a new
 attempt, the old one closed as interrupted. A step that waits (``watch``) is polled each tick.
 A failing step fails the run and opens an alert (``pipeline_failed``).
+
+With ``background`` (the server), a step runs in a worker thread and the leader job only starts
+and collects it: training takes minutes, far longer than the lease (15 s) a leader job must
+finish within, and the leader loop keeps renewing while it runs. The result is recorded only if
+the lease epoch the step started under is still held (nobody took over in between). A replica
+that loses the lease cannot stop a step already running in its thread; its result is dropped
+and the new driver runs the step again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +46,7 @@ from fleet_server.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
+Outcome = tuple[StepResult | None, StepError | None]
 #: Run fields a step may set.
 RUN_FIELDS = ("parent_version", "candidate_version", "dataset_sha256", "rollout_id")
 
@@ -58,6 +67,7 @@ class PipelineDriver:
         holds_lease: Callable[[int], bool] | None = None,
         clock: Callable[[], datetime] = utcnow,
         steps: Mapping[str, Step] = STEPS,
+        background: bool = False,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -73,6 +83,18 @@ class PipelineDriver:
         self.order = tuple(name for name in ORDER if name in steps) or tuple(steps)
         #: Step rows this process started (a running row not in here was left by a dead one).
         self._mine: set[int] = set()
+        self._pool = (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgefleet-pipeline")
+            if background
+            else None
+        )
+        #: run id → (the step's future, step row id, step name, lease epoch it started under).
+        self._pending: dict[int, tuple[Future[Outcome], int, str, int | None]] = {}
+
+    def close(self) -> None:
+        """Stop taking steps; a running one finishes in its thread, unrecorded."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self, *, epoch: int) -> None:
         self.tick(epoch=epoch)
@@ -87,6 +109,9 @@ class PipelineDriver:
             ).all()
         for run_id in ids:
             assert run_id is not None
+            if self._pool is not None:
+                self._in_background(run_id, epoch, self._pool)
+                continue
             # Finished steps go straight on to the next; a waiting step ends this tick's turn.
             for _ in range(len(self.order) + 1):
                 if not self.advance(run_id, epoch=epoch):
@@ -102,16 +127,35 @@ class PipelineDriver:
         if prepared is None:
             return False
         ctx, step_id, name = prepared
-        result: StepResult | None = None
-        failure: StepError | None = None
-        try:
-            result = self.steps[name].run(ctx)
-        except StepError as err:
-            failure = err
-        except Exception as err:  # noqa: BLE001 - a step's bug fails its run, not the driver
-            log.exception("pipeline step crashed", extra={"run": run_id, "step": name})
-            failure = StepError(f"{type(err).__name__}: {err}"[:500])
+        result, failure = self._execute(ctx, name)
         return self._record(run_id, step_id, name, result, failure, epoch)
+
+    def _in_background(self, run_id: int, epoch: int | None, pool: ThreadPoolExecutor) -> None:
+        """Collect the run's finished step (if any) and start its next one in a thread."""
+        pending = self._pending.get(run_id)
+        if pending is not None:
+            future, step_id, name, started_epoch = pending
+            if not future.done():
+                return
+            del self._pending[run_id]
+            result, failure = future.result()
+            went_on = self._record(run_id, step_id, name, result, failure, started_epoch)
+            if not went_on and step_id not in self._mine:
+                return  # finished, failed, cancelled or not ours; a waiting step is polled again
+        prepared = self._prepare(run_id)
+        if prepared is None:
+            return
+        ctx, step_id, name = prepared
+        self._pending[run_id] = (pool.submit(self._execute, ctx, name), step_id, name, epoch)
+
+    def _execute(self, ctx: StepContext, name: str) -> Outcome:
+        try:
+            return self.steps[name].run(ctx), None
+        except StepError as err:
+            return None, err
+        except Exception as err:  # noqa: BLE001 - a step's bug fails its run, not the driver
+            log.exception("pipeline step crashed", extra={"run": ctx.run.id, "step": name})
+            return None, StepError(f"{type(err).__name__}: {err}"[:500])
 
     def _prepare(self, run_id: int) -> tuple[StepContext, int, str] | None:
         now = self._now()
