@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from edgefleet.demo import (
     MODEL_NAME,
@@ -59,6 +59,8 @@ POLICY: dict[str, Any] = {
 
 @dataclass
 class Timeline:
+    #: Progress lines go here (stderr with --json: stdout is the JSON alone).
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
     started: float = field(default_factory=time.monotonic)
     drift_at: float | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -69,7 +71,11 @@ class Timeline:
         self.events.append(
             {"t_s": round(now - self.started, 1), "since_drift_s": since, "event": what, **numbers}
         )
-        print(f"[demo] t+{now - self.started:6.1f} s  {what}  {numbers or ''}", flush=True)
+        print(
+            f"[demo] t+{now - self.started:6.1f} s  {what}  {numbers or ''}",
+            file=self.out,
+            flush=True,
+        )
 
 
 def _images(folder: Path, start: int, count: int, *, drifted: bool) -> dict[str, Any]:
@@ -193,7 +199,7 @@ def run_drift(*, devices: int, duration_s: float, as_json: bool, data_dir: str |
     root.mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(exist_ok=True)
     procs = _Processes(root / "logs")
-    timeline = Timeline()
+    timeline = Timeline(out=sys.stderr if as_json else sys.stdout)
     try:
         ok, summary = _scenario(root, procs, timeline, devices=devices, duration_s=duration_s)
     except DemoError as err:
