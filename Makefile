@@ -1,5 +1,6 @@
 # The two commands a newcomer runs from a fresh clone (Python >= 3.11 is all it needs):
 #   make demo   — set up .venv and run the end-to-end demo on the embedded defaults
+#   make demo-drift — the retraining loop: cameras drift, the pipeline retrains (minutes)
 #   make test   — set up .venv and run the whole test suite (ruff and mypy included)
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-drift test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/edgefleet demo
+
+demo-drift: $(STAMP)
+	$(BIN)/edgefleet demo --scenario drift
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -27,11 +27,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--telemetry-interval", type=float, default=2.0, help="agent telemetry interval, seconds"
     )
+    parser.add_argument(
+        "--scenario",
+        choices=("rollout", "drift"),
+        default="rollout",
+        help="rollout (default, fast): a staged rollout; drift: the cameras drift and the "
+        "retraining pipeline closes the loop (several minutes on 2 cores)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="drift: print the timeline and numbers as JSON"
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from edgefleet.demo import DemoOptions, run_demo
+
+    if args.scenario == "drift":
+        from edgefleet.demo_drift.scenario import run_drift
+
+        return run_drift(
+            devices=args.devices,
+            duration_s=max(args.duration, 300.0),
+            as_json=args.json,
+            data_dir=args.data_dir,
+        )
 
     return run_demo(
         DemoOptions(

@@ -33,6 +33,8 @@ from fleet_server.services.mqtt_auth import (
     MqttCredential,
     resolve_server_credential,
 )
+from fleet_server.services.pipelines.config import PipelineRetrainConfig
+from fleet_server.services.pipelines.driver import PipelineDriver
 from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob
@@ -83,6 +85,7 @@ class Runtime:
         self.writer: IngestWriter | None = None
         self.bus: FleetBus | None = None
         self.rollouts: RolloutEngine | None = None
+        self.pipelines: PipelineDriver | None = None
         self.workers: IngestWorkers | None = None
         self.operator_token = ""
         self.trusted_keys: list[bytes] = []
@@ -161,14 +164,30 @@ class Runtime:
             )
         )
         if settings.drift.enabled:
+            retrain = settings.retrain
             self.leader.add_job(
                 DriftJob(
                     engine=self.engine,
                     config=settings.drift,
-                    retrain=backend_for(settings.retrain) if settings.retrain else None,
+                    retrain=backend_for(retrain, engine=self.engine) if retrain else None,
                     cooldown_s=settings.retrain_cooldown_s,
                 )
             )
+        if isinstance(settings.retrain, PipelineRetrainConfig):
+            leader = self.leader
+            assert self.store is not None  # created above, before the jobs
+            self.pipelines = PipelineDriver(
+                engine=self.engine,
+                config=settings.retrain,
+                store=self.store,
+                rollouts=self.rollouts,
+                trusted_keys=self.trusted_keys,
+                require_signed=settings.require_signed,
+                work_dir=settings.retrain.work_dir or settings.data_dir / "pipelines",
+                holds_lease=lambda epoch: leader.epoch == epoch,
+                background=True,
+            )
+            self.leader.add_job(self.pipelines)
         self.leader.start(self.engine)
         log.info(
             "fleet server started",
@@ -285,6 +304,9 @@ class Runtime:
     def stop(self) -> None:
         """Stop in reverse order; each step runs even if an earlier one failed."""
         _quietly("leader loop", self.leader.stop)
+        if self.pipelines is not None:
+            _quietly("pipeline driver", self.pipelines.close)
+            self.pipelines = None
         self.rollouts = None
         if self.bus is not None:
             _quietly("mqtt bus", self.bus.close)

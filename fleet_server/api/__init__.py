@@ -14,6 +14,7 @@ from fleet_server.api import (
     health,
     ingest,
     models,
+    pipelines,
     quality,
     rollouts,
     samples,
@@ -36,6 +37,7 @@ api_router.include_router(enrollment.router)
 api_router.include_router(drift.router)
 api_router.include_router(quality.router)
 api_router.include_router(charts.router)
+api_router.include_router(pipelines.router)
 
 root_router = health.router
 

@@ -251,6 +251,25 @@ class FleetClient:
             params["since"] = since
         return _objects(self._request("GET", "/api/v1/audit", params=params))
 
+    # -- retraining pipeline runs ----------------------------------------------------------
+
+    def pipeline_runs(
+        self, *, model: str | None = None, state: str | None = None, limit: int = 100
+    ) -> list[JsonObject]:
+        params: dict[str, Any] = {"limit": limit}
+        if model is not None:
+            params["model"] = model
+        if state is not None:
+            params["state"] = state
+        return _objects(self._request("GET", "/api/v1/pipelines/runs", params=params))
+
+    def pipeline_run(self, run_id: int) -> JsonObject:
+        return _object(self._request("GET", f"/api/v1/pipelines/runs/{int(run_id)}"))
+
+    def cancel_pipeline_run(self, run_id: int, *, reason: str = "") -> JsonObject:
+        path = f"/api/v1/pipelines/runs/{int(run_id)}/cancel"
+        return _object(self._request("POST", path, json_body={"reason": reason}))
+
     # -- capture policies and samples ------------------------------------------------------
 
     def capture_path(self, name: str, version: str | None) -> str:

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from fleet_server.client import quality_cli, rollouts_cli, samples_cli
+from fleet_server.client import pipelines_cli, quality_cli, rollouts_cli, samples_cli
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 SERVER_ENV = "EDGEFLEET_SERVER"
@@ -145,6 +145,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     rollouts_cli.register(actions, common)
     samples_cli.register(actions, common)
+    pipelines_cli.register(actions, common)
 
     leaf = actions.add_parser("telemetry", parents=[common], help="a device's latest telemetry")
     leaf.add_argument("device_id", metavar="ID")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from fleet_server.client.api import FleetClient
 from fleet_server.client.compare import COMPARE_COMMANDS
+from fleet_server.client.pipelines import PIPELINE_COMMANDS
 from fleet_server.client.quality import QUALITY_COMMANDS
 from fleet_server.client.render import (
     ALERT_COLUMNS,
@@ -284,4 +285,5 @@ COMMANDS: dict[str, Command] = {
     **QUALITY_COMMANDS,
     **SAMPLE_COMMANDS,
     **COMPARE_COMMANDS,
+    **PIPELINE_COMMANDS,
 }

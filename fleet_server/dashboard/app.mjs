@@ -30,6 +30,7 @@ export const API = {
   compare: (n, v) => `/api/v1/models/${enc(n)}/${enc(v)}/compare`,
   ingest: "/api/v1/ingest/stats",
   drift: "/api/v1/drift?limit=20",
+  pipelines: "/api/v1/pipelines/runs?limit=20",
   enrollment: "/api/v1/enrollment-tokens",
   revokeEnrollment: (id) => `/api/v1/enrollment-tokens/${Number(id)}`,
 };
@@ -85,11 +86,12 @@ function route() {
 // -- loading one view ---------------------------------------------------------------------------
 const LOAD = {
   async fleet() {
-    const [devices, rollouts, models, ingest, drift, enrollment] = await Promise.all([
+    const [devices, rollouts, models, ingest, drift, enrollment, pipelines] = await Promise.all([
       call(API.devices), call(API.rollouts), call(API.models),
       optional(call(API.ingest)), optional(call(API.drift)), optional(call(API.enrollment)),
+      optional(call(API.pipelines)),
     ]);  // prettier-ignore
-    return { devices, rollouts, models, ingest, drift, enrollment };
+    return { devices, rollouts, models, ingest, drift, enrollment, pipelines };
   },
   async device(r) {
     const [device, telemetry, events] = await Promise.all([call(API.device(r.id)), call(API.telemetry(r.id)), call(API.events(r.id))]);

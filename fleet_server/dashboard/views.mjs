@@ -158,12 +158,30 @@ export function renderEnrollment(tokens, ctx) {
   return table(["id", "state", "uses left", "class", "tags", "expires", ""], rows);
 }
 
+// Retraining pipeline runs (server-driven or reported by an external engine), steps in order.
+export function renderPipelines(runs) {
+  const cls = { succeeded: "ok", failed: "bad", cancelled: "muted" };
+  const rows = (runs || []).map((r) => {
+    const steps = (r.steps || [])
+      .map((s) => `${esc(s.name)}${s.attempt > 1 ? ` (try ${esc(s.attempt)})` : ""}: ${esc(s.state)}`)
+      .join(" → ");
+    const last = (r.steps || []).slice(-1)[0];
+    return (
+      `<tr><td class="n">${esc(r.id)}</td><td>${esc(r.model_name)}</td><td>${esc(r.source)}</td>` +
+      `<td class="${cls[r.state] || ""}">${esc(r.state)}</td><td>${esc(r.parent_version)} → ${esc(r.candidate_version)}</td>` +
+      `<td>${steps}</td><td>${esc(last ? last.detail : "")}</td><td class="err">${esc(r.error)}</td></tr>`
+    );
+  });
+  return table(["run", "model", "source", "state", "parent → candidate", "steps", "last step", "error"], rows);
+}
+
 export function renderFleet(data, ctx) {
   return {
     summary: summaryCards(data.devices, data.rollouts, data.ingest),
     rollouts: renderRollouts(data.rollouts),
     versions: renderVersions(data.devices, data.models),
     drift: renderDrift(data.drift),
+    pipelines: renderPipelines(data.pipelines),
     enrollment: renderEnrollment(data.enrollment, ctx),
   };
 }

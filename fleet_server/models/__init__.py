@@ -43,6 +43,12 @@ from fleet_server.models.models import (
     ModelVersion,
     ModelVersionPublic,
 )
+from fleet_server.models.pipelines import (
+    PipelineRun,
+    PipelineRunPublic,
+    PipelineStep,
+    PipelineStepPublic,
+)
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.samples import CapturePolicyRow, Sample, SampleBudget
 from fleet_server.models.shadow import (
@@ -102,6 +108,10 @@ __all__ = [
     "ModelRefPublic",
     "ModelVersion",
     "ModelVersionPublic",
+    "PipelineRun",
+    "PipelineRunPublic",
+    "PipelineStep",
+    "PipelineStepPublic",
     "Rollout",
     "CapturePolicyRow",
     "Sample",

@@ -1,10 +1,14 @@
 """Retraining triggers: what the server calls when a drift alert opens.
 
 A :class:`RetrainBackend` gets one JSON object (the alert: model, version, detector, value,
-threshold, samples, window) and either hands it on or raises :class:`RetrainError`. Two backends,
-registered by hand in :data:`BACKENDS`: ``command`` runs a local program with the JSON on stdin
-(and the main fields as ``EDGEFLEET_*`` variables), ``webhook`` POSTs it to a URL, signed with
-HMAC-SHA256 when a secret is set (``X-EdgeFleet-Signature: sha256=<hex>`` over the exact body).
+threshold, samples, window) and either hands it on or raises :class:`RetrainError`. Three
+backends, registered by hand in :data:`BACKENDS`: ``command`` runs a local program with the JSON
+on stdin (and the main fields as ``EDGEFLEET_*`` variables), ``webhook`` POSTs it to a URL,
+signed with HMAC-SHA256 when a secret is set (``X-EdgeFleet-Signature: sha256=<hex>`` over the
+exact body), ``pipeline`` queues a run of the server's own retraining pipeline
+(:mod:`fleet_server.services.pipelines`). The webhook records a pipeline run too (state
+``running``, ``source`` webhook) and sends its ``pipeline_run`` id and ``report_path``: the
+external engine reports its steps there, and the run is shown like a server-driven one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from sqlalchemy import Engine
+
+from fleet_server.services.pipelines.config import PipelineRetrainConfig
 
 
 class RetrainError(Exception):
@@ -55,7 +62,8 @@ class WebhookRetrainConfig(BaseModel):
         return value
 
 
-RetrainConfig = Annotated[CommandRetrainConfig | WebhookRetrainConfig, Field(discriminator="type")]
+AnyRetrainConfig = CommandRetrainConfig | WebhookRetrainConfig | PipelineRetrainConfig
+RetrainConfig = Annotated[AnyRetrainConfig, Field(discriminator="type")]
 
 
 class RetrainBackend(Protocol):
@@ -74,7 +82,7 @@ def _env(payload: dict[str, Any]) -> dict[str, str]:
 class CommandBackend:
     name = "command"
 
-    def __init__(self, config: CommandRetrainConfig) -> None:
+    def __init__(self, config: CommandRetrainConfig, engine: Engine | None = None) -> None:
         self.config = config
 
     def trigger(self, payload: dict[str, Any]) -> str:
@@ -100,10 +108,30 @@ class CommandBackend:
 class WebhookBackend:
     name = "webhook"
 
-    def __init__(self, config: WebhookRetrainConfig) -> None:
+    def __init__(self, config: WebhookRetrainConfig, engine: Engine | None = None) -> None:
         self.config = config
+        self.engine = engine
 
     def trigger(self, payload: dict[str, Any]) -> str:
+        """POST the alert; with a database, first record the run the engine reports back to."""
+        from fleet_server.services.pipelines.backend import RunRefused, record_run
+
+        run_id = None
+        if self.engine is not None:
+            try:
+                run_id = record_run(self.engine, payload, source="webhook")
+            except RunRefused as err:
+                raise RetrainError(str(err)) from err
+            payload = {**payload, "pipeline_run": run_id,
+                       "report_path": f"/api/v1/pipelines/runs/{run_id}/steps"}  # fmt: skip
+        try:
+            return self._post(payload) + (f"; pipeline run #{run_id}" if run_id else "")
+        except RetrainError as err:
+            if run_id is not None:
+                _fail_run(self.engine, run_id, str(err))
+            raise
+
+    def _post(self, payload: dict[str, Any]) -> str:
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "edgefleet-drift"}
         if self.config.secret is not None:
@@ -122,14 +150,50 @@ class WebhookBackend:
             raise RetrainError(f"webhook failed: {reason}"[:500]) from err
 
 
+def _fail_run(engine: Engine | None, run_id: int, error: str) -> None:
+    """The webhook never reached the engine: its run fails (and opens an alert) at once."""
+    from sqlmodel import Session
+
+    from fleet_server.models.types import utcnow
+    from fleet_server.services.pipelines import records
+
+    assert engine is not None
+    with Session(engine) as session:
+        run = records.get_run(session, run_id)
+        records.transition(session, run, "failed", now=utcnow(), error=f"webhook: {error}")
+        session.commit()
+
+
+class PipelineTrigger:
+    """The ``pipeline`` backend as the drift job calls it."""
+
+    name = "pipeline"
+
+    def __init__(self, config: PipelineRetrainConfig, engine: Engine | None = None) -> None:
+        from fleet_server.services.pipelines.backend import PipelineBackend
+
+        if engine is None:
+            raise ValueError("the pipeline backend needs the server's database")
+        self.backend = PipelineBackend(config, engine)
+
+    def trigger(self, payload: dict[str, Any]) -> str:
+        from fleet_server.services.pipelines.backend import RunRefused
+
+        try:
+            return self.backend.start(payload)
+        except RunRefused as err:
+            raise RetrainError(str(err)) from err
+
+
 #: config type → backend (hand-written registry).
 BACKENDS = {
     "command": CommandBackend,
     "webhook": WebhookBackend,
+    "pipeline": PipelineTrigger,
 }
 
 
-def backend_for(config: CommandRetrainConfig | WebhookRetrainConfig) -> RetrainBackend:
+def backend_for(config: AnyRetrainConfig, *, engine: Engine | None = None) -> RetrainBackend:
     factory: Any = BACKENDS[config.type]
-    backend: RetrainBackend = factory(config)
+    backend: RetrainBackend = factory(config, engine)
     return backend
