@@ -85,7 +85,7 @@ function renderVersions(devices) {
 }
 
 function gateCell(gate) {
-  const cls = { pass: "ok", fail: "bad", insufficient: "warn" }[gate.status] || "muted";
+  const cls = { pass: "ok", fail: "bad", wait: "warn" }[gate.status] || "muted";
   const value = gate.value === null || gate.value === undefined ? "n/a" : num(gate.value);
   const title = `${gate.name}: ${value} vs ${gate.threshold} (n=${gate.samples}/${gate.min_samples}) ${gate.detail || ""}`;
   return `<span class="gate ${cls}" title="${esc(title)}">${esc(gate.name)} ${esc(value)}</span>`;

@@ -1,9 +1,13 @@
 """The numbers gates judge: telemetry of devices on the new version against a baseline on the old.
 
-The baseline is the **control group** (targeted devices not yet updated, still on their old
-version, over the same recent window); when the control group has too little telemetry (the last
-stage has none left) it is the **pre-update** telemetry of the updated devices themselves. Windows
-use the server's receive time, so device clocks do not matter.
+The baseline is preferably the **pre-update** telemetry of the updated devices themselves (each
+device against its own history over the window before its update: the inputs a device sees do not
+change with the update, while two devices can see very different images — issue #14); the
+**control group** (targeted devices not yet updated, over the same recent window) is used when the
+updated devices have too little history. With a pre-update baseline both sides are restricted to
+the *paired* devices (those with telemetry before and after). Windows use the server's receive
+time, so device clocks do not matter. (Shadow-model pairs would be better still; telemetry does
+not carry them yet.)
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class Cohort:
     errors: int = 0
     p50_by_class: dict[str, list[float]] = field(default_factory=dict)
     p95_by_class: dict[str, list[float]] = field(default_factory=dict)
+    #: The same p95s per device, and each device's class (paired and per-device comparisons).
+    p95_by_device: dict[str, list[float]] = field(default_factory=dict)
+    class_of: dict[str, str] = field(default_factory=dict)
     histogram: list[int] = field(default_factory=list)
     #: Model versions seen in the rows (the old side may span several).
     versions: set[str] = field(default_factory=set)
@@ -54,8 +61,10 @@ class Cohort:
         self.errors += int(row.error_count)
         latency = row.latency_ms or {}
         key = device_class or "unknown"
+        self.class_of[row.device_id] = key
         if latency.get("p95") is not None:
             self.p95_by_class.setdefault(key, []).append(float(latency["p95"]))
+            self.p95_by_device.setdefault(row.device_id, []).append(float(latency["p95"]))
         if latency.get("p50") is not None:
             self.p50_by_class.setdefault(key, []).append(float(latency["p50"]))
         hist = list(row.confidence_histogram or [])
@@ -68,6 +77,10 @@ class Cohort:
     @property
     def error_rate(self) -> float | None:
         return self.errors / self.inferences if self.inferences else None
+
+    def devices_of(self, device_class: str) -> set[str]:
+        """The devices of ``device_class`` that reported a p95."""
+        return {d for d in self.p95_by_device if self.class_of.get(d) == device_class}
 
     def median_p95(self, device_class: str) -> float | None:
         values = self.p95_by_class.get(device_class)
@@ -109,6 +122,10 @@ class Evidence:
     new: Cohort
     old: Cohort
     baseline: Baseline
+    #: Devices compared with their own pre-update telemetry; devices on the new version left out
+    #: of that comparison because they have no history in the window.
+    paired: int = 0
+    unpaired: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -119,6 +136,8 @@ class Evidence:
             "committed_total": self.committed_total,
             "committed_offline": self.committed_offline,
             "baseline": self.baseline,
+            "paired": self.paired,
+            "unpaired": self.unpaired,
             "new": self.new.summary(),
             "old": self.old.summary(),
         }
@@ -220,49 +239,57 @@ def gather(
 
     # The new side: whatever the new version did on any device it was sent to (in probation,
     # committed, or since rolled back), from the moment it was assigned.
-    new = Cohort()
     assigned_at = {m.device_id: m.assigned_at for m in members if m.assigned_at is not None}
     classes = {m.device_id: m.device_class for m in members}
-    earliest = min((t for t in assigned_at.values() if t is not None), default=now)
+    earliest = min(assigned_at.values(), default=now)
+    latest = max(assigned_at.values(), default=now)
+    new_rows: dict[str, list[Any]] = {}
     for row in _telemetry_rows(session, list(assigned_at), min(earliest, window_start)):
-        since = assigned_at[row.device_id]
-        if _version_of(row) == target and since is not None and row.received_at >= since:
-            new.add(row, classes.get(row.device_id))
-
-    old = Cohort()
-    baseline: Baseline = "none"
-    for row in _telemetry_rows(session, [m.device_id for m in control], window_start):
+        if _version_of(row) == target and row.received_at >= assigned_at[row.device_id]:
+            new_rows.setdefault(row.device_id, []).append(row)
+    # Each updated device's own history over the window before its update.
+    pre_rows: dict[str, list[Any]] = {}
+    history = _telemetry_rows(
+        session, list(assigned_at), earliest - timedelta(seconds=window_s), until=latest
+    )
+    for row in history:
+        at = assigned_at[row.device_id]
         version = _version_of(row)
-        if version is not None and version != target:
-            old.add(row, classes.get(row.device_id))
-    if old.intervals >= min_control_intervals:
-        baseline = "control"
-    else:
-        old = Cohort()
-        first = min((t for t in assigned_at.values() if t is not None), default=now)
-        last = max((t for t in assigned_at.values() if t is not None), default=now)
-        rows = _telemetry_rows(
-            session, list(assigned_at), first - timedelta(seconds=window_s), until=last
-        )
-        for row in rows:
-            until = assigned_at[row.device_id]
-            version = _version_of(row)
-            if (
-                until is not None
-                and version is not None
-                and version != target
-                and until - timedelta(seconds=window_s) <= row.received_at < until
-            ):
-                old.add(row, classes.get(row.device_id))
-        if old.intervals:
-            baseline = "pre-update"
+        if (
+            version is not None
+            and version != target
+            and at - timedelta(seconds=window_s) <= row.received_at < at
+        ):
+            pre_rows.setdefault(row.device_id, []).append(row)
 
-    # Labels judge a version, not devices: every labelled sample of the new version, and of
-    # the versions the baseline ran or the members ran before the rollout.
-    new.labels = label_counts(session, target[0], [target[1]])
-    previous = {m.previous_version for m in members if m.previous_name == target[0]}
-    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
-    old.labels = label_counts(session, target[0], sorted(old_versions))
+    paired = sorted(set(new_rows) & set(pre_rows))
+    new, old = Cohort(), Cohort()
+    baseline: Baseline = "none"
+    enough_history = sum(len(pre_rows[d]) for d in paired) >= min_control_intervals
+    if enough_history and 2 * len(paired) >= len(new_rows):  # most updated devices have one
+        baseline = "pre-update"
+    else:
+        for row in _telemetry_rows(session, [m.device_id for m in control], window_start):
+            version = _version_of(row)
+            if version is not None and version != target:
+                old.add(row, classes.get(row.device_id))
+        if old.intervals >= min_control_intervals:
+            baseline = "control"
+        elif paired:  # a little history beats none (e.g. the last stage, no control left)
+            old, baseline = Cohort(), "pre-update"
+        else:
+            old = Cohort()
+    if baseline == "pre-update":
+        for device_id in paired:
+            for row in pre_rows[device_id]:
+                old.add(row, classes.get(device_id))
+            for row in new_rows[device_id]:
+                new.add(row, classes.get(device_id))
+    else:
+        for device_id, rows in new_rows.items():
+            for row in rows:
+                new.add(row, classes.get(device_id))
+
     # Labels judge a version, not devices: every labelled sample of the new version, and of
     # the versions the baseline ran or the members ran before the rollout.
     new.labels = label_counts(session, target[0], [target[1]])
@@ -279,4 +306,6 @@ def gather(
         new=new,
         old=old,
         baseline=baseline,
+        paired=len(paired) if baseline == "pre-update" else 0,
+        unpaired=len(set(new_rows) - set(paired)) if baseline == "pre-update" else 0,
     )

@@ -1,18 +1,25 @@
 """Rollout gates: one small class per question, behind a Protocol, found by name in ``GATES``.
 
-A gate answers ``pass``, ``fail`` (enough evidence, and it is bad), ``insufficient`` (not enough
-evidence yet: the stage waits), ``skipped`` (the question does not apply, e.g. no confidence
-histogram from a regression model, or no old-version baseline at all) or ``disabled``. Every
-result carries its value, threshold and sample count: they go into the rollout report as is.
+A gate answers ``pass``, ``fail`` (the candidate is worse than the baseline by more than the
+threshold, *significantly*: the whole one-sided confidence interval at the policy's ``alpha`` lies
+beyond it), ``wait`` (too little evidence, or an estimate beyond the threshold that is not
+significant yet: the stage waits, and the detail says what it needs), ``skipped`` (the question
+does not apply, e.g. no confidence histogram from a regression model, or no old-version baseline
+at all) or ``disabled``. Before a stage's soak ends the engine asks with ``early_alpha`` (a much
+smaller false-alarm rate): a stage fails early only when a gate is clearly out of reach. Every
+result carries its value, interval, threshold and sample count: they go into the rollout report
+as is. The statistics are in :mod:`.stats`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-from fleet_server.services.rollouts.evidence import Evidence, tv_distance
+from fleet_server.services.quality.metrics import wilson
+from fleet_server.services.rollouts.evidence import Evidence
 from fleet_server.services.rollouts.spec import (
     ConfidenceGate,
     ErrorRateGate,
@@ -22,8 +29,19 @@ from fleet_server.services.rollouts.spec import (
     OfflineGate,
     SuccessRateGate,
 )
+from fleet_server.services.rollouts.stats import (
+    Interval,
+    MeanDifference,
+    cdf_shift,
+    dkw_epsilon,
+    judge,
+    pooled_difference,
+    proportion_difference,
+    welch_sum,
+    z_quantile,
+)
 
-GateStatus = Literal["pass", "fail", "insufficient", "skipped", "disabled"]
+GateStatus = Literal["pass", "fail", "wait", "skipped", "disabled"]
 
 
 @dataclass(frozen=True)
@@ -35,19 +53,26 @@ class GateResult:
     samples: int
     min_samples: int
     detail: str = ""
+    #: The one-sided confidence bounds of ``value`` (each at ``alpha``), when it is an estimate.
+    low: float | None = None
+    high: float | None = None
+    alpha: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if self.value is not None:
-            data["value"] = round(self.value, 6)
+        for key in ("value", "low", "high"):
+            value = data[key]
+            if value is not None:
+                data[key] = round(value, 6) if math.isfinite(value) else None
         return data
 
 
 class Gate(Protocol):
     name: str
 
-    def evaluate(self, evidence: Evidence) -> GateResult:
-        """Judge ``evidence``; never raises for missing data (that is ``insufficient``)."""
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
+        """Judge ``evidence`` at false-alarm rate ``alpha``; never raises for missing data
+        (that is ``wait``)."""
         ...
 
 
@@ -62,19 +87,30 @@ class _Base:
         samples: int,
         min_samples: int,
         detail: str = "",
+        interval: Interval | None = None,
+        alpha: float | None = None,
     ) -> GateResult:
-        return GateResult(self.name, status, value, threshold, samples, min_samples, detail)
+        low = interval.low if interval is not None else None
+        high = interval.high if interval is not None else None
+        return GateResult(
+            self.name, status, value, threshold, samples, min_samples, detail, low, high, alpha
+        )
+
+    def _needs(self, what: str, have: int, need: int, threshold: float) -> GateResult:
+        detail = f"needs {need} {what}, has {have}"
+        return self._result("wait", None, threshold, have, need, detail)
 
 
 class SuccessRate(_Base):
-    """Committed / finished updates. Fails early once the threshold is out of reach."""
+    """Committed / finished updates of the stage: counts, not an estimate. Fails early once the
+    threshold is out of reach even if every unfinished update commits."""
 
     name = "success_rate"
 
     def __init__(self, config: SuccessRateGate) -> None:
         self.config = config
 
-    def evaluate(self, evidence: Evidence) -> GateResult:
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
         c = self.config
         finished = evidence.committed + evidence.failed
         rate = evidence.committed / finished if finished else None
@@ -83,78 +119,177 @@ class SuccessRate(_Base):
             detail = f"{evidence.failed} of {evidence.stage_devices} updates failed"
             return self._result("fail", rate, c.min_rate, finished, c.min_samples, detail)
         if finished < c.min_samples or evidence.unfinished:
-            detail = f"{evidence.unfinished} updates still running"
-            return self._result("insufficient", rate, c.min_rate, finished, c.min_samples, detail)
+            detail = f"needs every update finished: {evidence.unfinished} still running"
+            return self._result("wait", rate, c.min_rate, finished, c.min_samples, detail)
         status: GateStatus = "pass" if rate is not None and rate >= c.min_rate else "fail"
         return self._result(status, rate, c.min_rate, finished, c.min_samples)
 
 
 class ErrorRate(_Base):
-    """Inference error rate on the new version minus the baseline's (absolute)."""
+    """Inference error rate on the new version minus the baseline's (absolute), with Newcombe's
+    interval; against zero when there is no baseline (Wilson)."""
 
     name = "error_rate"
 
     def __init__(self, config: ErrorRateGate) -> None:
         self.config = config
 
-    def evaluate(self, evidence: Evidence) -> GateResult:
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
         c = self.config
-        new_rate = evidence.new.error_rate
-        samples = evidence.new.inferences
-        if new_rate is None or samples < c.min_samples:
-            return self._result("insufficient", None, c.max_increase, samples, c.min_samples)
-        old_rate = evidence.old.error_rate
-        increase = new_rate - (old_rate or 0.0)
-        detail = f"new {new_rate:.4f} vs old " + (
-            f"{old_rate:.4f} ({evidence.baseline})" if old_rate is not None else "n/a (absolute)"
+        new, old = evidence.new, evidence.old
+        if new.inferences < c.min_samples:
+            return self._needs(
+                "inferences on the new version", new.inferences, c.min_samples, c.max_increase
+            )
+        if old.inferences:
+            interval = proportion_difference(
+                new.errors, new.inferences, old.errors, old.inferences, alpha=alpha
+            )
+            versus = f"old {old.errors}/{old.inferences} ({evidence.baseline})"
+        else:
+            low, high = wilson(new.errors, new.inferences, z_quantile(alpha))
+            interval = Interval(new.errors / new.inferences, low, high)
+            versus = "no baseline: absolute"
+        status, why = judge(interval, c.max_increase, alpha=alpha)
+        detail = f"new {new.errors}/{new.inferences} vs {versus}" + (f"; {why}" if why else "")
+        return self._result(
+            status,
+            interval.estimate,
+            c.max_increase,
+            new.inferences,
+            c.min_samples,
+            detail,
+            interval,
+            alpha,
         )
-        status: GateStatus = "pass" if increase <= c.max_increase else "fail"
-        return self._result(status, increase, c.max_increase, samples, c.min_samples, detail)
+
+
+def _logs(values: list[float]) -> list[float]:
+    return [math.log(v) for v in values if math.isfinite(v) and v > 0]
+
+
+def _geo_mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
 
 
 class LatencyRatio(_Base):
-    """p95 latency new / old per device class (medians of interval p95s); the worst class."""
+    """p95 latency new / old per device class, as the ratio of geometric means of interval p95s
+    with a t interval on the log scale (Bonferroni over the classes); the worst class is reported.
+
+    Against the pre-update baseline each device is compared with its own history (paired: the
+    inputs it sees do not change with the update); against control devices the unit is a device
+    (its mean log p95), so that devices that see different inputs do not pass for a regression.
+    """
 
     name = "latency_p95_ratio"
 
     def __init__(self, config: LatencyGate) -> None:
         self.config = config
 
-    def evaluate(self, evidence: Evidence) -> GateResult:
+    def _difference(
+        self, evidence: Evidence, device_class: str
+    ) -> tuple[float, MeanDifference | None]:
+        new_devices = evidence.new.devices_of(device_class)
+        old_devices = evidence.old.devices_of(device_class)
+        if evidence.baseline == "pre-update":
+            parts = [
+                (_logs(evidence.new.p95_by_device[d]), _logs(evidence.old.p95_by_device[d]))
+                for d in sorted(new_devices & old_devices)
+            ]
+            parts = [(a, b) for a, b in parts if a and b]
+            point = (
+                _geo_mean([_geo_mean(a) - _geo_mean(b) for a, b in parts]) if parts else math.nan
+            )
+            return point, welch_sum(parts)
+        new_units = [
+            _geo_mean(v) for d in sorted(new_devices) if (v := _logs(evidence.new.p95_by_device[d]))
+        ]
+        old_units = [
+            _geo_mean(v) for d in sorted(old_devices) if (v := _logs(evidence.old.p95_by_device[d]))
+        ]
+        if not new_units or not old_units:
+            return math.nan, None
+        point = _geo_mean(new_units) - _geo_mean(old_units)
+        return point, pooled_difference(new_units, old_units)
+
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
         c = self.config
-        ratios: dict[str, float] = {}
-        samples = 0
-        for device_class, values in evidence.new.p95_by_class.items():
-            old = evidence.old.median_p95(device_class)
-            new = evidence.new.median_p95(device_class)
-            if old is None or new is None:
-                continue
-            samples += len(values)
-            ratios[device_class] = new / old if old > 0 else (1.0 if new == 0 else float("inf"))
+        threshold = c.max_ratio
         if not evidence.old.p95_by_class:
             if evidence.new.intervals >= c.min_samples:
                 detail = "no old-version latency to compare with"
-                return self._result("skipped", None, c.max_ratio, 0, c.min_samples, detail)
-            return self._result("insufficient", None, c.max_ratio, 0, c.min_samples)
-        if samples < c.min_samples or not ratios:
-            return self._result("insufficient", None, c.max_ratio, samples, c.min_samples)
-        worst_class, worst = max(ratios.items(), key=lambda item: item[1])
-        detail = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(ratios.items()))
-        status: GateStatus = "pass" if worst <= c.max_ratio else "fail"
+                return self._result("skipped", None, threshold, 0, c.min_samples, detail)
+            return self._needs(
+                "intervals on the new version", evidence.new.intervals, c.min_samples, threshold
+            )
+        classes = sorted(set(evidence.new.p95_by_class) & set(evidence.old.p95_by_class))
+        samples = sum(len(evidence.new.p95_by_class[k]) for k in classes)
+        if samples < c.min_samples or not classes:
+            return self._needs(
+                "intervals on the new version (in classes with a baseline)",
+                samples,
+                c.min_samples,
+                threshold,
+            )
+        per_class_alpha = alpha / len(classes)
+        verdicts: dict[str, tuple[str, Interval]] = {}
+        notes: list[str] = []
+        for device_class in classes:
+            point, difference = self._difference(evidence, device_class)
+            if math.isnan(point):
+                continue
+            if difference is None:
+                log_interval = Interval(point, -math.inf, math.inf)
+                notes.append(
+                    f"{device_class}: cannot estimate the spread (needs 2 intervals "
+                    "per device on each side, or 3 devices)"
+                )
+            else:
+                log_interval = difference.interval(alpha=per_class_alpha)
+                point = log_interval.estimate
+            interval = Interval(
+                *(math.exp(v) for v in (point, log_interval.low, log_interval.high))
+            )
+            verdict, _why = judge(interval, threshold, alpha=per_class_alpha)
+            verdicts[device_class] = (verdict, interval)
+        if not verdicts:
+            return self._needs("devices with latency on both sides", 0, 1, threshold)
+        worst_class, (_s, worst) = max(verdicts.items(), key=lambda kv: kv[1][1].estimate)
+        statuses = {s for s, _ in verdicts.values()}
+        status: GateStatus = (
+            "fail" if "fail" in statuses else "wait" if "wait" in statuses else "pass"
+        )
+        detail = f"worst {worst_class}; " + ", ".join(
+            f"{k}: {v.estimate:.3f} [{v.low:.3f}, {v.high:.3f}] {s}"
+            for k, (s, v) in sorted(verdicts.items())
+        )
+        if status == "wait":
+            detail += f"; a ratio beyond {threshold:g} is not significant yet: waiting for more"
+        if notes:
+            detail += "; " + "; ".join(notes)
         return self._result(
-            status, worst, c.max_ratio, samples, c.min_samples, f"worst {worst_class}; {detail}"
+            status,
+            worst.estimate,
+            threshold,
+            samples,
+            c.min_samples,
+            detail,
+            worst,
+            per_class_alpha,
         )
 
 
 class ConfidenceShift(_Base):
-    """Total variation distance between the new and old top-1 confidence histograms."""
+    """How far the new version's top-1 confidence histogram moves below the old one's: the
+    largest gap between the two binned CDFs (Kolmogorov-Smirnov), one-sided by default so that
+    a *more* confident candidate passes; a DKW band on each side gives the interval."""
 
     name = "confidence_shift"
 
     def __init__(self, config: ConfidenceGate) -> None:
         self.config = config
 
-    def evaluate(self, evidence: Evidence) -> GateResult:
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
         c = self.config
         new, old = evidence.new.histogram, evidence.old.histogram
         samples = sum(new)
@@ -162,28 +297,43 @@ class ConfidenceShift(_Base):
             if evidence.new.inferences >= c.min_samples and not new:
                 detail = "the model reports no confidence histogram"
                 return self._result("skipped", None, c.max_distance, 0, c.min_samples, detail)
-            return self._result("insufficient", None, c.max_distance, samples, c.min_samples)
-        distance = tv_distance(new, old)
-        if distance is None:
+            return self._needs(
+                "inferences with a confidence on the new version",
+                samples,
+                c.min_samples,
+                c.max_distance,
+            )
+        if not old or len(old) != len(new) or not sum(old):
             detail = "no comparable old-version histogram"
             return self._result("skipped", None, c.max_distance, samples, c.min_samples, detail)
-        status: GateStatus = "pass" if distance <= c.max_distance else "fail"
-        return self._result(status, distance, c.max_distance, samples, c.min_samples)
+        both = c.direction == "both"
+        shift = cdf_shift(new, old, both=both)
+        # Each side's band at alpha/2 (a union bound); two-sided bands split it again.
+        side_alpha = alpha / 2 / (2 if both else 1)
+        eps = dkw_epsilon(samples, side_alpha) + dkw_epsilon(sum(old), side_alpha)
+        interval = Interval(shift, max(0.0, shift - eps), min(1.0, shift + eps))
+        status, why = judge(interval, c.max_distance, alpha=alpha)
+        detail = ("toward lower confidence" if not both else "either way") + (
+            f"; {why}" if why else ""
+        )
+        return self._result(
+            status, shift, c.max_distance, samples, c.min_samples, detail, interval, alpha
+        )
 
 
 class Offline(_Base):
-    """Share of committed devices that are offline now."""
+    """Share of committed devices that are offline now (a count, not an estimate)."""
 
     name = "offline"
 
     def __init__(self, config: OfflineGate) -> None:
         self.config = config
 
-    def evaluate(self, evidence: Evidence) -> GateResult:
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
         c = self.config
         n = evidence.committed_total
         if n < c.min_samples:
-            return self._result("insufficient", None, c.max_fraction, n, c.min_samples)
+            return self._needs("committed devices", n, c.min_samples, c.max_fraction)
         fraction = evidence.committed_offline / n
         status: GateStatus = "pass" if fraction <= c.max_fraction else "fail"
         detail = f"{evidence.committed_offline} of {n} offline"
@@ -192,16 +342,16 @@ class Offline(_Base):
 
 class LabelAccuracy(_Base):
     """Accuracy on labelled samples, new version minus old (per version, all labelled samples;
-    ``edgefleet fleet quality`` has the random-only figures). Used when labels exist: with no
-    labelled sample of the new version the gate is skipped; with some but fewer than
-    ``min_samples`` (on either side) the stage waits for more."""
+    ``edgefleet fleet quality`` has the random-only figures), with Newcombe's interval. Used
+    when labels exist: with no labelled sample of either version the gate is skipped; with some
+    but fewer than ``min_samples`` (on either side) the stage waits for more."""
 
     name = "label_accuracy"
 
     def __init__(self, config: LabelAccuracyGate) -> None:
         self.config = config
 
-    def evaluate(self, evidence: Evidence) -> GateResult:
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
         c = self.config
         new, old = evidence.new.labels, evidence.old.labels
         threshold = -c.max_drop
@@ -209,17 +359,22 @@ class LabelAccuracy(_Base):
             detail = "no labelled samples of either version"
             return self._result("skipped", None, threshold, 0, c.min_samples, detail)
         if min(new.labelled, old.labelled) < c.min_samples:
-            detail = f"labelled samples: new {new.labelled}, old {old.labelled}"
-            return self._result("insufficient", None, threshold, new.labelled, c.min_samples,
-                                detail)  # fmt: skip
-        assert new.accuracy is not None and old.accuracy is not None
-        change = new.accuracy - old.accuracy
-        detail = (
-            f"new {new.accuracy:.4f} ({new.correct}/{new.labelled}) vs old "
-            f"{old.accuracy:.4f} ({old.correct}/{old.labelled})"
+            detail = (
+                f"needs {c.min_samples} labelled samples of each version: "
+                f"new {new.labelled}, old {old.labelled}"
+            )
+            return self._result("wait", None, threshold, new.labelled, c.min_samples, detail)
+        drop = proportion_difference(
+            old.correct, old.labelled, new.correct, new.labelled, alpha=alpha
         )
-        status: GateStatus = "pass" if change >= threshold else "fail"
-        return self._result(status, change, threshold, new.labelled, c.min_samples, detail)
+        status, why = judge(drop, c.max_drop, alpha=alpha)
+        change = Interval(-drop.estimate, -drop.high, -drop.low)
+        detail = f"new {new.correct}/{new.labelled} vs old {old.correct}/{old.labelled}" + (
+            f"; {why.replace('beyond', 'a drop beyond')}" if why else ""
+        )
+        return self._result(
+            status, change.estimate, threshold, new.labelled, c.min_samples, detail, change, alpha
+        )
 
 
 #: Gate name → constructor from the policy; the order is the report's order.
@@ -233,13 +388,21 @@ GATES: dict[str, Callable[[Any], Gate]] = {
 }
 
 
-def evaluate_all(policy: GatePolicy, evidence: Evidence) -> list[GateResult]:
+def evaluate_all(
+    policy: GatePolicy, evidence: Evidence, *, soaked: bool, only: set[str] | None = None
+) -> list[GateResult]:
+    """Every enabled gate (or those in ``only``), at ``policy.alpha`` once the stage has soaked
+    and at the much smaller ``policy.early_alpha`` before: early, only what is clearly out of
+    reach fails."""
+    alpha = policy.alpha if soaked else policy.early_alpha
     results = []
     for name, gate_type in GATES.items():
+        if only is not None and name not in only:
+            continue
         config = getattr(policy, name)
         if not config.enabled:
             results.append(GateResult(name, "disabled", None, 0.0, 0, 0))
             continue
         gate: Gate = gate_type(config)
-        results.append(gate.evaluate(evidence))
+        results.append(gate.evaluate(evidence, alpha=alpha))
     return results

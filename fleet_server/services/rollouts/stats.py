@@ -1,0 +1,216 @@
+"""The statistics rollout gates decide with: one-sided confidence bounds, written out with their
+references so that a reader can check them (no scipy on the server).
+
+Every gate asks "is the candidate worse than the baseline by more than the threshold?" and
+answers from a confidence interval at a stated false-alarm rate ``alpha`` (one-sided):
+
+- a difference of two proportions (error rate, labelled accuracy): Newcombe's hybrid score
+  interval built from two Wilson intervals (Newcombe 1998, *Statistics in Medicine* 17:873,
+  method 10), which keeps its coverage at small counts and at rates near 0 where the Wald
+  interval collapses;
+- a ratio of latencies: a t interval on the difference of mean log p95s (so the ratio of geometric
+  means), Welch-Satterthwaite degrees of freedom (Welch 1947); the t quantile from the
+  regularised incomplete beta function (Numerical Recipes 3rd ed., 6.4, Lentz's continued
+  fraction), checked against scipy in the tests;
+- a shift of a confidence histogram: the Dvoretzky-Kiefer-Wolfowitz band with Massart's constant
+  (Massart 1990, *Annals of Probability* 18:1269), distribution-free, one band per side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Literal
+
+from fleet_server.services.quality.metrics import wilson
+
+Verdict = Literal["pass", "fail", "wait"]
+
+
+def z_quantile(alpha: float) -> float:
+    """The standard normal quantile with ``alpha`` above it (one-sided)."""
+    return NormalDist().inv_cdf(1.0 - alpha)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 3e-16
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
+def t_quantile(alpha: float, df: float) -> float:
+    """The t value with ``alpha`` above it (one-sided); the normal one for unbounded ``df``."""
+    if not 0 < alpha < 0.5:
+        raise ValueError("alpha must be in (0, 0.5)")
+    if math.isinf(df) or df > 1e7:
+        return z_quantile(alpha)
+    lo, hi = 0.0, 1.0
+    while t_sf(hi, df) > alpha:  # bracket, then bisect: monotone, so this always converges
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_sf(mid, df) > alpha:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-10 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its two one-sided bounds, each at ``alpha``."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+def proportion_difference(x1: int, n1: int, x2: int, n2: int, *, alpha: float) -> Interval:
+    """p1 - p2 with Newcombe's hybrid score bounds (each one-sided at ``alpha``)."""
+    z = z_quantile(alpha)
+    p1, p2 = x1 / n1, x2 / n2
+    l1, u1 = wilson(x1, n1, z)
+    l2, u2 = wilson(x2, n2, z)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return Interval(d, low, high)
+
+
+@dataclass(frozen=True)
+class MeanDifference:
+    """A difference of means with its standard error and degrees of freedom."""
+
+    estimate: float
+    se: float
+    df: float
+
+    def interval(self, *, alpha: float) -> Interval:
+        if self.se == 0.0:
+            return Interval(self.estimate, self.estimate, self.estimate)
+        if self.df <= 0 or math.isnan(self.df):
+            return Interval(self.estimate, -math.inf, math.inf)
+        half = t_quantile(alpha, self.df) * self.se
+        return Interval(self.estimate, self.estimate - half, self.estimate + half)
+
+
+def _mean_var(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = math.fsum(values) / n
+    return mean, math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+
+
+def welch_sum(parts: Sequence[tuple[Sequence[float], Sequence[float]]]) -> MeanDifference | None:
+    """The average over ``parts`` of mean(new) - mean(old), each part a (new, old) pair of samples
+    with at least two values on each side (fixed effects: e.g. one part per device, its own
+    pre-update intervals against its post-update ones). Welch-Satterthwaite df."""
+    usable = [(a, b) for a, b in parts if len(a) >= 2 and len(b) >= 2]
+    if not usable:
+        return None
+    k = len(usable)
+    estimate, variance, df_den = 0.0, 0.0, 0.0
+    for new, old in usable:
+        mean_new, var_new = _mean_var(new)
+        mean_old, var_old = _mean_var(old)
+        estimate += (mean_new - mean_old) / k
+        for var, n in ((var_new, len(new)), (var_old, len(old))):
+            term = var / n / (k * k)
+            variance += term
+            df_den += term * term / (n - 1)
+    df = variance * variance / df_den if df_den > 0 else math.inf
+    return MeanDifference(estimate, math.sqrt(variance), df)
+
+
+def pooled_difference(new: Sequence[float], old: Sequence[float]) -> MeanDifference | None:
+    """mean(new) - mean(old) for unpaired units (e.g. one value per device) with a pooled
+    variance, so that a single canary device can be judged against several control devices;
+    None when the variance cannot be estimated (fewer than three units in all)."""
+    k, m = len(new), len(old)
+    if k == 0 or m == 0 or k + m < 3:
+        return None
+    ss = 0.0
+    for values in (new, old):
+        if len(values) >= 2:
+            ss += _mean_var(values)[1] * (len(values) - 1)
+    df = k + m - 2
+    se = math.sqrt(ss / df * (1 / k + 1 / m))
+    estimate = math.fsum(new) / k - math.fsum(old) / m
+    return MeanDifference(estimate, se, float(df))
+
+
+def dkw_epsilon(n: int, alpha: float) -> float:
+    """Half-width of a one-sided DKW band: P(sup(F_n - F) > eps) <= exp(-2 n eps^2) = alpha."""
+    return math.sqrt(math.log(1.0 / alpha) / (2.0 * n)) if n > 0 else math.inf
+
+
+def cdf_shift(new: Sequence[int], old: Sequence[int], *, both: bool) -> float:
+    """Largest excess of the new histogram's CDF over the old one's (bins from low to high
+    confidence: the new version puts more mass below some confidence level); with ``both``
+    the largest absolute gap (two-sided Kolmogorov-Smirnov on the bins)."""
+    tn, to = sum(new), sum(old)
+    acc_new = acc_old = 0
+    worst = 0.0
+    for a, b in zip(new[:-1], old[:-1], strict=True):  # the last edge is 1 = 1
+        acc_new += a
+        acc_old += b
+        gap = acc_new / tn - acc_old / to
+        worst = max(worst, abs(gap) if both else gap)
+    return worst
+
+
+def judge(interval: Interval, threshold: float, *, alpha: float) -> tuple[Verdict, str]:
+    """Bigger is worse. Fail only when the whole interval is beyond the threshold (significant
+    *and* beyond it); pass when the estimate is within it; otherwise wait for more evidence."""
+    if interval.low > threshold:
+        return "fail", f"beyond {threshold:g} at alpha={alpha:g}"
+    if interval.estimate <= threshold:
+        return "pass", ""
+    return "wait", (
+        f"estimate beyond {threshold:g} but not significant at alpha={alpha:g}: "
+        "waiting for more evidence"
+    )
