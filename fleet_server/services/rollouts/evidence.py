@@ -13,7 +13,7 @@ not carry them yet.)
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -168,6 +168,7 @@ def _telemetry_rows(
         newest = (
             select(
                 table.c.device_id,
+                table.c.seq,
                 table.c.received_at,
                 table.c.model,
                 table.c.inference_count,
@@ -199,67 +200,59 @@ def _version_of(row: Any) -> tuple[str, str] | None:
     return str(model["name"]), str(model["version"])
 
 
+def _counts(members: list[RolloutDevice], stage_ids: set[str], offline: set[str]) -> dict[str, int]:
+    in_stage = [m for m in members if m.device_id in stage_ids]
+    committed = [m for m in members if m.status == "committed"]
+    return {
+        "stage_devices": len(in_stage),
+        "committed": sum(m.status == "committed" for m in in_stage),
+        "failed": sum(m.status == "failed" for m in in_stage),
+        "unfinished": sum(m.status in ("pending", "assigned") for m in in_stage),
+        "committed_total": len(committed),
+        "committed_offline": sum(m.device_id in offline for m in committed),
+    }
+
+
 def counts_only(
     *, members: Iterable[RolloutDevice], stage_ids: set[str], offline: set[str]
 ) -> Evidence:
     """Evidence from device statuses alone (no telemetry read): enough for the success gate."""
-    members = list(members)
-    in_stage = [m for m in members if m.device_id in stage_ids]
-    committed = [m for m in members if m.status == "committed"]
-    return Evidence(
-        stage_devices=len(in_stage),
-        committed=sum(m.status == "committed" for m in in_stage),
-        failed=sum(m.status == "failed" for m in in_stage),
-        unfinished=sum(m.status in ("pending", "assigned") for m in in_stage),
-        committed_total=len(committed),
-        committed_offline=sum(m.device_id in offline for m in committed),
-        new=Cohort(),
-        old=Cohort(),
-        baseline="none",
-    )
+    counts = _counts(list(members), stage_ids, offline)
+    return Evidence(**counts, new=Cohort(), old=Cohort(), baseline="none")
 
 
-def gather(
+def assemble(
     *,
-    session: Session,
     members: Iterable[RolloutDevice],
     target: tuple[str, str],
     stage_ids: set[str],
     offline: set[str],
-    now: datetime,
     window_s: float,
     min_control_intervals: int,
+    updated_rows: Iterable[Any],
+    read_control: Callable[[], Iterable[Any]],
 ) -> Evidence:
-    """Evidence for the stage made of ``stage_ids`` (and every committed device before it)."""
+    """Evidence from telemetry rows already read (no labels): ``updated_rows`` are the rows of
+    every device the new version was sent to, from ``window_s`` before its update on;
+    ``read_control`` reads the control devices' recent rows, called only when the updated
+    devices' own history is too thin. Pure, so that simulations judge exactly what the engine
+    judges (``hil/gates.py``)."""
     members = list(members)
-    in_stage = [m for m in members if m.device_id in stage_ids]
-    committed = [m for m in members if m.status == "committed"]
-    control = [m for m in members if m.status == "pending"]
-    window_start = now - timedelta(seconds=window_s)
-
-    # The new side: whatever the new version did on any device it was sent to (in probation,
-    # committed, or since rolled back), from the moment it was assigned.
     assigned_at = {m.device_id: m.assigned_at for m in members if m.assigned_at is not None}
     classes = {m.device_id: m.device_class for m in members}
-    earliest = min(assigned_at.values(), default=now)
-    latest = max(assigned_at.values(), default=now)
+    # The new side: whatever the new version did on any device it was sent to (in probation,
+    # committed, or since rolled back), from the moment it was assigned; the old side first
+    # each such device's own history over the window before its update.
     new_rows: dict[str, list[Any]] = {}
-    for row in _telemetry_rows(session, list(assigned_at), min(earliest, window_start)):
-        if _version_of(row) == target and row.received_at >= assigned_at[row.device_id]:
-            new_rows.setdefault(row.device_id, []).append(row)
-    # Each updated device's own history over the window before its update.
     pre_rows: dict[str, list[Any]] = {}
-    history = _telemetry_rows(
-        session, list(assigned_at), earliest - timedelta(seconds=window_s), until=latest
-    )
-    for row in history:
-        at = assigned_at[row.device_id]
+    for row in updated_rows:
+        at = assigned_at.get(row.device_id)
         version = _version_of(row)
-        if (
-            version is not None
-            and version != target
-            and at - timedelta(seconds=window_s) <= row.received_at < at
-        ):
+        if at is None or version is None:
+            continue
+        if version == target and row.received_at >= at:
+            new_rows.setdefault(row.device_id, []).append(row)
+        elif version != target and at - timedelta(seconds=window_s) <= row.received_at < at:
             pre_rows.setdefault(row.device_id, []).append(row)
 
     paired = sorted(set(new_rows) & set(pre_rows))
@@ -269,7 +262,7 @@ def gather(
     if enough_history and 2 * len(paired) >= len(new_rows):  # most updated devices have one
         baseline = "pre-update"
     else:
-        for row in _telemetry_rows(session, [m.device_id for m in control], window_start):
+        for row in read_control():
             version = _version_of(row)
             if version is not None and version != target:
                 old.add(row, classes.get(row.device_id))
@@ -289,23 +282,60 @@ def gather(
         for device_id, rows in new_rows.items():
             for row in rows:
                 new.add(row, classes.get(device_id))
-
-    # Labels judge a version, not devices: every labelled sample of the new version, and of
-    # the versions the baseline ran or the members ran before the rollout.
-    new.labels = label_counts(session, target[0], [target[1]])
-    previous = {m.previous_version for m in members if m.previous_name == target[0]}
-    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
-    old.labels = label_counts(session, target[0], sorted(old_versions))
     return Evidence(
-        stage_devices=len(in_stage),
-        committed=sum(m.status == "committed" for m in in_stage),
-        failed=sum(m.status == "failed" for m in in_stage),
-        unfinished=sum(m.status in ("pending", "assigned") for m in in_stage),
-        committed_total=len(committed),
-        committed_offline=sum(m.device_id in offline for m in committed),
+        **_counts(members, stage_ids, offline),
         new=new,
         old=old,
         baseline=baseline,
         paired=len(paired) if baseline == "pre-update" else 0,
         unpaired=len(set(new_rows) - set(paired)) if baseline == "pre-update" else 0,
     )
+
+
+def gather(
+    *,
+    session: Session,
+    members: Iterable[RolloutDevice],
+    target: tuple[str, str],
+    stage_ids: set[str],
+    offline: set[str],
+    now: datetime,
+    window_s: float,
+    min_control_intervals: int,
+) -> Evidence:
+    """Evidence for the stage made of ``stage_ids`` (and every committed device before it)."""
+    members = list(members)
+    window_start = now - timedelta(seconds=window_s)
+    assigned_at = [m.assigned_at for m in members if m.assigned_at is not None]
+    updated = [m.device_id for m in members if m.assigned_at is not None]
+    control = [m.device_id for m in members if m.status == "pending"]
+    earliest = min(assigned_at, default=now)
+    # Two bounded reads of the updated devices: the newest rows (the new version), and the rows
+    # before the last update (their history, which the newest rows may have pushed out).
+    rows = _telemetry_rows(session, updated, min(earliest, window_start))
+    history = _telemetry_rows(
+        session,
+        updated,
+        earliest - timedelta(seconds=window_s),
+        until=max(assigned_at, default=now),
+    )
+    seen = {(r.device_id, r.seq) for r in rows}
+    rows += [r for r in history if (r.device_id, r.seq) not in seen]
+    evidence = assemble(
+        members=members,
+        target=target,
+        stage_ids=stage_ids,
+        offline=offline,
+        window_s=window_s,
+        min_control_intervals=min_control_intervals,
+        updated_rows=rows,
+        read_control=lambda: _telemetry_rows(session, control, window_start),
+    )
+    new, old = evidence.new, evidence.old
+    # Labels judge a version, not devices: every labelled sample of the new version, and of
+    # the versions the baseline ran or the members ran before the rollout.
+    new.labels = label_counts(session, target[0], [target[1]])
+    previous = {m.previous_version for m in members if m.previous_name == target[0]}
+    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
+    old.labels = label_counts(session, target[0], sorted(old_versions))
+    return evidence
