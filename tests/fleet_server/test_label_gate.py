@@ -54,7 +54,7 @@ def _labels(h: Harness, version: str, *, correct: int, wrong: int) -> None:
 def _canary_reports(h: Harness, rollout_id: int) -> None:
     canary = h.members(rollout_id, "assigned")
     h.commit(canary)
-    h.telemetry(canary, version=NEW)
+    h.telemetry(canary, version=NEW, intervals=4)  # the first one is the update settling
     h.telemetry(h.members(rollout_id, "pending"), version=OLD)
     h.engine.tick()
 

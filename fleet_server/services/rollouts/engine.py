@@ -225,6 +225,7 @@ class RolloutEngine:
                 now=now,
                 window_s=policy.baseline_window_s,
                 min_control_intervals=policy.latency_p95_ratio.min_samples,
+                settle_intervals=policy.settle_intervals,
             )
             results = evaluate_all(policy, evidence, soaked=soaked)
             evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())

@@ -23,7 +23,7 @@ from sqlalchemy import true as sa_true
 from sqlmodel import Session, SQLModel
 
 from fleet_server.models.rollouts import RolloutDevice
-from fleet_server.services.quality.service import LabelCounts, label_counts
+from fleet_server.services.quality.service import LabelCounts, label_counts_by_device
 
 Baseline = Literal["control", "pre-update", "none"]
 
@@ -45,11 +45,15 @@ class Cohort:
     #: The same p95s per device, and each device's class (paired and per-device comparisons).
     p95_by_device: dict[str, list[float]] = field(default_factory=dict)
     class_of: dict[str, str] = field(default_factory=dict)
+    #: Each device's own confidence histogram (devices see different inputs: issue #14).
+    hist_by_device: dict[str, list[int]] = field(default_factory=dict)
     histogram: list[int] = field(default_factory=list)
     #: Model versions seen in the rows (the old side may span several).
     versions: set[str] = field(default_factory=set)
     #: Labelled samples of those versions and how many the model got right.
     labels: LabelCounts = field(default_factory=LabelCounts)
+    #: The same labels per capturing device (any device, not only this cohort's).
+    labels_by_device: dict[str, LabelCounts] = field(default_factory=dict)
 
     def add(self, row: Any, device_class: str | None) -> None:
         self.devices.add(row.device_id)
@@ -73,6 +77,10 @@ class Cohort:
                 self.histogram = [0] * len(hist)
             if len(hist) == len(self.histogram):
                 self.histogram = [a + int(b) for a, b in zip(self.histogram, hist, strict=True)]
+                own = self.hist_by_device.setdefault(row.device_id, [0] * len(hist))
+                self.hist_by_device[row.device_id] = [
+                    a + int(b) for a, b in zip(own, hist, strict=True)
+                ]
 
     @property
     def error_rate(self) -> float | None:
@@ -229,12 +237,14 @@ def assemble(
     offline: set[str],
     window_s: float,
     min_control_intervals: int,
+    settle_intervals: int,
     updated_rows: Iterable[Any],
     read_control: Callable[[], Iterable[Any]],
 ) -> Evidence:
     """Evidence from telemetry rows already read (no labels): ``updated_rows`` are the rows of
     every device the new version was sent to, from ``window_s`` before its update on;
-    ``read_control`` reads the control devices' recent rows, called only when the updated
+    each device's first ``settle_intervals`` rows on the new version are left out; ``read_control``
+    reads the control devices' recent rows, called only when the updated
     devices' own history is too thin. Pure, so that simulations judge exactly what the engine
     judges (``hil/gates.py``)."""
     members = list(members)
@@ -255,6 +265,12 @@ def assemble(
         elif version != target and at - timedelta(seconds=window_s) <= row.received_at < at:
             pre_rows.setdefault(row.device_id, []).append(row)
 
+    for device_id, rows in list(new_rows.items()):  # the update settling is not judged
+        rows.sort(key=lambda r: (r.received_at, r.seq))
+        if len(rows) > settle_intervals:
+            new_rows[device_id] = rows[settle_intervals:]
+        else:
+            del new_rows[device_id]
     paired = sorted(set(new_rows) & set(pre_rows))
     new, old = Cohort(), Cohort()
     baseline: Baseline = "none"
@@ -302,6 +318,7 @@ def gather(
     now: datetime,
     window_s: float,
     min_control_intervals: int,
+    settle_intervals: int,
 ) -> Evidence:
     """Evidence for the stage made of ``stage_ids`` (and every committed device before it)."""
     members = list(members)
@@ -328,14 +345,19 @@ def gather(
         offline=offline,
         window_s=window_s,
         min_control_intervals=min_control_intervals,
+        settle_intervals=settle_intervals,
         updated_rows=rows,
         read_control=lambda: _telemetry_rows(session, control, window_start),
     )
     new, old = evidence.new, evidence.old
     # Labels judge a version, not devices: every labelled sample of the new version, and of
     # the versions the baseline ran or the members ran before the rollout.
-    new.labels = label_counts(session, target[0], [target[1]])
     previous = {m.previous_version for m in members if m.previous_name == target[0]}
     old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
-    old.labels = label_counts(session, target[0], sorted(old_versions))
+    for cohort, versions in ((new, [target[1]]), (old, sorted(old_versions))):
+        cohort.labels_by_device = label_counts_by_device(session, target[0], versions)
+        cohort.labels = LabelCounts(
+            sum(c.labelled for c in cohort.labels_by_device.values()),
+            sum(c.correct for c in cohort.labels_by_device.values()),
+        )
     return evidence

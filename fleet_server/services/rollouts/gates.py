@@ -32,11 +32,12 @@ from fleet_server.services.rollouts.spec import (
 from fleet_server.services.rollouts.stats import (
     Interval,
     MeanDifference,
-    cdf_shift,
-    dkw_epsilon,
     judge,
+    paired_cdf_shift,
     pooled_difference,
     proportion_difference,
+    stratified_difference,
+    unit_cdf_shift,
     welch_sum,
     z_quantile,
 )
@@ -164,6 +165,10 @@ class ErrorRate(_Base):
         )
 
 
+def _usable(histogram: list[int], bins: int) -> bool:
+    return len(histogram) == bins and sum(histogram) > 0
+
+
 def _logs(values: list[float]) -> list[float]:
     return [math.log(v) for v in values if math.isfinite(v) and v > 0]
 
@@ -264,7 +269,7 @@ class LatencyRatio(_Base):
             for k, (s, v) in sorted(verdicts.items())
         )
         if status == "wait":
-            detail += f"; a ratio beyond {threshold:g} is not significant yet: waiting for more"
+            detail += f"; a ratio beyond {threshold:g} with an unknown spread: needs more devices"
         if notes:
             detail += "; " + "; ".join(notes)
         return self._result(
@@ -281,8 +286,10 @@ class LatencyRatio(_Base):
 
 class ConfidenceShift(_Base):
     """How far the new version's top-1 confidence histogram moves below the old one's: the
-    largest gap between the two binned CDFs (Kolmogorov-Smirnov), one-sided by default so that
-    a *more* confident candidate passes; a DKW band on each side gives the interval."""
+    largest gap between the binned CDFs (Kolmogorov-Smirnov), one-sided by default so that a
+    *more* confident candidate passes. Devices see different inputs, so histograms are compared
+    device by device (against their own history) or with devices as units (against control
+    devices): :func:`.stats.paired_cdf_shift`, :func:`.stats.unit_cdf_shift`."""
 
     name = "confidence_shift"
 
@@ -307,17 +314,36 @@ class ConfidenceShift(_Base):
             detail = "no comparable old-version histogram"
             return self._result("skipped", None, c.max_distance, samples, c.min_samples, detail)
         both = c.direction == "both"
-        shift = cdf_shift(new, old, both=both)
-        # Each side's band at alpha/2 (a union bound); two-sided bands split it again.
-        side_alpha = alpha / 2 / (2 if both else 1)
-        eps = dkw_epsilon(samples, side_alpha) + dkw_epsilon(sum(old), side_alpha)
-        interval = Interval(shift, max(0.0, shift - eps), min(1.0, shift + eps))
+        bins = len(new)
+        if evidence.baseline == "pre-update":
+            pairs = [
+                (evidence.new.hist_by_device[d], evidence.old.hist_by_device[d])
+                for d in sorted(set(evidence.new.hist_by_device) & set(evidence.old.hist_by_device))
+            ]
+            pairs = [(a, b) for a, b in pairs if _usable(a, bins) and _usable(b, bins)]
+            if not pairs:
+                return self._needs("devices with histograms before and after", 0, 1, c.max_distance)
+            interval = paired_cdf_shift(pairs, alpha=alpha, both=both)
+            how = f"each device against its own history ({len(pairs)} devices)"
+        else:
+            new_units = [h for h in evidence.new.hist_by_device.values() if _usable(h, bins)]
+            old_units = [h for h in evidence.old.hist_by_device.values() if _usable(h, bins)]
+            if not new_units or not old_units:
+                return self._needs("devices with histograms on both sides", 0, 1, c.max_distance)
+            interval = unit_cdf_shift(new_units, old_units, alpha=alpha, both=both)
+            how = f"{len(new_units)} devices against {len(old_units)} other devices"
         status, why = judge(interval, c.max_distance, alpha=alpha)
-        detail = ("toward lower confidence" if not both else "either way") + (
-            f"; {why}" if why else ""
-        )
+        direction = "toward lower confidence" if not both else "either way"
+        detail = f"{direction}; {how}" + (f"; {why}" if why else "")
         return self._result(
-            status, shift, c.max_distance, samples, c.min_samples, detail, interval, alpha
+            status,
+            interval.estimate,
+            c.max_distance,
+            samples,
+            c.min_samples,
+            detail,
+            interval,
+            alpha,
         )
 
 
@@ -342,9 +368,11 @@ class Offline(_Base):
 
 class LabelAccuracy(_Base):
     """Accuracy on labelled samples, new version minus old (per version, all labelled samples;
-    ``edgefleet fleet quality`` has the random-only figures), with Newcombe's interval. Used
-    when labels exist: with no labelled sample of either version the gate is skipped; with some
-    but fewer than ``min_samples`` (on either side) the stage waits for more."""
+    ``edgefleet fleet quality`` has the random-only figures). Devices see different inputs, so
+    each device's labels on the new version are compared with its own on the old one (weighted
+    by its new labels); with no such device it can pass a within-threshold change but never
+    fails (it waits). Used when labels exist: with no labelled sample of either version the
+    gate is skipped; with some but fewer than ``min_samples`` (on either side) it waits."""
 
     name = "label_accuracy"
 
@@ -364,14 +392,29 @@ class LabelAccuracy(_Base):
                 f"new {new.labelled}, old {old.labelled}"
             )
             return self._result("wait", None, threshold, new.labelled, c.min_samples, detail)
-        drop = proportion_difference(
-            old.correct, old.labelled, new.correct, new.labelled, alpha=alpha
+        by_new, by_old = evidence.new.labels_by_device, evidence.old.labels_by_device
+        common = sorted(
+            d for d in set(by_new) & set(by_old) if by_new[d].labelled and by_old[d].labelled
         )
+        strata = [
+            (by_new[d].correct, by_new[d].labelled, by_old[d].correct, by_old[d].labelled)
+            for d in common
+        ]
+        if strata:
+            change = stratified_difference(strata, alpha=alpha)
+            how = f"each device against its own labels ({len(common)} devices)"
+        else:
+            # Only different devices have labels of the two versions: between devices that see
+            # different inputs accuracy differs far more than max_drop, so this can tell a
+            # within-threshold change (pass) but never a significant drop (it waits).
+            point = new.correct / new.labelled - old.correct / old.labelled
+            change = Interval(point, -math.inf, math.inf)
+            how = "no device has labels of both versions"
+        drop = Interval(-change.estimate, -change.high, -change.low)
         status, why = judge(drop, c.max_drop, alpha=alpha)
-        change = Interval(-drop.estimate, -drop.high, -drop.low)
-        detail = f"new {new.correct}/{new.labelled} vs old {old.correct}/{old.labelled}" + (
-            f"; {why.replace('beyond', 'a drop beyond')}" if why else ""
-        )
+        detail = f"new {new.correct}/{new.labelled} vs old {old.correct}/{old.labelled}; {how}"
+        if why:
+            detail += f"; a drop {why}"
         return self._result(
             status, change.estimate, threshold, new.labelled, c.min_samples, detail, change, alpha
         )

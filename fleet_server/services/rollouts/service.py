@@ -345,6 +345,7 @@ def differential(
         now=now,
         window_s=policy.baseline_window_s,
         min_control_intervals=policy.latency_p95_ratio.min_samples,
+        settle_intervals=policy.settle_intervals,
     )
     new, old = evidence.new.summary(), evidence.old.summary()
     classes = sorted(set(new["latency_ms"]) | set(old["latency_ms"]))

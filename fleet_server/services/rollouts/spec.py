@@ -231,6 +231,13 @@ class GatePolicy(Strict):
         le=30 * 86_400,
         description="How far back old-version telemetry counts as the baseline.",
     )
+    settle_intervals: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Each device's first telemetry intervals on the new version are not judged: "
+        "the update settling (download finishing, warm-up), not the model's steady state.",
+    )
     alpha: float = Field(
         default=0.01,
         gt=0,

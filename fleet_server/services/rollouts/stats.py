@@ -12,8 +12,10 @@ answers from a confidence interval at a stated false-alarm rate ``alpha`` (one-s
   means), Welch-Satterthwaite degrees of freedom (Welch 1947); the t quantile from the
   regularised incomplete beta function (Numerical Recipes 3rd ed., 6.4, Lentz's continued
   fraction), checked against scipy in the tests;
-- a shift of a confidence histogram: the Dvoretzky-Kiefer-Wolfowitz band with Massart's constant
-  (Massart 1990, *Annals of Probability* 18:1269), distribution-free, one band per side.
+- a shift of a confidence histogram: the largest gap between binned CDFs (Kolmogorov-Smirnov on
+  the bins), compared device by device (a normal bound from the multinomial variance) against the
+  devices' own history, or with devices as units (pooled t) against other devices; Bonferroni
+  over the bin edges.
 """
 
 from __future__ import annotations
@@ -122,6 +124,21 @@ def proportion_difference(x1: int, n1: int, x2: int, n2: int, *, alpha: float) -
     return Interval(d, low, high)
 
 
+def stratified_difference(strata: Sequence[tuple[int, int, int, int]], *, alpha: float) -> Interval:
+    """p_new - p_old within strata (devices), each stratum ``(x_new, n_new, x_old, n_old)``,
+    weighted by its ``n_new`` (a direct standardisation: a different device mix on the two sides
+    is no difference); a normal bound with proportions shrunk by +0.5 so that 0/n has a spread."""
+    total = sum(s[1] for s in strata)
+    estimate = variance = 0.0
+    for x_new, n_new, x_old, n_old in strata:
+        weight = n_new / total
+        estimate += weight * (x_new / n_new - x_old / n_old)
+        p_new, p_old = (x_new + 0.5) / (n_new + 1), (x_old + 0.5) / (n_old + 1)
+        variance += weight**2 * (p_new * (1 - p_new) / n_new + p_old * (1 - p_old) / n_old)
+    half = z_quantile(alpha) * math.sqrt(variance)
+    return Interval(estimate, estimate - half, estimate + half)
+
+
 @dataclass(frozen=True)
 class MeanDifference:
     """A difference of means with its standard error and degrees of freedom."""
@@ -183,34 +200,92 @@ def pooled_difference(new: Sequence[float], old: Sequence[float]) -> MeanDiffere
     return MeanDifference(estimate, se, float(df))
 
 
-def dkw_epsilon(n: int, alpha: float) -> float:
-    """Half-width of a one-sided DKW band: P(sup(F_n - F) > eps) <= exp(-2 n eps^2) = alpha."""
-    return math.sqrt(math.log(1.0 / alpha) / (2.0 * n)) if n > 0 else math.inf
+def cdf(histogram: Sequence[int]) -> list[float]:
+    """The binned CDF at the inner bin edges (bins from low to high confidence)."""
+    total = sum(histogram)
+    out, acc = [], 0
+    for count in histogram[:-1]:
+        acc += count
+        out.append(acc / total)
+    return out
 
 
-def cdf_shift(new: Sequence[int], old: Sequence[int], *, both: bool) -> float:
-    """Largest excess of the new histogram's CDF over the old one's (bins from low to high
-    confidence: the new version puts more mass below some confidence level); with ``both``
-    the largest absolute gap (two-sided Kolmogorov-Smirnov on the bins)."""
-    tn, to = sum(new), sum(old)
-    acc_new = acc_old = 0
-    worst = 0.0
-    for a, b in zip(new[:-1], old[:-1], strict=True):  # the last edge is 1 = 1
-        acc_new += a
-        acc_old += b
-        gap = acc_new / tn - acc_old / to
-        worst = max(worst, abs(gap) if both else gap)
+def paired_cdf_shift(
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, alpha: float, both: bool
+) -> Interval:
+    """How much more mass the new histograms put below some confidence edge than the same
+    devices' old ones: at each edge the difference of the binned CDFs, device by device, weighted
+    by the device's new inferences (so that a device mix that differs between the two periods is
+    no shift), with a normal bound from the multinomial variance (counts shrunk by +0.5 so that
+    an empty tail has a spread). Bonferroni over the edges; the worst edge is returned.
+    With ``both`` a shift either way counts."""
+    total = sum(sum(new) for new, _ in pairs)
+    edges = len(pairs[0][0]) - 1
+    z = z_quantile(alpha / edges / (2 if both else 1))
+    worst: Interval | None = None
+    for edge in range(edges):
+        shift = variance = 0.0
+        for new, old in pairs:
+            n_new, n_old = sum(new), sum(old)
+            weight = n_new / total
+            below_new, below_old = sum(new[: edge + 1]), sum(old[: edge + 1])
+            shift += weight * (below_new / n_new - below_old / n_old)
+            f_new = (below_new + 0.5) / (n_new + 1)
+            f_old = (below_old + 0.5) / (n_old + 1)
+            variance += weight**2 * (f_new * (1 - f_new) / n_new + f_old * (1 - f_old) / n_old)
+        half = z * math.sqrt(variance)
+        if both:
+            shift = abs(shift)
+        candidate = Interval(shift, shift - half, shift + half)
+        if worst is None or candidate.low > worst.low:
+            worst = candidate
+    assert worst is not None
+    return worst
+
+
+def unit_cdf_shift(
+    new: Sequence[Sequence[int]], old: Sequence[Sequence[int]], *, alpha: float, both: bool
+) -> Interval:
+    """The same shift between *different* devices (new ones against control ones): the unit is
+    a device (its own binned CDF), so that devices that see different inputs are the spread, not
+    a shift; a pooled t bound at each edge, Bonferroni over the edges. Unbounded when there are
+    fewer than three devices in all."""
+    new_cdfs, old_cdfs = [cdf(h) for h in new], [cdf(h) for h in old]
+    edges = len(new_cdfs[0])
+    per_edge = alpha / edges / (2 if both else 1)
+    worst: Interval | None = None
+    for edge in range(edges):
+        difference = pooled_difference([c[edge] for c in new_cdfs], [c[edge] for c in old_cdfs])
+        if difference is None:
+            point = math.fsum(c[edge] for c in new_cdfs) / len(new_cdfs) - math.fsum(
+                c[edge] for c in old_cdfs
+            ) / len(old_cdfs)
+            candidate = Interval(abs(point) if both else point, -math.inf, math.inf)
+        else:
+            bounds = difference.interval(alpha=per_edge)
+            if both:
+                half = bounds.high - bounds.estimate
+                point = abs(bounds.estimate)
+                candidate = Interval(point, point - half, point + half)
+            else:
+                candidate = bounds
+        if worst is None or (candidate.low, candidate.estimate) > (worst.low, worst.estimate):
+            worst = candidate
+    assert worst is not None
     return worst
 
 
 def judge(interval: Interval, threshold: float, *, alpha: float) -> tuple[Verdict, str]:
-    """Bigger is worse. Fail only when the whole interval is beyond the threshold (significant
-    *and* beyond it); pass when the estimate is within it; otherwise wait for more evidence."""
+    """Bigger is worse. Fail only when the whole interval is beyond the threshold (the regression
+    is significant *and* beyond it). An estimate beyond the threshold that is not significant
+    passes, and says so: gates are asked only once their ``min_samples`` are in, and waiting for
+    a noisy estimate to settle would stall a stage on luck (``bench/gate_bench.py`` measured half
+    of identical rollouts paused that way). Only when the spread cannot be estimated at all and the
+    estimate is beyond the threshold does the gate wait."""
     if interval.low > threshold:
         return "fail", f"beyond {threshold:g} at alpha={alpha:g}"
     if interval.estimate <= threshold:
         return "pass", ""
-    return "wait", (
-        f"estimate beyond {threshold:g} but not significant at alpha={alpha:g}: "
-        "waiting for more evidence"
-    )
+    if math.isinf(interval.low):
+        return "wait", f"beyond {threshold:g} but its spread is unknown: needs more devices"
+    return "pass", f"beyond {threshold:g} but not significant at alpha={alpha:g}"
