@@ -12,7 +12,7 @@ from typing import Any
 
 from fleet_server.client.api import FleetClient, FleetClientError, JsonObject
 from fleet_server.client.render import Column, Output, plain, when
-from fleet_server.client.rollouts_cli import TERMINAL
+from fleet_server.client.rollouts_cli import GATE_FLAGS, TERMINAL
 
 MAX_SPEC_BYTES = 1024 * 1024
 
@@ -55,12 +55,26 @@ def _spec(args: argparse.Namespace) -> JsonObject:
     if args.approval:
         strategy["require_approval"] = True
     body["strategy"] = strategy
-    if args.max_p95_ratio is not None:
-        gates = dict(body.get("gates") or {})
-        gates["latency_p95_ratio"] = {
-            **gates.get("latency_p95_ratio", {}),
-            "max_ratio": args.max_p95_ratio,
-        }
+    gates = body.get("gates") or {}
+    if not isinstance(gates, dict):
+        raise FleetClientError(0, "the spec's gates must be a JSON object")
+    gates = dict(gates)
+    settings = [
+        (gate, name, getattr(args, flag[2:].replace("-", "_")))
+        for flag, gate, name, _kind, _help in GATE_FLAGS
+    ]
+    settings.append(("confidence_shift", "direction", args.confidence_direction))
+    for gate, name, value in settings:
+        if value is None:
+            continue
+        if gate is None:
+            gates[name] = value
+        else:
+            own = gates.get(gate) or {}
+            if not isinstance(own, dict):
+                raise FleetClientError(0, f"the spec's gates.{gate} must be a JSON object")
+            gates[gate] = {**own, name: value}
+    if gates:
         body["gates"] = gates
     return body
 

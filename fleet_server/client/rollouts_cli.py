@@ -6,6 +6,25 @@ import argparse
 from pathlib import Path
 
 TERMINAL = ("completed", "aborted", "failed")
+
+#: ``rollouts create`` flags for every gate threshold: (flag, gate or None for the policy
+#: itself, field, type, help). The server's GatePolicy (services/rollouts/spec.py) validates.
+GATE_FLAGS: tuple[tuple[str, str | None, str, type, str], ...] = (
+    ("--min-success-rate", "success_rate", "min_rate", float, "committed / finished, at least"),
+    ("--max-error-increase", "error_rate", "max_increase", float,
+     "error rate new minus old (absolute), significantly above which the gate fails"),
+    ("--max-p95-ratio", "latency_p95_ratio", "max_ratio", float,
+     "p95 latency new / old, significantly above which the gate fails (default 1.25)"),
+    ("--max-confidence-shift", "confidence_shift", "max_distance", float,
+     "shift of the top-1 confidence CDF (0-1), significantly above which the gate fails"),
+    ("--max-offline", "offline", "max_fraction", float, "share of committed devices offline"),
+    ("--max-accuracy-drop", "label_accuracy", "max_drop", float,
+     "accuracy on labelled samples, old minus new (absolute)"),
+    ("--alpha", None, "alpha", float, "false-alarm rate of each gate once a stage soaked"),
+    ("--early-alpha", None, "early_alpha", float, "false-alarm rate before the soak ends"),
+    ("--settle-intervals", None, "settle_intervals", int,
+     "telemetry intervals after each device's update that are not judged"),
+)  # fmt: skip
 STATES = ("running", "paused", "awaiting_approval", "aborting", *TERMINAL)
 
 
@@ -37,7 +56,13 @@ def register(
     leaf.add_argument("--rate", type=int, metavar="N", help="devices assigned per minute, at most")
     leaf.add_argument("--approval", action="store_true", help="wait for approve between stages")
     leaf.add_argument("--on-failure", choices=("abort", "pause"))
-    leaf.add_argument("--max-p95-ratio", type=float, metavar="X", help="latency gate threshold")
+    for flag, _gate, _field, kind, text in GATE_FLAGS:
+        leaf.add_argument(flag, type=kind, metavar="N" if kind is int else "X", help=text)
+    leaf.add_argument(
+        "--confidence-direction",
+        choices=("lower", "both"),
+        help="'lower' (default): only a shift toward lower confidence fails the gate",
+    )
     leaf.set_defaults(action="rollouts_create")
 
     leaf = sub.add_parser("list", parents=[common], help="recent rollouts")

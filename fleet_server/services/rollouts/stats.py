@@ -286,6 +286,6 @@ def judge(interval: Interval, threshold: float, *, alpha: float) -> tuple[Verdic
         return "fail", f"beyond {threshold:g} at alpha={alpha:g}"
     if interval.estimate <= threshold:
         return "pass", ""
-    if math.isinf(interval.low):
+    if math.isinf(interval.low) or math.isinf(interval.high):
         return "wait", f"beyond {threshold:g} but its spread is unknown: needs more devices"
     return "pass", f"beyond {threshold:g} but not significant at alpha={alpha:g}"
