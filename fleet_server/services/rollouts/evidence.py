@@ -31,6 +31,9 @@ Baseline = Literal["control", "pre-update", "none"]
 #: evaluation at fleet scale; 120 one-minute intervals is two hours of a device's life).
 MAX_INTERVALS_PER_DEVICE = 120
 
+#: Pre-update intervals a device needs to be its own baseline (one interval has no spread).
+MIN_HISTORY = 2
+
 
 @dataclass
 class Cohort:
@@ -271,7 +274,8 @@ def assemble(
             new_rows[device_id] = rows[settle_intervals:]
         else:
             del new_rows[device_id]
-    paired = sorted(set(new_rows) & set(pre_rows))
+    # A device is compared with its own history when it has enough of it to show its spread.
+    paired = sorted(d for d in set(new_rows) & set(pre_rows) if len(pre_rows[d]) >= MIN_HISTORY)
     new, old = Cohort(), Cohort()
     baseline: Baseline = "none"
     enough_history = sum(len(pre_rows[d]) for d in paired) >= min_control_intervals
