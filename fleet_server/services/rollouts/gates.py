@@ -173,6 +173,11 @@ def _logs(values: list[float]) -> list[float]:
     return [math.log(v) for v in values if math.isfinite(v) and v > 0]
 
 
+def _exp(value: float) -> float:
+    """exp() that saturates (a t bound with one degree of freedom can be astronomically wide)."""
+    return math.inf if value > 700 else math.exp(value)
+
+
 def _geo_mean(values: list[float]) -> float:
     return math.fsum(values) / len(values)
 
@@ -228,6 +233,9 @@ class LatencyRatio(_Base):
                 "intervals on the new version", evidence.new.intervals, c.min_samples, threshold
             )
         classes = sorted(set(evidence.new.p95_by_class) & set(evidence.old.p95_by_class))
+        if not classes and evidence.new.intervals >= c.min_samples:
+            detail = "no old-version latency of the same device classes to compare with"
+            return self._result("skipped", None, threshold, 0, c.min_samples, detail)
         samples = sum(len(evidence.new.p95_by_class[k]) for k in classes)
         if samples < c.min_samples or not classes:
             return self._needs(
@@ -252,9 +260,7 @@ class LatencyRatio(_Base):
             else:
                 log_interval = difference.interval(alpha=per_class_alpha)
                 point = log_interval.estimate
-            interval = Interval(
-                *(math.exp(v) for v in (point, log_interval.low, log_interval.high))
-            )
+            interval = Interval(*(_exp(v) for v in (point, log_interval.low, log_interval.high)))
             verdict, _why = judge(interval, threshold, alpha=per_class_alpha)
             verdicts[device_class] = (verdict, interval)
         if not verdicts:

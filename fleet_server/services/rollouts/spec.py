@@ -239,15 +239,17 @@ class GatePolicy(Strict):
         "the update settling (download finishing, warm-up), not the model's steady state.",
     )
     alpha: float = Field(
-        default=0.01,
+        default=0.001,
         gt=0,
         lt=0.5,
         description="False-alarm rate of each gate's one-sided test once a stage has soaked: a "
         "gate fails only when its regression is significant at this level and beyond its "
-        "threshold.",
+        "threshold. Small because a gate is asked at every evaluation of every stage (tens of "
+        "looks at growing evidence, six gates): bench/gate_bench.py measures the rollout-level "
+        "false-abort rate this gives.",
     )
     early_alpha: float = Field(
-        default=0.001,
+        default=0.0001,
         gt=0,
         lt=0.5,
         description="The (smaller) false-alarm rate before a stage's soak ends: a stage fails "
