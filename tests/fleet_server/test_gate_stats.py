@@ -37,6 +37,7 @@ from fleet_server.services.rollouts.stats import (
     Interval,
     judge,
     proportion_difference,
+    stratified_difference,
     t_quantile,
     t_sf,
 )
@@ -61,6 +62,15 @@ def test_newcombe_hybrid_score_interval_matches_the_paper() -> None:
     assert interval.estimate == pytest.approx(0.2)
     assert interval.low == pytest.approx(0.0524, abs=5e-4)
     assert interval.high == pytest.approx(0.3339, abs=5e-4)
+
+
+def test_the_stratified_difference_is_newcombe_on_one_device_and_not_fooled_by_13_of_13() -> None:
+    one = stratified_difference([(56, 70, 48, 80)], alpha=0.025)
+    newcombe = proportion_difference(56, 70, 48, 80, alpha=0.025)
+    assert (one.low, one.high) == pytest.approx((newcombe.low, newcombe.high))
+    # A device that got 13 of 13 right before (by luck) and 35 of 51 after: not significant.
+    lucky = stratified_difference([(35, 51, 13, 13)], alpha=0.001)
+    assert lucky.estimate < -0.3 and lucky.high > -0.02
 
 
 def test_judge_fails_only_when_the_whole_interval_is_beyond() -> None:
