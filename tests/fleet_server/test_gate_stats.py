@@ -74,11 +74,16 @@ def test_the_stratified_difference_is_newcombe_on_one_device_and_not_fooled_by_1
 
 
 def test_judge_fails_only_when_the_whole_interval_is_beyond() -> None:
-    assert judge(Interval(1.6, 1.3, 1.9), 1.25, alpha=ALPHA)[0] == "fail"
-    status, why = judge(Interval(1.6, 1.1, 2.3), 1.25, alpha=ALPHA)
+    for patient in (True, False):
+        assert judge(Interval(1.6, 1.3, 1.9), 1.25, alpha=ALPHA, patient=patient)[0] == "fail"
+        unknown = Interval(1.6, -math.inf, math.inf)
+        assert judge(unknown, 1.25, alpha=ALPHA, patient=patient)[0] == "wait"
+        within = Interval(1.0, -math.inf, math.inf)
+        assert judge(within, 1.25, alpha=ALPHA, patient=patient)[0] == "pass"
+    status, why = judge(Interval(1.6, 1.1, 2.3), 1.25, alpha=ALPHA, patient=True)
+    assert status == "wait" and "needs more" in why
+    status, why = judge(Interval(1.6, 1.1, 2.3), 1.25, alpha=ALPHA, patient=False)
     assert status == "pass" and "not significant" in why
-    assert judge(Interval(1.6, -math.inf, math.inf), 1.25, alpha=ALPHA)[0] == "wait"
-    assert judge(Interval(1.0, -math.inf, math.inf), 1.25, alpha=ALPHA)[0] == "pass"
 
 
 # -- synthetic evidence --------------------------------------------------------------------------
@@ -147,7 +152,7 @@ def test_control_devices_with_other_speeds_are_units_not_samples() -> None:
         new.add(Row("canary", 15.0 + i % 3), "rpi4")
         old.add(Row("control", 10.0 + i % 3), "rpi4")
     result = LatencyRatio(LatencyGate()).evaluate(_evidence(new, old, "control"), alpha=ALPHA)
-    assert result.status == "wait" and "needs more devices" in result.detail
+    assert result.status == "wait" and "cannot estimate the spread" in result.detail
 
 
 def test_too_little_latency_evidence_waits_and_says_what_it_needs() -> None:
@@ -197,14 +202,18 @@ def test_identical_histograms_at_small_n_never_fail() -> None:
 
 
 def test_error_rate_at_small_counts_is_not_significant() -> None:
+    gate = ErrorRate(ErrorRateGate(min_samples=50))
     new, old = Cohort(), Cohort()
-    new.inferences, new.errors = 60, 2  # 3.3 % on 60 inferences
     old.inferences, old.errors = 600, 3
-    result = ErrorRate(ErrorRateGate(min_samples=50)).evaluate(_evidence(new, old), alpha=ALPHA)
+    new.inferences, new.errors = 60, 2  # 3.3 % on 60 inferences: beyond, not significant
+    result = gate.evaluate(_evidence(new, old), alpha=0.001)
+    assert result.status == "wait" and "needs more" in result.detail
+    new.inferences, new.errors = 400, 8  # 2 % on 4 x min_samples: still not significant
+    result = gate.evaluate(_evidence(new, old), alpha=0.001)
     assert result.status == "pass" and "not significant" in result.detail
-    new.inferences, new.errors = 6000, 200
-    result = ErrorRate(ErrorRateGate(min_samples=50)).evaluate(_evidence(new, old), alpha=ALPHA)
-    assert result.status == "fail"
+    new.inferences, new.errors = 6000, 200  # 3.3 % vs 0.5 % on 6000 each: significant
+    old.inferences, old.errors = 6000, 30
+    assert gate.evaluate(_evidence(new, old), alpha=0.001).status == "fail"
 
 
 def test_labels_compare_each_device_with_itself() -> None:

@@ -30,6 +30,7 @@ from fleet_server.services.rollouts.spec import (
     SuccessRateGate,
 )
 from fleet_server.services.rollouts.stats import (
+    PATIENCE,
     Interval,
     MeanDifference,
     judge,
@@ -151,7 +152,9 @@ class ErrorRate(_Base):
             low, high = wilson(new.errors, new.inferences, z_quantile(alpha))
             interval = Interval(new.errors / new.inferences, low, high)
             versus = "no baseline: absolute"
-        status, why = judge(interval, c.max_increase, alpha=alpha)
+        status, why = judge(
+            interval, c.max_increase, alpha=alpha, patient=new.inferences < PATIENCE * c.min_samples
+        )
         detail = f"new {new.errors}/{new.inferences} vs {versus}" + (f"; {why}" if why else "")
         return self._result(
             status,
@@ -261,7 +264,12 @@ class LatencyRatio(_Base):
                 log_interval = difference.interval(alpha=per_class_alpha)
                 point = log_interval.estimate
             interval = Interval(*(_exp(v) for v in (point, log_interval.low, log_interval.high)))
-            verdict, _why = judge(interval, threshold, alpha=per_class_alpha)
+            verdict, _why = judge(
+                interval,
+                threshold,
+                alpha=per_class_alpha,
+                patient=samples < PATIENCE * c.min_samples,
+            )
             verdicts[device_class] = (verdict, interval)
         if not verdicts:
             return self._needs("devices with latency on both sides", 0, 1, threshold)
@@ -275,7 +283,7 @@ class LatencyRatio(_Base):
             for k, (s, v) in sorted(verdicts.items())
         )
         if status == "wait":
-            detail += f"; a ratio beyond {threshold:g} with an unknown spread: needs more devices"
+            detail += f"; a ratio beyond {threshold:g}: needs more evidence"
         if notes:
             detail += "; " + "; ".join(notes)
         return self._result(
@@ -338,7 +346,9 @@ class ConfidenceShift(_Base):
                 return self._needs("devices with histograms on both sides", 0, 1, c.max_distance)
             interval = unit_cdf_shift(new_units, old_units, alpha=alpha, both=both)
             how = f"{len(new_units)} devices against {len(old_units)} other devices"
-        status, why = judge(interval, c.max_distance, alpha=alpha)
+        status, why = judge(
+            interval, c.max_distance, alpha=alpha, patient=samples < PATIENCE * c.min_samples
+        )
         direction = "toward lower confidence" if not both else "either way"
         detail = f"{direction}; {how}" + (f"; {why}" if why else "")
         return self._result(
@@ -417,7 +427,9 @@ class LabelAccuracy(_Base):
             change = Interval(point, -math.inf, math.inf)
             how = "no device has labels of both versions"
         drop = Interval(-change.estimate, -change.high, -change.low)
-        status, why = judge(drop, c.max_drop, alpha=alpha)
+        status, why = judge(
+            drop, c.max_drop, alpha=alpha, patient=new.labelled < PATIENCE * c.min_samples
+        )
         detail = f"new {new.correct}/{new.labelled} vs old {old.correct}/{old.labelled}; {how}"
         if why:
             detail += f"; a drop {why}"

@@ -273,17 +273,26 @@ def unit_cdf_shift(
     return worst
 
 
-def judge(interval: Interval, threshold: float, *, alpha: float) -> tuple[Verdict, str]:
+#: An estimate beyond its threshold that is not significant waits until its gate has this many
+#: times its ``min_samples``, then passes: more evidence settles most such estimates either way,
+#: and waiting on for ever would stall harmless rollouts on noise (bench/gate_bench.py).
+PATIENCE = 4
+
+
+def judge(
+    interval: Interval, threshold: float, *, alpha: float, patient: bool
+) -> tuple[Verdict, str]:
     """Bigger is worse. Fail only when the whole interval is beyond the threshold (the regression
-    is significant *and* beyond it). An estimate beyond the threshold that is not significant
-    passes, and says so: gates are asked only once their ``min_samples`` are in, and waiting for
-    a noisy estimate to settle would stall a stage on luck (``bench/gate_bench.py`` measured half
-    of identical rollouts paused that way). Only when the spread cannot be estimated at all and the
-    estimate is beyond the threshold does the gate wait."""
+    is significant *and* beyond it); pass when the estimate is within it. An estimate beyond the
+    threshold that is not significant waits while ``patient`` (the gate has fewer than
+    ``PATIENCE`` x its ``min_samples``), then passes and says so; when the spread cannot be
+    estimated at all it waits."""
     if interval.low > threshold:
         return "fail", f"beyond {threshold:g} at alpha={alpha:g}"
     if interval.estimate <= threshold:
         return "pass", ""
     if math.isinf(interval.low) or math.isinf(interval.high):
         return "wait", f"beyond {threshold:g} but its spread is unknown: needs more devices"
+    if patient:
+        return "wait", f"beyond {threshold:g}, not significant at alpha={alpha:g}: needs more"
     return "pass", f"beyond {threshold:g} but not significant at alpha={alpha:g}"
