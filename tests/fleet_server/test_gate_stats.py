@@ -18,14 +18,14 @@ from pydantic import ValidationError
 from fleet_server.client.rollouts import _spec
 from fleet_server.client.rollouts_cli import register
 from fleet_server.services.quality.service import LabelCounts
-from fleet_server.services.rollouts.evidence import Cohort, Evidence
-from fleet_server.services.rollouts.gates import (
+from fleet_server.services.rollouts.comparisons import (
     ConfidenceShift,
     ErrorRate,
     LabelAccuracy,
     LatencyRatio,
-    evaluate_all,
 )
+from fleet_server.services.rollouts.evidence import Cohort, Evidence
+from fleet_server.services.rollouts.gates import evaluate_all
 from fleet_server.services.rollouts.spec import (
     ConfidenceGate,
     ErrorRateGate,
