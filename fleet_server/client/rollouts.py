@@ -11,6 +11,7 @@ from typing import Any
 
 from fleet_server.client.api import FleetClient, FleetClientError, JsonObject
 from fleet_server.client.render import Column, Output, plain, when
+from fleet_server.client.rollouts_cli import GATE_FLAGS
 from fleet_server.services.rollouts.state import TERMINAL_STATES, RolloutState
 
 MAX_SPEC_BYTES = 1024 * 1024
@@ -54,21 +55,35 @@ def _spec(args: argparse.Namespace) -> JsonObject:
     if args.approval:
         strategy["require_approval"] = True
     body["strategy"] = strategy
-    if args.max_p95_ratio is not None:
-        gates = dict(body.get("gates") or {})
-        gates["latency_p95_ratio"] = {
-            **gates.get("latency_p95_ratio", {}),
-            "max_ratio": args.max_p95_ratio,
-        }
+    gates = body.get("gates") or {}
+    if not isinstance(gates, dict):
+        raise FleetClientError(0, "the spec's gates must be a JSON object")
+    gates = dict(gates)
+    settings = [
+        (gate, name, getattr(args, flag[2:].replace("-", "_")))
+        for flag, gate, name, _kind, _help in GATE_FLAGS
+    ]
+    settings.append(("confidence_shift", "direction", args.confidence_direction))
+    for gate, name, value in settings:
+        if value is None:
+            continue
+        if gate is None:
+            gates[name] = value
+        else:
+            own = gates.get(gate) or {}
+            if not isinstance(own, dict):
+                raise FleetClientError(0, f"the spec's gates.{gate} must be a JSON object")
+            gates[gate] = {**own, name: value}
+    if gates:
         body["gates"] = gates
     thresholds = {
-        "max_agreement_drop": args.max_agreement_drop,
-        "max_accuracy_drop": args.max_accuracy_drop,
-        "max_latency_ratio": args.max_latency_ratio,
+        "max_agreement_drop": args.compare_max_agreement_drop,
+        "max_accuracy_drop": args.compare_max_accuracy_drop,
+        "max_latency_ratio": args.compare_max_latency_ratio,
     }
     given = {k: v for k, v in thresholds.items() if v is not None}
     if given and not args.require_compare:
-        raise FleetClientError(0, "--max-agreement-drop and friends need --require-compare")
+        raise FleetClientError(0, "--compare-max-* thresholds need --require-compare")
     if args.require_compare:
         required = dict(body.get("require_compare") or {})
         required.update({k: (None if v == "off" else v) for k, v in given.items()})

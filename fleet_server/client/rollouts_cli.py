@@ -7,6 +7,25 @@ from pathlib import Path
 
 from fleet_server.services.rollouts.state import OPERATOR_ACTIONS, RolloutState
 
+#: ``rollouts create`` flags for every gate threshold: (flag, gate or None for the policy
+#: itself, field, type, help). The server's GatePolicy (services/rollouts/spec.py) validates.
+GATE_FLAGS: tuple[tuple[str, str | None, str, type, str], ...] = (
+    ("--min-success-rate", "success_rate", "min_rate", float, "committed / finished, at least"),
+    ("--max-error-increase", "error_rate", "max_increase", float,
+     "error rate new minus old (absolute), significantly above which the gate fails"),
+    ("--max-p95-ratio", "latency_p95_ratio", "max_ratio", float,
+     "p95 latency new / old, significantly above which the gate fails (default 1.25)"),
+    ("--max-confidence-shift", "confidence_shift", "max_distance", float,
+     "shift of the top-1 confidence CDF (0-1), significantly above which the gate fails"),
+    ("--max-offline", "offline", "max_fraction", float, "share of committed devices offline"),
+    ("--max-accuracy-drop", "label_accuracy", "max_drop", float,
+     "accuracy on labelled samples, old minus new (absolute)"),
+    ("--alpha", None, "alpha", float, "false-alarm rate of each gate once a stage soaked"),
+    ("--early-alpha", None, "early_alpha", float, "false-alarm rate before the soak ends"),
+    ("--settle-intervals", None, "settle_intervals", int,
+     "telemetry intervals after each device's update that are not judged"),
+)  # fmt: skip
+
 
 def register(
     actions: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -36,7 +55,13 @@ def register(
     leaf.add_argument("--rate", type=int, metavar="N", help="devices assigned per minute, at most")
     leaf.add_argument("--approval", action="store_true", help="wait for approve between stages")
     leaf.add_argument("--on-failure", choices=("abort", "pause"))
-    leaf.add_argument("--max-p95-ratio", type=float, metavar="X", help="latency gate threshold")
+    for flag, _gate, _field, kind, text in GATE_FLAGS:
+        leaf.add_argument(flag, type=kind, metavar="N" if kind is int else "X", help=text)
+    leaf.add_argument(
+        "--confidence-direction",
+        choices=("lower", "both"),
+        help="'lower' (default): only a shift toward lower confidence fails the gate",
+    )
     leaf.add_argument(
         "--require-compare",
         action="store_true",
@@ -44,16 +69,23 @@ def register(
         "version passes the thresholds below (server defaults otherwise)",
     )
     leaf.add_argument(
-        "--max-agreement-drop", type=_share, metavar="F", help="1 - agreement, at most (0.05)"
+        "--compare-max-agreement-drop",
+        type=_share,
+        metavar="F",
+        help="with --require-compare: 1 - agreement, at most (0.05)",
     )
     leaf.add_argument(
-        "--max-accuracy-drop",
+        "--compare-max-accuracy-drop",
         type=_share_or_off,
         metavar="F",
-        help="labelled accuracy drop, at most (0.02); 'off' accepts unlabelled comparisons",
+        help="with --require-compare: labelled accuracy drop, at most (0.02); 'off' accepts "
+        "unlabelled comparisons",
     )
     leaf.add_argument(
-        "--max-latency-ratio", type=float, metavar="X", help="median latency B / A, at most (1.5)"
+        "--compare-max-latency-ratio",
+        type=float,
+        metavar="X",
+        help="with --require-compare: median latency B / A, at most (1.5)",
     )
     leaf.set_defaults(action="rollouts_create")
 

@@ -117,7 +117,7 @@ export function gateChart(gates) {
     const value = typeof g.value === "number" ? g.value : null;
     const scale = niceMax(Math.max(g.threshold, value || 0) * 1.1) || 1;
     const yy = 4 + i * rowH;
-    const status = { pass: "ok", fail: "bad", insufficient: "warn" }[g.status] || "muted";
+    const status = { pass: "ok", fail: "bad", wait: "warn", insufficient: "warn" }[g.status] || "muted";
     const bw = value === null ? 0 : (width * Math.min(value, scale)) / scale;
     const tx = left + (width * Math.max(0, g.threshold)) / scale;
     body +=

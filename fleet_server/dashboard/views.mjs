@@ -11,7 +11,7 @@ export const can = (ctx, needed) => (RANK[ctx && ctx.role] ?? -1) >= RANK[needed
 // state.py's table), so the console offers what the server would accept.
 
 function gateCell(gate) {
-  const cls = { pass: "ok", fail: "bad", insufficient: "warn" }[gate.status] || "muted";
+  const cls = { pass: "ok", fail: "bad", wait: "warn", insufficient: "warn" }[gate.status] || "muted";
   const value = gate.value === null || gate.value === undefined ? "n/a" : num(gate.value);
   const title = `${gate.name}: ${value} vs ${gate.threshold} (n=${gate.samples}/${gate.min_samples}) ${gate.detail || ""}`;
   return `<span class="gate ${cls}" title="${esc(title)}">${esc(gate.name)} ${esc(value)}</span>`;

@@ -54,7 +54,7 @@ def _labels(h: Harness, version: str, *, correct: int, wrong: int) -> None:
 def _canary_reports(h: Harness, rollout_id: int) -> None:
     canary = h.members(rollout_id, "assigned")
     h.commit(canary)
-    h.telemetry(canary, version=NEW)
+    h.telemetry(canary, version=NEW, intervals=4)  # the first one is the update settling
     h.telemetry(h.members(rollout_id, "pending"), version=OLD)
     h.engine.tick()
 
@@ -66,21 +66,22 @@ def _gate(h: Harness, rollout_id: int, action: str) -> dict[str, object]:
 
 def test_a_less_accurate_version_fails_the_label_gate(h: Harness) -> None:
     h.add_devices(10)
-    _labels(h, OLD, correct=90, wrong=10)  # 0.90
-    _labels(h, NEW, correct=70, wrong=30)  # 0.70
+    # 0.90 vs 0.70 on 200 labels each: significant at the early alpha (100 each is not)
+    _labels(h, OLD, correct=180, wrong=20)
+    _labels(h, NEW, correct=140, wrong=60)
     rollout = h.create()
     _canary_reports(h, rollout.id)
     failed = h.decision(rollout.id, "gate_failed")
     assert "label_accuracy" in failed.reason
     gate = _gate(h, rollout.id, "gate_failed")
     assert gate["status"] == "fail" and gate["value"] == pytest.approx(-0.2)
-    assert gate["samples"] == 100
+    assert gate["samples"] == 200
     with Session(h.db) as session:  # the rollout report says the same, random and all named
         report = service.report(session, rollout.id, now=h.clock.now)
     labels = report.differential["label_accuracy"]
     assert labels["new"]["random"]["accuracy"] == pytest.approx(0.7)
     assert labels["old"]["all"]["accuracy"] == pytest.approx(0.9)
-    assert labels["old"]["versions"] == [OLD] and labels["new"]["all"]["labelled"] == 100
+    assert labels["old"]["versions"] == [OLD] and labels["new"]["all"]["labelled"] == 200
     low, high = labels["new"]["random"]["ci95"]
     assert low < 0.7 < high
 

@@ -27,11 +27,12 @@ def h(database_url: str) -> Iterator[Harness]:
 
 
 def _pass_stage(h: Harness, rollout_id: int, *, p95: float = 10.0) -> None:
-    """Assigned devices commit and report healthy telemetry; the control group reports too."""
+    """Assigned devices commit and report healthy telemetry; the control group reports too.
+    Four intervals: each device's first one on the new version is the update settling."""
     assigned = h.members(rollout_id, "assigned")
     h.commit(assigned)
     h.clock.advance(5)
-    h.telemetry(assigned + h.members(rollout_id, "committed"), version=NEW, p95=p95)
+    h.telemetry(assigned + h.members(rollout_id, "committed"), version=NEW, p95=p95, intervals=4)
     h.telemetry(h.members(rollout_id, "pending"), version=OLD)
     h.engine.tick()
 

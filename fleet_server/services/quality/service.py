@@ -105,8 +105,27 @@ def label_counts(
     """Classifier label counts over ``versions`` of model ``name``, of the samples captured in
     [since, until), of one capture ``reason`` if given (for the rollout gate and report and
     the accuracy-drop trigger)."""
+    counts = label_counts_by_device(
+        session, name, versions, since=since, until=until, reason=reason
+    )
+    return LabelCounts(
+        sum(c.labelled for c in counts.values()), sum(c.correct for c in counts.values())
+    )
+
+
+def label_counts_by_device(
+    session: Session,
+    name: str,
+    versions: Sequence[str],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    reason: str | None = None,
+) -> dict[str, LabelCounts]:
+    """:func:`label_counts` per capturing device (the rollout gate compares a device's labels
+    on the new version with its own on the old one: devices see different inputs)."""
     if not versions:
-        return LabelCounts()
+        return {}
     labels_of: dict[str, list[str]] = {}
     for row in session.exec(
         select(ModelVersion).where(
@@ -114,13 +133,14 @@ def label_counts(
         )
     ):
         labels_of[row.version] = [str(x) for x in row.manifest.get("labels") or []]
-    labelled = correct = 0
+    counts: dict[str, LabelCounts] = {}
     for s in _labelled(session, name, versions, since, until, reason):
         if s.label is None:
             continue
-        labelled += 1
-        correct += _label_of(s.predicted, labels_of.get(s.model_version, [])) == s.label
-    return LabelCounts(labelled, correct)
+        right = _label_of(s.predicted, labels_of.get(s.model_version, [])) == s.label
+        own = counts.get(s.device_id, LabelCounts())
+        counts[s.device_id] = LabelCounts(own.labelled + 1, own.correct + right)
+    return counts
 
 
 def _classifier(samples: list[Sample], labels: Sequence[str]) -> dict[str, Any]:

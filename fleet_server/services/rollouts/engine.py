@@ -234,13 +234,14 @@ class RolloutEngine:
                 now=now,
                 window_s=policy.baseline_window_s,
                 min_control_intervals=policy.latency_p95_ratio.min_samples,
+                settle_intervals=policy.settle_intervals,
             )
-            results = evaluate_all(policy, evidence)
+            results = evaluate_all(policy, evidence, soaked=soaked)
             evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())
             rollout.last_evaluation = evaluation
         else:  # between evaluations, only what the device statuses alone can fail
             evidence = counts_only(members=members, stage_ids=stage_ids, offline=offline)
-            results = [r for r in evaluate_all(policy, evidence) if r.name == "success_rate"]
+            results = evaluate_all(policy, evidence, soaked=soaked, only={"success_rate"})
             evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())
 
         failed = [r for r in results if r.status == "fail"]
@@ -264,7 +265,7 @@ class RolloutEngine:
 
         if not full:
             return
-        waiting = [r for r in results if r.status == "insufficient"]
+        waiting = [r for r in results if r.status == "wait"]
         if soaked and not waiting:
             stage = rollout.stage
             self._promote(session, rollout, now, strategy, evaluation, total=len(eligible))

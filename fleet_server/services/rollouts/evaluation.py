@@ -30,7 +30,10 @@ def evaluation_due(rollout: Rollout, now: datetime, soaked: bool, strategy: Stra
 
 def fmt_result(result: GateResult) -> str:
     value = "n/a" if result.value is None else f"{result.value:.4g}"
-    return f"{value} vs {result.threshold:g} (n={result.samples})"
+    bounds = ""
+    if result.low is not None and result.high is not None and result.alpha is not None:
+        bounds = f", bounds {result.low:.4g}..{result.high:.4g} at alpha={result.alpha:g}"
+    return f"{value} vs {result.threshold:g} (n={result.samples}{bounds})"
 
 
 def evaluation_record(

@@ -1,15 +1,19 @@
 """The numbers gates judge: telemetry of devices on the new version against a baseline on the old.
 
-The baseline is the **control group** (targeted devices not yet updated, still on their old
-version, over the same recent window); when the control group has too little telemetry (the last
-stage has none left) it is the **pre-update** telemetry of the updated devices themselves. Windows
-use the server's receive time, so device clocks do not matter.
+The baseline is preferably the **pre-update** telemetry of the updated devices themselves (each
+device against its own history over the window before its update: the inputs a device sees do not
+change with the update, while two devices can see very different images — issue #14); the
+**control group** (targeted devices not yet updated, over the same recent window) is used when the
+updated devices have too little history. With a pre-update baseline both sides are restricted to
+the *paired* devices (those with telemetry before and after). Windows use the server's receive
+time, so device clocks do not matter. (Shadow-model pairs would be better still; telemetry does
+not carry them yet.)
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -19,13 +23,16 @@ from sqlalchemy import true as sa_true
 from sqlmodel import Session, SQLModel
 
 from fleet_server.models.rollouts import RolloutDevice
-from fleet_server.services.quality.service import LabelCounts, label_counts
+from fleet_server.services.quality.service import LabelCounts, label_counts_by_device
 
 Baseline = Literal["control", "pre-update", "none"]
 
 #: At most this many of a device's newest telemetry intervals count (bounds the work per
 #: evaluation at fleet scale; 120 one-minute intervals is two hours of a device's life).
 MAX_INTERVALS_PER_DEVICE = 120
+
+#: Pre-update intervals a device needs to be its own baseline (one interval has no spread).
+MIN_HISTORY = 2
 
 
 @dataclass
@@ -38,11 +45,18 @@ class Cohort:
     errors: int = 0
     p50_by_class: dict[str, list[float]] = field(default_factory=dict)
     p95_by_class: dict[str, list[float]] = field(default_factory=dict)
+    #: The same p95s per device, and each device's class (paired and per-device comparisons).
+    p95_by_device: dict[str, list[float]] = field(default_factory=dict)
+    class_of: dict[str, str] = field(default_factory=dict)
+    #: Each device's own confidence histogram (devices see different inputs: issue #14).
+    hist_by_device: dict[str, list[int]] = field(default_factory=dict)
     histogram: list[int] = field(default_factory=list)
     #: Model versions seen in the rows (the old side may span several).
     versions: set[str] = field(default_factory=set)
     #: Labelled samples of those versions and how many the model got right.
     labels: LabelCounts = field(default_factory=LabelCounts)
+    #: The same labels per capturing device (any device, not only this cohort's).
+    labels_by_device: dict[str, LabelCounts] = field(default_factory=dict)
 
     def add(self, row: Any, device_class: str | None) -> None:
         self.devices.add(row.device_id)
@@ -54,8 +68,10 @@ class Cohort:
         self.errors += int(row.error_count)
         latency = row.latency_ms or {}
         key = device_class or "unknown"
+        self.class_of[row.device_id] = key
         if latency.get("p95") is not None:
             self.p95_by_class.setdefault(key, []).append(float(latency["p95"]))
+            self.p95_by_device.setdefault(row.device_id, []).append(float(latency["p95"]))
         if latency.get("p50") is not None:
             self.p50_by_class.setdefault(key, []).append(float(latency["p50"]))
         hist = list(row.confidence_histogram or [])
@@ -64,10 +80,18 @@ class Cohort:
                 self.histogram = [0] * len(hist)
             if len(hist) == len(self.histogram):
                 self.histogram = [a + int(b) for a, b in zip(self.histogram, hist, strict=True)]
+                own = self.hist_by_device.setdefault(row.device_id, [0] * len(hist))
+                self.hist_by_device[row.device_id] = [
+                    a + int(b) for a, b in zip(own, hist, strict=True)
+                ]
 
     @property
     def error_rate(self) -> float | None:
         return self.errors / self.inferences if self.inferences else None
+
+    def devices_of(self, device_class: str) -> set[str]:
+        """The devices of ``device_class`` that reported a p95."""
+        return {d for d in self.p95_by_device if self.class_of.get(d) == device_class}
 
     def median_p95(self, device_class: str) -> float | None:
         values = self.p95_by_class.get(device_class)
@@ -109,6 +133,10 @@ class Evidence:
     new: Cohort
     old: Cohort
     baseline: Baseline
+    #: Devices compared with their own pre-update telemetry; devices on the new version left out
+    #: of that comparison because they have no history in the window.
+    paired: int = 0
+    unpaired: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -119,6 +147,8 @@ class Evidence:
             "committed_total": self.committed_total,
             "committed_offline": self.committed_offline,
             "baseline": self.baseline,
+            "paired": self.paired,
+            "unpaired": self.unpaired,
             "new": self.new.summary(),
             "old": self.old.summary(),
         }
@@ -149,6 +179,7 @@ def _telemetry_rows(
         newest = (
             select(
                 table.c.device_id,
+                table.c.seq,
                 table.c.received_at,
                 table.c.model,
                 table.c.inference_count,
@@ -180,23 +211,104 @@ def _version_of(row: Any) -> tuple[str, str] | None:
     return str(model["name"]), str(model["version"])
 
 
+def _counts(members: list[RolloutDevice], stage_ids: set[str], offline: set[str]) -> dict[str, int]:
+    in_stage = [m for m in members if m.device_id in stage_ids]
+    committed = [m for m in members if m.status == "committed"]
+    return {
+        "stage_devices": len(in_stage),
+        "committed": sum(m.status == "committed" for m in in_stage),
+        "failed": sum(m.status == "failed" for m in in_stage),
+        "unfinished": sum(m.status in ("pending", "assigned") for m in in_stage),
+        "committed_total": len(committed),
+        "committed_offline": sum(m.device_id in offline for m in committed),
+    }
+
+
 def counts_only(
     *, members: Iterable[RolloutDevice], stage_ids: set[str], offline: set[str]
 ) -> Evidence:
     """Evidence from device statuses alone (no telemetry read): enough for the success gate."""
+    counts = _counts(list(members), stage_ids, offline)
+    return Evidence(**counts, new=Cohort(), old=Cohort(), baseline="none")
+
+
+def assemble(
+    *,
+    members: Iterable[RolloutDevice],
+    target: tuple[str, str],
+    stage_ids: set[str],
+    offline: set[str],
+    window_s: float,
+    min_control_intervals: int,
+    settle_intervals: int,
+    updated_rows: Iterable[Any],
+    read_control: Callable[[], Iterable[Any]],
+) -> Evidence:
+    """Evidence from telemetry rows already read (no labels): ``updated_rows`` are the rows of
+    every device the new version was sent to, from ``window_s`` before its update on;
+    each device's first ``settle_intervals`` rows on the new version are left out; ``read_control``
+    reads the control devices' recent rows, called only when the updated
+    devices' own history is too thin. Pure, so that simulations judge exactly what the engine
+    judges (``hil/gates.py``)."""
     members = list(members)
-    in_stage = [m for m in members if m.device_id in stage_ids]
-    committed = [m for m in members if m.status == "committed"]
+    assigned_at = {m.device_id: m.assigned_at for m in members if m.assigned_at is not None}
+    classes = {m.device_id: m.device_class for m in members}
+    # The new side: whatever the new version did on any device it was sent to (in probation,
+    # committed, or since rolled back), from the moment it was assigned; the old side first
+    # each such device's own history over the window before its update.
+    new_rows: dict[str, list[Any]] = {}
+    pre_rows: dict[str, list[Any]] = {}
+    for row in updated_rows:
+        at = assigned_at.get(row.device_id)
+        version = _version_of(row)
+        if at is None or version is None:
+            continue
+        if version == target and row.received_at >= at:
+            new_rows.setdefault(row.device_id, []).append(row)
+        elif version != target and at - timedelta(seconds=window_s) <= row.received_at < at:
+            pre_rows.setdefault(row.device_id, []).append(row)
+
+    for device_id, rows in list(new_rows.items()):  # the update settling is not judged
+        rows.sort(key=lambda r: (r.received_at, r.seq))
+        if len(rows) > settle_intervals:
+            new_rows[device_id] = rows[settle_intervals:]
+        else:
+            del new_rows[device_id]
+    # A device is compared with its own history when it has enough of it to show its spread.
+    paired = sorted(d for d in set(new_rows) & set(pre_rows) if len(pre_rows[d]) >= MIN_HISTORY)
+    new, old = Cohort(), Cohort()
+    baseline: Baseline = "none"
+    enough_history = sum(len(pre_rows[d]) for d in paired) >= min_control_intervals
+    if enough_history and 2 * len(paired) >= len(new_rows):  # most updated devices have one
+        baseline = "pre-update"
+    else:
+        for row in read_control():
+            version = _version_of(row)
+            if version is not None and version != target:
+                old.add(row, classes.get(row.device_id))
+        if old.intervals >= min_control_intervals:
+            baseline = "control"
+        elif paired:  # a little history beats none (e.g. the last stage, no control left)
+            old, baseline = Cohort(), "pre-update"
+        else:
+            old = Cohort()
+    if baseline == "pre-update":
+        for device_id in paired:
+            for row in pre_rows[device_id]:
+                old.add(row, classes.get(device_id))
+            for row in new_rows[device_id]:
+                new.add(row, classes.get(device_id))
+    else:
+        for device_id, rows in new_rows.items():
+            for row in rows:
+                new.add(row, classes.get(device_id))
     return Evidence(
-        stage_devices=len(in_stage),
-        committed=sum(m.status == "committed" for m in in_stage),
-        failed=sum(m.status == "failed" for m in in_stage),
-        unfinished=sum(m.status in ("pending", "assigned") for m in in_stage),
-        committed_total=len(committed),
-        committed_offline=sum(m.device_id in offline for m in committed),
-        new=Cohort(),
-        old=Cohort(),
-        baseline="none",
+        **_counts(members, stage_ids, offline),
+        new=new,
+        old=old,
+        baseline=baseline,
+        paired=len(paired) if baseline == "pre-update" else 0,
+        unpaired=len(set(new_rows) - set(paired)) if baseline == "pre-update" else 0,
     )
 
 
@@ -210,73 +322,46 @@ def gather(
     now: datetime,
     window_s: float,
     min_control_intervals: int,
+    settle_intervals: int,
 ) -> Evidence:
     """Evidence for the stage made of ``stage_ids`` (and every committed device before it)."""
     members = list(members)
-    in_stage = [m for m in members if m.device_id in stage_ids]
-    committed = [m for m in members if m.status == "committed"]
-    control = [m for m in members if m.status == "pending"]
     window_start = now - timedelta(seconds=window_s)
-
-    # The new side: whatever the new version did on any device it was sent to (in probation,
-    # committed, or since rolled back), from the moment it was assigned.
-    new = Cohort()
-    assigned_at = {m.device_id: m.assigned_at for m in members if m.assigned_at is not None}
-    classes = {m.device_id: m.device_class for m in members}
-    earliest = min((t for t in assigned_at.values() if t is not None), default=now)
-    for row in _telemetry_rows(session, list(assigned_at), min(earliest, window_start)):
-        since = assigned_at[row.device_id]
-        if _version_of(row) == target and since is not None and row.received_at >= since:
-            new.add(row, classes.get(row.device_id))
-
-    old = Cohort()
-    baseline: Baseline = "none"
-    for row in _telemetry_rows(session, [m.device_id for m in control], window_start):
-        version = _version_of(row)
-        if version is not None and version != target:
-            old.add(row, classes.get(row.device_id))
-    if old.intervals >= min_control_intervals:
-        baseline = "control"
-    else:
-        old = Cohort()
-        first = min((t for t in assigned_at.values() if t is not None), default=now)
-        last = max((t for t in assigned_at.values() if t is not None), default=now)
-        rows = _telemetry_rows(
-            session, list(assigned_at), first - timedelta(seconds=window_s), until=last
-        )
-        for row in rows:
-            until = assigned_at[row.device_id]
-            version = _version_of(row)
-            if (
-                until is not None
-                and version is not None
-                and version != target
-                and until - timedelta(seconds=window_s) <= row.received_at < until
-            ):
-                old.add(row, classes.get(row.device_id))
-        if old.intervals:
-            baseline = "pre-update"
-
-    # Labels judge a version, not devices: every labelled sample of the new version, and of
-    # the versions the baseline ran or the members ran before the rollout.
-    new.labels = label_counts(session, target[0], [target[1]])
-    previous = {m.previous_version for m in members if m.previous_name == target[0]}
-    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
-    old.labels = label_counts(session, target[0], sorted(old_versions))
-    # Labels judge a version, not devices: every labelled sample of the new version, and of
-    # the versions the baseline ran or the members ran before the rollout.
-    new.labels = label_counts(session, target[0], [target[1]])
-    previous = {m.previous_version for m in members if m.previous_name == target[0]}
-    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
-    old.labels = label_counts(session, target[0], sorted(old_versions))
-    return Evidence(
-        stage_devices=len(in_stage),
-        committed=sum(m.status == "committed" for m in in_stage),
-        failed=sum(m.status == "failed" for m in in_stage),
-        unfinished=sum(m.status in ("pending", "assigned") for m in in_stage),
-        committed_total=len(committed),
-        committed_offline=sum(m.device_id in offline for m in committed),
-        new=new,
-        old=old,
-        baseline=baseline,
+    assigned_at = [m.assigned_at for m in members if m.assigned_at is not None]
+    updated = [m.device_id for m in members if m.assigned_at is not None]
+    control = [m.device_id for m in members if m.status == "pending"]
+    earliest = min(assigned_at, default=now)
+    # Two bounded reads of the updated devices: the newest rows (the new version), and the rows
+    # before the last update (their history, which the newest rows may have pushed out).
+    rows = _telemetry_rows(session, updated, min(earliest, window_start))
+    history = _telemetry_rows(
+        session,
+        updated,
+        earliest - timedelta(seconds=window_s),
+        until=max(assigned_at, default=now),
     )
+    seen = {(r.device_id, r.seq) for r in rows}
+    rows += [r for r in history if (r.device_id, r.seq) not in seen]
+    evidence = assemble(
+        members=members,
+        target=target,
+        stage_ids=stage_ids,
+        offline=offline,
+        window_s=window_s,
+        min_control_intervals=min_control_intervals,
+        settle_intervals=settle_intervals,
+        updated_rows=rows,
+        read_control=lambda: _telemetry_rows(session, control, window_start),
+    )
+    new, old = evidence.new, evidence.old
+    # Labels judge a version, not devices: every labelled sample of the new version, and of
+    # the versions the baseline ran or the members ran before the rollout.
+    previous = {m.previous_version for m in members if m.previous_name == target[0]}
+    old_versions = (old.versions | {v for v in previous if v}) - {target[1]}
+    for cohort, versions in ((new, [target[1]]), (old, sorted(old_versions))):
+        cohort.labels_by_device = label_counts_by_device(session, target[0], versions)
+        cohort.labels = LabelCounts(
+            sum(c.labelled for c in cohort.labels_by_device.values()),
+            sum(c.correct for c in cohort.labels_by_device.values()),
+        )
+    return evidence

@@ -167,14 +167,28 @@ class ErrorRateGate(Strict):
 
 class LatencyGate(Strict):
     enabled: bool = True
-    max_ratio: float = Field(default=1.5, gt=0, description="p95 new / old, same device class.")
+    max_ratio: float = Field(
+        default=1.25,
+        gt=0,
+        description="p95 new / old, same device class: fails when the ratio is significantly "
+        "above this (its lower confidence bound is), so a 1.5x slower version is stopped.",
+    )
     min_samples: int = Field(default=3, ge=1, description="Telemetry intervals on the new version.")
 
 
 class ConfidenceGate(Strict):
     enabled: bool = True
     max_distance: float = Field(
-        default=0.25, ge=0, le=1, description="Total variation distance of the histograms."
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Largest gap between the binned CDFs of top-1 confidence (Kolmogorov-"
+        "Smirnov distance, 0-1), significantly beyond which the gate fails.",
+    )
+    direction: Literal["lower", "both"] = Field(
+        default="lower",
+        description="'lower': only a shift toward lower confidence counts (a more confident "
+        "version passes); 'both': any shift.",
     )
     min_samples: int = Field(default=50, ge=1, description="Inferences on the new version.")
 
@@ -217,6 +231,36 @@ class GatePolicy(Strict):
         le=30 * 86_400,
         description="How far back old-version telemetry counts as the baseline.",
     )
+    settle_intervals: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Each device's first telemetry intervals on the new version are not judged: "
+        "the update settling (download finishing, warm-up), not the model's steady state.",
+    )
+    alpha: float = Field(
+        default=0.001,
+        gt=0,
+        lt=0.5,
+        description="False-alarm rate of each gate's one-sided test once a stage has soaked: a "
+        "gate fails only when its regression is significant at this level and beyond its "
+        "threshold. Small because a gate is asked at every evaluation of every stage (tens of "
+        "looks at growing evidence, six gates): bench/gate_bench.py measures the rollout-level "
+        "false-abort rate this gives.",
+    )
+    early_alpha: float = Field(
+        default=0.0001,
+        gt=0,
+        lt=0.5,
+        description="The (smaller) false-alarm rate before a stage's soak ends: a stage fails "
+        "early only when a gate is clearly out of reach.",
+    )
+
+    @model_validator(mode="after")
+    def _early_is_stricter(self) -> GatePolicy:
+        if self.early_alpha > self.alpha:
+            raise ValueError("early_alpha must not be larger than alpha")
+        return self
 
 
 class CompareRequirement(Strict):

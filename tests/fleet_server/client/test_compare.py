@@ -137,12 +137,12 @@ def test_compare_stores_the_result_and_require_compare_judges_it(
     # Looser agreement still fails on accuracy; a latency ratio below 1 x fails on latency.
     code, out = cli(
         server, capsys, *create, "1.1.0", "--device", "cam-1", "--require-compare",
-        "--max-agreement-drop", "1",
+        "--compare-max-agreement-drop", "1",
     )  # fmt: skip
     assert code == 1 and "accuracy drops" in out, out
     code, out = cli(
         server, capsys, *create, "1.2.0", "--device", "cam-1", "--require-compare",
-        "--max-latency-ratio", "0.001",
+        "--compare-max-latency-ratio", "0.001",
     )  # fmt: skip
     assert code == 1 and "latency ratio" in out, out
 

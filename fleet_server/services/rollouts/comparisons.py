@@ -1,0 +1,323 @@
+"""The gates that compare the new version with the baseline, each with a one-sided confidence
+bound (:mod:`.stats`): error rate, latency, confidence histogram, labelled accuracy. Devices see
+different inputs, so comparisons are made device by device against their own history where the
+evidence allows, and with devices as units otherwise (issue #14)."""
+
+from __future__ import annotations
+
+import math
+
+from fleet_server.services.quality.metrics import wilson
+from fleet_server.services.rollouts.evidence import Evidence
+from fleet_server.services.rollouts.gate_result import GateBase, GateResult, GateStatus
+from fleet_server.services.rollouts.spec import (
+    ConfidenceGate,
+    ErrorRateGate,
+    LabelAccuracyGate,
+    LatencyGate,
+)
+from fleet_server.services.rollouts.stats import (
+    PATIENCE,
+    Interval,
+    MeanDifference,
+    judge,
+    paired_cdf_shift,
+    pooled_difference,
+    proportion_difference,
+    stratified_difference,
+    unit_cdf_shift,
+    welch_sum,
+    z_quantile,
+)
+
+
+class ErrorRate(GateBase):
+    """Inference error rate on the new version minus the baseline's (absolute), with Newcombe's
+    interval; against zero when there is no baseline (Wilson)."""
+
+    name = "error_rate"
+
+    def __init__(self, config: ErrorRateGate) -> None:
+        self.config = config
+
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
+        c = self.config
+        new, old = evidence.new, evidence.old
+        if new.inferences < c.min_samples:
+            return self._needs(
+                "inferences on the new version", new.inferences, c.min_samples, c.max_increase
+            )
+        if old.inferences:
+            interval = proportion_difference(
+                new.errors, new.inferences, old.errors, old.inferences, alpha=alpha
+            )
+            versus = f"old {old.errors}/{old.inferences} ({evidence.baseline})"
+        else:
+            low, high = wilson(new.errors, new.inferences, z_quantile(alpha))
+            interval = Interval(new.errors / new.inferences, low, high)
+            versus = "no baseline: absolute"
+        status, why = judge(
+            interval, c.max_increase, alpha=alpha, patient=new.inferences < PATIENCE * c.min_samples
+        )
+        detail = f"new {new.errors}/{new.inferences} vs {versus}" + (f"; {why}" if why else "")
+        return self._result(
+            status,
+            interval.estimate,
+            c.max_increase,
+            new.inferences,
+            c.min_samples,
+            detail,
+            interval,
+            alpha,
+        )
+
+
+def _usable(histogram: list[int], bins: int) -> bool:
+    return len(histogram) == bins and sum(histogram) > 0
+
+
+def _logs(values: list[float]) -> list[float]:
+    return [math.log(v) for v in values if math.isfinite(v) and v > 0]
+
+
+def _exp(value: float) -> float:
+    """exp() that saturates (a t bound with one degree of freedom can be astronomically wide)."""
+    return math.inf if value > 700 else math.exp(value)
+
+
+def _geo_mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+class LatencyRatio(GateBase):
+    """p95 latency new / old per device class, as the ratio of geometric means of interval p95s
+    with a t interval on the log scale (Bonferroni over the classes); the worst class is reported.
+
+    Against the pre-update baseline each device is compared with its own history (paired: the
+    inputs it sees do not change with the update); against control devices the unit is a device
+    (its mean log p95), so that devices that see different inputs do not pass for a regression.
+    """
+
+    name = "latency_p95_ratio"
+
+    def __init__(self, config: LatencyGate) -> None:
+        self.config = config
+
+    def _difference(
+        self, evidence: Evidence, device_class: str
+    ) -> tuple[float, MeanDifference | None]:
+        new_devices = evidence.new.devices_of(device_class)
+        old_devices = evidence.old.devices_of(device_class)
+        if evidence.baseline == "pre-update":
+            parts = [
+                (_logs(evidence.new.p95_by_device[d]), _logs(evidence.old.p95_by_device[d]))
+                for d in sorted(new_devices & old_devices)
+            ]
+            parts = [(a, b) for a, b in parts if a and b]
+            point = (
+                _geo_mean([_geo_mean(a) - _geo_mean(b) for a, b in parts]) if parts else math.nan
+            )
+            return point, welch_sum(parts)
+        new_units = [
+            _geo_mean(v) for d in sorted(new_devices) if (v := _logs(evidence.new.p95_by_device[d]))
+        ]
+        old_units = [
+            _geo_mean(v) for d in sorted(old_devices) if (v := _logs(evidence.old.p95_by_device[d]))
+        ]
+        if not new_units or not old_units:
+            return math.nan, None
+        point = _geo_mean(new_units) - _geo_mean(old_units)
+        return point, pooled_difference(new_units, old_units)
+
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
+        c = self.config
+        threshold = c.max_ratio
+        if not evidence.old.p95_by_class:
+            if evidence.new.intervals >= c.min_samples:
+                detail = "no old-version latency to compare with"
+                return self._result("skipped", None, threshold, 0, c.min_samples, detail)
+            return self._needs(
+                "intervals on the new version", evidence.new.intervals, c.min_samples, threshold
+            )
+        classes = sorted(set(evidence.new.p95_by_class) & set(evidence.old.p95_by_class))
+        if not classes and evidence.new.intervals >= c.min_samples:
+            detail = "no old-version latency of the same device classes to compare with"
+            return self._result("skipped", None, threshold, 0, c.min_samples, detail)
+        samples = sum(len(evidence.new.p95_by_class[k]) for k in classes)
+        if samples < c.min_samples or not classes:
+            return self._needs(
+                "intervals on the new version (in classes with a baseline)",
+                samples,
+                c.min_samples,
+                threshold,
+            )
+        per_class_alpha = alpha / len(classes)
+        verdicts: dict[str, tuple[str, Interval]] = {}
+        notes: list[str] = []
+        for device_class in classes:
+            point, difference = self._difference(evidence, device_class)
+            if math.isnan(point):
+                continue
+            if difference is None:
+                log_interval = Interval(point, -math.inf, math.inf)
+                notes.append(
+                    f"{device_class}: cannot estimate the spread (needs 2 intervals "
+                    "per device on each side, or 3 devices)"
+                )
+            else:
+                log_interval = difference.interval(alpha=per_class_alpha)
+                point = log_interval.estimate
+            interval = Interval(*(_exp(v) for v in (point, log_interval.low, log_interval.high)))
+            verdict, _why = judge(
+                interval,
+                threshold,
+                alpha=per_class_alpha,
+                patient=samples < PATIENCE * c.min_samples,
+            )
+            verdicts[device_class] = (verdict, interval)
+        if not verdicts:
+            return self._needs("devices with latency on both sides", 0, 1, threshold)
+        worst_class, (_s, worst) = max(verdicts.items(), key=lambda kv: kv[1][1].estimate)
+        statuses = {s for s, _ in verdicts.values()}
+        status: GateStatus = (
+            "fail" if "fail" in statuses else "wait" if "wait" in statuses else "pass"
+        )
+        detail = f"worst {worst_class}; " + ", ".join(
+            f"{k}: {v.estimate:.3f} [{v.low:.3f}, {v.high:.3f}] {s}"
+            for k, (s, v) in sorted(verdicts.items())
+        )
+        if status == "wait":
+            detail += f"; a ratio beyond {threshold:g}: needs more evidence"
+        if notes:
+            detail += "; " + "; ".join(notes)
+        return self._result(
+            status,
+            worst.estimate,
+            threshold,
+            samples,
+            c.min_samples,
+            detail,
+            worst,
+            per_class_alpha,
+        )
+
+
+class ConfidenceShift(GateBase):
+    """How far the new version's top-1 confidence histogram moves below the old one's: the
+    largest gap between the binned CDFs (Kolmogorov-Smirnov), one-sided by default so that a
+    *more* confident candidate passes. Devices see different inputs, so histograms are compared
+    device by device (against their own history) or with devices as units (against control
+    devices): :func:`.stats.paired_cdf_shift`, :func:`.stats.unit_cdf_shift`."""
+
+    name = "confidence_shift"
+
+    def __init__(self, config: ConfidenceGate) -> None:
+        self.config = config
+
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
+        c = self.config
+        new, old = evidence.new.histogram, evidence.old.histogram
+        samples = sum(new)
+        if samples < c.min_samples:
+            if evidence.new.inferences >= c.min_samples and not new:
+                detail = "the model reports no confidence histogram"
+                return self._result("skipped", None, c.max_distance, 0, c.min_samples, detail)
+            return self._needs(
+                "inferences with a confidence on the new version",
+                samples,
+                c.min_samples,
+                c.max_distance,
+            )
+        if not old or len(old) != len(new) or not sum(old):
+            detail = "no comparable old-version histogram"
+            return self._result("skipped", None, c.max_distance, samples, c.min_samples, detail)
+        both = c.direction == "both"
+        bins = len(new)
+        if evidence.baseline == "pre-update":
+            pairs = [
+                (evidence.new.hist_by_device[d], evidence.old.hist_by_device[d])
+                for d in sorted(set(evidence.new.hist_by_device) & set(evidence.old.hist_by_device))
+            ]
+            pairs = [(a, b) for a, b in pairs if _usable(a, bins) and _usable(b, bins)]
+            if not pairs:
+                return self._needs("devices with histograms before and after", 0, 1, c.max_distance)
+            interval = paired_cdf_shift(pairs, alpha=alpha, both=both)
+            how = f"each device against its own history ({len(pairs)} devices)"
+        else:
+            new_units = [h for h in evidence.new.hist_by_device.values() if _usable(h, bins)]
+            old_units = [h for h in evidence.old.hist_by_device.values() if _usable(h, bins)]
+            if not new_units or not old_units:
+                return self._needs("devices with histograms on both sides", 0, 1, c.max_distance)
+            interval = unit_cdf_shift(new_units, old_units, alpha=alpha, both=both)
+            how = f"{len(new_units)} devices against {len(old_units)} other devices"
+        status, why = judge(
+            interval, c.max_distance, alpha=alpha, patient=samples < PATIENCE * c.min_samples
+        )
+        direction = "toward lower confidence" if not both else "either way"
+        detail = f"{direction}; {how}" + (f"; {why}" if why else "")
+        return self._result(
+            status,
+            interval.estimate,
+            c.max_distance,
+            samples,
+            c.min_samples,
+            detail,
+            interval,
+            alpha,
+        )
+
+
+class LabelAccuracy(GateBase):
+    """Accuracy on labelled samples, new version minus old (per version, all labelled samples;
+    ``edgefleet fleet quality`` has the random-only figures). Devices see different inputs, so
+    each device's labels on the new version are compared with its own on the old one (weighted
+    by its new labels); with no such device it can pass a within-threshold change but never
+    fails (it waits). Used when labels exist: with no labelled sample of either version the
+    gate is skipped; with some but fewer than ``min_samples`` (on either side) it waits."""
+
+    name = "label_accuracy"
+
+    def __init__(self, config: LabelAccuracyGate) -> None:
+        self.config = config
+
+    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
+        c = self.config
+        new, old = evidence.new.labels, evidence.old.labels
+        threshold = -c.max_drop
+        if new.labelled == 0 and old.labelled == 0:
+            detail = "no labelled samples of either version"
+            return self._result("skipped", None, threshold, 0, c.min_samples, detail)
+        if min(new.labelled, old.labelled) < c.min_samples:
+            detail = (
+                f"needs {c.min_samples} labelled samples of each version: "
+                f"new {new.labelled}, old {old.labelled}"
+            )
+            return self._result("wait", None, threshold, new.labelled, c.min_samples, detail)
+        by_new, by_old = evidence.new.labels_by_device, evidence.old.labels_by_device
+        common = sorted(
+            d for d in set(by_new) & set(by_old) if by_new[d].labelled and by_old[d].labelled
+        )
+        strata = [
+            (by_new[d].correct, by_new[d].labelled, by_old[d].correct, by_old[d].labelled)
+            for d in common
+        ]
+        if strata:
+            change = stratified_difference(strata, alpha=alpha)
+            how = f"each device against its own labels ({len(common)} devices)"
+        else:
+            # Only different devices have labels of the two versions: between devices that see
+            # different inputs accuracy differs far more than max_drop, so this can tell a
+            # within-threshold change (pass) but never a significant drop (it waits).
+            point = new.correct / new.labelled - old.correct / old.labelled
+            change = Interval(point, -math.inf, math.inf)
+            how = "no device has labels of both versions"
+        drop = Interval(-change.estimate, -change.high, -change.low)
+        status, why = judge(
+            drop, c.max_drop, alpha=alpha, patient=new.labelled < PATIENCE * c.min_samples
+        )
+        detail = f"new {new.correct}/{new.labelled} vs old {old.correct}/{old.labelled}; {how}"
+        if why:
+            detail += f"; a drop {why}"
+        return self._result(
+            status, change.estimate, threshold, new.labelled, c.min_samples, detail, change, alpha
+        )
