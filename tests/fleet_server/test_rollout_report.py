@@ -35,7 +35,7 @@ def test_the_report_shows_the_stored_verdicts_not_fresh_telemetry(h: Harness) ->
         row.last_evaluation = None  # a rollout not judged yet: nothing to show, nothing made up
         unjudged = service.differential(session, row, [], now=h.clock.now)
     assert before["baseline"] == "none" and before["latency_by_class"] == {}  # no telemetry yet
-    assert {g["status"] for g in before["gates"]} <= {"insufficient", "skipped"}
+    assert {g["status"] for g in before["gates"]} <= {"wait", "skipped"}
     assert unjudged["gates"] == [] and unjudged["evaluated_at"] is None
     assert unjudged["error_rate_increase"] is None and unjudged["latency_by_class"] == {}
 

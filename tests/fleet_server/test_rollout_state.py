@@ -173,8 +173,15 @@ def test_every_state_but_failed_is_reachable_and_every_active_one_can_end() -> N
 
 
 # -- the boundary -----------------------------------------------------------------------------
+#: The one owner of another concept's state: a retraining pipeline run and its steps (its own
+#: transition table in services/pipelines/records.py), not a rollout's.
+OTHER_OWNERS = {ROOT / "fleet_server" / "services" / "pipelines" / "records.py"}
+
+
 def _python_files() -> list[Path]:
-    return sorted(p for p in (ROOT / "fleet_server").rglob("*.py") if p != OWNER)
+    return sorted(
+        p for p in (ROOT / "fleet_server").rglob("*.py") if p != OWNER and p not in OTHER_OWNERS
+    )
 
 
 def _assigns_state(node: ast.AST) -> bool:
