@@ -21,6 +21,7 @@ from typing import Any
 from agent.capture import Capturer, SampleQueue, Uploader
 from agent.capture.counters import CaptureCounters
 from agent.config import AgentConfig
+from agent.datalock import DataDirLock
 from agent.engine import BackendOptions, LoadedModel, load_model
 from agent.errors import AgentConfigError, AgentError
 from agent.forwarder import Forwarder
@@ -63,6 +64,15 @@ class AgentService:
         self.config = config
         self.device_id = config.device_id
         self.trusted_keys = _read_keys(config.trusted_keys)
+        # First: nothing in the data directory is touched while another agent owns it.
+        self.lock = DataDirLock.acquire(config.data_dir)
+        try:
+            self._build(config)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, config: AgentConfig) -> None:
         self.store = DataDir(config.data_dir)
         self.store.clear_downloads()
         self.seq = SequenceCounter(config.data_dir)
@@ -240,6 +250,13 @@ class AgentService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, on_running: Callable[[str], None]) -> int:
+        """Serve until ``stop``; the data directory's lock is released when this returns."""
+        try:
+            return self._run(stop, on_running=on_running)
+        finally:
+            self.lock.release()
+
+    def _run(self, stop: threading.Event, *, on_running: Callable[[str], None]) -> int:
         self.transport.subscribe(topic(self.device_id, Channel.DESIRED), self._on_desired)
         try:
             self.transport.start(wait=None)
