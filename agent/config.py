@@ -210,6 +210,15 @@ class AgentConfig(ConfigStruct, frozen=True, kw_only=True):
     max_bundle_bytes: Annotated[
         int, Meta(ge=1, description="Largest bundle the agent downloads.")
     ] = 512 * 1024 * 1024
+    download_retry_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=86400,
+            description="How long a bundle download keeps resuming after transient failures "
+            "(lost link, server restart) before the update fails; 0: one attempt.",
+        ),
+    ] = 900.0
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"],
         Meta(description="Minimum level of the JSON log lines on stderr."),

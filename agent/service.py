@@ -22,6 +22,7 @@ from agent.capture import Capturer, SampleQueue, Uploader
 from agent.capture.counters import CaptureCounters
 from agent.config import AgentConfig
 from agent.datalock import DataDirLock
+from agent.download_counters import DownloadCounters
 from agent.engine import BackendOptions, LoadedModel, load_model
 from agent.errors import AgentConfigError, AgentError
 from agent.forwarder import Forwarder
@@ -159,6 +160,7 @@ class AgentService:
             device_class=config.device_class,
         )
         self.state = AgentState(on_change=self.publisher.state)
+        self.download_counters = DownloadCounters()
         self.updater = Updater(
             store=self.store,
             slot=self.slot,
@@ -168,6 +170,8 @@ class AgentService:
             token=config.bearer_token,
             server_url=config.server_url,
             max_bundle_bytes=config.max_bundle_bytes,
+            download_retry_s=config.download_retry_s,
+            count_download=self.download_counters.add,
             postprocess=config.postprocess,
             monitor=self.monitor,
         )
@@ -223,6 +227,7 @@ class AgentService:
                 rss_mb=rss_mb(),
                 outbox=outbox,
                 drained=self.forwarder.drained,
+                downloads=self.download_counters.totals(),
             )
         )
 
@@ -379,6 +384,7 @@ class AgentService:
                 "outbox_messages": float(backlog.messages),
                 "outbox_dropped": float(dropped),
                 **self.capture_counters.flush(),
+                **self.download_counters.flush(),
                 "capture.every": float(self.capturer.every),
                 "capture.queued": float(len(self.sample_queue)),
                 "capture.queued_bytes": float(self.sample_queue.total_bytes),

@@ -59,6 +59,8 @@ class Updater:
         server_url: str,
         max_bundle_bytes: int,
         download_timeout: float = 30.0,
+        download_retry_s: float = 0.0,
+        count_download: Callable[[str, int], None] | None = None,
         postprocess: PostprocessConfig | None = None,
         monitor: HealthMonitor | None = None,
     ) -> None:
@@ -71,6 +73,8 @@ class Updater:
         self._server_url = server_url.rstrip("/") + "/"
         self._max_bundle = max_bundle_bytes
         self._timeout = download_timeout
+        self._retry_s = download_retry_s
+        self._count_download = count_download
         self._post = postprocess
         self._last_seq: int | None = None
         self._pending: DesiredState | None = None
@@ -238,11 +242,11 @@ class Updater:
         self._emit("update.downloading", model=ref, progress=0.0)
         # Imported on the first download: urllib.request, http.client and email are ~1 MB of
         # RSS an agent that is not updating does not need.
-        from agent.download import download
+        from agent.download import RetryPolicy, download, part_files
 
         dest_bundle = self.store.downloads / f"{target.sha256}.tar.gz"
-        part = dest_bundle.with_name(dest_bundle.name + ".part")
-        self.store.clear_downloads(keep=(part, dest_bundle))  # one bundle on disk at a time
+        # One bundle on disk at a time: its part (and the part's validator) and itself.
+        self.store.clear_downloads(keep=(*part_files(dest_bundle), dest_bundle))
         bundle = download(
             url=url,
             token=self._token() if self._same_origin(url) else None,
@@ -250,6 +254,9 @@ class Updater:
             size=target.size,
             sha256=target.sha256,
             timeout=self._timeout,
+            count=self._count_download,
+            retry=RetryPolicy(window_s=self._retry_s),
+            stop=self._stop,
         )
         crash_point("after_download")
         self.state.update(phase="verifying")

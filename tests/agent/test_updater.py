@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,14 @@ def _load(path: Path) -> LoadedModel:
     return load_model(path, options=BackendOptions())
 
 
-def make_harness(data_dir: Path, server: BundleServer, *, max_bundle: int = 10**8) -> Harness:
+def make_harness(
+    data_dir: Path,
+    server: BundleServer,
+    *,
+    max_bundle: int = 10**8,
+    retry_s: float = 0.0,
+    count: Callable[[str, int], None] | None = None,
+) -> Harness:
     store = DataDir(data_dir)
     slot = ModelSlot()
     h = Harness(updater=None, slot=slot, state=AgentState(), store=store, server=server)  # type: ignore[arg-type]
@@ -80,6 +87,8 @@ def make_harness(data_dir: Path, server: BundleServer, *, max_bundle: int = 10**
         server_url=server.url,
         max_bundle_bytes=max_bundle,
         download_timeout=5.0,
+        download_retry_s=retry_s,
+        count_download=count,
     )
     return h
 
@@ -423,3 +432,25 @@ def test_a_download_cut_short_resumes_after_a_restart(
     assert again.running() == V2, again.events
     assert h.server.ranges_asked == [f"bytes={len(data) // 3}-"]
     assert list(again.store.downloads.iterdir()) == []
+
+
+def test_a_download_cut_twice_resumes_within_the_same_update(
+    serving_v1: Harness, digits_v2: Path, tmp_path: Path
+) -> None:
+    from agent.download_counters import DownloadCounters
+
+    counters = DownloadCounters()
+    # A restarted updater on the same data dir, retrying for up to 30 s, counting.
+    h = make_harness(serving_v1.store.root, serving_v1.server, retry_s=30.0, count=counters.add)
+    h.updater.load_committed()
+    h.server.ranges = True
+    data = bundle_bytes(digits_v2, tmp_path)
+    third = len(data) // 3
+    h.server.cuts["/v2"] = [third, third]  # the link drops twice, then holds
+    h.updater.apply(h.desired("/v2", data))
+    assert h.running() == V2, h.events
+    assert "update.failed" not in h.kinds()
+    assert h.server.ranges_asked == [f"bytes={third}-", f"bytes={2 * third}-"]
+    totals = counters.totals()
+    assert (totals["retries"], totals["resumes"], totals["refetched_bytes"]) == (2, 2, 0)
+    assert totals["bytes"] == len(data)
