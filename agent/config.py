@@ -219,6 +219,15 @@ class AgentConfig(ConfigStruct, frozen=True, kw_only=True):
             "(lost link, server restart) before the update fails; 0: one attempt.",
         ),
     ] = 900.0
+    download_timeout_s: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=3600,
+            description="Seconds a bundle download waits for the server's next bytes before "
+            "it counts the connection as lost and resumes on a new one.",
+        ),
+    ] = 30.0
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"],
         Meta(description="Minimum level of the JSON log lines on stderr."),

@@ -171,6 +171,7 @@ class AgentService:
             server_url=config.server_url,
             max_bundle_bytes=config.max_bundle_bytes,
             download_retry_s=config.download_retry_s,
+            download_timeout=config.download_timeout_s,
             count_download=self.download_counters.add,
             postprocess=config.postprocess,
             monitor=self.monitor,
