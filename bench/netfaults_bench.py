@@ -9,7 +9,9 @@ unless told otherwise. Columns:
     drain s        fault healed → every telemetry/event seq queued so far stored
     retries        download attempts after a transient failure (agents' download.retries)
     bytes re-sent  bundle bytes an agent fetched a second time (download.refetched_bytes)
-    update s       model assigned → the last agent's update.committed (fault time included)
+    update s       model assigned → the last agent's update.committed (fault time included);
+                   rollout-partition: healed → every agent back on the previous version
+    rollout        rollout-partition: the rollout's state after the fault (spec: aborted)
     MQTT dups      telemetry/events the server received twice (stored once by device+seq)
     lost           queued seqs never stored
 
@@ -34,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: Faults that break the link for ``--duration``; the others hold for ``--ongoing``.
-BREAKS = ("flap", "partition", "server-unreachable", "broker-unreachable")
+BREAKS = ("flap", "partition", "server-unreachable", "broker-unreachable", "rollout-partition")
 
 
 def main() -> int:
@@ -63,7 +65,7 @@ def main() -> int:
         print("netfaults_bench: --flap takes up_s,down_s")
         return 2
     if args.short:
-        args.duration = args.ongoing = 3.0
+        args.duration = args.ongoing = 3.0  # the rollout's partition: 30 s (below)
         up_s, down_s = 1.0, 2.5
         args.bundle_kb, args.download_timeout, args.no_probation = 128, 2.0, True
     steps = tuple(

@@ -126,8 +126,12 @@ def test_every_fault_loses_nothing_and_updates_resume(netns_ok: None, tmp_path: 
     from tests.utils.netfaults import HEADER, SCENARIOS, NetFaultOptions, Step, run_netfaults
 
     require_mosquitto()
-    # Every break (a flap's down phase too) outlasts the 2 s download timeout.
-    steps = tuple(Step(name, 3.0, flap=(1.0, 2.5)) for name in SCENARIOS)
+    # Every break (a flap's down phase too) outlasts the 2 s download timeout; the rollout's
+    # partition outlasts the broker's keepalive timeout (15 s) and one evaluation (5 s).
+    steps = tuple(
+        Step(name, 30.0 if name == "rollout-partition" else 3.0, flap=(1.0, 2.5))
+        for name in SCENARIOS
+    )
     options = NetFaultOptions(
         steps=steps,
         agents=2,
@@ -144,6 +148,15 @@ def test_every_fault_loses_nothing_and_updates_resume(netns_ok: None, tmp_path: 
     print(f"({time.monotonic() - started:.0f} s in all)")
     for result in results:
         where = f"{result.scenario}: {result}"
+        if result.scenario == "rollout-partition":
+            # The spec: a committed device gone offline fails the offline gate (0 %), and
+            # on_failure abort rolls every device back once it is reachable again.
+            assert result.rollout_state == "aborted", where
+            assert "offline" in (result.rollout_reason or ""), where
+            assert result.update_s is not None, f"never rolled back: {where}"
+            assert all(a.committed for a in result.agents), where
+            assert all(a.lost == () and a.unlogged == 0 for a in result.agents), where
+            continue
         assert result.update_s is not None, f"update never completed: {where}"
         assert result.drain_s is not None, f"never drained: {where}"
         for agent in result.agents:

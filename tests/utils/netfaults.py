@@ -17,6 +17,7 @@ threads, open file descriptors and RSS before the fault and after recovery.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,9 @@ class Fault:
     block: str | None = None  # "server" | "broker"
     #: A slower link under the fault's start, so a download is in flight when it hits.
     base_rate_kbit: int | None = None
+    #: Roll the version out (one stage, a long soak, the offline gate at 0 %) and break the
+    #: link once every device committed: the rollout must abort and, healed, roll back.
+    rollout: bool = False
 
 
 SCENARIOS: dict[str, Fault] = {
@@ -63,6 +67,18 @@ SCENARIOS: dict[str, Fault] = {
     "partition": Fault(partition=True, base_rate_kbit=2048),
     "server-unreachable": Fault(block="server", base_rate_kbit=2048),
     "broker-unreachable": Fault(block="broker", base_rate_kbit=2048),
+    "rollout-partition": Fault(partition=True, rollout=True),
+}
+
+#: The rollout of ``rollout-partition``: everyone in one stage, a soak longer than the fault,
+#: only the success and offline gates; a committed device gone offline fails the offline gate.
+ROLLOUT_SOAK_S = 3600.0
+ROLLOUT_GATES = {
+    "error_rate": {"enabled": False},
+    "latency_p95_ratio": {"enabled": False},
+    "confidence_shift": {"enabled": False},
+    "label_accuracy": {"enabled": False},
+    "offline": {"max_fraction": 0.0},
 }
 
 
@@ -140,6 +156,10 @@ class NetFaultResult:
     agents: tuple[AgentFigures, ...]
     #: A download was under way when the link broke (not yet done, not yet started: False).
     cut_in_flight: bool = False
+    #: rollout-partition: the rollout's state and reason after the fault; ``update_s`` is then
+    #: heal → every device back on the previous version.
+    rollout_state: str | None = None
+    rollout_reason: str | None = None
 
     @property
     def retries(self) -> int:
@@ -156,19 +176,23 @@ class NetFaultResult:
         return (
             f"| {self.scenario} | {self.duration_s:.0f} | {self.bundle_bytes // 1024} | "
             f"{fmt(self.drain_s)} | {self.retries} | {self.refetched} | {fmt(self.update_s)} | "
-            f"{self.duplicates} | {sum(len(a.lost) for a in self.agents)} |"
+            f"{self.duplicates} | {sum(len(a.lost) for a in self.agents)} | "
+            f"{self.rollout_state or '-'} |"
         )
 
 
 HEADER = (
     "| scenario | fault s | bundle KiB | drain s | retries | bytes re-sent | update s "
-    "| MQTT dups | lost |\n|---|---|---|---|---|---|---|---|---|"
+    "| MQTT dups | lost | rollout |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def padded_bundle(work: Path, *, version: str, kb: int) -> Path:
-    """digits ``version`` with an incompressible ``pad.bin`` of ``kb`` KiB (role extra)."""
+def padded_bundle(work: Path, *, version: str, kb: int, key: bytes) -> Path:
+    """digits ``version`` with an incompressible ``pad.bin`` of ``kb`` KiB (role extra), signed
+    with ``key`` (Ed25519 private PEM): the server rolls out only verified models."""
     import os
+
+    from tests.utils.artifacts import sign_artifact
 
     artifact = build_digits_artifact(work / f"digits-{version}", version=version, seed=1)
     pad = artifact / "pad.bin"
@@ -177,11 +201,15 @@ def padded_bundle(work: Path, *, version: str, kb: int) -> Path:
     sha, size = hash_file(pad)
     files = [*manifest.files, ModelFile(path="pad.bin", sha256=sha, size=size, role="extra")]
     (artifact / "manifest.json").write_text(manifest.model_copy(update={"files": files}).to_json())
+    sign_artifact(artifact, key)
     return bundle_of(artifact, work / f"digits-{version}.tar.gz")
 
 
-def _committed(server: LiveServer, ids: list[str], version: str) -> dict[str, float]:
-    """device → when it committed ``version`` (its event's time, epoch seconds)."""
+def _committed(
+    server: LiveServer, ids: list[str], version: str, *, since: float = 0.0
+) -> dict[str, float]:
+    """device → when it committed ``version`` (its event's time, epoch seconds) after
+    ``since``."""
     from sqlalchemy import text
 
     done: dict[str, float] = {}
@@ -195,7 +223,8 @@ def _committed(server: LiveServer, ids: list[str], version: str) -> dict[str, fl
                 when = ts if isinstance(ts, datetime) else datetime.fromisoformat(str(ts))
                 if when.tzinfo is None:
                     when = when.replace(tzinfo=UTC)
-                done[device_id] = when.timestamp()
+                if when.timestamp() >= since:
+                    done[device_id] = max(done.get(device_id, 0.0), when.timestamp())
     return done
 
 
@@ -224,7 +253,15 @@ def _world(work: Path) -> Iterator[tuple[NetNamespace, Relay, Relay, LiveServer]
         mosquitto.start()
         server_port = free_port()  # the relay's, on the namespace-facing address
         public = f"http://{ns.host_ip2}:{server_port}"
-        server = stack.enter_context(live_server(work, broker_url=mosquitto.url, public_url=public))
+        server = stack.enter_context(
+            live_server(
+                work,
+                broker_url=mosquitto.url,
+                public_url=public,
+                trusted_keys=[work / "signing.pub.pem"],
+                rollout_tick_s=0.25,
+            )
+        )
         broker_relay = stack.enter_context(
             Relay(listen=(ns.host_ip, 0), target=("127.0.0.1", mosquitto.port))
         )
@@ -237,9 +274,12 @@ def _world(work: Path) -> Iterator[tuple[NetNamespace, Relay, Relay, LiveServer]
 
 def run_netfaults(options: NetFaultOptions, work: Path) -> list[NetFaultResult]:
     """Run the steps in ``work`` and return their figures (agents are always stopped)."""
+    from edgefleet.signing import generate_keypair
     from fleet_server.client.api import FleetClient
 
-    v1 = bundle_of(build_digits_artifact(work / "digits-1.0.0"), work / "digits-1.0.0.tar.gz")
+    generate_keypair(work / "signing.pem", work / "signing.pub.pem")
+    key = (work / "signing.pem").read_bytes()
+    v1 = padded_bundle(work, version="1.0.0", kb=1, key=key)
     with _world(work) as (ns, broker_relay, server_relay, server):
         client = FleetClient(server.url, server.token, timeout=60)
         client.push_bundle(v1)
@@ -277,12 +317,22 @@ def run_netfaults(options: NetFaultOptions, work: Path) -> list[NetFaultResult]:
                 60,
                 "telemetry from every agent before the faults",
             )
+            # 1.0.0's download counters ride a later telemetry: in before any step counts.
+            size = v1.stat().st_size
+            wait_until(
+                lambda: all(
+                    _download_counts(server, d).get("download.bytes", 0) >= size for d in ids
+                ),
+                60,
+                "1.0.0's download counted",
+            )
             results = []
             for index, step in enumerate(options.steps):
                 version = f"{index + 2}.0.0"
-                bundle = padded_bundle(work, version=version, kb=options.bundle_kb)
+                bundle = padded_bundle(work, version=version, kb=options.bundle_kb, key=key)
                 client.push_bundle(bundle)
-                results.append(_step(world, options, step, version, bundle.stat().st_size))
+                run = _rollout_step if step.fault.rollout else _step
+                results.append(run(world, options, step, version, bundle.stat().st_size))
             return results
         finally:
             for device in devices:
@@ -353,13 +403,11 @@ def _step(
         "one more telemetry from every agent",
     )
     after = {d.device_id: Resources.of(_pid(d)) for d in devices}
-    server.runtime.writer.flush(10)
-    stored = _stored(server, ids)
+    settled = _settled(server, devices)
     committed = _committed(server, ids, version)
     figures = []
     for device in devices:
-        expected = _expected(device)
-        have = set(stored[device.device_id])
+        lost, unlogged = settled[device.device_id]
         now = _download_counts(server, device.device_id)
         then = counted[device.device_id]
 
@@ -369,8 +417,8 @@ def _step(
         figures.append(
             AgentFigures(
                 device_id=device.device_id,
-                lost=tuple(sorted(expected - have)),
-                unlogged=len(have - expected),
+                lost=lost,
+                unlogged=unlogged,
                 committed=device.device_id in committed,
                 retries=delta("retries"),
                 refetched_bytes=delta("refetched_bytes"),
@@ -389,6 +437,114 @@ def _step(
         agents=tuple(figures),
         cut_in_flight=in_flight,
     )
+
+
+def _rollout_step(
+    world: _World, options: NetFaultOptions, step: Step, version: str, bundle_bytes: int
+) -> NetFaultResult:
+    ns, server, devices, ids = world.ns, world.server, world.devices, world.ids
+    previous = f"{int(version.split('.')[0]) - 1}.0.0"
+    before = {d.device_id: Resources.of(_pid(d)) for d in devices}
+    tap = _Tap(server.runtime)
+    started = time.time()
+    rollout = world.client.create_rollout(
+        {
+            "model": "digits",
+            "version": version,
+            "selector": {"tags": [world.tag]},
+            "strategy": {
+                "canary_percent": 100,
+                "batches": [100],
+                "soak_s": ROLLOUT_SOAK_S,
+                "on_failure": "abort",
+            },
+            "gates": ROLLOUT_GATES,
+        }
+    )
+    wait_until(
+        lambda: set(_committed(server, ids, version, since=started)) == set(ids),
+        options.recover_timeout_s,
+        f"every agent on {version} (rollout)",
+    )
+    # The partition: the broker drops the devices after 1.5 keepalives (15 s), publishes
+    # their wills, the server marks them offline and the next evaluation (5 s) fails the
+    # offline gate; ``duration_s`` must outlast that.
+    ns.loss(100)
+    time.sleep(step.duration_s)  # noqa: TID251 - the fault's length is the scenario
+    ns.loss(None)
+    healed = time.time()
+    wanted = {d.device_id: _expected(d) for d in devices}
+    drain_s: float | None = None
+    deadline = time.monotonic() + options.recover_timeout_s
+    while time.monotonic() < deadline:
+        if drain_s is None and all(wanted[k] <= set(v) for k, v in _stored(server, ids).items()):
+            drain_s = time.time() - healed
+        back = _committed(server, ids, previous, since=healed)
+        if drain_s is not None and set(back) == set(ids):
+            break
+        time.sleep(0.1)  # noqa: TID251 - polling two conditions under one deadline
+    back = _committed(server, ids, previous, since=healed)
+    rollout_id = int(rollout["id"])
+    with contextlib.suppress(TimeoutError):  # the engine finishes the abort on its next ticks
+        wait_until(
+            lambda: world.client.get_rollout(rollout_id)["state"] not in ("running", "aborting"),
+            30,
+            "the rollout settled",
+        )
+    state = world.client.get_rollout(rollout_id)
+    after = {d.device_id: Resources.of(_pid(d)) for d in devices}
+    settled = _settled(server, devices)
+    figures = []
+    for device in devices:
+        lost, unlogged = settled[device.device_id]
+        figures.append(
+            AgentFigures(
+                device_id=device.device_id,
+                lost=lost,
+                unlogged=unlogged,
+                committed=device.device_id in back,
+                retries=0,
+                refetched_bytes=0,
+                downloaded_bytes=0,
+                before=before[device.device_id],
+                after=after[device.device_id],
+            )
+        )
+    return NetFaultResult(
+        scenario=step.scenario,
+        duration_s=step.duration_s,
+        bundle_bytes=bundle_bytes,
+        drain_s=drain_s,
+        update_s=max(back.values()) - healed if set(back) == set(ids) else None,
+        duplicates=tap.redelivered,
+        agents=tuple(figures),
+        rollout_state=str(state.get("state")),
+        rollout_reason=str(state.get("reason") or ""),
+    )
+
+
+def _settled(server: LiveServer, devices: list[Device]) -> dict[str, tuple[tuple[int, ...], int]]:
+    """device → (seqs it queued that are not stored, stored seqs it never logged), once what it
+    queued so far had up to 30 s to arrive (newer seqs may still be on their way)."""
+    ids = [d.device_id for d in devices]
+    mark = {d.device_id: _expected(d) for d in devices}
+    try:
+        wait_until(
+            lambda: all(mark[k] <= set(v) for k, v in _stored(server, ids).items()),
+            30,
+            "what was queued so far stored",
+        )
+    except TimeoutError:
+        pass  # reported as lost
+    server.runtime.writer.flush(10)
+    stored = _stored(server, ids)
+    out = {}
+    for device in devices:
+        have = set(stored[device.device_id])
+        logged = _expected(device)  # read after the database: everything stored was logged
+        lost = tuple(sorted(mark[device.device_id] - have))
+        out[device.device_id] = (lost, len(have - logged))
+    return out
 
 
 def _pid(device: Device) -> int:
