@@ -172,6 +172,12 @@ class AgentService:
             max_bundle_bytes=config.max_bundle_bytes,
             download_retry_s=config.download_retry_s,
             download_timeout=config.download_timeout_s,
+            keep_artifacts=config.artifacts.keep,
+            disk_bytes=(
+                int(config.artifacts.disk_mb * 1024 * 1024)
+                if config.artifacts.disk_mb is not None
+                else None
+            ),
             count_download=self.download_counters.add,
             postprocess=config.postprocess,
             monitor=self.monitor,

@@ -60,6 +60,8 @@ class Updater:
         max_bundle_bytes: int,
         download_timeout: float = 30.0,
         download_retry_s: float = 0.0,
+        keep_artifacts: int = 2,
+        disk_bytes: int | None = None,
         count_download: Callable[[str, int], None] | None = None,
         postprocess: PostprocessConfig | None = None,
         monitor: HealthMonitor | None = None,
@@ -74,6 +76,8 @@ class Updater:
         self._max_bundle = max_bundle_bytes
         self._timeout = download_timeout
         self._retry_s = download_retry_s
+        self._keep = keep_artifacts
+        self._disk_bytes = disk_bytes
         self._count_download = count_download
         self._post = postprocess
         self._last_seq: int | None = None
@@ -184,8 +188,8 @@ class Updater:
         self._emit("update.committed", model=ref)  # queued in the outbox: durable from here
         self._write_pointer(ref)
         log.info("model committed", extra={"model": str(ref)})
-        keep = {ref} | ({old.model.ref} if old is not None else set())
-        self.store.prune(keep)
+        keep = [ref] + ([old.model.ref] if old is not None else [])
+        self.store.prune(keep, max_count=self._keep, max_bytes=self._disk_bytes)
 
     def _probation(self, ref: ModelRef, old: Serving) -> tuple[bool, str] | None:
         """Serve ``ref`` until the monitor decides; None if the agent stops first."""
@@ -233,6 +237,17 @@ class Updater:
     def _fetch(self, target: DesiredModel, ref: ModelRef, dest: Path) -> None:
         if target.size > self._max_bundle:
             raise UpdateError(f"bundle of {target.size} bytes exceeds max_bundle_bytes")
+        if self._disk_bytes is not None:
+            # The bundle and its unpacked files beside the serving model (the rest is pruned
+            # after the commit) must fit the budget.
+            serving = self.slot.current
+            held = self.store.artifact_bytes(serving.model.ref) if serving is not None else 0
+            if held + 2 * target.size > self._disk_bytes:
+                raise UpdateError(
+                    f"bundle of {target.size} bytes does not fit the disk budget "
+                    f"(artifacts.disk_mb: {self._disk_bytes} bytes, {held} held by the serving "
+                    "model, the bundle and its unpacked files need twice its size)"
+                )
         free = shutil.disk_usage(self.store.root).free
         # The bundle and its unpacked files coexist for a moment; leave room for both and more.
         if target.size * 3 > free:

@@ -68,6 +68,8 @@ def make_harness(
     max_bundle: int = 10**8,
     retry_s: float = 0.0,
     count: Callable[[str, int], None] | None = None,
+    keep: int = 2,
+    disk_bytes: int | None = None,
 ) -> Harness:
     store = DataDir(data_dir)
     slot = ModelSlot()
@@ -89,6 +91,8 @@ def make_harness(
         download_timeout=5.0,
         download_retry_s=retry_s,
         count_download=count,
+        keep_artifacts=keep,
+        disk_bytes=disk_bytes,
     )
     return h
 
@@ -454,3 +458,52 @@ def test_a_download_cut_twice_resumes_within_the_same_update(
     totals = counters.totals()
     assert (totals["retries"], totals["resumes"], totals["refetched_bytes"]) == (2, 2, 0)
     assert totals["bytes"] == len(data)
+
+
+def _versions(h: Harness) -> list[str]:
+    return sorted(p.name for p in (h.store.artifacts / "digits").iterdir())
+
+
+def _serve(h: Harness, artifact: Path, tmp_path: Path, ref: ModelRef) -> None:
+    h.updater.apply(h.desired(f"/{ref.version}", bundle_bytes(artifact, tmp_path), ref=ref))
+    assert h.running() == ref, h.events
+
+
+def test_keep_artifacts_keeps_the_newest_versions(
+    tmp_path: Path, server: BundleServer, digits_v1: Path, digits_v2: Path
+) -> None:
+    from tests.utils.artifacts import build_digits_artifact
+
+    v3 = ModelRef(name="digits", version="3.0.0")
+    digits_v3 = build_digits_artifact(tmp_path / "digits-3.0.0", version="3.0.0")
+    h = make_harness(tmp_path / "data", server, keep=3)
+    for artifact, ref in ((digits_v1, V1), (digits_v2, V2), (digits_v3, v3)):
+        _serve(h, artifact, tmp_path, ref)
+    assert _versions(h) == ["1.0.0", "2.0.0", "3.0.0"]  # three kept, not two
+    two = make_harness(tmp_path / "data", server, keep=2)
+    two.updater.load_committed()
+    _serve(two, digits_v1, tmp_path, V1)  # back to 1.0.0 from disk: 3.0.0 is the previous
+    assert _versions(two) == ["1.0.0", "3.0.0"]
+
+
+def test_the_disk_budget_refuses_a_bundle_and_prunes_what_does_not_fit(
+    tmp_path: Path, server: BundleServer, digits_v1: Path
+) -> None:
+    tight = make_harness(tmp_path / "tight", server, disk_bytes=1000)
+    data = bundle_bytes(digits_v1, tmp_path)
+    tight.updater.apply(tight.desired("/v1", data, ref=V1))
+    assert tight.kinds()[-1] == "update.failed"
+    assert "does not fit the disk budget" in tight.events[-1]["detail"]
+    assert not server.requests  # refused before any byte was fetched
+    # Pruning by bytes: the serving version always stays, then what fits, newest first.
+    store = DataDir(tmp_path / "store")
+    for version, n in (("1.0.0", 3000), ("2.0.0", 2000), ("3.0.0", 1000), ("4.0.0", 500)):
+        ref = ModelRef(name="digits", version=version)
+        store.artifact_dir(ref).mkdir(parents=True)
+        (store.artifact_dir(ref) / "model.onnx").write_bytes(b"x" * n)
+    v3 = ModelRef(name="digits", version="3.0.0")
+    store.prune([v3, V1], max_count=3, max_bytes=1000 + 500 + 100)
+    # 3.0.0 serving; 1.0.0 (previous, 3000 B) does not fit; 4.0.0 (newest other) does.
+    assert sorted(p.name for p in (store.artifacts / "digits").iterdir()) == ["3.0.0", "4.0.0"]
+    store.prune([v3], max_count=1, max_bytes=1)  # over budget alone: the serving one stays
+    assert sorted(p.name for p in (store.artifacts / "digits").iterdir()) == ["3.0.0"]
