@@ -126,6 +126,33 @@ class TelemetryConfig(ConfigStruct, frozen=True, kw_only=True):
     ] = 5.0
 
 
+class ArtifactsConfig(ConfigStruct, frozen=True, kw_only=True):
+    """What the artifact store keeps (a profile's ``budgets.keep_artifacts`` and ``disk_mb``)."""
+
+    keep: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=10,
+            description="Unpacked versions kept on disk: the serving one, the previous one (for "
+            "rollback) and the newest others up to this count.",
+        ),
+    ] = 2
+    disk_mb: (
+        Annotated[
+            float,
+            Meta(
+                ge=1,
+                le=10_000_000,
+                description="MiB the kept artifacts and a download in progress may take (a "
+                "profile's disk_mb less its queues); a bundle that cannot fit beside the serving "
+                "model is refused, older versions are deleted to stay under. Unset: no limit.",
+            ),
+        ]
+        | None
+    ) = None
+
+
 class OutboxConfig(ConfigStruct, frozen=True, kw_only=True):
     """Store-and-forward of telemetry, events and state (see agent.forwarder)."""
 
@@ -215,6 +242,24 @@ class AgentConfig(ConfigStruct, frozen=True, kw_only=True):
     max_bundle_bytes: Annotated[
         int, Meta(ge=1, description="Largest bundle the agent downloads.")
     ] = 512 * 1024 * 1024
+    download_retry_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=86400,
+            description="How long a bundle download keeps resuming after transient failures "
+            "(lost link, server restart) before the update fails; 0: one attempt.",
+        ),
+    ] = 900.0
+    download_timeout_s: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=3600,
+            description="Seconds a bundle download waits for the server's next bytes before "
+            "it counts the connection as lost and resumes on a new one.",
+        ),
+    ] = 30.0
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"],
         Meta(description="Minimum level of the JSON log lines on stderr."),
@@ -247,6 +292,9 @@ class AgentConfig(ConfigStruct, frozen=True, kw_only=True):
     outbox: Annotated[OutboxConfig, Meta(description="Offline queue for outgoing messages.")] = (
         msgspec.field(default_factory=OutboxConfig)
     )
+    artifacts: Annotated[
+        ArtifactsConfig, Meta(description="How many model versions stay on disk, in how much.")
+    ] = msgspec.field(default_factory=ArtifactsConfig)
     capture: Annotated[
         CaptureConfig,
         Meta(
@@ -315,6 +363,14 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
     _defaults(data, "outbox", max_mb=profile.budgets.offline_queue_mb)
     # Captured samples share the disk budget with the outbox: half its size again.
     _defaults(data, "capture", queue_mb=profile.budgets.offline_queue_mb / 2)
+    # Artifacts and downloads get the rest of the disk budget (outbox + capture: 1.5 queues).
+    budgets = profile.budgets
+    _defaults(
+        data,
+        "artifacts",
+        keep=budgets.keep_artifacts,
+        disk_mb=max(16.0, budgets.disk_mb - 1.5 * budgets.offline_queue_mb),
+    )
     source = data.get("input")
     if isinstance(source, dict) and source.get("type") == "camera":
         defaults = profile.input

@@ -6,8 +6,8 @@ written by hand (the format is a few lines) so the device needs no client librar
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from agent.outbox import OutboxStats
 from agent.telemetry import Totals
@@ -22,6 +22,8 @@ class MetricsView:
     outbox: OutboxStats | None = None
     #: Messages the outbox drain delivered (broker-acknowledged) since the agent started.
     drained: int = 0
+    #: Bundle download counters since start (``agent.download_counters.KINDS``).
+    downloads: Mapping[str, int] = field(default_factory=dict)
 
 
 def _outbox(value: Callable[[OutboxStats], float]) -> Callable[[MetricsView], list[Sample]]:
@@ -118,6 +120,22 @@ METRICS: tuple[Metric, ...] = (
         "counter",
         "Times an unreadable outbox file was moved aside and a new one started.",
         _outbox(lambda o: o.corrupt_recoveries),
+    ),
+    Metric(
+        "edgefleet_agent_download_bytes_total",
+        "counter",
+        "Bundle bytes received, by kind: all received, and refetched (at offsets already "
+        "fetched once: a resume that had to start over).",
+        lambda v: [
+            ({"kind": "received"}, v.downloads.get("bytes", 0)),
+            ({"kind": "refetched"}, v.downloads.get("refetched_bytes", 0)),
+        ],
+    ),
+    Metric(
+        "edgefleet_agent_download_retries_total",
+        "counter",
+        "Bundle download attempts after a transient failure (each resumes the part).",
+        lambda v: [({}, v.downloads.get("retries", 0))],
     ),
 )
 

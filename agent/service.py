@@ -21,6 +21,8 @@ from typing import Any
 from agent.capture import Capturer, SampleQueue, Uploader
 from agent.capture.counters import CaptureCounters
 from agent.config import AgentConfig
+from agent.datalock import DataDirLock
+from agent.download_counters import DownloadCounters
 from agent.engine import BackendOptions, LoadedModel, load_model
 from agent.errors import AgentConfigError, AgentError
 from agent.forwarder import Forwarder
@@ -64,6 +66,15 @@ class AgentService:
         self.config = config
         self.device_id = config.device_id
         self.trusted_keys = _read_keys(config.trusted_keys)
+        # First: nothing in the data directory is touched while another agent owns it.
+        self.lock = DataDirLock.acquire(config.data_dir)
+        try:
+            self._build(config)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, config: AgentConfig) -> None:
         self.store = DataDir(config.data_dir)
         self.store.clear_downloads()
         self.seq = SequenceCounter(config.data_dir)
@@ -152,6 +163,7 @@ class AgentService:
             device_class=config.device_class,
         )
         self.state = AgentState(on_change=self.publisher.state)
+        self.download_counters = DownloadCounters()
         self.updater = Updater(
             store=self.store,
             slot=self.slot,
@@ -161,6 +173,15 @@ class AgentService:
             token=config.bearer_token,
             server_url=config.server_url,
             max_bundle_bytes=config.max_bundle_bytes,
+            download_retry_s=config.download_retry_s,
+            download_timeout=config.download_timeout_s,
+            keep_artifacts=config.artifacts.keep,
+            disk_bytes=(
+                int(config.artifacts.disk_mb * 1024 * 1024)
+                if config.artifacts.disk_mb is not None
+                else None
+            ),
+            count_download=self.download_counters.add,
             postprocess=config.postprocess,
             monitor=self.monitor,
             shadow=self.shadow,
@@ -224,6 +245,7 @@ class AgentService:
                 rss_mb=rss_mb(),
                 outbox=outbox,
                 drained=self.forwarder.drained,
+                downloads=self.download_counters.totals(),
             )
         )
 
@@ -251,6 +273,13 @@ class AgentService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, on_running: Callable[[str], None]) -> int:
+        """Serve until ``stop``; the data directory's lock is released when this returns."""
+        try:
+            return self._run(stop, on_running=on_running)
+        finally:
+            self.lock.release()
+
+    def _run(self, stop: threading.Event, *, on_running: Callable[[str], None]) -> int:
         self.transport.subscribe(topic(self.device_id, Channel.DESIRED), self._on_desired)
         try:
             self.transport.start(wait=None)
@@ -377,6 +406,7 @@ class AgentService:
                 "outbox_messages": float(backlog.messages),
                 "outbox_dropped": float(dropped),
                 **self.capture_counters.flush(),
+                **self.download_counters.flush(),
                 "capture.every": float(self.capturer.every),
                 "capture.queued": float(len(self.sample_queue)),
                 "capture.queued_bytes": float(self.sample_queue.total_bytes),

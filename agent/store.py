@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,14 +91,55 @@ class DataDir:
                 data["announced"] = False
         write_json_atomic(self.root / POINTER_FILE, data)
 
-    def prune(self, keep: set[ModelRef]) -> None:
-        """Delete unpacked artifacts other than ``keep`` (current and previous)."""
-        keep_dirs = {self.artifact_dir(r) for r in keep}
-        for name_dir in self.artifacts.iterdir():
-            if not name_dir.is_dir():
+    def prune(
+        self,
+        keep: Sequence[ModelRef],
+        *,
+        max_count: int = 2,
+        max_bytes: int | None = None,
+        always: Sequence[ModelRef] = (),
+    ) -> None:
+        """Delete unpacked artifacts to stay within ``max_count`` versions and ``max_bytes``.
+
+        ``keep`` in order of importance (the serving model, then the previous one): the first
+        always stays; the rest of ``keep`` and then the other versions, newest first, stay while
+        both limits hold. ``always`` (a shadow model running beside the serving one) stays too,
+        counted against the limits. What is left over is deleted.
+        """
+        dirs = [v for n in self.artifacts.iterdir() if n.is_dir() for v in n.iterdir()]
+        pinned = {self.artifact_dir(r) for r in always}
+        ranked = [self.artifact_dir(r) for r in keep]
+        ranked = [ranked[0], *pinned - {ranked[0]}, *(d for d in ranked[1:] if d not in pinned)]
+        others = sorted(
+            (d for d in dirs if d not in ranked), key=lambda d: d.stat().st_mtime, reverse=True
+        )
+        kept, used = 0, 0
+        for index, version_dir in enumerate([*ranked, *others]):
+            if not version_dir.is_dir():
                 continue
-            for version_dir in name_dir.iterdir():
-                if version_dir not in keep_dirs:
-                    shutil.rmtree(version_dir, ignore_errors=True)
-            if not any(name_dir.iterdir()):
+            size = dir_bytes(version_dir)
+            fits = kept < max_count and (max_bytes is None or used + size <= max_bytes)
+            if index == 0 or version_dir in pinned or fits:
+                kept, used = kept + 1, used + size
+                continue
+            log.info("pruning artifact", extra={"path": str(version_dir), "bytes": size})
+            shutil.rmtree(version_dir, ignore_errors=True)
+        for name_dir in self.artifacts.iterdir():
+            if name_dir.is_dir() and not any(name_dir.iterdir()):
                 name_dir.rmdir()
+
+    def artifact_bytes(self, ref: ModelRef) -> int:
+        path = self.artifact_dir(ref)
+        return dir_bytes(path) if path.is_dir() else 0
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (symlinks not followed)."""
+    total = 0
+    for entry in path.rglob("*"):
+        try:
+            if entry.is_file() and not entry.is_symlink():
+                total += entry.stat().st_size
+        except OSError:
+            continue
+    return total

@@ -60,6 +60,10 @@ class Updater:
         server_url: str,
         max_bundle_bytes: int,
         download_timeout: float = 30.0,
+        download_retry_s: float = 0.0,
+        keep_artifacts: int = 2,
+        disk_bytes: int | None = None,
+        count_download: Callable[[str, int], None] | None = None,
         postprocess: PostprocessConfig | None = None,
         monitor: HealthMonitor | None = None,
         shadow: ShadowRunner | None = None,
@@ -74,6 +78,10 @@ class Updater:
         self._server_url = server_url.rstrip("/") + "/"
         self._max_bundle = max_bundle_bytes
         self._timeout = download_timeout
+        self._retry_s = download_retry_s
+        self._keep = keep_artifacts
+        self._disk_bytes = disk_bytes
+        self._count_download = count_download
         self._post = postprocess
         self._last_seq: int | None = None
         self._pending: DesiredState | None = None
@@ -191,10 +199,17 @@ class Updater:
         self._emit("update.committed", model=ref)  # queued in the outbox: durable from here
         self._write_pointer(ref)
         log.info("model committed", extra={"model": str(ref)})
-        keep = {ref} | ({old.model.ref} if old is not None else set())
-        if self.shadow is not None and self.shadow.ref is not None:
-            keep.add(self.shadow.ref)  # the shadow's artifact is not the serving slots' to prune
-        self.store.prune(keep)
+        keep = [ref] + ([old.model.ref] if old is not None else [])
+        # The shadow's artifact is not the serving slots' to prune: it always stays.
+        shadow = (
+            [self.shadow.ref] if self.shadow is not None and self.shadow.ref is not None else []
+        )
+        self.store.prune(
+            keep,
+            max_count=self._keep,
+            max_bytes=self._disk_bytes,
+            always=[shadow] if shadow is not None else [],
+        )
 
     def _probation(self, ref: ModelRef, old: Serving) -> tuple[bool, str] | None:
         """Serve ``ref`` until the monitor decides; None if the agent stops first."""
@@ -264,6 +279,17 @@ class Updater:
     def _fetch(self, target: DesiredModel, ref: ModelRef, dest: Path, *, report: bool) -> None:
         if target.size > self._max_bundle:
             raise UpdateError(f"bundle of {target.size} bytes exceeds max_bundle_bytes")
+        if self._disk_bytes is not None:
+            # The bundle and its unpacked files beside the serving model (the rest is pruned
+            # after the commit) must fit the budget.
+            serving = self.slot.current
+            held = self.store.artifact_bytes(serving.model.ref) if serving is not None else 0
+            if held + 2 * target.size > self._disk_bytes:
+                raise UpdateError(
+                    f"bundle of {target.size} bytes does not fit the disk budget "
+                    f"(artifacts.disk_mb: {self._disk_bytes} bytes, {held} held by the serving "
+                    "model, the bundle and its unpacked files need twice its size)"
+                )
         free = shutil.disk_usage(self.store.root).free
         # The bundle and its unpacked files coexist for a moment; leave room for both and more.
         if target.size * 3 > free:
@@ -272,11 +298,11 @@ class Updater:
         self._step("downloading", "update.downloading", ref, "", report, 0.0)
         # Imported on the first download: urllib.request, http.client and email are ~1 MB of
         # RSS an agent that is not updating does not need.
-        from agent.download import download
+        from agent.download import RetryPolicy, download, part_files
 
         dest_bundle = self.store.downloads / f"{target.sha256}.tar.gz"
-        part = dest_bundle.with_name(dest_bundle.name + ".part")
-        self.store.clear_downloads(keep=(part, dest_bundle))  # one bundle on disk at a time
+        # One bundle on disk at a time: its part (and the part's validator) and itself.
+        self.store.clear_downloads(keep=(*part_files(dest_bundle), dest_bundle))
         bundle = download(
             url=url,
             token=self._token() if self._same_origin(url) else None,
@@ -284,6 +310,9 @@ class Updater:
             size=target.size,
             sha256=target.sha256,
             timeout=self._timeout,
+            count=self._count_download,
+            retry=RetryPolicy(window_s=self._retry_s),
+            stop=self._stop,
         )
         crash_point("after_download")
         self._step("verifying", "update.verifying", ref, "", report, 1.0)

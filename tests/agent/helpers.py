@@ -50,6 +50,8 @@ class BundleServer:
     files: dict[str, bytes] = field(default_factory=dict)
     #: path → (declared Content-Length, bytes actually sent) to simulate a truncated body
     truncate: dict[str, int] = field(default_factory=dict)
+    #: path → body bytes sent before the connection is cut, one entry per request (a lost link)
+    cuts: dict[str, list[int]] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     #: answer ``Range: bytes=N-`` with 206 + Content-Range (otherwise Range is ignored: 200)
     ranges: bool = False
@@ -85,7 +87,11 @@ class BundleServer:
                 self.send_header("Content-Type", "application/gzip")
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
-                self.wfile.write(data[start : server.truncate.get(self.path, len(data))])
+                end = server.truncate.get(self.path, len(data))
+                if server.cuts.get(self.path):
+                    end = start + server.cuts[self.path].pop(0)
+                    self.close_connection = True
+                self.wfile.write(data[start:end])
                 if server.hold is not None and self.path in server.truncate:
                     self.wfile.flush()
                     server.hold.wait(30)

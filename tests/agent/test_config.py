@@ -429,3 +429,15 @@ def test_broker_password_defaults_to_the_device_token(tmp_path: Path) -> None:
     anonymous = without.replace('username = "dev-1"\n', "")
     assert _broker(parse_config(anonymous)).username is None
     assert _broker(parse_config(anonymous)).password is None
+
+
+def test_profile_budgets_set_the_artifact_store() -> None:
+    zero = parse_config('profile = "rpi-zero-2w"\n' + BASE)
+    assert zero.artifacts.keep == 2
+    assert zero.artifacts.disk_mb == 512 - 1.5 * 32  # disk_mb less the outbox and capture
+    mine = parse_config('profile = "rpi4"\n' + BASE + "[artifacts]\nkeep = 5\n")
+    assert mine.artifacts.keep == 5 and mine.artifacts.disk_mb == 4096 - 1.5 * 256
+    assert parse_config(BASE).artifacts.disk_mb is None  # no profile: no limit
+    for bad in ("keep = 0", "keep = 11", "disk_mb = 0", 'disk_mb = "x"', "limit = 1"):
+        with pytest.raises(AgentConfigError):
+            parse_config(BASE + f"[artifacts]\n{bad}\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.datalock import LOCK_FILE
 from agent.faults import ENV_VAR, POINTS
 from agent.store import POINTER_FILE
 from edgefleet.contract import Channel, Event, State, decode, topic
@@ -45,7 +46,15 @@ COMMITTED_ON_DISK = {"after_commit"}
 #: again) instead of fetching it again.
 DOWNLOADED = {"after_download"}
 #: Data-dir entries besides ``artifacts/`` and ``downloads/`` (the outbox may have SQLite files).
-TOP_LEVEL = {POINTER_FILE, "seq.json", "outbox.db", "outbox.db-wal", "outbox.db-shm", "capture"}
+TOP_LEVEL = {
+    POINTER_FILE,
+    LOCK_FILE,
+    "seq.json",
+    "outbox.db",
+    "outbox.db-wal",
+    "outbox.db-shm",
+    "capture",
+}
 
 
 def _events(watch: Watcher, device: str, kind: str) -> list[Event]:

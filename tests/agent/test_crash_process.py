@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.store import POINTER_FILE
-from edgefleet.contract import Channel, Event, decode, topic
+from edgefleet.contract import Channel, Event, Telemetry, decode, topic
 from tests.agent.helpers import Received, Watcher, config_toml, desired_bundle, serve_bundles
 from tests.agent.test_agent_process import TOKEN, AgentProcess, device_id  # noqa: F401  (fixture)
 from tests.utils.artifacts import bundle_of, digits_images
@@ -88,6 +88,24 @@ def test_kill_during_download_resumes_with_range(
 
             watch.wait_for(committed, timeout=40)
             assert server.ranges_asked == [f"bytes={half}-"]
+
+            def counters() -> dict[str, float]:
+                sums: dict[str, float] = {}
+                for m in watch.messages[seen:]:
+                    if m.topic.endswith("/telemetry"):
+                        t = decode(Channel.TELEMETRY, m.payload, device_id=device_id)
+                        assert isinstance(t, Telemetry)
+                        for key, value in t.system.items():
+                            if key.startswith("download."):
+                                sums[key] = sums.get(key, 0.0) + value
+                return sums
+
+            deadline = time.monotonic() + 20  # counts arrive with the next telemetry interval
+            while counters().get("download.bytes", 0) < len(data) - half:
+                assert time.monotonic() < deadline, counters()
+                time.sleep(0.1)
+            # Only the missing half came over the wire again; nothing was fetched twice.
+            assert counters() == {"download.bytes": len(data) - half, "download.resumes": 1}
             assert json.loads((data_dir / POINTER_FILE).read_text())["version"] == "2.0.0"
             assert list((data_dir / "downloads").iterdir()) == []
             assert agent.stop() == 0, agent.stderr[-10:]

@@ -50,3 +50,27 @@ def test_an_unreadable_outbox_leaves_its_gauges_out() -> None:
     assert "edgefleet_agent_outbox_messages" not in names
     assert "edgefleet_agent_outbox_dropped_total" not in names
     assert ("edgefleet_agent_outbox_drained_total") in names
+
+
+def test_download_counters_are_exported() -> None:
+    from agent.download_counters import DownloadCounters
+
+    counters = DownloadCounters()
+    counters.add("bytes", 1_000_000)
+    counters.add("refetched_bytes", 250_000)
+    counters.add("retries", 3)
+    assert counters.flush() == {
+        "download.bytes": 1_000_000.0,
+        "download.refetched_bytes": 250_000.0,
+        "download.retries": 3.0,
+    }
+    assert counters.flush() == {}  # per interval; the totals stay
+    view = MetricsView(totals=Totals(), model=None, rss_mb=None, downloads=counters.totals())
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(render(view))
+        for s in family.samples
+    }
+    assert samples[("edgefleet_agent_download_bytes_total", (("kind", "received"),))] == 1e6
+    assert samples[("edgefleet_agent_download_bytes_total", (("kind", "refetched"),))] == 250e3
+    assert samples[("edgefleet_agent_download_retries_total", ())] == 3

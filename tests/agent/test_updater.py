@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,16 @@ def _load(path: Path) -> LoadedModel:
     return load_model(path, options=BackendOptions())
 
 
-def make_harness(data_dir: Path, server: BundleServer, *, max_bundle: int = 10**8) -> Harness:
+def make_harness(
+    data_dir: Path,
+    server: BundleServer,
+    *,
+    max_bundle: int = 10**8,
+    retry_s: float = 0.0,
+    count: Callable[[str, int], None] | None = None,
+    keep: int = 2,
+    disk_bytes: int | None = None,
+) -> Harness:
     store = DataDir(data_dir)
     slot = ModelSlot()
     h = Harness(updater=None, slot=slot, state=AgentState(), store=store, server=server)  # type: ignore[arg-type]
@@ -80,6 +89,10 @@ def make_harness(data_dir: Path, server: BundleServer, *, max_bundle: int = 10**
         server_url=server.url,
         max_bundle_bytes=max_bundle,
         download_timeout=5.0,
+        download_retry_s=retry_s,
+        count_download=count,
+        keep_artifacts=keep,
+        disk_bytes=disk_bytes,
     )
     return h
 
@@ -423,3 +436,74 @@ def test_a_download_cut_short_resumes_after_a_restart(
     assert again.running() == V2, again.events
     assert h.server.ranges_asked == [f"bytes={len(data) // 3}-"]
     assert list(again.store.downloads.iterdir()) == []
+
+
+def test_a_download_cut_twice_resumes_within_the_same_update(
+    serving_v1: Harness, digits_v2: Path, tmp_path: Path
+) -> None:
+    from agent.download_counters import DownloadCounters
+
+    counters = DownloadCounters()
+    # A restarted updater on the same data dir, retrying for up to 30 s, counting.
+    h = make_harness(serving_v1.store.root, serving_v1.server, retry_s=30.0, count=counters.add)
+    h.updater.load_committed()
+    h.server.ranges = True
+    data = bundle_bytes(digits_v2, tmp_path)
+    third = len(data) // 3
+    h.server.cuts["/v2"] = [third, third]  # the link drops twice, then holds
+    h.updater.apply(h.desired("/v2", data))
+    assert h.running() == V2, h.events
+    assert "update.failed" not in h.kinds()
+    assert h.server.ranges_asked == [f"bytes={third}-", f"bytes={2 * third}-"]
+    totals = counters.totals()
+    assert (totals["retries"], totals["resumes"], totals["refetched_bytes"]) == (2, 2, 0)
+    assert totals["bytes"] == len(data)
+
+
+def _versions(h: Harness) -> list[str]:
+    return sorted(p.name for p in (h.store.artifacts / "digits").iterdir())
+
+
+def _serve(h: Harness, artifact: Path, tmp_path: Path, ref: ModelRef) -> None:
+    h.updater.apply(h.desired(f"/{ref.version}", bundle_bytes(artifact, tmp_path), ref=ref))
+    assert h.running() == ref, h.events
+
+
+def test_keep_artifacts_keeps_the_newest_versions(
+    tmp_path: Path, server: BundleServer, digits_v1: Path, digits_v2: Path
+) -> None:
+    from tests.utils.artifacts import build_digits_artifact
+
+    v3 = ModelRef(name="digits", version="3.0.0")
+    digits_v3 = build_digits_artifact(tmp_path / "digits-3.0.0", version="3.0.0")
+    h = make_harness(tmp_path / "data", server, keep=3)
+    for artifact, ref in ((digits_v1, V1), (digits_v2, V2), (digits_v3, v3)):
+        _serve(h, artifact, tmp_path, ref)
+    assert _versions(h) == ["1.0.0", "2.0.0", "3.0.0"]  # three kept, not two
+    two = make_harness(tmp_path / "data", server, keep=2)
+    two.updater.load_committed()
+    _serve(two, digits_v1, tmp_path, V1)  # back to 1.0.0 from disk: 3.0.0 is the previous
+    assert _versions(two) == ["1.0.0", "3.0.0"]
+
+
+def test_the_disk_budget_refuses_a_bundle_and_prunes_what_does_not_fit(
+    tmp_path: Path, server: BundleServer, digits_v1: Path
+) -> None:
+    tight = make_harness(tmp_path / "tight", server, disk_bytes=1000)
+    data = bundle_bytes(digits_v1, tmp_path)
+    tight.updater.apply(tight.desired("/v1", data, ref=V1))
+    assert tight.kinds()[-1] == "update.failed"
+    assert "does not fit the disk budget" in tight.events[-1]["detail"]
+    assert not server.requests  # refused before any byte was fetched
+    # Pruning by bytes: the serving version always stays, then what fits, newest first.
+    store = DataDir(tmp_path / "store")
+    for version, n in (("1.0.0", 3000), ("2.0.0", 2000), ("3.0.0", 1000), ("4.0.0", 500)):
+        ref = ModelRef(name="digits", version=version)
+        store.artifact_dir(ref).mkdir(parents=True)
+        (store.artifact_dir(ref) / "model.onnx").write_bytes(b"x" * n)
+    v3 = ModelRef(name="digits", version="3.0.0")
+    store.prune([v3, V1], max_count=3, max_bytes=1000 + 500 + 100)
+    # 3.0.0 serving; 1.0.0 (previous, 3000 B) does not fit; 4.0.0 (newest other) does.
+    assert sorted(p.name for p in (store.artifacts / "digits").iterdir()) == ["3.0.0", "4.0.0"]
+    store.prune([v3], max_count=1, max_bytes=1)  # over budget alone: the serving one stays
+    assert sorted(p.name for p in (store.artifacts / "digits").iterdir()) == ["3.0.0"]

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -20,11 +21,12 @@ OUTBOX_FILE = "outbox.db"  # agent.service.OUTBOX_FILE (not imported: agent code
 class AgentRun:
     """One ``edgefleet agent run`` process; its stderr (JSON log lines) goes to a file."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *, prefix: Sequence[str] = ()) -> None:
         self.log = log
         self._out: IO[bytes] = log.open("ab")
+        # ``prefix``: e.g. ``ip netns exec NAME`` (it execs, so the pid is the agent's).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(config)],
+            [*prefix, sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(config)],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.DEVNULL,
@@ -54,11 +56,13 @@ class Device:
     config: Path
     logs: list[Path] = field(default_factory=list)
     run: AgentRun | None = None
+    #: Command prefix the agent runs under (a network namespace).
+    prefix: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         log = self.config.with_name(f"{self.device_id}-{len(self.logs)}.log")
         self.logs.append(log)
-        self.run = AgentRun(self.config, log)
+        self.run = AgentRun(self.config, log, prefix=self.prefix)
 
     def queued(self) -> dict[str, list[int]]:
         """channel → seqs this device's agent processes logged as queued, in order."""
