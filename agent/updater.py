@@ -201,9 +201,7 @@ class Updater:
         log.info("model committed", extra={"model": str(ref)})
         keep = [ref] + ([old.model.ref] if old is not None else [])
         # The shadow's artifact is not the serving slots' to prune: it always stays.
-        shadow = (
-            [self.shadow.ref] if self.shadow is not None and self.shadow.ref is not None else []
-        )
+        shadow = self.shadow.ref if self.shadow is not None else None
         self.store.prune(
             keep,
             max_count=self._keep,
