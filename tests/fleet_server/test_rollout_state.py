@@ -42,14 +42,16 @@ EXPECTED: dict[RolloutAction, tuple[tuple[RolloutState, ...], RolloutState | Non
     # action: (allowed from, leads to; None = stays where it is)
     A.CREATED: ((S.RUNNING,), None),
     A.DEVICES_JOINED: ((S.RUNNING,), None),
-    A.GATE_FAILED: ((S.RUNNING,), None),
+    A.GATE_FAILED: ((S.RUNNING, S.SHADOW), None),
     A.STAGE_PASSED: ((S.RUNNING,), None),
     A.STAGE_STARTED: ((S.RUNNING,), S.RUNNING),
+    A.SHADOW_STARTED: ((S.RUNNING,), S.SHADOW),
+    A.SHADOW_PASSED: ((S.SHADOW,), S.RUNNING),
     A.AWAIT_APPROVAL: ((S.RUNNING,), S.AWAITING_APPROVAL),
     A.PAUSE: ((S.RUNNING, S.AWAITING_APPROVAL), S.PAUSED),
     A.RESUME: ((S.PAUSED,), S.RUNNING),
     A.APPROVE: ((S.AWAITING_APPROVAL,), S.RUNNING),
-    A.ABORT: ((S.RUNNING, S.PAUSED, S.AWAITING_APPROVAL), S.ABORTING),
+    A.ABORT: ((S.RUNNING, S.SHADOW, S.PAUSED, S.AWAITING_APPROVAL), S.ABORTING),
     A.COMPLETE: ((S.RUNNING,), S.COMPLETED),
     A.FINISH_ABORT: ((S.ABORTING,), S.ABORTED),
 }
@@ -129,7 +131,7 @@ def test_every_state_action_pair(state: RolloutState, action: RolloutAction) -> 
 
 
 @pytest.mark.parametrize(
-    "stored", ["", "RUNNING", "running ", "shadow", "x" * 10_000, "paused\x00", "ab\u202eorted"]
+    "stored", ["", "RUNNING", "running ", "shadowing", "x" * 10_000, "paused\x00", "ab\u202eorted"]
 )
 def test_an_unknown_stored_state_is_refused_with_one_short_line(stored: str) -> None:
     session: Any = _Session()

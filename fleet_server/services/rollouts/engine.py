@@ -53,6 +53,7 @@ from fleet_server.services.rollouts.members import (
     sync_outcomes,
     target_of,
 )
+from fleet_server.services.rollouts.shadow_stage import shadow_step, take_shadows_off
 from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
 from fleet_server.services.rollouts.state import (
     DRIVEN_STATES,
@@ -185,6 +186,9 @@ class RolloutEngine:
         if rollout.state == RolloutState.ABORTING:
             self._settle_abort(session, rollout, members, devices, now, strategy)
             return
+        if rollout.state == RolloutState.SHADOW:
+            self._shadow(session, rollout, members, devices, now, strategy, outbox)
+            return
         sync_outcomes(session, rollout, members, devices, now, strategy)
         for member in members:  # pinned since the rollout started: leave it alone
             device = devices.get(member.device_id)
@@ -283,6 +287,42 @@ class RolloutEngine:
                 evidence=evaluation,
             )
 
+    def _shadow(
+        self,
+        session: Session,
+        rollout: Rollout,
+        members: list[RolloutDevice],
+        devices: dict[str, Device],
+        now: datetime,
+        strategy: Strategy,
+        outbox: Outbox,
+    ) -> None:
+        """The shadow stage: wait, abort (nothing was ever served by the candidate), or take
+        the shadows off and start the canary (its devices are assigned on the next step)."""
+        verdict = shadow_step(session, rollout, members, devices, now, strategy, outbox)
+        if verdict.outcome == "fail":
+            transition(
+                session,
+                rollout,
+                RolloutAction.GATE_FAILED,
+                reason=verdict.reason,
+                at=now,
+                evidence=verdict.evidence,
+            )
+            self.abort(session, rollout, now, outbox, actor="engine", reason=verdict.reason)
+        elif verdict.outcome == "pass":
+            take_shadows_off(session, rollout, members, outbox)
+            transition(
+                session,
+                rollout,
+                RolloutAction.SHADOW_PASSED,
+                reason=verdict.reason,
+                at=now,
+                evidence=verdict.evidence,
+            )
+            rollout.stage_started_at = now  # the canary's clock starts now
+            rollout.stage_finished_at = None
+
     def _promote(
         self,
         session: Session,
@@ -378,6 +418,8 @@ class RolloutEngine:
         members = list(
             session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
         )
+        if rollout.state == RolloutState.SHADOW:
+            take_shadows_off(session, rollout, members, outbox)
         back: dict[tuple[str, str] | None, list[str]] = {}
         for member in members:
             if member.status in ("assigned", "committed", "failed"):

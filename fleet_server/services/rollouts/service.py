@@ -103,7 +103,8 @@ class RolloutReport(BaseModel):
     differential: dict[str, Any] = Field(
         description="New vs old version over the whole rollout, by device class: predictions "
         "(confidence histograms), latency and errors; and accuracy on labelled samples "
-        "(random and all)."
+        "(random and all); ``shadow``: the shadow stage's figures and gates per device class "
+        "(null without a shadow stage)."
     )
 
 
@@ -190,9 +191,20 @@ def create_rollout(
             **({"incompatible": incompatible[:100]} if incompatible else {}),
         },
     )
+    if request.strategy.shadow is not None:
+        shadow = request.strategy.shadow
+        transition(
+            session,
+            rollout,
+            RolloutAction.SHADOW_STARTED,
+            reason=f"the candidate runs in shadow for at least {shadow.shadow_s:g} s",
+            at=now,
+            actor=actor,
+            evidence={"shadow": shadow.model_dump(mode="json")},
+        )
     session.commit()
     assert rollout.id is not None
-    rollouts.step_soon(rollout.id)  # the canary goes out now, not at the next tick
+    rollouts.step_soon(rollout.id)  # the shadow (or the canary) goes out now, not next tick
     session.expire_all()
     return view(session, rollout.id)
 
@@ -306,7 +318,7 @@ def view(session: Session, rollout_id: int) -> RolloutPublic:
         actions=operator_actions(rollout.state),
         reason=rollout.reason,
         stage=rollout.stage,
-        stage_name=stages[rollout.stage].name,
+        stage_name="shadow" if rollout.state == RolloutState.SHADOW else stages[rollout.stage].name,
         stages=stages,
         counts=counts,
         from_versions=from_versions,
@@ -364,8 +376,32 @@ def report(session: Session, rollout_id: int, *, now: datetime) -> RolloutReport
             )
             for m in members
         ],
-        differential=differential(session, rollout, members, now=now),
+        differential={
+            **differential(session, rollout, members, now=now),
+            "shadow": shadow_block(rollout, decisions),
+        },
     )
+
+
+def shadow_block(rollout: Rollout, decisions: Sequence[RolloutDecision]) -> dict[str, Any] | None:
+    """The shadow stage's evidence beside the canary's: the figures and gates of the decision
+    that ended it (passed, or failed), else the stage's newest evaluation while it runs; None
+    for a rollout without a shadow stage."""
+    outcome = None
+    record: dict[str, Any] | None = None
+    for decision in reversed(decisions):
+        evidence = decision.evidence or {}
+        if isinstance(evidence.get("shadow"), dict) and "gates" in evidence:
+            passed = decision.action == RolloutAction.SHADOW_PASSED.value
+            outcome, record = ("passed" if passed else "failed"), evidence
+            break
+    if record is None and rollout.state == RolloutState.SHADOW:
+        last = rollout.last_evaluation or {}
+        if isinstance(last.get("shadow"), dict):
+            outcome, record = "running", last
+    if record is None:
+        return None
+    return {"outcome": outcome, "evaluated_at": record.get("ts"), **record["shadow"]}
 
 
 def differential(
