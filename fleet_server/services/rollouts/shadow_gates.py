@@ -77,8 +77,9 @@ def _judge(
         return GateResult(
             name, "insufficient", None, threshold, samples, min_samples, "figure not reported"
         )
-    status = "pass" if ok(value, threshold) else "fail"
-    return GateResult(name, status, value, threshold, samples, min_samples)
+    if ok(value, threshold):
+        return GateResult(name, "pass", value, threshold, samples, min_samples)
+    return GateResult(name, "fail", value, threshold, samples, min_samples)
 
 
 def evaluate_shadow(
