@@ -97,7 +97,7 @@ def _desired_versions(h: Harness, ids: list[str]) -> set[str | None]:
 def _start(h: Harness, **strategy: Any) -> tuple[int, list[str], list[str]]:
     pis, jetsons = _fleet(h)
     rollout = h.create(strategy={"shadow": {**SHADOW, **strategy}})
-    assert rollout.state == "shadow" and rollout.stage_name == "shadow"
+    assert rollout.state == "shadowing" and rollout.stage_name == "shadow"
     assert _shadow_rows(h) == dict.fromkeys(pis + jetsons, (NEW, 0.5))
     # The shadow went out with the old serving model: the candidate answers nothing.
     assert {s.device_id for s in h.publisher.sent if s.shadow is not None} == set(pis + jetsons)
@@ -110,7 +110,7 @@ def test_a_passing_shadow_removes_the_shadows_then_the_canary_starts(h: Harness)
     _reports(h, pis, paired=20)  # 80 paired on rpi4
     _reports(h, jetsons, paired=30, disagreements=0)  # 60 on jetson
     h.engine.tick()
-    assert h.rollout(rollout_id).state == "shadow", "passed before shadow_s"
+    assert h.rollout(rollout_id).state == "shadowing", "passed before shadow_s"
     h.clock.advance(61)
     h.engine.tick()
     rollout = h.rollout(rollout_id)
@@ -186,7 +186,7 @@ def test_too_few_samples_waits_with_a_reason_and_old_reports_do_not_count(h: Har
     h.clock.advance(120)
     h.engine.tick()
     rollout = h.rollout(rollout_id)
-    assert rollout.state == "shadow"
+    assert rollout.state == "shadowing"
     gates = {(g["name"], g["detail"]): g for g in rollout.last_evaluation["gates"]}
     assert gates[("shadow_agreement", "class jetson")]["status"] == "insufficient"
     assert gates[("shadow_agreement", "class jetson")]["samples"] == 20

@@ -131,7 +131,7 @@ def test_every_state_action_pair(state: RolloutState, action: RolloutAction) -> 
 
 
 @pytest.mark.parametrize(
-    "stored", ["", "RUNNING", "running ", "shadowing", "x" * 10_000, "paused\x00", "ab\u202eorted"]
+    "stored", ["", "RUNNING", "running ", "shadow", "x" * 10_000, "paused\x00", "ab\u202eorted"]
 )
 def test_an_unknown_stored_state_is_refused_with_one_short_line(stored: str) -> None:
     session: Any = _Session()

@@ -398,7 +398,7 @@ def shadow_block(rollout: Rollout, decisions: Sequence[RolloutDecision]) -> dict
     if record is None and rollout.state == RolloutState.SHADOW:
         last = rollout.last_evaluation or {}
         if isinstance(last.get("shadow"), dict):
-            outcome, record = "running", last
+            outcome, record = "in progress", last
     if record is None:
         return None
     return {"outcome": outcome, "evaluated_at": record.get("ts"), **record["shadow"]}

@@ -5,7 +5,7 @@ the decision. The engine, the operator actions, the API and the client all go th
 
 ::
 
-    running ──shadow_started──▶ shadow ──shadow_passed──▶ running (the canary; or abort)
+    running ──shadow_started──▶ shadowing ──shadow_passed──▶ running (the canary; or abort)
     running ──pause──▶ paused ──resume──▶ running
        ├──await_approval──▶ awaiting_approval ──approve──▶ running (then stage_started)
        ├──completed──▶ completed
@@ -45,7 +45,7 @@ class RolloutState(StrEnum):
 
     RUNNING = "running"
     #: The shadow stage before the canary: members run the candidate in shadow only.
-    SHADOW = "shadow"
+    SHADOW = "shadowing"
     PAUSED = "paused"
     AWAITING_APPROVAL = "awaiting_approval"
     ABORTING = "aborting"
