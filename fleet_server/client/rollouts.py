@@ -53,6 +53,17 @@ def _spec(args: argparse.Namespace) -> JsonObject:
             strategy[key] = value
     if args.approval:
         strategy["require_approval"] = True
+    shadow_flags = {
+        "shadow_s": args.shadow_s,
+        "sample_rate": args.shadow_sample_rate,
+        "min_agreement": args.shadow_min_agreement,
+        "max_latency_ratio": args.shadow_max_latency_ratio,
+    }
+    shadow_given = {k: v for k, v in shadow_flags.items() if v is not None}
+    if shadow_given:
+        if args.shadow_s is None and not isinstance(strategy.get("shadow"), dict):
+            raise FleetClientError(0, "--shadow-sample-rate and friends need --shadow-s")
+        strategy["shadow"] = {**(strategy.get("shadow") or {}), **shadow_given}
     body["strategy"] = strategy
     if args.max_p95_ratio is not None:
         gates = dict(body.get("gates") or {})
