@@ -186,7 +186,7 @@ def test_too_few_samples_waits_with_a_reason_and_old_reports_do_not_count(h: Har
     h.clock.advance(120)
     h.engine.tick()
     rollout = h.rollout(rollout_id)
-    assert rollout.state == "shadowing"
+    assert rollout.state == "shadowing" and rollout.last_evaluation is not None
     gates = {(g["name"], g["detail"]): g for g in rollout.last_evaluation["gates"]}
     assert gates[("shadow_agreement", "class jetson")]["status"] == "insufficient"
     assert gates[("shadow_agreement", "class jetson")]["samples"] == 20
