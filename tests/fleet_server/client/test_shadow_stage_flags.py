@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fleet_server.client.api import FleetClientError
 from fleet_server.client.cli import register
-from fleet_server.client.rollouts import _spec
+from fleet_server.client.render import Output
+from fleet_server.client.rollouts import _spec, rollouts_report
 from fleet_server.services.rollouts import RolloutCreate
 
 
@@ -54,3 +56,31 @@ def test_thresholds_without_a_shadow_or_out_of_range_are_refused() -> None:
     ):
         with pytest.raises(SystemExit):
             _args("--tag", "a", *bad)
+
+
+class _Client:
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+
+    def rollout_report(self, rollout_id: int) -> dict[str, Any]:
+        return self.report
+
+
+def test_the_report_prints_the_shadow_evidence_and_survives_hostile_values(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shadow = {
+        "outcome": "failed",
+        "devices": 3,
+        "device_classes": {
+            "rpi4": {"paired": 80, "agreement": 0.9, "latency_ratio_p95": 1.1, "errors": {"x": 2}},
+            "evil\x1b[31m": {"paired": "lots", "agreement": None, "errors": [1]},
+            "odd": 7,
+        },
+    }
+    report = {"rollout": {}, "decisions": [], "differential": {"shadow": shadow}}
+    rollouts_report(_Client(report), argparse.Namespace(rollout_id=1), Output(json_mode=False))  # type: ignore[arg-type]
+    text = capsys.readouterr().out
+    assert "shadow stage failed: 3 device(s)" in text
+    assert "rpi4: paired 80, agreement 0.90, p95 shadow/serving 1.10, shadow errors 2" in text
+    assert "\x1b" not in text
