@@ -53,7 +53,7 @@ from fleet_server.services.rollouts.members import (
     sync_outcomes,
     target_of,
 )
-from fleet_server.services.rollouts.shadow_stage import shadow_step, take_shadows_off
+from fleet_server.services.rollouts.shadow_stage import advance_shadow, take_shadows_off
 from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
 from fleet_server.services.rollouts.state import (
     DRIVEN_STATES,
@@ -187,7 +187,7 @@ class RolloutEngine:
             self._settle_abort(session, rollout, members, devices, now, strategy)
             return
         if rollout.state == RolloutState.SHADOW:
-            self._shadow(session, rollout, members, devices, now, strategy, outbox)
+            advance_shadow(session, rollout, members, devices, now, strategy, outbox, self.abort)
             return
         sync_outcomes(session, rollout, members, devices, now, strategy)
         for member in members:  # pinned since the rollout started: leave it alone
@@ -286,42 +286,6 @@ class RolloutEngine:
                 at=now,
                 evidence=evaluation,
             )
-
-    def _shadow(
-        self,
-        session: Session,
-        rollout: Rollout,
-        members: list[RolloutDevice],
-        devices: dict[str, Device],
-        now: datetime,
-        strategy: Strategy,
-        outbox: Outbox,
-    ) -> None:
-        """The shadow stage: wait, abort (nothing was ever served by the candidate), or take
-        the shadows off and start the canary (its devices are assigned on the next step)."""
-        verdict = shadow_step(session, rollout, members, devices, now, strategy, outbox)
-        if verdict.outcome == "fail":
-            transition(
-                session,
-                rollout,
-                RolloutAction.GATE_FAILED,
-                reason=verdict.reason,
-                at=now,
-                evidence=verdict.evidence,
-            )
-            self.abort(session, rollout, now, outbox, actor="engine", reason=verdict.reason)
-        elif verdict.outcome == "pass":
-            take_shadows_off(session, rollout, members, outbox)
-            transition(
-                session,
-                rollout,
-                RolloutAction.SHADOW_PASSED,
-                reason=verdict.reason,
-                at=now,
-                evidence=verdict.evidence,
-            )
-            rollout.stage_started_at = now  # the canary's clock starts now
-            rollout.stage_finished_at = None
 
     def _promote(
         self,

@@ -26,6 +26,7 @@ from fleet_server.services.quality.service import label_counts
 from fleet_server.services.rollouts.compare_check import check_comparisons
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
+from fleet_server.services.rollouts.shadow_stage import shadow_block
 from fleet_server.services.rollouts.spec import RolloutCreate, Strategy
 from fleet_server.services.rollouts.state import (
     INITIAL_STATE,
@@ -381,27 +382,6 @@ def report(session: Session, rollout_id: int, *, now: datetime) -> RolloutReport
             "shadow": shadow_block(rollout, decisions),
         },
     )
-
-
-def shadow_block(rollout: Rollout, decisions: Sequence[RolloutDecision]) -> dict[str, Any] | None:
-    """The shadow stage's evidence beside the canary's: the figures and gates of the decision
-    that ended it (passed, or failed), else the stage's newest evaluation while it runs; None
-    for a rollout without a shadow stage."""
-    outcome = None
-    record: dict[str, Any] | None = None
-    for decision in reversed(decisions):
-        evidence = decision.evidence or {}
-        if isinstance(evidence.get("shadow"), dict) and "gates" in evidence:
-            passed = decision.action == RolloutAction.SHADOW_PASSED.value
-            outcome, record = ("passed" if passed else "failed"), evidence
-            break
-    if record is None and rollout.state == RolloutState.SHADOW:
-        last = rollout.last_evaluation or {}
-        if isinstance(last.get("shadow"), dict):
-            outcome, record = "in progress", last
-    if record is None:
-        return None
-    return {"outcome": outcome, "evaluated_at": record.get("ts"), **record["shadow"]}
 
 
 def differential(

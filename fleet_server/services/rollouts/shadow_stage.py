@@ -2,27 +2,29 @@
 desired model stays the old one) for ``shadow_s``; then the shadow gates judge, per device class.
 
 :func:`shadow_step` puts the shadow on the devices (again, if a row went missing), reads what
-they reported since the stage started and says what the engine should do; the engine records
-the decision and moves the state (:mod:`.state`). :func:`take_shadows_off` ends the stage on
+they reported since the stage started and gives a verdict; :func:`advance_shadow` (the engine's
+step in this state) records it through :mod:`.state` and waits, aborts, or passes to the canary. :func:`take_shadows_off` ends the stage on
 the devices, whether it passed or the rollout aborts. Rows are written in the engine's step
 transaction; the next desired-state revision (same model) carries the change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlmodel import Session
 
 from fleet_server.models import Device
-from fleet_server.models.rollouts import Rollout, RolloutDevice
+from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.services.desired import Keep
 from fleet_server.services.rollouts.evaluation import fmt_result
 from fleet_server.services.rollouts.members import Outbox
 from fleet_server.services.rollouts.shadow_gates import evaluate_shadow, shadow_evidence
 from fleet_server.services.rollouts.spec import Strategy
+from fleet_server.services.rollouts.state import RolloutAction, RolloutState, transition
 from fleet_server.services.shadow import place_shadows, remove_shadows, summarise_devices
 
 #: ``stage`` of a shadow evaluation record: before the canary (stage 0).
@@ -107,6 +109,58 @@ def shadow_step(
     return ShadowVerdict("wait", f"waiting for {why}", evidence)
 
 
+class Abort(Protocol):
+    def __call__(
+        self,
+        session: Session,
+        rollout: Rollout,
+        now: datetime,
+        outbox: Outbox,
+        *,
+        actor: str,
+        reason: str,
+    ) -> None:
+        """The engine's abort (every touched device back to what it ran before)."""
+        ...
+
+
+def advance_shadow(
+    session: Session,
+    rollout: Rollout,
+    members: list[RolloutDevice],
+    devices: dict[str, Device],
+    now: datetime,
+    strategy: Strategy,
+    outbox: Outbox,
+    abort: Abort,
+) -> None:
+    """One engine step in the shadow stage: wait, abort (the candidate never answered a
+    request), or take the shadows off and start the canary (assigned on the next step)."""
+    verdict = shadow_step(session, rollout, members, devices, now, strategy, outbox)
+    if verdict.outcome == "fail":
+        transition(
+            session,
+            rollout,
+            RolloutAction.GATE_FAILED,
+            reason=verdict.reason,
+            at=now,
+            evidence=verdict.evidence,
+        )
+        abort(session, rollout, now, outbox, actor="engine", reason=verdict.reason)
+    elif verdict.outcome == "pass":
+        take_shadows_off(session, rollout, members, outbox)
+        transition(
+            session,
+            rollout,
+            RolloutAction.SHADOW_PASSED,
+            reason=verdict.reason,
+            at=now,
+            evidence=verdict.evidence,
+        )
+        rollout.stage_started_at = now  # the canary's clock starts now
+        rollout.stage_finished_at = None
+
+
 def take_shadows_off(
     session: Session, rollout: Rollout, members: list[RolloutDevice], outbox: Outbox
 ) -> list[str]:
@@ -118,3 +172,24 @@ def take_shadows_off(
     )
     outbox.set_desired(removed, Keep.MODEL)
     return removed
+
+
+def shadow_block(rollout: Rollout, decisions: Sequence[RolloutDecision]) -> dict[str, Any] | None:
+    """The shadow stage's evidence beside the canary's: the figures and gates of the decision
+    that ended it (passed, or failed), else the stage's newest evaluation while it runs; None
+    for a rollout without a shadow stage."""
+    outcome = None
+    record: dict[str, Any] | None = None
+    for decision in reversed(decisions):
+        evidence = decision.evidence or {}
+        if isinstance(evidence.get("shadow"), dict) and "gates" in evidence:
+            passed = decision.action == RolloutAction.SHADOW_PASSED.value
+            outcome, record = ("passed" if passed else "failed"), evidence
+            break
+    if record is None and rollout.state == RolloutState.SHADOW:
+        last = rollout.last_evaluation or {}
+        if isinstance(last.get("shadow"), dict):
+            outcome, record = "in progress", last
+    if record is None:
+        return None
+    return {"outcome": outcome, "evaluated_at": record.get("ts"), **record["shadow"]}
