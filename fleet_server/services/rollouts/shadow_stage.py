@@ -3,9 +3,10 @@ desired model stays the old one) for ``shadow_s``; then the shadow gates judge, 
 
 :func:`shadow_step` puts the shadow on the devices (again, if a row went missing), reads what
 they reported since the stage started and gives a verdict; :func:`advance_shadow` (the engine's
-step in this state) records it through :mod:`.state` and waits, aborts, or passes to the canary. :func:`take_shadows_off` ends the stage on
-the devices, whether it passed or the rollout aborts. Rows are written in the engine's step
-transaction; the next desired-state revision (same model) carries the change.
+step in this state) records it through :mod:`.state` and waits, aborts, or passes to the
+canary. :func:`take_shadows_off` ends the stage on the devices, whether it passed or the
+rollout aborts. Rows are written in the engine's step transaction; the next desired-state
+revision (same model) carries the change.
 """
 
 from __future__ import annotations
