@@ -214,6 +214,9 @@ def test_a_rollout_with_a_shadow_stage_over_http(
         _upload(client, bundle)
     tag = unique_id("fleet")
     ids = _fleet(client, 3, tag)
+    body = _spec(tag, strategy={"shadow": {"shadow_s": 60}})
+    unserved = client.post("/api/v1/rollouts", json=body, headers=operator())
+    assert unserved.status_code == 422 and "no selected device" in unserved.text
     assign(client, ids)
     for shadow, needle in (
         ({"shadow_s": 0}, "shadow_s"),

@@ -140,6 +140,11 @@ def create_rollout(
             f"no selected device can run {model.format} artifacts (device classes: "
             f"{', '.join(sorted({d.device_class or '-' for d in matched}))})"
         )
+    if request.strategy.shadow is not None and all(d.desired_name is None for d in targets):
+        raise Unprocessable(
+            "a shadow stage runs the candidate beside a served model, and no selected device "
+            "is assigned one"
+        )
     busy = busy_devices(session, exclude=None) & {d.device_id for d in targets}
     if busy:
         raise Conflict(
