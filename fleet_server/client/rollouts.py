@@ -54,6 +54,17 @@ def _spec(args: argparse.Namespace) -> JsonObject:
             strategy[key] = value
     if args.approval:
         strategy["require_approval"] = True
+    shadow_flags = {
+        "shadow_s": args.shadow_s,
+        "sample_rate": args.shadow_sample_rate,
+        "min_agreement": args.shadow_min_agreement,
+        "max_latency_ratio": args.shadow_max_latency_ratio,
+    }
+    shadow_given = {k: v for k, v in shadow_flags.items() if v is not None}
+    if shadow_given:
+        if args.shadow_s is None and not isinstance(strategy.get("shadow"), dict):
+            raise FleetClientError(0, "--shadow-sample-rate and friends need --shadow-s")
+        strategy["shadow"] = {**(strategy.get("shadow") or {}), **shadow_given}
     body["strategy"] = strategy
     gates = body.get("gates") or {}
     if not isinstance(gates, dict):
@@ -204,6 +215,30 @@ def rollouts_report(client: FleetClient, args: argparse.Namespace, out: Output) 
         if isinstance(by_class, dict):
             for name, row in sorted(by_class.items()):
                 out.line(f"  {plain(name)}: p95 new/old {plain(_get_ratio(row))}")
+        if isinstance(diff.get("shadow"), dict):
+            _shadow_lines(out, diff["shadow"])
+
+
+def _shadow_lines(out: Output, shadow: dict[str, Any]) -> None:
+    """The shadow stage's evidence, per device class (beside the canary's differential)."""
+    out.line(
+        f"shadow stage {plain(shadow.get('outcome'))}: {plain(shadow.get('devices'))} device(s)"
+    )
+    classes = shadow.get("device_classes")
+    for name, group in sorted(classes.items() if isinstance(classes, dict) else []):
+        if not isinstance(group, dict):
+            continue
+        errors = group.get("errors")
+        failures = (
+            sum(v for v in errors.values() if isinstance(v, int))
+            if isinstance(errors, dict)
+            else None
+        )
+        out.line(
+            f"  {plain(name)}: paired {plain(group.get('paired'))}, agreement "
+            f"{plain(group.get('agreement'))}, p95 shadow/serving "
+            f"{plain(group.get('latency_ratio_p95'))}, shadow errors {plain(failures)}"
+        )
 
 
 def _get_ratio(row: Any) -> Any:

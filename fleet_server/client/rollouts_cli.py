@@ -87,6 +87,25 @@ def register(
         metavar="X",
         help="with --require-compare: median latency B / A, at most (1.5)",
     )
+    leaf.add_argument(
+        "--shadow-s",
+        type=_positive,
+        metavar="S",
+        help="start with a shadow stage: the devices run the candidate in shadow (it answers "
+        "nothing) for S seconds, then the shadow gates judge per device class",
+    )
+    leaf.add_argument(
+        "--shadow-sample-rate", type=_share, metavar="R", help="share of inputs shadowed (0.1)"
+    )
+    leaf.add_argument(
+        "--shadow-min-agreement", type=_share, metavar="A", help="agreement, at least (0.98)"
+    )
+    leaf.add_argument(
+        "--shadow-max-latency-ratio",
+        type=_positive,
+        metavar="X",
+        help="paired p95 latency shadow / serving, at most (1.5)",
+    )
     leaf.set_defaults(action="rollouts_create")
 
     leaf = sub.add_parser("list", parents=[common], help="recent rollouts")
@@ -115,6 +134,16 @@ def _share(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
     return value
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -18,7 +20,7 @@ from fleet_server.models import Device, DeviceShadow, ShadowReportRow, ShadowReq
 from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.shadow import DeviceShadowPublic, ShadowGroup, ShadowSummary
 from fleet_server.models.types import utcnow
-from fleet_server.services.desired import DesiredPublisher, republish
+from fleet_server.services.desired import CHUNK, DesiredPublisher, republish
 from fleet_server.services.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,73 @@ def clear_shadow(
     log.info("shadow removed", extra={"device_id": device_id})
 
 
+def _rows_of(session: Session, device_ids: Sequence[str]) -> dict[str, DeviceShadow]:
+    ids = sorted(set(device_ids))
+    rows: dict[str, DeviceShadow] = {}
+    for start in range(0, len(ids), CHUNK):
+        query = select(DeviceShadow).where(
+            col(DeviceShadow.device_id).in_(ids[start : start + CHUNK])
+        )
+        rows.update((row.device_id, row) for row in session.exec(query))
+    return rows
+
+
+def place_shadows(
+    *,
+    session: Session,
+    device_ids: Sequence[str],
+    model: tuple[str, str],
+    sample_rate: float,
+    cpu_budget: float,
+    at: datetime,
+) -> list[str]:
+    """Make ``model`` the shadow of every one of ``device_ids`` (a rollout's shadow stage), in
+    the caller's transaction; returns the devices whose row changed (their desired state needs
+    the next revision: :func:`~fleet_server.services.desired.write_desired` with ``Keep``)."""
+    rows = _rows_of(session, device_ids)
+    changed = []
+    for device_id in sorted(set(device_ids)):
+        row = rows.get(device_id)
+        wanted = (model[0], model[1], sample_rate, cpu_budget)
+        if (
+            row is not None
+            and (row.model_name, row.model_version, row.sample_rate, row.cpu_budget) == wanted
+        ):
+            continue
+        if row is None:
+            row = DeviceShadow(
+                device_id=device_id,
+                model_name=model[0],
+                model_version=model[1],
+                sample_rate=sample_rate,
+                cpu_budget=cpu_budget,
+                set_at=at,
+            )
+        row.model_name, row.model_version = model
+        row.sample_rate, row.cpu_budget, row.set_at = sample_rate, cpu_budget, at
+        session.add(row)
+        changed.append(device_id)
+    return changed
+
+
+def remove_shadows(
+    *, session: Session, device_ids: Sequence[str], model: tuple[str, str]
+) -> list[str]:
+    """Take shadow ``model`` off ``device_ids`` (a shadow of another version is left alone), in
+    the caller's transaction; returns the devices whose row went (they need the next revision)."""
+    wanted = set(device_ids)
+    removed = []
+    for row in [r for r in session.new if isinstance(r, DeviceShadow)]:  # added, not flushed
+        if row.device_id in wanted and (row.model_name, row.model_version) == model:
+            session.expunge(row)
+            removed.append(row.device_id)
+    for device_id, row in sorted(_rows_of(session, device_ids).items()):
+        if (row.model_name, row.model_version) == model:
+            session.delete(row)
+            removed.append(device_id)
+    return sorted(set(removed))
+
+
 def may_download(*, session: Session, device_id: str, name: str, version: str) -> bool:
     """Whether ``name@version`` is the device's shadow (it may fetch that bundle too)."""
     row = session.get(DeviceShadow, device_id)
@@ -106,6 +175,38 @@ def summarise(*, session: Session, name: str, version: str) -> ShadowSummary:
         fleet=fleet.group(),
         device_classes={key: value.group() for key, value in sorted(classes.items())},
     )
+
+
+def summarise_devices(
+    *,
+    session: Session,
+    name: str,
+    version: str,
+    device_ids: Sequence[str],
+    since: datetime,
+) -> dict[str, ShadowGroup]:
+    """What ``device_ids`` reported about shadow ``name@version`` since ``since``, per device
+    class (a class-less device counts under ``""``): a rollout's shadow stage reads this."""
+    classes: dict[str, _Sum] = defaultdict(_Sum)
+    ids = sorted(set(device_ids))
+    read = 0
+    for start in range(0, len(ids), CHUNK):
+        query = (
+            select(ShadowReportRow, Device.device_class)
+            .join(Device, col(Device.device_id) == col(ShadowReportRow.device_id))
+            .where(col(ShadowReportRow.device_id).in_(ids[start : start + CHUNK]))
+            .where(col(ShadowReportRow.model_name) == name)
+            .where(col(ShadowReportRow.model_version) == version)
+            .where(col(ShadowReportRow.ts) >= since)
+            .order_by(col(ShadowReportRow.ts).desc())
+            .limit(MAX_REPORTS - read)
+        )
+        for row, device_class in session.exec(query):
+            classes[device_class or ""].add(row)
+            read += 1
+        if read >= MAX_REPORTS:
+            break
+    return {key: value.group() for key, value in sorted(classes.items())}
 
 
 class _Sum:

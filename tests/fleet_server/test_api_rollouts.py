@@ -197,3 +197,65 @@ def test_openapi_documents_rollouts(app: tuple[TestClient, Runtime]) -> None:
     ):
         assert path in paths
     assert schema["components"]["schemas"]["RolloutCreate"]["examples"]
+
+
+def test_a_rollout_with_a_shadow_stage_over_http(
+    app: tuple[TestClient, Runtime], bundles: list[Path]
+) -> None:
+    """Created in shadow: the devices get the candidate as their shadow and keep the old model;
+    it cannot be paused (a resume would skip the stage), an abort takes the shadows off."""
+    from sqlmodel import Session, select
+
+    from fleet_server.models import DeviceShadow
+    from tests.fleet_server.sample_helpers import assign
+
+    client, runtime = app
+    for bundle in bundles:
+        _upload(client, bundle)
+    tag = unique_id("fleet")
+    ids = _fleet(client, 3, tag)
+    body = _spec(tag, strategy={"shadow": {"shadow_s": 60}})
+    unserved = client.post("/api/v1/rollouts", json=body, headers=operator())
+    assert unserved.status_code == 422 and "no selected device" in unserved.text
+    assign(client, ids)
+    for shadow, needle in (
+        ({"shadow_s": 0}, "shadow_s"),
+        ({"shadow_s": 60, "min_agreement": 2}, "min_agreement"),
+        ({"shadow_s": 60, "cpu": 1}, "cpu"),
+        ([60], "shadow"),
+    ):
+        response = client.post(
+            "/api/v1/rollouts", json=_spec(tag, strategy={"shadow": shadow}), headers=operator()
+        )
+        assert response.status_code == 422 and needle in response.text, response.text
+    assert client.get("/api/v1/rollouts", headers=operator()).json() == []
+
+    created = client.post(
+        "/api/v1/rollouts",
+        json=_spec(tag, strategy={"shadow": {"shadow_s": 60, "sample_rate": 0.25}}),
+        headers=operator(),
+    )
+    assert created.status_code == 201, created.text
+    rollout = created.json()
+    assert (rollout["state"], rollout["stage_name"]) == ("shadowing", "shadow")
+    assert rollout["actions"] == ["abort"]
+    for device_id in ids:
+        device = client.get(f"/api/v1/devices/{device_id}", headers=operator()).json()
+        assert device["desired"] == {"name": "digits", "version": "1.0.0"}
+    assert runtime.engine is not None
+    with Session(runtime.engine) as session:
+        rows = session.exec(select(DeviceShadow)).all()
+    assert {(r.device_id, r.model_version, r.sample_rate) for r in rows} == {
+        (d, "2.0.0", 0.25) for d in ids
+    }
+    rid = rollout["id"]
+    refused = client.post(f"/api/v1/rollouts/{rid}/pause", headers=operator())
+    assert refused.status_code == 409 and "shadowing" in refused.text
+    report = client.get(f"/api/v1/rollouts/{rid}/report", headers=operator()).json()
+    assert report["differential"]["shadow"]["outcome"] == "in progress"
+    assert report["differential"]["shadow"]["devices"] == 3
+    assert client.post(f"/api/v1/rollouts/{rid}/abort", headers=operator()).json()["state"] == (
+        "aborted"
+    )
+    with Session(runtime.engine) as session:
+        assert session.exec(select(DeviceShadow)).all() == []

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from fleet_server.db import make_engine, migrate
-from fleet_server.models import DriftAlert, PipelineRun, PipelineStep
+from fleet_server.models import Device, DriftAlert, PipelineRun, PipelineStep
 from fleet_server.models.types import utcnow
 from fleet_server.services.drift.retrain import RetrainError, backend_for
 from fleet_server.services.errors import Conflict
@@ -261,11 +262,10 @@ def test_rollout_and_watch_promote_the_candidate(engine: Engine, tmp_path: Path)
     h = Harness(engine)
     ids = h.add_devices(4)
     strategy = {"canary_percent": 25, "batches": [100], "soak_s": 0}
-    run_id, driver = _rollout_run(h, tmp_path, strategy=strategy, shadow={"min_pairs": 100})
+    run_id, driver = _rollout_run(h, tmp_path, strategy=strategy)
     driver.tick()
     run, steps = _run(engine, run_id)
     assert run.rollout_id is not None and [s.name for s in steps] == ["rollout", "watch"]
-    assert steps[0].numbers["shadow"] == {"min_pairs": 100}, "the shadow template is kept"
     assert h.rollout(run.rollout_id).created_by == "pipeline"
     assert steps[1].state == "running" and steps[1].numbers["rollout_state"] == "running"
     for _ in range(10):
@@ -283,6 +283,42 @@ def test_rollout_and_watch_promote_the_candidate(engine: Engine, tmp_path: Path)
     assert run.state == "succeeded", (steps[-1].numbers, h.decisions(rollout_id))
     assert set(h.members(rollout_id, "committed")) == set(ids)
     assert "promoted fleet-wide" in steps[-1].detail
+
+
+def test_the_templates_shadow_stage_starts_the_rollout_in_shadow(
+    engine: Engine, tmp_path: Path
+) -> None:
+    h = Harness(engine)
+    ids = h.add_devices(2)
+    with Session(engine) as session:
+        for device_id in ids:
+            device = session.get(Device, device_id)
+            assert device is not None
+            device.desired_name, device.desired_version = h.model, OLD
+            session.add(device)
+        session.commit()
+    shadow = {"shadow_s": 30, "min_samples": 10}
+    run_id, driver = _rollout_run(h, tmp_path, shadow=shadow)
+    driver.tick()
+    run, steps = _run(engine, run_id)
+    assert run.rollout_id is not None and steps[0].numbers["shadow"] == shadow
+    rollout = h.rollout(run.rollout_id)
+    assert rollout.state == "shadowing" and rollout.strategy["shadow"]["shadow_s"] == 30
+    assert h.publisher.devices(NEW) == set()
+    assert {s.device_id for s in h.publisher.sent if s.shadow is not None} == set(ids)
+
+
+@pytest.mark.parametrize(
+    "rollout",
+    [
+        {"shadow": {"min_pairs": 100}},
+        {"shadow": {"shadow_s": 0}},
+        {"shadow": {"shadow_s": 5}, "strategy": {"shadow": {"shadow_s": 5}}},
+    ],
+)
+def test_a_bad_shadow_template_is_refused_at_load(rollout: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="shadow"):
+        _config(rollout={"selector": {"tags": ["a"]}, **rollout})
 
 
 def test_a_rollout_stopped_by_its_gates_fails_the_run(engine: Engine, tmp_path: Path) -> None:

@@ -25,16 +25,25 @@ class RolloutTemplate(Strict):
     gates: dict[str, Any] = Field(default_factory=dict, description="Gate thresholds.")
     shadow: dict[str, Any] | None = Field(
         default=None,
-        description="Shadow stage before the canary; kept and passed through to the rollout "
-        "once rollouts have a shadow stage (today it is recorded on the run only).",
+        description="Shadow stage before the canary (the rollout strategy's ``shadow``: "
+        "shadow_s, sample_rate, cpu_budget, min_agreement, max_latency_ratio, max_error_rate, "
+        "min_samples); null: the canary starts at once.",
     )
+
+    def strategy_body(self) -> dict[str, Any]:
+        """The rollout strategy, with the template's shadow stage in it."""
+        if self.shadow is None:
+            return dict(self.strategy)
+        return {**self.strategy, "shadow": self.shadow}
 
     @model_validator(mode="after")
     def _valid_rollout(self) -> RolloutTemplate:
         from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
 
+        if self.shadow is not None and self.strategy.get("shadow") is not None:
+            raise ValueError("give the shadow stage once: in `shadow` or in strategy.shadow")
         Selector.model_validate(self.selector)
-        Strategy.model_validate(self.strategy)
+        Strategy.model_validate(self.strategy_body())
         GatePolicy.model_validate(self.gates)
         return self
 

@@ -53,6 +53,7 @@ from fleet_server.services.rollouts.members import (
     sync_outcomes,
     target_of,
 )
+from fleet_server.services.rollouts.shadow_stage import advance_shadow, take_shadows_off
 from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
 from fleet_server.services.rollouts.state import (
     DRIVEN_STATES,
@@ -184,6 +185,9 @@ class RolloutEngine:
         devices = devices_by_id(session, [m.device_id for m in members])
         if rollout.state == RolloutState.ABORTING:
             self._settle_abort(session, rollout, members, devices, now, strategy)
+            return
+        if rollout.state == RolloutState.SHADOW:
+            advance_shadow(session, rollout, members, devices, now, strategy, outbox, self.abort)
             return
         sync_outcomes(session, rollout, members, devices, now, strategy)
         for member in members:  # pinned since the rollout started: leave it alone
@@ -379,6 +383,8 @@ class RolloutEngine:
         members = list(
             session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id))
         )
+        if rollout.state == RolloutState.SHADOW:
+            take_shadows_off(session, rollout, members, outbox)
         back: dict[tuple[str, str] | None, list[str]] = {}
         for member in members:
             if member.status in ("assigned", "committed", "failed"):

@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from fleet_server.models import Device
 from fleet_server.models.rollouts import Rollout, RolloutDevice
 from fleet_server.models.telemetry import EventRow
+from fleet_server.services.desired import Keep
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.rollouts.spec import Strategy
 from fleet_server.services.rollouts.state import ACTIVE_STATES
@@ -97,10 +98,12 @@ class Outbox:
     commit from what the database then says."""
 
     def __init__(self) -> None:
-        self.changes: list[tuple[list[str], tuple[str, str] | None]] = []
+        self.changes: list[tuple[list[str], tuple[str, str] | Keep | None]] = []
         self.republish: set[str] = set()
 
-    def set_desired(self, device_ids: list[str], model_ref: tuple[str, str] | None) -> None:
+    def set_desired(self, device_ids: list[str], model_ref: tuple[str, str] | Keep | None) -> None:
+        """``model_ref``: the model to point the devices at; ``Keep.MODEL``: the next revision
+        with the same model (their shadow changed)."""
         if device_ids:
             self.changes.append((list(device_ids), model_ref))
 

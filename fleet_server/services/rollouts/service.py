@@ -26,6 +26,7 @@ from fleet_server.services.quality.service import label_counts
 from fleet_server.services.rollouts.compare_check import check_comparisons
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.members import Outbox, busy_devices, new_member
+from fleet_server.services.rollouts.shadow_stage import shadow_block
 from fleet_server.services.rollouts.spec import RolloutCreate, Strategy
 from fleet_server.services.rollouts.state import (
     INITIAL_STATE,
@@ -103,7 +104,8 @@ class RolloutReport(BaseModel):
     differential: dict[str, Any] = Field(
         description="New vs old version over the whole rollout, by device class: predictions "
         "(confidence histograms), latency and errors; and accuracy on labelled samples "
-        "(random and all)."
+        "(random and all); ``shadow``: the shadow stage's figures and gates per device class "
+        "(null without a shadow stage)."
     )
 
 
@@ -137,6 +139,11 @@ def create_rollout(
         raise Unprocessable(
             f"no selected device can run {model.format} artifacts (device classes: "
             f"{', '.join(sorted({d.device_class or '-' for d in matched}))})"
+        )
+    if request.strategy.shadow is not None and all(d.desired_name is None for d in targets):
+        raise Unprocessable(
+            "a shadow stage runs the candidate beside a served model, and no selected device "
+            "is assigned one"
         )
     busy = busy_devices(session, exclude=None) & {d.device_id for d in targets}
     if busy:
@@ -190,9 +197,20 @@ def create_rollout(
             **({"incompatible": incompatible[:100]} if incompatible else {}),
         },
     )
+    if request.strategy.shadow is not None:
+        shadow = request.strategy.shadow
+        transition(
+            session,
+            rollout,
+            RolloutAction.SHADOW_STARTED,
+            reason=f"the candidate runs in shadow for at least {shadow.shadow_s:g} s",
+            at=now,
+            actor=actor,
+            evidence={"shadow": shadow.model_dump(mode="json")},
+        )
     session.commit()
     assert rollout.id is not None
-    rollouts.step_soon(rollout.id)  # the canary goes out now, not at the next tick
+    rollouts.step_soon(rollout.id)  # the shadow (or the canary) goes out now, not next tick
     session.expire_all()
     return view(session, rollout.id)
 
@@ -306,7 +324,7 @@ def view(session: Session, rollout_id: int) -> RolloutPublic:
         actions=operator_actions(rollout.state),
         reason=rollout.reason,
         stage=rollout.stage,
-        stage_name=stages[rollout.stage].name,
+        stage_name="shadow" if rollout.state == RolloutState.SHADOW else stages[rollout.stage].name,
         stages=stages,
         counts=counts,
         from_versions=from_versions,
@@ -364,7 +382,10 @@ def report(session: Session, rollout_id: int, *, now: datetime) -> RolloutReport
             )
             for m in members
         ],
-        differential=differential(session, rollout, members, now=now),
+        differential={
+            **differential(session, rollout, members, now=now),
+            "shadow": shadow_block(rollout, decisions),
+        },
     )
 
 

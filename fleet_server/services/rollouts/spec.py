@@ -86,7 +86,39 @@ class MaintenanceWindow(Strict):
         return inside and _DAYS[day] in self.days
 
 
+class ShadowStage(Strict):
+    """Before the canary: every device of the rollout runs the candidate in shadow beside what it
+    serves (the candidate answers nothing) for ``shadow_s``; per device class, the paired figures
+    must then pass these thresholds, else the rollout aborts with no desired model changed."""
+
+    shadow_s: float = Field(
+        gt=0, le=7 * 86_400, description="Run the shadow at least this long (seconds)."
+    )
+    sample_rate: float = Field(
+        default=0.1, gt=0, le=1, description="Share of served inputs offered to the shadow."
+    )
+    cpu_budget: float = Field(
+        default=0.25, gt=0, le=1, description="Shadow thread CPU time, fraction of one core."
+    )
+    min_agreement: float = Field(
+        default=0.98, ge=0, le=1, description="Paired inputs that agree, share, at least."
+    )
+    max_latency_ratio: float = Field(
+        default=1.5, gt=0, le=1000, description="Paired p95 latency shadow / serving, at most."
+    )
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Shadow failures / (paired + failures), at most."
+    )
+    min_samples: int = Field(
+        default=50, ge=1, le=10_000_000, description="Paired inputs each device class needs."
+    )
+
+
 class Strategy(Strict):
+    shadow: ShadowStage | None = Field(
+        default=None,
+        description="A shadow stage before the canary (null: the canary starts at once).",
+    )
     canary_percent: float = Field(default=10.0, gt=0, le=100, description="Canary stage size.")
     canary_min_devices: int = Field(default=1, ge=1, le=10_000)
     batches: list[float] = Field(

@@ -5,6 +5,7 @@ the decision. The engine, the operator actions, the API and the client all go th
 
 ::
 
+    running ──shadow_started──▶ shadowing ──shadow_passed──▶ running (the canary; or abort)
     running ──pause──▶ paused ──resume──▶ running
        ├──await_approval──▶ awaiting_approval ──approve──▶ running (then stage_started)
        ├──completed──▶ completed
@@ -12,8 +13,10 @@ the decision. The engine, the operator actions, the API and the client all go th
 
 Record-only actions (``created``, ``devices_joined``, ``gate_failed``, ``stage_passed``) are
 decisions taken in a state that leave it as it is; they are rows of the table too, so a decision
-is never recorded in a state it does not belong to. A new stage kind (a shadow stage) is more
-rows, not more code.
+is never recorded in a state it does not belong to. The shadow stage (the candidate runs beside
+the old model and answers nothing) is its own state, entered right after ``created`` and left
+for the canary (``shadow_passed``) or for ``aborting``; it cannot be paused (a resume would
+skip it).
 
 Standard library only at module level: the operator client (``edgefleet fleet rollouts``, which
 runs without the server's database stack) reads the same names.
@@ -41,6 +44,8 @@ class RolloutState(StrEnum):
     """What a rollout is doing; the value is what the ``rollout.state`` column stores."""
 
     RUNNING = "running"
+    #: The shadow stage before the canary: members run the candidate in shadow only.
+    SHADOW = "shadowing"
     PAUSED = "paused"
     AWAITING_APPROVAL = "awaiting_approval"
     ABORTING = "aborting"
@@ -58,6 +63,8 @@ class RolloutAction(StrEnum):
     GATE_FAILED = "gate_failed"
     STAGE_PASSED = "stage_passed"
     STAGE_STARTED = "stage_started"
+    SHADOW_STARTED = "shadow_started"
+    SHADOW_PASSED = "shadow_passed"
     AWAIT_APPROVAL = "await_approval"
     PAUSE = "pause"
     RESUME = "resume"
@@ -80,6 +87,10 @@ TRANSITIONS: Final[dict[tuple[RolloutState, RolloutAction], RolloutState]] = {
     (S.RUNNING, A.GATE_FAILED): S.RUNNING,
     (S.RUNNING, A.STAGE_PASSED): S.RUNNING,
     (S.RUNNING, A.STAGE_STARTED): S.RUNNING,
+    (S.RUNNING, A.SHADOW_STARTED): S.SHADOW,
+    (S.SHADOW, A.GATE_FAILED): S.SHADOW,
+    (S.SHADOW, A.SHADOW_PASSED): S.RUNNING,
+    (S.SHADOW, A.ABORT): S.ABORTING,
     (S.RUNNING, A.AWAIT_APPROVAL): S.AWAITING_APPROVAL,
     (S.RUNNING, A.PAUSE): S.PAUSED,
     (S.AWAITING_APPROVAL, A.PAUSE): S.PAUSED,
@@ -95,7 +106,7 @@ TRANSITIONS: Final[dict[tuple[RolloutState, RolloutAction], RolloutState]] = {
 #: Decisions that leave the state (and the rollout's reason) as they are.
 RECORD_ONLY: Final = frozenset({A.CREATED, A.DEVICES_JOINED, A.GATE_FAILED, A.STAGE_PASSED})
 #: The engine's tick steps these; ``paused`` and ``awaiting_approval`` wait for an operator.
-DRIVEN_STATES: Final = (S.RUNNING, S.ABORTING)
+DRIVEN_STATES: Final = (S.RUNNING, S.SHADOW, S.ABORTING)
 TERMINAL_STATES: Final = (S.COMPLETED, S.ABORTED, S.FAILED)
 #: A device in a rollout in one of these is not free for another rollout.
 ACTIVE_STATES: Final = tuple(s for s in RolloutState if s not in TERMINAL_STATES)

@@ -1,7 +1,8 @@
 """``rollout``: a rollout of the candidate from the model's rollout template, created through
 the same service function as ``POST /rollouts`` (actor ``pipeline``, name ``pipeline-run-<id>``).
 
-The template's ``shadow`` stage is recorded on the step and passed on once rollouts have one.
+The template's ``shadow`` stage becomes the rollout's shadow stage (before the canary) and is
+recorded on the step.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class RolloutStep:
                         model=ctx.run.model,
                         version=version,
                         selector=Selector.model_validate(template.selector),
-                        strategy=Strategy.model_validate(template.strategy),
+                        strategy=Strategy.model_validate(template.strategy_body()),
                         gates=GatePolicy.model_validate(template.gates),
                     ),
                     actor=ACTOR,
