@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleet_server.client.argtypes import share as _share
 from fleet_server.services.rollouts.state import OPERATOR_ACTIONS, RolloutState
 
 #: ``rollouts create`` flags for every gate threshold: (flag, gate or None for the policy
@@ -125,16 +126,6 @@ def register(
     leaf.add_argument("--interval", type=float, default=2.0, metavar="S")
     leaf.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after")
     leaf.set_defaults(action="rollouts_watch")
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
 
 
 def _positive(text: str) -> float:

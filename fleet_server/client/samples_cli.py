@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fleet_server.client.argtypes import share as _share
+
 REASONS = (
     "low_confidence",
     "margin",
@@ -84,16 +86,6 @@ def register(
     leaf.add_argument("--device", metavar="ID")
     leaf.add_argument("--reason", choices=REASONS)
     leaf.set_defaults(action="samples_export")
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
 
 
 def _count(text: str) -> int:
