@@ -257,7 +257,18 @@ def _scenario(
             "selector": {"tags": ["demo"]},
             "strategy": {"canary_percent": 34, "batches": [100], "soak_s": 4},
             "gates": {"confidence_shift": {"enabled": False}, "label_accuracy": {"enabled": False}},
-            "shadow": {"note": "passed on once rollouts have a shadow stage"},
+            # Shadow first: every demo device runs the candidate beside the old model on the
+            # same drifted inputs. A retrained model is *meant* to disagree with the old one where
+            # the old one is wrong, so agreement is only asked to be above chance here.
+            "shadow": {
+                "shadow_s": 4,
+                "sample_rate": 1.0,
+                "cpu_budget": 0.5,
+                "min_agreement": 0.25,
+                "max_latency_ratio": 10.0,
+                "max_error_rate": 0.01,
+                "min_samples": 20,
+            },
         },
     }
     port, broker = _free_port(), _free_port()
@@ -378,6 +389,17 @@ def _scenario(
         if run["state"] in ("succeeded", "failed", "cancelled"):
             break
     promoted = run["state"] == "succeeded"
+    shadowed = False
+    if run.get("rollout_id") is not None:
+        report = client.rollout_report(int(run["rollout_id"]))
+        for decision in report.get("decisions") or []:
+            if decision.get("action") in ("shadow_passed", "abort") and decision.get("evidence"):
+                gates = (decision["evidence"] or {}).get("gates") or []
+                shadowed = shadowed or decision["action"] == "shadow_passed"
+                tl.add(
+                    f"shadow stage: {decision['action']} (candidate beside 1.0.0, same inputs)",
+                    gates={g.get("name"): g.get("value") for g in gates[:6]},
+                )
     if promoted:
         marks["promoted"] = time.monotonic() - tl.drift_at
         tl.add(f"{run['candidate_version']} promoted fleet-wide", rollout=run["rollout_id"])
@@ -398,7 +420,9 @@ def _scenario(
     acc = summary["accuracy_on_drifted"]
     better = "new" in acc and acc["new"] > acc["old"]
     tl.add("accuracy on drifted held-out digits", **acc, samples=len(truths))
-    return promoted and better and _on(client, ids, str(run["candidate_version"])), summary
+    summary["shadow_passed"] = shadowed
+    closed = promoted and better and shadowed  # through shadow and canary, measured better
+    return closed and _on(client, ids, str(run["candidate_version"])), summary
 
 
 def _on(client: Any, ids: list[str], version: str) -> bool:

@@ -117,9 +117,16 @@ class BoardAgent:
 
 
 def _build_wheel(out: Path) -> Path:
+    """This tree's wheel, built from a copy: setuptools writes build/ and *.egg-info beside the
+    sources it builds, and the suite's working tree must stay as it was."""
+    source = out / "src"
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".*_cache"
+    )
+    shutil.copytree(ROOT, source, ignore=ignore)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w"]
-        + [str(out), str(ROOT)],
+        + [str(out), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
