@@ -127,13 +127,13 @@ def open_data(
 
 def read_labels(path: Path, *, rows: int) -> list[str]:
     """One label per line (UTF-8), as many lines as the data has rows."""
+    from converters.errors import InputError
+    from converters.inputs import read_limited
+
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_LABELS_BYTES + 1)
-    except OSError as err:
-        raise CompareError(f"labels {path}: cannot read: {err.strerror or err}") from err
-    if len(raw) > MAX_LABELS_BYTES:
-        raise CompareError(f"labels {path.name} is larger than {MAX_LABELS_BYTES} bytes")
+        raw = read_limited(path, what="labels", max_bytes=MAX_LABELS_BYTES)
+    except InputError as err:
+        raise CompareError(str(err)) from err
     try:
         lines = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
