@@ -12,7 +12,6 @@ data was run on each by hand (docs/corpus.md has the figures).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from converters.corpus.fetch import is_cached
 from converters.corpus.measure import first_row, fixed_fp32, time_pair
 from converters.options import ConvertOptions
 from converters.report import ConvertResult
+from tests.utils.required import missing
 
 pytestmark = [pytest.mark.corpus, pytest.mark.slow]
 
@@ -62,9 +62,7 @@ def _require(model: CorpusModel) -> Path:
         f"corpus model {model.name} ({model.pin}) is not in {cache_dir()}: run "
         "`python -m converters.corpus fetch` (or set EDGEFLEET_CORPUS_DIR)"
     )
-    if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
-        pytest.fail(why)
-    pytest.skip(why)
+    missing(why)
 
 
 @pytest.fixture(scope="module")

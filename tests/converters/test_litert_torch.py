@@ -5,7 +5,6 @@ and under ``EDGEFLEET_REQUIRE_SERVICES=1`` it fails instead."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from converters.options import ConvertOptions
 from converters.tflite.from_torch import find_tool
 from edgefleet.artifact import load_artifact
 from tests.converters.factories import leftovers
+from tests.utils.required import missing
 
 pytestmark = pytest.mark.slow
 QUICK: dict[str, Any] = {
@@ -24,6 +24,14 @@ QUICK: dict[str, Any] = {
     "latency_runs": 10,
     "input_shapes": {"input": [1, 3, 16, 16]},
 }
+
+
+@pytest.fixture(scope="module")
+def tool() -> Path:
+    found = find_tool()
+    if found is None or not found.is_file():
+        missing("litert-torch tool venv missing: python -m converters.tflite.from_torch install")
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +61,9 @@ def test_a_pt2_program_converts_to_onnx(program: Path, tmp_path: Path) -> None:
     assert any("torch.export" in note for note in result.report.notes)
 
 
-def test_a_pt2_program_converts_to_tflite_with_litert_torch(program: Path, tmp_path: Path) -> None:
-    tool = find_tool()
-    if tool is None or not tool.is_file():
-        why = "litert-torch tool venv missing: python -m converters.tflite.from_torch install"
-        if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+def test_a_pt2_program_converts_to_tflite_with_litert_torch(
+    tool: Path, program: Path, tmp_path: Path
+) -> None:
     result = convert(program, tmp_path / "t", ConvertOptions(**QUICK, format="tflite"))
     manifest = load_artifact(tmp_path / "t")
     assert (manifest.format, manifest.source.framework) == ("tflite", "pytorch")
@@ -67,10 +71,8 @@ def test_a_pt2_program_converts_to_tflite_with_litert_torch(program: Path, tmp_p
     assert {c.name: c for c in result.report.checks}["fidelity"].passed
 
 
-def test_torchscript_cannot_take_the_litert_torch_road(tmp_path: Path) -> None:
+def test_torchscript_cannot_take_the_litert_torch_road(tool: Path, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    if find_tool() is None:
-        pytest.skip("litert-torch tool venv missing")
     source = tmp_path / "ts.pt"
     torch.jit.save(torch.jit.trace(torch.nn.Linear(4, 2), torch.zeros(1, 4)), str(source))
     options = ConvertOptions(format="tflite", input_shapes={"input": [1, 4]})

@@ -18,6 +18,7 @@ from converters.tflite.from_onnx import ENV, find_tool, nhwc_copy
 from edgefleet.artifact import load_artifact
 from edgefleet.contract import Preprocessing
 from tests.converters.factories import conv_onnx, leftovers, save_onnx, write_npz
+from tests.utils.required import missing
 
 pytestmark = pytest.mark.slow
 QUICK = {"latency_warmup": 2, "latency_runs": 10, "gate_rounds": 2, "gate_runs_per_round": 5}
@@ -28,9 +29,7 @@ def tool() -> Path:
     found = find_tool()
     if found is None or not found.is_file():
         why = "onnx2tf tool venv missing: python -m converters.tflite.from_onnx install"
-        if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+        missing(why)
     return found
 
 

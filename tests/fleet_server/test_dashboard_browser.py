@@ -6,7 +6,6 @@ violation on the way. Skipped where Chromium or Playwright is missing, except un
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from datetime import timedelta
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.utils.artifacts import signed_digits_bundles
+from tests.utils.required import missing
 from tests.utils.server import live_server
 
 pytestmark = pytest.mark.integration
@@ -25,9 +25,7 @@ WAIT_MS = 20_000
 
 
 def _missing(what: str) -> None:
-    if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{what} is missing but EDGEFLEET_REQUIRE_SERVICES=1 requires it")
-    pytest.skip(f"{what} is missing")
+    missing(f"{what} is missing")
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from tests.agent.media import write_video
 from tests.agent.probation_models import nan_on_real_inputs
 from tests.fleet_server.helpers import wait_until
 from tests.utils.artifacts import bundle_of, digits_images, sign_artifact
+from tests.utils.required import missing
 from tests.utils.server import live_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,9 +52,7 @@ def _board() -> Board:
     if problem is None and board is None:
         problem = "the arm64 board is not built: run `python -m hil.arm64 build` (tens of minutes)"
     if board is None:
-        if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"EDGEFLEET_REQUIRE_SERVICES=1 but {problem}")
-        pytest.skip(str(problem))
+        missing(str(problem))
     return board
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from hil.netfaults import NetFaultError, NetNamespace, Relay, missing_tools
 from tests.utils.mosquitto import require_mosquitto
+from tests.utils.required import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,9 +47,7 @@ def _unavailable() -> str | None:
 def netns_ok() -> None:
     reason = _unavailable()
     if reason is not None:
-        if os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (EDGEFLEET_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
+        missing(reason)
 
 
 @pytest.fixture
