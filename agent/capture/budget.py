@@ -21,46 +21,66 @@ DAY_S = 86_400.0
 
 
 class CaptureBudget:
-    """Admits a sample only while every budget of the policy has room; thread-safe."""
+    """Admits a sample only while every budget of the policy has room; thread-safe.
+
+    O(1) per decision (amortised): the day's and the hour's admissions are two queues trimmed
+    from the front, the day's bytes a running sum — a decision is taken on the inference thread,
+    and a day may hold thousands of samples."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        #: (wall time, content bytes) of each sample admitted in the last day.
-        self._admitted: deque[tuple[float, int]] = deque()
+        #: (wall time, content bytes) of each sample admitted in the last day, oldest first.
+        self._day: deque[tuple[float, int]] = deque()
+        self._day_bytes = 0
+        #: Wall times of the samples admitted in the last hour, oldest first.
+        self._hour: deque[float] = deque()
 
     def _trim(self, now: float) -> None:
-        while self._admitted and self._admitted[0][0] <= now - DAY_S:
-            self._admitted.popleft()
+        day, hour = self._day, self._hour
+        while day and day[0][0] <= now - DAY_S:
+            self._day_bytes -= day.popleft()[1]
+        while hour and hour[0] <= now - HOUR_S:
+            hour.popleft()
+
+    def _spent(self, policy: CapturePolicy) -> str | None:
+        if len(self._day) >= policy.max_per_day:
+            return "max_per_day"
+        if len(self._hour) >= policy.max_per_hour:
+            return "max_per_hour"
+        return None
 
     def has_room(self, policy: CapturePolicy) -> str | None:
         """None if one more sample fits the counts, else which budget is spent."""
         with self._lock:
-            now = self._clock()
-            self._trim(now)
-            if len(self._admitted) >= policy.max_per_day:
-                return "max_per_day"
-            last_hour = sum(1 for t, _ in self._admitted if t > now - HOUR_S)
-            if last_hour >= policy.max_per_hour:
-                return "max_per_hour"
-        return None
+            self._trim(self._clock())
+            return self._spent(policy)
 
     def admit(self, policy: CapturePolicy, size: int) -> str | None:
         """Record a sample of ``size`` bytes if every budget has room; else say which is spent."""
         with self._lock:
             now = self._clock()
             self._trim(now)
-            if len(self._admitted) >= policy.max_per_day:
-                return "max_per_day"
-            if sum(1 for t, _ in self._admitted if t > now - HOUR_S) >= policy.max_per_hour:
-                return "max_per_hour"
-            if sum(b for _, b in self._admitted) + size > policy.max_bytes_per_day:
+            spent = self._spent(policy)
+            if spent is not None:
+                return spent
+            if self._day_bytes + size > policy.max_bytes_per_day:
                 return "max_bytes_per_day"
-            self._admitted.append((now, size))
+            self._add(now, size)
         return None
+
+    def _add(self, at: float, size: int) -> None:
+        self._day.append((at, size))
+        self._day_bytes += size
+        self._hour.append(at)
 
     def restore(self, admitted: list[tuple[float, int]]) -> None:
         """Samples admitted before a restart (time, bytes), e.g. those still queued on disk."""
         with self._lock:
-            self._admitted.extend(sorted(admitted))
+            merged = sorted([*self._day, *admitted])
+            self._day.clear()
+            self._hour.clear()
+            self._day_bytes = 0
+            for at, size in merged:
+                self._add(at, size)
             self._trim(self._clock())

@@ -3,12 +3,15 @@
 The pipeline counts :attr:`Capturer.countdown` down on every inference (one integer
 operation) and calls :meth:`Capturer.observe` when it reaches zero: statistics and capture
 decisions run on a subsample of the inputs, one in :attr:`Capturer.every`. ``every`` is set from
-measurement, continuously: the median of ``observe``'s own recent cost over the median
-recent inference time, divided by ``overhead_share`` (2 %), so the decisions cost at most 2 %
-of inference on any model (the class counts and the countdown, on every input, take the rest of
-the 3 % budget). ``bench/capture_bench.py`` measures it: conv model +0.8 to +2.1 % of p50
-(statistics on one input in ~31); digits (20 µs p50) +13 to +19 %, i.e. +3 to 4 µs per input,
-mostly the per-input path, not the paced part (one input in ~470). Captured inputs and ones
+measurement, continuously: the median of ``observe``'s own recent cost over the median recent
+inference time, divided by the share of inference it may take. That share is
+``overhead_share`` (2 %) less what runs on *every* input — the countdown and the class count,
+:data:`PER_INPUT_MS` — so the two together stay within the budget on any model: on a 400 µs
+conv model the paced part gets nearly all of it (statistics on one input in ~40), on the 8 µs
+digits model the per-input part alone is ~1.6 % and the paced part gets what is left (one input
+in several thousand). A call of ``observe`` after a thousand inferences costs ~10× a call in a
+tight loop (caches: 190–260 µs against 25 µs on digits), which is why the pacing measures the
+calls where they happen. ``bench/capture_bench.py`` measures it all. Captured inputs and ones
 measured while the writer holds the GIL are left out of the pacing.
 
 Decision order: ``random`` first, on its own coin (scaled by ``every`` so that ``random`` stays
@@ -62,7 +65,15 @@ log = logging.getLogger(__name__)
 CountHook = Callable[[str], object]
 MAX_OUTPUTS = 1000
 #: At most one input in this many is skipped between two considered ones.
-MAX_EVERY = 1000
+MAX_EVERY = 20_000
+#: What the inference thread does on every input for capture (the countdown) and input
+#: statistics (the class count), in ms: 100–150 ns on the bench's x86 host
+#: (``bench/capture_bench.py``: ``per_input_ns`` + ``classes_ns``). It scales with the host as
+#: the Python around inference does, so as a share of a model's inference time it holds.
+PER_INPUT_MS = 0.00015
+#: The paced part always gets at least this share (or all of ``overhead_share`` if smaller),
+#: also on a model so fast that the per-input part alone would take the whole budget.
+MIN_SHARE = 0.002
 #: Measurements of cost and inference time the stride is set from (their medians).
 PACE_WINDOW = 15
 #: Captures waiting for the writer thread; more are dropped (counted as writer_busy).
@@ -196,7 +207,8 @@ class Capturer:
             self._hand_off(job)
 
     def _pace(self, cost_ms: float, infer_ms: float) -> None:
-        """Consider one input in N, N such that this costs ``overhead_share`` of inference.
+        """Consider one input in N, N such that this and the per-input part together cost
+        ``overhead_share`` of inference.
 
         Medians of the last :data:`PACE_WINDOW` measurements, not means: on a busy host one
         call now and then is preempted or waits for the GIL (5 ms against 70 µs), and a mean
@@ -208,7 +220,9 @@ class Capturer:
         self._costs.append(cost_ms)
         self._infers.append(infer_ms)
         cost, infer = statistics.median(self._costs), statistics.median(self._infers)
-        wanted = cost / max(self.config.overhead_share * infer, 1e-9)
+        budget = self.config.overhead_share
+        share = max(min(MIN_SHARE, budget), budget - PER_INPUT_MS / max(infer, 1e-9))
+        wanted = cost / max(share * infer, 1e-9)
         self.every = min(max(1, math.ceil(wanted)), MAX_EVERY)
 
     def _decide(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -226,12 +227,29 @@ def test_pacing_considers_one_input_in_cost_over_share_of_inference(
     capturer._model_for(model)
     for _ in range(5):  # the first measurement after a model change is left out
         capturer._pace(0.1, 0.5)
-    assert capturer.every == 10  # 0.1 ms / (2 % of 0.5 ms)
+    # 0.1 ms / ((2 % - the per-input part's 0.03 %) of 0.5 ms) = 10.2
+    assert capturer.every == 11
     capturer._pace(50.0, 0.5)  # one preempted call does not move the median
-    assert capturer.every == 10
+    assert capturer.every == 11
     for _ in range(20):
         capturer._pace(0.001, 1.0)
     assert capturer.every == 1
+
+
+def test_pacing_leaves_the_per_input_part_its_share_on_a_tiny_model(
+    model: Serving, tmp_path: Path
+) -> None:
+    """On an 8 µs model the countdown and class count on every input (PER_INPUT_MS) are
+    ~1.9 % of inference: the paced part gets the floor, not the whole 2 %."""
+    from agent.capture.capturer import MIN_SHARE, PER_INPUT_MS
+
+    capturer, _, _ = _capturer(tmp_path, FakeClock())
+    capturer._model_for(model)
+    for _ in range(5):
+        capturer._pace(0.2, 0.008)
+    assert PER_INPUT_MS / 0.008 > 0.018  # the per-input part alone is nearly the budget
+    assert capturer.every == math.ceil(0.2 / (MIN_SHARE * 0.008))  # 12,500
+    assert 0.2 / capturer.every + PER_INPUT_MS <= 0.03 * 0.008  # within the 3 % target
 
 
 def test_pipeline_counts_every_class_and_observes_a_subsample(
