@@ -47,10 +47,13 @@ from typing import Any
 
 import numpy as np
 
-CONFIGS: tuple[tuple[str, float | None, float], ...] = (
-    ("none", None, 0.25),
-    ("0.1", 0.1, 0.25),
-    ("1.0", 1.0, 1.0),
+#: (lane, sample rate, CPU budget, the worker's nice value): "0.1-nice0" is the worker at
+#: the serving thread's priority, as before the agent lowered it.
+CONFIGS: tuple[tuple[str, float | None, float, int], ...] = (
+    ("none", None, 0.25, 19),
+    ("0.1", 0.1, 0.25, 19),
+    ("0.1-nice0", 0.1, 0.25, 0),
+    ("1.0", 1.0, 1.0, 19),
 )
 BLOCK = 100
 
@@ -83,10 +86,10 @@ def measure(artifact: Path, kind: str, *, n: int, size: int) -> list[dict[str, A
     stop = threading.Event()
     lanes: list[tuple[str, Any, Any, list[Any], list[float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, rate, budget in CONFIGS:
+        for name, rate, budget, nice in CONFIGS:
             slot = ModelSlot()
             slot.swap(serving())
-            runner = ShadowRunner()
+            runner = ShadowRunner(nice=nice)
             if rate is not None:
                 runner.load(serving(), sample_rate=rate, cpu_budget=budget)
             pipeline = Pipeline(
@@ -142,7 +145,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--conv-size", type=int, default=96)
+    parser.add_argument("--models", default="digits,conv", help="comma-separated")
     args = parser.parse_args()
+    models = set(args.models.split(","))
     from tests.agent.factory import conv_artifact
     from tests.utils.artifacts import build_digits_artifact
 
@@ -152,8 +157,10 @@ def main() -> int:
         digits = build_digits_artifact(root / "d")
         conv = conv_artifact(root / "c", size=args.conv_size, channels=16)
         for _ in range(args.repeat):
-            rows += measure(digits, "digits", n=args.n, size=8)
-            rows += measure(conv, "conv", n=max(args.n // 4, 500), size=args.conv_size)
+            if "digits" in models:
+                rows += measure(digits, "digits", n=args.n, size=8)
+            if "conv" in models:
+                rows += measure(conv, "conv", n=max(args.n // 4, 500), size=args.conv_size)
     for row in rows:
         print(json.dumps(row))  # noqa: T201 (a bench prints its figures)
     by: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -10,6 +10,46 @@ from edgefleet.contract.manifest import ReferenceStats
 HISTOGRAM_BINS = 16
 #: Per-channel statistics stop here; wider inputs get one overall channel.
 MAX_CHANNELS = 1024
+#: Data with at most this many distinct values is treated as discrete (pixels, counts): its
+#: bin edges are placed between values, never on one.
+MAX_DISTINCT = 4096
+
+
+def track_distinct(seen: Any | None, data: Any) -> Any | None:
+    """The distinct values of ``data`` merged into ``seen`` (start with an empty array);
+    None once there are too many for the data to be discrete."""
+    import numpy as np
+
+    if seen is None:
+        return None
+    merged = np.union1d(seen, np.unique(data))
+    return merged if len(merged) <= MAX_DISTINCT else None
+
+
+def bin_edges(low: float, high: float, distinct: Any | None) -> Any:
+    """``HISTOGRAM_BINS`` equal bins over [low, high]; for discrete data each edge moved to the
+    nearest midpoint between two of its values, the outer ones half a step outside them.
+
+    Equal edges on pixel data fall exactly on values (0..16 in 16 bins: every edge is a value),
+    so float rounding on the device — 2.9999999 against 3.0 — moves a value to the next bin and
+    looks like drift (found in the capture e2e test). Fewer distinct values than bins give
+    fewer bins."""
+    import numpy as np
+
+    if high <= low:
+        high = low + 1.0
+    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    values = distinct
+    if values is None or len(values) < 2:
+        return edges
+    mids = (values[1:] + values[:-1]) / 2
+    nearest = np.abs(mids[:, None] - edges[None, 1:-1]).argmin(axis=0)
+    inner = np.unique(mids[nearest])
+    first, last = (
+        values[0] - (values[1] - values[0]) / 2,
+        values[-1] + (values[-1] - values[-2]) / 2,
+    )
+    return np.concatenate([[first], inner, [last]])
 
 
 def _channels_last(x: Any, layout: str | None) -> Any:
@@ -43,9 +83,7 @@ def reference_stats(
     if data.shape[1] > MAX_CHANNELS:
         data = data.reshape(-1, 1)
     low, high = float(data.min()), float(data.max())
-    if high <= low:
-        high = low + 1.0
-    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    edges = bin_edges(low, high, track_distinct(np.empty(0), data))
     histograms = [np.histogram(data[:, c], bins=edges)[0].tolist() for c in range(data.shape[1])]
     distribution: list[float] = []
     if predicted is not None and n_classes:
@@ -79,6 +117,7 @@ def streaming_reference_stats(
     total: Any = None
     squares: Any = None
     low, high = np.inf, -np.inf
+    distinct: Any | None = np.empty(0)
     wide = False
     for feeds in batches():
         data = _channels_last(np.asarray(next(iter(feeds.values())), np.float64), layout)
@@ -91,10 +130,9 @@ def streaming_reference_stats(
         squares += (data * data).sum(axis=0)
         count += data.shape[0]
         low, high = min(low, float(data.min())), max(high, float(data.max()))
-    if high <= low:
-        high = low + 1.0
-    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
-    histograms = np.zeros((len(total), HISTOGRAM_BINS), dtype=np.int64)
+        distinct = track_distinct(distinct, data)
+    edges = bin_edges(low, high, distinct)
+    histograms = np.zeros((len(total), len(edges) - 1), dtype=np.int64)
     classes = np.zeros(n_classes or 1, dtype=np.int64)
     samples = 0
     for feeds in batches():

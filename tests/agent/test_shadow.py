@@ -347,3 +347,28 @@ def test_the_updater_fetches_keeps_and_unloads_a_shadow_apart_from_serving(
         h.updater.apply(with_shadow(None))
         assert runner.current is None and h.running() == V1
         assert (h.store.root / "artifacts" / "digits" / "1.0.0" / "manifest.json").exists()
+
+
+def test_the_worker_thread_runs_at_a_lower_priority_than_serving() -> None:
+    """The kernel gives a shared core to serving: the worker sets its own thread's nice value
+    (per thread on Linux: the inference thread keeps its own)."""
+    import os
+
+    from agent.shadow.runner import NICE, lower_priority
+
+    runner = ShadowRunner()
+    stop = threading.Event()
+    worker = threading.Thread(target=runner.run, args=(stop,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        tid = worker.native_id
+        assert tid is not None
+        while os.getpriority(os.PRIO_PROCESS, tid) != NICE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, tid) == NICE
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < NICE  # this thread
+    finally:
+        stop.set()
+        worker.join(5)
+    assert lower_priority(0) is None  # nice 0: left as it is

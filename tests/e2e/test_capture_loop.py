@@ -281,7 +281,7 @@ def test_the_fleet_sends_back_what_it_sees(
 
     alerted: float | None = None
     judged: float | None = None
-    deadline = started + 40
+    deadline = started + 90  # a bound for a loaded host, not a target: the times are printed
     while (alerted is None or judged is None) and time.monotonic() < deadline:
         if alerted is None and dark_alerts():
             alerted = time.monotonic() - started
