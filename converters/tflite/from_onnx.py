@@ -164,16 +164,36 @@ def nhwc_copy(data: Path, work: Path) -> Path:
     return out
 
 
-def install(target: Path | None = None) -> Path:
-    """Make the onnx2tf tool venv with a Python >= 3.12 (python3.12 on PATH, or pyenv's)."""
-    target = target or tool_dir()
+def find_python312() -> str | None:
+    """A Python >= 3.12 that runs: ``$EDGEFLEET_PYTHON312``, pyenv's installed versions, then
+    ``python3.12`` on PATH. Each is run once, because a pyenv shim is on PATH whether or not
+    its version is enabled (found on a fresh machine: ``pyenv: python3.12: command not
+    found``, exit 127, with 3.12.1 installed but not global)."""
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
     candidates = [
+        os.environ.get("EDGEFLEET_PYTHON312"),
+        *sorted(str(p) for p in pyenv.glob("3.1[2-9]*/bin/python3")),
         shutil.which("python3.12"),
-        *sorted(str(p) for p in (Path.home() / ".pyenv" / "versions").glob("3.1[2-9]*/bin/python")),
     ]
-    python = next((c for c in candidates if c), None)
+    check = "import sys; raise SystemExit(sys.version_info < (3, 12))"
+    for python in filter(None, candidates):
+        try:
+            subprocess.run([python, "-c", check], check=True, capture_output=True, timeout=60)  # noqa: S603
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return python
+    return None
+
+
+def install(target: Path | None = None) -> Path:
+    """Make the onnx2tf tool venv with a Python >= 3.12 (:func:`find_python312`)."""
+    target = target or tool_dir()
+    python = find_python312()
     if python is None:
-        raise SystemExit("no Python >= 3.12 found (python3.12 on PATH or ~/.pyenv/versions/3.12*)")
+        raise SystemExit(
+            "no Python >= 3.12 found: set EDGEFLEET_PYTHON312, or install one "
+            "(~/.pyenv/versions/3.12*, python3.12 on PATH)"
+        )
     if not (target / "bin" / "onnx2tf").is_file():
         subprocess.run([python, "-m", "venv", str(target)], check=True)  # noqa: S603
         pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--quiet"]

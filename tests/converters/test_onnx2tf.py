@@ -103,3 +103,31 @@ def test_without_the_tool_one_line_names_the_install(
             ConvertOptions(format="tflite", input_shapes={"x": [1, 3, 16, 16]}),
         )
     assert leftovers(tmp_path, "o") == []
+
+
+def test_the_tool_python_is_one_that_runs_not_a_shim_that_exits_127(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a fresh machine pyenv's ``python3.12`` shim is on PATH but exits 127 (3.12 installed,
+    not enabled): the installer must try the next candidate, not fail the CI run."""
+    import os
+    import sys
+
+    from converters.tflite.from_onnx import find_python312
+
+    shim = tmp_path / "bin" / "python3.12"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\necho 'pyenv: python3.12: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", str(shim.parent))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    monkeypatch.delenv("EDGEFLEET_PYTHON312", raising=False)
+    assert find_python312() is None
+    root = tmp_path / "pyenv" / "versions" / "3.12.9" / "bin"
+    root.mkdir(parents=True)
+    (root / "python3").symlink_to(sys.executable)  # runs, but is not >= 3.12 if we are not
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    expected = str(root / "python3") if sys.version_info >= (3, 12) else None
+    assert find_python312() == expected
+    monkeypatch.setenv("EDGEFLEET_PYTHON312", os.devnull)  # not runnable: skipped
+    assert find_python312() == expected
