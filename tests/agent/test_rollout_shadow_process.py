@@ -1,7 +1,8 @@
 """A rollout's shadow stage with a real agent process on the real broker: the engine gives the
 device the candidate as its shadow (the desired state it published is what the agent gets), the
 agent's telemetry goes through the server's ingest write path, and the shadow gates judge it. A
-faithful candidate passes (agreement ≥ 0.98) and the canary may start; a shuffled-label one is
+faithful candidate (a copy, or a static int8 of the serving model) passes (agreement ≥ 0.98)
+and the canary may start; a shuffled-label one is
 stopped in shadow, and the device served every request with the old model (the candidate
 answered none)."""
 
@@ -34,23 +35,34 @@ from fleet_server.models import Device, DeviceShadow, ModelVersion
 from tests.agent.helpers import Watcher, config_toml, serve_bundles
 from tests.agent.test_agent_process import TOKEN, AgentProcess, device_id  # noqa: F401 (fixture)
 from tests.fleet_server.rollout_harness import NEW, OLD, Harness
-from tests.utils.artifacts import build_digits_artifact, bundle_of, digits_images
+from tests.utils.artifacts import (
+    build_digits_artifact,
+    bundle_of,
+    digits_images,
+    int8_digits_artifact,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("shuffled", [False, True], ids=["faithful", "shuffled"])
+@pytest.mark.parametrize("kind", ["faithful", "int8", "shuffled"])
 def test_the_shadow_stage_judges_a_real_agents_shadow(
     mqtt_url: str,
     device_id: str,  # noqa: F811 (the fixture)
     tmp_path: Path,
     digits_v1: Path,
-    shuffled: bool,
+    kind: str,
 ) -> None:
+    """faithful: the same weights under another version; int8: onnxruntime's static int8 of
+    the serving model (agreement 0.997 on the held-out digits); shuffled: a broken retrain."""
     db = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
     migrate(db)
     h = Harness(db)
-    candidate = build_digits_artifact(tmp_path / "cand", version=NEW, shuffled_labels=shuffled)
+    shuffled = kind == "shuffled"
+    if kind == "int8":
+        candidate = int8_digits_artifact(digits_v1, tmp_path / "cand", version=NEW)
+    else:
+        candidate = build_digits_artifact(tmp_path / "cand", version=NEW, shuffled_labels=shuffled)
     bundles = {
         OLD: bundle_of(digits_v1, tmp_path / "old.tar.gz").read_bytes(),
         NEW: bundle_of(candidate, tmp_path / "new.tar.gz").read_bytes(),
