@@ -54,7 +54,10 @@ BURST_S = 1.0
 POLL_S = 0.01
 IDLE_S = 0.2
 #: The worker thread's nice value: where serving and shadow want the same core, the kernel
-#: gives it to serving (a nice-19 thread weighs 15 against a nice-0 thread's 1,024).
+#: gives it to serving (a nice-19 thread weighs 15 against a nice-0 thread's 1,024). The price:
+#: on a device whose cores serving keeps busy, the shadow's wall time includes waiting behind
+#: serving, so its reported p95 (and the shadow stage's latency ratio) reads high there; its
+#: CPU time (``shadow_cpu_ms``) does not.
 NICE = 19
 #: The report's error kinds are bounded by the contract; more are counted under this one.
 MAX_ERROR_KINDS = 31
