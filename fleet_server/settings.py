@@ -339,6 +339,16 @@ class ServerSettings(BaseSettings):
         "a device with the server's would take over its session): include a '.' or an "
         "upper-case letter. Set it where host names change (containers).",
     )
+    broker_dynsec: bool = Field(
+        default=False,
+        description="Manage device logins on an external Mosquitto through its dynamic-security "
+        "plugin (enrolment, rotation and removal apply at once, no files, no reload); the "
+        "server is the plugin's admin as mqtt_username/mqtt_password. `edgefleet server acl "
+        "--dynsec` prints the broker's config. Needs broker_url.",
+    )
+    broker_dynsec_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="How long a dynamic-security command may take."
+    )
     mqtt_auth: bool = Field(
         default=True,
         description="The embedded broker admits only the server and registered devices "
@@ -452,6 +462,8 @@ class ServerSettings(BaseSettings):
                     "mqtt_client_id must not be a valid device id (add a '.' or an upper-case "
                     "letter): a device registered under it would take over the server's session"
                 )
+        if self.broker_dynsec and not self.broker_url:
+            raise ValueError("broker_dynsec needs an external Mosquitto (broker_url)")
         if self.mqtt_password is not None and len(self.mqtt_password.get_secret_value()) < 16:
             raise ValueError("mqtt_password must be at least 16 characters")
         tls_files = (self.broker_ca_file, self.broker_cert_file, self.broker_key_file)
