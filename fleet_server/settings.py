@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -349,6 +350,17 @@ class ServerSettings(BaseSettings):
     broker_dynsec_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="How long a dynamic-security command may take."
     )
+    broker_http_auth: bool = Field(
+        default=False,
+        description="Answer brokers that call out to authenticate and authorise MQTT clients "
+        "(EMQX HTTP authn/authz, mosquitto-go-auth's HTTP backend) under /broker/v1/; the "
+        "same rule as the embedded broker. Off: those routes answer 404.",
+    )
+    broker_http_auth_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Addresses (CIDR, comma-separated) the broker calls from; any other caller "
+        "is refused (403): these routes see plaintext device passwords.",
+    )
     mqtt_auth: bool = Field(
         default=True,
         description="The embedded broker admits only the server and registered devices "
@@ -440,6 +452,23 @@ class ServerSettings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("broker_http_auth_sources", mode="before")
+    @classmethod
+    def _split_sources(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("broker_http_auth_sources")
+    @classmethod
+    def _check_sources(cls, value: list[str]) -> list[str]:
+        for source in value:
+            try:
+                ipaddress.ip_network(source, strict=False)
+            except ValueError as err:
+                raise ValueError(f"not an address or network: {source[:80]!r}") from err
         return value
 
     @model_validator(mode="after")

@@ -215,7 +215,7 @@ def test_device_logins_take_effect_at_once(tmp_path: Path, broker_dir: Path) -> 
             time.sleep(0.5)
             assert server.received(topic(b, Channel.TELEMETRY)) == []
             assert [m[1] for m in server.received(topic(a, Channel.DESIRED))] == [b"for-a"]
-            assert {m for m in dev_a.messages} == {(topic(a, Channel.DESIRED), b"for-a")}
+            assert set(dev_a.messages) == {(topic(a, Channel.DESIRED), b"for-a")}
             wait_until(lambda: runtime.stats.stored >= 1, what="a's telemetry stored")
 
             # Rotation: the old password's connection is closed, the new one works.
