@@ -8,10 +8,13 @@ import argparse
 import json
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.contract import CHANNELS, Channel, topic
 from fleet_server import cli
@@ -33,6 +36,7 @@ from fleet_server.services.broker_credentials.registry import (
     credentials_kind,
 )
 from fleet_server.services.mosquitto import mosquitto_hash, verify_mosquitto_hash
+from tests.fleet_server.helpers import wait_until
 from tests.utils.mosquitto import PrivateMosquitto
 from tests.utils.required import missing
 
@@ -161,6 +165,30 @@ def test_admin_client_failures_are_one_line(plugin_broker: PrivateMosquitto) -> 
         assert credentials.rotate(device_id="pi-2", token=FAKE[3]) == "now"
         listed = client.call([{"command": "listClients"}])[0]
         assert {"pi-1", "pi-2"} <= set(listed["data"]["clients"])
+        # Disabling closes the device's connection and refuses its next login.
+        device = paho.Client(CallbackAPIVersion.VERSION2, client_id="pi-1")
+        device.username_pw_set("pi-1", FAKE[2])
+        closed = threading.Event()
+        device.on_disconnect = lambda *_args: closed.set()
+        device.connect("127.0.0.1", plugin_broker.port)
+        device.loop_start()
+        try:
+            wait_until(device.is_connected, what="pi-1 connected")
+            assert credentials.disable(device_id="pi-1") == "now"
+            assert closed.wait(1.0)
+        finally:
+            device.loop_stop()
+        again = paho.Client(CallbackAPIVersion.VERSION2, client_id="pi-1")
+        again.username_pw_set("pi-1", FAKE[2])
+        reasons: list[str] = []
+        again.on_connect = lambda _c, _u, _f, reason, _p: reasons.append(str(reason))
+        again.connect("127.0.0.1", plugin_broker.port)
+        again.loop_start()
+        try:
+            wait_until(lambda: bool(reasons), what="CONNACK")
+        finally:
+            again.loop_stop()
+        assert reasons == ["Not authorized"]
     finally:
         client.close()
 
