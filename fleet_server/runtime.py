@@ -35,6 +35,7 @@ from fleet_server.services.broker_credentials.registry import (
     credentials_kind,
 )
 from fleet_server.services.desired import current_desired_states
+from fleet_server.services.device_lifecycle import sync_broker
 from fleet_server.services.drift import DriftJob, backend_for
 from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
@@ -231,6 +232,11 @@ class Runtime:
             )
         except CredentialsError as err:
             raise StartupError(str(err)) from err
+        assert self.engine is not None
+        try:
+            sync_broker(engine=self.engine, credentials=self.credentials)
+        except CredentialsError as err:  # the broker still works; only the clean-up failed
+            log.warning("broker credentials not synchronised", extra={"error": str(err)})
 
     def _make_bus(self, broker_url: str, channels: tuple[Channel, ...]) -> FleetBus:
         """The bus: an external broker keeps the server's session (settings); the embedded

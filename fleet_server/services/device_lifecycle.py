@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from sqlmodel import Session, col, update
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select, update
 
 from fleet_server.models import Device, EnrollmentToken, RolloutDevice
 from fleet_server.models.types import utcnow
@@ -22,6 +23,7 @@ from fleet_server.services.broker_credentials import (
     Applied,
     BrokerCredentials,
     CredentialsError,
+    SyncReport,
 )
 from fleet_server.services.errors import NotFound, Unavailable
 from fleet_server.services.mosquitto import mosquitto_hash
@@ -111,3 +113,24 @@ def _live(session: Session, device_id: str) -> Device:
     if device is None or device.decommissioned_at is not None:
         raise NotFound(f"device {device_id[:80]!r} not found")
     return device
+
+
+def sync_broker(*, engine: Engine, credentials: BrokerCredentials) -> SyncReport:
+    """At start: the broker in line with the device table (see ``BrokerCredentials.sync``);
+    what it could not add is logged with the fix."""
+    with Session(engine) as session:
+        rows = session.exec(select(Device.device_id, Device.decommissioned_at)).all()
+    live = {device_id for device_id, gone in rows if gone is None}
+    report = credentials.sync(live=live, decommissioned={d for d, gone in rows if gone})
+    if report.removed:
+        log.warning(
+            "broker still admitted decommissioned devices; removed",
+            extra={"devices": list(report.removed[:50])},
+        )
+    if report.missing:
+        log.warning(
+            "devices the broker does not know (registered without dynamic security): rotate "
+            "their tokens (POST /api/v1/devices/<id>/token) to add them",
+            extra={"count": len(report.missing), "devices": list(report.missing[:50])},
+        )
+    return report

@@ -5,7 +5,14 @@ from fleet_server.services.broker_credentials.base import (
     Applied,
     BrokerCredentials,
     CredentialsError,
+    SyncReport,
 )
 from fleet_server.services.broker_credentials.static import StaticFileCredentials
 
-__all__ = ["Applied", "BrokerCredentials", "CredentialsError", "StaticFileCredentials"]
+__all__ = [
+    "Applied",
+    "BrokerCredentials",
+    "CredentialsError",
+    "StaticFileCredentials",
+    "SyncReport",
+]

@@ -8,6 +8,7 @@ reload) or Mosquitto's dynamic-security plugin (the broker learns at once).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -23,6 +24,14 @@ class Applied(StrEnum):
     #: At the next ``edgefleet server acl`` and broker reload (static files), or at the next
     #: CONNECT (the embedded broker asks the database on every one).
     ON_EXPORT = "on_export"
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What :meth:`BrokerCredentials.sync` did and could not do."""
+
+    removed: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 class BrokerCredentials(Protocol):
@@ -45,6 +54,12 @@ class BrokerCredentials(Protocol):
 
     def disable(self, *, device_id: str) -> Applied:
         """Refuse the device's logins (and close its connection) but keep its entry."""
+        ...
+
+    def sync(self, *, live: set[str], decommissioned: set[str]) -> SyncReport:
+        """Bring the broker in line with the database at start: remove decommissioned devices
+        it still admits (a DELETE whose broker call failed and was never repeated) and report
+        live devices it lacks (their token is stored hashed only: rotate it to add them)."""
         ...
 
     def close(self) -> None: ...

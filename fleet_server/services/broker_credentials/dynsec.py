@@ -19,7 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from fleet_server.services.broker_credentials.base import Applied, CredentialsError
+from fleet_server.services.broker_credentials.base import Applied, CredentialsError, SyncReport
 from fleet_server.services.broker_credentials.dynsec_config import (
     CONTROL_TOPIC,
     RESPONSE_TOPIC,
@@ -224,6 +224,20 @@ class DynsecCredentials:
     def disable(self, *, device_id: str) -> Applied:
         self._client.call([{"command": "disableClient", "username": device_id}])
         return Applied.NOW
+
+    def sync(self, *, live: set[str], decommissioned: set[str]) -> SyncReport:
+        """One ``listClients``, then a removal per decommissioned device still listed. Clients
+        the database does not know are left alone (the operator's own, e.g. a dashboard)."""
+        [listing] = self._client.call([{"command": "listClients", "count": -1, "offset": 0}])
+        data = listing.get("data")
+        names = data.get("clients") if isinstance(data, dict) else None
+        if not isinstance(names, list):
+            raise CredentialsError("dynamic security: listClients answered without clients")
+        present = {name for name in names if isinstance(name, str)}
+        removed = sorted(present & decommissioned)
+        for device_id in removed:
+            self.remove(device_id=device_id)
+        return SyncReport(removed=tuple(removed), missing=tuple(sorted(live - present)))
 
     def close(self) -> None:
         self._client.close()

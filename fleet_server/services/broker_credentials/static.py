@@ -5,7 +5,7 @@ next ``edgefleet server acl`` and SIGHUP."""
 
 from __future__ import annotations
 
-from fleet_server.services.broker_credentials.base import Applied
+from fleet_server.services.broker_credentials.base import Applied, SyncReport
 
 
 class StaticFileCredentials:
@@ -22,6 +22,10 @@ class StaticFileCredentials:
 
     def disable(self, *, device_id: str) -> Applied:
         return Applied.ON_EXPORT
+
+    def sync(self, *, live: set[str], decommissioned: set[str]) -> SyncReport:
+        """Nothing to bring in line: the files and the embedded broker read the database."""
+        return SyncReport()
 
     def close(self) -> None:
         """Nothing held."""

@@ -27,8 +27,11 @@ from sqlmodel import Session
 from edgefleet.contract import Channel, Telemetry, encode, topic
 from fleet_server.acl import export_dynsec
 from fleet_server.db import make_engine, migrate
+from fleet_server.models import Device as DeviceRow
 from fleet_server.models import DeviceCreate
+from fleet_server.models.types import utcnow
 from fleet_server.services.broker_credentials.dynsec_config import PLUGIN_PATH
+from fleet_server.services.device_lifecycle import sync_broker
 from fleet_server.services.devices import register_device
 from tests.fleet_server.helpers import (
     MqttProbe,
@@ -248,6 +251,22 @@ def test_device_logins_take_effect_at_once(tmp_path: Path, broker_dir: Path) -> 
             assert b not in {d["device_id"] for d in listed}
             every = client.get("/api/v1/devices?decommissioned=true", headers=operator()).json()
             assert b in {d["device_id"] for d in every}
+
+            # Start-up sync: a decommissioning whose broker call never happened is completed;
+            # a device registered without dynamic security is reported (not guessed at).
+            assert runtime.engine is not None
+            with Session(runtime.engine) as session:
+                row = session.get(DeviceRow, a)
+                assert row is not None
+                row.decommissioned_at = utcnow()  # as if the broker call had failed
+                session.add(row)
+                session.commit()
+                unknown = unique_id("nodynsec")
+                register_device(session=session, data=DeviceCreate(device_id=unknown))
+            report = sync_broker(engine=runtime.engine, credentials=runtime.credentials)
+            assert report.removed == (a,) and report.missing == (unknown,)
+            assert not _login(port, a, rotated.json()["token"])
+            assert _login(port, early, early_token)  # the others untouched
     finally:
         for item in opened:
             item.close()
