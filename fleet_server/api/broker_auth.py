@@ -39,7 +39,9 @@ from fleet_server.api.deps import RuntimeDep, SettingsDep
 from fleet_server.services.broker_http_auth import MAX_FIELD, MAX_TOPIC, Access, BrokerAuth
 from fleet_server.services.errors import Forbidden, NotFound, TooLarge, Unavailable, Unprocessable
 
-router = APIRouter(prefix="/broker/v1", tags=["broker auth"], include_in_schema=True)
+#: Not in the OpenAPI schema: its callers are brokers, whose shapes are documented above and in
+#: docs/broker.md (not the API's error model: EMQX and go-auth read their own fields).
+router = APIRouter(prefix="/broker/v1", tags=["broker auth"], include_in_schema=False)
 
 #: A broker's call is a few hundred bytes.
 MAX_BODY = 4096

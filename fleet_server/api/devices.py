@@ -221,7 +221,7 @@ def delete_shadow(
     )
 
 
-@router.get("", responses=error_responses(VIEWER_REFUSALS))
+@router.get("", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS))
 def list_devices(
     session: SessionDep,
     _: Viewer,
