@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from edgefleet.contract import Channel, DesiredState
 from edgefleet.mqtt import MqttError
+from edgefleet.mqtt_tls import TlsFiles
 from edgefleet.signing import SignatureError, load_public_key
 from fleet_server.broker.throttle import AuthThrottleCollector
 from fleet_server.db import make_engine, migrate, safe_url
@@ -228,6 +229,11 @@ class Runtime:
                     password=self.mqtt_credential.password,
                     client_id=f"{settings.resolved_mqtt_client_id}-dynsec",
                     timeout_s=settings.broker_dynsec_timeout_s,
+                    tls=TlsFiles(
+                        ca_file=_path(settings.broker_ca_file),
+                        cert_file=_path(settings.broker_cert_file),
+                        key_file=_path(settings.broker_key_file),
+                    ),
                 ),
             )
         except CredentialsError as err:
@@ -422,3 +428,7 @@ def _trusted_keys(paths: list[Path]) -> list[bytes]:
             raise SignatureError(f"trusted key {path}: {err}") from err
         keys.append(pem)
     return keys
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path is not None else None

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import ssl
 import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from edgefleet.mqtt_tls import TlsError, TlsFiles, client_context
 from fleet_server.services.broker_credentials.base import Applied, CredentialsError, SyncReport
 from fleet_server.services.broker_credentials.dynsec_config import (
     CONTROL_TOPIC,
@@ -54,7 +56,7 @@ class DynsecClient:
         password: str,
         client_id: str,
         timeout_s: float = 5.0,
-        tls_context: Any = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         parts = urlsplit(broker_url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
@@ -67,17 +69,23 @@ class DynsecClient:
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[threading.Event, list[Any]]] = {}
         self._subscribed = threading.Event()
-        self._client = self._make_client(username, password, client_id, tls_context, parts.scheme)
+        context = None
+        if parts.scheme == "mqtts":  # verified TLS only, as the bus (edgefleet.mqtt_tls)
+            try:
+                context = client_context(tls or TlsFiles())
+            except TlsError as err:
+                raise CredentialsError(f"dynamic security: {err}") from err
+        self._client = self._make_client(username, password, client_id, context)
 
     def _make_client(
-        self, username: str, password: str, client_id: str, tls_context: Any, scheme: str
+        self, username: str, password: str, client_id: str, tls_context: ssl.SSLContext | None
     ) -> paho.Client:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         client.username_pw_set(username, password)
-        if scheme == "mqtts":
+        if tls_context is not None:
             client.tls_set_context(tls_context)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
@@ -139,7 +147,9 @@ class DynsecClient:
         :class:`CredentialsError` on a timeout or on an error the command did not expect."""
         batch = secrets.token_hex(8)
         keys = [f"{batch}-{i}" for i in range(len(commands))]
-        waiters = {key: (threading.Event(), []) for key in keys}  # type: dict[str, tuple[threading.Event, list[Any]]]
+        waiters: dict[str, tuple[threading.Event, list[Any]]] = {
+            key: (threading.Event(), []) for key in keys
+        }
         with self._lock:
             self._pending.update(waiters)
         try:

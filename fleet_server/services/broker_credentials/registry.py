@@ -4,8 +4,9 @@ is active (:func:`create_credentials`, called once by the runtime)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from edgefleet.mqtt_tls import TlsFiles
 from fleet_server.services.broker_credentials.base import BrokerCredentials, CredentialsError
 from fleet_server.services.broker_credentials.dynsec import DynsecClient, DynsecCredentials
 from fleet_server.services.broker_credentials.static import StaticFileCredentials
@@ -20,6 +21,8 @@ class CredentialsContext:
     password: str
     client_id: str
     timeout_s: float
+    #: For an mqtts:// broker: CA bundle, client certificate and key (None: system trust).
+    tls: TlsFiles = field(default_factory=TlsFiles)
 
 
 def _static(_context: CredentialsContext) -> BrokerCredentials:
@@ -33,6 +36,7 @@ def _dynsec(context: CredentialsContext) -> BrokerCredentials:
         password=context.password,
         client_id=context.client_id,
         timeout_s=context.timeout_s,
+        tls=context.tls,
     )
     client.start()
     return DynsecCredentials(client)

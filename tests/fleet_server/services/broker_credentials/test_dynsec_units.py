@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.contract import CHANNELS, Channel, topic
+from edgefleet.mqtt_tls import TlsFiles
 from fleet_server import cli
 from fleet_server.services.broker_credentials import CredentialsError
 from fleet_server.services.broker_credentials.dynsec import DynsecClient, DynsecCredentials
@@ -105,6 +106,14 @@ def test_registry_picks_one() -> None:
         create_credentials("emqx", context)
     static = create_credentials("static", context)
     assert static.kind == "static" and static.remove(device_id="x") == "on_export"
+    with pytest.raises(CredentialsError, match="dynamic security: .*ca_file"):
+        DynsecClient(
+            broker_url="mqtts://127.0.0.1:1",
+            username="u",
+            password=FAKE[0],
+            client_id="c",
+            tls=TlsFiles(ca_file=str(Path("/nonexistent/ca.pem"))),
+        )
     with pytest.raises(CredentialsError, match="mqtt"):
         DynsecClient(broker_url="http://x:1", username="u", password=FAKE[0], client_id="c")
 
