@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet import __version__
-from fleet_server.api import api_router, root_router
+from fleet_server.api import api_router, broker_router, root_router
 from fleet_server.api.audit import AuditMiddleware
 from fleet_server.api.errors import install_error_handlers
 from fleet_server.api.limits import BodyLimitMiddleware
@@ -51,5 +51,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(AuditMiddleware)
     app.include_router(root_router)
     app.include_router(api_router)
+    app.include_router(broker_router)
     app.include_router(dashboard_router)
     return app

@@ -70,6 +70,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="persistence_location in the sample mosquitto.conf (writable by Mosquitto's "
         "user; default /var/lib/mosquitto)",
     )
+    acl.add_argument(
+        "--dynsec",
+        action="store_true",
+        help="for Mosquitto's dynamic-security plugin (EDGEFLEET_BROKER_DYNSEC=1): write the "
+        "plugin's initial dynamic-security.json and mosquitto.conf into DIR and print the "
+        "conf lines; run once, the server then adds and removes devices itself",
+    )
     acl.set_defaults(handler=run_acl)
 
 
@@ -129,6 +136,8 @@ def run_acl(args: argparse.Namespace) -> int:
 
     from fleet_server.acl import AclError, export_mosquitto
 
+    if args.dynsec:
+        return _run_dynsec(args, settings)
     try:
         files = export_mosquitto(
             settings=settings,
@@ -154,4 +163,31 @@ def run_acl(args: argparse.Namespace) -> int:
             f"{', '.join(files.skipped[:20])}",
             file=sys.stderr,
         )
+    return 0
+
+
+def _run_dynsec(args: argparse.Namespace, settings: Any) -> int:
+    from pathlib import Path
+
+    from fleet_server.acl import AclError, export_dynsec
+
+    try:
+        path, conf, devices = export_dynsec(
+            settings=settings,
+            out=Path(args.out),
+            port=args.listen_port,
+            host=args.listen_host,
+            server_port=args.server_listen_port,
+            server_host=args.server_listen_host,
+            persistence_location=Path(args.persistence_dir),
+        )
+    except AclError as err:
+        print(f"edgefleet server acl: {err}", file=sys.stderr)
+        return 1
+    print(conf, end="")
+    print(
+        f"# wrote {path} (the server and {devices} devices; Mosquitto's user must be able to "
+        "write it and its directory) and the lines above into "
+        f"{Path(args.out) / 'mosquitto.conf'}"
+    )
     return 0

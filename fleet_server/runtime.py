@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from edgefleet.contract import Channel, DesiredState
 from edgefleet.mqtt import MqttError
+from edgefleet.mqtt_tls import TlsFiles
 from edgefleet.signing import SignatureError, load_public_key
 from fleet_server.broker.throttle import AuthThrottleCollector
 from fleet_server.db import make_engine, migrate, safe_url
@@ -24,7 +25,18 @@ from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
 from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers, WorkerConfig
 from fleet_server.services.auth import resolve_operator_token
+from fleet_server.services.broker_credentials import (
+    BrokerCredentials,
+    CredentialsError,
+    StaticFileCredentials,
+)
+from fleet_server.services.broker_credentials.registry import (
+    CredentialsContext,
+    create_credentials,
+    credentials_kind,
+)
 from fleet_server.services.desired import current_desired_states
+from fleet_server.services.device_lifecycle import sync_broker
 from fleet_server.services.drift import DriftJob, backend_for
 from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
@@ -92,6 +104,8 @@ class Runtime:
         #: The broker's URL without credentials (the bus connects with the server's own).
         self.broker_url = ""
         self.mqtt_credential: MqttCredential | None = None
+        #: Who may log in as a device: told of every enrolment, rotation and removal.
+        self.credentials: BrokerCredentials = StaticFileCredentials()
 
     @property
     def tmp_dir(self) -> Path:
@@ -142,6 +156,7 @@ class Runtime:
             if "no connection" in str(err) and self.bus is not None and self.bus.protocol == 5:
                 hint = " (a broker that does not speak MQTT 5: set broker_mqtt_version=3.1.1)"
             raise StartupError(f"{err}{hint}") from err
+        self._start_credentials()
         if self.broker is not None and not _wait_for(
             lambda: self.broker is not None and self.broker.devices_admitted,
             settings.broker_connect_timeout_s,
@@ -197,6 +212,37 @@ class Runtime:
                 "replica": self.leader.holder,
             },
         )
+
+    def _start_credentials(self) -> None:
+        """The one place that picks how device logins reach the broker (settings)."""
+        settings = self.settings
+        assert self.mqtt_credential is not None
+        try:
+            kind = credentials_kind(
+                dynsec=settings.broker_dynsec, external=settings.broker_url is not None
+            )
+            self.credentials = create_credentials(
+                kind,
+                CredentialsContext(
+                    broker_url=self.broker_url,
+                    username=self.mqtt_credential.username,
+                    password=self.mqtt_credential.password,
+                    client_id=f"{settings.resolved_mqtt_client_id}-dynsec",
+                    timeout_s=settings.broker_dynsec_timeout_s,
+                    tls=TlsFiles(
+                        ca_file=_path(settings.broker_ca_file),
+                        cert_file=_path(settings.broker_cert_file),
+                        key_file=_path(settings.broker_key_file),
+                    ),
+                ),
+            )
+        except CredentialsError as err:
+            raise StartupError(str(err)) from err
+        assert self.engine is not None
+        try:
+            sync_broker(engine=self.engine, credentials=self.credentials)
+        except CredentialsError as err:  # the broker still works; only the clean-up failed
+            log.warning("broker credentials not synchronised", extra={"error": str(err)})
 
     def _make_bus(self, broker_url: str, channels: tuple[Channel, ...]) -> FleetBus:
         """The bus: an external broker keeps the server's session (settings); the embedded
@@ -304,6 +350,7 @@ class Runtime:
     def stop(self) -> None:
         """Stop in reverse order; each step runs even if an earlier one failed."""
         _quietly("leader loop", self.leader.stop)
+        _quietly("broker credentials", self.credentials.close)
         if self.pipelines is not None:
             _quietly("pipeline driver", self.pipelines.close)
             self.pipelines = None
@@ -381,3 +428,7 @@ def _trusted_keys(paths: list[Path]) -> list[bytes]:
             raise SignatureError(f"trusted key {path}: {err}") from err
         keys.append(pem)
     return keys
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path is not None else None

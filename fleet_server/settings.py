@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -339,6 +340,27 @@ class ServerSettings(BaseSettings):
         "a device with the server's would take over its session): include a '.' or an "
         "upper-case letter. Set it where host names change (containers).",
     )
+    broker_dynsec: bool = Field(
+        default=False,
+        description="Manage device logins on an external Mosquitto through its dynamic-security "
+        "plugin (enrolment, rotation and removal apply at once, no files, no reload); the "
+        "server is the plugin's admin as mqtt_username/mqtt_password. `edgefleet server acl "
+        "--dynsec` prints the broker's config. Needs broker_url.",
+    )
+    broker_dynsec_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="How long a dynamic-security command may take."
+    )
+    broker_http_auth: bool = Field(
+        default=False,
+        description="Answer brokers that call out to authenticate and authorise MQTT clients "
+        "(EMQX HTTP authn/authz, mosquitto-go-auth's HTTP backend) under /broker/v1/; the "
+        "same rule as the embedded broker. Off: those routes answer 404.",
+    )
+    broker_http_auth_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Addresses (CIDR, comma-separated) the broker calls from; any other caller "
+        "is refused (403): these routes see plaintext device passwords.",
+    )
     mqtt_auth: bool = Field(
         default=True,
         description="The embedded broker admits only the server and registered devices "
@@ -432,6 +454,23 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("broker_http_auth_sources", mode="before")
+    @classmethod
+    def _split_sources(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("broker_http_auth_sources")
+    @classmethod
+    def _check_sources(cls, value: list[str]) -> list[str]:
+        for source in value:
+            try:
+                ipaddress.ip_network(source, strict=False)
+            except ValueError as err:
+                raise ValueError(f"not an address or network: {source[:80]!r}") from err
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
         if self.require_signed and not self.trusted_keys:
@@ -452,6 +491,8 @@ class ServerSettings(BaseSettings):
                     "mqtt_client_id must not be a valid device id (add a '.' or an upper-case "
                     "letter): a device registered under it would take over the server's session"
                 )
+        if self.broker_dynsec and not self.broker_url:
+            raise ValueError("broker_dynsec needs an external Mosquitto (broker_url)")
         if self.mqtt_password is not None and len(self.mqtt_password.get_secret_value()) < 16:
             raise ValueError("mqtt_password must be at least 16 characters")
         tls_files = (self.broker_ca_file, self.broker_cert_file, self.broker_key_file)

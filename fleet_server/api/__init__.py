@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from fleet_server.api import (
     assignments,
+    broker_auth,
     capture,
     charts,
     comparisons,
@@ -40,5 +41,7 @@ api_router.include_router(charts.router)
 api_router.include_router(pipelines.router)
 
 root_router = health.router
+#: Outside /api/ (and so outside the audit log): brokers call it per CONNECT and per publish.
+broker_router = broker_auth.router
 
-__all__ = ["api_router", "root_router"]
+__all__ = ["api_router", "broker_router", "root_router"]

@@ -31,6 +31,7 @@ from fleet_server.models import (
 from fleet_server.services import devices as service
 from fleet_server.services import shadow as shadow_service
 from fleet_server.services.assignments import pin_device, unpin_device
+from fleet_server.services.device_lifecycle import decommission as decommission_device
 from fleet_server.services.errors import Unavailable
 from fleet_server.services.telemetry import list_events, list_telemetry
 
@@ -45,10 +46,12 @@ router = APIRouter(prefix="/devices", tags=["devices"])
     ),
 )
 def create_device(
-    body: DeviceCreate, request: Request, session: SessionDep, _: Operator
+    body: DeviceCreate, request: Request, session: SessionDep, runtime: RuntimeDep, _: Operator
 ) -> DeviceCreated:
     note_target(request, f"device:{body.device_id}")
-    device, token = service.register_device(session=session, data=body)
+    device, token = service.register_device(
+        session=session, data=body, credentials=runtime.credentials
+    )
     return DeviceCreated(
         device_id=device.device_id,
         device_class=device.device_class,
@@ -61,17 +64,40 @@ def create_device(
     "/{device_id}/token", responses=error_responses(OPERATOR_REFUSALS, INPUT_REFUSALS, 404)
 )
 def rotate_token(
-    device_id: str, request: Request, session: SessionDep, _: Operator
+    device_id: str, request: Request, session: SessionDep, runtime: RuntimeDep, _: Operator
 ) -> DeviceCreated:
     """A new token for the device (its HTTP bearer token and MQTT password); shown once."""
     note_target(request, f"device:{device_id[:80]}")
-    device, token = service.rotate_device_token(session=session, device_id=device_id)
+    device, token = service.rotate_device_token(
+        session=session, device_id=device_id, credentials=runtime.credentials
+    )
     return DeviceCreated(
         device_id=device.device_id,
         device_class=device.device_class,
         tags=list(device.tags),
         token=token,
     )
+
+
+@router.delete(
+    "/{device_id}",
+    responses=error_responses(
+        OPERATOR_REFUSALS,
+        INPUT_REFUSALS,
+        404,
+        why={503: "Decommissioned, but the broker did not take the removal: repeat the call."},
+    ),
+)
+def decommission(
+    device_id: str, request: Request, session: SessionDep, runtime: RuntimeDep, _: Operator
+) -> DevicePublic:
+    """Decommission: revoke the device's token and broker login at once and take it out of
+    the fleet (counts, rollouts, ingest); its history stays for the audit. Idempotent."""
+    note_target(request, f"device:{device_id[:80]}")
+    device = decommission_device(
+        session=session, credentials=runtime.credentials, device_id=device_id
+    )
+    return DevicePublic.of(device)
 
 
 @router.patch("/{device_id}/tags", responses=error_responses(OPERATOR_REFUSALS, BODY_REFUSALS, 404))
@@ -195,9 +221,16 @@ def delete_shadow(
     )
 
 
-@router.get("", responses=error_responses(VIEWER_REFUSALS))
-def list_devices(session: SessionDep, _: Viewer) -> list[DevicePublic]:
-    return [DevicePublic.of(d) for d in service.list_devices(session=session)]
+@router.get("", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS))
+def list_devices(
+    session: SessionDep,
+    _: Viewer,
+    decommissioned: Annotated[
+        bool, Query(description="Include decommissioned devices (kept for the audit).")
+    ] = False,
+) -> list[DevicePublic]:
+    rows = service.list_devices(session=session, decommissioned=decommissioned)
+    return [DevicePublic.of(d) for d in rows]
 
 
 @router.get("/{device_id}", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS, 404))

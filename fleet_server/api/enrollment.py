@@ -110,7 +110,9 @@ def enroll(
         runtime,
         kind="enrollment",
         secret=body.enrollment_token,
-        check=lambda: service.enroll(session=session, request=body),
+        check=lambda: service.enroll(
+            session=session, request=body, credentials=runtime.credentials
+        ),
     )
     note_actor(request, f"device:{device.device_id}")
     note_target(request, f"device:{device.device_id}")

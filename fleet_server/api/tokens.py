@@ -22,6 +22,7 @@ from fleet_server.models import (
     ApiTokenCreate,
     ApiTokenCreated,
     ApiTokenPublic,
+    ApiTokenRotate,
     AuditPublic,
     Role,
 )
@@ -75,6 +76,27 @@ def revoke_token(
     row = service.revoke_token(session=session, token_id=token_id)
     note_target(request, f"token:{row.name}")
     return ApiTokenPublic.of(row)
+
+
+@router.post(
+    "/tokens/{token_id}/rotate",
+    responses=error_responses(
+        ADMIN_REFUSALS, BODY_REFUSALS, 404, 409, why={409: "The token is revoked or expired."}
+    ),
+)
+def rotate_token(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    request: Request,
+    session: SessionDep,
+    _: Admin,
+    body: ApiTokenRotate | None = None,
+) -> ApiTokenCreated:
+    """A new secret for the token (same name and role; the old secret is refused from now on),
+    shown once; ``expires_in_s`` sets a new expiry (omitted: unchanged)."""
+    expires_in_s = body.expires_in_s if body is not None else None
+    row, token = service.rotate_token(session=session, token_id=token_id, expires_in_s=expires_in_s)
+    note_target(request, f"token:{row.name}", expires_at=str(row.expires_at))
+    return ApiTokenCreated(**ApiTokenPublic.of(row).model_dump(), token=token)
 
 
 @router.get("/audit", responses=error_responses(ADMIN_REFUSALS, INPUT_REFUSALS))

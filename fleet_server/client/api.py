@@ -91,8 +91,12 @@ class FleetClient:
     def health(self) -> JsonObject:
         return _object(self._request("GET", "/healthz"))
 
-    def list_devices(self) -> list[JsonObject]:
-        return _objects(self._request("GET", "/api/v1/devices"))
+    def list_devices(self, *, decommissioned: bool = False) -> list[JsonObject]:
+        params = {"decommissioned": "true"} if decommissioned else None
+        return _objects(self._request("GET", "/api/v1/devices", params=params))
+
+    def remove_device(self, device_id: str) -> JsonObject:
+        return _object(self._request("DELETE", f"/api/v1/devices/{_segment(device_id)}"))
 
     def get_device(self, device_id: str) -> JsonObject:
         return _object(self._request("GET", f"/api/v1/devices/{_segment(device_id)}"))
@@ -201,9 +205,16 @@ class FleetClient:
         path = f"/api/v1/rollouts/{int(rollout_id)}/{action}"
         return _object(self._request("POST", path, json_body={"reason": reason}))
 
-    def create_token(self, name: str, role: str) -> JsonObject:
-        body = {"name": name, "role": role}
+    def create_token(self, name: str, role: str, *, expires_in_s: int | None = None) -> JsonObject:
+        body: JsonObject = {"name": name, "role": role}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
         return _object(self._request("POST", "/api/v1/tokens", json_body=body))
+
+    def rotate_token(self, token_id: int, *, expires_in_s: int | None = None) -> JsonObject:
+        body: JsonObject = {} if expires_in_s is None else {"expires_in_s": expires_in_s}
+        path = f"/api/v1/tokens/{int(token_id)}/rotate"
+        return _object(self._request("POST", path, json_body=body))
 
     def list_tokens(self) -> list[JsonObject]:
         return _objects(self._request("GET", "/api/v1/tokens"))

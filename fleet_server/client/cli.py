@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     devices = actions.add_parser("devices", help="list, show, add, tag and pin devices")
     device_actions = devices.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
     leaf = device_actions.add_parser("list", parents=[common], help="list every device")
+    leaf.add_argument(
+        "--decommissioned", action="store_true", help="include removed devices (kept for audit)"
+    )
     leaf.set_defaults(action="devices_list")
     leaf = device_actions.add_parser("show", parents=[common], help="one device in detail")
     leaf.add_argument("device_id", metavar="ID")
@@ -70,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     leaf = device_actions.add_parser("unpin", parents=[common], help="remove a device's pin")
     leaf.add_argument("device_id", metavar="ID")
     leaf.set_defaults(action="devices_unpin")
+    leaf = device_actions.add_parser(
+        "remove",
+        parents=[common],
+        help="decommission a device: revoke its token and broker login now, keep its history",
+    )
+    leaf.add_argument("device_id", metavar="ID")
+    leaf.set_defaults(action="devices_remove")
 
     models = actions.add_parser("models", help="push, list and show models")
     model_actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -161,12 +171,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     leaf.add_argument("name", metavar="NAME", help="unique; shown as the actor in the audit log")
     leaf.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
+    leaf.add_argument(
+        "--expires-in",
+        type=_duration,
+        default=None,
+        metavar="D",
+        help="refused after: seconds or 30m / 12h / 7d (at most 2 years; default never)",
+    )
     leaf.set_defaults(action="tokens_create")
     leaf = token_actions.add_parser("list", parents=[common], help="list tokens (never secrets)")
     leaf.set_defaults(action="tokens_list")
     leaf = token_actions.add_parser("revoke", parents=[common], help="revoke a token by id")
     leaf.add_argument("token_id", metavar="ID", type=_positive)
     leaf.set_defaults(action="tokens_revoke")
+    leaf = token_actions.add_parser(
+        "rotate", parents=[common], help="a new secret for a token (the old one stops at once)"
+    )
+    leaf.add_argument("token_id", metavar="ID", type=_positive)
+    leaf.add_argument(
+        "--expires-in",
+        type=_duration,
+        default=None,
+        metavar="D",
+        help="new lifetime (default: kept)",
+    )
+    leaf.set_defaults(action="tokens_rotate")
 
     enrollment = actions.add_parser(
         "enrollment-tokens", help="tokens devices trade for credentials (edgefleet agent enroll)"

@@ -34,7 +34,7 @@ Command = Callable[[FleetClient, argparse.Namespace, Output], None]
 
 
 def devices_list(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
-    devices = client.list_devices()
+    devices = client.list_devices(decommissioned=args.decommissioned)
     if out.json_mode:
         out.json(devices)
     else:
@@ -88,8 +88,20 @@ def devices_unpin(client: FleetClient, args: argparse.Namespace, out: Output) ->
     )
 
 
+def devices_remove(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    device = client.remove_device(args.device_id)
+    if out.json_mode:
+        out.json(device)
+        return
+    out.line(
+        f"device {plain(device.get('device_id'))} decommissioned "
+        f"{when(device.get('decommissioned_at'))}: its token and broker login are revoked; "
+        "its history stays (devices list --decommissioned)"
+    )
+
+
 def tokens_create(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
-    created = client.create_token(args.name, args.role)
+    created = client.create_token(args.name, args.role, expires_in_s=args.expires_in)
     if out.json_mode:
         out.json(created)
         return
@@ -114,6 +126,18 @@ def tokens_revoke(client: FleetClient, args: argparse.Namespace, out: Output) ->
         out.json(revoked)
         return
     out.line(f"revoked token {plain(revoked.get('name'))} (id {plain(revoked.get('id'))})")
+
+
+def tokens_rotate(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    rotated = client.rotate_token(args.token_id, expires_in_s=args.expires_in)
+    if out.json_mode:
+        out.json(rotated)
+        return
+    out.line(
+        f"rotated token {plain(rotated.get('name'))} (id {plain(rotated.get('id'))}; expires "
+        f"{when(rotated.get('expires_at'))}); the new token (shown once):"
+    )
+    out.line(plain(rotated.get("token"), 4096))
 
 
 def enrollment_create(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
@@ -267,6 +291,7 @@ COMMANDS: dict[str, Command] = {
     "devices_tag": devices_tag,
     "devices_pin": devices_pin,
     "devices_unpin": devices_unpin,
+    "devices_remove": devices_remove,
     "models_push": models_push,
     "models_list": models_list,
     "models_show": models_show,
@@ -276,6 +301,7 @@ COMMANDS: dict[str, Command] = {
     "tokens_create": tokens_create,
     "tokens_list": tokens_list,
     "tokens_revoke": tokens_revoke,
+    "tokens_rotate": tokens_rotate,
     "enrollment_create": enrollment_create,
     "enrollment_list": enrollment_list,
     "enrollment_revoke": enrollment_revoke,

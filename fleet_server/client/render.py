@@ -118,6 +118,7 @@ TOKEN_COLUMNS: list[Column] = [
     ("BY", lambda t: t.get("created_by")),
     ("LAST USED", lambda t: when(t.get("last_used_at"))),
     ("REVOKED", lambda t: when(t.get("revoked_at"))),
+    ("EXPIRES", lambda t: when(t.get("expires_at"))),
 ]
 
 ENROLLMENT_COLUMNS: list[Column] = [

@@ -64,6 +64,8 @@ def write_batch(
                 # device's read-modify-write, and never deadlock (SQLite locks the database).
                 select(*columns)
                 .where(device_table.c.device_id.in_(ids))
+                # A decommissioned device's messages are refused (counted as unknown).
+                .where(device_table.c.decommissioned_at.is_(None))
                 .order_by(device_table.c.device_id)
                 .with_for_update()
             )

@@ -23,6 +23,8 @@ RESERVED_NAMES = frozenset({"bootstrap", "anonymous", "unknown-token", "enrollme
 #: Longest an enrollment token may live.
 MAX_ENROLLMENT_TTL_S = 30 * 24 * 3600
 MAX_ENROLLMENT_USES = 10_000
+#: Longest an API token may be issued for.
+MAX_API_TOKEN_TTL_S = 2 * 366 * 24 * 3600
 #: The audit row's ``detail`` JSON is cut to a marker above this size.
 MAX_AUDIT_DETAIL_BYTES = 4096
 
@@ -67,6 +69,9 @@ class ApiToken(SQLModel, table=True):
     created_by: str = Field(max_length=80, description="Actor that created it.")
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(
+        default=None, sa_type=UTCDateTime, description="Refused from then on; None: never."
+    )
 
 
 class ApiTokenCreate(BaseModel):
@@ -79,6 +84,25 @@ class ApiTokenCreate(BaseModel):
     role: Role = pydantic.Field(
         description="viewer (read), operator (change the fleet), admin (tokens)."
     )
+    expires_in_s: int | None = pydantic.Field(
+        default=None,
+        ge=60,
+        le=MAX_API_TOKEN_TTL_S,
+        description="Seconds until it is refused (60 s to 2 years); omitted: it never expires.",
+    )
+
+
+class ApiTokenRotate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"expires_in_s": 86400}]}
+    )
+
+    expires_in_s: int | None = pydantic.Field(
+        default=None,
+        ge=60,
+        le=MAX_API_TOKEN_TTL_S,
+        description="Seconds the new secret lives; omitted: the old expiry is kept.",
+    )
 
 
 class ApiTokenPublic(BaseModel):
@@ -89,6 +113,7 @@ class ApiTokenPublic(BaseModel):
     created_by: str
     revoked_at: datetime | None
     last_used_at: datetime | None
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, row: ApiToken) -> ApiTokenPublic:
@@ -101,6 +126,7 @@ class ApiTokenPublic(BaseModel):
             created_by=row.created_by,
             revoked_at=row.revoked_at,
             last_used_at=row.last_used_at,
+            expires_at=row.expires_at,
         )
 
 

@@ -71,6 +71,13 @@ class Device(DeviceBase, table=True):
     desired_version: str | None = Field(default=None, max_length=63)
     desired_revision: int = Field(default=0, sa_type=sa.BigInteger)
     desired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decommissioned_at: datetime | None = Field(
+        default=None,
+        sa_type=UTCDateTime,
+        description="When an operator removed it: its token and broker login are revoked, it no "
+        "longer counts in the fleet, rollouts skip it, its messages are refused; its history "
+        "stays for the audit.",
+    )
     # Pinned by an operator: ordinary assignments and rollouts leave the device alone.
     pinned_name: str | None = Field(default=None, max_length=63)
     pinned_version: str | None = Field(default=None, max_length=63)
@@ -94,6 +101,9 @@ class DevicePublic(DeviceBase):
     pinned: ModelRefPublic | None = Field(
         default=None, description="The version the device is pinned to (assignments skip it)."
     )
+    decommissioned_at: datetime | None = Field(
+        default=None, description="When it was removed (None: in the fleet)."
+    )
 
     @classmethod
     def of(cls, device: Device) -> DevicePublic:
@@ -110,6 +120,7 @@ class DevicePublic(DeviceBase):
             last_error=device.last_error,
             last_telemetry=device.last_telemetry,
             pinned=_ref(device.pinned_name, device.pinned_version),
+            decommissioned_at=device.decommissioned_at,
         )
 
 

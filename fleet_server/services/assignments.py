@@ -64,11 +64,13 @@ def assign_model(
         raise NotFound(f"model {request.model}@{request.version} not found")
     targets = set()
     for device_id in request.device_ids:
-        if session.get(Device, device_id) is None:
+        found = session.get(Device, device_id)
+        if found is None or found.decommissioned_at is not None:
             raise NotFound(f"device {device_id!r} not found")
         targets.add(device_id)
     if request.tag is not None:
-        tagged = [d.device_id for d in session.exec(select(Device)) if request.tag in d.tags]
+        in_fleet = select(Device).where(col(Device.decommissioned_at).is_(None))
+        tagged = [d.device_id for d in session.exec(in_fleet) if request.tag in d.tags]
         if not tagged:
             raise NotFound(f"no device has tag {request.tag!r}")
         targets.update(tagged)

@@ -9,6 +9,8 @@ from sqlmodel import Session, col, select
 
 from fleet_server.models import Device, DeviceCreate
 from fleet_server.services.auth import hash_token, new_token, tokens_equal
+from fleet_server.services.broker_credentials import BrokerCredentials, StaticFileCredentials
+from fleet_server.services.device_lifecycle import admit, rotate
 from fleet_server.services.errors import Conflict, NotFound, Unprocessable
 from fleet_server.services.mosquitto import mosquitto_hash
 
@@ -16,8 +18,11 @@ from fleet_server.services.mosquitto import mosquitto_hash
 MAX_TAGS = 32
 
 
-def register_device(*, session: Session, data: DeviceCreate) -> tuple[Device, str]:
-    """Create a device and return it with its token (shown once, stored hashed)."""
+def register_device(
+    *, session: Session, data: DeviceCreate, credentials: BrokerCredentials | None = None
+) -> tuple[Device, str]:
+    """Create a device and return it with its token (shown once, stored hashed); the broker
+    ``credentials`` learn its login before this returns (None: the database only)."""
     if session.get(Device, data.device_id) is not None:
         raise Conflict(f"device {data.device_id!r} already exists")
     token = new_token()
@@ -35,25 +40,28 @@ def register_device(*, session: Session, data: DeviceCreate) -> tuple[Device, st
         session.rollback()
         raise Conflict(f"device {data.device_id!r} already exists") from err
     session.refresh(device)
+    if credentials is not None:
+        admit(session=session, credentials=credentials, device=device, token=token)
     return device, token
 
 
-def rotate_device_token(*, session: Session, device_id: str) -> tuple[Device, str]:
-    """Issue a new token (the old one stops working for HTTP and new MQTT logins at once;
-    an open MQTT connection lasts until it drops). Also gives a device registered before
-    migration 0002 its Mosquitto hash."""
-    device = get_device(session=session, device_id=device_id)
-    token = new_token()
-    device.token_hash = hash_token(token)
-    device.mqtt_password_hash = mosquitto_hash(token)
-    session.add(device)
-    session.commit()
-    session.refresh(device)
-    return device, token
+def rotate_device_token(
+    *, session: Session, device_id: str, credentials: BrokerCredentials | None = None
+) -> tuple[Device, str]:
+    """Issue a new token (the old one stops working for HTTP and new MQTT logins at once; with
+    dynamic security the open MQTT connection is closed too). Also gives a device registered
+    before migration 0002 its Mosquitto hash."""
+    return rotate(
+        session=session, credentials=credentials or StaticFileCredentials(), device_id=device_id
+    )
 
 
-def list_devices(*, session: Session) -> Sequence[Device]:
-    return session.exec(select(Device).order_by(col(Device.device_id))).all()
+def list_devices(*, session: Session, decommissioned: bool = False) -> Sequence[Device]:
+    """The fleet (decommissioned devices too when asked), ordered by id."""
+    query = select(Device).order_by(col(Device.device_id))
+    if not decommissioned:
+        query = query.where(col(Device.decommissioned_at).is_(None))
+    return session.exec(query).all()
 
 
 def get_device(*, session: Session, device_id: str) -> Device:
@@ -64,13 +72,20 @@ def get_device(*, session: Session, device_id: str) -> Device:
 
 
 def device_for_token(*, session: Session, token: str) -> Device | None:
-    return session.exec(select(Device).where(Device.token_hash == hash_token(token))).first()
+    """The device in the fleet with this token (a decommissioned one has none)."""
+    return session.exec(
+        select(Device)
+        .where(Device.token_hash == hash_token(token))
+        .where(col(Device.decommissioned_at).is_(None))
+    ).first()
 
 
 def device_for_credentials(*, session: Session, device_id: str, token: str) -> Device | None:
     """The device whose id and token these are (an MQTT CONNECT's user name and password)."""
     device = session.get(Device, device_id)
-    if device is None or not tokens_equal(device.token_hash, hash_token(token)):
+    if device is None or device.decommissioned_at is not None:
+        return None
+    if not tokens_equal(device.token_hash, hash_token(token)):
         return None
     return device
 
@@ -78,7 +93,9 @@ def device_for_credentials(*, session: Session, device_id: str, token: str) -> D
 def mqtt_password_hashes(*, session: Session) -> list[tuple[str, str | None]]:
     """(device id, Mosquitto hash or None) of every device, ordered by id."""
     rows = session.exec(
-        select(Device.device_id, Device.mqtt_password_hash).order_by(col(Device.device_id))
+        select(Device.device_id, Device.mqtt_password_hash)
+        .where(col(Device.decommissioned_at).is_(None))
+        .order_by(col(Device.device_id))
     ).all()
     return [(device_id, hashed) for device_id, hashed in rows]
 

@@ -25,6 +25,8 @@ from fleet_server.models import (
 )
 from fleet_server.models.types import utcnow
 from fleet_server.services.auth import hash_token, new_token
+from fleet_server.services.broker_credentials import BrokerCredentials
+from fleet_server.services.device_lifecycle import admit
 from fleet_server.services.errors import Conflict, Gone, NotFound, Unauthorized
 from fleet_server.services.mosquitto import mosquitto_hash
 
@@ -80,8 +82,11 @@ def revoke_enrollment_token(*, session: Session, token_id: int) -> EnrollmentTok
     return row
 
 
-def enroll(*, session: Session, request: EnrollRequest) -> tuple[Device, str]:
-    """Create the device the enrollment token admits; (device, its token shown once)."""
+def enroll(
+    *, session: Session, request: EnrollRequest, credentials: BrokerCredentials | None = None
+) -> tuple[Device, str]:
+    """Create the device the enrollment token admits; (device, its token shown once). The
+    broker ``credentials`` learn its login before this returns (None: the database only)."""
     grant = session.exec(
         select(EnrollmentToken).where(
             EnrollmentToken.token_hash == hash_token(request.enrollment_token)
@@ -137,5 +142,13 @@ def enroll(*, session: Session, request: EnrollRequest) -> tuple[Device, str]:
         session.rollback()
         raise Conflict(f"device {device_id!r} already exists") from err
     session.refresh(device)
+    if credentials is not None:
+        admit(
+            session=session,
+            credentials=credentials,
+            device=device,
+            token=token,
+            enrollment_token_id=grant_id,
+        )
     log.info("device enrolled", extra={"device_id": device_id, "enrollment_token": grant_id})
     return device, token

@@ -93,7 +93,9 @@ class FleetCollector(Collector):
                 online = {
                     bool(flag): int(n)
                     for flag, n in session.execute(
-                        sa_select(col(Device.online), func.count()).group_by(col(Device.online))
+                        sa_select(col(Device.online), func.count())
+                        .where(col(Device.decommissioned_at).is_(None))
+                        .group_by(col(Device.online))
                     ).all()
                 }
                 by_state = dict(

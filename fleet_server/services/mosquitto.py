@@ -225,9 +225,9 @@ def write_mosquitto_files(
         devices=sum(1 for _id, hashed in rows if hashed is not None),
         skipped=tuple(device_id for device_id, hashed in rows if hashed is None),
     )
-    _write(files.password_file, password_lines(devices=rows), mode=0o640)
-    _write(files.server_password_file, server_password_lines(server=server), mode=0o640)
-    _write(files.acl_file, acl_lines(server_username=server[0]), mode=0o644)
+    write_file(files.password_file, password_lines(devices=rows), mode=0o640)
+    write_file(files.server_password_file, server_password_lines(server=server), mode=0o640)
+    write_file(files.acl_file, acl_lines(server_username=server[0]), mode=0o644)
     conf = conf_lines(
         directory=out,
         port=port,
@@ -236,7 +236,7 @@ def write_mosquitto_files(
         server_host=server_host,
         persistence_location=persistence_location,
     )
-    _write(files.conf_file, conf, mode=0o644)
+    write_file(files.conf_file, conf, mode=0o644)
     return files
 
 
@@ -245,7 +245,8 @@ def _check_user(name: str) -> None:
         raise MosquittoError(f"{name[:80]!r} cannot be a Mosquitto user name")
 
 
-def _write(path: Path, text: str, *, mode: int) -> None:
+def write_file(path: Path, text: str, *, mode: int) -> None:
+    """Replace ``path`` atomically with ``text`` (mode ``mode``, fsynced)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:

@@ -43,6 +43,7 @@ def test_register_list_and_get(client: TestClient) -> None:
         "last_error": None,
         "last_telemetry": None,
         "pinned": None,
+        "decommissioned_at": None,
     }
     assert "token" not in one
     telemetry = client.get(f"/api/v1/devices/{device_id}/telemetry", headers=operator())

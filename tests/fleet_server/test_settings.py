@@ -62,6 +62,10 @@ def test_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         # A valid device id: a device registered under it would take over the server's session.
         {"mqtt_client_id": "edgefleet-server-host-8080"},
         {"mqtt_client_id": "fleet server"},
+        # Dynamic security manages an external Mosquitto only.
+        {"broker_dynsec": True},
+        {"broker_http_auth_sources": ["not-an-address"]},
+        {"broker_dynsec_timeout_s": 0},
     ],
 )
 def test_invalid_settings(values: dict[str, object]) -> None:

@@ -339,7 +339,8 @@ class RolloutEngine:
         joined = []
         position = max((m.position for m in members), default=-1)
         model = session.get(ModelVersionRow, (rollout.model_name, rollout.model_version))
-        for device in session.exec(select(Device).order_by(col(Device.created_at))):
+        in_fleet = select(Device).where(col(Device.decommissioned_at).is_(None))
+        for device in session.exec(in_fleet.order_by(col(Device.created_at))):
             if device.device_id in known or device.device_id in busy:
                 continue
             if not selector.matches(

@@ -122,12 +122,12 @@ def create_rollout(
     if model is None:
         raise NotFound(f"model {request.model}@{request.version} not found")
     require_verified(row=model, trusted_keys=trusted_keys)
-    missing = [d for d in request.selector.device_ids if session.get(Device, d) is None]
+    missing = [d for d in request.selector.device_ids if _in_fleet(session, d) is None]
     if missing:
         raise NotFound(f"unknown device(s): {', '.join(missing[:10])}")
     matched = [
         d
-        for d in session.exec(select(Device))
+        for d in session.exec(select(Device).where(col(Device.decommissioned_at).is_(None)))
         if request.selector.matches(device_id=d.device_id, tags=d.tags, device_class=d.device_class)
     ]
     if not matched:
@@ -460,3 +460,9 @@ def _label_accuracy(session: Session, rollout: Rollout, old_versions: set[str]) 
                 "ci95": [round(low, 6), round(high, 6)] if counts.labelled else None,
             }
     return result
+
+
+def _in_fleet(session: Session, device_id: str) -> Device | None:
+    """The device unless it is unknown or decommissioned."""
+    device = session.get(Device, device_id)
+    return device if device is not None and device.decommissioned_at is None else None
