@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from converters.api import convert
+from converters.errors import ConvertError
 from converters.options import ConvertOptions
 from tests.converters.factories import digits, write_npz
 
@@ -74,14 +75,25 @@ def fragile(tmp_path_factory: pytest.TempPathFactory) -> Fragile:
     return Fragile(model, work / "fragile.keras", calib, eval_npz)
 
 
-def test_budget_loop_keeps_the_worst_layers_float(fragile: Fragile, tmp_path: Path) -> None:
+def test_budget_loop_keeps_the_worst_layers_float(
+    fragile: Fragile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     result = convert(
         fragile.path,
         tmp_path / "out",
         ConvertOptions(
-            **QUICK, calibration=fragile.calib, eval_data=fragile.eval_npz, max_drop=0.02
+            **QUICK,
+            calibration=fragile.calib,
+            eval_data=fragile.eval_npz,
+            max_drop=0.02,
+            progress=True,
+            verbose=True,
         ),
     )
+    err = capsys.readouterr().err
+    assert "int8-full: top1 drop" in err and "keeping the worst layers float" in err
+    assert "  budget loop: int8-mixed-x" in err  # per-layer lines: --verbose
+    assert "TFLite budget loop: " in err and "FULLY_CONNECTED x2 kept float" in err
     report = result.report.quantization
     assert report is not None and report.metric == "top1"
     by_name = {c.name: c for c in report.candidates}
@@ -108,6 +120,22 @@ def test_budget_loop_keeps_the_worst_layers_float(fragile: Fragile, tmp_path: Pa
     if report.chosen == int8.name:
         assert result.manifest.precision == "mixed"
         assert result.manifest.build.config["quant.denylisted_nodes"] == len(int8.excluded_nodes)
+
+
+def test_without_the_loop_full_int8_is_over_budget(fragile: Fragile, tmp_path: Path) -> None:
+    """The same model and budget with no denylist steps: --quantize int8 has nothing to ship."""
+    options = ConvertOptions(
+        **QUICK,
+        calibration=fragile.calib,
+        eval_data=fragile.eval_npz,
+        max_drop=0.02,
+        quantize="int8",
+        max_exclusion_steps=0,
+    )
+    with pytest.raises(
+        ConvertError, match=r"int8-full: top1 drop 0\.[1-9]\d* exceeds budget 0\.02"
+    ):
+        convert(fragile.path, tmp_path / "int8", options)
 
 
 def test_denylisted_config_rebuilds_a_mixed_model(fragile: Fragile) -> None:
