@@ -100,3 +100,17 @@ def _no_litter_in_the_working_directory() -> Iterator[None]:
     caches = {".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis"}  # test tools own these
     litter = sorted(set(os.listdir(".")) - before - caches)
     assert not litter, f"tests left files in the working directory: {litter}"
+
+
+@pytest.fixture(scope="session")
+def tflite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real .tflite models made by TensorFlow (in a subprocess); see tests/agent/tflite_factory.
+    Session-wide: the agent's and the server's tests share one build (~30 s of TensorFlow)."""
+    from tests.agent.factory import make_tflite_models
+
+    made = make_tflite_models(tmp_path_factory.mktemp("tflite"))
+    if made is None:
+        if os.environ.get("EDGEFLEET_REQUIRE_TF"):
+            pytest.fail("EDGEFLEET_REQUIRE_TF is set but tensorflow does not import")
+        pytest.skip("tensorflow is not installed: cannot make .tflite test models")
+    return made

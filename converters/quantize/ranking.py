@@ -29,11 +29,7 @@ class TensorRisk:
 
 
 def fake_quant_error(values: Any, *, bits: int = 8) -> float:
-    """Mean over channels (axis 1) of the relative RMS error of per-tensor MinMax int8.
-
-    Per channel, because one outlier channel dominates a whole-tensor norm while the real
-    damage is to the other channels, which its range rounds to zero.
-    """
+    """:func:`relative_error` of per-tensor MinMax int8 (as static calibration would set it)."""
     import numpy as np
 
     x = np.asarray(values, dtype=np.float64)
@@ -44,9 +40,27 @@ def fake_quant_error(values: Any, *, bits: int = 8) -> float:
         return 0.0
     levels = 2 ** (bits - 1) - 1
     scale = peak / levels
-    q = np.clip(np.round(x / scale), -levels, levels) * scale
-    channels = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1) if x.ndim >= 2 else x[None]
-    noise = np.moveaxis(x - q, 1, 0).reshape(channels.shape) if x.ndim >= 2 else (x - q)[None]
+    return relative_error(x, np.clip(np.round(x / scale), -levels, levels) * scale)
+
+
+def relative_error(values: Any, approx: Any, *, channel_axis: int = 1) -> float:
+    """Mean over channels of the relative RMS error of ``approx`` against ``values``.
+
+    Per channel, because one outlier channel dominates a whole-tensor norm while the real
+    damage is to the other channels, which its range rounds to zero. Channels are axis 1 for
+    ONNX (NCHW) and the last axis for TFLite (NHWC, and a dense layer's features).
+    """
+    import numpy as np
+
+    x = np.asarray(values, dtype=np.float64)
+    if not x.size:
+        return 0.0
+    noise = x - np.asarray(approx, dtype=np.float64).reshape(x.shape)
+    if x.ndim >= 2:
+        channels = np.moveaxis(x, channel_axis, 0).reshape(x.shape[channel_axis], -1)
+        noise = np.moveaxis(noise, channel_axis, 0).reshape(channels.shape)
+    else:
+        channels, noise = x[None], noise[None]
     norms = np.sqrt(np.mean(channels**2, axis=1))
     errors = np.sqrt(np.mean(noise**2, axis=1))
     live = norms > 0

@@ -18,6 +18,11 @@ class BudgetStep(_Model):
     tensor_error: float = Field(description="Its simulated relative int8 error.")
     excluded_nodes: list[str] = Field(description="All nodes excluded after this step.")
     drop: float | None = Field(default=None, description="Metric drop after this step.")
+    restored: bool = Field(
+        default=False,
+        description="This step put the tensor's nodes back to int8 (a pruning pass after the "
+        "budget was met: the step that spared it turned out not to be needed).",
+    )
 
 
 class CandidateReport(_Model):
@@ -35,6 +40,11 @@ class CandidateReport(_Model):
     size_bytes: int | None = Field(default=None, description="Model file size.")
     size_ratio: float | None = Field(default=None, description="fp32 size / this size.")
     excluded_nodes: list[str] = Field(default_factory=list, description="Nodes kept in float.")
+    float_ops: list[str] = Field(
+        default_factory=list,
+        description="The op type of each excluded node, in order (TFLite budget loop: "
+        "FULLY_CONNECTED, CONV_2D, ...).",
+    )
     budget_steps: list[BudgetStep] = Field(
         default_factory=list, description="The accuracy-budget loop, step by step."
     )

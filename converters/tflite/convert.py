@@ -249,6 +249,8 @@ def convert_tflite(
     eval_sha = hash_file(options.eval_data)[0] if options.eval_data else None
     record = config_record(options, eval_sha256=eval_sha)
     record["quant.kind"] = chosen_cfg.kind
+    if chosen_cfg.denylisted_nodes:
+        record["quant.denylisted_nodes"] = len(chosen_cfg.denylisted_nodes)
     report = ConvertReport(
         name=name,
         version=version,

@@ -1,7 +1,11 @@
-"""Keras → TFLite candidates through the accuracy budget and the latency gate (as for ONNX)."""
+"""Keras → TFLite candidates through the accuracy budget and the latency gate (as for ONNX).
+
+A full-int8 candidate over budget goes through the denylist loop
+(:mod:`converters.tflite.denylist`): its worst layers stay float until it is within budget."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from converters.calibration import CalibrationSet
@@ -9,9 +13,10 @@ from converters.errors import ConvertError, one_line
 from converters.options import ConvertOptions
 from converters.quantize import metrics
 from converters.quantize.gate import benchmark, choose_confirmed, gate
-from converters.quantize.report import CandidateReport, QuantizationReport
+from converters.quantize.report import BudgetStep, CandidateReport, QuantizationReport
 from converters.quantize.stage import resolve_target
 from converters.tflite.candidates import TfliteConfig, convert_keras
+from converters.tflite.denylist import budget_loop, float_ops
 from converters.tflite.runner import TfliteRunner
 
 FP32 = "fp32"
@@ -40,33 +45,84 @@ def choose_candidate(
     reports = [CandidateReport(name=FP32, config={"kind": "tflite_fp32"}, status="accepted",
                                reason="baseline", metric=baseline, drop=0.0)]  # fmt: skip
     built: dict[str, tuple[TfliteConfig, bytes, TfliteRunner]] = {}
+    started = time.perf_counter()
+    budget_s = options.time_budget_s
+
+    def out_of_time() -> bool:
+        return budget_s is not None and time.perf_counter() - started >= budget_s
+
+    outputs: dict[TfliteRunner, dict[str, Any]] = {}  # each model's outputs, for fidelity
+
+    def score(runner: TfliteRunner) -> float:
+        out = outputs[runner] = runner.predict(feeds)
+        return metrics.score(metric, out, base_out, labels=labels, class_values=None)
+
     for kind in kinds[mode]:
         config = TfliteConfig.model_validate(
             {"kind": kind, "representative_rows": options.calibration_rows}
         )
         progress(f"TFLite {config.name}: converting")
+        built_at = time.perf_counter()
         try:
             data = convert_keras(keras_model, config, calib)
             runner = TfliteRunner(data, what=config.name)
-            out = runner.predict(feeds)
+            value = score(runner)
         except ConvertError as err:
             reports.append(CandidateReport(name=config.name, config=config.model_dump(),
                                            status="failed", reason=one_line(err)))  # fmt: skip
             continue
-        value = metrics.score(metric, out, base_out, labels=labels, class_values=None)
+        steps: list[BudgetStep] = []
+        op_types: dict[str, str] = {}
+        kept = ""
+        if (
+            baseline - value > options.max_drop
+            and kind == "tflite_int8"
+            and options.max_exclusion_steps > 0
+            and not out_of_time()
+        ):
+            progress(
+                f"TFLite {config.name}: {metric} drop {baseline - value:.4f} exceeds budget "
+                f"{options.max_drop}: keeping the worst layers float (LiteRT debugger)"
+            )
+            try:
+                loop = budget_loop(
+                    keras_model, calib, score=score, baseline=baseline, options=options,
+                    detail=getattr(progress, "detail", lambda _line: None),
+                    out_of_time=out_of_time,
+                )  # fmt: skip
+            except ConvertError as err:
+                progress(f"TFLite budget loop: {one_line(err, limit=200)}")
+            else:
+                steps = loop.steps
+                if loop.config is not None and loop.runner is not None and loop.value > value:
+                    config, data, runner, value = loop.config, loop.data, loop.runner, loop.value
+                    op_types, kept = loop.op_types, float_ops(config, loop.op_types)
+                progress(
+                    f"TFLite budget loop: {len(steps)} steps in {loop.seconds:.1f} s, "
+                    f"{config.name} drop {baseline - value:.4f}"
+                    + (f" ({kept} kept float)" if kept else "")
+                )
         drop = baseline - value
         ok = drop <= options.max_drop
+        reason = (
+            f"{metric} drop {drop:.4f} {'within' if ok else 'exceeds'} budget {options.max_drop}"
+        )
+        if steps and not ok:
+            reason += f" even with {len(steps)} denylist steps"
         reports.append(
             CandidateReport(
                 name=config.name,
                 config=config.model_dump(),
                 status="accepted" if ok else "rejected",
-                reason=f"{metric} drop {drop:.4f} {'within' if ok else 'exceeds'} budget "
-                f"{options.max_drop}",
+                reason=reason + (f"; float: {kept}" if kept else ""),
                 metric=value,
                 drop=drop,
-                fidelity=metrics.fidelity(out, base_out),
+                fidelity=metrics.fidelity(outputs[runner], base_out),
                 size_bytes=len(data),
+                excluded_nodes=list(config.denylisted_nodes),
+                float_ops=[op_types.get(n, "?") for n in config.denylisted_nodes],
+                budget_steps=steps,
+                seconds=time.perf_counter() - built_at,
             )  # fmt: skip
         )
         if ok:

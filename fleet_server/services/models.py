@@ -23,6 +23,7 @@ from fleet_server.services.errors import (
     Unavailable,
     Unprocessable,
 )
+from fleet_server.services.model_io import ModelIOError, io_mismatch, read_model_io
 from fleet_server.storage import ArtifactStore, StoreError, bundle_key
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def register_bundle(
                 "key_id": manifest.signature.key_id,
             },
         )
+    check_model_io(manifest, work_dir / "unpacked")
     name, version = manifest.name, manifest.version
     if session.get(ModelVersion, (name, version)) is not None:
         raise Conflict(f"model {name}@{version} already exists")
@@ -129,6 +131,21 @@ def register_bundle(
     session.refresh(row)
     log.info("model registered", extra={"model": f"{name}@{version}", "sha256": sha256})
     return row
+
+
+def check_model_io(manifest: Manifest, unpacked: Path) -> None:
+    """Refuse (422) a manifest whose inputs/outputs are not the model file's own, or a model
+    file that does not read as its format (:mod:`fleet_server.services.model_io`)."""
+    try:
+        real = read_model_io(manifest.format, unpacked / manifest.model_file)
+    except ModelIOError as err:
+        raise Unprocessable(
+            f"invalid bundle: {manifest.model_file} is not a readable {manifest.format} model: "
+            f"{err}"
+        ) from err
+    problem = io_mismatch(manifest, real)
+    if problem is not None:
+        raise Unprocessable(f"manifest does not match {manifest.model_file}: {problem}")
 
 
 def unverified_reason(manifest: Manifest, trusted_keys: Sequence[bytes]) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -30,19 +29,6 @@ def digits_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def artifact_copy(digits_v1: Path, tmp_path: Path) -> Path:
     """A private copy of the v1 artifact that the test may edit."""
     return Path(shutil.copytree(digits_v1, tmp_path / "artifact"))
-
-
-@pytest.fixture(scope="session")
-def tflite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real .tflite models made by TensorFlow (in a subprocess); see tflite_factory."""
-    from tests.agent.factory import make_tflite_models
-
-    made = make_tflite_models(tmp_path_factory.mktemp("tflite"))
-    if made is None:
-        if os.environ.get("EDGEFLEET_REQUIRE_TF"):
-            pytest.fail("EDGEFLEET_REQUIRE_TF is set but tensorflow does not import")
-        pytest.skip("tensorflow is not installed: cannot make .tflite test models")
-    return made
 
 
 def _digits_tflite(out: Path, model: Path, *, int8: bool) -> Path:
