@@ -11,6 +11,7 @@ from converters.quantize import metrics
 from converters.quantize.gate import benchmark, choose_confirmed, gate
 from converters.quantize.report import CandidateReport, QuantizationReport
 from converters.quantize.stage import resolve_target
+from converters.quantize.task_metrics import TaskDecode
 from converters.tflite.candidates import TfliteConfig, convert_keras
 from converters.tflite.runner import TfliteRunner
 
@@ -27,6 +28,7 @@ def choose_candidate(
     calib: CalibrationSet,
     options: ConvertOptions,
     progress: Any,
+    decode: TaskDecode | None = None,
 ) -> tuple[bytes, TfliteConfig, QuantizationReport]:
     """The chosen model bytes and config (fp32 if nothing qualifies), and the report."""
     mode = options.quantize_mode
@@ -35,8 +37,10 @@ def choose_candidate(
         "fp16": ["tflite_fp16"],
         "int8": ["tflite_int8"],
     }
-    metric = metrics.metric_name(labels, base_out, task)
-    baseline = metrics.score(metric, base_out, base_out, labels=labels, class_values=None)
+    metric = metrics.metric_name(labels, base_out, task, decode)
+    baseline = metrics.score(
+        metric, base_out, base_out, labels=labels, class_values=None, decode=decode
+    )
     reports = [CandidateReport(name=FP32, config={"kind": "tflite_fp32"}, status="accepted",
                                reason="baseline", metric=baseline, drop=0.0)]  # fmt: skip
     built: dict[str, tuple[TfliteConfig, bytes, TfliteRunner]] = {}
@@ -53,7 +57,9 @@ def choose_candidate(
             reports.append(CandidateReport(name=config.name, config=config.model_dump(),
                                            status="failed", reason=one_line(err)))  # fmt: skip
             continue
-        value = metrics.score(metric, out, base_out, labels=labels, class_values=None)
+        value = metrics.score(
+            metric, out, base_out, labels=labels, class_values=None, decode=decode
+        )
         drop = baseline - value
         ok = drop <= options.max_drop
         reports.append(
