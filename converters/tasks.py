@@ -57,8 +57,9 @@ def _cells(size: Size, stride: int) -> int:
 
 
 def _static(spec: TensorSpec) -> list[int] | None:
-    dims = [d for d in spec.shape if isinstance(d, int)]
-    return dims if len(dims) == len(spec.shape) else None
+    """The dims with a dynamic batch read as 1; None when any other dim is dynamic."""
+    dims = [d if isinstance(d, int) else 1 if i == 0 else 0 for i, d in enumerate(spec.shape)]
+    return dims if all(dims) else None
 
 
 def _three(outputs: list[TensorSpec]) -> list[tuple[TensorSpec, list[int]]]:
@@ -143,8 +144,14 @@ def _ssd_anchors(size: Size, outputs: list[TensorSpec]) -> SsdAnchorsPost | None
 
 
 def _ssd(size: Size, outputs: list[TensorSpec]) -> SsdPost | None:
-    pair = _pair([o for o in outputs if len(o.shape) == 3][:2])
-    return SsdPost(boxes=pair[0], scores=pair[1], box_order="yxyx") if pair else None
+    """Decoded boxes ``[1, N, 4]`` (the one named like 'box' when both are 4 wide) + scores."""
+    three = _three(outputs)
+    if len(three) != 2 or three[0][1][1] != three[1][1][1]:
+        return None
+    ranked = sorted(three, key=lambda t: (t[1][2] != 4, "box" not in t[0].name.lower()))
+    if ranked[0][1][2] != 4:
+        return None
+    return SsdPost(boxes=ranked[0][0].name, scores=ranked[1][0].name, box_order="yxyx")
 
 
 def _mask(size: Size, outputs: list[TensorSpec], *, any_channels: bool) -> MaskPost | None:

@@ -30,7 +30,7 @@ class TaskDecode:
 
 
 def _rows(outputs: Mapping[str, Any]) -> int:
-    return len(next(iter(outputs.values())))
+    return min((len(v) for v in outputs.values()), default=0)
 
 
 def matched(got: Boxes, want: Boxes, iou: float = MATCH_IOU) -> int:
