@@ -204,8 +204,8 @@ def _task(options: ConvertOptions, loaded: LoadedModel) -> ConvertTask:
     task = options.task or loaded.task
     if options.labels is not None and options.task is None and task == "raw":
         task = "classification"
-    if options.labels is not None and task != "classification":
-        raise InputError(f"--labels needs a classifier; this is a {task} model")
+    if options.labels is not None and task in ("regression", "raw"):
+        raise InputError(f"--labels needs a classifier, detector or segmenter; this is {task}")
     return task
 
 
@@ -329,7 +329,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
         check_preprocessing(options.preprocessing, inputs[0])
     task = _task(options, loaded)
     task, post, decode = decide_task(options, task, inputs, outputs, notes)
-    labels = _labels(options, loaded, outputs)
+    labels = _labels(options, loaded, outputs) if post is None else list(options.labels or [])
     model_bytes = model.SerializeToString()
     timings = {"load_s": time.perf_counter() - started}
 
@@ -366,7 +366,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
             feeds=feeds,
             onnx_out=onnx_out,
             eval_set=eval_set,
-            labels=labels,
+            labels=labels if post is None else [],  # class names of boxes/masks: not eval labels
             class_values=loaded.class_values,
             task=task,
             options=options,

@@ -203,8 +203,8 @@ class ConvertOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ConvertOptions:
-        if self.labels is not None and self.task not in (None, "classification"):
-            raise ValueError("labels only make sense for task 'classification'")
+        if self.labels is not None and self.task in ("regression", "raw"):
+            raise ValueError("labels only make sense for a classifier, detector or segmenter")
         return self
 
 

@@ -206,8 +206,16 @@ def test_agent_serves_the_recorded_layout_and_matches_fp32_boxes(
     from edgefleet.decode import detect
 
     source, calib, evals = detector
-    options = ConvertOptions(calibration=calib, eval_data=evals, quantize="int8", **QUICK)
+    options = ConvertOptions(
+        calibration=calib,
+        eval_data=evals,
+        quantize="int8",
+        task="detection",
+        labels=["red"],
+        **QUICK,
+    )
     result = convert(source, tmp_path / "det", options)
+    assert result.manifest.labels == ["red"]
     model = load_model(result.artifact_dir, options=BackendOptions(threads=1))
     post = create_postprocessor(model, None)
     x = np.load(evals)["x"][:8]
@@ -219,6 +227,7 @@ def test_agent_serves_the_recorded_layout_and_matches_fp32_boxes(
         want = detect(result.manifest.postprocess, fp32, r, (64, 64))
         got = detect(result.manifest.postprocess, model.infer({"x": x[r : r + 1]}), 0, (64, 64))
         assert len(row["detections"]) == len(got) and len(want) >= 2
+        assert {d["label"] for d in row["detections"]} == {"red"}
         hits, total = hits + matched(got, want), total + len(want)
     assert hits / total >= 0.95
 
