@@ -161,6 +161,9 @@ def test_agent_infer_serves_the_recorded_layout_and_matches_fp32(
     fp32 = _fp32(name, job.tensor)
     q = result.report.quantization
     chosen = q.chosen if q is not None else "fp32 (wrapped)"
+    if q is not None:  # the budget measure of the chosen artifact on the eval rows
+        value = next(c.metric for c in q.candidates if c.name == q.chosen)
+        chosen += f" ({q.metric} {value:.4f} on {q.eval_rows} eval rows)"
     if isinstance(manifest.postprocess, MaskPost):
         want = serving.results(fp32, [job.geometry])[0]
         assert set(printed) >= {"mask_shape", "classes"}
