@@ -49,6 +49,7 @@ from converters.shapes import data_row_shapes, specialise
 from converters.sources import LoadedModel, loader_for
 from converters.sources.keras_source import KerasLoader
 from converters.stats import class_index, reference_stats
+from converters.tasks import decide_task
 from converters.validators import ValidationContext, run_validators
 from converters.writer import check_out_dir, write_artifact
 from edgefleet import __version__
@@ -203,8 +204,8 @@ def _task(options: ConvertOptions, loaded: LoadedModel) -> ConvertTask:
     task = options.task or loaded.task
     if options.labels is not None and options.task is None and task == "raw":
         task = "classification"
-    if options.labels is not None and task != "classification":
-        raise InputError(f"--labels needs a classifier; this is a {task} model")
+    if options.labels is not None and task in ("regression", "raw"):
+        raise InputError(f"--labels needs a classifier, detector or segmenter; this is {task}")
     return task
 
 
@@ -327,7 +328,8 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
     if options.preprocessing is not None:
         check_preprocessing(options.preprocessing, inputs[0])
     task = _task(options, loaded)
-    labels = _labels(options, loaded, outputs)
+    task, post, decode = decide_task(options, task, inputs, outputs, notes)
+    labels = _labels(options, loaded, outputs) if post is None else list(options.labels or [])
     model_bytes = model.SerializeToString()
     timings = {"load_s": time.perf_counter() - started}
 
@@ -364,10 +366,11 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
             feeds=feeds,
             onnx_out=onnx_out,
             eval_set=eval_set,
-            labels=labels,
+            labels=labels if post is None else [],  # class names of boxes/masks: not eval labels
             class_values=loaded.class_values,
             task=task,
             options=options,
+            decode=decode,
         )
         checks.append(quant.check())
         chosen = onnx.load_from_string(quant.outcome.model_bytes)
@@ -410,6 +413,7 @@ def convert(source: Path, out_dir: Path, options: ConvertOptions) -> ConvertResu
         version=options.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S"),
         task=task,
         labels=labels,
+        postprocess=post,
         inputs=inputs,
         outputs=outputs,
         model_bytes=len(model_bytes),

@@ -20,6 +20,7 @@ from converters.sources import LoadedModel
 from converters.validators import CheckResult
 from edgefleet.contract import Manifest, ModelFile, SelfTest, TensorSpec
 from edgefleet.contract.manifest import BuildInfo, Metrics, ReferenceStats, SourceInfo
+from edgefleet.contract.postprocess import Postprocess
 from edgefleet.pydantic_errors import describe_validation_error
 
 MODEL_FILE = "model.onnx"
@@ -40,6 +41,7 @@ class Conversion:
     version: str
     task: ConvertTask
     labels: list[str]
+    postprocess: Postprocess | None
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     model_bytes: int
@@ -135,6 +137,7 @@ def build_manifest(conv: Conversion, files: list[ModelFile]) -> Manifest:
             preprocessing=conv.options.preprocessing,
             task=conv.task,
             labels=conv.labels,
+            postprocess=conv.postprocess,
             source=SourceInfo(
                 framework=conv.loaded.framework,
                 framework_version=conv.loaded.framework_version,

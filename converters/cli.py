@@ -51,8 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, metavar="FILE", help="Class names, one per line.")
     parser.add_argument(
         "--task",
-        choices=["classification", "regression", "raw"],
-        help="What the outputs mean (default: from the model).",
+        choices=["classification", "detection", "segmentation", "regression", "raw"],
+        help="What the outputs mean (default: from the model, or recognised from its outputs).",
+    )
+    parser.add_argument(
+        "--postprocess",
+        choices=["yolov8", "yolov5", "yolox", "gfl", "picodet", "ssd", "ssd-anchors", "mask"],
+        help="Output layout of a detector/segmenter, recorded in the manifest so the agent "
+        "needs no config (default: recognised from the output shapes where possible).",
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, metavar="S", help="Detector: minimum box score."
+    )
+    parser.add_argument(
+        "--iou-threshold", type=float, metavar="IOU", help="Detector: NMS overlap limit."
     )
     parser.add_argument(
         "--input-shape",
@@ -187,6 +199,9 @@ def options_from_args(args: argparse.Namespace) -> tuple[Path, Path, ConvertOpti
             name=args.name,
             version=args.version,
             task=args.task,
+            postprocess=args.postprocess,
+            score_threshold=args.score_threshold,
+            iou_threshold=args.iou_threshold,
             preprocessing=read_preprocessing(args.preprocessing) if args.preprocessing else None,
             labels=read_labels(args.labels) if args.labels else None,
             input_shapes=shapes,

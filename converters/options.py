@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgefleet.contract.pydantic_types import ModelName, ModelVersion, PreprocessingField
 
-ConvertTask = Literal["classification", "regression", "raw"]
+ConvertTask = Literal["classification", "detection", "segmentation", "regression", "raw"]
+PostprocessName = Literal[
+    "yolov8", "yolov5", "yolox", "gfl", "picodet", "ssd", "ssd-anchors", "mask"
+]
 QuantizeMode = Literal["auto", "int8", "fp16", "none"]
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 
@@ -36,6 +39,17 @@ class ConvertOptions(BaseModel):
     task: ConvertTask | None = Field(
         default=None,
         description="What the outputs mean; inferred from a scikit-learn model, else 'raw'.",
+    )
+    postprocess: PostprocessName | None = Field(
+        default=None,
+        description="Output layout of a detector/segmenter (manifest.postprocess); default: "
+        "recognised from the output shapes where they pin it down (converters/tasks.py).",
+    )
+    score_threshold: float | None = Field(
+        default=None, ge=0, le=1, description="A detector's minimum box score (default 0.25)."
+    )
+    iou_threshold: float | None = Field(
+        default=None, gt=0, le=1, description="A detector's NMS overlap limit (default 0.45)."
     )
     preprocessing: PreprocessingField | None = Field(
         default=None, description="Image → tensor recipe copied into the manifest."
@@ -189,8 +203,8 @@ class ConvertOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ConvertOptions:
-        if self.labels is not None and self.task not in (None, "classification"):
-            raise ValueError("labels only make sense for task 'classification'")
+        if self.labels is not None and self.task in ("regression", "raw"):
+            raise ValueError("labels only make sense for a classifier, detector or segmenter")
         return self
 
 

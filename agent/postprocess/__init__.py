@@ -28,7 +28,7 @@ def _classification(config: PostprocessConfig, model: LoadedModel) -> Postproces
 
 def _detection(config: PostprocessConfig, model: LoadedModel) -> Postprocessor:
     assert isinstance(config, DetectionPostConfig)
-    return Detection(config, model.manifest)
+    return Detection(config, model.manifest, explicit=config is not DEFAULT_FOR_TASK["detection"])
 
 
 def _segmentation(config: PostprocessConfig, model: LoadedModel) -> Postprocessor:

@@ -12,30 +12,35 @@ from agent.plugin_config import SegmentationPostConfig
 from agent.postprocess.base import Geometry, label_of
 from agent.preprocess import letterbox_geometry, load_cv2
 from edgefleet.contract import Manifest
+from edgefleet.contract.postprocess import MaskPost
+from edgefleet.decode import class_map
 
 
 class Segmentation:
-    """Output ``[B, C, H, W]`` (nchw), ``[B, H, W, C]`` (nhwc) or ``[B, H, W]`` class ids."""
+    """Output ``[B, C, H, W]`` (nchw), ``[B, H, W, C]`` (nhwc) or ``[B, H, W]`` class ids; the
+    layout and a single channel's threshold come from ``manifest.postprocess`` when recorded
+    (decoded by :func:`edgefleet.decode.class_map`, as the converter's mask IoU is)."""
 
     def __init__(self, config: SegmentationPostConfig, manifest: Manifest) -> None:
         self.config = config
         self.manifest = manifest
+        if isinstance(manifest.postprocess, MaskPost):
+            self.post = manifest.postprocess
+            return
         spec = next((s for s in manifest.outputs if len(s.shape) in (3, 4)), None)
         if spec is None:
             raise ModelLoadError(
                 f"{manifest.ref}: segmentation needs a [B,C,H,W] or [B,H,W] output"
             )
-        self.output = spec.name
         layout = manifest.preprocessing.layout if manifest.preprocessing else "nchw"
-        self.channels_last = len(spec.shape) == 4 and layout == "nhwc"
+        self.post = MaskPost(
+            output=spec.name, channels_last=len(spec.shape) == 4 and layout == "nhwc"
+        )
 
     def __call__(
         self, outputs: dict[str, np.ndarray], geometry: list[Geometry]
     ) -> list[dict[str, Any]]:
-        value = outputs[self.output]
-        if value.ndim == 4:
-            value = value.argmax(axis=3 if self.channels_last else 1)
-        return [self._row(value[r].astype(np.uint8), g) for r, g in enumerate(geometry)]
+        return [self._row(class_map(self.post, outputs, r), g) for r, g in enumerate(geometry)]
 
     def _row(self, classes: np.ndarray, geometry: Geometry) -> dict[str, Any]:
         classes = self._to_source(classes, geometry)

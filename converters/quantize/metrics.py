@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from converters.quantize.task_metrics import TaskDecode, task_score
 from converters.validators import predicted_classes
 
 
@@ -15,8 +16,16 @@ def _first_float(outputs: Mapping[str, Any]) -> str | None:
     return names[0] if names else None
 
 
-def metric_name(labels: Any | None, outputs: Mapping[str, Any], task: str) -> str:
-    """top1 with labels; argmax_agreement for scores; else cosine (both vs fp32)."""
+def metric_name(
+    labels: Any | None,
+    outputs: Mapping[str, Any],
+    task: str,
+    decode: TaskDecode | None = None,
+) -> str:
+    """top1 with labels; box_f1 / mask_iou for a detector / segmenter whose layout is known;
+    argmax_agreement for scores; else cosine (all but top1 vs fp32)."""
+    if decode is not None:
+        return decode.metric
     if labels is not None and task == "classification":
         if predicted_classes(dict(outputs), None) is not None:
             return "top1"
@@ -54,6 +63,7 @@ def score(
     *,
     labels: Any | None,
     class_values: Any | None,
+    decode: TaskDecode | None = None,
 ) -> float:
     """The metric ``name`` of outputs ``got`` (fp32's own outputs score 1.0 on agreement/cosine)."""
     import numpy as np
@@ -64,6 +74,8 @@ def score(
             return 0.0
         want = np.asarray(labels)
         return float(np.mean(np.asarray(predicted).astype(str) == want.astype(str)))
+    if name in ("box_f1", "mask_iou") and decode is not None:
+        return task_score(decode, got, fp32)
     values = fidelity(got, fp32)
     key = "argmax_agreement" if name == "argmax_agreement" else "cosine"
     return values.get(key, 0.0)

@@ -29,6 +29,7 @@ from converters.quantize.gate import benchmark, choose_confirmed, gate
 from converters.quantize.normalise import Normalised, normalise
 from converters.quantize.ranking import TensorRisk, rank_tensors
 from converters.quantize.report import BudgetStep, CandidateReport, QuantizationReport
+from converters.quantize.task_metrics import TaskDecode
 from converters.runtime import make_session, run_batched
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class QuantInput:
     progress: Callable[[str], None]
     #: Per-node lines (the budget loop's steps): shown only with --verbose.
     detail: Callable[[str], None] = lambda _line: None
+    #: A detector's or segmenter's recorded layout: the budget measure is box F1 / mask IoU.
+    decode: TaskDecode | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class _Runner:
         self.q = q
         self.fp32 = fp32
         self.fp32_out = fp32_out
-        self.metric_name = metrics.metric_name(q.labels, fp32_out, q.task)
+        self.metric_name = metrics.metric_name(q.labels, fp32_out, q.task, q.decode)
         self.baseline = self.score(fp32_out)
         self.fp32_size = fp32.path.stat().st_size
         self._ranking: list[TensorRisk] | None = None
@@ -114,6 +117,7 @@ class _Runner:
             self.fp32_out,
             labels=self.q.labels,
             class_values=self.q.class_values,
+            decode=self.q.decode,
         )
 
     def evaluate(self, path: Path) -> dict[str, Any]:
@@ -274,7 +278,7 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
     runner = _Runner(q, fp32, {})
     runner.search_started = search_started
     runner.fp32_out = runner.evaluate(fp32.path)
-    runner.metric_name = metrics.metric_name(q.labels, runner.fp32_out, q.task)
+    runner.metric_name = metrics.metric_name(q.labels, runner.fp32_out, q.task, q.decode)
     runner.baseline = runner.score(runner.fp32_out)
 
     plan = plan_candidates(

@@ -17,6 +17,7 @@ from converters.options import ConvertOptions, ConvertTask
 from converters.quantize.candidates import Target, host_target
 from converters.quantize.configs import DynamicInt8, Fp16, StaticInt8
 from converters.quantize.pipeline import QuantInput, QuantOutcome, run_quantization
+from converters.quantize.task_metrics import TaskDecode
 from converters.runtime import run_batched
 from converters.stats import class_index, streaming_reference_stats
 from converters.validators import CheckResult
@@ -125,6 +126,7 @@ def quantize_stage(
     class_values: Any | None,
     task: ConvertTask,
     options: ConvertOptions,
+    decode: TaskDecode | None = None,
 ) -> QuantStage:
     """Run the pipeline on the eval rows (or, without --eval, on calibration rows)."""
     assert options.calibration is not None  # checked by the caller
@@ -165,6 +167,7 @@ def quantize_stage(
                 work=Path(work),
                 progress=progress,
                 detail=progress.detail,
+                decode=decode,
             )
         )
     outcome.report.notes.extend(warnings)

@@ -141,6 +141,7 @@ def convert_tflite(
 ) -> ConvertResult:
     """Keras → TFLite candidates, or an existing ``.tflite`` wrapped; written atomically."""
     from converters.api import default_name
+    from converters.tasks import decide_task
     from converters.writer import write_artifact
 
     started = time.perf_counter()
@@ -175,7 +176,11 @@ def convert_tflite(
     else:
         feeds, labels = synthetic_inputs(float_inputs, {}, rows=options.synthetic_samples), None
     base_out = base.predict(feeds)
-    task = options.task or ("classification" if options.labels else "raw")
+    notes: list[str] = []
+    task, post, decode = decide_task(
+        options, options.task or ("classification" if options.labels else "raw"),
+        float_inputs, float_outputs, notes,
+    )  # fmt: skip
     reference = base_out
     if keras_model is not None:
         import numpy as np
@@ -204,7 +209,6 @@ def convert_tflite(
     chosen_bytes, chosen_cfg = fp32_bytes, TfliteConfig(kind="tflite_fp32")
     quant_report: QuantizationReport | None = None
     mode = options.quantize_mode
-    notes: list[str] = []
     what = (
         f"a {prebuilt.framework} source becomes a float TFLite model"
         if prebuilt is not None
@@ -219,7 +223,7 @@ def convert_tflite(
     if mode != "none" and keras_model is not None:
         assert calib is not None  # api.convert requires --calibration for quantization
         chosen_bytes, chosen_cfg, quant_report = choose_candidate(
-            keras_model, base, base_out, feeds, labels, task, calib, options, progress
+            keras_model, base, base_out, feeds, labels, task, calib, options, progress, decode
         )
     runner = TfliteRunner(chosen_bytes, what=MODEL_FILE)
     precision = chosen_cfg.precision if keras_model is not None else runner.precision()
@@ -284,6 +288,7 @@ def convert_tflite(
             name=name, version=version, format="tflite", precision=precision,
             model_file=MODEL_FILE, files=files, inputs=inputs, outputs=outputs,
             preprocessing=options.preprocessing, task=task, labels=options.labels or [],
+            postprocess=post,
             source=SourceInfo(
                 framework=prebuilt.framework if prebuilt else _FRAMEWORKS.get(kind, "keras"),
                 framework_version=tools.get("tensorflow"), tools=tools,

@@ -15,6 +15,7 @@ from converters.quantize import metrics
 from converters.quantize.gate import benchmark, choose_confirmed, gate
 from converters.quantize.report import BudgetStep, CandidateReport, QuantizationReport
 from converters.quantize.stage import resolve_target
+from converters.quantize.task_metrics import TaskDecode
 from converters.tflite.candidates import TfliteConfig, convert_keras
 from converters.tflite.denylist import budget_loop, float_ops
 from converters.tflite.runner import TfliteRunner
@@ -32,6 +33,7 @@ def choose_candidate(
     calib: CalibrationSet,
     options: ConvertOptions,
     progress: Any,
+    decode: TaskDecode | None = None,
 ) -> tuple[bytes, TfliteConfig, QuantizationReport]:
     """The chosen model bytes and config (fp32 if nothing qualifies), and the report."""
     mode = options.quantize_mode
@@ -40,8 +42,10 @@ def choose_candidate(
         "fp16": ["tflite_fp16"],
         "int8": ["tflite_int8"],
     }
-    metric = metrics.metric_name(labels, base_out, task)
-    baseline = metrics.score(metric, base_out, base_out, labels=labels, class_values=None)
+    metric = metrics.metric_name(labels, base_out, task, decode)
+    baseline = metrics.score(
+        metric, base_out, base_out, labels=labels, class_values=None, decode=decode
+    )
     reports = [CandidateReport(name=FP32, config={"kind": "tflite_fp32"}, status="accepted",
                                reason="baseline", metric=baseline, drop=0.0)]  # fmt: skip
     built: dict[str, tuple[TfliteConfig, bytes, TfliteRunner]] = {}
@@ -55,7 +59,7 @@ def choose_candidate(
 
     def score(runner: TfliteRunner) -> float:
         out = outputs[runner] = runner.predict(feeds)
-        return metrics.score(metric, out, base_out, labels=labels, class_values=None)
+        return metrics.score(metric, out, base_out, labels=labels, class_values=None, decode=decode)
 
     for kind in kinds[mode]:
         config = TfliteConfig.model_validate(

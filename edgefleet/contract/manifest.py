@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
+import msgspec
 from msgspec import Meta, field
 
 from edgefleet.contract.common import (
@@ -22,6 +23,7 @@ from edgefleet.contract.common import (
     Strict,
 )
 from edgefleet.contract.parsing import canonical_json, load_json_object, migrate, validate
+from edgefleet.contract.postprocess import TASK_OF_LAYOUT, Postprocess, layout_of, output_names
 
 #: The manifest's own schema version. Contract version 2 changed payloads only, so manifests
 #: stay at 1: an artifact converted today still loads on a version-1 agent, and its signature
@@ -274,6 +276,10 @@ class Manifest(Strict, frozen=True, kw_only=True):
     labels: Annotated[list[str], Meta(max_length=100_000, description="Class names, by index.")] = (
         field(default_factory=list)
     )
+    postprocess: (
+        Annotated[Postprocess, Meta(description="How outputs become boxes/masks (by layout).")]
+        | None
+    ) = None
     source: Annotated[SourceInfo, Meta(description="Where the model came from.")]
     metrics: Annotated[Metrics, Meta(description="Measured at conversion time.")] = field(
         default_factory=Metrics
@@ -311,6 +317,15 @@ class Manifest(Strict, frozen=True, kw_only=True):
             missing = [o for o in self.self_test.outputs if o not in names]
             if missing:
                 raise ValueError(f"self_test.outputs names unknown outputs {missing}")
+        if self.postprocess is not None:
+            layout = layout_of(self.postprocess)
+            if TASK_OF_LAYOUT[layout] != self.task:
+                raise ValueError(f"postprocess {layout!r} is for {TASK_OF_LAYOUT[layout]}")
+            unknown = [
+                o for o in output_names(self.postprocess) if o not in {t.name for t in self.outputs}
+            ]
+            if unknown:
+                raise ValueError(f"postprocess names unknown outputs {unknown}")
         expected_suffix = {"onnx": ".onnx", "tflite": ".tflite"}[self.format]
         if not self.model_file.endswith(expected_suffix):
             raise ValueError(f"a {self.format} model_file must end with {expected_suffix}")
@@ -324,6 +339,29 @@ class Manifest(Strict, frozen=True, kw_only=True):
             if entry.path == path:
                 return entry
         raise KeyError(path)
+
+    def model_dump(
+        self,
+        *,
+        mode: Literal["json", "python"] = "python",
+        exclude: set[str] | frozenset[str] = frozenset(),
+        exclude_none: bool = False,
+    ) -> dict[str, Any]:
+        """As :meth:`Strict.model_dump`, without ``postprocess`` when it is None: a manifest
+        without it keeps the bytes (and signature) it had before the field existed, and an
+        agent that predates the field still loads it."""
+        data = super().model_dump(mode=mode, exclude=exclude, exclude_none=exclude_none)
+        if data.get("postprocess", 0) is None:
+            del data["postprocess"]
+        return data
+
+    def model_dump_json(self, *, indent: int | None = None) -> str:
+        if self.postprocess is not None:
+            return super().model_dump_json(indent=indent)
+        raw = msgspec.json.encode(self.model_dump(mode="json"))
+        if indent is not None:
+            raw = msgspec.json.format(raw, indent=indent)
+        return raw.decode()
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"

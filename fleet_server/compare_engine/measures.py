@@ -155,11 +155,9 @@ class Segmentation:
         self.iou_sum = self.pixels_same = 0.0
 
     def _mask(self, index: int, model: Any, outputs: Outputs) -> np.ndarray:
-        post = self.posts[index]
-        value = model.real(outputs)[post.output]
-        if value.ndim == 4:
-            value = value.argmax(axis=3 if post.channels_last else 1)
-        return np.asarray(value[0])
+        from edgefleet.decode import class_map
+
+        return class_map(self.posts[index].post, model.real(outputs), 0)
 
     def row(self, a: Outputs, b: Outputs) -> RowVerdict:
         ma, mb = self._mask(0, self.a, a), self._mask(1, self.b, b)

@@ -170,7 +170,9 @@ def test_regressor_and_string_classes(
     assert result.manifest.task == "regression"
     assert [(t.name, t.shape) for t in result.manifest.outputs] == [("prediction", ["batch", 1])]
     assert result.manifest.labels == []
-    with pytest.raises(InputError, match="--labels needs a classifier; this is a regression"):
+    with pytest.raises(
+        InputError, match="--labels needs a classifier, detector or segmenter; this is r"
+    ):
         convert(tmp_path / "ridge.pkl", tmp_path / "r2", _options(fast_options, labels=["a"]))
 
     words = np.array(["even", "odd"])[y % 2]
