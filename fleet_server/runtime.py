@@ -38,6 +38,7 @@ from fleet_server.services.broker_credentials.registry import (
 from fleet_server.services.desired import current_desired_states
 from fleet_server.services.device_lifecycle import sync_broker
 from fleet_server.services.drift import DriftJob, backend_for
+from fleet_server.services.drift.retrain import WebhookRetrainConfig
 from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
 from fleet_server.services.mqtt_auth import (
@@ -47,6 +48,7 @@ from fleet_server.services.mqtt_auth import (
 )
 from fleet_server.services.pipelines.config import PipelineRetrainConfig
 from fleet_server.services.pipelines.driver import PipelineDriver
+from fleet_server.services.pipelines.webhook_watch import WebhookRunWatch
 from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob
@@ -203,6 +205,15 @@ class Runtime:
                 background=True,
             )
             self.leader.add_job(self.pipelines)
+        if isinstance(settings.retrain, WebhookRetrainConfig):
+            hook = settings.retrain
+            self.leader.add_job(
+                WebhookRunWatch(
+                    engine=self.engine,
+                    timeout_for=hook.report_timeout_for,
+                    shortest_s=min([hook.report_timeout_s, *hook.report_timeouts_s.values()]),
+                )
+            )
         self.leader.start(self.engine)
         log.info(
             "fleet server started",

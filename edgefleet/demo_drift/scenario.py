@@ -6,9 +6,12 @@ classifier (1.0.0). Part way through, every camera drifts (lower contrast and no
 labeller — standing in for a person —** labels them from the dataset's true labels; the server's
 retraining pipeline snapshots them, runs the demo trainer (:mod:`.trainer`) on them plus the base
 digits, converts, compares with 1.0.0 on held-out drifted samples, pushes with lineage and rolls
-the candidate out (canary, then everyone); the candidate is promoted. Printed: a timeline of each
-step with its numbers, and old vs new accuracy on drifted digits the models never saw. Exits 0
-only if the loop closed with a measured improvement.
+the candidate out (shadow, canary, then everyone); the candidate is promoted. Then the negative
+cases (:mod:`.negative`): a training command broken to produce a worse model is stopped by the
+rollout's shadow stage (the fleet stays on the promoted version), and one that crashes fails its
+run with its log and an alert. Printed: a timeline of each step with its numbers, and old vs new
+accuracy on drifted digits the models never saw. Exits 0 only if the loop closed with a measured
+improvement and both negative cases were stopped.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from edgefleet.demo import (
     _Processes,
     _wait_http,
 )
+from edgefleet.demo_drift.negative import MODE_FILE, run_negative, step_seconds
 
 #: Images each agent loops over (digits 0..IMAGES-1); held-out eval: digits 1400.. (drifted).
 IMAGES = 600
@@ -215,7 +219,7 @@ def run_drift(*, devices: int, duration_s: float, as_json: bool, data_dir: str |
         print(json.dumps(summary, indent=2))
     else:
         print(
-            f"[demo] {'loop closed' if ok else 'loop NOT closed'}: "
+            f"[demo] {'loop closed, negative cases stopped' if ok else 'FAILED'}: "
             f"{json.dumps({k: v for k, v in summary.items() if k != 'timeline'})}"
         )
     return 0 if ok else 1
@@ -242,6 +246,8 @@ def _scenario(
         "{snapshot}",
         "--output",
         "{output}",
+        "--mode-from",
+        str(root / MODE_FILE),
     ]
     pipeline = {
         "train_argv": trainer,
@@ -252,7 +258,9 @@ def _scenario(
         "holdout_fraction": 0.3,
         "label_wait_s": 600,
         "convert_args": ["--quantize", "none"],
-        "compare": {"min_gain": 0.02, "min_samples": 10},
+        # Recorded, not blocking: the negative case shows the rollout's gates stopping a worse
+        # model on the fleet's own inputs (a blocking compare would stop it before any rollout).
+        "compare": {"min_gain": 0.02, "min_samples": 10, "block": False},
         "rollout": {
             "selector": {"tags": ["demo"]},
             "strategy": {"canary_percent": 34, "batches": [100], "soak_s": 4},
@@ -408,6 +416,7 @@ def _scenario(
         "state": run.get("state"),
         "error": run.get("error"),
         "seconds_after_drift": {k: round(v, 1) for k, v in marks.items() if isinstance(v, float)},
+        "steps_s": step_seconds(run),
     }
     eval_dir = root / "eval"
     held = _images(eval_dir, EVAL_FROM, 1797 - EVAL_FROM, drifted=True)
@@ -422,7 +431,17 @@ def _scenario(
     tl.add("accuracy on drifted held-out digits", **acc, samples=len(truths))
     summary["shadow_passed"] = shadowed
     closed = promoted and better and shadowed  # through shadow and canary, measured better
-    return closed and _on(client, ids, str(run["candidate_version"])), summary
+    serving = str(run["candidate_version"])
+    if not (closed and _on(client, ids, serving)):
+        summary["negative"] = "not run: the loop did not close"
+        return False, summary
+    negative_at = time.monotonic()
+    stopped, summary["negative"] = run_negative(
+        client, root, tl, ids=ids, serving=serving,
+        wait=lambda what: _tick(procs, negative_at + duration_s, what),
+    )  # fmt: skip
+    summary["negative_stopped"] = stopped
+    return stopped, summary
 
 
 def _on(client: Any, ids: list[str], version: str) -> bool:

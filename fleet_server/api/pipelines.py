@@ -1,5 +1,5 @@
-"""/api/v1/pipelines: retraining pipeline runs (viewer reads; operator cancels; an external
-engine, with an operator token, reports the steps of a webhook-triggered run)."""
+"""/api/v1/pipelines: retraining pipeline runs (viewer reads; operator starts and cancels; an
+external engine, with an operator token, reports the steps of a webhook-triggered run)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.contract.pydantic_types import ModelName
 from fleet_server.api.deps import (
     OPERATOR_REFUSALS,
     VIEWER_REFUSALS,
@@ -33,6 +34,44 @@ class CancelBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="", max_length=500, description="Recorded on the run.")
+
+
+class StartBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelName = Field(description="The model whose pipeline runs.")
+    reason: str = Field(default="", max_length=500, description="Recorded on the run.")
+
+
+@router.post(
+    "/runs",
+    status_code=201,
+    responses=error_responses(
+        OPERATOR_REFUSALS,
+        BODY_REFUSALS,
+        404,
+        409,
+        why={
+            404: "No pipeline or no registered version for the model.",
+            409: "The backend is not `pipeline`, or the model has an unfinished run.",
+        },
+    ),
+)
+def start_run(
+    body: StartBody, request: Request, session: SessionDep, runtime: RuntimeDep, who: Operator
+) -> PipelineRunPublic:
+    """Retrain now: queue a run of the server's pipeline for the model (the same run a drift
+    or schedule trigger starts; the driver takes it on its next tick)."""
+    note_target(request, f"model:{body.model}")
+    pipelines = runtime.pipelines
+    return service.start_manual_run(
+        session,
+        configured=None if pipelines is None else set(pipelines.config.models),
+        model=body.model,
+        actor=who.actor,
+        reason=body.reason,
+        now=utcnow(),
+    )
 
 
 @router.get("/runs", responses=error_responses(VIEWER_REFUSALS, INPUT_REFUSALS))

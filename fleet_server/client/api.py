@@ -277,6 +277,10 @@ class FleetClient:
     def pipeline_run(self, run_id: int) -> JsonObject:
         return _object(self._request("GET", f"/api/v1/pipelines/runs/{int(run_id)}"))
 
+    def start_pipeline_run(self, model: str, *, reason: str = "") -> JsonObject:
+        body = {"model": model, "reason": reason}
+        return _object(self._request("POST", "/api/v1/pipelines/runs", json_body=body))
+
     def cancel_pipeline_run(self, run_id: int, *, reason: str = "") -> JsonObject:
         path = f"/api/v1/pipelines/runs/{int(run_id)}/cancel"
         return _object(self._request("POST", path, json_body={"reason": reason}))

@@ -1,4 +1,4 @@
-"""``edgefleet fleet pipelines runs|show|cancel``: retraining pipeline runs, step by step."""
+"""``edgefleet fleet pipelines runs|show|start|cancel``: retraining pipeline runs, step by step."""
 
 from __future__ import annotations
 
@@ -86,6 +86,10 @@ def pipelines_show(client: FleetClient, args: argparse.Namespace, out: Output) -
     _show(client.pipeline_run(args.run_id), out, logs=args.logs)
 
 
+def pipelines_start(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
+    _show(client.start_pipeline_run(args.model, reason=args.reason), out, logs=False)
+
+
 def pipelines_cancel(client: FleetClient, args: argparse.Namespace, out: Output) -> None:
     _show(client.cancel_pipeline_run(args.run_id, reason=args.reason), out, logs=False)
 
@@ -93,5 +97,6 @@ def pipelines_cancel(client: FleetClient, args: argparse.Namespace, out: Output)
 PIPELINE_COMMANDS = {
     "pipelines_runs": pipelines_runs,
     "pipelines_show": pipelines_show,
+    "pipelines_start": pipelines_start,
     "pipelines_cancel": pipelines_cancel,
 }

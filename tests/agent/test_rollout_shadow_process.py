@@ -32,6 +32,7 @@ from edgefleet.contract import (
 )
 from fleet_server.db import make_engine, migrate
 from fleet_server.models import Device, DeviceShadow, ModelVersion
+from fleet_server.services.rollouts.evaluation import EVALUATE_EVERY_S
 from tests.agent.helpers import Watcher, config_toml, serve_bundles
 from tests.agent.test_agent_process import TOKEN, AgentProcess, device_id  # noqa: F401 (fixture)
 from tests.fleet_server.rollout_harness import NEW, OLD, Harness
@@ -177,6 +178,7 @@ def test_the_shadow_stage_judges_a_real_agents_shadow(
                         batch.append(t)
                 if batch:
                     h.send(batch)
+                h.clock.advance(EVALUATE_EVERY_S)  # the shadow gates are read at this pace
                 h.engine.tick()
                 time.sleep(0.1)
         finally:

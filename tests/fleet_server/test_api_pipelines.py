@@ -1,6 +1,7 @@
 """/api/v1/pipelines on a running server (SQLite and PostgreSQL): runs listed and shown with their
-steps, cancel, the webhook backend's run record with an external engine reporting its steps back,
-and hostile step reports refused with one clear error that changes nothing."""
+steps, started by hand, cancel, the webhook backend's run record with an external engine
+reporting its steps back, and hostile step reports refused with one clear error that changes
+nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,14 @@ from fleet_server.models.types import utcnow
 from fleet_server.runtime import Runtime
 from fleet_server.services.drift.retrain import RetrainError, WebhookRetrainConfig, backend_for
 from fleet_server.services.pipelines import service
-from tests.fleet_server.helpers import bearer, operator, unique_id
+from tests.fleet_server.helpers import (
+    bearer,
+    make_settings,
+    operator,
+    running_app,
+    unique_id,
+    upload,
+)
 
 pytestmark = pytest.mark.integration
 RUNS = "/api/v1/pipelines/runs"
@@ -88,6 +97,54 @@ def test_runs_are_listed_shown_and_cancelled(app: tuple[TestClient, Runtime]) ->
         assert client.get(f"{RUNS}/{bad}", headers=operator()).status_code == 422
     assert client.get(RUNS, params={"state": "done"}, headers=operator()).status_code == 422
     assert client.get(RUNS, params={"limit": 0}, headers=operator()).status_code == 422
+
+
+def test_an_operator_starts_a_run_by_hand(
+    tmp_path: Path, database_url: str, digits_bundle: Path
+) -> None:
+    pipeline = {  # the run waits for labels at its snapshot: nothing else runs here
+        "train_argv": ["train"],
+        "min_samples": 1000,
+        "rollout": {"selector": {"tags": ["line-1"]}},
+    }
+    retrain = {"type": "pipeline", "models": {"digits": pipeline}}
+    settings = make_settings(tmp_path, database_url, retrain=retrain)
+    with running_app(settings) as (client, _):
+        body = {"model": "digits", "reason": "new labels"}
+        missing = client.post(RUNS, json=body, headers=operator())
+        assert missing.status_code == 404 and "no registered version" in missing.json()["detail"]
+        assert upload(client, digits_bundle).status_code == 201
+        viewer = client.post(
+            "/api/v1/tokens", json={"name": unique_id("v"), "role": "viewer"}, headers=operator()
+        ).json()["token"]
+        assert client.post(RUNS, json=body, headers=bearer(viewer)).status_code == 403
+        assert client.post(RUNS, json=body).status_code == 401
+        started = client.post(RUNS, json=body, headers=operator())
+        assert started.status_code == 201, started.text
+        run = started.json()
+        assert run["source"] == "pipeline" and run["parent_version"] == "1.0.0"
+        assert run["trigger"] == {
+            "kind": "manual",
+            "model": "digits",
+            "detail": "started by bootstrap: new labels",
+        }
+        again = client.post(RUNS, json=body, headers=operator())
+        assert again.status_code == 409 and "still" in again.json()["detail"]
+        other = client.post(RUNS, json={"model": "cats"}, headers=operator())
+        assert other.status_code == 404 and "no pipeline is configured" in other.json()["detail"]
+        for bad in ({"model": "../x"}, {"model": "digits", "reason": "r" * 501},
+                    {"model": "digits", "extra": 1}, {}, [1]):  # fmt: skip
+            assert client.post(RUNS, json=bad, headers=operator()).status_code == 422, bad
+        listed = client.get(RUNS, headers=operator()).json()
+        assert [r["id"] for r in listed] == [run["id"]]
+
+
+def test_without_the_pipeline_backend_a_run_cannot_be_started(
+    app: tuple[TestClient, Runtime],
+) -> None:
+    client, _ = app
+    refused = client.post(RUNS, json={"model": "digits"}, headers=operator())
+    assert refused.status_code == 409 and "not `pipeline`" in refused.json()["detail"]
 
 
 def test_a_webhook_run_is_recorded_and_its_engine_reports_the_steps(

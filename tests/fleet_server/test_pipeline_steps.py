@@ -2,7 +2,9 @@
 drifted camera (lower contrast, noise) are snapshotted, the demo trainer retrains on them plus
 the base digits, ``edgefleet convert`` converts, the candidate beats its parent on the held-out
 drifted samples and is pushed with its lineage. A trainer that produces a worse model is
-stopped by the compare gate (nothing pushed); one that crashes fails the run with its log."""
+stopped by the compare gate (nothing pushed) — or, with ``compare.block`` off, recorded and
+pushed for the rollout's gates to judge; one that crashes fails the run with its log (its tail,
+``log_bytes`` at most)."""
 
 from __future__ import annotations
 
@@ -98,7 +100,12 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Engine, LocalArtifactStore]]:
 
 
 def _run_pipeline(
-    engine: Engine, store: LocalArtifactStore, tmp_path: Path, *mode: str
+    engine: Engine,
+    store: LocalArtifactStore,
+    tmp_path: Path,
+    *mode: str,
+    settings: dict[str, Any] | None = None,
+    **model_settings: Any,
 ) -> tuple[PipelineRun, list[PipelineStep]]:
     trainer = [
         sys.executable,
@@ -116,8 +123,11 @@ def _run_pipeline(
         "base_dataset": str(tmp_path / "base.npz"),
         "convert_args": ["--quantize", "none"],
         "rollout": {"selector": {"tags": ["line-1"]}},
+        **model_settings,
     }
-    config = PipelineRetrainConfig.model_validate({"type": "pipeline", "models": {"digits": model}})
+    config = PipelineRetrainConfig.model_validate(
+        {"type": "pipeline", "models": {"digits": model}, **(settings or {})}
+    )
     # Up to the push: the rollout and watch steps are covered with a fleet in test_pipeline_driver.
     steps = {name: STEPS[name] for name in ORDER[: ORDER.index("push") + 1]}
     driver = PipelineDriver(
@@ -188,3 +198,38 @@ def test_a_crashing_trainer_fails_the_run_with_its_log(
     with Session(engine) as session:
         alert = session.get(DriftAlert, run.alert_id)
         assert alert is not None and "failed at train" in alert.detail
+
+
+def test_with_compare_not_blocking_a_worse_model_goes_on_to_its_rollout(
+    fleet: tuple[Engine, LocalArtifactStore], tmp_path: Path
+) -> None:
+    """compare.block off: the comparison is recorded (passed false) and the candidate is pushed;
+    the rollout's gates judge it (stopped in shadow: tests/e2e/test_drift_loop.py)."""
+    engine, store = fleet
+    run, steps = _run_pipeline(engine, store, tmp_path, "--worse", compare={"block": False})
+    assert run.state == "succeeded", run.error
+    compare = steps[3]
+    assert compare.name == "compare" and compare.numbers["passed"] is False
+    assert compare.numbers["candidate_top1"] < compare.numbers["parent_top1"]
+    assert "not blocking" in compare.detail and "not better" in compare.detail
+    with Session(engine) as session:
+        assert session.get(ModelVersion, ("digits", "1.0.0+r1")) is not None
+
+
+def test_a_crash_after_much_output_keeps_only_the_tail_of_its_log(
+    fleet: tuple[Engine, LocalArtifactStore], tmp_path: Path
+) -> None:
+    noisy = "import sys\nfor i in range(20000): print(f'epoch {i} loss 0.5')\nsys.exit('OOM: gone')"
+    run, steps = _run_pipeline(
+        *fleet,
+        tmp_path,
+        train_argv=[sys.executable, "-c", noisy],
+        settings={"log_bytes": 4096},
+    )
+    assert run.state == "failed" and run.error == "train: training command exited 1: OOM: gone"
+    log = steps[-1].log
+    assert len(log.encode()) <= 4096 + 3 and log.startswith("…")  # ~360 KB were printed
+    assert log.rstrip().endswith("OOM: gone") and "epoch 19999" in log and "epoch 0 " not in log
+    with Session(fleet[0]) as session:
+        alert = session.get(DriftAlert, run.alert_id)
+        assert alert is not None and "OOM: gone" in alert.detail

@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 from fleet_server.db import make_engine, migrate
 from fleet_server.models import Device, DeviceShadow, ShadowReportRow
 from fleet_server.services.rollouts import RolloutCreate, service
+from fleet_server.services.rollouts.evaluation import EVALUATE_EVERY_S
 from fleet_server.services.rollouts.state import TransitionRefused
 from tests.fleet_server.rollout_harness import NEW, OLD, Harness
 
@@ -109,6 +110,7 @@ def test_a_passing_shadow_removes_the_shadows_then_the_canary_starts(h: Harness)
     rollout_id, pis, jetsons = _start(h)
     _reports(h, pis, paired=20)  # 80 paired on rpi4
     _reports(h, jetsons, paired=30, disagreements=0)  # 60 on jetson
+    h.clock.advance(EVALUATE_EVERY_S)
     h.engine.tick()
     assert h.rollout(rollout_id).state == "shadowing", "passed before shadow_s"
     h.clock.advance(61)
@@ -143,6 +145,7 @@ def test_low_agreement_in_one_class_aborts_with_no_desired_model_changed(h: Harn
     rollout_id, pis, jetsons = _start(h)
     _reports(h, pis, paired=20)
     _reports(h, jetsons, paired=30, disagreements=3)  # agreement 0.9 on jetson
+    h.clock.advance(EVALUATE_EVERY_S)
     h.engine.tick()  # a clear failure does not wait for shadow_s
     rollout = h.rollout(rollout_id)
     assert rollout.state == "aborted", rollout.reason
@@ -172,6 +175,7 @@ def test_slow_or_failing_shadows_abort(h: Harness, kind: str, fragment: str) -> 
     else:
         _reports(h, pis, paired=20, errors=2)  # 8 / 88
     _reports(h, jetsons, paired=30)
+    h.clock.advance(EVALUATE_EVERY_S)
     h.engine.tick()
     rollout = h.rollout(rollout_id)
     assert rollout.state == "aborted" and fragment in (rollout.reason or ""), rollout.reason
@@ -193,6 +197,36 @@ def test_too_few_samples_waits_with_a_reason_and_old_reports_do_not_count(h: Har
     assert gates[("shadow_agreement", "class rpi4")]["status"] == "pass"
     assert [a for a, _ in h.decisions(rollout_id)] == ["created", "shadow_started"]
     assert len(_shadow_rows(h)) == 6 and h.publisher.devices(NEW) == set()
+
+
+def test_the_shadow_stage_is_evaluated_at_the_engines_pace_and_at_its_end(h: Harness) -> None:
+    """Like the other stages, the shadow gates are read at most every EVALUATE_EVERY_S (each
+    evaluation reads every member's shadow reports), plus at once when shadow_s runs out."""
+    rollout_id, pis, jetsons = _start(h)  # the first evaluation ran at creation
+    first = h.rollout(rollout_id).last_evaluation
+    assert first is not None and first["stage"] == -1
+    _reports(h, pis, paired=20)
+    _reports(h, jetsons, paired=30, disagreements=3)  # a clear failure, waiting to be read
+    for _ in range(3):
+        h.engine.tick()
+    h.clock.advance(EVALUATE_EVERY_S - 0.5)
+    h.engine.tick()
+    row = h.rollout(rollout_id)
+    assert row.state == "shadowing" and row.last_evaluation == first, "evaluated off-pace"
+    h.clock.advance(0.5)
+    h.engine.tick()
+    assert h.rollout(rollout_id).state == "aborted"
+
+
+def test_the_shadow_stage_is_judged_when_shadow_s_ends_between_evaluations(h: Harness) -> None:
+    rollout_id, pis, jetsons = _start(h, shadow_s=7)
+    h.clock.advance(EVALUATE_EVERY_S)
+    h.engine.tick()  # paced evaluation at +5 s: too early to pass
+    _reports(h, pis + jetsons, paired=30)
+    h.clock.advance(2)
+    h.engine.tick()  # +7 s: shadow_s is over, 2 s after the last evaluation
+    row = h.rollout(rollout_id)
+    assert (row.state, row.stage) == ("running", 0), row.reason
 
 
 def test_the_shadow_stage_times_out_into_an_abort(h: Harness) -> None:

@@ -8,7 +8,9 @@ signed with HMAC-SHA256 when a secret is set (``X-EdgeFleet-Signature: sha256=<h
 exact body), ``pipeline`` queues a run of the server's own retraining pipeline
 (:mod:`fleet_server.services.pipelines`). The webhook records a pipeline run too (state
 ``running``, ``source`` webhook) and sends its ``pipeline_run`` id and ``report_path``: the
-external engine reports its steps there, and the run is shown like a server-driven one.
+external engine reports its steps there, and the run is shown like a server-driven one; a run
+whose engine goes silent for ``report_timeout_s`` is failed by
+:class:`fleet_server.services.pipelines.webhook_watch.WebhookRunWatch`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from sqlalchemy import Engine
 
+from edgefleet.contract.pydantic_types import ModelName
 from fleet_server.services.pipelines.config import PipelineRetrainConfig
 
 
@@ -51,7 +54,24 @@ class WebhookRetrainConfig(BaseModel):
     secret: SecretStr | None = Field(
         default=None, description="Signs the body: X-EdgeFleet-Signature: sha256=<hmac hex>."
     )
-    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    timeout_s: float = Field(default=10.0, gt=0, le=300, description="The POST's timeout.")
+    report_timeout_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        le=30 * 86_400,
+        description="A run the engine took fails (and opens an alert) when no step report "
+        "arrived for this long, since the trigger or its last report: an engine reports each "
+        "step as it starts, so silence this long means it lost the run.",
+    )
+    report_timeouts_s: dict[ModelName, Annotated[float, Field(gt=0, le=30 * 86_400)]] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="Per model name: its own report_timeout_s (a model that trains for a "
+        "day needs more than one that trains for minutes).",
+    )
+
+    def report_timeout_for(self, model: str) -> float:
+        return self.report_timeouts_s.get(model, self.report_timeout_s)
 
     @field_validator("url")
     @classmethod

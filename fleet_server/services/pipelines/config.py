@@ -52,7 +52,13 @@ class CompareGate(Strict):
     """The candidate against its parent on the snapshot's held-out split, before any rollout
     (the server's own check; ``--require-compare`` on the rollout takes over once it exists)."""
 
-    enabled: bool = Field(default=True, description="Stop a candidate that is not better.")
+    enabled: bool = Field(default=True, description="Compare the candidate with its parent.")
+    block: bool = Field(
+        default=True,
+        description="Stop a candidate that is not better. False: the comparison is recorded "
+        "on the run and the candidate goes on to its rollout, whose gates (the shadow stage "
+        "first) judge it on the fleet's own inputs.",
+    )
     min_gain: float = Field(
         default=0.0, ge=-1, le=1, description="Candidate top-1 minus parent top-1 must be ≥ this."
     )

@@ -215,6 +215,10 @@ class PipelineDriver:
             ctx.run_dir.mkdir(parents=True, exist_ok=True)
             return ctx, step.id, step.name
 
+    def _bounded(self, log: str | None) -> str | None:
+        """A step's output as kept: its tail, at most ``log_bytes`` (the setting)."""
+        return None if log is None else records.tail(log, self.config.log_bytes)
+
     def _record(
         self,
         run_id: int,
@@ -256,7 +260,7 @@ class PipelineDriver:
                     now=now,
                     detail=str(failure),
                     numbers=failure.numbers,
-                    log=failure.log,
+                    log=self._bounded(failure.log),
                 )
                 records.transition(session, run, "failed", now=now, error=f"{name}: {failure}")
                 session.commit()
@@ -269,7 +273,10 @@ class PipelineDriver:
             assert result is not None
             if not result.done:
                 records.update_step(
-                    step, detail=result.detail, numbers=result.numbers, log=result.log
+                    step,
+                    detail=result.detail,
+                    numbers=result.numbers,
+                    log=self._bounded(result.log),
                 )
                 session.add(step)
                 session.commit()
@@ -281,7 +288,7 @@ class PipelineDriver:
                 now=now,
                 detail=result.detail,
                 numbers=result.numbers,
-                log=result.log,
+                log=self._bounded(result.log),
             )
             for key, value in result.run_fields.items():
                 if key not in RUN_FIELDS:

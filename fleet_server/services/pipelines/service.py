@@ -1,8 +1,9 @@
-"""What the API and the retraining backends do with pipeline runs: start one on a trigger,
-list and show them, cancel one, and take step reports from an external engine."""
+"""What the API and the retraining backends do with pipeline runs: start one on a trigger or
+by hand, list and show them, cancel one, and take step reports from an external engine."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ from sqlmodel import Session, col, select
 from edgefleet.contract.pydantic_types import ModelVersion as VersionStr
 from fleet_server.models import ModelVersion, PipelineRun, PipelineRunPublic, PipelineStepPublic
 from fleet_server.models.pipelines import ACTIVE_RUN_STATES, MAX_STEP_LOG
-from fleet_server.services.errors import Conflict, ServiceError, TooLarge
+from fleet_server.services.errors import Conflict, NotFound, ServiceError, TooLarge
 from fleet_server.services.pipelines import records
 from fleet_server.services.rollouts import RolloutEngine
 from fleet_server.services.rollouts import service as rollout_service
@@ -50,6 +51,29 @@ def start_run(
     session.commit()
     session.refresh(run)
     return run
+
+
+def start_manual_run(
+    session: Session,
+    *,
+    configured: Collection[str] | None,
+    model: str,
+    actor: str,
+    reason: str,
+    now: datetime,
+) -> PipelineRunPublic:
+    """An operator's "retrain now": a queued run of the server's pipeline for ``model``
+    (``configured``: the models the pipeline backend has; None when the backend is not
+    ``pipeline``). Refused while the model has an unfinished run."""
+    if configured is None:
+        raise Conflict("the server's retraining backend is not `pipeline` (EDGEFLEET_RETRAIN)")
+    if model not in configured:
+        raise NotFound(f"no pipeline is configured for {model}")
+    if parent_for(session, model, None) is None:
+        raise NotFound(f"no registered version of {model} to retrain from")
+    detail = f"started by {actor}" + (f": {reason}" if reason else "")
+    payload = {"kind": "manual", "model": model, "detail": detail}
+    return public(session, start_run(session, payload=payload, source="pipeline", now=now))
 
 
 def public(session: Session, run: PipelineRun, *, logs: bool = False) -> PipelineRunPublic:
@@ -177,6 +201,7 @@ def report_step(
     step = records.running_step(session, run)
     if step is None or step.name != report.name:
         step = records.begin_step(session, run, report.name, now=now)
+    run.updated_at = now  # heard from: the webhook watch measures silence from here
     if report.candidate_version is not None:
         run.candidate_version = report.candidate_version
     if report.dataset_sha256 is not None:

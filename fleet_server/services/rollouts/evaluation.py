@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,17 +16,42 @@ from fleet_server.services.rollouts.spec import Strategy
 EVALUATE_EVERY_S = 5.0
 
 
-def evaluation_due(rollout: Rollout, now: datetime, soaked: bool, strategy: Strategy) -> bool:
-    last = rollout.last_evaluation
-    if not last or last.get("stage") != rollout.stage:
+#: ``stage`` of a shadow evaluation record: the shadow stage comes before the canary (stage 0).
+SHADOW_STAGE = -1
+
+
+def due(
+    last: dict[str, Any] | None, stage: int, now: datetime, moments: Sequence[datetime] = ()
+) -> bool:
+    """Whether ``stage`` is evaluated at ``now``: its first evaluation, every
+    :data:`EVALUATE_EVERY_S`, and at once when one of ``moments`` (a soak's or shadow's end, a
+    timeout) has passed since the last evaluation."""
+    if not last or last.get("stage") != stage:
         return True
     when = datetime.fromisoformat(str(last["ts"]))
     if (now - when).total_seconds() >= EVALUATE_EVERY_S:
         return True
+    return any(when < moment <= now for moment in moments)
+
+
+def evaluation_due(rollout: Rollout, now: datetime, soaked: bool, strategy: Strategy) -> bool:
+    moments = []
     if soaked and rollout.stage_finished_at is not None:
-        soak_end = rollout.stage_finished_at + timedelta(seconds=strategy.soak_s)
-        return when < soak_end
-    return False
+        moments.append(rollout.stage_finished_at + timedelta(seconds=strategy.soak_s))
+    return due(rollout.last_evaluation, rollout.stage, now, moments)
+
+
+def shadow_evaluation_due(rollout: Rollout, now: datetime, strategy: Strategy) -> bool:
+    """The shadow stage under the same throttle as the others (its evaluation reads every
+    member's shadow reports): due first, every EVALUATE_EVERY_S, and when ``shadow_s`` or the
+    stage timeout runs out."""
+    assert strategy.shadow is not None
+    started = rollout.stage_started_at
+    moments = [
+        started + timedelta(seconds=strategy.shadow.shadow_s),
+        started + timedelta(seconds=strategy.stage_timeout_s),
+    ]
+    return due(rollout.last_evaluation, SHADOW_STAGE, now, moments)
 
 
 def fmt_result(result: GateResult) -> str:

@@ -21,15 +21,16 @@ from sqlmodel import Session
 from fleet_server.models import Device
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.services.desired import Keep
-from fleet_server.services.rollouts.evaluation import fmt_result
+from fleet_server.services.rollouts.evaluation import (
+    SHADOW_STAGE,
+    fmt_result,
+    shadow_evaluation_due,
+)
 from fleet_server.services.rollouts.members import Outbox
 from fleet_server.services.rollouts.shadow_gates import evaluate_shadow, shadow_evidence
 from fleet_server.services.rollouts.spec import Strategy
 from fleet_server.services.rollouts.state import RolloutAction, RolloutState, transition
 from fleet_server.services.shadow import place_shadows, remove_shadows, summarise_devices
-
-#: ``stage`` of a shadow evaluation record: before the canary (stage 0).
-SHADOW_STAGE = -1
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,10 @@ def advance_shadow(
     abort: Abort,
 ) -> None:
     """One engine step in the shadow stage: wait, abort (the candidate never answered a
-    request), or take the shadows off and start the canary (assigned on the next step)."""
+    request), or take the shadows off and start the canary (assigned on the next step).
+    Between evaluations (:func:`.evaluation.shadow_evaluation_due`) a step does nothing."""
+    if not shadow_evaluation_due(rollout, now, strategy):
+        return
     verdict = shadow_step(session, rollout, members, devices, now, strategy, outbox)
     if verdict.outcome == "fail":
         transition(

@@ -1,5 +1,6 @@
-"""``edgefleet fleet pipelines runs|show|cancel`` against a recording HTTP server: the requests
-sent, the tables printed, ``--json`` as the server's JSON, and bad ids refused before a request."""
+"""``edgefleet fleet pipelines runs|show|start|cancel`` against a recording HTTP server: the
+requests sent, the tables printed, ``--json`` as the server's JSON, and bad ids refused before a
+request."""
 
 from __future__ import annotations
 
@@ -52,6 +53,18 @@ def test_cancel_posts_the_reason(fleet: Any, fake_server: FakeServer) -> None:
     assert result.code == 0, result.err
     assert json.loads(fake_server.only_request().body) == {"reason": "wrong labels"}
     assert "cancelled" in result.out
+
+
+def test_start_posts_the_model_and_reason(fleet: Any, fake_server: FakeServer) -> None:
+    queued = {**RUN, "state": "queued", "step": None, "error": "", "steps": []}
+    fake_server.route("POST", "/api/v1/pipelines/runs", json_body=queued, status=201)
+    result = fleet("pipelines", "start", "digits", "--reason", "new labels")
+    assert result.code == 0, result.err
+    assert json.loads(fake_server.only_request().body) == {
+        "model": "digits",
+        "reason": "new labels",
+    }
+    assert "pipeline run #7" in result.out and "queued" in result.out
 
 
 def test_bad_ids_are_refused_before_any_request(fleet: Any, fake_server: FakeServer) -> None:

@@ -1,6 +1,7 @@
 """``compare``: the candidate against its parent on the same held-out split, before anything
 reaches a device. A candidate that is not at least ``min_gain`` better stops the run here and
-the fleet stays on the parent.
+the fleet stays on the parent — unless ``block`` is off: then the figures are recorded (with
+``passed`` false) and the rollout's gates judge the candidate.
 
 Both models run in this process through onnxruntime (the converter's runtime helpers, imported
 lazily); a non-ONNX artifact cannot be compared here and says so (turn ``compare`` off and rely
@@ -68,17 +69,22 @@ class CompareStep:
             "samples": samples,
             "gain": round(new - old, 4),
         }
-        if samples < gate.min_samples:
-            raise StepError(
-                f"{samples} held-out samples; the compare needs {gate.min_samples}",
-                numbers=numbers,
-            )
         line = (
             f"held-out top-1 parent {old:.4f} → candidate {new:.4f} on {samples} samples "
             f"(gain {new - old:+.4f}, needs ≥ {gate.min_gain:+.4f})"
         )
-        if new - old < gate.min_gain:
-            raise StepError(
-                f"candidate stopped: {line}; the fleet stays on the parent", numbers=numbers
-            )
-        return StepResult(detail=line, numbers=numbers)
+        short = samples < gate.min_samples
+        if not short and new - old >= gate.min_gain:
+            return StepResult(detail=line, numbers={**numbers, "passed": True})
+        found = (
+            f"{samples} held-out samples; the compare needs {gate.min_samples}"
+            if short
+            else f"candidate stopped: {line}; the fleet stays on the parent"
+        )
+        if gate.block:
+            raise StepError(found, numbers={**numbers, "passed": False})
+        found = found if short else f"not better: {line}"
+        return StepResult(
+            detail=f"{found}; not blocking (compare.block is off): the rollout's gates judge it",
+            numbers={**numbers, "passed": False},
+        )
