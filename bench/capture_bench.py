@@ -24,17 +24,21 @@ capture (``capture_ms_on_inference_thread``: the observe calls that handed a cap
 
     PYTHONPATH=. python bench/capture_bench.py [--n 100000] [--repeat 3]
 
-Measured on the shared 2-core host at load average 8–11 (a CI run and seven other jobs),
-100,000 digits inputs / 5,000 conv inputs, budget 0 (every decision made, none written) and
-60 (captures written during the run):
+Measured on the shared 2-core host, 100,000 digits inputs / 5,000 conv inputs, budget 0 (every
+decision made, none written) and 60 (captures written during the run), overhead as % of the
+model's p50 [upper end of the 95 % interval]:
 
-* digits (p50 8.2 µs): per input +38 ns [29, 47] (countdown), class count +70 ns, paced
-  observe (224 µs a call: ~10× its cost in a tight loop, caches are cold after 13,000
-  inferences) 16 ns per input (one in ~13,000) → **1.5 %** (upper 1.6 %); with captures
-  **2.9 %** (upper 3.0 %); a capture costs 2.7 ms on the inference thread (the copy, its
-  statistics, waking the writer) + 1.4 ms writer CPU: 0.24 CPU-s per hour at 60/h.
-* conv 128×128 (p50 409 µs): **2.1 %** (upper 2.4 %), statistics on one input in ~40;
-  with captures 2.2 %.
+| model (p50)          | load | budget 0      | budget 60     | stride     |
+|----------------------|------|---------------|---------------|------------|
+| digits (8.2–9.0 µs)  | 3    | 0.53 [0.64]   | 1.99 [2.11]   | 1 in ~13k  |
+| digits               | 8–11 | 1.51 [1.64]   | 2.90 [3.03]   | 1 in ~13k  |
+| conv 128² (409–452 µs)| 3   | 2.02 [2.24]   | 2.36 [2.90]   | 1 in ~50   |
+| conv                 | 8–11 | 2.12 [2.35]   | 2.23 [2.56]   | 1 in ~40   |
+
+Per digits input: the countdown +32–38 ns, the class count ≈ 0–70 ns, the paced observe 16–20
+ns (a call costs 200–260 µs: ~10× its cost in a tight loop, caches are cold after 13,000
+inferences). A capture costs 0.5–2.7 ms on the inference thread (the copy, its statistics,
+waking the writer) + 1.4–1.8 ms writer CPU: ~0.2 CPU-s per hour at 60/h.
 
 Before the pacing left the per-input part its share, stop 18 measured digits at +13 to +19 %.
 """
