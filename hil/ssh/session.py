@@ -54,7 +54,7 @@ class RemoteRun:
         )
 
     def install(self, wheel: str, *, system_site: bool, no_index: bool, timeout: float) -> str:
-        """A fresh venv with ``edgefleet[agent]`` from ``wheel``; pip's output (its tail)."""
+        """A fresh venv with ``edgefleet[agent]`` from ``wheel``; pip's log (its tail)."""
         venv = self.path("venv")
         site = " --system-site-packages" if system_site else ""
         index = f" --no-index --find-links {self.path('')}" if no_index else ""
@@ -68,8 +68,19 @@ class RemoteRun:
             f"else python3 -m venv{site} {venv} && {venv}/bin/python -m pip install -q{index} "
             f"{spec}; fi"
         )
-        done = self.board.run(line, timeout=timeout)
-        return done.stdout.decode(errors="replace")[-2000:]
+        # In the background like every long step: an interrupted run's clean-up ends it.
+        rc = self.path("install.rc")
+        self.start("install", f"sh -c {shlex.quote(f'{line}; echo $? > {rc}')}", max_s=timeout)
+        started = time.monotonic()
+        while self.alive("install"):
+            if time.monotonic() - started > timeout + 60:
+                raise HilError(f"installing {wheel} on the board took over {timeout:.0f} s")
+            time.sleep(2.0)
+        log = self.board.run(f"tail -c 3000 {self.path('install.log')}", check=False)
+        tail = log.stdout.decode(errors="replace").strip()
+        if self.board.run(f"cat {rc} 2>/dev/null", check=False).stdout.strip() != b"0":
+            raise HilError(f"installing {wheel} on the board failed: {tail[-800:]}")
+        return tail
 
     def start(self, name: str, command: str, *, max_s: float) -> int:
         """``command`` in the background in its own process group, ended after ``max_s``
@@ -105,11 +116,12 @@ class RemoteRun:
         line = f'kill -0 -- "-$(cat {pid_file})" 2>/dev/null'
         return self.board.run(line, check=False).returncode == 0
 
-    def close(self) -> dict[str, object]:
-        """End every process group, remove the folder; what was found and whether it is gone."""
+    def close(self, *, wait_s: int = 15) -> dict[str, object]:
+        """End every process group (TERM, KILL after ``wait_s``), remove the folder; what was
+        killed and whether the folder is gone."""
         if self.work is None:
             return {"work": None, "removed": True, "killed": []}
-        killed = [name for name in self.names if not self.stop(name, wait_s=15)]
+        killed = [name for name in self.names if not self.stop(name, wait_s=wait_s)]
         # Process groups this run did not name (a crash between start and record) end too.
         w = shlex.quote(self.work)
         self.board.run(

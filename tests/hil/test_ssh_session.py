@@ -36,13 +36,30 @@ def _board(server: Sshd) -> Board:
     )
 
 
-def _group_alive(pgid: int) -> bool:
-    return any(
-        Path(f"/proc/{pid}/stat").exists()
-        and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2] == str(pgid)
-        for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit())
-        if Path(f"/proc/{pid}/stat").exists()
-    )
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid`` on this machine."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and fields[2] == str(pgid):
+            found.append(int(entry.name))
+    return found
+
+
+def _group_alive(pgid: int, *, settle_s: float = 5.0) -> bool:
+    """Whether the group still has a live member ``settle_s`` after asking (a killed process
+    takes a moment to be gone from /proc)."""
+    deadline = time.monotonic() + settle_s
+    while _group_members(pgid):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_files_in_and_out_and_the_host_key_is_pinned(server: Sshd, tmp_path: Path) -> None:
@@ -61,9 +78,10 @@ def test_files_in_and_out_and_the_host_key_is_pinned(server: Sshd, tmp_path: Pat
         with pytest.raises(HilError, match="larger than 100 bytes"):
             board.get(remote.path("blob"), limit=100)
         board.put(tmp_path / "blob", remote.path("copy"))
-        assert board.text(f"sha256sum < {remote.path('copy')}").split()[0] == board.text(
-            f"sha256sum < {remote.path('blob')}"
-        ).split()[0]
+        assert (
+            board.text(f"sha256sum < {remote.path('copy')}").split()[0]
+            == board.text(f"sha256sum < {remote.path('blob')}").split()[0]
+        )
         with pytest.raises(HilError, match="exited 3"):
             board.run("echo nope >&2; exit 3")
     finally:
@@ -89,10 +107,10 @@ def test_close_ends_every_process_group_and_removes_the_folder(server: Sshd) -> 
     # A process that ignores TERM, with a child in its group: KILL ends both.
     stubborn = remote.start("stubborn", "sh -c 'trap \"\" TERM; sleep 300 & wait'", max_s=600)
     assert remote.alive("polite") and remote.alive("stubborn")
-    assert _group_alive(polite) and _group_alive(stubborn)
+    assert _group_members(polite) and _group_members(stubborn)
     assert remote.stop("polite", wait_s=10) is True
     assert not remote.alive("polite") and not _group_alive(polite)
-    result = remote.close()
+    result = remote.close(wait_s=2)
     assert result == {"work": work, "removed": True, "killed": ["stubborn"]}
     assert not _group_alive(stubborn) and not Path(work).exists()
     assert remote.close() == {"work": None, "removed": True, "killed": []}  # idempotent
@@ -104,10 +122,7 @@ def test_a_process_outlives_no_deadline(server: Sshd) -> None:
     remote.open()
     try:
         pgid = remote.start("short", "sleep 300", max_s=1)
-        deadline = time.monotonic() + 15
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _group_alive(pgid)
+        assert not _group_alive(pgid, settle_s=15)
     finally:
         remote.close()
 
@@ -121,5 +136,20 @@ def test_bad_process_names_are_refused(server: Sshd) -> None:
         remote.start("once", "true", max_s=5)
         with pytest.raises(HilError, match="bad or repeated"):
             remote.start("once", "true", max_s=5)
+    finally:
+        assert remote.close()["removed"]
+
+
+def test_a_failed_install_is_one_line_with_pip_s_reason(server: Sshd, tmp_path: Path) -> None:
+    remote = RemoteRun(_board(server))
+    remote.open()
+    try:
+        bogus = tmp_path / "edgefleet-0.0.0-py3-none-any.whl"
+        bogus.write_bytes(b"not a zip file")
+        remote.send({bogus.name: bogus})
+        with pytest.raises(HilError) as info:
+            remote.install(bogus.name, system_site=True, no_index=True, timeout=300)
+        assert "installing edgefleet-0.0.0-py3-none-any.whl on the board failed" in str(info.value)
+        assert "\n" not in str(info.value).split(": ", 1)[0]
     finally:
         assert remote.close()["removed"]

@@ -42,9 +42,7 @@ def unavailable() -> str | None:
     if os.geteuid() != 0:
         return "a private sshd in a network namespace needs root"
     if not SSHD.exists():
-        return (
-            "sshd is not installed: apt-get -o DPkg::Lock::Timeout=600 install -y openssh-server"
-        )
+        return "sshd is not installed: apt-get -o DPkg::Lock::Timeout=600 install -y openssh-server"
     if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
         return "the OpenSSH client is not installed (apt: openssh-client)"
     tools = missing_tools()
