@@ -63,11 +63,20 @@ def free_port(host: str) -> int:
 class LocalServer:
     """``edgefleet server`` on ``host`` (HTTP and embedded broker), restartable."""
 
-    def __init__(self, work: Path, *, host: str) -> None:
+    def __init__(
+        self,
+        work: Path,
+        *,
+        host: str,
+        broker_url: str | None = None,
+        database_url: str | None = None,
+    ) -> None:
         self.work = work
         self.host = host
         self.port = free_port(host)
         self.broker_port = free_port(host)
+        self.external_broker = broker_url
+        self.database_url = database_url
         self.token = secrets.token_urlsafe(24)
         self.keys = work / "keys"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -79,7 +88,11 @@ class LocalServer:
 
     @property
     def broker_url(self) -> str:
-        return f"mqtt://{self.host}:{self.broker_port}"
+        return self.external_broker or f"mqtt://{self.host}:{self.broker_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def public_key(self) -> Path:
@@ -98,10 +111,15 @@ class LocalServer:
             "EDGEFLEET_EMBEDDED_BROKER_HOST": self.host,
             "PYTHONUNBUFFERED": "1",
         }
-        args = [sys.executable, "-m", "edgefleet", "server",
-                "--data-dir", str(self.work / "server"),
-                "--host", self.host, "--port", str(self.port),
-                "--broker-port", str(self.broker_port), "--public-url", self.url]  # fmt: skip
+        args = [sys.executable, "-m", "edgefleet", "server", "--data-dir",
+                str(self.work / "server"), "--host", self.host, "--port", str(self.port),
+                "--public-url", self.url]  # fmt: skip
+        if self.external_broker:
+            args += ["--broker-url", self.external_broker]
+        else:
+            args += ["--broker-port", str(self.broker_port)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
         self._log = (self.work / "server.log").open("ab")
         self._proc = subprocess.Popen(  # noqa: S603
             args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
