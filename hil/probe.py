@@ -57,7 +57,8 @@ def process_tree(pid: int) -> list[int]:
 
 
 def process_sample(pid: int) -> dict[str, float] | None:
-    """RSS (MB), open descriptors and threads of one process; None once it is gone."""
+    """RSS (MB), open descriptors and threads of one process; None once it is gone or
+    exiting."""
     base = PROC / str(pid)
     try:
         status = (base / "status").read_text()
@@ -65,11 +66,10 @@ def process_sample(pid: int) -> dict[str, float] | None:
         threads = len(os.listdir(base / "task"))
     except OSError:
         return None
-    rss_kb = 0
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
-            rss_kb = int(line.split()[1])
-    return {"rss_mb": rss_kb / 1024, "fds": fds, "threads": threads}
+            return {"rss_mb": int(line.split()[1]) / 1024, "fds": fds, "threads": threads}
+    return None  # exiting (a zombie has no memory left to count): not a sample
 
 
 def temperatures() -> dict[str, float]:

@@ -79,7 +79,8 @@ class RemoteRun:
         log = self.board.run(f"tail -c 3000 {self.path('install.log')}", check=False)
         tail = log.stdout.decode(errors="replace").strip()
         if self.board.run(f"cat {rc} 2>/dev/null", check=False).stdout.strip() != b"0":
-            raise HilError(f"installing {wheel} on the board failed: {tail[-800:]}")
+            one_line = " ".join(tail.split())[-600:]
+            raise HilError(f"installing {wheel} on the board failed: {one_line}")
         return tail
 
     def start(self, name: str, command: str, *, max_s: float) -> int:

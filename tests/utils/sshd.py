@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +61,7 @@ def _keygen(path: Path) -> None:
 
 
 @contextmanager
-def sshd(work: Path, *, chroot: Path | None = None) -> Iterator[Sshd]:
+def sshd(work: Path, *, chroot: Path | None = None, extra: Sequence[str] = ()) -> Iterator[Sshd]:
     work.mkdir(parents=True, exist_ok=True)
     _keygen(work / "host_key")
     _keygen(work / "client_key")
@@ -89,6 +89,7 @@ def sshd(work: Path, *, chroot: Path | None = None) -> Iterator[Sshd]:
         ]
         if chroot is not None:
             lines.append(f"ChrootDirectory {chroot}")
+        lines += extra
         config.write_text("\n".join(lines) + "\n")
         sshd_argv = [str(SSHD), "-D", "-e", "-f", str(config)]
         if chroot is not None:
