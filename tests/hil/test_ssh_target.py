@@ -127,3 +127,24 @@ def test_probe_samples_a_child_process_and_ends_with_it(tmp_path: Path) -> None:
 def test_probe_refuses_bad_intervals(tmp_path: Path) -> None:
     assert probe.main(["--pid", str(os.getpid()), "--out", str(tmp_path / "x"),
                        "--every", "0"]) == 2  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--target", "pi@board"], "--target must look like ssh://USER@HOST[:PORT]"),
+        (["--target", "ssh://pi@board", "--server", "http://x:8080"], "--server needs --token"),
+        (["--target", "ssh://pi@board", "--models", "digits"], "--models takes FROM,TO"),
+        (["--target", "ssh://pi@board", "--duration", "0"], "--duration must be"),
+        (["--target", "ssh://pi@board", "--identity", "/nonexistent/key"], "is not a file"),
+    ],
+)
+def test_hil_run_usage_errors_are_one_line(
+    extra: list[str], needle: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from edgefleet.cli import main
+
+    args = ["hil", "run", "--scenario", "update", "--known-hosts", str(tmp_path / "kh"), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgefleet hil: ") and needle in err and err.count("\n") == 1, err
