@@ -67,7 +67,8 @@ class Context:
     device_id: str
     models: tuple[str, str]
     agent_cmd: str
-    timings: dict[str, float] = field(default_factory=dict)
+    #: Models the scenario had the agent serve, in order (the ones timed at the end).
+    served: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager

@@ -74,6 +74,7 @@ def _serve(ctx: Context, ref: str) -> float:
     took = _wait(f"{ref} running", lambda: _running(ctx) == ref, ctx.options.step_timeout_s, ctx)
     took += _wait(f"telemetry of {ref}", lambda: _served(ctx, ref) > 0, 120, ctx)
     ctx.options.say(f"{ref} running on the board ({took:.1f} s)")
+    ctx.served.append(ref)
     return took
 
 
@@ -90,8 +91,8 @@ def _start(ctx: Context, max_s: float) -> None:
 def _finish(ctx: Context, *, warmup_s: float) -> dict[str, Any]:
     """Stop the agent (TERM: a clean exit is part of the result), time the models it served,
     bring the probe's samples back."""
+    ctx.remote.stop("probe", wait_s=10)  # first: a sample of the agent shutting down is noise
     out: dict[str, Any] = {"agent_stopped_on_term": ctx.remote.stop("agent", wait_s=60)}
-    ctx.remote.stop("probe", wait_s=10)
     rows = probe.read_rows_text(
         ctx.remote.board.get(ctx.remote.path("probe.jsonl")).decode(errors="replace")
     )
@@ -102,7 +103,7 @@ def _finish(ctx: Context, *, warmup_s: float) -> dict[str, Any]:
             seen = temps.setdefault(zone, {"min": value, "max": value})
             seen["min"], seen["max"] = min(seen["min"], value), max(seen["max"], value)
     out["temperature_c"] = temps
-    out["latency"] = {ref: _bench(ctx, ref) for ref in ctx.models}
+    out["latency"] = {ref: _bench(ctx, ref) for ref in dict.fromkeys(ctx.served)}
     return out
 
 
