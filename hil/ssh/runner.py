@@ -266,7 +266,7 @@ def table(report: dict[str, Any]) -> str:
     ]
     if report.get("error"):
         rows.append(("error", str(report["error"])))
-    for key in ("install_s", "update_s", "rollback_s", "drain_s", "total_s"):
+    for key in ("install_s", "update_s", "drain_s", "duplicates", "updates", "flat", "total_s"):
         if key in report:
             rows.append((key, f"{report[key]}"))
     for ref, bench in (report.get("latency") or {}).items():
