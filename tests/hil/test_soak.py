@@ -6,6 +6,7 @@ bench judges the 1 MB/h target). Needs the mosquitto binary."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from tests.utils.mosquitto import require_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-#: MB per hour: what a 75-second run can tell from noise (the bench judges < 1 MB/h).
-SHORT_RUN_RSS_BOUND = 30.0
+#: MB per hour: under a 1 MB-per-minute leak (60 MB/h), above what an update's model swap moves
+#: in a 50-second window (~0.4 MB). The bench judges the < 1 MB/h target.
+SHORT_RUN_RSS_BOUND = 50.0
 
 
 def test_short_soak_has_no_fd_or_thread_growth_and_a_bounded_rss_slope(tmp_path: Path) -> None:
@@ -31,13 +33,14 @@ def test_short_soak_has_no_fd_or_thread_growth_and_a_bounded_rss_slope(tmp_path:
     assert trend["samples"] >= 30, trend
     for who in ("agent", "server"):
         after = [r for r in result.rows if r["t"] >= options.warmup_s and r[f"{who}_fds"]]
-        half = len(after) // 2
-        # Descriptors and threads at the end are no higher than their peak in the first half
-        # after the warm-up (sockets reopen across a broker restart: a peak, not growth).
+        third = len(after) // 3
+        # Descriptors and threads in the last third after the warm-up are typically (median)
+        # where they were in the first third: a download's socket or a pool thread is a
+        # transient peak, a leak (one per message, per update, per reconnect) is growth.
         for key in (f"{who}_fds", f"{who}_threads"):
-            early = max(r[key] for r in after[:half])
-            late = [r[key] for r in after[half:]]
-            assert max(late[-5:]) <= early, (key, early, late)
+            early = statistics.median(r[key] for r in after[:third])
+            late = statistics.median(r[key] for r in after[-third:])
+            assert late <= early + 1, (key, [r[key] for r in after])
     # The agents' RSS: bounded. The server's is not asserted here: it still grows while it
     # warms up (ingest batches, caches: +8 MB in the first minute on this machine), which a
     # 75-second run cannot tell from a leak; bench/soak.py measures it after a 5-minute warm-up.
