@@ -89,6 +89,23 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """A second Ctrl-C (or SIGTERM) does not cut the clean-up short."""
+    try:
+        previous = {
+            sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(options: RunOptions) -> dict[str, Any]:
     """Run the scenario; the report (``ok`` says whether the scenario's checks held)."""
     if options.scenario not in SCENARIOS:
@@ -145,14 +162,15 @@ def run(options: RunOptions) -> dict[str, Any]:
             report["ok"] = False
             report["error"] = str(err)
         finally:
-            try:
-                report["cleanup"] = remote.close()
-            except HilError as err:
-                report["cleanup"] = {"work": remote.work, "removed": False, "error": str(err)}
-            if client is not None:
-                client.close()
-            if server is not None:
-                server.stop()
+            with _uninterruptible():
+                try:
+                    report["cleanup"] = remote.close()
+                except HilError as err:
+                    report["cleanup"] = {"work": remote.work, "removed": False, "error": str(err)}
+                if client is not None:
+                    client.close()
+                if server is not None:
+                    server.stop()
     report["total_s"] = round(time.monotonic() - started, 1)
     return report
 
