@@ -125,7 +125,7 @@ def run(options: RunOptions) -> dict[str, Any]:
     client: Any = None
     report: dict[str, Any] = {"target": str(options.target), "scenario": options.scenario}
     started = time.monotonic()
-    with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgefleet-hil-") as tmp:
+    with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="edgefleet-hilrun-") as tmp:
         local = Path(tmp)
         try:
             facts = _facts(board)
