@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fleet_server.client.api import FleetClientError
 from hil import probe
 from hil.ssh import scenarios
 from hil.ssh.errors import HilError
@@ -161,6 +162,9 @@ def run(options: RunOptions) -> dict[str, Any]:
         except HilError as err:
             report["ok"] = False
             report["error"] = str(err)
+        except FleetClientError as err:  # the fleet server refused or did not answer
+            report["ok"] = False
+            report["error"] = f"fleet server: {err}"
         finally:
             with _uninterruptible():
                 try:
