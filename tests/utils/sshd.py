@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hil.netfaults import NetFaultError, NetNamespace, missing_tools
+from hil.netfaults import NetNamespace, missing_tools
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -67,10 +67,7 @@ def sshd(work: Path, *, chroot: Path | None = None, extra: Sequence[str] = ()) -
     _keygen(work / "client_key")
     shutil.copyfile(work / "client_key.pub", work / "authorized_keys")
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-    try:
-        ns = NetNamespace().open()
-    except NetFaultError:
-        raise
+    ns = NetNamespace().open()
     proc: subprocess.Popen[bytes] | None = None
     try:
         config = work / "sshd_config"
