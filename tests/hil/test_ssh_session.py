@@ -18,7 +18,7 @@ from hil.ssh.target import Board, parse_target
 from tests.utils.required import missing
 from tests.utils.sshd import Sshd, sshd, unavailable
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
