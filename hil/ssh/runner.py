@@ -50,6 +50,8 @@ class RunOptions:
     duration_s: float = 600.0
     outage_s: float = 30.0
     bench_runs: int = 500
+    #: update: how long TO serves after the update before the agent stops (probe samples).
+    hold_s: float = 20.0
     #: Emulated boards are 5-10x slower than the device they stand in for.
     step_timeout_s: float = 300.0
     install_timeout_s: float = 1800.0

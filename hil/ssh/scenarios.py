@@ -6,7 +6,8 @@ with ``edgefleet agent bench`` on the board once the agent has stopped (the agen
 the bare runtime, interleaved: the device's real latency on real hardware; under emulation
 the numbers are reported but mean nothing).
 
-- ``update``: serve FROM, then an update to TO; the time from assignment to TO running.
+- ``update``: serve FROM, then an update to TO; the time from assignment to TO running; TO
+  serves ``hold_s`` (20 s) more so the probe samples it serving.
 - ``outage``: serve FROM, stop our server (and its broker) for ``--outage`` seconds, start it
   again; the telemetry the agent kept meanwhile must arrive, each report once.
 - ``soak``: serve for ``--duration`` with an update every tenth of it, FROM and TO in turn;
@@ -130,6 +131,7 @@ def update(ctx: Context) -> dict[str, Any]:
     _start(ctx, max_s=ctx.options.step_timeout_s * 6)
     out: dict[str, Any] = {"first_model_s": round(_serve(ctx, first), 1)}
     out["update_s"] = round(_serve(ctx, second), 1)
+    time.sleep(ctx.options.hold_s)  # TO serving for a while: what the probe's numbers are about
     out["running"] = _running(ctx)
     # The trend leaves out start-up (imports, model load): until the first model served.
     out.update(_finish(ctx, warmup_s=out["first_model_s"]))

@@ -98,7 +98,8 @@ def test_update_scenario_on_the_arm64_board_reports_and_cleans_up(
     assert report["running"] == "digits@2.0.0"
     assert report["update_s"] > 0 and report["agent_stopped_on_term"] is True
     agent = report["agent"]
-    assert agent["samples"] >= 3 and agent["rss_mb"]["max"] > 10 and agent["threads"]["max"] > 1
+    # Sampled every 2 s while 2.0.0 served for 20 s after the update.
+    assert agent["samples"] >= 5 and agent["rss_mb"]["max"] > 10 and agent["threads"]["max"] > 1
     for ref in ("digits@1.0.0", "digits@2.0.0"):
         bench = report["latency"][ref]
         assert bench.get("error") is None, bench
