@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "server": "fleet_server.cli",
     "fleet": "fleet_server.client.cli",
     "demo": "edgefleet.demo_cli",
+    "hil": "edgefleet.hil_cli",
 }
 
 #: A missing top-level module → the extra that provides it.

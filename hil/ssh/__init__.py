@@ -1,0 +1,1 @@
+"""Real boards over SSH: ``edgefleet hil run --target ssh://USER@HOST`` (see docs/hil.md)."""
