@@ -19,6 +19,8 @@ figures and the budget; the updater reports it in ``update.failed`` and the stat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 from agent.errors import ModelLoadError
@@ -73,3 +75,25 @@ def check_loaded(what: str, before_mb: float | None, budget_mb: float) -> None:
         f"{what} does not fit the memory budget: loaded, warmed up and self-tested, the agent "
         f"holds {after:.1f} MB{added}, over its {budget_mb:g} MB ({BUDGET_HINT}); refused"
     )
+
+
+def release_freed() -> None:
+    """Give the heap pages freed since the last call back to the system (glibc's
+    ``malloc_trim``), after a model load or swap: building a runtime session frees megabytes of
+    temporaries (the parsed model file, the self-test's arrays) that glibc would keep resident
+    otherwise (measured: -0.8 MB after loading a 128x128 conv artifact, bench/memory_bench.py).
+    A no-op where the C library has no ``malloc_trim`` (musl)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
