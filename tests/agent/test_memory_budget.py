@@ -169,3 +169,20 @@ def test_the_service_loads_every_model_within_its_configured_budget(
         assert free._load(digits_v1).manifest.name == "digits"
     finally:
         free.lock.release()
+
+
+def test_freed_heap_goes_back_to_the_system_after_a_load() -> None:
+    import platform
+
+    from agent import memory
+
+    if platform.libc_ver()[0] != "glibc":
+        assert memory._malloc_trim() is None  # musl: nothing to call, and nothing fails
+        return
+    trim = memory._malloc_trim()
+    assert trim is not None
+    blocks = [bytearray(64 * 1024) for _ in range(800)]  # 50 MB in heap-sized blocks
+    del blocks[:-1]  # all but the last: freed, but below it the heap cannot shrink
+    before = _now()
+    memory.release_freed()
+    assert _now() < before - 10  # malloc_trim gives the freed pages back
