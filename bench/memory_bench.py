@@ -300,6 +300,40 @@ def show(rows: list[dict[str, Any]], title: str) -> None:
         prev = row
 
 
+def on_arm64(args: argparse.Namespace) -> int:
+    """This bench, run by the board's Python on a copy of the code, with a model built here
+    (the board has the agent's wheels only: no onnx to build one)."""
+    from hil.arm64.rootfs import WORK, find_board
+
+    board = find_board()
+    if board is None:
+        print("no cached arm64 board: python -m hil.arm64 build (tens of minutes)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for part in ("agent", "edgefleet", "firmware_configs", "bench"):
+            shutil.copytree(
+                CODE[0] / part, work / "code" / part, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        model = args.model
+        if model is None:
+            from tests.agent.factory import conv_artifact
+
+            model = conv_artifact(work / "model", size=128, channels=16)
+        else:
+            model = Path(shutil.copytree(model, work / "model"))
+        argv = ["python3", f"{WORK}/code/bench/memory_bench.py", "--model", f"{WORK}/model"]
+        argv += ["--runs", str(args.runs), "--repeat", str(args.repeat)]
+        argv += [f"--env={kv}" for kv in args.env] + (["--trace"] if args.trace else [])
+        if args.json:
+            argv += ["--json", f"{WORK}/out.json"]
+        done = board.run(argv, work=work, env={"PYTHONPATH": f"{WORK}/code"}, timeout=3600)
+        print(done.stdout, end="")
+        if args.json:
+            shutil.copy(work / "out.json", args.json)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="requests / runs per process")
@@ -317,11 +351,18 @@ def main() -> int:
         help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit)",
     )
     parser.add_argument(
+        "--arm64",
+        action="store_true",
+        help="run this bench inside the cached emulated arm64 board (hil.arm64; never builds it)",
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="one more agent run with tracemalloc (Python heap)"
     )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     CODE[0] = args.code.resolve()
+    if args.arm64:
+        return on_arm64(args)
     import numpy as np
 
     env = {"MALLOC_ARENA_MAX": "2", **dict(kv.split("=", 1) for kv in args.env)}
