@@ -166,7 +166,8 @@ def smaps_rollup(pid: int) -> dict[str, float]:
 
 
 def smaps_by_file(pid: int) -> dict[str, float]:
-    """RSS (MB) per mapped file (basename); anonymous regions as ``[anon]``, ``[heap]``..."""
+    """RSS (MB) per mapped file (basename); anonymous regions as ``[anon]``, ``[heap]``, and
+    ``[thread stacks]`` (anonymous, 8 MiB: glibc's default stack)."""
     totals: dict[str, float] = {}
     name = "[anon]"
     with open(f"/proc/{pid}/smaps") as fh:
@@ -177,6 +178,8 @@ def smaps_by_file(pid: int) -> dict[str, float]:
                 name = Path(parts[5]).name if len(parts) > 5 else "[anon]"
                 if len(parts) > 5 and parts[5].startswith("["):
                     name = parts[5]
+            elif first == "Size:" and name == "[anon]" and int(line.split()[1]) == 8192:
+                name = "[thread stacks]"
             elif first == "Rss:":
                 totals[name] = totals.get(name, 0.0) + int(line.split()[1]) / 1024
     return totals

@@ -186,3 +186,20 @@ def test_freed_heap_goes_back_to_the_system_after_a_load() -> None:
     before = _now()
     memory.release_freed()
     assert _now() < before - 10  # malloc_trim gives the freed pages back
+
+
+def test_a_committed_model_over_the_budget_at_start_is_reported_not_served(
+    tmp_path: Path, server: BundleServer, digits_v1: Path
+) -> None:
+    first = make_harness(tmp_path / "data", server)
+    first.updater.apply(first.desired("/v1", bundle_bytes(digits_v1, tmp_path), ref=V1))
+    assert first.running() == V1
+    restarted = make_harness(tmp_path / "data", server)
+    restarted.updater._load = lambda path: load_model(  # a budget this process is over
+        path, options=BackendOptions(memory_budget_mb=32)
+    )
+    restarted.updater.load_committed()
+    assert restarted.kinds() == ["model.load_failed"] and restarted.running() is None
+    detail = restarted.events[-1]["detail"]
+    assert detail.startswith("committed model digits@1.0.0 not served: digits@1.0.0 does not fit")
+    assert restarted.state.snapshot.phase == "failed"
