@@ -26,12 +26,12 @@ from pathlib import Path
 from agent.errors import ModelLoadError
 
 #: Resident MB a loaded model adds per MB of model file, at least, by backend (measured with
-#: bench/memory_bench.py ``--factors`` on x86_64, session + one run at one thread): onnxruntime
-#: copies the weights into its session (MLPs of 1, 8 and 32 MB: +11.8, +18.0, +42.2 MB, i.e.
-#: ~10 MB once plus 1.0x the file), and real conv nets add their activations on top
-#: (0.6-19 MB files: 2.1-13x). LiteRT maps the flatbuffer and touches all of its weights at
-#: ``allocate_tensors`` (1.0x), plus its arena. The estimate is a floor, never a ceiling: what
-#: it misses, the measured check after load catches.
+#: ``bench/memory_bench.py --factors`` on x86_64, session + one run at one thread): onnxruntime
+#: holds the weights once (MLPs of 8 and 32 MB: +18.0 and +42.2 MB, a slope of 1.0 over ~10 MB
+#: paid once per process), and real conv nets add their activations on top (0.6-19 MB files:
+#: 3.6-24x). LiteRT reads the flatbuffer's weights at ``allocate_tensors`` (1.0x) and adds its
+#: arena (two real 0.2 MB models: +7.5 and +12.3 MB). The estimate is a floor, never a
+#: ceiling: what it misses, the measured check after load catches.
 FILE_FACTORS: dict[str, float] = {"onnx": 1.0, "tflite": 1.0}
 
 BUDGET_HINT = "engine.memory_mb, the profile's budgets.memory_mb"
