@@ -26,7 +26,7 @@ from pathlib import Path
 from agent.errors import ModelLoadError
 
 #: Resident MB a loaded model adds per MB of model file, at least, by backend (measured with
-#: ``bench/memory_bench.py --factors`` on x86_64, session + one run at one thread): onnxruntime
+#: ``bench/model_memory.py`` on x86_64, session + one run at one thread): onnxruntime
 #: holds the weights once (MLPs of 8 and 32 MB: +18.0 and +42.2 MB, a slope of 1.0 over ~10 MB
 #: paid once per process), and real conv nets add their activations on top (0.6-19 MB files:
 #: 3.6-24x). LiteRT reads the flatbuffer's weights at ``allocate_tensors`` (1.0x) and adds its
