@@ -19,6 +19,7 @@ figures and the budget; the updater reports it in ``update.failed`` and the stat
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -34,6 +35,18 @@ from agent.errors import ModelLoadError
 #: ceiling: what it misses, the measured check after load catches.
 FILE_FACTORS: dict[str, float] = {"onnx": 1.0, "tflite": 1.0}
 
+#: What a backend's runtime costs the first time a model of its format is loaded: its import
+#: and, for onnxruntime, the environment its first session makes (measured on x86_64 with
+#: bench/memory_bench.py and bench/model_memory.py: onnxruntime import +21.0 MB, first session
+#: ~10 MB over its weights; ai_edge_litert import +9.0 MB). Counted only while the runtime's
+#: module is not yet imported (:data:`RUNTIME_MODULES`).
+RUNTIME_MB: dict[str, float] = {"onnx": 31.0, "tflite": 9.0}
+#: The modules whose presence in ``sys.modules`` means a backend's runtime is loaded.
+RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
+    "onnx": ("onnxruntime",),
+    "tflite": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
+}
+
 BUDGET_HINT = "engine.memory_mb, the profile's budgets.memory_mb"
 
 
@@ -47,22 +60,31 @@ def rss_mb() -> float | None:
 
 
 def check_estimate(what: str, fmt: str, model_file: Path, budget_mb: float) -> float | None:
-    """Refuse ``what`` before loading when its file alone cannot fit the budget beside what
-    the agent holds now; returns the RSS measured now (the baseline of :func:`check_loaded`),
-    None where it cannot be measured (then nothing is checked)."""
+    """Refuse ``what`` before loading when its file (and its runtime, the first time) cannot
+    fit the budget beside what the agent holds now; returns the RSS measured now (the baseline
+    of :func:`check_loaded`), None where it cannot be measured (then nothing is checked)."""
     now = rss_mb()
     if now is None:
         return None
     size_mb = model_file.stat().st_size / 2**20
     factor = FILE_FACTORS.get(fmt, 1.0)
     need = size_mb * factor
+    how = f"{factor:g}x the file"
+    if not runtime_loaded(fmt):
+        need += RUNTIME_MB.get(fmt, 0.0)
+        how += f" + {RUNTIME_MB.get(fmt, 0.0):g} MB for its runtime, not loaded yet"
     if now + need > budget_mb:
         raise ModelLoadError(
             f"{what} does not fit the memory budget: its {fmt} file ({size_mb:.1f} MB) needs at "
-            f"least {need:.1f} MB more ({factor:g}x the file) and the agent holds {now:.1f} MB "
+            f"least {need:.1f} MB more ({how}) and the agent holds {now:.1f} MB "
             f"of its {budget_mb:g} MB ({BUDGET_HINT}); not loaded"
         )
     return now
+
+
+def runtime_loaded(fmt: str) -> bool:
+    """Has a runtime for ``fmt`` been imported in this process?"""
+    return any(name in sys.modules for name in RUNTIME_MODULES.get(fmt, ()))
 
 
 def check_loaded(what: str, before_mb: float | None, budget_mb: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import onnxruntime  # noqa: F401 (loaded first: the estimates here are about the files)
 import pytest
 
 from agent.config import parse_config
@@ -112,7 +113,12 @@ def test_a_model_whose_activations_do_not_fit_is_refused_after_loading(
     assert load_model(conv, options=roomy).manifest.name == "conv"
 
 
-def test_the_estimate_uses_each_backends_factor(tmp_path: Path) -> None:
+def test_the_estimate_uses_each_backends_factor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import memory
+
+    monkeypatch.setattr(memory, "runtime_loaded", lambda fmt: True)  # the file's share only
     model = tmp_path / "model.bin"
     model.write_bytes(b"\0" * (4 * 2**20))  # 4 MB
     for fmt, factor in FILE_FACTORS.items():
@@ -203,3 +209,18 @@ def test_a_committed_model_over_the_budget_at_start_is_reported_not_served(
     detail = restarted.events[-1]["detail"]
     assert detail.startswith("committed model digits@1.0.0 not served: digits@1.0.0 does not fit")
     assert restarted.state.snapshot.phase == "failed"
+
+
+def test_the_first_model_of_a_format_also_counts_its_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import memory
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"\0" * 2**20)  # 1 MB
+    budget = _now() + 1 + memory.RUNTIME_MB["onnx"] / 2  # the file fits, the runtime does not
+    assert memory.runtime_loaded("onnx")  # this test process has imported onnxruntime
+    assert check_estimate("m@1", "onnx", model, budget) is not None
+    monkeypatch.setattr(memory, "runtime_loaded", lambda fmt: False)  # a fresh agent
+    with pytest.raises(ModelLoadError, match=r"\+ 31 MB for its runtime, not loaded yet\)"):
+        check_estimate("m@1", "onnx", model, budget)
