@@ -152,6 +152,7 @@ connect_wait_s = 0.2
 type = "http"
 host = "127.0.0.1"
 port = {port}
+timeout_s = 300
 """
 
 
