@@ -45,6 +45,18 @@ CODE = [ROOT]
 PROBE = r"""
 import json, os, sys
 mode, model_dir, runs, trace = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+def exec_anon(path):
+    # Anonymous executable memory: qemu-user's translation cache under emulation, 0 natively.
+    total, counting = 0, False
+    with open(path) as fh:
+        for line in fh:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):
+                parts = line.split()
+                counting = len(parts) < 6 and "x" in parts[1]
+            elif counting and first == "Rss:":
+                total += int(line.split()[1])
+    return total / 1024
 def rollup():
     out = {}
     with open("/proc/self/smaps_rollup") as fh:
@@ -52,6 +64,7 @@ def rollup():
             parts = line.split()
             if parts[0] in ("Rss:", "Pss:", "Anonymous:", "Private_Dirty:"):
                 out[parts[0][:-1]] = int(parts[1]) / 1024
+    out["Exec_anon"] = exec_anon("/proc/self/smaps")
     return out
 if trace:
     import tracemalloc
@@ -163,6 +176,7 @@ def smaps_rollup(pid: int) -> dict[str, float]:
             parts = line.split()
             if parts[0] in ("Rss:", "Pss:", "Anonymous:", "Private_Dirty:"):
                 out[parts[0][:-1]] = int(parts[1]) / 1024
+    out["Exec_anon"] = smaps_by_file(pid).get("[exec anon]", 0.0)
     return out
 
 
@@ -179,6 +193,8 @@ def smaps_by_file(pid: int) -> dict[str, float]:
                 name = Path(parts[5]).name if len(parts) > 5 else "[anon]"
                 if len(parts) > 5 and parts[5].startswith("["):
                     name = parts[5]
+                if len(parts) < 6 and "x" in parts[1]:
+                    name = "[exec anon]"  # qemu-user's translation cache (emulated board)
             elif first == "Size:" and name == "[anon]" and int(line.split()[1]) == 8192:
                 name = "[thread stacks]"
             elif first == "Rss:":
@@ -282,7 +298,7 @@ def median_steps(samples: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
     for i, first in enumerate(samples[0]):
         row = {"step": first["step"]}
-        for key in ("Rss", "Pss", "Anonymous", "py_heap"):
+        for key in ("Rss", "Pss", "Anonymous", "Exec_anon", "py_heap"):
             values = sorted(s[i][key] for s in samples if key in s[i])
             if values:
                 row[key] = values[len(values) // 2]
@@ -317,7 +333,9 @@ def on_arm64(args: argparse.Namespace) -> int:
         work = Path(tmp)
         for part in ("agent", "edgefleet", "firmware_configs", "bench"):
             shutil.copytree(
-                CODE[0] / part, work / "code" / part, ignore=shutil.ignore_patterns("__pycache__")
+                (ROOT if part == "bench" else CODE[0]) / part,  # this bench, the code measured
+                work / "code" / part,
+                ignore=shutil.ignore_patterns("__pycache__"),
             )
         model = args.model
         if model is None:
@@ -393,6 +411,13 @@ def main() -> int:
         for prev, row in zip(heap, heap[1:], strict=False):
             print(f"    {row['step']:44} +{row['py_heap'] - prev['py_heap']:5.2f} MB")
     over = agent_rows[-1]["Rss"] - bare_rows[-1]["Rss"]
+    jit = agent_rows[-1].get("Exec_anon", 0.0) - bare_rows[-1].get("Exec_anon", 0.0)
+    if agent_rows[-1].get("Exec_anon", 0.0) > 1:
+        print(
+            f"  executable anonymous memory (qemu's translation cache): bare "
+            f"{bare_rows[-1]['Exec_anon']:.1f} MB, agent {agent_rows[-1]['Exec_anon']:.1f} MB; "
+            f"agent over bare without it: +{over - jit:.1f} MB"
+        )
     model_mb = bare_rows[-2]["Rss"] - bare_rows[-3]["Rss"]
     steps = {r["step"]: r["Rss"] for r in agent_rows}
     load = steps["serving (model loaded, threads up)"] - steps["AgentService built"]
