@@ -18,7 +18,7 @@ import numpy as np
 from agent.engine import BackendOptions, LoadedModel, load_model
 from agent.engine.bare import load_bare
 from agent.engine.model import numpy_dtype, static_shape
-from agent.telemetry import rss_mb
+from agent.memory import rss_mb
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,20 @@ class EngineConfig(ConfigStruct, frozen=True, kw_only=True):
     mem_pattern: MemPatternField = True
     batch_size: BatchSizeField = 1
     backends: BackendsField = msgspec.field(default_factory=lambda: ["onnx", "tflite"])
+    memory_mb: (
+        Annotated[
+            float,
+            Meta(
+                ge=32,
+                le=1_000_000,
+                description="RSS in MiB the agent stays under with its models loaded (a "
+                "profile's budgets.memory_mb): a model that cannot fit beside the one serving "
+                "is refused, by its file size before loading and by its measured RSS after "
+                "(agent.memory). Unset: no limit.",
+            ),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         if self.batch_size > self.queue_size:
@@ -358,6 +372,7 @@ def apply_profile(data: dict[str, Any], name_or_path: str) -> dict[str, Any]:
         batch_size=engine.batch_size,
         backends=list(engine.backends),
         queue_size=profile.input.queue_size,
+        memory_mb=profile.budgets.memory_mb,
     )
     _defaults(data, "telemetry", interval_s=profile.telemetry.interval_s)
     _defaults(data, "outbox", max_mb=profile.budgets.offline_queue_mb)

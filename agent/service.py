@@ -27,6 +27,7 @@ from agent.engine import BackendOptions, LoadedModel, load_model
 from agent.errors import AgentConfigError, AgentError
 from agent.forwarder import Forwarder
 from agent.inputs import InputSource, SourceContext, create_source
+from agent.memory import rss_mb
 from agent.metrics import MetricsView, render
 from agent.outbox import Outbox, OutboxError, OutboxStats
 from agent.pipeline import Pipeline
@@ -38,7 +39,7 @@ from agent.shadow import ShadowRunner
 from agent.sinks import ResultSink, SinkContext, create_sink
 from agent.state import AgentState, ModelSlot, Snapshot
 from agent.store import DataDir
-from agent.telemetry import TelemetryCollector, rss_mb
+from agent.telemetry import TelemetryCollector
 from agent.updater import Updater
 from edgefleet.contract import (
     MAX_PAYLOAD_BYTES,
@@ -199,6 +200,7 @@ class AgentService:
             cpu_mem_arena=engine.cpu_mem_arena,
             mem_pattern=engine.mem_pattern,
             formats=tuple(engine.backends),
+            memory_budget_mb=engine.memory_mb,
         )
         return load_model(path, options=options, trusted_keys=self.trusted_keys)
 

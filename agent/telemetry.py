@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.memory import rss_mb
 from edgefleet.contract import InputStats, LatencySummary, ModelRef, ShadowReport, Telemetry
 
 BINS_PER_DECADE = 50
@@ -113,15 +114,6 @@ def _cpu_percent(ctx: GaugeContext) -> float | None:
 
 def _rss_mb(ctx: GaugeContext) -> float | None:
     return rss_mb()
-
-
-def rss_mb() -> float | None:
-    """This process's resident set size in MiB (None where /proc is missing)."""
-    try:
-        fields = Path("/proc/self/statm").read_text().split()
-    except OSError:
-        return None
-    return round(int(fields[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 2)
 
 
 def _disk_free_mb(ctx: GaugeContext) -> float | None:

@@ -24,6 +24,7 @@ from urllib.parse import urljoin, urlsplit
 from agent.engine import LoadedModel
 from agent.errors import AgentError, UpdateError
 from agent.faults import crash_point
+from agent.memory import release_freed
 from agent.plugin_config import PostprocessConfig
 from agent.probation import HealthMonitor
 from agent.shadow import ShadowRunner
@@ -113,6 +114,7 @@ class Updater:
             except Exception as err:  # a bug must not end the updater thread; report it
                 log.exception("update crashed")
                 self._fail(None, f"internal error: {type(err).__name__}: {err}")
+            release_freed()  # a model loaded, refused or replaced leaves freed heap behind
 
     def wake(self) -> None:
         with self._cond:
@@ -134,6 +136,7 @@ class Updater:
             self._emit("model.load_failed", model=committed.ref, detail=reason[:2000])
             return
         self.slot.swap(serving)
+        release_freed()  # the session's load temporaries
         ref = serving.model.ref
         self.state.update(phase="serving", running=ref, desired=ref)
         log.info("serving committed model", extra={"model": str(ref)})

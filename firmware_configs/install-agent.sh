@@ -31,7 +31,10 @@ python3 -m venv /opt/edgefleet/venv
 /opt/edgefleet/venv/bin/pip install --quiet "$source_spec"
 
 if [ -n "$profile" ]; then
-  /opt/edgefleet/venv/bin/python -c "from firmware_configs.profile import load_profile; load_profile('$profile')"
+  # The profile's memory budget becomes the unit's MemoryHigh / MemoryMax (a drop-in).
+  install -d -o root -g root -m 0755 /etc/systemd/system/edgefleet-agent.service.d
+  /opt/edgefleet/venv/bin/python -c "import sys; from firmware_configs.profile import load_profile, systemd_memory_dropin; print(systemd_memory_dropin(load_profile(sys.argv[1])), end='')" "$profile" \
+    > /etc/systemd/system/edgefleet-agent.service.d/memory.conf
 fi
 install -d -o root -g edgefleet -m 0750 /etc/edgefleet
 install -o root -g edgefleet -m 0640 "$config" /etc/edgefleet/agent.toml

@@ -198,3 +198,17 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
         return validate_profile(data)
     except ProfileError as err:
         raise ProfileError(f"{where}: {err}") from err
+
+
+def systemd_memory_dropin(profile: DeviceProfile) -> str:
+    """A drop-in for ``edgefleet-agent.service`` with the memory limits of ``profile``: the
+    kernel reclaims the service's page cache above ``MemoryHigh`` (the budget, which the agent
+    keeps its RSS under: agent.memory) and kills it above ``MemoryMax`` (1.5x: the cgroup also
+    counts the page cache of downloads and the outbox). Without it the unit's 768 MB stop sits
+    under the 1024 MB budgets of the rpi5 and x86_64 profiles."""
+    budget = profile.budgets.memory_mb
+    return (
+        f"# From device profile {profile.name} (budgets.memory_mb = {budget}): "
+        "firmware_configs/install-agent.sh\n"
+        f"[Service]\nMemoryHigh={budget}M\nMemoryMax={budget * 3 // 2}M\n"
+    )

@@ -36,6 +36,9 @@ class BackendOptions:
     #: Artifact formats this device runs (its profile's ``engine.backends``): a 32-bit ARM
     #: board has no onnxruntime wheel, so its profile lists only "tflite".
     formats: tuple[str, ...] = ("onnx", "tflite")
+    #: RSS in MiB the agent stays under with this model loaded beside what it holds (its
+    #: profile's ``budgets.memory_mb``); None: no limit. See :mod:`agent.memory`.
+    memory_budget_mb: float | None = None
 
 
 class Session(Protocol):

@@ -18,6 +18,7 @@ from agent.engine.base import BackendOptions, Session, SingleRunner
 from agent.engine.quant import dequantize
 from agent.engine.registry import backend_for
 from agent.errors import InferenceError, ModelLoadError
+from agent.memory import check_estimate, check_loaded
 from edgefleet.artifact import ArtifactError, load_artifact
 from edgefleet.contract import Manifest, ModelRef, TensorSpec
 
@@ -229,7 +230,14 @@ def load_model(
             f"{manifest.ref} is in {manifest.format} format and this device runs only "
             f"{' and '.join(options.formats)} artifacts (its profile's engine.backends)"
         )
-    session = backend_for(manifest.format).load(directory / manifest.model_file, options)
+    budget = options.memory_budget_mb
+    model_file = directory / manifest.model_file
+    before = (
+        check_estimate(str(manifest.ref), manifest.format, model_file, budget)
+        if budget is not None
+        else None
+    )
+    session = backend_for(manifest.format).load(model_file, options)
     _check_names(manifest, session)
     model = LoadedModel(manifest=manifest, directory=directory, session=session)
     # Warm up once: the first run allocates buffers and picks kernels, so it is not timed.
@@ -244,6 +252,8 @@ def load_model(
         except InferenceError as err:
             raise ModelLoadError(f"{manifest.ref}: warm-up run failed: {err}") from err
     run_self_test(model)
+    if budget is not None:
+        check_loaded(str(manifest.ref), before, budget)
     return model
 
 

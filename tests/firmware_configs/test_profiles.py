@@ -93,3 +93,22 @@ def test_install_script_is_valid_bash() -> None:
     assert result.returncode == 0, result.stderr
     helped = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--profile" in helped.stdout
+
+
+def test_the_units_memory_limits_come_from_the_profiles_budget() -> None:
+    import configparser
+
+    from firmware_configs.profile import systemd_memory_dropin
+
+    for name in builtin_profiles():
+        profile = load_profile(name)
+        unit = configparser.ConfigParser()
+        unit.read_string(systemd_memory_dropin(profile))
+        high = int(unit["Service"]["MemoryHigh"].removesuffix("M"))
+        top = int(unit["Service"]["MemoryMax"].removesuffix("M"))
+        # The agent refuses models at the budget; systemd reclaims there and kills above.
+        assert high == profile.budgets.memory_mb < top <= profile.memory_mb, name  # not over RAM
+    # The drop-in is what install-agent.sh writes for --profile (the same function, by name).
+    script = (ROOT / "firmware_configs/install-agent.sh").read_text()
+    assert "systemd_memory_dropin(load_profile(sys.argv[1]))" in script
+    assert "edgefleet-agent.service.d/memory.conf" in script
