@@ -11,7 +11,10 @@ conv model the paced part gets nearly all of it (statistics on one input in ~40)
 digits model the per-input part alone is ~1.6 % and the paced part gets what is left (one input
 in several thousand). A call of ``observe`` after a thousand inferences costs ~10× a call in a
 tight loop (caches: 190–260 µs against 25 µs on digits), which is why the pacing measures the
-calls where they happen. ``bench/capture_bench.py`` measures it all. Captured inputs and ones
+calls where they happen. A floor keeps inputs considered at least every :data:`MAX_GAP_S`
+(0.5 s) while inputs flow — at a camera's rate the share alone would sample a fast model once
+in minutes; the floor costs at most two calls a second and does not bind at full throughput,
+where the budget is measured. ``bench/capture_bench.py`` measures it all. Captured inputs and ones
 measured while the writer holds the GIL are left out of the pacing.
 
 Decision order: ``random`` first, on its own coin (scaled by ``every`` so that ``random`` stays
@@ -70,6 +73,9 @@ MAX_EVERY = 20_000
 #: (``bench/capture_bench.py``: ``per_input_ns`` + ``classes_ns``). It scales with the host as
 #: the Python around inference does, so as a share of a model's inference time it holds.
 PER_INPUT_MS = 0.00015
+#: At most this long between two considered inputs while inputs flow (statistics and capture
+#: decisions at least twice a second): see :meth:`Capturer._pace`.
+MAX_GAP_S = 0.5
 #: The paced part always gets at least this share (or all of ``overhead_share`` if smaller),
 #: also on a model so fast that the per-input part alone would take the whole budget.
 MIN_SHARE = 0.002
@@ -124,6 +130,8 @@ class Capturer:
         #: the stride it is reset to; see :meth:`_pace`.
         self.countdown = 1
         self.every = 1
+        #: When the last input was considered (perf_counter), for the MAX_GAP_S floor.
+        self._last_at: float | None = None
         self._costs: deque[float] = deque(maxlen=PACE_WINDOW)
         self._infers: deque[float] = deque(maxlen=PACE_WINDOW)
         self._measured = 0
@@ -171,6 +179,7 @@ class Capturer:
         model = self._model_for(serving)  # once per model: not part of the paced cost
         writing = self._writing  # the writer thread shares the GIL: not a fair measurement
         start = time.perf_counter()
+        last, self._last_at = self._last_at, start
         policy = self._policy
         bins = model.bins
         values = bin_index = None
@@ -200,12 +209,13 @@ class Capturer:
             # Paced on the per-input cost: an input that is captured (its statistics, the
             # hand-off, and the write; bounded by the hourly budget, not the input rate) or
             # one measured while the writer holds the GIL is left out.
-            self._pace((time.perf_counter() - start) * 1000.0, infer_ms)
+            gap = start - last if last is not None else None
+            self._pace((time.perf_counter() - start) * 1000.0, infer_ms, gap)
         self.countdown = self.every
         if job is not None:
             self._hand_off(job)
 
-    def _pace(self, cost_ms: float, infer_ms: float) -> None:
+    def _pace(self, cost_ms: float, infer_ms: float, gap_s: float | None = None) -> None:
         """Consider one input in N, N such that this and the per-input part together cost
         ``overhead_share`` of inference.
 
@@ -221,8 +231,16 @@ class Capturer:
         cost, infer = _median(self._costs), _median(self._infers)
         budget = self.config.overhead_share
         share = max(min(MIN_SHARE, budget), budget - PER_INPUT_MS / max(infer, 1e-9))
-        wanted = cost / max(share * infer, 1e-9)
-        self.every = min(max(1, math.ceil(wanted)), MAX_EVERY)
+        wanted = max(1, math.ceil(cost / max(share * infer, 1e-9)))
+        if gap_s is not None and gap_s > 0:
+            # At most MAX_GAP_S between two considered inputs: a fast model at a camera's rate
+            # (8 µs at 20 fps) would otherwise get statistics once in minutes — the drift
+            # demo's detection went from 2–9 s to 31 s. The inputs per second are the stride
+            # that led here over the time it took; the floor costs at most 1 / MAX_GAP_S
+            # calls a second (~0.5 ms/s on digits), and binds only where inputs are slow.
+            rate = self.every / gap_s
+            wanted = min(wanted, max(1, int(rate * MAX_GAP_S)))
+        self.every = min(wanted, MAX_EVERY)
 
     def _decide(
         self,

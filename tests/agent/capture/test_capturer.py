@@ -295,3 +295,21 @@ def test_detector_samples_carry_their_boxes_as_outputs_rows(model: Serving, tmp_
     first, second = queue.entries()
     assert first.meta.outputs == [1.0, 2.0, 5.5, 7.25, 0.91, 2.0, 0.0, 0.0, 3.0, 3.0, 0.4, 0.0]
     assert len(second.meta.outputs) == 996  # 166 whole boxes under the contract's 1000
+
+
+def test_pacing_still_considers_an_input_every_half_second_at_a_cameras_rate(
+    model: Serving, tmp_path: Path
+) -> None:
+    """The 8 µs model at 40 inputs a second: the share alone would consider one input in
+    12,500 (statistics every 5 minutes); the MAX_GAP_S floor keeps it at twice a second. Flat
+    out (a million a second) the share decides, as in the bench."""
+    from agent.capture.capturer import MAX_GAP_S, MIN_SHARE
+
+    capturer, _, _ = _capturer(tmp_path, FakeClock())
+    capturer._model_for(model)
+    for _ in range(20):  # each call sees the stride that led to it, at 40 inputs a second
+        capturer._pace(0.2, 0.008, capturer.every / 40)
+    assert capturer.every == int(40 * MAX_GAP_S)  # 20
+    for _ in range(20):
+        capturer._pace(0.2, 0.008, capturer.every / 1_000_000)
+    assert capturer.every == math.ceil(0.2 / (MIN_SHARE * 0.008))  # 12,500
