@@ -12,6 +12,8 @@ used instead and the build says so.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import platform
 import shutil
 import subprocess
@@ -82,20 +84,38 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def download_wheels(wheel: Path, extras: str, arch: str, out: Path) -> None:
+def download_wheels(wheel: Path, extras: str, arch: str, out: Path) -> bool:
     """The dependency wheels of ``edgefleet[extras]`` for CPython 3.11 on ``arch`` into
-    ``out`` (binary wheels only: nothing is compiled in the image)."""
+    ``out`` (binary wheels only: nothing is compiled in the image). Kept while pyproject.toml,
+    the extras and the platforms are unchanged (a stamp in ``out``): the cached build then
+    makes no registry round trip and the image's dependency layer stays cached. Returns
+    whether it downloaded."""
+    stamp = out / ".inputs"
+    inputs = hashlib.sha256(
+        json.dumps([(ROOT / "pyproject.toml").read_text(), extras, platform_tags(arch)]).encode()
+    ).hexdigest()
+    if stamp.exists() and stamp.read_text() == inputs:
+        return False
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     platforms = [arg for tag in platform_tags(arch) for arg in ("--platform", tag)]
     _run(
         [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
         + ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
-        + ["--abi", "cp311", *platforms, "-d", str(out), f"edgefleet[{extras}] @ {wheel.as_uri()}"],
+        + [
+            "--abi",
+            "cp311",
+            *platforms,
+            "-d",
+            str(out),
+            f"edgefleet[{extras}] @ {wheel.resolve().as_uri()}",
+        ],
         step=f"pip download edgefleet[{extras}] ({arch})",
     )
     for own in out.glob("edgefleet-*.whl"):
         own.unlink()  # installed on its own, after the cached dependency stage
+    stamp.write_text(inputs)
+    return True
 
 
 def context_for(name: str, wheel: Path, arch: str, work: Path) -> Path:

@@ -21,6 +21,8 @@ from containers.build import ARCHES, ROOT, ImageBuildError, _run, host_arch, pla
 
 HERE = Path(__file__).resolve().parent
 COMPOSE_FILE = HERE / "compose.yaml"
+#: The S3 stand-in (MinIO is not packaged for Debian; moto's server speaks the same API).
+MOTO = "moto[server]>=5.0"
 #: compose service → (stand-in target, the variable of compose.yaml naming its image).
 STANDINS: dict[str, str] = {
     "postgres": "EDGEFLEET_POSTGRES_IMAGE",
@@ -43,16 +45,20 @@ def build_standins(*, work: Path, arch: str | None = None) -> list[str]:
     arch = arch or host_arch()
     base, _how = ensure_base(BaseSpec(arch=arch))
     context = work / arch / "standins"
-    shutil.rmtree(context, ignore_errors=True)
-    shutil.copytree(HERE / "standins", context)
+    shutil.copytree(HERE / "standins", context, dirs_exist_ok=True)
     wheels = context / "wheels"
-    platforms = [arg for tag in platform_tags(arch) for arg in ("--platform", tag)]
-    _run(
-        [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
-        + ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
-        + ["--abi", "cp311", *platforms, "-d", str(wheels), "moto[server]>=5.0"],
-        step="pip download moto[server]",
-    )
+    stamp = wheels / ".inputs"
+    inputs = " ".join([MOTO, *platform_tags(arch)])
+    if not (stamp.exists() and stamp.read_text() == inputs):  # else: as downloaded before
+        shutil.rmtree(wheels, ignore_errors=True)
+        platforms = [arg for tag in platform_tags(arch) for arg in ("--platform", tag)]
+        _run(
+            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
+            + ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
+            + ["--abi", "cp311", *platforms, "-d", str(wheels), MOTO],
+            step=f"pip download {MOTO}",
+        )
+        stamp.write_text(inputs)
     tags = []
     for service in STANDINS:
         tag = standin_tag(service)

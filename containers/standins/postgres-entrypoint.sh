@@ -9,6 +9,7 @@ if [ ! -s "$data/PG_VERSION" ]; then
   pwfile=$(mktemp)
   printf '%s\n' "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is required}" > "$pwfile"
   "$bin/initdb" -D "$data" -U "$user" --pwfile="$pwfile" --auth-local=trust \
+    --encoding=UTF8 --locale=C.UTF-8 \
     --auth-host=scram-sha-256 >/dev/null
   rm -f "$pwfile"
   echo "host all all 0.0.0.0/0 scram-sha-256" >> "$data/pg_hba.conf"

@@ -21,7 +21,14 @@ from tests.fleet_server.helpers import wait_until
 from tests.utils.artifacts import digits_images, signed_digits_bundles
 from tests.utils.net import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.slow]
+# The first build on a machine (debootstrap of the base, every wheel) takes minutes under
+# load; the cached one about a minute (docs/containers.md).
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.containers,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]
 
 TOKEN = "operator-token-for-container-tests-01"  # noqa: S105 - test-only token
 #: What the agent image must not hold (ARCHITECTURE: the agent ships alone to a device).
