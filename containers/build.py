@@ -74,7 +74,7 @@ def build_wheel(out: Path) -> Path:
     shutil.copytree(ROOT, source, ignore=ignore)
     for old in out.glob("edgefleet-*.whl"):
         old.unlink()
-    _run(
+    run_step(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
         + ["-w", str(out), str(source)],
         step="pip wheel",
@@ -99,7 +99,7 @@ def download_wheels(wheel: Path, extras: str, arch: str, out: Path) -> bool:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     platforms = [arg for tag in platform_tags(arch) for arg in ("--platform", tag)]
-    _run(
+    run_step(
         [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
         + ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
         + [
@@ -151,7 +151,7 @@ def resolve_base(base: str, arch: str) -> str:
 
 def podman_build(name: str, *, context: Path, base: str, arch: str, tag: str) -> Built:
     started = time.monotonic()
-    _run(
+    run_step(
         ["podman", "build", "--network", "host", "--platform", ARCHES[arch][0]]
         + ["--build-arg", f"BASE={base}", "-f", str(HERE / IMAGES[name][0]), "-t", tag]
         + [str(context)],
@@ -183,7 +183,7 @@ def build_images(
     return out
 
 
-def _run(argv: list[str], *, step: str) -> None:
+def run_step(argv: list[str], *, step: str) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip()[-1500:]

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from containers.base import BaseImageError, BaseSpec, ensure_base
-from containers.build import ARCHES, ROOT, ImageBuildError, _run, host_arch, platform_tags
+from containers.build import ARCHES, ROOT, ImageBuildError, host_arch, platform_tags, run_step
 
 HERE = Path(__file__).resolve().parent
 COMPOSE_FILE = HERE / "compose.yaml"
@@ -52,7 +52,7 @@ def build_standins(*, work: Path, arch: str | None = None) -> list[str]:
     if not (stamp.exists() and stamp.read_text() == inputs):  # else: as downloaded before
         shutil.rmtree(wheels, ignore_errors=True)
         platforms = [arg for tag in platform_tags(arch) for arg in ("--platform", tag)]
-        _run(
+        run_step(
             [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
             + ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
             + ["--abi", "cp311", *platforms, "-d", str(wheels), MOTO],
@@ -62,7 +62,7 @@ def build_standins(*, work: Path, arch: str | None = None) -> list[str]:
     tags = []
     for service in STANDINS:
         tag = standin_tag(service)
-        _run(
+        run_step(
             ["podman", "build", "--network", "host", "--platform", ARCHES[arch][0]]
             + ["--build-arg", f"BASE={base}", "--target", service, "-t", tag, str(context)],
             step=f"podman build {tag}",

@@ -100,7 +100,7 @@ def waited(container: Container, check: Callable[[], bool], *, timeout: float, w
 
 
 @pytest.fixture
-def containers() -> Iterator[list[Container]]:
+def launched() -> Iterator[list[Container]]:
     made: list[Container] = []
     yield made
     for container in made:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -36,7 +37,7 @@ LIGHT = "('fastapi', 'sqlmodel', 'tensorflow', 'torch')"
 
 
 def _server(
-    containers: list[Container], images: Images, env: dict[str, str], mounts: list[str] = ()
+    launched: list[Container], images: Images, env: dict[str, str], mounts: Sequence[str] = ()
 ) -> tuple[Container, str]:
     port = free_port()
     settings = {
@@ -53,7 +54,7 @@ def _server(
     for mount in mounts:
         argv += ["-v", mount]
     server = Container(f"ef-test-server-{secrets.token_hex(4)}", [*argv, images.server])
-    containers.append(server)
+    launched.append(server)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -66,10 +67,8 @@ def _server(
     return server, url
 
 
-def test_server_image_answers_readyz_as_non_root(
-    images: Images, containers: list[Container]
-) -> None:
-    server, url = _server(containers, images, {})
+def test_server_image_answers_readyz_as_non_root(images: Images, launched: list[Container]) -> None:
+    server, url = _server(launched, images, {})
     answer = httpx.get(f"{url}/readyz", timeout=5).json()
     assert answer["database"] is True and answer["broker"] is True, answer
     assert server.exec("id", "-u").strip() == "10001"
@@ -123,7 +122,7 @@ latency_floor_ms = 0.2
 
 
 def test_agent_container_enrols_takes_a_model_and_reports_telemetry(
-    images: Images, containers: list[Container], tmp_path: Path
+    images: Images, launched: list[Container], tmp_path: Path
 ) -> None:
     bundles, key = signed_digits_bundles(tmp_path / "bundles", ["1.0.0"])
     key.chmod(0o644)
@@ -134,7 +133,7 @@ def test_agent_container_enrols_takes_a_model_and_reports_telemetry(
     with fresh_postgres_database() as database:
         broker_port = free_port()
         _server_container, url = _server(
-            containers,
+            launched,
             images,
             {
                 "EDGEFLEET_DATABASE_URL": database,
@@ -163,7 +162,7 @@ def test_agent_container_enrols_takes_a_model_and_reports_telemetry(
             argv += ["-v", f"{key}:/etc/edgefleet/signing.pub.pem:ro"]
             argv += ["-v", f"{pictures}:/srv/images:ro", images.agent]
             agent = Container(f"ef-test-agent-{secrets.token_hex(4)}", argv)
-            containers.append(agent)
+            launched.append(agent)
 
             def enrolled() -> bool:
                 return any(d["device_id"] == device for d in client.list_devices())
