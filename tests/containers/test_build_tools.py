@@ -105,7 +105,10 @@ def _entrypoint(tmp_path: Path, env: dict[str, str]) -> tuple[int, str, list[str
     bindir.mkdir(exist_ok=True)
     calls = tmp_path / "calls"
     fake = bindir / "edgefleet"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    # One line per call, each argument followed by '|': word splitting or globbing shows.
+    fake.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do printf "%s|" "$a"; done >> {calls}\necho >> {calls}\n'
+    )
     fake.chmod(0o755)
     done = subprocess.run(
         ["sh", str(ENTRYPOINT)],
@@ -131,13 +134,44 @@ def test_agent_entrypoint_enrols_once_then_runs(tmp_path: Path) -> None:
     code, err, calls = _entrypoint(tmp_path, env)
     assert code == 0, err
     assert calls == [
-        f"agent enroll --server http://fleet:8080 --enrollment-token=enrol-me --out {creds} "
-        "--device-id cam-1",
-        "agent run --config /cfg/agent.toml",
+        f"agent|enroll|--server|http://fleet:8080|--enrollment-token=enrol-me|--out|{creds}|"
+        "--device-id|cam-1|",
+        "agent|run|--config|/cfg/agent.toml|",
     ]
     creds.write_text("{}")  # enrolled: a restart only runs
     (tmp_path / "calls").unlink()
-    assert _entrypoint(tmp_path, env)[2] == ["agent run --config /cfg/agent.toml"]
+    assert _entrypoint(tmp_path, env)[2] == ["agent|run|--config|/cfg/agent.toml|"]
+
+
+def test_agent_entrypoint_passes_hostile_values_as_single_arguments(tmp_path: Path) -> None:
+    """Spaces, globs and command substitutions in the variables reach the CLI (which validates
+    them) as one argument each, never split, expanded or run by the shell."""
+    (tmp_path / "a-file").touch()  # a glob that could match
+    hostile = "x y * $(touch pwned) `touch pwned`; rm -rf /"
+    env = {
+        "EDGEFLEET_CREDENTIALS_FILE": str(tmp_path / "credentials.json"),
+        "EDGEFLEET_ENROLLMENT_TOKEN": hostile,
+        "EDGEFLEET_SERVER_URL": hostile,
+        "EDGEFLEET_DEVICE_ID": hostile,
+        "EDGEFLEET_DEVICE_CLASS": hostile,
+    }
+    code, err, calls = _entrypoint(tmp_path, env)
+    assert code == 0, err
+    assert calls[0].split("|") == [
+        "agent",
+        "enroll",
+        "--server",
+        hostile,
+        f"--enrollment-token={hostile}",
+        "--out",
+        str(tmp_path / "credentials.json"),
+        "--device-id",
+        hostile,
+        "--class",
+        hostile,
+        "",
+    ]
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_agent_entrypoint_refuses_a_token_without_a_server(tmp_path: Path) -> None:
