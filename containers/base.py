@@ -76,6 +76,16 @@ def image_exists(tag: str) -> bool:
     return done.returncode == 0
 
 
+def image_arch(tag: str) -> str:
+    done = subprocess.run(  # noqa: S603
+        ["podman", "image", "inspect", "--format", "{{.Architecture}}", tag],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip()
+
+
 def ensure_base(spec: BaseSpec | None = None, *, log: Path | None = None) -> tuple[str, str]:
     """The base image's tag, building or importing it first when missing.
 
@@ -85,14 +95,20 @@ def ensure_base(spec: BaseSpec | None = None, *, log: Path | None = None) -> tup
     problem = podman_problem()
     if problem is not None:
         raise BaseImageError(problem)
-    if image_exists(spec.tag):
+    if image_exists(spec.tag) and image_arch(spec.tag) == spec.arch:
         return spec.tag, "present"
     tarball = cache_dir() / f"base-{spec.suite}-{spec.arch}-{spec.key()}.tar"
     how = "imported"
     if not tarball.exists():
         _debootstrap(spec, tarball, log=log)
         how = "built"
-    _run(["podman", "import", str(tarball), spec.tag], step="podman import", log=log)
+    # --arch: without it podman labels the image with the host's architecture, and a build for
+    # another --platform then looks for the base in a registry instead.
+    _run(
+        ["podman", "import", "--os", "linux", "--arch", spec.arch, str(tarball), spec.tag],
+        step="podman import",
+        log=log,
+    )
     return spec.tag, how
 
 
