@@ -2,13 +2,16 @@
 #   make demo   — set up .venv and run the end-to-end demo on the embedded defaults
 #   make demo-drift — the retraining loop: cameras drift, the pipeline retrains (minutes)
 #   make test   — set up .venv and run the whole test suite (ruff and mypy included)
+#   make images — the server and agent container images with podman (docs/containers.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
+# The images' base; where no registry answers, a local debootstrap base is used instead.
+IMAGE_BASE ?= docker.io/library/python:3.11-slim
 
-.PHONY: demo demo-drift test lint bench clean
+.PHONY: demo demo-drift test lint bench images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for f in bench/*_bench.py; do $(BIN)/python $$f || exit 1; done
+
+images: $(STAMP)
+	$(BIN)/python -m containers.build --base $(IMAGE_BASE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,229 @@
+"""``python -m containers.build`` (``make images``): the server and agent images.
+
+Steps: this tree's edgefleet wheel (built from a copy: setuptools writes build/ beside the
+sources), the dependency wheels of each image's extra for the target platform (``pip download``
+on the host — a container needs no registry access, and pip's cache makes a rebuild cheap),
+then ``podman build`` of containers/Containerfile.{server,agent} with ``BASE`` as a build
+argument. ``--base`` defaults to the official ``python:3.11-slim``; when it is neither present
+nor pullable (no registry reachable), the local debootstrap base of :mod:`containers.base` is
+used instead and the build says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from containers.base import DEFAULT_BASE, BaseImageError, BaseSpec, ensure_base, image_exists
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+#: image name → (Containerfile, the edgefleet extras its venv holds).
+IMAGES: dict[str, tuple[str, str]] = {
+    "server": ("Containerfile.server", "server,s3"),
+    "agent": ("Containerfile.agent", "agent"),
+}
+#: Debian architecture → (OCI platform, CPU name in manylinux tags).
+ARCHES: dict[str, tuple[str, str]] = {
+    "amd64": ("linux/amd64", "x86_64"),
+    "arm64": ("linux/arm64", "aarch64"),
+}
+#: The base's glibc (bookworm, as in python:3.11-slim): with an explicit --platform pip takes
+#: only the tags it is given, so every manylinux_2_N up to it is listed.
+GLIBC_MINOR = 36
+
+
+def platform_tags(arch: str) -> list[str]:
+    cpu = ARCHES[arch][1]
+    tags = [f"manylinux_2_{minor}_{cpu}" for minor in range(GLIBC_MINOR, 16, -1)]
+    return [*tags, f"manylinux2014_{cpu}", f"linux_{cpu}"]
+
+
+class ImageBuildError(RuntimeError):
+    """A build step failed; the message names the step."""
+
+
+@dataclass(frozen=True)
+class Built:
+    image: str
+    tag: str
+    seconds: float
+    size_bytes: int
+
+
+def host_arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def build_wheel(out: Path) -> Path:
+    """This tree's wheel, built from a copy (the working tree stays as it was)."""
+    source = out / "src"
+    shutil.rmtree(source, ignore_errors=True)
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench"
+    )
+    shutil.copytree(ROOT, source, ignore=ignore)
+    for old in out.glob("edgefleet-*.whl"):
+        old.unlink()
+    run_step(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(out), str(source)],
+        step="pip wheel",
+    )
+    shutil.rmtree(source)
+    (wheel,) = out.glob("edgefleet-*.whl")
+    return wheel
+
+
+def download_wheels(wheel: Path, extras: str, arch: str, out: Path) -> bool:
+    """The dependency wheels of ``edgefleet[extras]`` for CPython 3.11 on ``arch`` into
+    ``out`` (binary wheels only: nothing is compiled in the image). Kept while pyproject.toml,
+    the extras and the platforms are unchanged (a stamp in ``out``): the cached build then
+    makes no registry round trip and the image's dependency layer stays cached. Returns
+    whether it downloaded."""
+    stamp = out / ".inputs"
+    inputs = hashlib.sha256(
+        json.dumps([(ROOT / "pyproject.toml").read_text(), extras, platform_tags(arch)]).encode()
+    ).hexdigest()
+    if stamp.exists() and stamp.read_text() == inputs:
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    platforms = [arg for tag in platform_tags(arch) for arg in ("--platform", tag)]
+    run_step(
+        [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
+        + ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
+        + [
+            "--abi",
+            "cp311",
+            *platforms,
+            "-d",
+            str(out),
+            f"edgefleet[{extras}] @ {wheel.resolve().as_uri()}",
+        ],
+        step=f"pip download edgefleet[{extras}] ({arch})",
+    )
+    for own in out.glob("edgefleet-*.whl"):
+        own.unlink()  # installed on its own, after the cached dependency stage
+    stamp.write_text(inputs)
+    return True
+
+
+def context_for(name: str, wheel: Path, arch: str, work: Path) -> Path:
+    context = work / arch / name
+    download_wheels(wheel, IMAGES[name][1], arch, context / "wheels")
+    dist = context / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    dist.mkdir()
+    shutil.copy2(wheel, dist / wheel.name)
+    shutil.copy2(HERE / "agent-entrypoint.sh", context / "agent-entrypoint.sh")
+    return context
+
+
+def resolve_base(base: str, arch: str) -> str:
+    """``base`` when present or pullable, else the local debootstrap base (built if missing)."""
+    if base == "local":
+        return ensure_base(BaseSpec(arch=arch))[0]
+    if image_exists(base):
+        return base
+    pulled = subprocess.run(  # noqa: S603
+        ["podman", "pull", "--quiet", "--platform", ARCHES[arch][0], base],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if pulled.returncode == 0:
+        return base
+    reason = (pulled.stderr.strip().splitlines() or ["unknown error"])[-1][:200]
+    tag, how = ensure_base(BaseSpec(arch=arch))
+    print(f"images: cannot pull {base} ({reason}); using the local base {tag} ({how})")
+    return tag
+
+
+def podman_build(name: str, *, context: Path, base: str, arch: str, tag: str) -> Built:
+    started = time.monotonic()
+    run_step(
+        ["podman", "build", "--network", "host", "--platform", ARCHES[arch][0]]
+        + ["--build-arg", f"BASE={base}", "-f", str(HERE / IMAGES[name][0]), "-t", tag]
+        + [str(context)],
+        step=f"podman build {tag}",
+    )
+    seconds = time.monotonic() - started
+    size = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Size}}", tag],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return Built(image=name, tag=tag, seconds=seconds, size_bytes=int(size))
+
+
+def build_images(
+    *, names: Sequence[str], arch: str, base: str, work: Path, suffix: str = ""
+) -> list[Built]:
+    if shutil.which("podman") is None:
+        raise ImageBuildError("podman is not installed: apt-get install -y podman runc")
+    work.mkdir(parents=True, exist_ok=True)
+    resolved = resolve_base(base, arch)
+    wheel = build_wheel(work)
+    out: list[Built] = []
+    for name in names:
+        context = context_for(name, wheel, arch, work)
+        tag = f"localhost/edgefleet-{name}:{suffix or ('latest' if arch == host_arch() else arch)}"
+        out.append(podman_build(name, context=context, base=resolved, arch=arch, tag=tag))
+    return out
+
+
+def run_step(argv: list[str], *, step: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip()[-1500:]
+        raise ImageBuildError(f"{step} failed (exit {done.returncode}):\n{tail}")
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m containers.build", description=__doc__)
+    parser.add_argument("--arch", choices=sorted(ARCHES), default=host_arch())
+    parser.add_argument(
+        "--base",
+        default=DEFAULT_BASE,
+        help=f"base image (default {DEFAULT_BASE}; 'local': the debootstrap base)",
+    )
+    parser.add_argument("--only", choices=sorted(IMAGES), action="append", help="one image")
+    parser.add_argument("--tag", default="", help="tag instead of latest (or the arch)")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "images")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if args.arch not in ARCHES:
+        print(f"images: no such architecture {args.arch!r}", file=sys.stderr)
+        return 2
+    try:
+        built = build_images(
+            names=args.only or sorted(IMAGES),
+            arch=args.arch,
+            base=args.base,
+            work=args.work,
+            suffix=args.tag,
+        )
+    except (ImageBuildError, BaseImageError) as err:
+        print(f"images: {err}", file=sys.stderr)
+        return 1
+    for item in built:
+        print(f"images: {item.tag} {item.size_bytes / 1e6:.0f} MB built in {item.seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
