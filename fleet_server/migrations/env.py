@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 from sqlmodel import SQLModel
 
 import fleet_server.models  # noqa: F401  (registers every table on SQLModel.metadata)
 
 config = context.config
 target_metadata = SQLModel.metadata
+
+
+#: The PostgreSQL advisory lock key migrations hold (an arbitrary constant: "EdgeFleet").
+MIGRATION_LOCK = 0x45646765466C74
 
 
 def run_migrations_online() -> None:
@@ -22,6 +27,13 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together on a fresh database raced on alembic_version
+                # (UniqueViolation; found by the compose stack): the first takes this lock for
+                # its transaction, the others wait and then find the schema current.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             context.run_migrations()
         connection.commit()
 

@@ -103,3 +103,46 @@ def test_bad_database_urls() -> None:
             migrate(engine)
     finally:
         engine.dispose()
+
+
+def test_replicas_migrating_a_fresh_database_at_once_both_start(database_url: str) -> None:
+    """Two servers started together on an empty PostgreSQL database: both used to insert
+    alembic_version (UniqueViolation, one replica exited: found by the compose stack); the
+    migration lock serialises them. Two processes (Alembic's context is per process). SQLite
+    is one server's database: not a scale-out setup."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from alembic import command
+
+    from fleet_server.db import alembic_config
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("replicas share PostgreSQL; SQLite is a single server's database")
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        command.downgrade(alembic_config(engine), "base")
+        code = (
+            "import sys; from fleet_server.db import make_engine, migrate; "
+            "migrate(make_engine(sys.argv[1]))"
+        )
+        root = str(Path(__file__).resolve().parents[2])
+        procs = [
+            subprocess.Popen(  # noqa: S603
+                [sys.executable, "-c", code, database_url],
+                cwd=root,
+                env={**os.environ, "PYTHONPATH": root},
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+        assert [rc for rc, _ in results] == [0, 0], [err[-500:] for _, err in results]
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
+    finally:
+        engine.dispose()
