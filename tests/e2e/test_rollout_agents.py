@@ -143,7 +143,11 @@ def test_real_agents_take_a_good_version_and_refuse_a_slow_one(
         lambda: client.get_rollout(rid)["state"] != "running", 90, "the rollout to end", every=0.25
     )
     report = client.rollout_report(rid)
-    assert report["rollout"]["state"] == "completed", report["rollout"]
+    assert report["rollout"]["state"] == "completed", (
+        report["rollout"].get("state"),
+        report["rollout"].get("reason"),
+        [(d["action"], d.get("reason")) for d in report["decisions"]][-4:],
+    )
     actions = [(d["action"], d["stage"]) for d in report["decisions"]]
     assert ("stage_passed", 0) in actions and actions[-1] == ("completed", 1), actions
     passed = next(d for d in report["decisions"] if d["action"] == "stage_passed")
