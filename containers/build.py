@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from containers.base import DEFAULT_BASE, BaseImageError, BaseSpec, ensure_base, image_exists
+from containers.base import (
+    DEFAULT_BASE,
+    BaseImageError,
+    BaseSpec,
+    cache_dir,
+    ensure_base,
+    image_exists,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -200,7 +207,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--only", choices=sorted(IMAGES), action="append", help="one image")
     parser.add_argument("--tag", default="", help="tag instead of latest (or the arch)")
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "images")
+    parser.add_argument("--work", type=Path, default=cache_dir() / "build")
     return parser.parse_args(argv)
 
 

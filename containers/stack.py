@@ -16,8 +16,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from containers.base import BaseImageError, BaseSpec, ensure_base
-from containers.build import ARCHES, ROOT, ImageBuildError, host_arch, platform_tags, run_step
+from containers.base import BaseImageError, BaseSpec, cache_dir, ensure_base
+from containers.build import ARCHES, ImageBuildError, host_arch, platform_tags, run_step
 
 HERE = Path(__file__).resolve().parent
 COMPOSE_FILE = HERE / "compose.yaml"
@@ -102,7 +102,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         cmd.add_argument(
             "--standins", action="store_true", help="use (and build) the local stand-ins"
         )
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "images")
+    parser.add_argument("--work", type=Path, default=cache_dir() / "build")
     return parser.parse_args(argv)
 
 

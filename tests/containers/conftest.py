@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from containers.base import cache_dir
 from tests.fleet_server.helpers import wait_until
 from tests.utils.required import missing
 
@@ -49,7 +50,7 @@ def images() -> Images:
         names=["server", "agent"],
         arch=_host_arch(),
         base="docker.io/library/python:3.11-slim",  # the default: falls back to the local base
-        work=ROOT / "build" / "images",
+        work=cache_dir() / "build",  # a cache: the dependency wheels are kept there
     )
     tags = {item.image: item.tag for item in built}
     return Images(tags["server"], tags["agent"], time.monotonic() - started)

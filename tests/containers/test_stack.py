@@ -18,9 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from containers.base import cache_dir
 from containers.stack import build_standins, compose, standin_env
 from fleet_server.client.api import FleetClient
-from tests.containers.conftest import ROOT, Images
+from tests.containers.conftest import Images
 from tests.fleet_server.helpers import publish_telemetry, wait_until
 from tests.utils.artifacts import signed_digits_bundles
 from tests.utils.net import free_port
@@ -47,7 +48,7 @@ def _stored(url: str) -> float:
 def stack(images: Images) -> Iterator[dict[str, str]]:
     if shutil.which("podman-compose") is None:
         missing("podman-compose is not installed (apt-get install -y podman-compose)")
-    build_standins(work=ROOT / "build" / "images")
+    build_standins(work=cache_dir() / "build")
     project = f"eftest{secrets.token_hex(3)}"
     ports = {name: free_port() for name in ("mqtt", "a", "b")}
     env = {
