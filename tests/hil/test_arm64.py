@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from hil.arm64.rootfs import WORK, Board, emulation_problem, find_board
+from hil.ssh.local import build_wheel
 from tests.agent.media import write_video
 from tests.agent.probation_models import nan_on_real_inputs
 from tests.fleet_server.helpers import wait_until
@@ -115,25 +116,6 @@ class BoardAgent:
         self._out.close()
 
 
-def _build_wheel(out: Path) -> Path:
-    """This tree's wheel, built from a copy: setuptools writes build/ and *.egg-info beside the
-    sources it builds, and the suite's working tree must stay as it was."""
-    source = out / "src"
-    ignore = shutil.ignore_patterns(
-        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".*_cache"
-    )
-    shutil.copytree(ROOT, source, ignore=ignore)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w"]
-        + [str(out), str(source)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (wheel,) = out.glob("edgefleet-*.whl")
-    return wheel
-
-
 def _start_tflite_factory(out: Path) -> subprocess.Popen[bytes]:
     """TensorFlow makes the .tflite models in its own process while the board installs; its
     log goes to a file (a pipe nobody reads while the board installs could fill and block)."""
@@ -164,7 +146,7 @@ def _start_install(board: Board, work: Path) -> subprocess.Popen[str]:
     """This tree's wheel, installed with its [agent] extra into a fresh venv on the board (the
     pinned aarch64 dependencies come from the cached root; --no-index: nothing else), in the
     background: under emulation it is the slowest step, and the host has its own to do."""
-    wheel = _build_wheel(work / "wheels")
+    wheel = build_wheel(work / "wheels")
     venv = f"python3 -m venv --system-site-packages --without-pip {VENV}"
     pip = (
         f"python3 -m pip --python {VENV}/bin/python install --no-index "
