@@ -53,7 +53,7 @@ class SuccessRate(GateBase):
 
 
 class Offline(GateBase):
-    """Share of committed devices that are offline now (a count, not an estimate)."""
+    """Share of committed devices offline for ``grace_s`` or longer (a count, not an estimate)."""
 
     name = "offline"
 
@@ -67,9 +67,13 @@ class Offline(GateBase):
             return self._needs("committed devices", n, c.min_samples, c.max_fraction)
         fraction = evidence.committed_offline / n
         status: GateStatus = "pass" if fraction <= c.max_fraction else "fail"
-        detail = f"{evidence.committed_offline} of {n} offline"
+        detail = f"{evidence.committed_offline} of {n} offline for ≥ {c.grace_s:g} s"
         return self._result(status, fraction, c.max_fraction, n, c.min_samples, detail)
 
+
+#: The gates device statuses alone decide (no telemetry read): judged on every tick, the others
+#: when an evaluation is due.
+STATUS_GATES = frozenset({"success_rate", "offline"})
 
 #: Gate name → constructor from the policy; the order is the report's order.
 GATES: dict[str, Callable[[Any], Gate]] = {
@@ -102,4 +106,4 @@ def evaluate_all(
     return results
 
 
-__all__ = ["GATES", "Gate", "GateResult", "GateStatus", "evaluate_all"]
+__all__ = ["GATES", "STATUS_GATES", "Gate", "GateResult", "GateStatus", "evaluate_all"]
