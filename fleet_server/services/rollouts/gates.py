@@ -14,7 +14,7 @@ new version with the baseline are in :mod:`.comparisons`, their statistics in :m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 from fleet_server.services.rollouts.comparisons import (
@@ -87,7 +87,7 @@ GATES: dict[str, Callable[[Any], Gate]] = {
 
 
 def evaluate_all(
-    policy: GatePolicy, evidence: Evidence, *, soaked: bool, only: set[str] | None = None
+    policy: GatePolicy, evidence: Evidence, *, soaked: bool, only: Set[str] | None = None
 ) -> list[GateResult]:
     """Every enabled gate (or those in ``only``), at ``policy.alpha`` once the stage has soaked
     and at the much smaller ``policy.early_alpha`` before: early, only what is clearly out of
