@@ -31,8 +31,9 @@ from containers.base import (
     ensure_base,
     image_exists,
 )
+from edgefleet import wheel
+from edgefleet.wheel import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 #: image name → (Containerfile, the edgefleet extras its venv holds).
 IMAGES: dict[str, tuple[str, str]] = {
@@ -72,23 +73,11 @@ def host_arch() -> str:
 
 
 def build_wheel(out: Path) -> Path:
-    """This tree's wheel, built from a copy (the working tree stays as it was)."""
-    source = out / "src"
-    shutil.rmtree(source, ignore_errors=True)
-    ignore = shutil.ignore_patterns(
-        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench"
-    )
-    shutil.copytree(ROOT, source, ignore=ignore)
-    for old in out.glob("edgefleet-*.whl"):
-        old.unlink()
-    run_step(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(out), str(source)],
-        step="pip wheel",
-    )
-    shutil.rmtree(source)
-    (wheel,) = out.glob("edgefleet-*.whl")
-    return wheel
+    """This tree's wheel (:func:`edgefleet.wheel.build_wheel`), its failure an image error."""
+    try:
+        return wheel.build_wheel(out, leave_out=("tests", "bench"))
+    except wheel.WheelBuildError as exc:
+        raise ImageBuildError(str(exc)) from exc
 
 
 def download_wheels(wheel: Path, extras: str, arch: str, out: Path) -> bool:

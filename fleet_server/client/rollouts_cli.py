@@ -19,6 +19,8 @@ GATE_FLAGS: tuple[tuple[str, str | None, str, type, str], ...] = (
     ("--max-confidence-shift", "confidence_shift", "max_distance", float,
      "shift of the top-1 confidence CDF (0-1), significantly above which the gate fails"),
     ("--max-offline", "offline", "max_fraction", float, "share of committed devices offline"),
+    ("--offline-grace", "offline", "grace_s", float,
+     "seconds a committed device must stay offline before it counts (default 60)"),
     ("--max-accuracy-drop", "label_accuracy", "max_drop", float,
      "accuracy on labelled samples, old minus new (absolute)"),
     ("--alpha", None, "alpha", float, "false-alarm rate of each gate once a stage soaked"),

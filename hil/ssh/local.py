@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from edgefleet import wheel
 from hil.ssh.errors import HilError
 
 if TYPE_CHECKING:
@@ -33,26 +33,11 @@ VERSIONS = ("1.0.0", "2.0.0")
 
 
 def build_wheel(out: Path) -> Path:
-    """This tree's wheel, built from a copy (setuptools writes build/ and *.egg-info beside
-    the sources it builds; the working tree stays as it was)."""
-    source = out / "src"
-    ignore = shutil.ignore_patterns(
-        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".*_cache"
-    )
-    shutil.copytree(ROOT, source, ignore=ignore)
-    done = subprocess.run(  # noqa: S603 (our own interpreter and paths)
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w"]
-        + [str(out), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    shutil.rmtree(source, ignore_errors=True)
-    wheels = sorted(out.glob("edgefleet-*.whl"))
-    if done.returncode != 0 or len(wheels) != 1:
-        raise HilError(f"building the edgefleet wheel failed: {done.stderr.strip()[-800:]}")
-    return wheels[0]
+    """This tree's wheel (:func:`edgefleet.wheel.build_wheel`), its failure a ``HilError``."""
+    try:
+        return wheel.build_wheel(out)
+    except wheel.WheelBuildError as exc:
+        raise HilError(str(exc)) from exc
 
 
 def free_port(host: str) -> int:

@@ -428,3 +428,48 @@ def test_a_device_on_probation_is_not_counted_as_committed(h: Harness) -> None:
     h.fail(canary)  # the probation then rolls it back
     h.engine.tick()
     assert "success_rate" in h.decision(rollout.id, "gate_failed").reason
+
+
+def _status(h: Harness, ids: list[str], status: str) -> None:
+    from edgefleet.contract import Status
+
+    h.send([Status(device_id=d, status=status, ts=h.clock.now) for d in ids])  # type: ignore[arg-type]
+
+
+def test_devices_offline_for_a_moment_do_not_fail_the_offline_gate(h: Harness) -> None:
+    """A broker or server restart takes every device offline for the seconds it needs to
+    reconnect (once in CI: ``offline 0.8 vs 0.1`` right after a server restart, an abort)."""
+    h.add_devices(20)
+    rollout = h.create(gates={"offline": {"grace_s": 30}})
+    canary = h.members(rollout.id, "assigned")
+    h.commit(canary)
+    _status(h, canary, "offline")
+    h.clock.advance(20)
+    h.engine.tick()
+    assert h.rollout(rollout.id).state == "running"
+    _status(h, canary, "online")  # reconnected within the grace
+    _pass_stage(h, rollout.id)
+    h.clock.advance(61)
+    h.telemetry(h.members(rollout.id, "committed"), version=NEW)
+    h.telemetry(h.members(rollout.id, "pending"), version=OLD)
+    h.engine.tick()
+    assert h.rollout(rollout.id).stage == 1, h.rollout(rollout.id).reason
+
+
+def test_devices_that_stay_offline_past_the_grace_fail_the_offline_gate(h: Harness) -> None:
+    h.add_devices(20)
+    rollout = h.create(gates={"offline": {"grace_s": 30}})
+    canary = h.members(rollout.id, "assigned")
+    h.commit(canary)
+    _status(h, canary, "offline")
+    h.clock.advance(29)
+    h.engine.tick()
+    assert h.rollout(rollout.id).state == "running"
+    h.clock.advance(2)
+    h.engine.tick()
+    assert h.rollout(rollout.id).state == "aborting"
+    failed = h.decision(rollout.id, "gate_failed")
+    assert "offline 1 vs 0.1" in failed.reason, failed.reason
+    gates = {g["name"]: g for g in failed.evidence["gates"]}
+    assert gates["offline"]["status"] == "fail" and gates["offline"]["value"] == 1.0
+    assert "2 of 2 offline for ≥ 30 s" in gates["offline"]["detail"]

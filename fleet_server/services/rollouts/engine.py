@@ -38,8 +38,8 @@ from fleet_server.services.desired import (
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
 from fleet_server.services.rollouts.evaluation import evaluation_due, evaluation_record, fmt_result
-from fleet_server.services.rollouts.evidence import counts_only, gather
-from fleet_server.services.rollouts.gates import evaluate_all
+from fleet_server.services.rollouts.evidence import counts_only, gather, offline_devices
+from fleet_server.services.rollouts.gates import STATUS_GATES, evaluate_all
 from fleet_server.services.rollouts.members import (
     Outbox,
     as_ref,
@@ -226,7 +226,7 @@ class RolloutEngine:
 
         policy = GatePolicy.model_validate(rollout.gates)
         stage_ids = {m.device_id for m in covered}
-        offline = {d.device_id for d in devices.values() if not d.online}
+        offline = offline_devices(devices.values(), now, policy.offline.grace_s)
         full = just_finished or evaluation_due(rollout, now, soaked, strategy)
         if full:  # read the telemetry: every gate
             evidence = gather(
@@ -245,7 +245,7 @@ class RolloutEngine:
             rollout.last_evaluation = evaluation
         else:  # between evaluations, only what the device statuses alone can fail
             evidence = counts_only(members=members, stage_ids=stage_ids, offline=offline)
-            results = evaluate_all(policy, evidence, soaked=soaked, only={"success_rate"})
+            results = evaluate_all(policy, evidence, soaked=soaked, only=STATUS_GATES)
             evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())
 
         failed = [r for r in results if r.status == "fail"]

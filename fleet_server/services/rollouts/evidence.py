@@ -211,6 +211,20 @@ def _version_of(row: Any) -> tuple[str, str] | None:
     return str(model["name"]), str(model["version"])
 
 
+def offline_devices(devices: Iterable[Any], now: datetime, grace_s: float) -> set[str]:
+    """Devices offline for at least ``grace_s`` (since the server received their offline status).
+
+    A device that has never reported a status counts as offline at once. ``devices`` are
+    ``Device`` rows (``device_id``, ``online``, ``status_ts``).
+    """
+    since = now - timedelta(seconds=grace_s)
+    return {
+        d.device_id
+        for d in devices
+        if not d.online and (d.status_ts is None or d.status_ts <= since)
+    }
+
+
 def _counts(members: list[RolloutDevice], stage_ids: set[str], offline: set[str]) -> dict[str, int]:
     in_stage = [m for m in members if m.device_id in stage_ids]
     committed = [m for m in members if m.status == "committed"]

@@ -14,7 +14,7 @@ new version with the baseline are in :mod:`.comparisons`, their statistics in :m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 from fleet_server.services.rollouts.comparisons import (
@@ -53,7 +53,7 @@ class SuccessRate(GateBase):
 
 
 class Offline(GateBase):
-    """Share of committed devices that are offline now (a count, not an estimate)."""
+    """Share of committed devices offline for ``grace_s`` or longer (a count, not an estimate)."""
 
     name = "offline"
 
@@ -67,9 +67,13 @@ class Offline(GateBase):
             return self._needs("committed devices", n, c.min_samples, c.max_fraction)
         fraction = evidence.committed_offline / n
         status: GateStatus = "pass" if fraction <= c.max_fraction else "fail"
-        detail = f"{evidence.committed_offline} of {n} offline"
+        detail = f"{evidence.committed_offline} of {n} offline for ≥ {c.grace_s:g} s"
         return self._result(status, fraction, c.max_fraction, n, c.min_samples, detail)
 
+
+#: The gates device statuses alone decide (no telemetry read): judged on every tick, the others
+#: when an evaluation is due.
+STATUS_GATES = frozenset({"success_rate", "offline"})
 
 #: Gate name → constructor from the policy; the order is the report's order.
 GATES: dict[str, Callable[[Any], Gate]] = {
@@ -83,7 +87,7 @@ GATES: dict[str, Callable[[Any], Gate]] = {
 
 
 def evaluate_all(
-    policy: GatePolicy, evidence: Evidence, *, soaked: bool, only: set[str] | None = None
+    policy: GatePolicy, evidence: Evidence, *, soaked: bool, only: Set[str] | None = None
 ) -> list[GateResult]:
     """Every enabled gate (or those in ``only``), at ``policy.alpha`` once the stage has soaked
     and at the much smaller ``policy.early_alpha`` before: early, only what is clearly out of
@@ -102,4 +106,4 @@ def evaluate_all(
     return results
 
 
-__all__ = ["GATES", "Gate", "GateResult", "GateStatus", "evaluate_all"]
+__all__ = ["GATES", "STATUS_GATES", "Gate", "GateResult", "GateStatus", "evaluate_all"]

@@ -231,6 +231,14 @@ class OfflineGate(Strict):
         default=0.1, ge=0, le=1, description="Committed devices gone offline since."
     )
     min_samples: int = Field(default=1, ge=1, description="Committed devices.")
+    grace_s: float = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description="A committed device counts as offline once it has been offline this long "
+        "(its offline status received this long ago): a broker or server restart, or a network "
+        "blip, takes every device offline for the seconds it needs to reconnect.",
+    )
 
 
 class LabelAccuracyGate(Strict):
