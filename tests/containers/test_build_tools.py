@@ -77,7 +77,13 @@ def test_compose_replicas_have_valid_distinct_settings(
 ) -> None:
     """Each replica's environment read by ServerSettings as the server image reads it."""
     raw = yaml.safe_load(stack.COMPOSE_FILE.read_text())
-    spec = _interpolate(raw, {"EDGEFLEET_OPERATOR_TOKEN": "a-token-of-sixteen-chars"})
+    spec = _interpolate(
+        raw,
+        {
+            "EDGEFLEET_OPERATOR_TOKEN": "a-token-of-sixteen-chars",
+            "EDGEFLEET_MQTT_PASSWORD": "p" * 16,
+        },
+    )
     services = spec["services"]
     replicas = [name for name, service in services.items() if name.startswith("server-")]
     assert replicas == ["server-a", "server-b"]
@@ -94,6 +100,13 @@ def test_compose_replicas_have_valid_distinct_settings(
     assert a.database_url == b.database_url and a.broker_url == b.broker_url
     assert a.replica_id != b.replica_id and a.mqtt_client_id != b.mqtt_client_id
     assert a.artifact_store.kind == "s3" and a.artifact_store == b.artifact_store
+    # Both administer the broker's dynamic-security plugin as the user its start.sh makes.
+    assert a.broker_dynsec and b.broker_dynsec
+    broker_env = services["mosquitto"]["environment"]
+    for replica in settings:
+        assert replica.mqtt_username == broker_env["EDGEFLEET_MQTT_USERNAME"]
+        assert replica.mqtt_password is not None
+        assert replica.mqtt_password.get_secret_value() == broker_env["EDGEFLEET_MQTT_PASSWORD"]
     # Every third-party image can be swapped for its local stand-in by a variable.
     for service, variable in stack.STANDINS.items():
         assert f"${{{variable}:-" in raw["services"][service]["image"]

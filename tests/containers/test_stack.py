@@ -37,6 +37,7 @@ pytestmark = [
 ]
 
 TOKEN = "operator-token-for-the-compose-stack"  # noqa: S105 - test-only token
+MQTT_PASSWORD = "broker-admin-password-for-the-stack"  # noqa: S105 - test-only password
 _SAMPLE = re.compile(r"^edgefleet_ingest_stored_total(?:\{[^}]*\})? ([0-9.eE+-]+)$", re.M)
 
 
@@ -55,6 +56,7 @@ def stack(images: Images) -> Iterator[dict[str, str]]:
         **standin_env(),
         "EDGEFLEET_SERVER_IMAGE": images.server,
         "EDGEFLEET_OPERATOR_TOKEN": TOKEN,
+        "EDGEFLEET_MQTT_PASSWORD": MQTT_PASSWORD,
         "EDGEFLEET_MQTT_PORT": str(ports["mqtt"]),
         "EDGEFLEET_SERVER_A_PORT": str(ports["a"]),
         "EDGEFLEET_SERVER_B_PORT": str(ports["b"]),
@@ -72,6 +74,30 @@ def stack(images: Images) -> Iterator[dict[str, str]]:
         compose(project, "down", "-v", env=env)
 
 
+def _login(url: str, login: tuple[str, str] | None) -> str:
+    """The CONNACK's reason for ``login`` (user name = client id), e.g. "Success"."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgefleet.mqtt import BrokerAddress
+
+    address = BrokerAddress.from_url(url)
+    client_id = login[0] if login else f"anon-{secrets.token_hex(3)}"
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    if login is not None:
+        client.username_pw_set(*login)
+    outcome: list[str] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: outcome.append(str(reason))
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        wait_until(lambda: bool(outcome), 10, "a CONNACK", every=0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return outcome[0]
+
+
 def _ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
@@ -87,10 +113,12 @@ def test_two_replicas_share_ingest_and_the_store(stack: dict[str, str], tmp_path
     b = FleetClient(stack["b"], TOKEN, timeout=30)
     try:
         devices = [f"stack-{i}-{secrets.token_hex(3)}" for i in range(4)]
-        for device in devices:
-            a.add_device(device)
+        tokens = {device: str(a.add_device(device)["token"]) for device in devices}
         per_device = 100
-        publish_telemetry(stack["mqtt"], devices, per_device)
+        # Each device logs in as itself the moment it is registered: the servers added it to
+        # the broker's dynamic-security plugin (no file, no reload).
+        for device in devices:
+            publish_telemetry(stack["mqtt"], [device], per_device, login=(device, tokens[device]))
         total = len(devices) * per_device
 
         def counts() -> tuple[float, float]:
@@ -103,6 +131,22 @@ def test_two_replicas_share_ingest_and_the_store(stack: dict[str, str], tmp_path
         for device in devices:  # what either replica stored, the other serves
             rows = b.device_telemetry(device, limit=per_device)
             assert sorted(int(row["seq"]) for row in rows) == list(range(1, per_device + 1))
+
+        # The broker confines and refuses: no anonymous login, no login with another device's
+        # token, a device's message on another's topic is dropped, a removed device is out.
+        first, second = devices[0], devices[1]
+        assert _login(stack["mqtt"], None) == "Not authorized"
+        assert _login(stack["mqtt"], (first, tokens[second])) == "Not authorized"
+        publish_telemetry(stack["mqtt"], [second], per_device + 1, login=(first, tokens[first]))
+        assert _login(stack["mqtt"], (first, tokens[first])) == "Success"
+        b.remove_device(first)
+        wait_until(
+            lambda: _login(stack["mqtt"], (first, tokens[first])) == "Not authorized",
+            5,
+            "the removed device refused",
+            every=0.2,
+        )
+        assert sum(counts()) == total  # nothing of the foreign messages was stored
 
         bundles, _key = signed_digits_bundles(tmp_path / "bundles", ["1.0.0"])
         a.push_model(bundles[0])

@@ -224,10 +224,16 @@ def migrated_engine(
 
 
 def publish_telemetry(
-    url: str, devices: list[str], per_device: int, *, inflight: int = 200
+    url: str,
+    devices: list[str],
+    per_device: int,
+    *,
+    inflight: int = 200,
+    login: tuple[str, str] | None = None,
 ) -> None:
     """Telemetry seq 1..``per_device`` for each device, QoS 1, from one paho client; returns
-    once the broker has acknowledged every message."""
+    once the broker has acknowledged every message. ``login``: (user name, password), which is
+    also the client id (a device's own login, as a broker that binds client ids wants it)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -236,7 +242,10 @@ def publish_telemetry(
 
     model = {"name": "digits", "version": "1.0.0"}
     address = BrokerAddress.from_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
+    client_id = login[0] if login else f"pub-{secrets.token_hex(4)}"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    if login is not None:
+        client.username_pw_set(*login)
     client.max_inflight_messages_set(inflight)
     client.connect(address.host, address.port)
     client.loop_start()

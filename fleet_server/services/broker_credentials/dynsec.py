@@ -17,6 +17,7 @@ import logging
 import secrets
 import ssl
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,9 +25,12 @@ from edgefleet.mqtt_tls import TlsError, TlsFiles, client_context
 from fleet_server.services.broker_credentials.base import Applied, CredentialsError, SyncReport
 from fleet_server.services.broker_credentials.dynsec_config import (
     CONTROL_TOPIC,
+    DEFAULT_ACL_ACCESS,
     RESPONSE_TOPIC,
+    SERVER_ROLE,
     device_acls,
     device_role,
+    server_acls,
 )
 
 if TYPE_CHECKING:
@@ -38,9 +42,12 @@ log = logging.getLogger(__name__)
 _ALREADY = {
     "createRole": "Role already exists",
     "createClient": "Client already exists",
+    "addRoleACL": "ACL with this topic already exists",
     "deleteClient": "Client not found",
     "deleteRole": "Role not found",
 }
+#: How long :meth:`DynsecCredentials.ensure_server` waits for its role to show.
+ENSURE_TIMEOUT_S = 10.0
 #: A response larger than this is not the plugin's (ours are a few hundred bytes).
 _MAX_RESPONSE = 1 << 20
 
@@ -190,6 +197,57 @@ class DynsecCredentials:
 
     def __init__(self, client: DynsecClient) -> None:
         self._client = client
+
+    def ensure_server(self, username: str) -> None:
+        """Give the server's own login (``username``, the plugin's admin) the server role and
+        the plugin EdgeFleet's default access. Idempotent; run at start. So a plugin file made
+        by Mosquitto's own ``mosquitto_ctrl dynsec init FILE USER PASSWORD`` (whose admin may
+        only administer the plugin and read) is all a broker needs, as well as one written by
+        ``edgefleet server acl --dynsec``."""
+        commands: list[dict[str, Any]] = [{"command": "createRole", "rolename": SERVER_ROLE}]
+        commands += [
+            {"command": "addRoleACL", "rolename": SERVER_ROLE, **acl} for acl in server_acls()
+        ]
+        commands.append(
+            {
+                "command": "setDefaultACLAccess",
+                "acls": [{"acltype": k, "allow": v} for k, v in DEFAULT_ACL_ACCESS.items()],
+            }
+        )
+        self._client.call(commands)
+        if SERVER_ROLE in self._client_roles(username):
+            return
+        try:
+            self._client.call(
+                [{"command": "addClientRole", "username": username, "rolename": SERVER_ROLE}]
+            )
+        except CredentialsError as err:
+            # Mosquitto 2.0.11 answers "Internal error" when the client it changed is the one
+            # asking (it disconnects it so the new role applies) although the role was added.
+            if "Internal error" not in str(err):
+                raise
+        deadline = time.monotonic() + ENSURE_TIMEOUT_S
+        while True:
+            try:
+                if SERVER_ROLE in self._client_roles(username):
+                    break
+            except CredentialsError:  # reconnecting after that disconnection
+                pass
+            if time.monotonic() > deadline:
+                raise CredentialsError(
+                    f"dynamic security: could not give {username!r} the role {SERVER_ROLE}"
+                )
+            time.sleep(0.1)
+        log.info("dynamic security: gave %s the role %s", username, SERVER_ROLE)
+
+    def _client_roles(self, username: str) -> set[str]:
+        [answer] = self._client.call([{"command": "getClient", "username": username}])
+        data = answer.get("data")
+        info = data.get("client") if isinstance(data, dict) else None
+        roles = info.get("roles") if isinstance(info, dict) else None
+        if not isinstance(roles, list):
+            raise CredentialsError(f"dynamic security: getClient {username!r} answered no roles")
+        return {str(r.get("rolename")) for r in roles if isinstance(r, dict)}
 
     def add(self, *, device_id: str, token: str) -> Applied:
         role = device_role(device_id)

@@ -39,7 +39,13 @@ def _dynsec(context: CredentialsContext) -> BrokerCredentials:
         tls=context.tls,
     )
     client.start()
-    return DynsecCredentials(client)
+    credentials = DynsecCredentials(client)
+    try:
+        credentials.ensure_server(context.username)
+    except CredentialsError:
+        client.close()
+        raise
+    return credentials
 
 
 #: kind → factory (started, ready to use).

@@ -10,12 +10,14 @@ the plugin's admin and keeps it up to date.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +273,72 @@ def test_device_logins_take_effect_at_once(tmp_path: Path, broker_dir: Path) -> 
             item.close()
         broker.terminate()
         broker.wait(10)
+
+
+def test_a_plugin_file_from_mosquitto_ctrl_is_enough(tmp_path: Path, broker_dir: Path) -> None:
+    """Mosquitto's own set-up (``mosquitto_ctrl dynsec init FILE admin PASSWORD``, whose admin
+    may only administer the plugin and read): the server gives its login the server role and
+    the plugin EdgeFleet's default access at start, then works as with its own file."""
+    if shutil.which("mosquitto_ctrl") is None:
+        missing("mosquitto_ctrl (Debian's mosquitto-clients) is not installed")
+    port = free_port()
+    plugin_file = broker_dir / "dynamic-security.json"
+    init = subprocess.run(  # noqa: S603
+        ["mosquitto_ctrl", "dynsec", "init", str(plugin_file), "admin", "admin-secret"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    plugin_file.chmod(0o666)
+    (broker_dir / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\nplugin {PLUGIN_PATH}\n"
+        f"plugin_opt_config_file {plugin_file}\n"
+    )
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        broker_url=f"mqtt://admin:admin-secret@127.0.0.1:{port}",
+        broker_dynsec=True,
+    )
+    broker = subprocess.Popen(  # noqa: S603
+        ["mosquitto", "-c", str(broker_dir / "mosquitto.conf")],  # noqa: S607
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    opened: list[Any] = []
+    try:
+        wait_for_port("127.0.0.1", port)
+        for _ in range(2):  # a second start finds everything in place
+            with running_app(settings) as (client, runtime):
+                assert runtime.credentials.kind == "dynsec"
+                device_id = unique_id("ctl")
+                created = client.post(
+                    "/api/v1/devices", json={"device_id": device_id}, headers=operator()
+                )
+                assert created.status_code == 201, created.text
+                device = Device(port, device_id, created.json()["token"])
+                opened.append(device)
+                assert device.admitted()
+                device.client.subscribe(topic(device_id, Channel.DESIRED), qos=1)
+                device.publish(topic(device_id, Channel.TELEMETRY), _telemetry(device_id, 1))
+                wait_until(lambda: runtime.stats.stored >= 1, what="the telemetry stored")
+                # The server may now publish (the init file's admin could not).
+                server = MqttProbe(f"mqtt://admin:admin-secret@127.0.0.1:{port}")
+                opened.append(server)
+                server.publish(topic(device_id, Channel.DESIRED), b"desired", retain=True)
+                wait_until(partial(_has_messages, device), what="the desired state")
+                assert device.messages == [(topic(device_id, Channel.DESIRED), b"desired")]
+        saved = json.loads(plugin_file.read_text())
+        admin = next(c for c in saved["clients"] if c["username"] == "admin")
+        assert sorted(r["rolename"] for r in admin["roles"]) == ["admin", "edgefleet-server"]
+        assert saved["defaultACLAccess"]["publishClientReceive"] is False
+    finally:
+        for item in opened:
+            item.close()
+        broker.terminate()
+        broker.wait(10)
+
+
+def _has_messages(device: Device) -> bool:
+    return bool(device.messages)
