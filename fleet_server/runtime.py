@@ -52,6 +52,7 @@ from fleet_server.services.pipelines.webhook_watch import WebhookRunWatch
 from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob
+from fleet_server.services.rollup import RollupJob
 from fleet_server.services.samples import SampleStats
 from fleet_server.services.throttle import AuthThrottle, ThrottleCollector
 from fleet_server.settings import ServerSettings
@@ -177,6 +178,14 @@ class Runtime:
                 sample_days=settings.sample_retention_days,
                 store=self.store,
                 interval_s=settings.retention_interval_s,
+                budget_s=settings.lease_ttl_s / 3,
+            )
+        )
+        self.leader.add_job(
+            RollupJob(
+                engine=self.engine,
+                interval_s=settings.telemetry_rollup_interval_s,
+                keep_days=settings.telemetry_hourly_days,
                 budget_s=settings.lease_ttl_s / 3,
             )
         )
