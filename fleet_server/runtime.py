@@ -19,7 +19,7 @@ from edgefleet.mqtt import MqttError
 from edgefleet.mqtt_tls import TlsFiles
 from edgefleet.signing import SignatureError, load_public_key
 from fleet_server.broker.throttle import AuthThrottleCollector
-from fleet_server.db import make_engine, migrate, safe_url
+from fleet_server.db import DatabaseError, make_engine, migrate, safe_url
 from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
 from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
@@ -129,8 +129,11 @@ class Runtime:
                 "no trusted keys (EDGEFLEET_TRUSTED_KEYS): uploaded signatures are recorded as "
                 "unverified and rollouts are refused until a key that verifies them is trusted"
             )
-        self.engine = make_engine(settings.resolved_database_url)
-        migrate(self.engine)
+        try:
+            self.engine = make_engine(settings.resolved_database_url)
+            migrate(self.engine)
+        except DatabaseError as err:
+            raise StartupError(str(err)) from err
         self.metrics.register(FleetCollector(self.engine))
         try:
             self.store = create_store(settings)
