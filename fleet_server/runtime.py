@@ -257,6 +257,7 @@ class Runtime:
                         cert_file=_path(settings.broker_cert_file),
                         key_file=_path(settings.broker_key_file),
                     ),
+                    embedded=self.broker,
                 ),
             )
         except CredentialsError as err:
