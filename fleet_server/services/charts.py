@@ -8,9 +8,11 @@ clock (``received_at``), as for the rollout gates and the drift detectors.
 Raw telemetry is kept ``telemetry_raw_days`` (default 7); a window reaching further back starts
 where the raw rows do (the response says so in ``since``).
 
-The database still reads every row of the window (bench/charts_bench.py, 10 M rows on a loaded
-2-core machine: 1 hour 0.7 s, 1 day 9.5 s, 7 days 48 s): hours and days are what the rollout and
-model views ask for; a week wants a rollup table, which this module does not have yet.
+From raw rows the database reads every row of the window (bench/charts_bench.py, 10 M rows on a
+loaded 2-core machine: 1 hour 0.7 s, 1 day 9.5 s, 7 days 48 s). So a window whose buckets are at
+least :data:`~fleet_server.services.rollup.BUCKET_S` wide reads the 5-minute roll-up
+(:mod:`fleet_server.services.rollup`) up to its mark and raw rows only after it: the same values
+(every figure merges exactly), buckets on 5-minute edges.
 """
 
 from __future__ import annotations
