@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 #: Width of one roll-up bucket (seconds). A chart wider than 120 × 5 min (10 hours) reads it.
 BUCKET_S = 300
 MARK = "telemetry"
+MARK_TABLE = "telemetry_rollup_mark"
 
 
 class bucket_start(FunctionElement[int]):  # noqa: N801 - reads as SQL
@@ -190,9 +191,6 @@ class RollupJob:
                 sa.delete(rollup).where(rollup.c.bucket_s < floor_s(before))
             ).rowcount
         return max(0, deleted or 0)
-
-
-MARK_TABLE = "telemetry_rollup_mark"
 
 
 def _aggregate(lo: int, hi: int) -> sa.Select[Any]:
