@@ -40,7 +40,28 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    if parsed.get_backend_name() == "postgresql":
+        # First among the connect listeners: SQLAlchemy's own first-connect step fails with a
+        # TypeError deep in its version check when the server sends bytes (SQL_ASCII).
+        event.listen(engine, "connect", _utf8_only, insert=True)
     return engine
+
+
+def _utf8_only(dbapi_conn: Any, _record: Any) -> None:
+    """Refuse a database whose encoding is not UTF8, with one line that says how to make one:
+    under SQL_ASCII the driver hands text back as bytes, and device names, JSON and audit rows
+    are not ASCII-safe anyway."""
+    info = getattr(dbapi_conn, "info", None)
+    status = getattr(info, "parameter_status", None)
+    encoding = status("server_encoding") if callable(status) else None
+    if isinstance(encoding, bytes):
+        encoding = encoding.decode("ascii", "replace")
+    if encoding is not None and encoding.upper() not in ("UTF8", "UTF-8"):
+        name = getattr(info, "dbname", None) or "?"
+        raise DatabaseError(
+            f"PostgreSQL database {name!r} has encoding {encoding}; EdgeFleet needs UTF8 "
+            f"(createdb -E UTF8 -T template0 {name})"
+        )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

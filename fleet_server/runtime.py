@@ -19,7 +19,7 @@ from edgefleet.mqtt import MqttError
 from edgefleet.mqtt_tls import TlsFiles
 from edgefleet.signing import SignatureError, load_public_key
 from fleet_server.broker.throttle import AuthThrottleCollector
-from fleet_server.db import make_engine, migrate, safe_url
+from fleet_server.db import DatabaseError, make_engine, migrate, safe_url
 from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
 from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
@@ -52,6 +52,7 @@ from fleet_server.services.pipelines.webhook_watch import WebhookRunWatch
 from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts.engine import RolloutEngine
 from fleet_server.services.rollouts.job import RolloutJob
+from fleet_server.services.rollup import RollupJob
 from fleet_server.services.samples import SampleStats
 from fleet_server.services.throttle import AuthThrottle, ThrottleCollector
 from fleet_server.settings import ServerSettings
@@ -128,8 +129,11 @@ class Runtime:
                 "no trusted keys (EDGEFLEET_TRUSTED_KEYS): uploaded signatures are recorded as "
                 "unverified and rollouts are refused until a key that verifies them is trusted"
             )
-        self.engine = make_engine(settings.resolved_database_url)
-        migrate(self.engine)
+        try:
+            self.engine = make_engine(settings.resolved_database_url)
+            migrate(self.engine)
+        except DatabaseError as err:
+            raise StartupError(str(err)) from err
         self.metrics.register(FleetCollector(self.engine))
         try:
             self.store = create_store(settings)
@@ -177,6 +181,14 @@ class Runtime:
                 sample_days=settings.sample_retention_days,
                 store=self.store,
                 interval_s=settings.retention_interval_s,
+                budget_s=settings.lease_ttl_s / 3,
+            )
+        )
+        self.leader.add_job(
+            RollupJob(
+                engine=self.engine,
+                interval_s=settings.telemetry_rollup_interval_s,
+                keep_days=settings.telemetry_hourly_days,
                 budget_s=settings.lease_ttl_s / 3,
             )
         )
@@ -245,6 +257,7 @@ class Runtime:
                         cert_file=_path(settings.broker_cert_file),
                         key_file=_path(settings.broker_key_file),
                     ),
+                    embedded=self.broker,
                 ),
             )
         except CredentialsError as err:

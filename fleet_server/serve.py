@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from edgefleet.logs import configure_logging
 from fleet_server.app import create_app
@@ -34,6 +36,21 @@ class _Server(uvicorn.Server):
         sys.stdout.flush()
 
 
+class _ExplainedStartupFailure(logging.Filter):
+    """Drops uvicorn's traceback of a start-up failure the runtime explained (``StartupError``:
+    a database in the wrong encoding, no broker): the one line ``serve`` prints says it all.
+    Anything else keeps its traceback."""
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__()
+        self._app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reason = self._app.state.startup_error
+        explained = isinstance(reason, str) and reason.startswith("StartupError:")
+        return not (explained and str(record.msg).startswith("Traceback"))
+
+
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     # uvicorn re-raises the signal it shut down on; by then everything is stopped.
     raise SystemExit(0)
@@ -46,6 +63,8 @@ def serve(settings: ServerSettings) -> int:
         reroute=("uvicorn", "uvicorn.error", "uvicorn.access"),
     )
     app = create_app(settings)
+    known = _ExplainedStartupFailure(app)
+    logging.getLogger("uvicorn.error").addFilter(known)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -407,6 +407,12 @@ class ServerSettings(BaseSettings):
     retention_interval_s: float = Field(
         default=3600.0, gt=0, description="How often the retention job runs (on the driver)."
     )
+    telemetry_rollup_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the telemetry roll-up job (5-minute sums the long charts read) "
+        "runs on the driver; its rows are kept telemetry_hourly_days.",
+    )
     drift: DriftConfig = Field(
         default_factory=DriftConfig,
         description="Drift detection on the driver: windows, reference and detector thresholds "

@@ -51,8 +51,9 @@ def mqtt_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database on the configured server, dropped afterwards."""
+def fresh_postgres_database(*, encoding: str | None = None) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the configured server, dropped afterwards
+    (``encoding``: e.g. 'SQL_ASCII', from ``template0``; default: the server's)."""
     base = _external("EDGEFLEET_TEST_DATABASE_URL", "a PostgreSQL server")
     import psycopg
 
@@ -61,7 +62,8 @@ def fresh_postgres_database() -> Iterator[str]:
     name = f"edgefleet_test_{secrets.token_hex(6)}"
     try:
         with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            options = f" ENCODING '{encoding}' TEMPLATE template0" if encoding else ""
+            conn.execute(f'CREATE DATABASE "{name}"{options}')
     except psycopg.OperationalError as err:
         pytest.fail(f"PostgreSQL at {parts.hostname}:{parts.port} is not usable: {err}")
     try:

@@ -16,6 +16,7 @@ from fleet_server.services.errors import Unprocessable
 router = APIRouter(prefix="/charts", tags=["charts"])
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_CLASS = r"^[A-Za-z0-9._-]{0,64}$"
 
 
 def _utc(name: str, value: datetime | None) -> datetime | None:
@@ -45,9 +46,14 @@ def latency(
     buckets: Annotated[
         int, Query(ge=1, le=charts.MAX_BUCKETS, description="Points per version, at most.")
     ] = 120,
+    device_class: Annotated[
+        str | None,
+        Query(pattern=_CLASS, description="Only devices of this class ('' for none)."),
+    ] = None,
 ) -> charts.LatencyChart:
     """Per version and time bucket: inferences, errors, error rate and interval p95 latency
-    (mean and worst over the devices), summed in the database."""
+    (mean and worst over the devices), summed in the database: from raw rows for buckets under
+    5 minutes, else from the 5-minute roll-up (and raw rows after its mark)."""
     versions = version or []
     for v in versions:
         if len(v) > 63 or not v:
@@ -59,4 +65,6 @@ def latency(
         now=utcnow(),
         raw_days=settings.telemetry_raw_days,
     )
-    return charts.latency_series(session, model=model, versions=versions, span=span)
+    return charts.latency_series(
+        session, model=model, versions=versions, span=span, device_class=device_class
+    )

@@ -137,6 +137,22 @@ class AccessControlledBroker(GuardedBroker):
         setattr(session, _IDENTITY, identity)
         return handler, session
 
+    def drop_user(self, username: str) -> int:
+        """Close every connection logged in as device ``username`` (call on the broker's loop):
+        its TCP connection is aborted, so amqtt's disconnect path runs (the Last Will goes out,
+        as when Mosquitto's dynamic security removes a client). Returns how many."""
+        dropped = 0
+        for session, handler in list(self._sessions.values()):
+            identity = identity_of(session)
+            if identity is None or identity.is_server or identity.username != username:
+                continue
+            adapter = getattr(handler, "writer", None)  # None once it is disconnected
+            writer = getattr(adapter, "_writer", None)
+            if isinstance(writer, asyncio.StreamWriter) and not writer.is_closing():
+                writer.transport.abort()
+                dropped += 1
+        return dropped
+
     async def _admit(self, session: Any) -> tuple[Identity | None, int, str]:
         """(identity, 0, "") to admit, or (None, CONNACK return code, reason) to refuse."""
         username = session.username

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -195,6 +196,24 @@ class EmbeddedBroker:
                 self._devices_open.clear()  # nobody reconnects into a broker that is stopping
             self._shutdown(thread)
         log.info("embedded MQTT broker on %s stopped", self.url)
+
+    def drop_client(self, username: str, *, timeout: float = 5.0) -> int:
+        """Close the connections of the device logged in as ``username`` now (thread-safe): a
+        decommissioned device or a rotated token does not keep a connection it opened before
+        (the database refuses its next CONNECT). Returns how many; 0 when not running or
+        without authentication (no identities to match)."""
+        loop, broker = self._loop, self._broker
+        drop = getattr(broker, "drop_user", None)
+        if loop is None or drop is None:
+            return 0
+
+        async def on_the_loop() -> int:
+            return int(drop(username))
+
+        try:
+            return asyncio.run_coroutine_threadsafe(on_the_loop(), loop).result(timeout)
+        except (RuntimeError, TimeoutError, concurrent.futures.CancelledError) as err:
+            raise BrokerError(f"embedded broker did not drop {username!r}: {err}") from err
 
     def __enter__(self) -> EmbeddedBroker:
         self.start()

@@ -64,6 +64,8 @@ from fleet_server.models.telemetry import (
     EventRow,
     TelemetryHourlyRow,
     TelemetryPublic,
+    TelemetryRollupMark,
+    TelemetryRollupRow,
     TelemetryRow,
 )
 
@@ -121,6 +123,8 @@ __all__ = [
     "RolloutDecision",
     "RolloutDevice",
     "TelemetryHourlyRow",
+    "TelemetryRollupMark",
+    "TelemetryRollupRow",
     "TelemetryPublic",
     "TelemetryRow",
 ]

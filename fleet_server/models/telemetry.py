@@ -96,3 +96,36 @@ class TelemetryHourlyRow(SQLModel, table=True):
     confidence_histogram: list[int] = Field(
         default_factory=list, sa_type=sa.JSON, description="Bin-wise sum of the raw histograms."
     )
+
+
+class TelemetryRollupRow(SQLModel, table=True):
+    """Raw telemetry summed per 5-minute bucket of server time (``received_at``), model, version
+    and device class (:mod:`fleet_server.services.rollup`): what a chart of a day or a week reads
+    instead of millions of raw rows. Every column merges exactly (sums, counts, a max), so a
+    chart bucket made of these equals the same bucket summed from the raw rows. ``model_name``,
+    ``model_version`` and ``device_class`` are '' when the telemetry or device had none."""
+
+    __tablename__ = "telemetry_rollup"
+
+    model_name: str = Field(primary_key=True, max_length=63)
+    bucket_s: int = Field(
+        primary_key=True, sa_type=sa.BigInteger, description="Bucket start, Unix seconds."
+    )
+    model_version: str = Field(primary_key=True, max_length=63)
+    device_class: str = Field(primary_key=True, max_length=64)
+    intervals: int = Field(sa_type=sa.BigInteger, description="Raw rows (device intervals).")
+    inferences: int = Field(sa_type=sa.BigInteger)
+    errors: int = Field(sa_type=sa.BigInteger)
+    p95_sum: float | None = Field(default=None, description="Sum of the rows' p95 latency (ms).")
+    p95_count: int = Field(sa_type=sa.BigInteger, description="Rows with a p95 latency.")
+    p95_max: float | None = Field(default=None, description="Worst row p95 latency (ms).")
+
+
+class TelemetryRollupMark(SQLModel, table=True):
+    """How far the roll-up has gone: buckets before ``until_s`` are in ``telemetry_rollup``
+    (one row, ``name`` 'telemetry')."""
+
+    __tablename__ = "telemetry_rollup_mark"
+
+    name: str = Field(primary_key=True, max_length=32)
+    until_s: int = Field(sa_type=sa.BigInteger, description="End of the rolled-up buckets.")

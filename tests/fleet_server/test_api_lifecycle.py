@@ -4,10 +4,13 @@ refused); API tokens expire (a 401 that says so) and rotate."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
+import paho.mqtt.client as paho
 import pytest
 from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session
 
 from edgefleet.contract import Telemetry
@@ -15,11 +18,14 @@ from fleet_server.messaging.writes import write_batch
 from fleet_server.models import ApiToken, Device
 from fleet_server.models.types import utcnow
 from fleet_server.runtime import Runtime
-from tests.fleet_server.helpers import bearer, operator, unique_id
+from tests.fleet_server.helpers import bearer, operator, unique_id, wait_until
 
 pytestmark = pytest.mark.integration
 
 BUNDLE = "/api/v1/models/digits/9.9.9/bundle"
+#: The broker closes the connection before the DELETE answers; this only bounds how long the
+#: device's own network thread may take to notice on a loaded machine (not a speed assertion).
+NOTICE_S = 10.0
 
 
 def _telemetry(device_id: str, seq: int) -> Telemetry:
@@ -28,7 +34,7 @@ def _telemetry(device_id: str, seq: int) -> Telemetry:
 
 def test_decommission_revokes_and_keeps_history(app: tuple[TestClient, Runtime]) -> None:
     client, runtime = app
-    assert runtime.engine is not None and runtime.credentials.kind == "static"
+    assert runtime.engine is not None and runtime.credentials.kind == "embedded"
     keep, gone = unique_id("keep"), unique_id("gone")
     tokens = {}
     for device_id in (keep, gone):
@@ -167,3 +173,66 @@ def test_malformed_token_bodies_are_refused(app: tuple[TestClient, Runtime]) -> 
             assert made.status_code == 422, body
     # The token was not changed by the refusals.
     assert client.get("/api/v1/whoami", headers=bearer(created["token"])).status_code == 200
+
+
+class _Device:
+    """A device's MQTT connection to the embedded broker that records when it was closed."""
+
+    def __init__(self, port: int, device_id: str, token: str) -> None:
+        self.connack: list[str] = []
+        self.disconnected = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client.username_pw_set(device_id, token)
+        self.client.on_connect = lambda _c, _u, _f, reason, _p: self.connack.append(str(reason))
+        self.client.on_disconnect = lambda *_: self.disconnected.set()
+        self.client.reconnect_delay_set(60, 60)  # no reconnect within the test
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def admitted(self) -> bool:
+        wait_until(lambda: bool(self.connack), timeout=10, what="CONNACK")
+        return self.connack[0] == "Success"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_embedded_broker_cuts_off_deleted_and_rotated_devices(
+    app: tuple[TestClient, Runtime],
+) -> None:
+    """As with Mosquitto's dynamic security (test_dynsec_mosquitto.py): a DELETE closes the
+    device's live connection at once and it cannot log in again; a token rotation closes the
+    connection made with the old token; other devices stay connected."""
+    client, runtime = app
+    assert runtime.broker is not None and runtime.credentials.kind == "embedded"
+    port = runtime.broker.port
+    gone, rotated, keep = unique_id("gone"), unique_id("rot"), unique_id("keep")
+    tokens = {
+        d: client.post("/api/v1/devices", json={"device_id": d}, headers=operator()).json()["token"]
+        for d in (gone, rotated, keep)
+    }
+    devices = {d: _Device(port, d, tokens[d]) for d in tokens}
+    try:
+        assert all(device.admitted() for device in devices.values())
+        assert client.delete(f"/api/v1/devices/{gone}", headers=operator()).status_code == 200
+        assert devices[gone].disconnected.wait(NOTICE_S), "the deleted device is still connected"
+        again = _Device(port, gone, tokens[gone])
+        try:
+            assert not again.admitted()  # refused: the token is revoked
+        finally:
+            again.close()
+        new = client.post(f"/api/v1/devices/{rotated}/token", headers=operator())
+        assert new.status_code == 200, new.text
+        assert devices[rotated].disconnected.wait(NOTICE_S), "old token still connected"
+        fresh = _Device(port, rotated, new.json()["token"])
+        try:
+            assert fresh.admitted()
+        finally:
+            fresh.close()
+        assert not devices[keep].disconnected.is_set()
+        # Deleting again (idempotent) with nothing connected is fine.
+        assert client.delete(f"/api/v1/devices/{gone}", headers=operator()).status_code == 200
+    finally:
+        for device in devices.values():
+            device.close()

@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from fleet_server import cli
+from fleet_server.db import DatabaseError, make_engine, migrate
+from tests.conftest import fresh_postgres_database
 from tests.utils.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +117,31 @@ def test_server_process_starts_serves_and_stops_on_sigterm(tmp_path: Path) -> No
     generated = next(e for e in lines if e["msg"] == "generated the operator token")
     assert generated["secret_file"] == str(token_file.resolve())
     assert token not in "".join(json.dumps(e) for e in lines)
+
+
+@pytest.mark.integration
+def test_a_sql_ascii_database_is_one_clear_line(tmp_path: Path) -> None:
+    """A PostgreSQL database created with SQL_ASCII: the server exits 3 with one line naming
+    the encoding and the fix, and logs no traceback (it crashed in SQLAlchemy's version check)."""
+    with fresh_postgres_database(encoding="SQL_ASCII") as url:
+        name = url.rsplit("/", 1)[1]
+        engine = make_engine(url)
+        with pytest.raises(DatabaseError, match="has encoding SQL_ASCII; EdgeFleet needs UTF8"):
+            migrate(engine)
+        engine.dispose()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+        env["PYTHONPATH"] = str(ROOT)
+        result = subprocess.run(  # the timeout is the hang guard
+            [*LAUNCH, "--data-dir", str(tmp_path), "--port", str(free_port()),
+             "--broker-port", str(free_port()), "--database-url", url],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 3 and result.stdout == "", result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"edgefleet server: cannot start: StartupError: PostgreSQL database '{name}' has "
+        f"encoding SQL_ASCII; EdgeFleet needs UTF8 (createdb -E UTF8 -T template0 {name})"
+    )
 
 
 @pytest.mark.integration

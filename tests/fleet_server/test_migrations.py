@@ -14,7 +14,7 @@ from fleet_server.db import DatabaseError, make_engine, migrate, safe_url
 pytestmark = pytest.mark.integration
 
 #: The newest revision; one linear chain (a second head would fail ``migrate``).
-HEAD = "0015_device_lifecycle"
+HEAD = "0016_telemetry_rollup"
 
 
 def test_migrated_schema_matches_models(database_url: str) -> None:

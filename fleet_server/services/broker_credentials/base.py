@@ -3,7 +3,8 @@
 Enrolment, token rotation, decommissioning and revocation go through one
 :class:`BrokerCredentials` chosen at start (:mod:`.registry`): the static files (the default:
 the database is the truth and ``edgefleet server acl`` writes it out; the broker learns on
-reload) or Mosquitto's dynamic-security plugin (the broker learns at once).
+reload), Mosquitto's dynamic-security plugin (the broker learns at once) or the embedded broker
+(reads the database at CONNECT; closes a removed or rotated device's connection at once).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Applied(StrEnum):
 
     NOW = "now"
     #: At the next ``edgefleet server acl`` and broker reload (static files), or at the next
-    #: CONNECT (the embedded broker asks the database on every one).
+    #: CONNECT (an enrolment on the embedded broker, which asks the database on every one).
     ON_EXPORT = "on_export"
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from edgefleet.mqtt_tls import TlsFiles
 from fleet_server.services.broker_credentials.base import BrokerCredentials, CredentialsError
 from fleet_server.services.broker_credentials.dynsec import DynsecClient, DynsecCredentials
+from fleet_server.services.broker_credentials.embedded import DropsClients, EmbeddedCredentials
 from fleet_server.services.broker_credentials.static import StaticFileCredentials
 
 
@@ -23,6 +24,8 @@ class CredentialsContext:
     timeout_s: float
     #: For an mqtts:// broker: CA bundle, client certificate and key (None: system trust).
     tls: TlsFiles = field(default_factory=TlsFiles)
+    #: The embedded broker this process runs (None with an external broker).
+    embedded: DropsClients | None = None
 
 
 def _static(_context: CredentialsContext) -> BrokerCredentials:
@@ -48,18 +51,28 @@ def _dynsec(context: CredentialsContext) -> BrokerCredentials:
     return credentials
 
 
+def _embedded(context: CredentialsContext) -> BrokerCredentials:
+    if context.embedded is None:
+        raise CredentialsError("embedded broker credentials need the embedded broker")
+    return EmbeddedCredentials(context.embedded)
+
+
 #: kind → factory (started, ready to use).
 CREDENTIALS: dict[str, Callable[[CredentialsContext], BrokerCredentials]] = {
     "static": _static,
     "dynsec": _dynsec,
+    "embedded": _embedded,
 }
 
 
 def credentials_kind(*, dynsec: bool, external: bool) -> str:
-    """``dynsec`` when the setting asks for it (an external broker only), else ``static``."""
+    """``dynsec`` when the setting asks for it (an external broker only), ``embedded`` for
+    the broker this process runs, else ``static``."""
     if dynsec and not external:
         raise CredentialsError("broker_dynsec needs an external Mosquitto (broker_url)")
-    return "dynsec" if dynsec else "static"
+    if dynsec:
+        return "dynsec"
+    return "static" if external else "embedded"
 
 
 def create_credentials(kind: str, context: CredentialsContext) -> BrokerCredentials:

@@ -1,7 +1,6 @@
-"""The static files (``edgefleet server acl``) and the embedded broker: the database is the
-truth, so a change needs no call here. The embedded broker asks the database on every CONNECT
-(a change applies to the next login); an external Mosquitto with static files learns at the
-next ``edgefleet server acl`` and SIGHUP."""
+"""The static files (``edgefleet server acl``): the database is the truth, so a change needs no
+call here; an external Mosquitto with static files learns at the next ``edgefleet server acl``
+and SIGHUP. (The embedded broker has its own: :mod:`.embedded`.)"""
 
 from __future__ import annotations
 

@@ -94,8 +94,9 @@ def test_malformed_stored_hashes_are_refused(hashed: str) -> None:
 
 
 def test_registry_picks_one() -> None:
-    assert set(CREDENTIALS) == {"static", "dynsec"}
+    assert set(CREDENTIALS) == {"static", "dynsec", "embedded"}
     assert credentials_kind(dynsec=False, external=True) == "static"
+    assert credentials_kind(dynsec=False, external=False) == "embedded"
     assert credentials_kind(dynsec=True, external=True) == "dynsec"
     with pytest.raises(CredentialsError, match="external Mosquitto"):
         credentials_kind(dynsec=True, external=False)
@@ -104,6 +105,8 @@ def test_registry_picks_one() -> None:
     )
     with pytest.raises(CredentialsError, match="unknown broker credentials 'emqx'"):
         create_credentials("emqx", context)
+    with pytest.raises(CredentialsError, match="need the embedded broker"):
+        create_credentials("embedded", context)
     static = create_credentials("static", context)
     assert static.kind == "static" and static.remove(device_id="x") == "on_export"
     with pytest.raises(CredentialsError, match="dynamic security: .*ca_file"):
