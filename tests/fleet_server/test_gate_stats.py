@@ -22,10 +22,10 @@ from fleet_server.services.rollouts.comparisons import (
     ConfidenceShift,
     ErrorRate,
     LabelAccuracy,
-    LatencyRatio,
 )
 from fleet_server.services.rollouts.evidence import Cohort, Evidence
 from fleet_server.services.rollouts.gates import evaluate_all
+from fleet_server.services.rollouts.latency import LatencyRatio
 from fleet_server.services.rollouts.spec import (
     ConfidenceGate,
     ErrorRateGate,

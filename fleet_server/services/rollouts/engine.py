@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, update
@@ -239,6 +239,9 @@ class RolloutEngine:
                 window_s=policy.baseline_window_s,
                 min_control_intervals=policy.latency_p95_ratio.min_samples,
                 settle_intervals=policy.settle_intervals,
+                # Shadow reports from the baseline window before the rollout on (a shadow
+                # stage's, or an operator's shadow): same-input evidence the gates prefer.
+                shadow_since=rollout.created_at - timedelta(seconds=policy.baseline_window_s),
             )
             results = evaluate_all(policy, evidence, soaked=soaked)
             evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())
