@@ -227,11 +227,14 @@ class ShadowRunner:
         lower_priority(self.nice)
         get = self._queue.get_nowait
         while not stop.wait(POLL_S if self._loaded is not None else IDLE_S):
+            waiting = self._sent - self._taken  # no exception raised by an empty poll
+            if waiting <= 0:
+                continue
             pairs: list[Pair] = []
-            while True:
+            for _ in range(waiting):
                 try:
                     pairs.append(get())
-                except queue.Empty:
+                except queue.Empty:  # counted by the inference thread, not put yet
                     break
             if pairs:
                 self._taken += len(pairs)
