@@ -301,8 +301,19 @@ class Pipeline:
         self.collector.record_inference(elapsed_ms, confidence, index)
         if paired and rows == 1 and results:
             assert self.shadow is not None
+            top1 = (index, confidence) if index is not None and confidence is not None else None
             self.shadow.offer(
-                Pair(item, serving, job.tensor, job.geometry, outputs, results[0], elapsed_ms, cpu)
+                Pair(
+                    item,
+                    serving,
+                    job.tensor,
+                    job.geometry,
+                    outputs,
+                    results[0],
+                    elapsed_ms,
+                    cpu,
+                    top1,
+                )
             )
         capturer = self.capturer
         if capturer is not None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent.engine import LoadedModel
 from agent.state import Serving
 from edgefleet.contract.manifest import Task
 from edgefleet.contract.shadow import AGREE_BOX_F1, AGREE_MASK_IOU, AGREE_RAW_ABS
@@ -60,8 +61,36 @@ class Top1:
         if a is None or b is None:
             return RawDiff().compare(serving, shadow)
         ia, ib = int(a.argmax()), int(b.argmax())
-        delta = abs(float(a[ia]) - float(b[ib]))
-        return Comparison(ia == ib, {"mean_abs_conf_delta": min(delta, 1.0)})
+        agrees, figures = self.of_top1((ia, float(a[ia])), (ib, float(b[ib])))
+        return Comparison(agrees, figures)
+
+    @staticmethod
+    def of_top1(a: tuple[int, float], b: tuple[int, float]) -> tuple[bool, dict[str, float]]:
+        """:meth:`compare` from the two top-1s (class index, confidence) alone: the shadow
+        worker's fast path, with the serving top-1 the inference thread already computed."""
+        return a[0] == b[0], {"mean_abs_conf_delta": min(abs(a[1] - b[1]), 1.0)}
+
+
+def top1(model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> tuple[int, float] | None:
+    """Batch row 0's top-1 (class index, confidence) of a classifier, as
+    :meth:`LoadedModel.probabilities` would give it (softmax unless the scores are already in
+    [0, 1]), on the one row alone: a handful of small numpy calls and no copies of the outputs
+    (the shadow worker's per-input work is GIL time taken from the serving thread). None when
+    the model has no score output (then :meth:`Top1.compare` decides)."""
+    name = model.scores_output
+    if name is None or name not in outputs:
+        return None
+    value = outputs[name]
+    if name in model.output_quant:
+        value = model.real({name: value})[name]
+    if not value.size or not value.ndim:
+        return None
+    row = value.reshape(value.shape[0], -1)[0].astype(np.float32, copy=False)
+    index = int(row.argmax())
+    top = row[index]
+    if top > 1 or row.min() < 0:  # logits: the softmax's top is exp(0) / sum(exp(row - top))
+        return index, float(np.float32(1.0) / np.exp(row - top).sum())
+    return index, float(top)
 
 
 class BoxF1:
@@ -134,10 +163,13 @@ class Tally:
     counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, comparison: Comparison) -> None:
+        self.add_one(comparison.agrees, comparison.figures)
+
+    def add_one(self, agrees: bool, figures: Mapping[str, float]) -> None:
         self.paired += 1
-        if not comparison.agrees:
+        if not agrees:
             self.disagreements += 1
-        for name, value in comparison.figures.items():
+        for name, value in figures.items():
             if name.startswith("max_"):
                 self.sums[name] = max(self.sums.get(name, 0.0), value)
             else:

@@ -29,8 +29,8 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from agent.capture import Capturer
 from agent.errors import AgentError, InputError
 from agent.inputs import InputItem
 from agent.postprocess import Geometry
-from agent.shadow.measures import MEASURES, Answer, Tally
+from agent.shadow.measures import MEASURES, Answer, Tally, Top1, top1
 from agent.state import Serving
 from agent.telemetry import LatencyHistogram
 from edgefleet.contract import ContractError, ModelRef, ShadowReport
@@ -62,9 +62,10 @@ NICE = 19
 MAX_ERROR_KINDS = 31
 
 
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """One served input, handed to the shadow worker with what the serving model made of it."""
+class Pair(NamedTuple):
+    """One served input, handed to the shadow worker with what the serving model made of it.
+    A named tuple: built on the inference thread for every paired input (a frozen dataclass's
+    ``__init__`` costs several times as much)."""
 
     item: InputItem
     serving: Serving
@@ -74,6 +75,23 @@ class Pair:
     result: dict[str, Any]
     serving_ms: float
     serving_cpu_ms: float
+    #: The serving model's top-1 (class index, confidence) as the inference thread computed it
+    #: for its own telemetry (classifiers; None otherwise): the worker does not compute it again.
+    top1: tuple[int, float] | None = None
+
+
+@dataclass
+class _Batch:
+    """What the worker found in one poll's pairs, put into the interval under one lock."""
+
+    figures: list[tuple[bool, dict[str, float], float, float, float, float]] = field(
+        default_factory=list
+    )
+    errors: dict[str, int] = field(default_factory=dict)
+    disagreed: list[Pair] = field(default_factory=list)
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,40 +222,85 @@ class ShadowRunner:
         paired input made the serving thread wait for the GIL on that input, i.e. on the
         sampled 10 % — the whole p95 tail of a fast model (digits p95 ×1.7–1.9 with a
         worker that did nothing at all); polled, the contention falls on the inputs served
-        while the worker runs, a few per poll."""
+        while the worker runs, a few per poll. What waits is taken at once and run as one
+        batch (:meth:`run_pairs`): its figures go into the interval under one lock."""
         lower_priority(self.nice)
+        get = self._queue.get_nowait
         while not stop.wait(POLL_S if self._loaded is not None else IDLE_S):
-            while True:
+            waiting = self._sent - self._taken  # no exception raised by an empty poll
+            if waiting <= 0:
+                continue
+            pairs: list[Pair] = []
+            for _ in range(waiting):
                 try:
-                    pair = self._queue.get_nowait()
-                except queue.Empty:
+                    pairs.append(get())
+                except queue.Empty:  # counted by the inference thread, not put yet
                     break
-                self._taken += 1
-                self._run_pair(pair)
+            if pairs:
+                self._taken += len(pairs)
+                self.run_pairs(pairs)
 
-    def _run_pair(self, pair: Pair) -> None:
+    def run_pairs(self, pairs: list[Pair]) -> None:
+        """Run the current shadow on ``pairs``; all of their shadow work, failed or not, is
+        charged to the CPU budget."""
         loaded = self._loaded
-        if loaded is not None:
-            spent = time.thread_time()
-            try:
-                self.run_one(loaded.serving, pair)
-            except Exception:  # a shadow bug must not end the worker: count it, go on
-                log.exception("shadow crashed", extra={"model": str(loaded.serving.model.ref)})
-                with self._lock:
-                    self._count_error("internal")
-            finally:  # all of an input's shadow work, failed or not, is charged to the budget
-                self._spent += time.thread_time() - spent
+        if loaded is None:
+            return
+        spent = time.thread_time()
+        try:
+            self._run_batch(loaded.serving, pairs)
+        finally:
+            self._spent += time.thread_time() - spent
 
     def run_one(self, shadow: Serving, pair: Pair) -> None:
         """Run the shadow on one served input, compare, tally, and capture a disagreement."""
+        self._run_batch(shadow, [pair])
+
+    def _run_batch(self, shadow: Serving, pairs: list[Pair]) -> None:
+        batch = _Batch()
+        same: tuple[Serving, bool] | None = None  # the preprocessing check, per serving model
+        for pair in pairs:
+            if same is None or same[0] is not pair.serving:
+                same = (pair.serving, _same_input(shadow, pair.serving))
+            try:
+                self._pair(shadow, pair, batch, same[1])
+            except Exception:  # a shadow bug must not end the worker: count it, go on
+                log.exception("shadow crashed", extra={"model": str(shadow.model.ref)})
+                batch.error("internal")
+        with self._lock:
+            loaded = self._loaded
+            if loaded is None or loaded.serving is not shadow:
+                return  # swapped or removed while it ran: not the current shadow's figures
+            for kind, n in batch.errors.items():
+                self._count_error(kind, n)
+            tally = self._tally
+            for agrees, figures, serving_ms, shadow_ms, serving_cpu, shadow_cpu in batch.figures:
+                tally.add_one(agrees, figures)
+                self._serving_ms.record(serving_ms)
+                self._shadow_ms.record(shadow_ms)
+                self._serving_cpu += serving_cpu
+                self._shadow_cpu += shadow_cpu
+        capturer = self.capturer
+        if capturer is None:
+            return
+        for pair in batch.disagreed:  # the serving scores, computed only for what is captured
+            scores = pair.serving.model.probabilities(pair.outputs)
+            capturer.shadow_disagreement(
+                pair.item,
+                pair.serving,
+                scores[0] if scores is not None and scores.size else None,
+                detections=pair.result.get("detections"),
+            )
+
+    def _pair(self, shadow: Serving, pair: Pair, batch: _Batch, same_input: bool) -> None:
+        """Run the shadow on one served input and compare; the figures go to ``batch``."""
         tensor, geometry = pair.tensor, pair.geometry
         pre = shadow.preprocess
-        if pre.spec != pair.serving.preprocess.spec or pre.tensor != pair.serving.preprocess.tensor:
+        if not same_input:
             try:  # a shadow that preprocesses differently gets the raw input, its own way
                 tensor, size = pre.prepare(pair.item.data, tensor=pair.item.tensor)
             except InputError:
-                with self._lock:
-                    self._count_error("input")
+                batch.error("input")
                 return
             geometry = Geometry(source=size, resize=pre.spec.resize if pre.spec else None)
         task = shadow.model.manifest.task
@@ -255,45 +318,36 @@ class ShadowRunner:
             cpu_ms = (time.thread_time() - cpu0) * 1000.0
             result = shadow.results(outputs, [geometry])[0] if measure.uses_result else {}
         except AgentError:
-            with self._lock:
-                self._count_error("inference")
+            batch.error("inference")
             return
         try:
             if task != pair.serving.model.manifest.task:
                 raise ValueError(f"tasks differ: {pair.serving.model.manifest.task} vs {task}")
-            comparison = measure.compare(
-                Answer(pair.serving, pair.serving.model.real(pair.outputs), pair.result),
-                Answer(shadow, shadow.model.real(outputs), result),
-            )
+            mine = pair.top1 if isinstance(measure, Top1) else None
+            theirs = top1(shadow.model, outputs) if mine is not None else None
+            if mine is not None and theirs is not None:
+                agrees, figures = Top1.of_top1(mine, theirs)
+            else:
+                comparison = measure.compare(
+                    Answer(pair.serving, pair.serving.model.real(pair.outputs), pair.result),
+                    Answer(shadow, shadow.model.real(outputs), result),
+                )
+                agrees, figures = comparison.agrees, dict(comparison.figures)
         except ValueError as err:
             log.debug("shadow answer not comparable", extra={"error": str(err)[:200]})
-            comparison = None
-        with self._lock:
-            loaded = self._loaded
-            if loaded is None or loaded.serving is not shadow:
-                return  # swapped or removed while it ran: not the current shadow's figure
-            if comparison is None:
-                self._count_error("incomparable")
-                return
-            self._tally.add(comparison)
-            self._serving_ms.record(pair.serving_ms)
-            self._shadow_ms.record(min(cpu_ms, elapsed_ms))
-            self._serving_cpu += pair.serving_cpu_ms
-            self._shadow_cpu += cpu_ms
-        if not comparison.agrees and self.capturer is not None:
-            scores = pair.serving.model.probabilities(pair.outputs)
-            self.capturer.shadow_disagreement(
-                pair.item,
-                pair.serving,
-                scores[0] if scores is not None and scores.size else None,
-                detections=pair.result.get("detections"),
-            )
+            batch.error("incomparable")
+            return
+        batch.figures.append(
+            (agrees, figures, pair.serving_ms, min(cpu_ms, elapsed_ms), pair.serving_cpu_ms, cpu_ms)
+        )
+        if not agrees:
+            batch.disagreed.append(pair)
 
-    def _count_error(self, kind: str) -> None:
-        """Count a shadow error (call with the lock held)."""
+    def _count_error(self, kind: str, n: int = 1) -> None:
+        """Count ``n`` shadow errors of ``kind`` (call with the lock held)."""
         if kind not in self._errors and len(self._errors) >= MAX_ERROR_KINDS:
             kind = "other"
-        self._errors[kind] = self._errors.get(kind, 0) + 1
+        self._errors[kind] = self._errors.get(kind, 0) + n
 
     # -- the telemetry thread ----------------------------------------------------------------
     def flush(self) -> ShadowReport | None:
@@ -331,6 +385,12 @@ class ShadowRunner:
         except ContractError as err:  # a figure out of its range: say so rather than lose all
             log.warning("shadow report refused", extra={"error": str(err)[:300]})
             return ShadowReport(model=ref, paired=0, errors={**errors, "report_invalid": 1})
+
+
+def _same_input(shadow: Serving, serving: Serving) -> bool:
+    """Whether the shadow takes the serving model's preprocessed tensor as it is."""
+    pre, theirs = shadow.preprocess, serving.preprocess
+    return pre.spec == theirs.spec and pre.tensor == theirs.tensor
 
 
 def lower_priority(nice: int) -> int | None:

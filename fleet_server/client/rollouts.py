@@ -120,6 +120,7 @@ GATE_COLUMNS: list[Column] = [
     ("VALUE", lambda g: g.get("value")),
     ("THRESHOLD", lambda g: g.get("threshold")),
     ("SAMPLES", lambda g: f"{plain(g.get('samples'))}/{plain(g.get('min_samples'))}"),
+    ("EVIDENCE", lambda g: g.get("evidence")),
     ("DETAIL", lambda g: g.get("detail")),
 ]
 

@@ -13,7 +13,8 @@ export const can = (ctx, needed) => (RANK[ctx && ctx.role] ?? -1) >= RANK[needed
 function gateCell(gate) {
   const cls = { pass: "ok", fail: "bad", wait: "warn", insufficient: "warn" }[gate.status] || "muted";
   const value = gate.value === null || gate.value === undefined ? "n/a" : num(gate.value);
-  const title = `${gate.name}: ${value} vs ${gate.threshold} (n=${gate.samples}/${gate.min_samples}) ${gate.detail || ""}`;
+  const on = gate.evidence ? ` on ${gate.evidence} evidence` : "";
+  const title = `${gate.name}: ${value} vs ${gate.threshold} (n=${gate.samples}/${gate.min_samples})${on} ${gate.detail || ""}`;
   return `<span class="gate ${cls}" title="${esc(title)}">${esc(gate.name)} ${esc(value)}</span>`;
 }
 

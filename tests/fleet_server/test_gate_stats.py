@@ -22,10 +22,10 @@ from fleet_server.services.rollouts.comparisons import (
     ConfidenceShift,
     ErrorRate,
     LabelAccuracy,
-    LatencyRatio,
 )
 from fleet_server.services.rollouts.evidence import Cohort, Evidence
 from fleet_server.services.rollouts.gates import evaluate_all
+from fleet_server.services.rollouts.latency import LatencyRatio
 from fleet_server.services.rollouts.spec import (
     ConfidenceGate,
     ErrorRateGate,
@@ -35,6 +35,7 @@ from fleet_server.services.rollouts.spec import (
 )
 from fleet_server.services.rollouts.stats import (
     Interval,
+    fixed_mean,
     judge,
     proportion_difference,
     stratified_difference,
@@ -48,6 +49,18 @@ ALPHA = 0.01
 
 
 # -- the statistics ----------------------------------------------------------------------------
+def test_fixed_mean_averages_devices_and_takes_the_spread_within_them() -> None:
+    # One device: a one-sample t interval on its own values.
+    one = fixed_mean([[1.0, 2.0, 3.0]])
+    assert one is not None
+    assert (one.estimate, one.se, one.df) == pytest.approx((2.0, math.sqrt(1 / 3), 2.0))
+    # Devices weigh alike whatever their counts; a one-value device (no spread) is left out.
+    two = fixed_mean([[0.0, 2.0], [10.0, 10.0, 10.0, 10.0], [99.0]])
+    assert two is not None and two.estimate == pytest.approx(5.5)
+    assert two.se == pytest.approx(math.sqrt(2 / 2 / 4))
+    assert fixed_mean([[1.0], []]) is None  # the spread is unknown: the gate waits
+
+
 def test_t_quantiles_match_scipy() -> None:
     stats = pytest.importorskip("scipy.stats")
     for df in (1, 3.5, 30):

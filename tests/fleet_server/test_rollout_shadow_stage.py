@@ -229,6 +229,39 @@ def test_the_shadow_stage_is_judged_when_shadow_s_ends_between_evaluations(h: Ha
     assert (row.state, row.stage) == ("running", 0), row.reason
 
 
+def test_a_device_that_joins_mid_shadow_gets_the_shadow_and_is_judged(h: Harness) -> None:
+    rollout_id, pis, jetsons = _start(h)
+    _reports(h, pis, paired=20)
+    _reports(h, jetsons, paired=30)
+    # A device of a new class enrols and matches the selector while the shadow stage runs.
+    late = h.add_devices(1, device_class="coral", prefix="late")
+    with Session(h.db) as session:
+        device = session.get(Device, late[0])
+        assert device is not None
+        device.desired_name, device.desired_version = h.model, OLD
+        session.add(device)
+        session.commit()
+    h.clock.advance(EVALUATE_EVERY_S)
+    h.engine.tick()
+    assert _shadow_rows(h)[late[0]] == (NEW, 0.5)
+    sent = [s for s in h.publisher.sent if s.device_id == late[0]]
+    assert sent and sent[-1].shadow is not None and sent[-1].shadow.version == NEW
+    assert sent[-1].model is not None and sent[-1].model.version == OLD  # serves the old one
+    assert "devices_joined" in [a for a, _ in h.decisions(rollout_id)]
+    # Its class is judged too: the stage waits for its reports past shadow_s, then passes.
+    h.clock.advance(61)
+    h.engine.tick()
+    row = h.rollout(rollout_id)
+    assert row.state == "shadowing" and row.last_evaluation is not None
+    gates = {(g["name"], g["detail"]): g["status"] for g in row.last_evaluation["gates"]}
+    assert gates[("shadow_agreement", "class coral")] == "wait"
+    _reports(h, late, paired=60)
+    h.clock.advance(EVALUATE_EVERY_S)
+    h.engine.tick()
+    assert h.rollout(rollout_id).state == "running", h.rollout(rollout_id).reason
+    assert _shadow_rows(h) == {}  # taken off every member, the late one too
+
+
 def test_the_shadow_stage_times_out_into_an_abort(h: Harness) -> None:
     pis, _ = _fleet(h)
     rollout = h.create(strategy={"shadow": SHADOW, "stage_timeout_s": 300})

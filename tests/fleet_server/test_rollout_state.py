@@ -41,7 +41,7 @@ S, A = RolloutState, RolloutAction
 EXPECTED: dict[RolloutAction, tuple[tuple[RolloutState, ...], RolloutState | None]] = {
     # action: (allowed from, leads to; None = stays where it is)
     A.CREATED: ((S.RUNNING,), None),
-    A.DEVICES_JOINED: ((S.RUNNING,), None),
+    A.DEVICES_JOINED: ((S.RUNNING, S.SHADOW), None),
     A.GATE_FAILED: ((S.RUNNING, S.SHADOW), None),
     A.STAGE_PASSED: ((S.RUNNING,), None),
     A.STAGE_STARTED: ((S.RUNNING,), S.RUNNING),

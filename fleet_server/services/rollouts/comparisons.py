@@ -6,27 +6,25 @@ evidence allows, and with devices as units otherwise (issue #14)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from fleet_server.services.quality.metrics import wilson
 from fleet_server.services.rollouts.evidence import Evidence
-from fleet_server.services.rollouts.gate_result import GateBase, GateResult, GateStatus
+from fleet_server.services.rollouts.gate_result import GateBase, GateResult
 from fleet_server.services.rollouts.spec import (
     ConfidenceGate,
     ErrorRateGate,
     LabelAccuracyGate,
-    LatencyGate,
 )
 from fleet_server.services.rollouts.stats import (
     PATIENCE,
     Interval,
-    MeanDifference,
+    fixed_mean,
     judge,
     paired_cdf_shift,
-    pooled_difference,
     proportion_difference,
     stratified_difference,
     unit_cdf_shift,
-    welch_sum,
     z_quantile,
 )
 
@@ -76,132 +74,6 @@ def _usable(histogram: list[int], bins: int) -> bool:
     return len(histogram) == bins and sum(histogram) > 0
 
 
-def _logs(values: list[float]) -> list[float]:
-    return [math.log(v) for v in values if math.isfinite(v) and v > 0]
-
-
-def _exp(value: float) -> float:
-    """exp() that saturates (a t bound with one degree of freedom can be astronomically wide)."""
-    return math.inf if value > 700 else math.exp(value)
-
-
-def _geo_mean(values: list[float]) -> float:
-    return math.fsum(values) / len(values)
-
-
-class LatencyRatio(GateBase):
-    """p95 latency new / old per device class, as the ratio of geometric means of interval p95s
-    with a t interval on the log scale (Bonferroni over the classes); the worst class is reported.
-
-    Against the pre-update baseline each device is compared with its own history (paired: the
-    inputs it sees do not change with the update); against control devices the unit is a device
-    (its mean log p95), so that devices that see different inputs do not pass for a regression.
-    """
-
-    name = "latency_p95_ratio"
-
-    def __init__(self, config: LatencyGate) -> None:
-        self.config = config
-
-    def _difference(
-        self, evidence: Evidence, device_class: str
-    ) -> tuple[float, MeanDifference | None]:
-        new_devices = evidence.new.devices_of(device_class)
-        old_devices = evidence.old.devices_of(device_class)
-        if evidence.baseline == "pre-update":
-            parts = [
-                (_logs(evidence.new.p95_by_device[d]), _logs(evidence.old.p95_by_device[d]))
-                for d in sorted(new_devices & old_devices)
-            ]
-            parts = [(a, b) for a, b in parts if a and b]
-            point = (
-                _geo_mean([_geo_mean(a) - _geo_mean(b) for a, b in parts]) if parts else math.nan
-            )
-            return point, welch_sum(parts)
-        new_units = [
-            _geo_mean(v) for d in sorted(new_devices) if (v := _logs(evidence.new.p95_by_device[d]))
-        ]
-        old_units = [
-            _geo_mean(v) for d in sorted(old_devices) if (v := _logs(evidence.old.p95_by_device[d]))
-        ]
-        if not new_units or not old_units:
-            return math.nan, None
-        point = _geo_mean(new_units) - _geo_mean(old_units)
-        return point, pooled_difference(new_units, old_units)
-
-    def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
-        c = self.config
-        threshold = c.max_ratio
-        if not evidence.old.p95_by_class:
-            if evidence.new.intervals >= c.min_samples:
-                detail = "no old-version latency to compare with"
-                return self._result("skipped", None, threshold, 0, c.min_samples, detail)
-            return self._needs(
-                "intervals on the new version", evidence.new.intervals, c.min_samples, threshold
-            )
-        classes = sorted(set(evidence.new.p95_by_class) & set(evidence.old.p95_by_class))
-        if not classes and evidence.new.intervals >= c.min_samples:
-            detail = "no old-version latency of the same device classes to compare with"
-            return self._result("skipped", None, threshold, 0, c.min_samples, detail)
-        samples = sum(len(evidence.new.p95_by_class[k]) for k in classes)
-        if samples < c.min_samples or not classes:
-            return self._needs(
-                "intervals on the new version (in classes with a baseline)",
-                samples,
-                c.min_samples,
-                threshold,
-            )
-        per_class_alpha = alpha / len(classes)
-        verdicts: dict[str, tuple[str, Interval]] = {}
-        notes: list[str] = []
-        for device_class in classes:
-            point, difference = self._difference(evidence, device_class)
-            if math.isnan(point):
-                continue
-            if difference is None:
-                log_interval = Interval(point, -math.inf, math.inf)
-                notes.append(
-                    f"{device_class}: cannot estimate the spread (needs 2 intervals "
-                    "per device on each side, or 3 devices)"
-                )
-            else:
-                log_interval = difference.interval(alpha=per_class_alpha)
-                point = log_interval.estimate
-            interval = Interval(*(_exp(v) for v in (point, log_interval.low, log_interval.high)))
-            verdict, _why = judge(
-                interval,
-                threshold,
-                alpha=per_class_alpha,
-                patient=samples < PATIENCE * c.min_samples,
-            )
-            verdicts[device_class] = (verdict, interval)
-        if not verdicts:
-            return self._needs("devices with latency on both sides", 0, 1, threshold)
-        worst_class, (_s, worst) = max(verdicts.items(), key=lambda kv: kv[1][1].estimate)
-        statuses = {s for s, _ in verdicts.values()}
-        status: GateStatus = (
-            "fail" if "fail" in statuses else "wait" if "wait" in statuses else "pass"
-        )
-        detail = f"worst {worst_class}; " + ", ".join(
-            f"{k}: {v.estimate:.3f} [{v.low:.3f}, {v.high:.3f}] {s}"
-            for k, (s, v) in sorted(verdicts.items())
-        )
-        if status == "wait":
-            detail += f"; a ratio beyond {threshold:g}: needs more evidence"
-        if notes:
-            detail += "; " + "; ".join(notes)
-        return self._result(
-            status,
-            worst.estimate,
-            threshold,
-            samples,
-            c.min_samples,
-            detail,
-            worst,
-            per_class_alpha,
-        )
-
-
 class ConfidenceShift(GateBase):
     """How far the new version's top-1 confidence histogram moves below the old one's: the
     largest gap between the binned CDFs (Kolmogorov-Smirnov), one-sided by default so that a
@@ -214,7 +86,62 @@ class ConfidenceShift(GateBase):
     def __init__(self, config: ConfidenceGate) -> None:
         self.config = config
 
+    def _shadow(self, evidence: Evidence, *, alpha: float) -> tuple[GateResult | None, str]:
+        """The verdict on shadow evidence: the mean |Δ top-1 confidence| of the two versions on
+        the same inputs (it bounds how far the confidence distribution moved, in Wasserstein
+        distance), per device and interval, fixed effects over devices. None (and why) when
+        there are fewer than ``min_samples`` paired inputs, or when one-sided and not within
+        the threshold: reports carry |Δ| only, so a rise and a fall look alike and the
+        telemetry baseline decides."""
+        c = self.config
+        pairs = evidence.shadow
+        samples = pairs.conf_paired()
+        if samples < c.min_samples:
+            return None, f"shadow evidence too thin ({samples} paired inputs)" if samples else ""
+        parts = [[d for d, _ in v] for _, v in sorted(pairs.conf_delta_by_device.items())]
+        difference = fixed_mean(parts)
+        point = math.fsum(math.fsum(p) / len(p) for p in parts) / len(parts)
+        interval = (
+            difference.interval(alpha=alpha)
+            if difference is not None
+            else Interval(point, -math.inf, math.inf)
+        )
+        status, why = judge(
+            interval, c.max_distance, alpha=alpha, patient=samples < PATIENCE * c.min_samples
+        )
+        agreement = pairs.agreement
+        how = (
+            f"mean |delta confidence| on the same inputs ({len(parts)} devices, shadow); "
+            f"top-1 agreement {agreement:.3f} ({pairs.paired - pairs.disagreements}/{pairs.paired})"
+            if agreement is not None
+            else "mean |delta confidence| on the same inputs (shadow)"
+        )
+        if status != "pass" and c.direction != "both":
+            return None, f"shadow |delta confidence| {interval.estimate:.3g} {why} (either way)"
+        detail = how + (f"; {why}" if why else "")
+        result = self._result(
+            status,
+            interval.estimate,
+            c.max_distance,
+            samples,
+            c.min_samples,
+            detail,
+            interval,
+            alpha,
+            "shadow",
+        )
+        return result, ""
+
     def evaluate(self, evidence: Evidence, *, alpha: float) -> GateResult:
+        shadow, note = self._shadow(evidence, alpha=alpha)
+        if shadow is not None:
+            return shadow
+        result = self._telemetry(evidence, alpha=alpha)
+        if note:
+            result = replace(result, detail=f"{result.detail}; {note}".lstrip("; "))
+        return result
+
+    def _telemetry(self, evidence: Evidence, *, alpha: float) -> GateResult:
         c = self.config
         new, old = evidence.new.histogram, evidence.old.histogram
         samples = sum(new)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, update
@@ -37,7 +37,12 @@ from fleet_server.services.desired import (
 )
 from fleet_server.services.devices import is_pinned
 from fleet_server.services.errors import Conflict, NotFound
-from fleet_server.services.rollouts.evaluation import evaluation_due, evaluation_record, fmt_result
+from fleet_server.services.rollouts.evaluation import (
+    evaluation_due,
+    evaluation_record,
+    fmt_result,
+    shadow_evaluation_due,
+)
 from fleet_server.services.rollouts.evidence import counts_only, gather, offline_devices
 from fleet_server.services.rollouts.gates import STATUS_GATES, evaluate_all
 from fleet_server.services.rollouts.members import (
@@ -187,6 +192,13 @@ class RolloutEngine:
             self._settle_abort(session, rollout, members, devices, now, strategy)
             return
         if rollout.state == RolloutState.SHADOW:
+            # Devices that match the selector since the start join now, so that the shadow
+            # stage's next evaluation gives them the shadow too (and judges their reports).
+            if shadow_evaluation_due(rollout, now, strategy):
+                known = len(members)
+                self._join_late(session, rollout, members, now)
+                if len(members) > known:
+                    devices = devices_by_id(session, [m.device_id for m in members])
             advance_shadow(session, rollout, members, devices, now, strategy, outbox, self.abort)
             return
         sync_outcomes(session, rollout, members, devices, now, strategy)
@@ -239,6 +251,9 @@ class RolloutEngine:
                 window_s=policy.baseline_window_s,
                 min_control_intervals=policy.latency_p95_ratio.min_samples,
                 settle_intervals=policy.settle_intervals,
+                # Shadow reports from the baseline window before the rollout on (a shadow
+                # stage's, or an operator's shadow): same-input evidence the gates prefer.
+                shadow_since=rollout.created_at - timedelta(seconds=policy.baseline_window_s),
             )
             results = evaluate_all(policy, evidence, soaked=soaked)
             evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())

@@ -6,8 +6,9 @@ change with the update, while two devices can see very different images — issu
 **control group** (targeted devices not yet updated, over the same recent window) is used when the
 updated devices have too little history. With a pre-update baseline both sides are restricted to
 the *paired* devices (those with telemetry before and after). Windows use the server's receive
-time, so device clocks do not matter. (Shadow-model pairs would be better still; telemetry does
-not carry them yet.)
+time, so device clocks do not matter. Better still are the candidate's shadow reports against the
+version it replaces, on the *same* inputs (:mod:`.shadow_pairs`): :attr:`Evidence.shadow`, which
+the latency and confidence gates prefer where there is enough of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlmodel import Session, SQLModel
 
 from fleet_server.models.rollouts import RolloutDevice
 from fleet_server.services.quality.service import LabelCounts, label_counts_by_device
+from fleet_server.services.rollouts.shadow_pairs import ShadowPairs, read_pairs
 
 Baseline = Literal["control", "pre-update", "none"]
 
@@ -137,6 +139,8 @@ class Evidence:
     #: of that comparison because they have no history in the window.
     paired: int = 0
     unpaired: int = 0
+    #: Shadow reports of the candidate beside the version it replaces (same inputs).
+    shadow: ShadowPairs = field(default_factory=ShadowPairs, init=False)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -151,6 +155,7 @@ class Evidence:
             "unpaired": self.unpaired,
             "new": self.new.summary(),
             "old": self.old.summary(),
+            "shadow": self.shadow.summary(),
         }
 
 
@@ -337,8 +342,10 @@ def gather(
     window_s: float,
     min_control_intervals: int,
     settle_intervals: int,
+    shadow_since: datetime | None = None,
 ) -> Evidence:
-    """Evidence for the stage made of ``stage_ids`` (and every committed device before it)."""
+    """Evidence for the stage made of ``stage_ids`` (and every committed device before it);
+    with ``shadow_since``, the members' shadow reports of the candidate sent since then too."""
     members = list(members)
     window_start = now - timedelta(seconds=window_s)
     assigned_at = [m.assigned_at for m in members if m.assigned_at is not None]
@@ -367,6 +374,10 @@ def gather(
         updated_rows=rows,
         read_control=lambda: _telemetry_rows(session, control, window_start),
     )
+    if shadow_since is not None:
+        evidence.shadow = read_pairs(
+            session=session, members=members, target=target, since=shadow_since
+        )
     new, old = evidence.new, evidence.old
     # Labels judge a version, not devices: every labelled sample of the new version, and of
     # the versions the baseline ran or the members ran before the rollout.

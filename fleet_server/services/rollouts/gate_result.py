@@ -27,6 +27,10 @@ class GateResult:
     low: float | None = None
     high: float | None = None
     alpha: float | None = None
+    #: What the verdict rests on: ``shadow`` (the candidate's shadow reports beside the version
+    #: it replaces: same inputs), ``pre-update`` (the devices' own history), ``control`` (other
+    #: devices), ``none`` (no baseline), ``counts`` (device statuses), ``labels``.
+    evidence: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -59,13 +63,26 @@ class GateBase:
         detail: str = "",
         interval: Interval | None = None,
         alpha: float | None = None,
+        evidence: str = "",
     ) -> GateResult:
         low = interval.low if interval is not None else None
         high = interval.high if interval is not None else None
         return GateResult(
-            self.name, status, value, threshold, samples, min_samples, detail, low, high, alpha
+            self.name,
+            status,
+            value,
+            threshold,
+            samples,
+            min_samples,
+            detail,
+            low,
+            high,
+            alpha,
+            evidence,
         )
 
-    def _needs(self, what: str, have: int, need: int, threshold: float) -> GateResult:
+    def _needs(
+        self, what: str, have: int, need: int, threshold: float, evidence: str = ""
+    ) -> GateResult:
         detail = f"needs {need} {what}, has {have}"
-        return self._result("wait", None, threshold, have, need, detail)
+        return self._result("wait", None, threshold, have, need, detail, evidence=evidence)

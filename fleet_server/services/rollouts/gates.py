@@ -15,16 +15,17 @@ new version with the baseline are in :mod:`.comparisons`, their statistics in :m
 from __future__ import annotations
 
 from collections.abc import Callable, Set
+from dataclasses import replace
 from typing import Any
 
 from fleet_server.services.rollouts.comparisons import (
     ConfidenceShift,
     ErrorRate,
     LabelAccuracy,
-    LatencyRatio,
 )
 from fleet_server.services.rollouts.evidence import Evidence
 from fleet_server.services.rollouts.gate_result import Gate, GateBase, GateResult, GateStatus
+from fleet_server.services.rollouts.latency import LatencyRatio
 from fleet_server.services.rollouts.spec import GatePolicy, OfflineGate, SuccessRateGate
 
 
@@ -86,6 +87,11 @@ GATES: dict[str, Callable[[Any], Gate]] = {
 }
 
 
+#: What a gate's verdict rests on when the gate does not say (see ``GateResult.evidence``):
+#: counts of device statuses, labels, or else the stage's telemetry baseline.
+EVIDENCE_OF = {"success_rate": "counts", "offline": "counts", "label_accuracy": "labels"}
+
+
 def evaluate_all(
     policy: GatePolicy, evidence: Evidence, *, soaked: bool, only: Set[str] | None = None
 ) -> list[GateResult]:
@@ -99,10 +105,13 @@ def evaluate_all(
             continue
         config = getattr(policy, name)
         if not config.enabled:
-            results.append(GateResult(name, "disabled", None, 0.0, 0, 0))
+            results.append(GateResult(name, "disabled", None, 0.0, 0, 0, evidence="none"))
             continue
         gate: Gate = gate_type(config)
-        results.append(gate.evaluate(evidence, alpha=alpha))
+        result = gate.evaluate(evidence, alpha=alpha)
+        if not result.evidence:  # a gate that did not say: the stage's telemetry baseline
+            result = replace(result, evidence=EVIDENCE_OF.get(name, evidence.baseline))
+        results.append(result)
     return results
 
 

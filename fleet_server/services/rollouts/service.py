@@ -428,6 +428,10 @@ def differential(
         "new": new,
         "old": old,
         "gates": list(gates.values()),
+        # What each stored verdict rested on (shadow > pre-update > control; counts, labels).
+        "evidence_by_gate": {name: g.get("evidence") or None for name, g in gates.items()},
+        # The candidate's shadow reports beside the version it replaces, as last read.
+        "same_input": evidence.get("shadow"),
         "latency_by_class": by_class,
         "error_rate_increase": decided("error_rate"),
         "confidence_tv_distance": decided("confidence_shift"),

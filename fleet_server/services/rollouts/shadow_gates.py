@@ -114,6 +114,7 @@ def evaluate_shadow(
                     result.min_samples,
                     f"class {device_class or '-'}"
                     + (f": {result.detail}" if result.detail else ""),
+                    evidence="shadow",
                 )
             )
     return results

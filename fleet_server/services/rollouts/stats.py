@@ -188,6 +188,26 @@ def welch_sum(parts: Sequence[tuple[Sequence[float], Sequence[float]]]) -> MeanD
     return MeanDifference(estimate, math.sqrt(variance), df)
 
 
+def fixed_mean(parts: Sequence[Sequence[float]]) -> MeanDifference | None:
+    """The average over ``parts`` of each part's mean (fixed effects: one part per device, its
+    intervals' paired differences, e.g. log shadow p95 - log serving p95 on the same inputs),
+    from the parts with at least two values; its standard error from their within-part spread,
+    Welch-Satterthwaite df. None when no part has two values (the spread is unknown)."""
+    usable = [p for p in parts if len(p) >= 2]
+    if not usable:
+        return None
+    k = len(usable)
+    estimate, variance, df_den = 0.0, 0.0, 0.0
+    for values in usable:
+        mean, var = _mean_var(values)
+        estimate += mean / k
+        term = var / len(values) / (k * k)
+        variance += term
+        df_den += term * term / (len(values) - 1)
+    df = variance * variance / df_den if df_den > 0 else math.inf
+    return MeanDifference(estimate, math.sqrt(variance), df)
+
+
 def pooled_difference(new: Sequence[float], old: Sequence[float]) -> MeanDifference | None:
     """mean(new) - mean(old) for unpaired units (e.g. one value per device) with a pooled
     variance, so that a single canary device can be judged against several control devices;
