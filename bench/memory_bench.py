@@ -113,12 +113,18 @@ if mode == "bare":
         run()
     step(f"after {runs} runs")
     sys.exit(0)
+try:  # as `edgefleet agent run` does first (agent.deferred; absent in older checkouts)
+    from agent.deferred import defer_unused
+    deferred = defer_unused()
+except ImportError:
+    deferred = []
+tag = lambda name: " (deferred: not loaded)" if name in deferred else ""
 import hashlib, secrets
 step("hashlib, secrets (libcrypto via _hashlib)")
 import ssl
-step("ssl (+libssl, _ssl)")
+step("ssl (+libssl, _ssl)" + tag("ssl"))
 import urllib.request, http.client, email.message
-step("urllib.request, http.client, email")
+step("urllib.request, http.client, email" + tag("urllib.request"))
 import http.server
 step("http.server")
 import paho.mqtt.client
@@ -137,6 +143,9 @@ import edgefleet.cli
 from pathlib import Path
 from agent.config import load_config
 config = load_config(Path(sys.argv[5]))
+if deferred:
+    from agent.deferred import load_for
+    load_for([config.server_url, config.mqtt.url])
 from edgefleet.logs import configure_logging
 configure_logging(config.log_level)
 step("contract, configs, profile, CLI (our code)")

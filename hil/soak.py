@@ -174,7 +174,7 @@ def run_soak(options: SoakOptions, work: Path) -> SoakResult:
         server.work.mkdir(parents=True, exist_ok=True)
         stack.callback(server.stop)
         server.start()
-        client = FleetClient(server.url, server.token, timeout=30)
+        client = FleetClient(server.url, server.token, timeout=120)  # a loaded machine
         stack.callback(client.close)
         refs = server.push_models(client)
         inputs = work / "inputs"
