@@ -45,6 +45,8 @@ CODE = [ROOT]
 PROBE = r"""
 import json, os, sys
 mode, model_dir, runs, trace = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+for name in filter(None, os.environ.get("MEMBENCH_BLOCK", "").split(",")):
+    sys.modules[name] = None  # what removing it would save (e.g. _hashlib: no OpenSSL hashes)
 def exec_anon(path):
     # Anonymous executable memory: qemu-user's translation cache under emulation, 0 natively.
     total, counting = 0, False
@@ -379,7 +381,8 @@ def main() -> int:
         action="append",
         default=[],
         metavar="K=V",
-        help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit)",
+        help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit); "
+        "MEMBENCH_BLOCK=mod1,mod2 makes those modules unimportable (what removing them saves)",
     )
     parser.add_argument(
         "--arm64",
