@@ -81,6 +81,11 @@ def _fail(err: Exception, code: int) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from agent.deferred import defer_unused, load_for
+
+    # Before the agent's modules pull in paho, http.server, ...: ssl and urllib.request are
+    # imported when first used (an https download, an mqtts broker), not at start.
+    defer_unused()
     from agent.config import load_config
     from agent.errors import AgentConfigError, AgentError
     from edgefleet.logs import configure_logging
@@ -90,6 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
     except AgentConfigError as err:
         return _fail(err, EXIT_USAGE)
     configure_logging(config.log_level)
+    load_for([config.server_url, config.mqtt.url])  # TLS configured: import ssl now
     from agent.faults import arm
     from agent.service import AgentService
 

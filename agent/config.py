@@ -29,8 +29,8 @@ from agent.plugin_config import (
 )
 from agent.probation import ProbationConfig
 from edgefleet.contract.common import DeviceId
-from edgefleet.mqtt_tls import TlsError, TlsFiles, check_pem_file, client_context
 from edgefleet.structs import TableErrors, convert_tables
+from edgefleet.tls_files import TlsError, TlsFiles, check_pem_file
 from firmware_configs.profile import (
     BackendsField,
     BatchSizeField,
@@ -114,6 +114,8 @@ class MqttConfig(ConfigStruct, frozen=True, kw_only=True):
             raise ValueError(str(err)) from err
         if urlsplit(self.url).scheme != "mqtts":
             raise ValueError("ca_file, cert_file and key_file need an mqtts:// url")
+        from edgefleet.mqtt_tls import client_context  # imports ssl: only with TLS files
+
         try:  # loads them as the transport will: a key that does not match fails here
             client_context(TlsFiles(*(str(path) if path is not None else None for path in files)))
         except TlsError as err:

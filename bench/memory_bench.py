@@ -45,6 +45,8 @@ CODE = [ROOT]
 PROBE = r"""
 import json, os, sys
 mode, model_dir, runs, trace = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+for name in filter(None, os.environ.get("MEMBENCH_BLOCK", "").split(",")):
+    sys.modules[name] = None  # what removing it would save (e.g. _hashlib: no OpenSSL hashes)
 def exec_anon(path):
     # Anonymous executable memory: qemu-user's translation cache under emulation, 0 natively.
     total, counting = 0, False
@@ -113,12 +115,18 @@ if mode == "bare":
         run()
     step(f"after {runs} runs")
     sys.exit(0)
+try:  # as `edgefleet agent run` does first (agent.deferred; absent in older checkouts)
+    from agent.deferred import defer_unused
+    deferred = defer_unused()
+except ImportError:
+    deferred = []
+tag = lambda name: " (deferred: not loaded)" if name in deferred else ""
 import hashlib, secrets
 step("hashlib, secrets (libcrypto via _hashlib)")
 import ssl
-step("ssl (+libssl, _ssl)")
+step("ssl (+libssl, _ssl)" + tag("ssl"))
 import urllib.request, http.client, email.message
-step("urllib.request, http.client, email")
+step("urllib.request, http.client, email" + tag("urllib.request"))
 import http.server
 step("http.server")
 import paho.mqtt.client
@@ -137,6 +145,9 @@ import edgefleet.cli
 from pathlib import Path
 from agent.config import load_config
 config = load_config(Path(sys.argv[5]))
+if deferred:
+    from agent.deferred import load_for
+    load_for([config.server_url, config.mqtt.url])
 from edgefleet.logs import configure_logging
 configure_logging(config.log_level)
 step("contract, configs, profile, CLI (our code)")
@@ -370,7 +381,8 @@ def main() -> int:
         action="append",
         default=[],
         metavar="K=V",
-        help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit)",
+        help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit); "
+        "MEMBENCH_BLOCK=mod1,mod2 makes those modules unimportable (what removing them saves)",
     )
     parser.add_argument(
         "--arm64",

@@ -45,8 +45,9 @@ def main() -> int:
         result = run_soak(options, Path(tmp))
     trend = result.trend
     print(
-        f"\nsoak {args.duration:.0f} s, {args.agents} agents, {result.updates} updates, "
-        f"{result.broker_restarts} broker restarts, warm-up {trend['warmup_s']:.0f} s, "
+        f"\nsoak {args.duration:.0f} s, {args.agents} agents, {result.updates} updates "
+        f"({result.update_errors} failed), {result.broker_restarts} broker restarts, "
+        f"warm-up {trend['warmup_s']:.0f} s, "
         f"{trend['samples']} samples after it; agents alive at the end: {result.agents_alive}"
     )
     print(f"{'series':<16}{'first':>10}{'last':>10}{'max':>10}{'slope/h':>12}")
@@ -65,6 +66,7 @@ def main() -> int:
                     "verdict": judged,
                     "rows": result.rows,
                     "updates": result.updates,
+                    "update_errors": result.update_errors,
                     "broker_restarts": result.broker_restarts,
                 },
                 indent=1,

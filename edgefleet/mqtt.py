@@ -28,10 +28,12 @@ from edgefleet.mqtt_subs import (
     filter_levels,
     topic_matches,
 )
-from edgefleet.mqtt_tls import RecordingContext, TlsError, TlsFiles, client_context, explain
+from edgefleet.tls_files import TlsError, TlsFiles
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
+
+    from edgefleet.mqtt_tls import RecordingContext
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,8 @@ class MqttTransport:
             self._client.username_pw_set(address.username, address.password)
         self._tls: RecordingContext | None = None
         if address.tls:
+            from edgefleet.mqtt_tls import client_context  # ssl: only for mqtts://
+
             try:
                 self._tls = client_context(address.tls_files)
             except TlsError as err:
@@ -234,6 +238,8 @@ class MqttTransport:
             tls_error = self._tls.errors.take() if self._tls is not None else None
             if tls_error is not None:
                 self.close()
+                from edgefleet.mqtt_tls import explain
+
                 raise MqttError(f"TLS to {self.address.url} failed: {explain(tls_error)}")
             if time.monotonic() > deadline:
                 self.close()
@@ -394,6 +400,8 @@ class MqttTransport:
         err = self._tls.errors.peek() if self._tls is not None else None
         if err is None:
             return
+        from edgefleet.mqtt_tls import explain
+
         text = explain(err)
         if text != self._tls_logged:  # once per distinct cause, not on every retry
             self._tls_logged = text

@@ -20,6 +20,7 @@ from edgefleet.mqtt_tls import TlsFiles
 from edgefleet.signing import SignatureError, load_public_key
 from fleet_server.broker.throttle import AuthThrottleCollector
 from fleet_server.db import DatabaseError, make_engine, migrate, safe_url
+from fleet_server.heap import HeapTrimmer
 from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
 from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
@@ -102,6 +103,7 @@ class Runtime:
         self.rollouts: RolloutEngine | None = None
         self.pipelines: PipelineDriver | None = None
         self.workers: IngestWorkers | None = None
+        self.heap_trimmer: HeapTrimmer | None = None
         self.operator_token = ""
         self.trusted_keys: list[bytes] = []
         #: The broker's URL without credentials (the bus connects with the server's own).
@@ -227,6 +229,8 @@ class Runtime:
                 )
             )
         self.leader.start(self.engine)
+        self.heap_trimmer = HeapTrimmer(settings.heap_trim_interval_s)
+        self.heap_trimmer.start()
         log.info(
             "fleet server started",
             extra={
@@ -373,6 +377,9 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop in reverse order; each step runs even if an earlier one failed."""
+        if self.heap_trimmer is not None:
+            _quietly("heap trimmer", self.heap_trimmer.stop)
+            self.heap_trimmer = None
         _quietly("leader loop", self.leader.stop)
         _quietly("broker credentials", self.credentials.close)
         if self.pipelines is not None:

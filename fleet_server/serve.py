@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from edgefleet.logs import configure_logging
 from fleet_server.app import create_app
 from fleet_server.db import safe_url
+from fleet_server.heap import cap_arenas
 from fleet_server.settings import ServerSettings
 
 
@@ -57,6 +58,7 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(settings: ServerSettings) -> int:
+    cap_arenas(settings.malloc_arena_max)  # before uvicorn's and the runtime's threads exist
     configure_logging(
         settings.log_level,
         quiet=("paho", "amqtt", "transitions", "alembic.runtime.plugins"),

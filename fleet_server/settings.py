@@ -413,6 +413,19 @@ class ServerSettings(BaseSettings):
         description="How often the telemetry roll-up job (5-minute sums the long charts read) "
         "runs on the driver; its rows are kept telemetry_hourly_days.",
     )
+    malloc_arena_max: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="glibc malloc arenas at most (fleet_server.heap; 0: glibc's default of 8 "
+        "per core). An explicit MALLOC_ARENA_MAX in the environment wins.",
+    )
+    heap_trim_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds between malloc_trim calls that hand freed heap pages back to the "
+        "system after an ingest burst (fleet_server.heap; 0: never).",
+    )
     drift: DriftConfig = Field(
         default_factory=DriftConfig,
         description="Drift detection on the driver: windows, reference and detector thresholds "

@@ -61,6 +61,7 @@ class SoakResult:
     updates: int
     broker_restarts: int
     agents_alive: bool
+    update_errors: int = 0  # assignments the server refused or did not answer
 
 
 class _Agent:
@@ -160,7 +161,7 @@ def _sample(t0: float, agents: list[_Agent], server: LocalServer,
 
 def run_soak(options: SoakOptions, work: Path) -> SoakResult:
     """Run the soak in ``work``; every process it started is stopped when it returns."""
-    from fleet_server.client.api import FleetClient
+    from fleet_server.client.api import FleetClient, FleetClientError
     from tests.utils.mosquitto import PrivateMosquitto
     from tests.utils.net import restartable_port
 
@@ -174,7 +175,7 @@ def run_soak(options: SoakOptions, work: Path) -> SoakResult:
         server.work.mkdir(parents=True, exist_ok=True)
         stack.callback(server.stop)
         server.start()
-        client = FleetClient(server.url, server.token, timeout=30)
+        client = FleetClient(server.url, server.token, timeout=120)  # a loaded machine
         stack.callback(client.close)
         refs = server.push_models(client)
         inputs = work / "inputs"
@@ -193,14 +194,18 @@ def run_soak(options: SoakOptions, work: Path) -> SoakResult:
             f"{options.duration_s:.0f} s")  # fmt: skip
         t0 = time.time()
         rows: list[dict[str, Any]] = []
-        updates = restarts = 0
+        updates = restarts = update_errors = 0
         next_update = options.update_s
         next_restart = options.broker_restart_s
         while (elapsed := time.time() - t0) < options.duration_s:
             if elapsed >= next_update:
                 updates += 1
                 name, version = refs[updates % 2].split("@")
-                client.assign(name, version, tag=tag)
+                try:
+                    client.assign(name, version, tag=tag)
+                except FleetClientError as err:  # a busy server's 500 must not end the soak
+                    update_errors += 1
+                    say(f"update {updates} at {elapsed:.0f} s failed: {err}")
                 next_update += options.update_s
             if elapsed >= next_restart:
                 restarts += 1
@@ -216,7 +221,7 @@ def run_soak(options: SoakOptions, work: Path) -> SoakResult:
     clean = [r for r in rows if r.get("server_rss_mb") is not None]
     trend = probe.trend(clean, warmup_s=options.warmup(), keys=SERIES)
     return SoakResult(rows=rows, trend=trend, updates=updates, broker_restarts=restarts,
-                      agents_alive=alive)  # fmt: skip
+                      agents_alive=alive, update_errors=update_errors)  # fmt: skip
 
 
 def verdict(trend: dict[str, Any]) -> dict[str, bool]:

@@ -91,20 +91,28 @@ def null_threshold(
     and ``reference`` itself (redrawn with ``n_ref`` inputs when it is a sample, else exact)."""
     shares = np.asarray(reference, dtype=np.float64)
     total = shares.sum()
-    key = tuple(float(x) for x in (shares / total if total > 0 else shares))
+    # The cache key holds the shares as one bytes object, not a tuple of float objects: a
+    # forming reference makes a new key on every drift run, and a 4096-entry cache of float
+    # tuples grew the server's heap by ~3 MB in its first half hour (the soak, issue #16).
+    key = np.ascontiguousarray(shares / total if total > 0 else shares).tobytes()
     return _null_threshold(kind, key, _rounded(max(n, 1)), n_ref, alpha, draws)
 
 
-@lru_cache(maxsize=4096)
+#: Thresholds kept (~0.3 KB each): the few live (reference, rounded n) pairs of every model
+#: version's detectors, with room for the ones a forming reference leaves behind.
+CACHE_SIZE = 1024
+
+
+@lru_cache(maxsize=CACHE_SIZE)
 def _null_threshold(
     kind: Distance,
-    reference: tuple[float, ...],
+    reference: bytes,
     n: int,
     n_ref: int | None,
     alpha: float,
     draws: int,
 ) -> float:
-    p = np.asarray(reference, dtype=np.float64)
+    p = np.frombuffer(reference, dtype=np.float64)
     if p.sum() <= 0:
         return math.inf
     p = p / p.sum()
