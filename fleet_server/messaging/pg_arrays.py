@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Column, Connection, Table
+from sqlalchemy.types import TypeDecorator
 
 from fleet_server.messaging.inserts import convert_rows, converter_for
 
@@ -85,7 +86,13 @@ def _require_postgresql(conn: Connection) -> None:
 
 
 def _array_param(conn: Connection, column: Column[Any]) -> str:
-    """``%s::<type>[]`` for ``column``; JSON columns travel as JSON text."""
+    """``%b::<type>[]`` for ``column`` (binary: psycopg's text array dumper escapes every
+    element in Python); JSON columns travel as JSON text. Strings go as ``text[]``, not
+    ``varchar(n)[]``: an explicit cast to ``varchar(n)`` truncates silently, where storing the
+    too-long value in the column (an assignment cast) is refused as the executemany path is."""
+    base = _base_type(column.type)
+    if isinstance(base, sa.String) and not isinstance(base, sa.Enum | sa.JSON):
+        return "%b::text[]"
     sql_type = column.type.compile(dialect=conn.dialect)
     return f"%b::{sql_type}[]"
 
@@ -97,10 +104,15 @@ def _column(rows: list[dict[str, Any]], name: str, column: Column[Any]) -> list[
 def _normalise(values: list[Any], column: Column[Any]) -> list[Any]:
     """One Python type per array: psycopg dumps a list with its first element's dumper, so an
     ``int`` among floats (or a ``bool`` among ints) must not reach it as such."""
-    cast = _cast(column.type)
+    cast = _cast(_base_type(column.type))
     if cast is None:
         return values
     return [None if v is None else cast(v) for v in values]
+
+
+def _base_type(column_type: Any) -> Any:
+    """The type under a ``TypeDecorator`` (SQLModel's ``AutoString``, our ``UTCDateTime``)."""
+    return column_type.impl_instance if isinstance(column_type, TypeDecorator) else column_type
 
 
 def _cast(column_type: Any) -> Callable[[Any], Any] | None:
