@@ -299,7 +299,7 @@ class ServerSettings(BaseSettings):
         default="arrays",
         description="How an ingest batch reaches PostgreSQL: 'arrays', one statement per table "
         "with a whole column per parameter; 'executemany', one statement per row (pipelined), "
-        "as before 0.1.0. Both commit the batch in one transaction before acknowledging it. "
+        "the earlier writer. Both commit the batch in one transaction before acknowledging it. "
         "SQLite always uses executemany.",
     )
     device_ts_future_s: float = Field(
