@@ -6,6 +6,10 @@ in the form SQLAlchemy would have sent: JSON columns serialised once with ``json
 ``None`` as JSON ``null``, as ``sa.JSON`` stores it), datetimes in UTC (on SQLite as the same
 ``YYYY-MM-DD HH:MM:SS.ffffff`` text SQLAlchemy writes). ``ON CONFLICT (device_id, seq) DO
 NOTHING`` skips rows already stored, and the summed row count says how many were new.
+
+This is the ``executemany`` statement set (:mod:`.statements`): SQLite's always, PostgreSQL's
+with ``ingest_pg_statements=executemany``; device rows are updated with one SQLAlchemy
+executemany ``UPDATE`` per set of changed columns (:func:`update_rows`).
 """
 
 from __future__ import annotations
