@@ -150,6 +150,7 @@ class Runtime:
             interval_s=settings.ingest_batch_interval_s,
             queue_size=settings.ingest_queue_size,
             clock=settings.device_clock,
+            statements=settings.ingest_pg_statements,
         )
         self.writer.start()
         channels: tuple[Channel, ...] = INGEST_CHANNELS
@@ -330,6 +331,7 @@ class Runtime:
                 group=group,
                 batch_size=settings.ingest_batch_size,
                 clock=settings.device_clock,
+                statements=settings.ingest_pg_statements,
                 connect_timeout_s=settings.broker_connect_timeout_s,
                 log_level=settings.log_level,
             )

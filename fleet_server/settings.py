@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fleet_server.broker.config import AuthThrottleConfig
 from fleet_server.messaging.sanity import DeviceClock
+from fleet_server.messaging.statements import StatementsName
 from fleet_server.services.drift.detectors import DriftConfig
 from fleet_server.services.drift.retrain import RetrainConfig
 
@@ -293,6 +294,13 @@ class ServerSettings(BaseSettings):
     )
     ingest_queue_size: int = Field(
         default=20_000, ge=1, description="Messages buffered between the MQTT thread and the DB."
+    )
+    ingest_pg_statements: StatementsName = Field(
+        default="arrays",
+        description="How an ingest batch reaches PostgreSQL: 'arrays', one statement per table "
+        "with a whole column per parameter; 'executemany', one statement per row (pipelined), "
+        "the earlier writer. Both commit the batch in one transaction before acknowledging it. "
+        "SQLite always uses executemany.",
     )
     device_ts_future_s: float = Field(
         default=86_400.0,

@@ -54,6 +54,7 @@ from edgefleet.contract.errors import NonFiniteNumberError
 from edgefleet.contract.parsing import load_json_object
 from fleet_server.messaging.sanity import DeviceClock, clock_problem
 from fleet_server.messaging.screen import refusal
+from fleet_server.messaging.statements import StatementsName
 from fleet_server.messaging.stats import IngestStats
 from fleet_server.messaging.writes import is_transient, write_batch
 from fleet_server.models.types import utcnow
@@ -94,11 +95,14 @@ class IngestWriter:
         retry_initial_s: float = 0.25,
         retry_max_s: float = 2.0,
         clock: DeviceClock | None = None,
+        statements: StatementsName = "arrays",
     ) -> None:
         """``retry_initial_s`` doubling up to ``retry_max_s``: the wait between attempts while
         the database is unreachable (the batch is drained at most ``retry_max_s`` after it is
-        back; 2 s keeps that short at the cost of one connection attempt per 2 s)."""
+        back; 2 s keeps that short at the cost of one connection attempt per 2 s).
+        ``statements``: how a batch reaches PostgreSQL (:mod:`.statements`)."""
         self._engine = engine
+        self._statements: StatementsName = statements
         self._clock = clock or DeviceClock()
         self._stats = stats
         self._batch_size = batch_size
@@ -272,6 +276,7 @@ class IngestWriter:
                 engine=self._engine,
                 items=items,
                 seq_reset_window=self._clock.seq_reset_window,
+                statements=self._statements,
             )
         except Exception as err:  # noqa: BLE001 - sorted below: unreachable or refused
             if is_transient(err):

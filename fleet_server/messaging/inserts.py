@@ -6,6 +6,10 @@ in the form SQLAlchemy would have sent: JSON columns serialised once with ``json
 ``None`` as JSON ``null``, as ``sa.JSON`` stores it), datetimes in UTC (on SQLite as the same
 ``YYYY-MM-DD HH:MM:SS.ffffff`` text SQLAlchemy writes). ``ON CONFLICT (device_id, seq) DO
 NOTHING`` skips rows already stored, and the summed row count says how many were new.
+
+This is the ``executemany`` statement set (:mod:`.statements`): SQLite's always, PostgreSQL's
+with ``ingest_pg_statements=executemany``; device rows are updated with one SQLAlchemy
+executemany ``UPDATE`` per set of changed columns (:func:`update_rows`).
 """
 
 from __future__ import annotations
@@ -41,19 +45,43 @@ def insert_new(*, conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
     columns = ", ".join(quote(n) for n in names)
     insert = f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join(marks)})"  # noqa: S608
     sql = f"{insert} ON CONFLICT (device_id, seq) DO NOTHING"
-    converters = [
-        (name, convert)
-        for name in names
-        if (convert := _converter(table.c[name].type, dialect)) is not None
-    ]
-    for row in rows:
-        for name, convert in converters:
-            row[name] = convert(row[name])
+    convert_rows(table=table, rows=rows, dialect=dialect)
     result = conn.exec_driver_sql(sql, rows)
     return int(result.rowcount)
 
 
-def _converter(column_type: Any, dialect: str) -> Callable[[Any], Any] | None:
+def update_rows(
+    *, conn: Connection, table: Table, key: str, names: tuple[str, ...], rows: list[dict[str, Any]]
+) -> None:
+    """``UPDATE table SET <names> WHERE <key> = :_id`` as one executemany over ``rows`` (each
+    holding ``_id`` and ``names``), through SQLAlchemy's bind processing."""
+    if not rows:
+        return
+    stmt = (
+        sa.update(table)
+        .where(table.c[key] == sa.bindparam("_id"))
+        .values({name: sa.bindparam(name) for name in names})
+    )
+    conn.execute(stmt, rows)
+
+
+def convert_rows(*, table: Table, rows: list[dict[str, Any]], dialect: str) -> None:
+    """Put ``rows``' values (in place) in the form SQLAlchemy would send to ``dialect``."""
+    converters = (
+        [
+            (name, convert)
+            for name in rows[0]
+            if (convert := converter_for(table.c[name].type, dialect)) is not None
+        ]
+        if rows
+        else []
+    )
+    for row in rows:
+        for name, convert in converters:
+            row[name] = convert(row[name])
+
+
+def converter_for(column_type: Any, dialect: str) -> Callable[[Any], Any] | None:
     if isinstance(column_type, sa.JSON):
         return _json
     if isinstance(column_type, UTCDateTime):

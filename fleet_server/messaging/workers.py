@@ -32,6 +32,7 @@ from typing import Any
 from edgefleet.contract import Channel
 from edgefleet.contract.topics import shared_filter
 from fleet_server.messaging.sanity import DeviceClock
+from fleet_server.messaging.statements import StatementsName
 from fleet_server.messaging.stats import IngestStats
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class WorkerConfig:
     group: str
     batch_size: int
     clock: DeviceClock
+    statements: StatementsName
     connect_timeout_s: float
     log_level: str
 
@@ -76,7 +78,11 @@ def worker_main(config: WorkerConfig, pipe: Connection) -> None:
     stats = IngestStats()
     engine = make_engine(config.database_url)
     writer = IngestWriter(
-        engine=engine, stats=stats, batch_size=config.batch_size, clock=config.clock
+        engine=engine,
+        stats=stats,
+        batch_size=config.batch_size,
+        clock=config.clock,
+        statements=config.statements,
     )
     address = BrokerAddress.from_url(config.broker_url)
     if address.username is None and config.username is not None:

@@ -1,11 +1,12 @@
 """One ingest batch → one transaction, identical on SQLite and PostgreSQL.
 
-No ORM unit of work: telemetry and event rows go in with one executemany
-``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING`` (:mod:`.inserts`; a row not inserted was
-already stored, so a QoS 1 redelivery is counted as a duplicate, never stored twice, and a
-concurrent writer cannot fail the batch). Device rows are read once, updated in memory in
-message order with the same state/status/telemetry rules as before, and written back with one
-executemany ``UPDATE`` per set of changed columns (only each device's final values).
+No ORM unit of work: telemetry and event rows go in with one
+``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING`` per table (on PostgreSQL one statement
+with array parameters, :mod:`.pg_arrays`; else an executemany, :mod:`.inserts`). A row not
+inserted was already stored, so a QoS 1 redelivery is counted as a duplicate, never stored
+twice, and a concurrent writer cannot fail the batch. Device rows are read once, updated in
+memory in message order with the same state/status/telemetry rules as before, and written back
+with one ``UPDATE`` per set of changed columns (only each device's final values).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import SQLModel
 
 from edgefleet.contract import Event, Payload, ShadowReport, State, Status, Telemetry
-from fleet_server.messaging.inserts import insert_new
 from fleet_server.messaging.sanity import (
     DeviceClock,
     SeqOrder,
@@ -29,6 +29,7 @@ from fleet_server.messaging.sanity import (
     seq_order,
     status_is_newer,
 )
+from fleet_server.messaging.statements import Statements, StatementsName, statements_for
 
 #: Device columns ingest reads to apply its ordering rules.
 _DEVICE_RULE_COLUMNS = ("device_id", "last_seen", "status_ts", "state_seq", "telemetry_seq")
@@ -48,9 +49,12 @@ def write_batch(
     engine: Engine,
     items: Sequence[tuple[Payload, datetime]],
     seq_reset_window: int = DeviceClock.seq_reset_window,
+    statements: StatementsName = "arrays",
 ) -> WriteResult:
+    """``statements``: how rows reach PostgreSQL (:mod:`.statements`; SQLite: executemany)."""
     device_table = _table("device")
     with engine.begin() as conn:
+        how = statements_for(conn.dialect.name, statements)
         if conn.dialect.name == "sqlite":
             # Take the write lock before reading: several writers (ingest worker processes)
             # then queue on the busy timeout instead of failing to upgrade a read transaction.
@@ -110,13 +114,13 @@ def write_batch(
                 else:
                     duplicates += 1
         for table, rows in ((_table("telemetry"), telemetry_rows), (_table("event"), event_rows)):
-            inserted = insert_new(conn=conn, table=table, rows=list(rows.values()))
+            inserted = how.insert_new(conn=conn, table=table, rows=list(rows.values()))
             stored += inserted
             duplicates += len(rows) - inserted
         # Stored with their telemetry message, and skipped with it when already stored (a
         # redelivery): not counted again in stored/duplicates.
-        insert_new(conn=conn, table=_table("shadow_reports"), rows=list(shadow_rows.values()))
-        _update_devices(conn, device_table, changes)
+        how.insert_new(conn=conn, table=_table("shadow_reports"), rows=list(shadow_rows.values()))
+        _update_devices(conn, device_table, changes, how)
     return WriteResult(
         stored=stored, duplicates=duplicates, unknown_devices=unknown, seq_resets=len(resets)
     )
@@ -138,8 +142,10 @@ def _table(name: str) -> Table:
     return SQLModel.metadata.tables[name]
 
 
-def _update_devices(conn: Connection, table: Table, changes: dict[str, dict[str, Any]]) -> None:
-    """One executemany UPDATE per distinct set of changed columns."""
+def _update_devices(
+    conn: Connection, table: Table, changes: dict[str, dict[str, Any]], how: Statements
+) -> None:
+    """One UPDATE per distinct set of changed columns."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for device_id, changed in changes.items():
         newest = changed.get("last_telemetry")
@@ -148,12 +154,7 @@ def _update_devices(conn: Connection, table: Table, changes: dict[str, dict[str,
         if changed:
             groups.setdefault(tuple(sorted(changed)), []).append({"_id": device_id, **changed})
     for names, params in groups.items():
-        stmt = (
-            update(table)
-            .where(table.c.device_id == bindparam("_id"))
-            .values({name: bindparam(name) for name in names})
-        )
-        conn.execute(stmt, params)
+        how.update_rows(conn=conn, table=table, key="device_id", names=names, rows=params)
 
 
 def _telemetry_row(p: Telemetry, received_at: datetime) -> dict[str, Any]:

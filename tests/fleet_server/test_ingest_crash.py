@@ -19,7 +19,7 @@ from sqlalchemy import text
 from edgefleet.mqtt import BrokerAddress
 from fleet_server.client.api import FleetClient
 from fleet_server.db import make_engine
-from tests.conftest import external_mqtt_url
+from tests.conftest import external_mqtt_url, fresh_postgres_database
 from tests.fleet_server.helpers import publish_telemetry, unique_id, wait_until
 from tests.utils.replica import ReplicaProcess
 
@@ -29,9 +29,18 @@ TOKEN = "operator-token-for-ingest-crash-0123"  # noqa: S105 - test-only token
 DEVICES, PER_DEVICE = 4, 1000
 
 
-def test_a_server_killed_mid_ingest_loses_no_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_server_killed_mid_ingest_loses_no_message(tmp_path: Path, kind: str) -> None:
+    """On PostgreSQL with the default array statements (ingest_pg_statements=arrays)."""
+    if kind == "sqlite":
+        _killed_mid_ingest(tmp_path, f"sqlite:///{tmp_path / 'fleet.db'}")
+        return
+    with fresh_postgres_database() as database:
+        _killed_mid_ingest(tmp_path, database)
+
+
+def _killed_mid_ingest(tmp_path: Path, database: str) -> None:
     url = external_mqtt_url()
-    database = f"sqlite:///{tmp_path / 'fleet.db'}"
     server = ReplicaProcess(
         tmp_path / "server",
         name=f"crash-{secrets.token_hex(3)}",
@@ -69,8 +78,9 @@ def test_a_server_killed_mid_ingest_loses_no_message(tmp_path: Path) -> None:
         server.wait_ready()
         wait_until(lambda: stored() == total, timeout=90, what=f"{total} rows after the restart")
         with engine.connect() as conn:
-            keys = set(conn.execute(text("SELECT device_id, seq FROM telemetry")).all())
-        assert keys == {(d, s) for d in devices for s in range(1, PER_DEVICE + 1)}
+            keys = list(conn.execute(text("SELECT device_id, seq FROM telemetry")).all())
+        assert len(keys) == total, "a row stored twice"  # the primary key forbids it; checked
+        assert set(keys) == {(d, s) for d in devices for s in range(1, PER_DEVICE + 1)}
     finally:
         server.stop()
         # Leave no kept session behind on the shared broker: reconnect clean, expiry 0.

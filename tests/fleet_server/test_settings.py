@@ -56,6 +56,8 @@ def test_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         {"operator_token": "short"},
         {"require_signed": True},
         {"ingest_batch_size": 0},
+        {"ingest_pg_statements": "copy"},
+        {"ingest_pg_statements": ""},
         {"log_level": "loud"},
         {"no_such_setting": 1},
         {"artifact_store": {"kind": "s3"}},
@@ -71,6 +73,12 @@ def test_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_settings(values: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         ServerSettings(**values)  # type: ignore[arg-type]
+
+
+def test_ingest_pg_statements(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerSettings().ingest_pg_statements == "arrays"
+    monkeypatch.setenv("EDGEFLEET_INGEST_PG_STATEMENTS", "executemany")
+    assert ServerSettings().ingest_pg_statements == "executemany"
 
 
 def test_public_url_override() -> None:
