@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.contract import DesiredState
 from edgefleet.mqtt import BrokerAddress
-from hil.device import Behaviour, SimDevice
+from hil.device import Behaviour, DeviceLogic, SimDevice
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -191,5 +191,5 @@ class FleetSimulator:
         client.on_socket_register_write = want_write
         client.on_socket_unregister_write = done_write
 
-    def _on_update(self, device: SimDevice, desired: DesiredState) -> None:
+    def _on_update(self, device: DeviceLogic, desired: DesiredState) -> None:
         self._pool.submit(device.apply_update, desired, server_url=self.server_url)
