@@ -107,6 +107,10 @@ class FleetSimulator:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._selector.close()
 
+    def pids(self) -> list[int]:
+        """None: the simulator runs in the caller's process."""
+        return []
+
     def stats(self) -> FleetStats:
         running: dict[str, int] = {}
         for device in self.devices:

@@ -275,6 +275,10 @@ class Swarm:
                 )
             time.sleep(0.1)
 
+    def pids(self) -> list[int]:
+        """The simulator's worker processes."""
+        return [proc.pid for proc in self._procs if proc.pid is not None]
+
     def _ask(self) -> list[dict[str, Any]]:
         answers = []
         for index, conn in enumerate(self._conns):
