@@ -123,7 +123,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--soak", type=float, default=5.0, help="soak seconds per rollout stage")
     parser.add_argument("--telemetry-interval", type=float, default=30.0)
-    parser.add_argument("--register-workers", type=int, default=4)
+    parser.add_argument("--register-workers", type=int, default=16)
+    parser.add_argument(
+        "--session-expiry",
+        type=int,
+        default=120,
+        help="the server's MQTT session expiry (0: a clean 3.1.1 session)",
+    )
     parser.add_argument("--rollout-tick", type=float, default=1.0)
     args = parser.parse_args()
 
@@ -171,6 +177,11 @@ def _run(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         rollout_tick_s=args.rollout_tick,
         trusted_keys=[key],
+        # As deployed: a kept (short) session on MQTT v5, so the server's receive window is
+        # ingest-sized. A clean 3.1.1 session gets Mosquitto's 20 in flight and 1,000 queued:
+        # the connect burst of 10,000 devices (status + state each) overflows it and Mosquitto
+        # drops what the server never sees ("Outgoing messages are being dropped").
+        mqtt_session_expiry_s=args.session_expiry,
     ) as server:
         assert server.runtime.engine is not None
         engine = server.runtime.engine
@@ -182,11 +193,16 @@ def _run(args: argparse.Namespace) -> int:
                 )
 
         def phase(name: str, start: float, cpu0: float, note: str = "") -> None:
-            phases.append(
-                Phase(name, time.perf_counter() - start, meter.cpu_s() - cpu0, meter.rss_mb(), note)
+            p = Phase(name, time.perf_counter() - start, meter.cpu_s() - cpu0, meter.rss_mb(), note)
+            phases.append(p)
+            load = os.getloadavg()[0]
+            print(  # as it happens too: a run cut short still says how far it got
+                f"[{name}] {p.wall_s:.1f} s, server CPU {p.cpu_s:.1f} s, RSS {p.rss_mb:.0f} MB, "
+                f"load {load:.1f}; {note}",
+                flush=True,
             )
 
-        client = FleetClient(server.url, server.token, timeout=120)
+        client = FleetClient(server.url, server.token, timeout=600)
         for bundle in bundles:
             client.push_model(bundle)
         tag = f"bench{time.time_ns() % 10**8}"
@@ -195,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
 
         def register(i: int) -> tuple[str, str]:
             if not hasattr(local, "client"):
-                local.client = FleetClient(server.url, server.token, timeout=120)
+                local.client = FleetClient(server.url, server.token, timeout=600)
             created = local.client.add_device(f"{tag}-{i:05d}", tags=[tag])
             return str(created["device_id"]), str(created["token"])
 
