@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from edgefleet.contract import DesiredState
+from edgefleet.contract import Channel, DesiredState, topic
 from edgefleet.mqtt import BrokerAddress
 from hil.device import Behaviour, DeviceLogic, will_of
 from hil.fleet import FleetStats
@@ -35,6 +35,7 @@ from hil.mqtt_lite import LiteClient, Message, Will
 #: Connections opening at once per process (a SYN burst of 5,000 overflows the listen backlog).
 CONNECTING_AT_ONCE = 128
 KEEPALIVE_S = 60
+STATS_TIMEOUT_S = 180.0
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -59,6 +60,7 @@ class ShardConfig:
     telemetry_interval_s: float
     download_workers: int
     first_seed: int
+    clear_retained: bool
 
 
 class _LiteDevice:
@@ -119,12 +121,28 @@ class _Shard:
         housekeeping.cancel()
         for task in tasks:
             task.cancel()
+        if self.config.clear_retained:
+            await self._clear_retained()
         for device in self.devices:
             device.client.disconnect()
         await asyncio.sleep(0.2)  # let the DISCONNECTs go out
         loop.remove_reader(self.conn.fileno())
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.conn.send({"stopped": True})
+
+    async def _clear_retained(self) -> None:
+        """Empty the retained status, state and desired topics of this shard's devices: a
+        shared broker otherwise keeps 30,000 retained messages per 10,000-device run, and every
+        server that subscribes later is flooded with them (Mosquitto then drops its queue)."""
+        for device in self.devices:
+            for channel in (Channel.STATUS, Channel.STATE, Channel.DESIRED):
+                device.client.publish(topic(device.logic.device_id, channel), b"", 1, True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while loop.time() < deadline and any(
+            d.client.connected and d.client.unacked for d in self.devices
+        ):
+            await asyncio.sleep(0.1)
 
     def _wire(self, device: _LiteDevice) -> None:
         def lost(_reason: str) -> None:
@@ -232,7 +250,9 @@ class Swarm:
         telemetry_interval_s: float = 5.0,
         processes: int = 2,
         download_workers: int = 8,
+        clear_retained: bool = True,
     ) -> None:
+        """``clear_retained``: on stop, the devices empty their retained topics."""
         broker = BrokerAddress.from_url(broker_url)
         if broker.tls:
             raise ValueError("the light simulator speaks plain MQTT only (mqtt://)")
@@ -249,6 +269,7 @@ class Swarm:
                 telemetry_interval_s=telemetry_interval_s,
                 download_workers=download_workers,
                 first_seed=shard * len(everyone),
+                clear_retained=clear_retained,
             )
             for shard in range(processes)
         ]
@@ -287,8 +308,12 @@ class Swarm:
                     f"simulator process {index} died (exit {self._procs[index].exitcode})"
                 )
             conn.send("stats")
-            if not conn.poll(30):
-                raise TimeoutError(f"simulator process {index} did not answer in 30 s")
+            # Generous: on a 2-core machine at load 30+ a worker busy with 5,000 devices'
+            # downloads waited > 30 s for the CPU (a 10,000-device run stopped there).
+            if not conn.poll(STATS_TIMEOUT_S):
+                raise TimeoutError(
+                    f"simulator process {index} did not answer in {STATS_TIMEOUT_S:g} s"
+                )
             answers.append(conn.recv())
         self._last = answers
         return answers
@@ -321,7 +346,7 @@ class Swarm:
             if proc.is_alive():
                 with contextlib.suppress(OSError, EOFError):
                     conn.send("stop")
-                    conn.poll(15)
+                    conn.poll(30)
         for proc in self._procs:
             proc.join(15)
             if proc.is_alive():

@@ -97,3 +97,28 @@ def test_two_hundred_light_devices_take_a_staged_rollout(tmp_path: Path) -> None
             assert usage.cpu_s > 0 and usage.max_rss_mb > 0
         finally:
             swarm.stop()
+        # The devices emptied their retained topics on the way out: a shared broker is not left
+        # holding three retained messages per simulated device.
+        assert _retained(mqtt_url, [f"edgefleet/v1/{d}/+" for d, _t in devices[:20]]) == []
+
+
+def _retained(url: str, filters: list[str]) -> list[str]:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgefleet.mqtt import BrokerAddress
+
+    address = BrokerAddress.from_url(url)
+    seen: list[str] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"retained-{time.time_ns()}")
+    client.on_message = lambda _c, _u, msg: seen.append(msg.topic) if msg.payload else None
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        for topic_filter in filters:
+            client.subscribe(topic_filter, qos=1)
+        time.sleep(2)  # retained messages arrive right after the SUBACK
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return seen
