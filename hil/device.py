@@ -13,7 +13,7 @@ import random
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgefleet.contract import (
     Channel,
@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 Schedule = Callable[[Callable[[], None]], None]
 
 
+class Wire(Protocol):
+    """What a simulated device needs of its MQTT connection (paho's ``Client`` has it, and so
+    has :class:`hil.mqtt_lite.LiteClient`)."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = ..., retain: bool = ...) -> Any: ...
+
+    def subscribe(self, topic: str, qos: int = ...) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Behaviour:
     """How inference looks on this device, per model version (``default`` for the others)."""
@@ -62,21 +71,26 @@ class Behaviour:
         return self.confidence
 
 
-class SimDevice:
+def will_of(device_id: str) -> tuple[str, bytes]:
+    """A device's Last Will: (topic, payload) of a retained ``offline`` status."""
+    offline = Status(device_id=device_id, status="offline")
+    return topic(device_id, Channel.STATUS), encode(offline)
+
+
+class DeviceLogic:
+    """A simulated device's protocol behaviour over any :class:`Wire` (``self.wire``)."""
+
     def __init__(
         self,
         device_id: str,
         token: str,
         *,
-        broker: BrokerAddress,
+        wire: Wire,
         schedule: Schedule,
         behaviour: Behaviour,
         telemetry_interval_s: float,
         seed: int = 0,
     ) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.device_id = device_id
         self.token = token
         self.behaviour = behaviour
@@ -93,14 +107,11 @@ class SimDevice:
         self._seq = 0
         self._schedule = schedule
         self._rng = random.Random(seed)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
-        self.client.username_pw_set(device_id, token)
-        offline = Status(device_id=device_id, status="offline")
-        self.client.will_set(topic(device_id, Channel.STATUS), encode(offline), qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.broker = broker
-        self.on_update: Callable[[SimDevice, DesiredState], None] | None = None
+        self.wire = wire
+        self.on_update: Callable[[DeviceLogic, DesiredState], None] | None = None
+
+    def will(self) -> tuple[str, bytes]:
+        return will_of(self.device_id)
 
     # -- wire ----------------------------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -118,13 +129,13 @@ class SimDevice:
             device_class=None,  # the class it was registered with stands
             last_error=self.last_error,
         )
-        self.client.publish(topic(self.device_id, Channel.STATE), encode(state), qos=1, retain=True)
+        self.wire.publish(topic(self.device_id, Channel.STATE), encode(state), qos=1, retain=True)
 
     def publish_event(self, kind: EventKind, *, model: ModelRef | None, detail: str = "") -> None:
         event = Event(
             device_id=self.device_id, seq=self._next_seq(), event=kind, model=model, detail=detail
         )
-        self.client.publish(topic(self.device_id, Channel.EVENTS), encode(event), qos=1)
+        self.wire.publish(topic(self.device_id, Channel.EVENTS), encode(event), qos=1)
 
     def publish_telemetry(self) -> None:
         version = self.running.version if self.running else None
@@ -155,20 +166,19 @@ class SimDevice:
             else None,
             confidence_histogram=histogram if self.running else [],
         )
-        self.client.publish(topic(self.device_id, Channel.TELEMETRY), encode(telemetry), qos=1)
+        self.wire.publish(topic(self.device_id, Channel.TELEMETRY), encode(telemetry), qos=1)
         self.telemetry_sent += 1
 
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            return
+    def announce(self) -> None:
+        """On (re)connect: retained ``online``, the retained state, subscribe to ``desired``."""
         online = Status(device_id=self.device_id, status="online")
-        client.publish(topic(self.device_id, Channel.STATUS), encode(online), qos=1, retain=True)
+        self.wire.publish(topic(self.device_id, Channel.STATUS), encode(online), qos=1, retain=True)
         self.publish_state()
-        client.subscribe(topic(self.device_id, Channel.DESIRED), qos=1)
+        self.wire.subscribe(topic(self.device_id, Channel.DESIRED), qos=1)
 
-    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+    def handle_desired(self, data: bytes) -> None:
         try:
-            payload = decode(Channel.DESIRED, bytes(msg.payload), device_id=self.device_id)
+            payload = decode(Channel.DESIRED, data, device_id=self.device_id)
         except ContractError as err:
             self.publish_event("payload.rejected", model=None, detail=str(err))
             return
@@ -232,3 +242,45 @@ class SimDevice:
         self.updates_failed += 1
         self.publish_event("update.failed", model=target, detail=reason[:500])
         self.publish_state()
+
+
+class SimDevice(DeviceLogic):
+    """A simulated device on its own paho client (driven by :class:`hil.fleet.FleetSimulator`)."""
+
+    def __init__(
+        self,
+        device_id: str,
+        token: str,
+        *,
+        broker: BrokerAddress,
+        schedule: Schedule,
+        behaviour: Behaviour,
+        telemetry_interval_s: float,
+        seed: int = 0,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        super().__init__(
+            device_id,
+            token,
+            wire=self.client,
+            schedule=schedule,
+            behaviour=behaviour,
+            telemetry_interval_s=telemetry_interval_s,
+            seed=seed,
+        )
+        self.client.username_pw_set(device_id, token)
+        will_topic, will_payload = self.will()
+        self.client.will_set(will_topic, will_payload, qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.broker = broker
+
+    def _on_connect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not reason.is_failure:
+            self.announce()
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self.handle_desired(bytes(msg.payload))

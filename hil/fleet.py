@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.contract import DesiredState
 from edgefleet.mqtt import BrokerAddress
-from hil.device import Behaviour, SimDevice
+from hil.device import Behaviour, DeviceLogic, SimDevice
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -107,6 +107,10 @@ class FleetSimulator:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._selector.close()
 
+    def pids(self) -> list[int]:
+        """None: the simulator runs in the caller's process."""
+        return []
+
     def stats(self) -> FleetStats:
         running: dict[str, int] = {}
         for device in self.devices:
@@ -191,5 +195,5 @@ class FleetSimulator:
         client.on_socket_register_write = want_write
         client.on_socket_unregister_write = done_write
 
-    def _on_update(self, device: SimDevice, desired: DesiredState) -> None:
+    def _on_update(self, device: DeviceLogic, desired: DesiredState) -> None:
         self._pool.submit(device.apply_update, desired, server_url=self.server_url)

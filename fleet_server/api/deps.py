@@ -162,19 +162,21 @@ require_admin = _require(Role.ADMIN)
 def require_device_or_operator(
     request: Request, credentials: Credentials, runtime: RuntimeDep, session: SessionDep
 ) -> Principal:
-    """Any operator token (viewer and up) or a device's own token."""
+    """Any operator token (viewer and up) or a device's own token. The device is looked up
+    first: devices make nearly all of these calls (10,000 bundle downloads per fleet update),
+    and each then costs one query, not a miss on the API tokens first."""
     token = _token(request, credentials)
 
     def check() -> Principal:
-        person = _person(token, runtime, session)
-        if person is not None:
-            return person
         device = device_for_token(session=session, token=token)
-        if device is None:
+        if device is not None:
+            return Principal(
+                operator=False, device_id=device.device_id, actor=f"device:{device.device_id}"
+            )
+        person = _person(token, runtime, session)
+        if person is None:
             raise Unauthorized("invalid token")
-        return Principal(
-            operator=False, device_id=device.device_id, actor=f"device:{device.device_id}"
-        )
+        return person
 
     return _identify(request, guarded(request, runtime, kind="device", secret=token, check=check))
 

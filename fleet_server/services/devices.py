@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -100,7 +102,42 @@ def mqtt_password_hashes(*, session: Session) -> list[tuple[str, str | None]]:
     return [(device_id, hashed) for device_id, hashed in rows]
 
 
-def is_pinned(device: Device) -> bool:
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What a rollout step reads of a device, as plain values: a 10,000-device step built
+    10,000 ORM ``Device`` objects (pydantic private attributes, identity map) every tick, ~40 %
+    of the step. Read-only: a change to a device goes through its own writer."""
+
+    device_id: str
+    device_class: str | None
+    online: bool
+    phase: str | None
+    running_name: str | None
+    running_version: str | None
+    desired_name: str | None
+    desired_version: str | None
+    desired_at: datetime | None
+    reported_desired_name: str | None
+    reported_desired_version: str | None
+    pinned_name: str | None
+    pinned_version: str | None
+
+
+_FACTS = [getattr(Device, f) for f in DeviceFacts.__slots__]
+
+
+def device_facts(*, session: Session, device_ids: Sequence[str]) -> dict[str, DeviceFacts]:
+    """:class:`DeviceFacts` of ``device_ids`` that exist (one query per 500 ids)."""
+    ids = list(device_ids)
+    found: dict[str, DeviceFacts] = {}
+    for start in range(0, len(ids), 500):
+        query = select(*_FACTS).where(col(Device.device_id).in_(ids[start : start + 500]))
+        for row in session.connection().execute(query):
+            found[row[0]] = DeviceFacts(*row)
+    return found
+
+
+def is_pinned(device: Device | DeviceFacts) -> bool:
     """Whether an operator pinned the device: assignments and rollouts must leave it alone."""
     return device.pinned_name is not None and device.pinned_version is not None
 

@@ -35,7 +35,7 @@ from fleet_server.services.desired import (
     stamp_resent,
     write_desired,
 )
-from fleet_server.services.devices import is_pinned
+from fleet_server.services.devices import DeviceFacts, is_pinned
 from fleet_server.services.errors import Conflict, NotFound
 from fleet_server.services.rollouts.evaluation import (
     evaluation_due,
@@ -354,18 +354,25 @@ class RolloutEngine:
         joined = []
         position = max((m.position for m in members), default=-1)
         model = session.get(ModelVersionRow, (rollout.model_name, rollout.model_version))
-        in_fleet = select(Device).where(col(Device.decommissioned_at).is_(None))
-        for device in session.exec(in_fleet.order_by(col(Device.created_at))):
-            if device.device_id in known or device.device_id in busy:
+        # Three columns of every device, not every Device object: this scan runs at each
+        # evaluation, and building 10,000 ORM rows was 40 % of a 10,000-device step.
+        in_fleet = (
+            select(Device.device_id, Device.tags, Device.device_class)
+            .where(col(Device.decommissioned_at).is_(None))
+            .order_by(col(Device.created_at))
+        )
+        candidates = []
+        for device_id, tags, device_class in session.connection().execute(in_fleet):
+            if device_id in known or device_id in busy:
                 continue
-            if not selector.matches(
-                device_id=device.device_id, tags=device.tags, device_class=device.device_class
-            ):
+            if not selector.matches(device_id=device_id, tags=tags, device_class=device_class):
                 continue
-            if model is not None and not can_run(
-                device_class=device.device_class, fmt=model.format
-            ):
+            if model is not None and not can_run(device_class=device_class, fmt=model.format):
                 continue  # never sent an artifact its class cannot run (compat)
+            candidates.append(device_id)
+        facts = devices_by_id(session, candidates)
+        for device_id in candidates:
+            device = facts[device_id]
             position += 1
             member = new_member(
                 rollout, device, position, joined_late=True, model=target_of(rollout)
@@ -428,7 +435,7 @@ class RolloutEngine:
         session: Session,
         rollout: Rollout,
         members: list[RolloutDevice],
-        devices: dict[str, Device],
+        devices: dict[str, DeviceFacts],
         now: datetime,
         strategy: Strategy | None,
     ) -> None:

@@ -12,14 +12,14 @@ from fleet_server.models import Device
 from fleet_server.models.rollouts import Rollout, RolloutDevice
 from fleet_server.models.telemetry import EventRow
 from fleet_server.services.desired import Keep
-from fleet_server.services.devices import is_pinned
+from fleet_server.services.devices import DeviceFacts, device_facts, is_pinned
 from fleet_server.services.rollouts.spec import Strategy
 from fleet_server.services.rollouts.state import ACTIVE_STATES
 
 
 def new_member(
     rollout: Rollout,
-    device: Device,
+    device: Device | DeviceFacts,
     position: int,
     *,
     joined_late: bool,
@@ -58,13 +58,8 @@ def busy_devices(session: Session, *, exclude: int | None) -> set[str]:
     return set(session.exec(query).all())
 
 
-def devices_by_id(session: Session, ids: list[str]) -> dict[str, Device]:
-    found: dict[str, Device] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        for device in session.exec(select(Device).where(col(Device.device_id).in_(chunk))):
-            found[device.device_id] = device
-    return found
+def devices_by_id(session: Session, ids: list[str]) -> dict[str, DeviceFacts]:
+    return device_facts(session=session, device_ids=ids)
 
 
 def target_of(rollout: Rollout) -> dict[str, str]:
@@ -81,7 +76,7 @@ def as_ref(pair: tuple[str, str]) -> dict[str, str]:
     return {"name": pair[0], "version": pair[1]}
 
 
-def runs(device: Device, model: dict[str, str]) -> bool:
+def runs(device: Device | DeviceFacts, model: dict[str, str]) -> bool:
     return device.running_name == model["name"] and device.running_version == model["version"]
 
 
@@ -123,7 +118,7 @@ def sync_outcomes(
     session: Session,
     rollout: Rollout,
     members: list[RolloutDevice],
-    devices: dict[str, Device],
+    devices: dict[str, DeviceFacts],
     now: datetime,
     strategy: Strategy,
 ) -> int:
@@ -208,7 +203,7 @@ def assign_pending(
 def resync_desired(
     rollout: Rollout,
     members: list[RolloutDevice],
-    devices: dict[str, Device],
+    devices: dict[str, DeviceFacts],
     now: datetime,
     outbox: Outbox,
 ) -> None:

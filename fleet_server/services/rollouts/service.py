@@ -122,7 +122,7 @@ def create_rollout(
     if model is None:
         raise NotFound(f"model {request.model}@{request.version} not found")
     require_verified(row=model, trusted_keys=trusted_keys)
-    missing = [d for d in request.selector.device_ids if _in_fleet(session, d) is None]
+    missing = _not_in_fleet(session, request.selector.device_ids)
     if missing:
         raise NotFound(f"unknown device(s): {', '.join(missing[:10])}")
     matched = [
@@ -134,7 +134,10 @@ def create_rollout(
         raise Unprocessable("the selector matches no device")
     # A device whose class cannot run the artifact's format is never sent it (left out).
     targets = [d for d in matched if can_run(device_class=d.device_class, fmt=model.format)]
-    incompatible = sorted(d.device_id for d in matched if d not in targets)
+    # By id, in a set: ``d not in targets`` compared ORM rows pairwise, O(N²) — over two
+    # minutes for a 10,000-device fleet, which timed the create call out.
+    runnable = {d.device_id for d in targets}
+    incompatible = sorted(d.device_id for d in matched if d.device_id not in runnable)
     if not targets:
         raise Unprocessable(
             f"no selected device can run {model.format} artifacts (device classes: "
@@ -466,7 +469,18 @@ def _label_accuracy(session: Session, rollout: Rollout, old_versions: set[str]) 
     return result
 
 
-def _in_fleet(session: Session, device_id: str) -> Device | None:
-    """The device unless it is unknown or decommissioned."""
-    device = session.get(Device, device_id)
-    return device if device is not None and device.decommissioned_at is None else None
+def _not_in_fleet(session: Session, device_ids: Sequence[str]) -> list[str]:
+    """Which of ``device_ids`` are unknown or decommissioned (one query per 500 ids, not one
+    per device), in the order given."""
+    ids = list(dict.fromkeys(device_ids))
+    live: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        live.update(
+            session.exec(
+                select(Device.device_id).where(
+                    col(Device.device_id).in_(chunk), col(Device.decommissioned_at).is_(None)
+                )
+            )
+        )
+    return [d for d in ids if d not in live]

@@ -18,9 +18,9 @@ from typing import Any, Literal, Protocol
 
 from sqlmodel import Session
 
-from fleet_server.models import Device
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.services.desired import Keep
+from fleet_server.services.devices import DeviceFacts
 from fleet_server.services.rollouts.evaluation import (
     SHADOW_STAGE,
     fmt_result,
@@ -40,7 +40,7 @@ class ShadowVerdict:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def shadow_devices(members: list[RolloutDevice], devices: dict[str, Device]) -> list[str]:
+def shadow_devices(members: list[RolloutDevice], devices: dict[str, DeviceFacts]) -> list[str]:
     """The members that run the shadow: in the rollout (not skipped) and serving a model."""
     return sorted(
         m.device_id
@@ -55,7 +55,7 @@ def shadow_step(
     session: Session,
     rollout: Rollout,
     members: list[RolloutDevice],
-    devices: dict[str, Device],
+    devices: dict[str, DeviceFacts],
     now: datetime,
     strategy: Strategy,
     outbox: Outbox,
@@ -130,7 +130,7 @@ def advance_shadow(
     session: Session,
     rollout: Rollout,
     members: list[RolloutDevice],
-    devices: dict[str, Device],
+    devices: dict[str, DeviceFacts],
     now: datetime,
     strategy: Strategy,
     outbox: Outbox,
