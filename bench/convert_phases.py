@@ -94,9 +94,11 @@ def run_one(model: Any, work: Path, *, rows: int) -> dict[str, Any]:
     )
     load = os.getloadavg()[0]
     started = time.perf_counter()
+    cpu = time.process_time()
     with _captured() as clock:
         result = convert(model_path(model), work / "artifact", options)
     total = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     timings = dict(result.report.timings_s)
     q = result.report.quantization
     row: dict[str, Any] = {
@@ -105,6 +107,8 @@ def run_one(model: Any, work: Path, *, rows: int) -> dict[str, Any]:
         "load_before": round(load, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "total_s": round(total, 1),
+        # CPU seconds of this process: far less sensitive than wall time to a loaded host.
+        "cpu_s": round(cpu, 1),
         "timings": {k: round(float(v), 1) for k, v in timings.items()},
         "lines": [(round(t - started, 1), text) for t, text in clock.lines],
     }

@@ -86,7 +86,7 @@ def test_probe_times_real_sessions_and_screens_a_much_slower_one() -> None:
     screened = probe({"fp32": light, "heavy": heavy}, heavy_feed, baseline="fp32", fp32_ms=0.01)
     assert screened.speedup["heavy"] < 0.5
     why = screened.why_dropped("heavy")
-    assert why is not None and "not faster on this host" in why
+    assert why is not None and why.startswith("latency probe:") and "heavy" in screened.ms
 
 
 def test_static_int8_calibrates_once_per_method_and_reuses_the_ranges(tmp_path: Path) -> None:
