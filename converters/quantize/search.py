@@ -82,6 +82,10 @@ class Search:
         rows (its own range cache), a real one on ``--calibration-rows`` (one cache a method)."""
         target = self.q.work / f"{label}.onnx"
         rows = min(PROBE_ROWS, self.calib_rows) if probe else self.calib_rows
+        if isinstance(config, StaticInt8) and config.method != "minmax":
+            # onnxruntime's histogram calibrators (entropy, percentile) hold every row's inner
+            # tensors in memory: 64 rows of an 800x608 detector took 14 GB and the OOM killer.
+            rows = min(rows, self.histogram_rows())
         quantize(
             config,
             source=self.fp32.path,
@@ -101,6 +105,10 @@ class Search:
             rows = next(self.q.calibration.batches(limit=self._ranking_rows())).inputs
             self._ranking = rank_tensors(self.fp32.model, rows, op_types=INT8_OPS)
         return self._ranking
+
+    def histogram_rows(self) -> int:
+        """Calibration rows for entropy/percentile: bounded like the ranking probe's."""
+        return self._ranking_rows()
 
     def _ranking_rows(self) -> int:
         """Rows the ranking probe runs: every inner tensor of each row is kept in memory, so a
@@ -143,7 +151,10 @@ class Search:
                 if method == config.method or self.out_of_time():
                     continue
                 other = config.model_copy(update={"method": method})
-                self.q.progress(f"{name} misses the budget: trying {config_name(other)}")
+                self.q.progress(
+                    f"{name} misses the budget: trying {config_name(other)} "
+                    f"({min(self.calib_rows, self.histogram_rows())} calibration rows)"
+                )
                 begun = time.perf_counter()
                 try:
                     trial = self.trial(other, f"{label}-{method}")
