@@ -29,7 +29,8 @@ from typing import Any
 #: Progress line prefix → phase.
 PHASES = (
     ("normalising", "normalise"),
-    ("probe", "probe"),
+    ("probe", "probe builds"),
+    ("latency probe", "probe timing"),
     ("calibrating and quantizing", "candidates"),
     ("candidate ", "candidates"),
     ("budget loop", "budget loop"),
