@@ -149,6 +149,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Stop searching quantization candidates after this long and keep the best so far "
         "(default: no limit).",
     )
+    parser.add_argument(
+        "--no-latency-probe",
+        action="store_true",
+        help="Validate every quantization candidate, even those a short latency probe shows "
+        "not faster than fp32 on this host (slower; for studying their accuracy).",
+    )
     parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
     parser.add_argument(
         "--verbose",
@@ -219,6 +225,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[Path, Path, ConvertOpti
             progress=not args.quiet,
             verbose=args.verbose and not args.quiet,
             time_budget_s=args.time_budget,
+            latency_probe=not args.no_latency_probe,
             **({"calibration_methods": args.calibration_method} if args.calibration_method else {}),
         )
     except ValidationError as err:

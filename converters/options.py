@@ -139,6 +139,12 @@ class ConvertOptions(BaseModel):
     gate_runs_per_round: int = Field(
         default=20, ge=1, le=10_000, description="Timed runs per model per round."
     )
+    latency_probe: bool = Field(
+        default=True,
+        description="Time every candidate briefly against fp32 before validating it and drop "
+        "the ones not faster on this host (False: validate every candidate, e.g. to study "
+        "their accuracy; much slower).",
+    )
     min_speedup: float = Field(
         default=1.0,
         ge=1.0,

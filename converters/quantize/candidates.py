@@ -3,8 +3,10 @@
 The op mix decides *whether* (tree ensembles and graphs without Conv/MatMul/Gemm are never
 quantized; dynamic int8 only for MatMul/Gemm graphs without convolutions), the target profile
 decides *which* int8 types: S8S8 QDQ everywhere (ARM and VNNI run it fast), U8S8 QOperator on
-x86 (S8S8 QOperator is ~10× slower there), ``reduce_range`` on x86 without VNNI. The latency gate
-still measures every candidate: these are guesses to measure, not conclusions.
+x86 (S8S8 QOperator is ~10× slower there), ``reduce_range`` on x86 without VNNI. The latency
+probe and gate still measure every candidate: these are guesses to measure, not conclusions.
+Every static candidate is planned with MinMax ranges; the pipeline tries the other range
+estimators only on a candidate MinMax leaves outside the accuracy budget.
 """
 
 from __future__ import annotations
@@ -84,9 +86,7 @@ def host_target() -> Target:
     return Target(name="host", arch=arch, int8_fast=fast)
 
 
-def _int8_configs(
-    target: Target, *, per_channel_ok: bool, methods: tuple[str, ...]
-) -> list[StaticInt8]:
+def _int8_configs(target: Target, *, per_channel_ok: bool) -> list[StaticInt8]:
     channels = [True, False] if per_channel_ok else [False]
     configs: list[StaticInt8] = [
         StaticInt8(format="qdq", per_channel=pc, activation="int8") for pc in channels
@@ -99,10 +99,6 @@ def _int8_configs(
         ]
     else:
         configs.append(StaticInt8(format="qoperator", per_channel=channels[0], activation="uint8"))
-    first = configs[0]
-    for method in methods:
-        if method != "minmax":
-            configs.append(first.model_copy(update={"method": method}))
     return configs
 
 
@@ -112,7 +108,6 @@ def plan_candidates(
     mode: QuantizeMode,
     target: Target,
     per_channel_ok: bool,
-    methods: tuple[str, ...],
     fp16_problem: str | None,
 ) -> Plan:
     """The candidate configs for ``mode`` (``none`` → no candidates)."""
@@ -128,7 +123,7 @@ def plan_candidates(
         if not mix.quantizable:
             plan.skipped["int8"] = "no Conv/MatMul/Gemm to quantize"
         else:
-            plan.configs += _int8_configs(target, per_channel_ok=per_channel_ok, methods=methods)
+            plan.configs += _int8_configs(target, per_channel_ok=per_channel_ok)
             if not per_channel_ok:
                 plan.skipped["int8-per-channel"] = "opset < 13 and the upgrade failed"
             if mix.convs == 0:

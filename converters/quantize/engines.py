@@ -3,6 +3,13 @@
 ``quantize(config, source=..., target=..., calibration=...)`` looks the engine up by
 ``type(config)`` (as onnxruntime's ``quantization.quantize`` does with its configs) and writes
 the quantized model to ``target``. Engines raise :class:`QuantizeError` with one line.
+
+With ``cache`` (a directory), static int8 calibrates once per range estimator: onnxruntime's
+``calibration_cache_path`` keeps the tensor ranges (``<method>.json``), and every later build
+with that method (QDQ or QOperator, per-channel or not, each budget-loop step) reuses them.
+The ranges cover every tensor of :data:`INT8_OPS` whatever nodes are excluded, and do not depend
+on the activation type (``ActivationSymmetric`` acts on the quantizer, not the calibrator), so
+one cache is right for all of them; the caller keeps one cache per calibration row set.
 """
 
 from __future__ import annotations
@@ -33,7 +40,13 @@ class QuantizeError(Exception):
 
 class Engine(Protocol):
     def run(
-        self, config: Any, *, source: Path, target: Path, calibration: ReaderFactory
+        self,
+        config: Any,
+        *,
+        source: Path,
+        target: Path,
+        calibration: ReaderFactory,
+        cache: Path | None = None,
     ) -> None: ...
 
 
@@ -45,7 +58,13 @@ def _qtype(name: str) -> Any:
 
 class StaticInt8Engine:
     def run(
-        self, config: StaticInt8, *, source: Path, target: Path, calibration: ReaderFactory
+        self,
+        config: StaticInt8,
+        *,
+        source: Path,
+        target: Path,
+        calibration: ReaderFactory,
+        cache: Path | None = None,
     ) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
@@ -59,11 +78,16 @@ class StaticInt8Engine:
             extra["ActivationSymmetric"] = True
         if config.method == "percentile":
             extra["CalibPercentile"] = 99.99
+        cache_file: Path | None = None
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            cache_file = cache / f"{config.method}.json"
 
         quantize_static(
             source,
             target,
-            calibration(),
+            None if cache_file is not None and cache_file.is_file() else calibration(),
+            calibration_cache_path=cache_file,
             quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=list(INT8_OPS),
             per_channel=config.per_channel,
@@ -78,7 +102,13 @@ class StaticInt8Engine:
 
 class DynamicInt8Engine:
     def run(
-        self, config: DynamicInt8, *, source: Path, target: Path, calibration: ReaderFactory
+        self,
+        config: DynamicInt8,
+        *,
+        source: Path,
+        target: Path,
+        calibration: ReaderFactory,
+        cache: Path | None = None,
     ) -> None:
         from onnxruntime.quantization import quantize_dynamic
 
@@ -94,7 +124,15 @@ class DynamicInt8Engine:
 
 
 class Fp16Engine:
-    def run(self, config: Fp16, *, source: Path, target: Path, calibration: ReaderFactory) -> None:
+    def run(
+        self,
+        config: Fp16,
+        *,
+        source: Path,
+        target: Path,
+        calibration: ReaderFactory,
+        cache: Path | None = None,
+    ) -> None:
         import onnx
 
         try:
@@ -131,8 +169,10 @@ def quantize(
     source: Path,
     target: Path,
     calibration: ReaderFactory,
+    cache: Path | None = None,
 ) -> bytes:
-    """Run the engine for ``type(config)``; the quantized model's bytes."""
+    """Run the engine for ``type(config)``; the quantized model's bytes. ``cache``: a
+    directory where static int8 keeps (and reuses) its calibrated ranges, one file a method."""
     engine = ENGINES[type(config)]
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     root = logging.getLogger()
@@ -141,7 +181,7 @@ def quantize(
     try:
         # onnxruntime's calibrators print progress to stdout, which belongs to --json.
         with contextlib.redirect_stdout(io.StringIO()):
-            engine.run(config, source=source, target=target, calibration=calibration)
+            engine.run(config, source=source, target=target, calibration=calibration, cache=cache)
         return target.read_bytes()
     except QuantizeError:
         raise

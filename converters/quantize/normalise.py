@@ -43,6 +43,8 @@ class Normalised:
     opset: int | None
     notes: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    #: Its outputs on the check rows, when a check ran it (saves running it again).
+    outputs: dict[str, Any] | None = None
 
     @property
     def per_channel_ok(self) -> bool:
@@ -184,21 +186,33 @@ def normalise(
     """The fp32 starting point, verified against ``reference`` (the original's outputs)."""
     notes: list[str] = []
     steps: list[str] = []
+    outputs: dict[str, Any] | None = None
     current = _upgrade(model, notes, steps)
     fixed, changed = _fix_dims(current, shapes, rows)
-    if changed and _check(fixed, check_feeds, reference, notes, "fixing input dims") is None:
-        current = fixed
-        steps.append("fixed " + ", ".join(changed))
+    if changed:
+        problem, got = _check(fixed, check_feeds, reference, notes, "fixing input dims")
+        if problem is None:
+            current, outputs = fixed, got
+            steps.append("fixed " + ", ".join(changed))
     pre = _pre_process(current, work, notes)
-    if pre is not None and _check(pre, check_feeds, reference, notes, "pre-processing") is None:
-        current = pre
-        steps.append("quant_pre_process (shape inference + ORT basic optimisation)")
-    if current is not model and _check(current, check_feeds, reference, notes, "upgrade"):
-        current, steps = model, []
+    if pre is not None:
+        problem, got = _check(pre, check_feeds, reference, notes, "pre-processing")
+        if problem is None:
+            current, outputs = pre, got
+            steps.append("quant_pre_process (shape inference + ORT basic optimisation)")
+    if current is not model and outputs is None:
+        problem, outputs = _check(current, check_feeds, reference, notes, "upgrade")
+        if problem is not None:
+            current, steps, outputs = model, [], None
     path = work / "fp32.onnx"
     path.write_bytes(current.SerializeToString())
     return Normalised(
-        model=current, path=path, opset=default_opset(current), notes=notes, steps=steps
+        model=current,
+        path=path,
+        opset=default_opset(current),
+        notes=notes,
+        steps=steps,
+        outputs=outputs,
     )
 
 
@@ -208,7 +222,9 @@ def _check(
     reference: Mapping[str, Any],
     notes: list[str],
     step: str,
-) -> str | None:
+) -> tuple[str | None, dict[str, Any] | None]:
+    """(None, its outputs) when ``model`` computes ``reference``, else (why not, None)."""
+    got: dict[str, Any] | None = None
     try:
         inputs, _ = tensor_specs(model)
         session = make_session(model.SerializeToString(), what=f"the model after {step}")
@@ -219,4 +235,5 @@ def _check(
         problem = outputs_match(got, reference)
     if problem is not None:
         notes.append(f"{step} dropped: {problem}")
-    return problem
+        return problem, None
+    return None, got

@@ -1,14 +1,25 @@
-"""The quantization pipeline: normalise → candidates → validate (+ budget loop) → latency gate.
+"""The quantization pipeline: normalise → probe → candidates → validate (+ budget loop) → gate.
 
 :func:`run_quantization` returns the chosen model (an int8/fp16 candidate, or the normalised
 fp32 model) and a :class:`QuantizationReport` holding every candidate with its numbers.
+
+Pruned early, so a conversion is something a person can sit through (issue #12):
+1. every planned candidate is built from a 2-row calibration and timed against fixed-shape fp32
+   in a short paired probe (:mod:`converters.quantize.probe`); one not faster on this host is
+   dropped before it is calibrated in full or validated;
+2. the rest are validated fastest first; once one is within budget, a candidate whose probe was
+   clearly slower than it cannot win and is not validated (``pruned``);
+3. static int8 calibrates once per range estimator (the ranges are cached and reused by every
+   format and every budget-loop step); entropy/percentile run only for a candidate MinMax
+   leaves outside the budget;
+4. the gate's calls per round follow the model's speed (:func:`probe.round_runs`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,27 +29,29 @@ from converters.evaldata import batch_of
 from converters.onnx_graph import tensor_specs
 from converters.options import ConvertOptions, ConvertTask
 from converters.quantize import metrics
-from converters.quantize.candidates import (
-    Target,
-    op_mix,
-    plan_candidates,
-)
+from converters.quantize.candidates import Target, op_mix, plan_candidates
 from converters.quantize.configs import DynamicInt8, Fp16, StaticInt8, config_name
-from converters.quantize.engines import INT8_OPS, QuantizeError, fp16_available, quantize
+from converters.quantize.engines import QuantizeError, fp16_available
 from converters.quantize.gate import benchmark, choose_confirmed, gate
-from converters.quantize.normalise import Normalised, normalise
-from converters.quantize.ranking import TensorRisk, rank_tensors
-from converters.quantize.report import BudgetStep, CandidateReport, QuantizationReport
+from converters.quantize.normalise import normalise
+from converters.quantize.probe import (
+    GATE_ROUND_S,
+    ProbeResult,
+    call_ms,
+    cannot_win,
+    probe,
+    round_runs,
+)
+from converters.quantize.report import CandidateReport, QuantizationReport
+from converters.quantize.search import Built, Search
 from converters.quantize.task_metrics import TaskDecode
-from converters.runtime import make_session, run_batched
+from converters.runtime import make_session
 
 if TYPE_CHECKING:
     from onnx import ModelProto
 
 Config = StaticInt8 | DynamicInt8 | Fp16
 FP32 = "fp32"
-#: Input elements the ranking probe runs at most (rows x row size).
-MAX_RANKING_ELEMENTS = 3_000_000
 
 
 @dataclass(frozen=True)
@@ -73,12 +86,16 @@ class QuantOutcome:
 
 
 @dataclass
-class _Built:
-    config: Config
-    path: Path
-    outputs: dict[str, Any]
-    metric: float
-    report: CandidateReport
+class _Phases:
+    """Seconds per pipeline phase, for report.json (where a slow conversion spent its time)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _mark: float = field(default_factory=time.perf_counter)
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._mark, 3)
+        self._mark = now
 
 
 def _name_nodes(model: ModelProto) -> None:
@@ -98,144 +115,125 @@ def _row_shapes(calib: CalibrationSet) -> dict[str, list[int]]:
     return {name: list(value.shape[1:]) for name, value in first.inputs.items()}
 
 
-class _Runner:
-    def __init__(self, q: QuantInput, fp32: Normalised, fp32_out: dict[str, Any]) -> None:
-        self.q = q
-        self.fp32 = fp32
-        self.fp32_out = fp32_out
-        self.metric_name = metrics.metric_name(q.labels, fp32_out, q.task, q.decode)
-        self.baseline = self.score(fp32_out)
-        self.fp32_size = fp32.path.stat().st_size
-        self._ranking: list[TensorRisk] | None = None
-        self.calib_rows = q.options.calibration_rows
-        self.search_started = time.perf_counter()
-
-    def score(self, outputs: Mapping[str, Any]) -> float:
-        return metrics.score(
-            self.metric_name,
-            outputs,
-            self.fp32_out,
-            labels=self.q.labels,
-            class_values=self.q.class_values,
-            decode=self.q.decode,
-        )
-
-    def evaluate(self, path: Path) -> dict[str, Any]:
-        model_bytes = path.read_bytes()
-        session = make_session(model_bytes, what=path.name)
-        inputs, _ = tensor_specs(_load(path))
-        return run_batched(session, self.q.feeds, batch=batch_of(inputs), what=path.name)
-
-    def build(self, config: Config, index: int) -> tuple[Path, dict[str, Any], float]:
-        target = self.q.work / f"candidate-{index}.onnx"
-        quantize(
-            config,
-            source=self.fp32.path,
-            target=target,
-            calibration=lambda: self.q.calibration.reader(limit=self.calib_rows),
-        )
-        outputs = self.evaluate(target)
-        return target, outputs, self.score(outputs)
-
-    def ranking(self) -> list[TensorRisk]:
-        if self._ranking is None:
-            rows = next(self.q.calibration.batches(limit=self._ranking_rows())).inputs
-            self._ranking = rank_tensors(self.fp32.model, rows, op_types=INT8_OPS)
-        return self._ranking
-
-    def _ranking_rows(self) -> int:
-        """Rows the ranking probe runs: every inner tensor of each row is kept in memory, so a
-        big input gets few rows (an 800x608 layout detector: 2; a 48x192 text line: 64)."""
-        first = next(self.q.calibration.batches(limit=1)).inputs
-        per_row = sum(int(v[0].size) for v in first.values()) or 1
-        return max(1, min(self.calib_rows, 64, MAX_RANKING_ELEMENTS // per_row))
-
-    def out_of_time(self) -> bool:
-        """True once the search has used up ``--time-budget`` (never without one)."""
-        budget = self.q.options.time_budget_s
-        return budget is not None and time.perf_counter() - self.search_started >= budget
-
-    def candidate(self, config: Config, index: int) -> _Built | CandidateReport:
-        started = time.perf_counter()
+def _probe_stage(
+    q: QuantInput,
+    search: Search,
+    configs: list[Config],
+    shipped_fp32: bytes,
+    feed: dict[str, Any],
+    skipped: dict[str, str],
+) -> tuple[list[tuple[Config, Path]], list[CandidateReport], ProbeResult | None, float]:
+    """Build every planned candidate cheaply and time it against fp32; the ones still worth
+    validating (fastest first), a report for each one dropped, the probe, fp32's ms a call."""
+    reports: list[CandidateReport] = []
+    built: list[tuple[Config, Path]] = []
+    threads = q.options.gate_threads
+    sessions: dict[str, Any] = {FP32: make_session(shipped_fp32, threads=threads)}
+    for index, config in enumerate(configs):
         name = config_name(config)
-        self.q.progress(f"calibrating and quantizing {name}")
+        if search.out_of_time():
+            for late in configs[index:]:
+                skipped[config_name(late)] = (
+                    f"--time-budget {q.options.time_budget_s:g} s reached before it was tried"
+                )
+            q.progress(f"time budget reached: {len(configs) - index} candidates not tried")
+            break
+        q.progress(f"probe {index + 1}/{len(configs)}: building {name}")
+        started = time.perf_counter()
         try:
-            path, outputs, value = self.build(config, index)
+            path = search.build(config, f"probe-{index}", probe=True)
+            sessions[name] = make_session(path.read_bytes(), threads=threads, what=name)
         except (QuantizeError, ConvertError) as err:
-            return CandidateReport(
+            reports.append(
+                CandidateReport(
+                    name=name,
+                    config=config.model_dump(),
+                    status="failed",
+                    reason=f"could not build: {one_line(err, limit=200)}",
+                    seconds=time.perf_counter() - started,
+                )
+            )
+            continue
+        built.append((config, path))
+    fp32_ms = call_ms(sessions[FP32], feed)
+    if not built:
+        return [], reports, None, fp32_ms
+    if not q.options.latency_probe:  # every candidate is validated, in plan order
+        return built, reports, None, fp32_ms
+    q.progress(f"latency probe: {len(built)} candidates against fp32 ({fp32_ms:.2f} ms a call)")
+    result = probe(sessions, feed, baseline=FP32, fp32_ms=fp32_ms)
+    live: list[tuple[Config, Path]] = []
+    for config, path in built:
+        name = config_name(config)
+        why = result.why_dropped(name)
+        if why is None:
+            live.append((config, path))
+            continue
+        reports.append(
+            CandidateReport(
                 name=name,
                 config=config.model_dump(),
-                status="failed",
-                reason=f"could not build: {one_line(err, limit=200)}",
-                seconds=time.perf_counter() - started,
+                status="rejected",
+                reason=why,
+                probe_speedup=result.speedup[name],
+                size_bytes=path.stat().st_size,
+                size_ratio=search.fp32_size / max(path.stat().st_size, 1),
             )
-        steps: list[BudgetStep] = []
-        budget = self.q.options.max_drop
-        if self.baseline - value > budget and not isinstance(config, Fp16):
-            config, path, outputs, value = self._budget_loop(config, index, value, steps)
-        drop = self.baseline - value
-        report = CandidateReport(
-            name=config_name(config),
-            config=config.model_dump(),
-            status="accepted" if drop <= budget else "rejected",
-            reason=(
-                f"{self.metric_name} drop {drop:.4f} within budget {budget}"
-                if drop <= budget
-                else f"{self.metric_name} drop {drop:.4f} exceeds budget {budget}"
-                + (f" even with {len(steps)} exclusion steps" if steps else "")
-            ),
-            metric=value,
-            drop=drop,
-            fidelity=metrics.fidelity(outputs, self.fp32_out),
-            size_bytes=path.stat().st_size,
-            size_ratio=self.fp32_size / max(path.stat().st_size, 1),
-            excluded_nodes=list(getattr(config, "excluded_nodes", ())),
-            budget_steps=steps,
-            seconds=time.perf_counter() - started,
         )
-        return _Built(config, path, outputs, value, report)
+    live.sort(key=lambda item: result.ms[config_name(item[0])])
+    return live, reports, result, fp32_ms
 
-    def _budget_loop(
-        self, config: StaticInt8 | DynamicInt8, index: int, value: float, steps: list[BudgetStep]
-    ) -> tuple[Config, Path, dict[str, Any], float]:
-        """Leave the worst tensors' nodes in float, one at a time, until within budget."""
-        best: tuple[Config, Path, dict[str, Any], float] | None = None
-        excluded: set[str] = set(config.excluded_nodes)
-        budget = self.q.options.max_drop
-        for risk in self.ranking():
-            if len(steps) >= self.q.options.max_exclusion_steps or self.out_of_time():
-                break
-            if not risk.nodes or set(risk.nodes) <= excluded:
-                continue
-            excluded |= set(risk.nodes)
-            trial = config.model_copy(update={"excluded_nodes": tuple(sorted(excluded))})
-            self.q.detail(f"budget loop: sparing {risk.tensor} ({config_name(trial)})")
-            step = BudgetStep(
-                excluded_tensor=risk.tensor,
-                tensor_error=risk.error,
-                excluded_nodes=sorted(excluded),
+
+def _search_stage(
+    q: QuantInput,
+    search: Search,
+    live: list[tuple[Config, Path]],
+    result: ProbeResult | None,
+    skipped: dict[str, str],
+) -> tuple[list[Built], list[CandidateReport]]:
+    """Validate the probe's survivors fastest first, skipping those that cannot win (all of
+    them, in plan order, without a probe)."""
+    built: list[Built] = []
+    reports: list[CandidateReport] = []
+    best_ms: float | None = None
+    started = time.perf_counter()
+    for index, (config, probe_path) in enumerate(live):
+        name = config_name(config)
+        if search.out_of_time():
+            for late, _ in live[index:]:
+                skipped[config_name(late)] = (
+                    f"--time-budget {q.options.time_budget_s:g} s reached before it was tried"
+                )
+            q.progress(f"time budget reached: {len(live) - index} candidates not tried")
+            break
+        probe_ms = result.ms[name] if result is not None else None
+        speedup = result.speedup[name] if result is not None else None
+        why = cannot_win(probe_ms, best_ms) if probe_ms is not None else None
+        if why is not None:
+            reports.append(
+                CandidateReport(
+                    name=name,
+                    config=config.model_dump(),
+                    status="pruned",
+                    reason=why,
+                    probe_speedup=speedup,
+                )
             )
-            steps.append(step)
-            try:
-                path, outputs, trial_value = self.build(trial, index * 100 + len(steps))
-            except (QuantizeError, ConvertError):
-                continue
-            step.drop = self.baseline - trial_value
-            if best is None or trial_value > best[3]:
-                best = (trial, path, outputs, trial_value)
-            if self.baseline - trial_value <= budget:
-                return trial, path, outputs, trial_value
-        if best is not None and best[3] > value:
-            return best
-        path = self.q.work / f"candidate-{index}.onnx"
-        # The untouched candidate stays the record when no step helped.
-        return config, path, self.evaluate(path), value
-
-
-def _load(path: Path) -> ModelProto:
-    import onnx
-
-    return onnx.load(str(path))
+            continue
+        if index:
+            left = (time.perf_counter() - started) / index * (len(live) - index)
+            q.progress(f"candidate {index + 1}/{len(live)} (at most about {left:.0f} s left)")
+        prebuilt = None if isinstance(config, StaticInt8) else probe_path
+        for item in search.candidate(config, f"candidate-{index}", prebuilt=prebuilt):
+            if isinstance(item, Built):
+                item.report.probe_speedup = speedup
+                built.append(item)
+                reports.append(item.report)
+                if item.report.status == "accepted" and probe_ms is not None:
+                    best_ms = min(best_ms or probe_ms, probe_ms)
+            else:
+                reports.append(item)
+    return built, reports
 
 
 def _load_average() -> float | None:
@@ -256,9 +254,72 @@ def _deploy_feed(q: QuantInput, model: ModelProto) -> dict[str, Any]:
     return {k: v[:batch] for k, v in q.feeds.items()}
 
 
+def _gate_stage(
+    q: QuantInput,
+    survivors: list[Built],
+    shipped_fp32: bytes,
+    feed: dict[str, Any],
+    fp32_ms: float,
+    fp32_report: CandidateReport,
+) -> str | None:
+    """Time the accepted candidates against fp32 (interleaved, then the winner alone); the
+    chosen one's name, or None. Calls per round follow fp32's speed (at most the option's)."""
+    opts = q.options
+    runs = round_runs(fp32_ms, round_s=GATE_ROUND_S, most=opts.gate_runs_per_round)
+    warmup = min(opts.latency_warmup, max(2, runs))
+    threads = opts.gate_threads
+    sessions = {FP32: make_session(shipped_fp32, threads=threads)}
+    for b in survivors:
+        sessions[b.report.name] = make_session(
+            b.path.read_bytes(), threads=threads, what=b.report.name
+        )
+    q.progress(
+        f"latency gate: {len(sessions)} models, {opts.gate_rounds} rounds of {runs} calls each"
+    )
+    timings = benchmark(
+        sessions,
+        feed,
+        warmup=warmup,
+        rounds=opts.gate_rounds,
+        runs_per_round=runs,
+        progress=q.progress,
+    )
+    latencies = {k: t.p50_ms for k, t in timings.items()}
+    fp32_report.latency_ms_p50 = latencies[FP32]
+    fp32_report.speedup = 1.0
+    accepted: set[str] = set()
+    for b in survivors:
+        verdict = gate(timings[FP32], timings[b.report.name], min_speedup=opts.min_speedup)
+        b.report.latency_ms_p50 = latencies[b.report.name]
+        b.report.speedup = verdict.speedup
+        if verdict.accepted:
+            accepted.add(b.report.name)
+            b.report.reason += f"; {verdict.reason}"
+        else:
+            b.report.status = "rejected"
+            b.report.reason = f"latency gate: {verdict.reason}"
+    if not accepted:
+        return None
+    q.progress("latency gate: confirming the fastest timed alone")
+    chosen, refused = choose_confirmed(
+        sessions,
+        feed,
+        latencies,
+        accepted,
+        baseline=FP32,
+        warmup=warmup,
+        runs=runs * 5,
+    )
+    for b in survivors:
+        if b.report.name in refused:
+            b.report.status = "rejected"
+            b.report.reason = f"latency gate: {refused[b.report.name]}"
+    return chosen
+
+
 def run_quantization(q: QuantInput) -> QuantOutcome:
-    """Build, validate and time every candidate; return the chosen one (fp32 is a candidate)."""
-    search_started = time.perf_counter()
+    """Probe, build, validate and time the candidates; return the chosen one (fp32 is one)."""
+    phases = _Phases()
     q.progress(f"normalising the fp32 model (calibration: {q.calibration.samples} rows)")
     fp32 = normalise(
         q.model,
@@ -275,40 +336,34 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
     # slower here (82 vs 90 ms a call, fastest of 3 fresh sessions); only per-channel QDQ
     # needs it. The normalised model is checked to compute the same outputs.
     shipped_fp32 = q.model.SerializeToString()
-    runner = _Runner(q, fp32, {})
-    runner.search_started = search_started
-    runner.fp32_out = runner.evaluate(fp32.path)
-    runner.metric_name = metrics.metric_name(q.labels, runner.fp32_out, q.task, q.decode)
-    runner.baseline = runner.score(runner.fp32_out)
+    fp32_out = fp32.outputs if fp32.outputs is not None else dict(q.reference)
+    search = Search(q, fp32, fp32_out)
+    phases.done("normalise")
 
     plan = plan_candidates(
         op_mix(fp32.model),
         mode=q.options.quantize_mode,
         target=q.target,
         per_channel_ok=fp32.per_channel_ok,
-        methods=tuple(q.options.calibration_methods),
         fp16_problem=fp16_available(),
     )
-    built: list[_Built] = []
+    for method in q.options.calibration_methods:
+        if method != "minmax":
+            plan.skipped.setdefault(
+                f"int8-{method}", "tried only for a candidate MinMax leaves outside the budget"
+            )
+    feed = _deploy_feed(q, fp32.model)
+    built: list[Built] = []
     reports: list[CandidateReport] = []
-    started = time.perf_counter()
-    for index, config in enumerate(plan.configs):
-        if runner.out_of_time():
-            for late in plan.configs[index:]:
-                plan.skipped[config_name(late)] = (
-                    f"--time-budget {q.options.time_budget_s:g} s reached before it was tried"
-                )
-            q.progress(f"time budget reached: {len(plan.configs) - index} candidates not tried")
-            break
-        if index:
-            left = (time.perf_counter() - started) / index * (len(plan.configs) - index)
-            q.progress(f"candidate {index + 1}/{len(plan.configs)} (about {left:.0f} s left)")
-        result = runner.candidate(config, index)
-        if isinstance(result, _Built):
-            built.append(result)
-            reports.append(result.report)
-        else:
-            reports.append(result)
+    fp32_ms = 0.0
+    if plan.configs:
+        live, reports, result, fp32_ms = _probe_stage(
+            q, search, plan.configs, shipped_fp32, feed, plan.skipped
+        )
+        phases.done("probe")
+        built, more = _search_stage(q, search, live, result, plan.skipped)
+        reports += more
+        phases.done("candidates")
 
     survivors = [b for b in built if b.report.status == "accepted"]
     fp32_report = CandidateReport(
@@ -316,58 +371,16 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
         config={},
         status="accepted",
         reason="baseline",
-        metric=runner.baseline,
+        metric=search.baseline,
         drop=0.0,
-        fidelity=metrics.fidelity(runner.fp32_out, runner.fp32_out),
-        size_bytes=runner.fp32_size,
+        fidelity=metrics.fidelity(search.fp32_out, search.fp32_out),
+        size_bytes=search.fp32_size,
         size_ratio=1.0,
     )
-    latencies: dict[str, float] = {}
-    accepted: set[str] = {FP32}
-    if survivors:
-        sessions = {FP32: make_session(shipped_fp32, threads=q.options.gate_threads)}
-        for b in survivors:
-            sessions[b.report.name] = make_session(
-                b.path.read_bytes(), threads=q.options.gate_threads, what=b.report.name
-            )
-        q.progress(f"latency gate: {len(sessions)} models, {q.options.gate_rounds} rounds")
-        timings = benchmark(
-            sessions,
-            _deploy_feed(q, fp32.model),
-            warmup=q.options.latency_warmup,
-            rounds=q.options.gate_rounds,
-            runs_per_round=q.options.gate_runs_per_round,
-            progress=q.progress,
-        )
-        latencies = {k: t.p50_ms for k, t in timings.items()}
-        fp32_report.latency_ms_p50 = latencies[FP32]
-        fp32_report.speedup = 1.0
-        for b in survivors:
-            verdict = gate(timings[FP32], timings[b.report.name], min_speedup=q.options.min_speedup)
-            b.report.latency_ms_p50 = latencies[b.report.name]
-            b.report.speedup = verdict.speedup
-            if verdict.accepted:
-                accepted.add(b.report.name)
-                b.report.reason += f"; {verdict.reason}"
-            else:
-                b.report.status = "rejected"
-                b.report.reason = f"latency gate: {verdict.reason}"
-    quantized = accepted - {FP32}
     chosen_name: str | None = None
-    if quantized:
-        chosen_name, refused = choose_confirmed(
-            sessions,
-            _deploy_feed(q, fp32.model),
-            latencies,
-            quantized,
-            baseline=FP32,
-            warmup=q.options.latency_warmup,
-            runs=q.options.gate_runs_per_round * 5,
-        )
-        for b in survivors:
-            if b.report.name in refused:
-                b.report.status = "rejected"
-                b.report.reason = f"latency gate: {refused[b.report.name]}"
+    if survivors:
+        chosen_name = _gate_stage(q, survivors, shipped_fp32, feed, fp32_ms, fp32_report)
+        phases.done("gate")
     mode = q.options.quantize_mode
     if chosen_name is None:
         best = min(
@@ -375,6 +388,8 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
             key=lambda r: r.drop if r.drop is not None else 1.0,
             default=None,
         )
+        if best is None:
+            best = next((r for r in reports if r.status == "rejected"), None)
         why = best.reason if best is not None else "; ".join(plan.skipped.values()) or "none"
         if mode in ("int8", "fp16"):
             raise ConvertError(
@@ -395,8 +410,8 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
         target_arch=q.target.arch,
         target_int8_fast=q.target.int8_fast,
         max_drop=q.options.max_drop,
-        metric=runner.metric_name,
-        baseline_metric=runner.baseline,
+        metric=search.metric_name,
+        baseline_metric=search.baseline,
         eval_rows=len(next(iter(q.feeds.values()))),
         eval_source="eval" if q.eval_source == "eval" else "calibration",
         calibration_file=q.calibration.path.name,
@@ -410,9 +425,10 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
         skipped=plan.skipped,
         candidates=[fp32_report, *reports],
         chosen=chosen_name,
+        phases_s=phases.seconds,
     )
     if chosen is None:
-        return QuantOutcome(shipped_fp32, None, runner.fp32_out, runner.baseline, report)
+        return QuantOutcome(shipped_fp32, None, search.fp32_out, search.baseline, report)
     return QuantOutcome(
         chosen.path.read_bytes(), chosen.config, chosen.outputs, chosen.metric, report
     )

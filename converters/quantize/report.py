@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CandidateStatus = Literal["chosen", "accepted", "rejected", "failed"]
+#: ``pruned``: never validated, because the latency probe showed it slower than a candidate
+#: already accepted (it cannot win).
+CandidateStatus = Literal["chosen", "accepted", "rejected", "failed", "pruned"]
 
 
 class _Model(BaseModel):
@@ -37,6 +39,11 @@ class CandidateReport(_Model):
     )
     latency_ms_p50: float | None = Field(default=None, description="Interleaved median, ms.")
     speedup: float | None = Field(default=None, description="fp32 latency / this latency.")
+    probe_speedup: float | None = Field(
+        default=None,
+        description="The short paired latency probe before validation: median fp32/this ratio "
+        "(built from a 2-row calibration; ranges do not change speed).",
+    )
     size_bytes: int | None = Field(default=None, description="Model file size.")
     size_ratio: float | None = Field(default=None, description="fp32 size / this size.")
     excluded_nodes: list[str] = Field(default_factory=list, description="Nodes kept in float.")
@@ -78,6 +85,11 @@ class QuantizationReport(_Model):
     skipped: dict[str, str] = Field(default_factory=dict, description="Mode → why not tried.")
     candidates: list[CandidateReport] = Field(description="fp32 first, then every candidate.")
     chosen: str = Field(description="The candidate written as the artifact.")
+    phases_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per phase: normalise, probe, candidates (calibration, validation, "
+        "budget loop), gate.",
+    )
 
 
 def measured_here() -> str:

@@ -95,7 +95,9 @@ def test_cli_json_stdout_is_clean_and_progress_goes_to_stderr(tmp_path: Path) ->
     document = json.loads(done.stdout)  # nothing but the JSON document on stdout
     report = document["report"]["quantization"]
     assert report["chosen"] and report["candidates"][0]["name"] == "fp32"
-    assert "latency gate" in done.stderr and "calibrating and quantizing" in done.stderr
+    # Phase lines on stderr: this MLP's int8/fp16 are not faster than fp32 here, so the latency
+    # probe (not the gate) is where the candidates end.
+    assert "normalising the fp32 model" in done.stderr and "latency probe" in done.stderr
     assert report["measured_on"].startswith("this host, ")
     assert "timed    on" not in done.stderr  # no --target: this host is the target
     quiet = _run(

@@ -146,8 +146,7 @@ def _names(plan_configs: list[StaticInt8 | DynamicInt8 | Fp16]) -> list[str]:
 
 def test_plan_on_x86_with_vnni() -> None:
     plan = plan_candidates(
-        CNN, mode="auto", target=X86_VNNI, per_channel_ok=True, methods=("minmax",),
-        fp16_problem=None,
+        CNN, mode="auto", target=X86_VNNI, per_channel_ok=True, fp16_problem=None,
     )  # fmt: skip
     assert _names(plan.configs) == [
         "int8-qdq-s8s8-pc-minmax",
@@ -161,16 +160,15 @@ def test_plan_on_x86_with_vnni() -> None:
 
 def test_plan_reduce_range_without_vnni_and_s8s8_qdq_on_arm() -> None:
     old = plan_candidates(
-        CNN, mode="int8", target=X86_OLD, per_channel_ok=True, methods=("minmax", "entropy"),
-        fp16_problem=None,
+        CNN, mode="int8", target=X86_OLD, per_channel_ok=True, fp16_problem=None,
     )  # fmt: skip
     qop = [c for c in old.configs if isinstance(c, StaticInt8) and c.format == "qoperator"]
     assert qop and all(c.reduce_range and c.activation == "uint8" for c in qop)
-    assert "int8-qdq-s8s8-pc-entropy" in _names(old.configs)
+    # Entropy/percentile are tried by the pipeline only when MinMax misses the budget.
+    assert all(c.method == "minmax" for c in old.configs if isinstance(c, StaticInt8))
     assert not any(isinstance(c, Fp16) for c in old.configs)  # --quantize int8
     arm = plan_candidates(
-        CNN, mode="auto", target=ARM, per_channel_ok=False, methods=("minmax",),
-        fp16_problem="no fp16 here",
+        CNN, mode="auto", target=ARM, per_channel_ok=False, fp16_problem="no fp16 here",
     )  # fmt: skip
     assert _names(arm.configs) == [
         "int8-qdq-s8s8-pt-minmax",
@@ -181,23 +179,19 @@ def test_plan_reduce_range_without_vnni_and_s8s8_qdq_on_arm() -> None:
 
 def test_plan_dynamic_only_for_matmul_graphs_and_nothing_for_ml_ops() -> None:
     mlp = plan_candidates(
-        MLP, mode="int8", target=X86_VNNI, per_channel_ok=True, methods=("minmax",),
-        fp16_problem=None,
+        MLP, mode="int8", target=X86_VNNI, per_channel_ok=True, fp16_problem=None,
     )  # fmt: skip
     assert any(isinstance(c, DynamicInt8) for c in mlp.configs)
     trees = plan_candidates(
-        OpMix(0, 0, 3, 3), mode="auto", target=X86_VNNI, per_channel_ok=True,
-        methods=("minmax",), fp16_problem=None,
+        OpMix(0, 0, 3, 3), mode="auto", target=X86_VNNI, per_channel_ok=True, fp16_problem=None,
     )  # fmt: skip
     assert trees.configs == [] and "ai.onnx.ml" in trees.skipped["int8"]
     plain = plan_candidates(
-        OpMix(0, 0, 0, 3), mode="int8", target=X86_VNNI, per_channel_ok=True,
-        methods=("minmax",), fp16_problem=None,
+        OpMix(0, 0, 0, 3), mode="int8", target=X86_VNNI, per_channel_ok=True, fp16_problem=None,
     )  # fmt: skip
     assert plain.configs == [] and "no Conv/MatMul/Gemm" in plain.skipped["int8"]
     assert plan_candidates(
-        CNN, mode="none", target=X86_VNNI, per_channel_ok=True, methods=("minmax",),
-        fp16_problem=None,
+        CNN, mode="none", target=X86_VNNI, per_channel_ok=True, fp16_problem=None,
     ).configs == []  # fmt: skip
 
 

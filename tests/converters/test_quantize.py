@@ -70,10 +70,17 @@ def test_cnn_auto_quantizes_to_int8(cnn_setup: CnnSetup, tmp_path: Path) -> None
     assert fp32.name == "fp32" and fp32.metric is not None and fp32.metric > 0.8
     # Issue 3's bar on quality and size holds for every static int8 candidate (deterministic):
     # within 0.5 point top-1 of fp32 and >= 3x smaller.
+    # Every planned static variant is in the report; the ones the latency probe kept were
+    # validated, the others say why not (slower than fp32, or than one already accepted).
     static = [c for c in report.candidates if c.config.get("kind") == "static_int8"]
     assert len(static) >= 4
     for c in static:
-        assert c.metric is not None and c.metric >= fp32.metric - 0.005, c
+        assert c.probe_speedup is not None, c
+        if c.metric is None:
+            assert c.status in ("rejected", "pruned"), c
+            assert "latency probe" in c.reason or "cannot win" in c.reason, c
+            continue
+        assert c.metric >= fp32.metric - 0.005, c
         assert c.size_ratio is not None and c.size_ratio >= 3.0, c
     # Speed is measured, not assumed: the choice follows the gate's numbers.
     _never_slower(report)
@@ -134,7 +141,9 @@ def test_old_opset_conv_is_upgraded_and_quantized_per_channel(tmp_path: Path) ->
     assert "opset 11→17" in report.normalisation
     per_channel = [c for c in report.candidates if c.config.get("per_channel")]
     assert per_channel and all(c.status != "failed" for c in per_channel), per_channel
-    assert all(c.metric is not None for c in per_channel)
+    # Each was built and ran: validated, or at least timed by the latency probe (which drops
+    # one not faster than fp32 here before validating it).
+    assert all(c.metric is not None or c.probe_speedup is not None for c in per_channel)
     _never_slower(report)
     shipped = onnx.load(str(tmp_path / "out" / "model.onnx"))
     opset = max(o.version for o in shipped.opset_import if o.domain in ("", "ai.onnx"))
@@ -156,7 +165,13 @@ def test_budget_loop_spares_the_outlier_tensor(tmp_path: Path) -> None:
         source,
         tmp_path / "out",
         ConvertOptions(
-            **QUICK, calibration=calib, calibration_methods=["minmax"], max_exclusion_steps=3
+            **QUICK,
+            calibration=calib,
+            calibration_methods=["minmax"],
+            max_exclusion_steps=3,
+            # The budget loop is what is tested: validate even candidates the latency probe
+            # would drop (int8 of this 16-wide MLP is not faster than fp32).
+            latency_probe=False,
         ),
     )
     report = result.report.quantization
