@@ -121,6 +121,8 @@ class DeviceFacts:
     reported_desired_version: str | None
     pinned_name: str | None
     pinned_version: str | None
+    #: When the server received the online/offline status it applied (the offline gate's grace).
+    status_ts: datetime | None
 
 
 _FACTS = [getattr(Device, f) for f in DeviceFacts.__slots__]

@@ -24,6 +24,7 @@ from sqlalchemy import true as sa_true
 from sqlmodel import Session, SQLModel
 
 from fleet_server.models.rollouts import RolloutDevice
+from fleet_server.services.devices import DeviceFacts
 from fleet_server.services.quality.service import LabelCounts, label_counts_by_device
 from fleet_server.services.rollouts.shadow_pairs import ShadowPairs, read_pairs
 
@@ -216,11 +217,10 @@ def _version_of(row: Any) -> tuple[str, str] | None:
     return str(model["name"]), str(model["version"])
 
 
-def offline_devices(devices: Iterable[Any], now: datetime, grace_s: float) -> set[str]:
+def offline_devices(devices: Iterable[DeviceFacts], now: datetime, grace_s: float) -> set[str]:
     """Devices offline for at least ``grace_s`` (since the server received their offline status).
 
-    A device that has never reported a status counts as offline at once. ``devices`` are
-    ``Device`` rows (``device_id``, ``online``, ``status_ts``).
+    A device that has never reported a status counts as offline at once.
     """
     since = now - timedelta(seconds=grace_s)
     return {
