@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import get_args
 
@@ -125,3 +127,25 @@ def test_formats_do_not_import_the_entry_point_or_each_other() -> None:
             ):
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []
+
+
+def test_the_pipeline_and_every_format_import_without_any_framework() -> None:
+    """Formats are registered at import, so importing them must not need an extra: an
+    ONNX-only install imports the TFLite format without LiteRT or TensorFlow."""
+    code = (
+        "import sys, importlib.abc\n"
+        "BLOCK = {'tensorflow', 'ai_edge_litert', 'torch', 'onnx', 'onnxruntime', 'sklearn',"
+        " 'skl2onnx', 'tf2onnx', 'onnx2tf'}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in BLOCK:\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import converters.api, converters.pipeline, converters.formats\n"
+        "print(sorted(converters.formats.FORMATS))\n"
+    )
+    done = subprocess.run(  # noqa: S603 - this interpreter, fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['onnx', 'tflite']"
