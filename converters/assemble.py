@@ -1,60 +1,77 @@
-"""Turning one finished, validated conversion into its manifest and its report."""
+"""Assemble: one finished conversion, in any format, → its report and its (unsigned) manifest.
+
+Every format fills one :class:`Artifact`; the report and the manifest are built from it here and
+nowhere else, so a field means the same thing whatever the format.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from converters.errors import ConvertError
-from converters.evaldata import EvalSet
-from converters.options import ConvertOptions, ConvertTask, config_record
-from converters.quantize.configs import config_record as quant_record
-from converters.quantize.configs import precision_of
-from converters.quantize.stage import QuantStage
+from converters.options import ConvertTask
+from converters.quantize.report import QuantizationReport
 from converters.report import REPORT_FILE, ConvertReport, EvalReport, SourceReport
-from converters.runtime import Latency
-from converters.selftest import SelfTestData
-from converters.sources import LoadedModel
 from converters.validators import CheckResult
 from edgefleet.contract import Manifest, ModelFile, SelfTest, TensorSpec
-from edgefleet.contract.manifest import BuildInfo, Metrics, ReferenceStats, SourceInfo
+from edgefleet.contract.manifest import (
+    BuildInfo,
+    Format,
+    Framework,
+    Metrics,
+    Precision,
+    Preprocessing,
+    ReferenceStats,
+    SourceInfo,
+)
 from edgefleet.contract.postprocess import Postprocess
 from edgefleet.pydantic_errors import describe_validation_error
 
-MODEL_FILE = "model.onnx"
 SELFTEST_FILE = "selftest.npz"
 
 
 @dataclass(frozen=True)
-class Conversion:
-    """Everything known about one converted model once it has passed validation."""
+class Artifact:
+    """Everything the report and the manifest say about one converted, measured model."""
 
-    source: Path
-    source_kind: str
-    source_sha256: str
-    source_size: int
-    loaded: LoadedModel
-    options: ConvertOptions
     name: str
     version: str
     task: ConvertTask
-    labels: list[str]
-    postprocess: Postprocess | None
+    format: Format
+    precision: Precision
+    model_file: str
+    #: The model file's and the self-test file's bytes, as written.
+    model: bytes
+    selftest: bytes
+    selftest_atol: float
+    selftest_rtol: float
+    selftest_outputs: list[str]
+    source: SourceReport
+    framework: Framework
+    eval: EvalReport
+    #: ``manifest.metrics.eval_samples`` (None when validated on synthetic rows, for ONNX).
+    eval_samples: int | None
+    checks: list[CheckResult]
+    latency_ms_p50: float
+    latency_ms_p95: float
+    latency_runs: int
+    threads: int | None
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    model_bytes: int
-    eval_set: EvalSet | None
-    eval_sha256: str | None
-    rows: int
-    checks: list[CheckResult]
-    latency: Latency
-    selftest: SelfTestData
+    preprocessing: Preprocessing | None
+    labels: list[str]
+    postprocess: Postprocess | None
+    top1: float | None
     stats: ReferenceStats | None
     tools: dict[str, str]
-    quant: QuantStage | None = None
-    #: What the converter did to the graph that a reader should know (fixed dims, ...).
+    config: dict[str, str | int | float | bool]
+    calibration_sha256: str | None
+    quantization: QuantizationReport | None = None
+    #: ``manifest.metrics.extra``: every validator number, ``<check>.<key>``.
+    extra: dict[str, float] = field(default_factory=dict)
+    #: What the converter did that a reader should know (fixed dims, a kept fp32, ...).
     notes: list[str] = field(default_factory=list)
 
 
@@ -77,93 +94,65 @@ def extra_metrics(checks: list[CheckResult]) -> dict[str, float]:
     }
 
 
-def _top1(conv: Conversion) -> float | None:
-    """The shipped model's top-1: the quantized candidate's when one was chosen."""
-    quantized = check_value(conv.checks, "quantized", "top1")
-    return quantized if quantized is not None else check_value(conv.checks, "top1", "top1")
-
-
-def _build_config(conv: Conversion) -> dict[str, str | int | float | bool]:
-    record = config_record(conv.options, eval_sha256=conv.eval_sha256)
-    if conv.quant is not None:
-        record.update(quant_record(conv.quant.config))
-        record["quant.chosen"] = conv.quant.outcome.report.chosen
-    return record
-
-
-def build_report(conv: Conversion, *, timings: dict[str, float]) -> ConvertReport:
+def build_report(art: Artifact, *, timings: dict[str, float]) -> ConvertReport:
     return ConvertReport(
-        name=conv.name,
-        version=conv.version,
-        task=conv.task,
-        source=SourceReport(
-            file=conv.source.name,
-            kind=conv.source_kind,
-            sha256=conv.source_sha256,
-            size=conv.source_size,
-            framework_version=conv.loaded.framework_version,
-        ),
-        eval=EvalReport(
-            synthetic=conv.eval_set is None,
-            samples=conv.rows,
-            file=conv.options.eval_data.name if conv.options.eval_data else None,
-            sha256=conv.eval_sha256,
-            has_labels=conv.eval_set is not None and conv.eval_set.labels is not None,
-        ),
-        checks=conv.checks,
-        latency_ms_p50=conv.latency.p50_ms,
-        latency_ms_p95=conv.latency.p95_ms,
-        latency_runs=conv.latency.runs,
-        model_bytes=conv.model_bytes,
-        tools=conv.tools,
+        name=art.name,
+        version=art.version,
+        task=art.task,
+        source=art.source,
+        eval=art.eval,
+        checks=art.checks,
+        latency_ms_p50=art.latency_ms_p50,
+        latency_ms_p95=art.latency_ms_p95,
+        latency_runs=art.latency_runs,
+        model_bytes=len(art.model),
+        tools=art.tools,
         timings_s=timings,
-        notes=[*conv.loaded.notes, *conv.notes],
-        quantization=conv.quant.outcome.report if conv.quant is not None else None,
+        notes=art.notes,
+        quantization=art.quantization,
     )
 
 
-def build_manifest(conv: Conversion, files: list[ModelFile]) -> Manifest:
+def build_manifest(art: Artifact, files: list[ModelFile]) -> Manifest:
     """The unsigned manifest, validated by the contract (ConvertError if it would be invalid)."""
     try:
         return Manifest(
-            name=conv.name,
-            version=conv.version,
-            format="onnx",
-            precision=precision_of(conv.quant.config) if conv.quant is not None else "fp32",
-            model_file=MODEL_FILE,
+            name=art.name,
+            version=art.version,
+            format=art.format,
+            precision=art.precision,
+            model_file=art.model_file,
             files=files,
-            inputs=conv.inputs,
-            outputs=conv.outputs,
-            preprocessing=conv.options.preprocessing,
-            task=conv.task,
-            labels=conv.labels,
-            postprocess=conv.postprocess,
+            inputs=art.inputs,
+            outputs=art.outputs,
+            preprocessing=art.preprocessing,
+            task=art.task,
+            labels=art.labels,
+            postprocess=art.postprocess,
             source=SourceInfo(
-                framework=conv.loaded.framework,
-                framework_version=conv.loaded.framework_version,
-                tools=conv.tools,
-                original_file=conv.source.name[:255],
+                framework=art.framework,
+                framework_version=art.source.framework_version,
+                tools=art.tools,
+                original_file=art.source.file[:255],
             ),
             metrics=Metrics(
-                top1=_top1(conv),
-                eval_samples=conv.eval_set.samples if conv.eval_set is not None else None,
-                latency_ms_p50=conv.latency.p50_ms,
-                latency_ms_p95=conv.latency.p95_ms,
-                threads=conv.latency.threads,
-                extra=extra_metrics(conv.checks),
+                top1=art.top1,
+                eval_samples=art.eval_samples,
+                latency_ms_p50=art.latency_ms_p50,
+                latency_ms_p95=art.latency_ms_p95,
+                threads=art.threads,
+                extra=art.extra,
             ),
             self_test=SelfTest(
                 file=SELFTEST_FILE,
-                atol=conv.selftest.atol,
-                rtol=conv.selftest.rtol,
-                outputs=conv.selftest.outputs,
+                atol=art.selftest_atol,
+                rtol=art.selftest_rtol,
+                outputs=art.selftest_outputs,
             ),
-            reference_stats=conv.stats,
+            reference_stats=art.stats,
             build=BuildInfo(
-                config=_build_config(conv),
-                calibration_sha256=(
-                    conv.quant.calibration.sha256 if conv.quant is not None else None
-                ),
+                config=art.config,
+                calibration_sha256=art.calibration_sha256,
                 report_file=REPORT_FILE,
             ),
         )

@@ -1,5 +1,5 @@
 """A float TFLite model another tool made (onnx2tf, litert-torch), with the source's own
-prediction to validate it against: what :func:`converters.tflite.convert.convert_tflite`
+prediction to validate it against: what :class:`converters.formats.tflite.TfliteRun`
 takes instead of converting a Keras model itself."""
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def test_an_artifact_the_agent_refuses_is_not_written(
         np.savez(buf, **arrays)
         return type(data)(buf.getvalue(), data.atol, data.rtol, data.outputs, data.rows)
 
-    monkeypatch.setattr("converters.api.build_selftest", off_by_one)
+    monkeypatch.setattr("converters.formats.onnx.build_selftest", off_by_one)
     source = save_onnx(_with_input_dims([1, 3, 16, 16]), tmp_path / "m.onnx")
     with pytest.raises(ConvertError, match="does not load in the agent's engine"):
         convert(source, tmp_path / "out", ConvertOptions(**QUICK))
