@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.utils.net import free_port, wait_for_port
+from tests.utils.xdist import group_of, module_group, once_per_run
 
 REQUIRE_SERVICES = os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1"
 
@@ -102,13 +103,24 @@ def _no_litter_in_the_working_directory() -> Iterator[None]:
     assert not litter, f"tests left files in the working directory: {litter}"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Pin the groups of tests/utils/xdist.py (under ``--dist loadgroup``, one worker each)."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        group = group_of(path) or module_group(item)
+        if group is not None and not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def tflite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real .tflite models made by TensorFlow (in a subprocess); see tests/agent/tflite_factory.
-    Session-wide: the agent's and the server's tests share one build (~30 s of TensorFlow)."""
+    Run-wide: the agent's and the server's tests, on every xdist worker, share one build
+    (~30 s of TensorFlow)."""
     from tests.agent.factory import make_tflite_models
 
-    made = make_tflite_models(tmp_path_factory.mktemp("tflite"))
+    made = once_per_run(tmp_path_factory, "tflite", make_tflite_models)
     if made is None:
         if os.environ.get("EDGEFLEET_REQUIRE_TF"):
             pytest.fail("EDGEFLEET_REQUIRE_TF is set but tensorflow does not import")
