@@ -95,7 +95,13 @@ def once_per_run(
     a fresh folder."""
     if worker_id() is None:
         return build(factory.mktemp(name))
-    shared = factory.getbasetemp().parent  # pytest-N/, above every worker's popen-gwK/
+    # pytest-N/, above every worker's popen-gwK/: one per run, shared by its workers.
+    return once_in(factory.getbasetemp().parent, name, build)
+
+
+def once_in(shared: Path, name: str, build: Callable[[Path], Path | None]) -> Path | None:
+    """``build(shared / "shared-<name>")`` unless a process did it before (under a file lock:
+    the others wait, then get its outcome)."""
     folder = shared / f"shared-{name}"
     with _locked(shared / f"shared-{name}.lock"):
         outcome = shared / f"shared-{name}.outcome"
