@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.utils.net import free_port, wait_for_port
-from tests.utils.xdist import group_of, module_group, once_per_run
+from tests.utils.xdist import make_scheduler, once_per_run
 
 REQUIRE_SERVICES = os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1"
 
@@ -103,14 +103,11 @@ def _no_litter_in_the_working_directory() -> Iterator[None]:
     assert not litter, f"tests left files in the working directory: {litter}"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Pin the groups of tests/utils/xdist.py (under ``--dist loadgroup``, one worker each)."""
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        group = group_of(path) or module_group(item)
-        if group is not None and not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadgroup``: whole files and the pinned groups per worker (tests/utils/xdist.py)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    return make_scheduler(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,15 @@ def test_pinned_groups_name_test_files_that_exist() -> None:
             assert (ROOT / path).is_file(), f"{name}: {path} does not exist"
             assert group_of(path) == name
     assert group_of("tests/test_suite_isolation.py") is None
+
+
+def test_a_worker_takes_whole_files_and_whole_groups() -> None:
+    """The scheduler's unit of work (pytest-xdist's own loadgroup marks do not reach it under
+    pytest 9): a pinned file goes with its group, any other file stays whole."""
+    from tests.utils.xdist import scope_of
+
+    assert scope_of("tests/containers/test_stack.py::test_two[a-b]") == "podman"
+    assert scope_of("tests/containers/test_images.py::test_x") == "podman"
+    assert scope_of("tests/edgefleet/test_signing.py::test_a[x::y]") == (
+        "tests/edgefleet/test_signing.py"
+    )

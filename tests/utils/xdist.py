@@ -5,8 +5,7 @@ runs ``-n 3 --dist loadgroup``; ``make test PYTEST_WORKERS=0`` runs them in one 
 each group to a single worker, one test after the other. Every other resource is already
 private to a test (free ports, a fresh PostgreSQL database per test, random MQTT client ids,
 device ids and shared-subscription groups, ``tmp_path``, network namespaces with their own /24),
-so the rest spreads freely — except that the tests of a module with a module-scoped fixture stay
-on one worker, where the fixture is made once (``module_group``).
+so the rest spreads freely, a whole file per worker at a time (``scope_of``).
 """
 
 from __future__ import annotations
@@ -65,16 +64,24 @@ def group_of(path: str) -> str | None:
     return None
 
 
-def module_group(item: pytest.Item) -> str | None:
-    """The test's module path when it uses a fixture of module scope (made once per worker
-    that runs a test of the module: keep them on one)."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return None
-    for defs in info.name2fixturedefs.values():
-        if defs and defs[-1].scope == "module":
-            return item.nodeid.split("::", 1)[0]
-    return None
+def scope_of(nodeid: str) -> str:
+    """The unit of work a worker takes whole: a pinned group, else the test's file (its
+    module- and class-scoped fixtures are then made once)."""
+    path = nodeid.split("::", 1)[0]
+    return group_of(path) or path
+
+
+def make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadgroup`` by ``scope_of``: pytest-xdist 3.8 marks a group by renaming the
+    item's ``_nodeid``, which pytest 9 no longer reads (``nodeid`` comes from ``_id``), so its
+    own loadgroup silently spread every group over all workers."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileAndGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return FileAndGroupScheduling(config, log)  # type: ignore[arg-type]
 
 
 @contextmanager
