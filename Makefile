@@ -1,13 +1,22 @@
 # The two commands a newcomer runs from a fresh clone (Python >= 3.11 is all it needs):
 #   make demo   — set up .venv and run the end-to-end demo on the embedded defaults
 #   make demo-drift — the retraining loop: cameras drift, the pipeline retrains (minutes)
-#   make test   — set up .venv and run the whole test suite (ruff and mypy included)
+#   make test   — set up .venv and run the whole test suite (ruff and mypy included), in
+#                 PYTEST_WORKERS parallel processes (pytest-xdist; 0: one process, serially)
 #   make images — the server and agent container images with podman (docs/containers.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`; 0 runs the suite in one process. Tests that must not
+# overlap are pinned to one worker each (tests/utils/xdist.py, docs/testing.md).
+PYTEST_WORKERS ?= 3
+ifeq ($(PYTEST_WORKERS),0)
+PYTEST_PARALLEL :=
+else
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
+endif
 # The images' base; where no registry answers, a local debootstrap base is used instead.
 IMAGE_BASE ?= docker.io/library/python:3.11-slim
 
@@ -26,7 +35,7 @@ demo-drift: $(STAMP)
 	$(BIN)/edgefleet demo --scenario drift
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.utils.net import free_port, wait_for_port
+from tests.utils.xdist import make_scheduler, once_per_run
 
 REQUIRE_SERVICES = os.environ.get("EDGEFLEET_REQUIRE_SERVICES") == "1"
 
@@ -104,13 +105,21 @@ def _no_litter_in_the_working_directory() -> Iterator[None]:
     assert not litter, f"tests left files in the working directory: {litter}"
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadgroup``: whole files and the pinned groups per worker (tests/utils/xdist.py)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    return make_scheduler(config, log)
+
+
 @pytest.fixture(scope="session")
 def tflite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real .tflite models made by TensorFlow (in a subprocess); see tests/agent/tflite_factory.
-    Session-wide: the agent's and the server's tests share one build (~30 s of TensorFlow)."""
+    Run-wide: the agent's and the server's tests, on every xdist worker, share one build
+    (~30 s of TensorFlow)."""
     from tests.agent.factory import make_tflite_models
 
-    made = make_tflite_models(tmp_path_factory.mktemp("tflite"))
+    made = once_per_run(tmp_path_factory, "tflite", make_tflite_models)
     if made is None:
         if os.environ.get("EDGEFLEET_REQUIRE_TF"):
             pytest.fail("EDGEFLEET_REQUIRE_TF is set but tensorflow does not import")

@@ -4,7 +4,9 @@
 ``<name>n``) on a private /24: the host end holds ``.1`` and ``.3`` (two addresses so one can
 be made unreachable while the other stays up), the namespace end ``.2``. Everything is undone
 on ``close()`` (also after a failure half-way): deleting the namespace deletes its veth end and
-with it the pair. Names carry a per-run id, so parallel runs and leftovers never collide.
+with it the pair. Names carry a per-run id, so parallel runs and leftovers never collide; the
+/24 is chosen at ``open()`` under a host-wide lock among the ones no host interface holds, so
+two namespaces open at once (parallel test workers) never share a subnet.
 
 Faults, all in the kernel (root, ``ip``, ``tc``, ``iptables``):
 
@@ -18,22 +20,38 @@ Faults, all in the kernel (root, ``ip``, ``tc``, ``iptables``):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import secrets
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 from hil.netfaults.errors import NetFaultError
 
 #: Private /16 the per-run /24s are taken from.
 _BASE = ipaddress.IPv4Network("10.213.0.0/16")
+#: Held while a namespace picks its /24 and puts it on the host end (one host, many processes).
+_LOCK = Path(tempfile.gettempdir()) / "edgefleet-netns.lock"
 
 
 def missing_tools() -> list[str]:
     """Commands this module needs that are not installed (empty: all there)."""
     return [tool for tool in ("ip", "tc", "iptables") if shutil.which(tool) is None]
+
+
+@contextmanager
+def _host_lock() -> Iterator[None]:
+    with _LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -52,14 +70,36 @@ class NetNamespace:
     def __init__(self, *, tag: str | None = None) -> None:
         tag = tag or secrets.token_hex(3)
         self.name = f"ef{tag}"[:10]  # interface names: at most 15 characters with suffixes
-        subnet = int(hashlib.sha256(self.name.encode()).hexdigest()[:4], 16) % 256
+        self._subnet = int(hashlib.sha256(self.name.encode()).hexdigest()[:4], 16) % 256
+        self._address(self._subnet)
+        self.host_dev = f"{self.name}h"
+        self.ns_dev = f"{self.name}n"
+        self._created = False
+
+    def _address(self, subnet: int) -> None:
         net = ipaddress.IPv4Network(f"{_BASE.network_address + subnet * 256}/24")
         self.host_ip = str(net.network_address + 1)
         self.host_ip2 = str(net.network_address + 3)
         self.ns_ip = str(net.network_address + 2)
-        self.host_dev = f"{self.name}h"
-        self.ns_dev = f"{self.name}n"
-        self._created = False
+
+    def _pick_subnet(self) -> None:
+        """The first /24 of ``_BASE`` from this name's hash on that no host interface holds
+        (another namespace's host end, or a leftover); call with ``_LOCK`` held."""
+        listed = run(["ip", "-4", "-o", "addr", "show"]).stdout.split()
+        used = set()
+        for word in listed:
+            try:
+                address = ipaddress.IPv4Interface(word).ip
+            except ValueError:
+                continue
+            if address in _BASE:
+                used.add((int(address) - int(_BASE.network_address)) // 256)
+        for step in range(256):
+            subnet = (self._subnet + step) % 256
+            if subnet not in used:
+                self._address(subnet)
+                return
+        raise NetFaultError(f"every /24 of {_BASE} is taken on this host (leftover namespaces?)")
 
     @property
     def prefix(self) -> list[str]:
@@ -78,8 +118,10 @@ class NetNamespace:
         try:
             run(["ip", "link", "add", self.host_dev, "type", "veth", "peer", "name", self.ns_dev])
             run(["ip", "link", "set", self.ns_dev, "netns", self.name])
-            for ip in (self.host_ip, self.host_ip2):
-                run(["ip", "addr", "add", f"{ip}/24", "dev", self.host_dev])
+            with _host_lock():
+                self._pick_subnet()
+                for ip in (self.host_ip, self.host_ip2):
+                    run(["ip", "addr", "add", f"{ip}/24", "dev", self.host_dev])
             run(["ip", "link", "set", self.host_dev, "up"])
             self._ns("ip", "addr", "add", f"{self.ns_ip}/24", "dev", self.ns_dev)
             self._ns("ip", "link", "set", "lo", "up")
@@ -117,11 +159,12 @@ class NetNamespace:
 
     def loss(self, percent: float | None) -> None:
         """Drop ``percent`` % of the packets each way, at random (None: none)."""
+        # -w: wait for the host-wide xtables lock (another namespace's iptables may hold it).
         for chain in ("INPUT", "OUTPUT"):
-            self._ns("iptables", "-F", chain)
+            self._ns("iptables", "-w", "-F", chain)
             if percent:
                 self._ns(
-                    "iptables", "-A", chain, "-m", "statistic", "--mode", "random",
+                    "iptables", "-w", "-A", chain, "-m", "statistic", "--mode", "random",
                     "--probability", f"{percent / 100:.4f}", "-j", "DROP",
                 )  # fmt: skip
 

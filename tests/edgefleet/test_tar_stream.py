@@ -113,7 +113,7 @@ def test_pax_size_and_path_records_apply_to_the_next_member() -> None:
         (_gz(header("g", 20, b"g") + b"18 comment=global\n".ljust(BLOCK, b"\0")), "global PAX"),
         (_gz(b"\1" * BLOCK), "checksum"),
         (_gz(_pax(pax_record("path", "orphan.x"))), "ends after a PAX header"),
-        (gzip.compress(header("cut.bin", 4096, b"0") + b"x" * 100), "ends inside"),
+        (gzip.compress(header("cut.bin", 4096, b"0") + b"x" * 100, mtime=0), "ends inside"),
         (b"plainly not gzip", "gzip"),
     ],
 )

@@ -9,6 +9,7 @@ the same scenarios at full length (10 MB bundle, a 5-minute partition, 20 s / 20
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -169,3 +170,22 @@ def test_every_fault_loses_nothing_and_updates_resume(netns_ok: None, tmp_path: 
             assert agent.after.rss_kb <= agent.before.rss_kb + 20 * 1024, where
         if result.scenario in BREAKS and result.cut_in_flight:
             assert result.retries >= 1, f"a cut download was not retried: {where}"
+
+
+def test_namespaces_open_at_once_never_share_a_subnet(netns_ok: None, echo: int) -> None:
+    """Two names whose hash picks the same /24 (parallel test workers, a leftover): the second
+    takes the next free one, and each namespace reaches its own host end."""
+    run = secrets.token_hex(2)
+    first = NetNamespace(tag=f"{run}000")
+    twin = next(
+        ns
+        for ns in (NetNamespace(tag=f"{run}{i:03x}") for i in range(1, 4096))
+        if ns.ns_ip == first.ns_ip
+    )
+    with first, twin:
+        subnets = {ip.rsplit(".", 1)[0] for ip in (first.ns_ip, twin.ns_ip)}
+        assert len(subnets) == 2, (first.ns_ip, twin.ns_ip)
+        for ns in (first, twin):
+            with Relay(listen=(ns.host_ip, 0), target=("127.0.0.1", echo)) as relay:
+                done = _client(ns, ns.host_ip, relay.port)
+                assert done.returncode == 0, done.stderr

@@ -53,8 +53,11 @@ def server(board: Board, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 def _leftovers(board: Board) -> list[str]:
     """Run folders on the board, and host processes (the board's run under qemu on this
-    kernel) whose command line names one."""
+    kernel) whose command line names one. Only processes chrooted into the board count: a run
+    of the SSH runner against the host's own root (``test_ssh_session.py`` on another test
+    worker) has the same folder names in its command lines."""
     folders = sorted(str(p) for p in (board.rootfs / "tmp").glob("edgefleet-hil-*"))
+    rootfs = board.rootfs.resolve()
     procs = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -62,6 +65,8 @@ def _leftovers(board: Board) -> list[str]:
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if Path(os.readlink(entry / "root")) != rootfs:
+                continue
         except OSError:
             continue
         if "/tmp/edgefleet-hil-" in cmdline and state != "Z" and "pytest" not in cmdline:
