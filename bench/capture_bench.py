@@ -51,6 +51,7 @@ import math
 import os
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -58,6 +59,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' model factories
 
 
 def _conv_with_reference(out: Path, size: int, channels: int) -> Path:

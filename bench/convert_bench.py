@@ -17,6 +17,7 @@ numbers the converter's own latency gate recorded in report.json.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ from typing import Any
 
 import joblib
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' model factories
 
 
 def _models() -> dict[str, Any]:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -59,6 +60,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' model factories
 
 #: (lane, sample rate, CPU budget, the worker's nice value): "0.1-nice0" is the worker at
 #: the serving thread's priority, as before the agent lowered it.
