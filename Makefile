@@ -1,17 +1,18 @@
 # The two commands a newcomer runs from a fresh clone (Python >= 3.11 is all it needs):
 #   make demo   — set up .venv and run the end-to-end demo on the embedded defaults
 #   make demo-drift — the retraining loop: cameras drift, the pipeline retrains (minutes)
-#   make test   — set up .venv and run the whole test suite (ruff and mypy included), in
-#                 PYTEST_WORKERS parallel processes (pytest-xdist; 0: one process, serially)
+#   make test   — set up .venv and run the whole test suite (ruff and mypy included); in
+#                 PYTEST_WORKERS parallel processes when set (pytest-xdist; default 0: serially)
 #   make images — the server and agent container images with podman (docs/containers.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test`; 0 runs the suite in one process. Tests that must not
-# overlap are pinned to one worker each (tests/utils/xdist.py, docs/testing.md).
-PYTEST_WORKERS ?= 3
+# pytest-xdist workers for `make test`; 0 (the default) runs the suite in one process. Tests that
+# must not overlap are pinned to one worker each (tests/utils/xdist.py, docs/testing.md). Not yet
+# the default: the first full 3-worker run broke one worker's output capture (docs/testing.md).
+PYTEST_WORKERS ?= 0
 ifeq ($(PYTEST_WORKERS),0)
 PYTEST_PARALLEL :=
 else
