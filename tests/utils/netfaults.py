@@ -71,14 +71,15 @@ SCENARIOS: dict[str, Fault] = {
 }
 
 #: The rollout of ``rollout-partition``: everyone in one stage, a soak longer than the fault,
-#: only the success and offline gates; a committed device gone offline fails the offline gate.
+#: only the success and offline gates; a committed device offline for 3 s (``grace_s``; the
+#: default 60 s would outlast the test's 30 s partition) fails the offline gate.
 ROLLOUT_SOAK_S = 3600.0
 ROLLOUT_GATES = {
     "error_rate": {"enabled": False},
     "latency_p95_ratio": {"enabled": False},
     "confidence_shift": {"enabled": False},
     "label_accuracy": {"enabled": False},
-    "offline": {"max_fraction": 0.0},
+    "offline": {"max_fraction": 0.0, "grace_s": 3.0},
 }
 
 
@@ -467,8 +468,8 @@ def _rollout_step(
         f"every agent on {version} (rollout)",
     )
     # The partition: the broker drops the devices after 1.5 keepalives (15 s), publishes
-    # their wills, the server marks them offline and the next evaluation (5 s) fails the
-    # offline gate; ``duration_s`` must outlast that.
+    # their wills, the server marks them offline and, 3 s later (the gate's grace), the next
+    # tick fails the offline gate; ``duration_s`` must outlast that.
     ns.loss(100)
     time.sleep(step.duration_s)  # noqa: TID251 - the fault's length is the scenario
     ns.loss(None)
