@@ -15,6 +15,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgefleet.mqtt_frames import FrameError, frame, string, take_frame
+
 #: Largest packet accepted from the broker (a desired state is a few hundred bytes).
 MAX_PACKET = 1 << 20
 
@@ -34,28 +36,6 @@ class Will:
     retain: bool = True
 
 
-def _string(value: str | bytes) -> bytes:
-    data = value.encode() if isinstance(value, str) else value
-    if len(data) > 0xFFFF:
-        raise ValueError("an MQTT string is at most 65535 bytes")
-    return struct.pack("!H", len(data)) + data
-
-
-def _remaining_length(length: int) -> bytes:
-    if length < 0 or length > 268_435_455:
-        raise ValueError(f"remaining length {length} out of range")
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _remaining_length(len(body)) + body
-
-
 def connect_packet(
     client_id: str,
     *,
@@ -65,36 +45,36 @@ def connect_packet(
     keepalive: int,
 ) -> bytes:
     flags = 0x02  # clean session
-    payload = _string(client_id)
+    payload = string(client_id)
     if will is not None:
         flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-        payload += _string(will.topic) + _string(will.payload)
+        payload += string(will.topic) + string(will.payload)
     if username is not None:
         flags |= 0x80
-        payload += _string(username)
+        payload += string(username)
     if password is not None:
         flags |= 0x40
-        payload += _string(password)
-    header = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
-    return _packet(CONNECT << 4, header + payload)
+        payload += string(password)
+    header = string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
+    return frame(CONNECT << 4, header + payload)
 
 
 def publish_packet(topic: str, payload: bytes, *, qos: int, retain: bool, packet_id: int) -> bytes:
     if qos not in (0, 1):
         raise ValueError("only QoS 0 and 1 are supported")
     first = (PUBLISH << 4) | (qos << 1) | (1 if retain else 0)
-    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return _packet(first, body)
+    body = string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
+    return frame(first, body)
 
 
 def subscribe_packet(topic: str, *, qos: int, packet_id: int) -> bytes:
-    return _packet(
-        (SUBSCRIBE << 4) | 0x02, struct.pack("!H", packet_id) + _string(topic) + bytes([qos])
+    return frame(
+        (SUBSCRIBE << 4) | 0x02, struct.pack("!H", packet_id) + string(topic) + bytes([qos])
     )
 
 
 def puback_packet(packet_id: int) -> bytes:
-    return _packet(PUBACK << 4, struct.pack("!H", packet_id))
+    return frame(PUBACK << 4, struct.pack("!H", packet_id))
 
 
 PINGREQ_PACKET = bytes([PINGREQ << 4, 0])
@@ -112,29 +92,19 @@ def split_packets(buffer: bytearray) -> list[Packet]:
     """Take every complete packet off the front of ``buffer`` (the rest stays for later);
     :class:`MqttProtocolError` on a malformed length or an oversized packet."""
     packets: list[Packet] = []
-    while len(buffer) >= 2:
-        length = 0
-        shift = 0
-        index = 1
-        while True:
-            if index >= len(buffer):
-                return packets  # the length is not all here yet
-            byte = buffer[index]
-            length |= (byte & 0x7F) << shift
-            index += 1
-            if not byte & 0x80:
-                break
-            shift += 7
-            if index > 4:
-                raise MqttProtocolError("remaining length longer than 4 bytes")
-        if length > MAX_PACKET:
-            raise MqttProtocolError(f"packet of {length} bytes is over {MAX_PACKET}")
-        if len(buffer) < index + length:
+    while True:
+        try:
+            taken = take_frame(buffer, MAX_PACKET)
+        except FrameError as err:
+            if err.too_long:
+                raise MqttProtocolError(
+                    f"packet of {err.length} bytes is over {MAX_PACKET}"
+                ) from err
+            raise MqttProtocolError(str(err)) from err
+        if taken is None:
             return packets
-        first = buffer[0]
-        packets.append(Packet(first >> 4, first & 0x0F, bytes(buffer[index : index + length])))
-        del buffer[: index + length]
-    return packets
+        first, body = taken
+        packets.append(Packet(first >> 4, first & 0x0F, body))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from edgefleet.mqtt import BrokerAddress, MqttError
+from edgefleet.mqtt_frames import FrameError, frame, string, take_frame, varint
 
 _CONNACK, _PUBLISH, _SUBACK, _PINGRESP, _DISCONNECT = 2, 3, 9, 13, 14
 _PINGREQ = b"\xc0\x00"
@@ -33,24 +34,6 @@ class Received:
     topic: str
     payload: bytes
     packet_id: int  # 0 for QoS 0
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
 
 
 class BatchSubscriber:
@@ -114,23 +97,23 @@ class BatchSubscriber:
 
     def _connect_packet(self) -> bytes:
         flags = 0x02  # clean start
-        payload = _utf8(self.client_id)
+        payload = string(self.client_id)
         if self.address.username is not None:
             flags |= 0x80
-            payload += _utf8(self.address.username)
+            payload += string(self.address.username)
             if self.address.password is not None:
                 flags |= 0x40
-                payload += _utf8(self.address.password)
+                payload += string(self.address.password)
         props = b"\x21" + struct.pack("!H", self.receive_maximum)  # Receive Maximum
         props += b"\x27" + struct.pack("!I", self.max_packet_bytes)  # Maximum Packet Size
-        header = _utf8("MQTT") + bytes([5, flags]) + struct.pack("!H", self.keepalive)
-        return _packet(0x10, header + _varint(len(props)) + props + payload)
+        header = string("MQTT") + bytes([5, flags]) + struct.pack("!H", self.keepalive)
+        return frame(0x10, header + varint(len(props)) + props + payload)
 
     def _subscribe_packet(self) -> bytes:
         body = struct.pack("!H", 1) + b"\x00"  # packet id 1, no properties
         for topic_filter in self.filters:
-            body += _utf8(topic_filter) + b"\x01"  # QoS 1
-        return _packet(0x82, body)
+            body += string(topic_filter) + b"\x01"  # QoS 1
+        return frame(0x82, body)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -231,30 +214,15 @@ class BatchSubscriber:
 
     def _next_packet(self) -> tuple[int, bytes] | None:
         """The next complete packet (first byte, body) off the buffer, or None."""
-        buf = self._buf
-        if len(buf) < 2:
-            return None
-        length, shift, pos = 0, 0, 1
-        while True:
-            if pos >= len(buf):
-                return None
-            byte = buf[pos]
-            length |= (byte & 0x7F) << shift
-            pos += 1
-            if not byte & 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                self.close()
-                raise MqttError("malformed packet length from the broker")
-        if length > self.max_packet_bytes:
+        try:
+            return take_frame(self._buf, self.max_packet_bytes)
+        except FrameError as err:
             self.close()
-            raise MqttError(f"packet of {length} bytes over the {self.max_packet_bytes} limit")
-        if len(buf) < pos + length:
-            return None
-        first, body = buf[0], bytes(buf[pos : pos + length])
-        del buf[: pos + length]
-        return first, body
+            if err.too_long:
+                raise MqttError(
+                    f"packet of {err.length} bytes over the {self.max_packet_bytes} limit"
+                ) from err
+            raise MqttError("malformed packet length from the broker") from err
 
     def _parse(self, out: list[Received], limit: int) -> None:
         while len(out) < limit:

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 import pytest
 
 from edgefleet.mqtt import BrokerAddress, MqttError
-from fleet_server.messaging.batch_mqtt import BatchSubscriber, _packet, _utf8, _varint
+from edgefleet.mqtt_frames import frame, string, varint
+from fleet_server.messaging.batch_mqtt import BatchSubscriber
 from tests.conftest import external_mqtt_url
 from tests.fleet_server.helpers import MqttProbe
 
@@ -106,13 +107,13 @@ def fake(**kwargs: bytes | None) -> Iterator[tuple[FakeBroker, BatchSubscriber]]
         broker.close()
 
 
-OK_CONNACK = _packet(0x20, b"\x00\x00\x00")
-OK_SUBACK = _packet(0x90, b"\x00\x01\x00\x01")
+OK_CONNACK = frame(0x20, b"\x00\x00\x00")
+OK_SUBACK = frame(0x90, b"\x00\x01\x00\x01")
 
 
 def _publish(topic_name: str, payload: bytes, *, qos: int = 1, pid: int = 7) -> bytes:
-    body = _utf8(topic_name) + (struct.pack("!H", pid) if qos else b"") + b"\x00" + payload
-    return _packet(0x30 | (qos << 1), body)
+    body = string(topic_name) + (struct.pack("!H", pid) if qos else b"") + b"\x00" + payload
+    return frame(0x30 | (qos << 1), body)
 
 
 def test_connect_packet_carries_v5_credentials_and_window() -> None:
@@ -134,12 +135,12 @@ def test_connect_packet_carries_v5_credentials_and_window() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"connack": _packet(0x20, b"\x00\x87\x00")}, "refused the connection"),
-        ({"connack": OK_CONNACK, "suback": _packet(0x90, b"\x00\x01\x00\x80")}, "refused"),
+        ({"connack": frame(0x20, b"\x00\x87\x00")}, "refused the connection"),
+        ({"connack": OK_CONNACK, "suback": frame(0x90, b"\x00\x01\x00\x80")}, "refused"),
         ({"connack": b"\x20\xff\xff\xff\xff\x01"}, "malformed packet length"),
-        ({"connack": _packet(0x20, b"\x00\x00\x00" + b"x" * 2000)}, "over the 1024 limit"),
-        ({"connack": _packet(0xE0, b"\x8d")}, "disconnected us"),
-        ({"connack": _packet(0x90, b"\x00\x01\x00\x00")}, "unexpected packet"),
+        ({"connack": frame(0x20, b"\x00\x00\x00" + b"x" * 2000)}, "over the 1024 limit"),
+        ({"connack": frame(0xE0, b"\x8d")}, "disconnected us"),
+        ({"connack": frame(0x90, b"\x00\x01\x00\x00")}, "unexpected packet"),
     ],
 )
 def test_hostile_handshakes_are_refused(kwargs: dict[str, bytes], match: str) -> None:
@@ -153,11 +154,11 @@ def test_hostile_handshakes_are_refused(kwargs: dict[str, bytes], match: str) ->
     [
         (_publish("x/1", b"a" * 2000), "over the 1024 limit"),
         (_publish("x/1", b"a", qos=2), "QoS 2"),
-        (_packet(0x32, b"\x00\x09x/"), "malformed PUBLISH"),
-        (_packet(0x32, b"\x00\x02\xff\xfe\x00\x01\x00"), "malformed PUBLISH"),
-        (_packet(0x32, _utf8("x/1") + b"\x00\x01" + b"\x7f"), "malformed PUBLISH"),
-        (_packet(0xE0, b"\x8b"), "disconnected us"),
-        (_packet(0x50, b"\x00\x01"), "unexpected packet type 5"),
+        (frame(0x32, b"\x00\x09x/"), "malformed PUBLISH"),
+        (frame(0x32, b"\x00\x02\xff\xfe\x00\x01\x00"), "malformed PUBLISH"),
+        (frame(0x32, string("x/1") + b"\x00\x01" + b"\x7f"), "malformed PUBLISH"),
+        (frame(0xE0, b"\x8b"), "disconnected us"),
+        (frame(0x50, b"\x00\x01"), "unexpected packet type 5"),
         (b"", "closed the connection"),
     ],
 )
@@ -183,7 +184,7 @@ def test_nothing_to_connect_to() -> None:
         sub.connect(timeout=2)
     with pytest.raises(ValueError, match="receive_maximum"):
         BatchSubscriber(BrokerAddress(host="h"), client_id="c", filters=["x"], receive_maximum=0)
-    assert _varint(321) == b"\xc1\x02"
+    assert varint(321) == b"\xc1\x02"
 
 
 def test_a_silent_broker_is_a_dead_link() -> None:
