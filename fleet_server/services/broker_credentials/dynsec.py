@@ -227,18 +227,21 @@ class DynsecCredentials:
             if "Internal error" not in str(err):
                 raise
         deadline = time.monotonic() + ENSURE_TIMEOUT_S
-        while True:
-            try:
-                if SERVER_ROLE in self._client_roles(username):
-                    break
-            except CredentialsError:  # reconnecting after that disconnection
-                pass
+        while not self._has_role(username, SERVER_ROLE):
             if time.monotonic() > deadline:
                 raise CredentialsError(
                     f"dynamic security: could not give {username!r} the role {SERVER_ROLE}"
                 )
             time.sleep(0.1)
         log.info("dynamic security: gave %s the role %s", username, SERVER_ROLE)
+
+    def _has_role(self, username: str, role: str) -> bool:
+        """Whether ``username`` holds ``role``; False while the admin connection is down (the
+        plugin disconnects a client whose roles it changed)."""
+        try:
+            return role in self._client_roles(username)
+        except CredentialsError:
+            return False
 
     def _client_roles(self, username: str) -> set[str]:
         [answer] = self._client.call([{"command": "getClient", "username": username}])
