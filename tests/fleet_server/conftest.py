@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from fleet_server.db import make_engine, migrate
 from fleet_server.runtime import Runtime
 from tests.fleet_server.helpers import make_settings, running_app
+from tests.fleet_server.rollout_harness import Harness
 from tests.utils.artifacts import build_digits_artifact
 from tests.utils.s3 import S3Server, moto_s3_server
 
@@ -20,6 +22,17 @@ def app(tmp_path: Path, database_url: str) -> Iterator[tuple[TestClient, Runtime
     """A started server (migrated database, embedded broker, ingest) on each database."""
     with running_app(make_settings(tmp_path, database_url)) as started:
         yield started
+
+
+@pytest.fixture
+def h(database_url: str) -> Iterator[Harness]:
+    """A rollout engine on a migrated database with a controllable clock (rollout_harness)."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    try:
+        yield Harness(engine)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

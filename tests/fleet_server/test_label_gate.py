@@ -4,29 +4,17 @@ labels make the stage wait; no labels at all leave it skipped (the other gates d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from sqlmodel import Session
 
-from fleet_server.db import make_engine, migrate
 from fleet_server.models.samples import Sample
 from fleet_server.services.rollouts import service
 from tests.fleet_server.rollout_harness import NEW, OLD, Harness
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def h(database_url: str) -> Iterator[Harness]:
-    engine = make_engine(database_url)
-    migrate(engine)
-    try:
-        yield Harness(engine)
-    finally:
-        engine.dispose()
 
 
 def _labels(h: Harness, version: str, *, correct: int, wrong: int) -> None:

@@ -4,26 +4,14 @@ rollback, approval, restart and concurrent drivers, late joiners, rate limits an
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-from fleet_server.db import make_engine, migrate
 from fleet_server.services.errors import Conflict, NotFound, Unprocessable
 from fleet_server.services.rollouts import service
 from tests.fleet_server.rollout_harness import NEW, OLD, Harness
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def h(database_url: str) -> Iterator[Harness]:
-    engine = make_engine(database_url)
-    migrate(engine)
-    try:
-        yield Harness(engine)
-    finally:
-        engine.dispose()
 
 
 def _pass_stage(h: Harness, rollout_id: int, *, p95: float = 10.0) -> None:

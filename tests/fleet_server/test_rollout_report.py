@@ -3,26 +3,13 @@ telemetry and decide again, so a report shows the numbers the rollout was actual
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlmodel import Session
 
-from fleet_server.db import make_engine, migrate
 from fleet_server.services.rollouts import service
 from tests.fleet_server.rollout_harness import NEW, OLD, Harness
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def h(database_url: str) -> Iterator[Harness]:
-    engine = make_engine(database_url)
-    migrate(engine)
-    try:
-        yield Harness(engine)
-    finally:
-        engine.dispose()
 
 
 def test_the_report_shows_the_stored_verdicts_not_fresh_telemetry(h: Harness) -> None:

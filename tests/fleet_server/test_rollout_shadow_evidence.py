@@ -6,14 +6,12 @@ the canary's own history and to control devices, which see other inputs."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlmodel import Session, col, select
 
 from edgefleet.contract import ModelRef, ShadowReport, Telemetry
-from fleet_server.db import make_engine, migrate
 from fleet_server.models import Device
 from fleet_server.models.rollouts import RolloutDevice
 from fleet_server.services.rollouts import service
@@ -25,16 +23,6 @@ pytestmark = pytest.mark.integration
 
 HIGH = [0, 0, 0, 0, 0, 0, 0, 10, 30, 60]  # what the control devices' inputs give
 LOW = [60, 30, 10, 0, 0, 0, 0, 0, 0, 0]  # what the canary's inputs give (other images)
-
-
-@pytest.fixture
-def h(database_url: str) -> Iterator[Harness]:
-    engine = make_engine(database_url)
-    migrate(engine)
-    try:
-        yield Harness(engine)
-    finally:
-        engine.dispose()
 
 
 def _shadow_telemetry(

@@ -5,7 +5,6 @@ with no device's desired model ever changed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +12,6 @@ import pytest
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
-from fleet_server.db import make_engine, migrate
 from fleet_server.models import Device, DeviceShadow, ShadowReportRow
 from fleet_server.services.rollouts import RolloutCreate, service
 from fleet_server.services.rollouts.evaluation import EVALUATE_EVERY_S
@@ -23,16 +21,6 @@ from tests.fleet_server.rollout_harness import NEW, OLD, Harness
 pytestmark = pytest.mark.integration
 
 SHADOW = {"shadow_s": 60, "min_samples": 50, "sample_rate": 0.5}
-
-
-@pytest.fixture
-def h(database_url: str) -> Iterator[Harness]:
-    engine = make_engine(database_url)
-    migrate(engine)
-    try:
-        yield Harness(engine)
-    finally:
-        engine.dispose()
 
 
 def _fleet(h: Harness) -> tuple[list[str], list[str]]:
