@@ -22,7 +22,7 @@ from containers.base import cache_dir
 from containers.stack import build_standins, compose, standin_env
 from fleet_server.client.api import FleetClient
 from tests.containers.conftest import Images
-from tests.fleet_server.helpers import publish_telemetry, wait_until
+from tests.fleet_server.helpers import connack, publish_telemetry, wait_until
 from tests.utils.artifacts import signed_digits_bundles
 from tests.utils.net import free_port
 from tests.utils.required import missing
@@ -76,26 +76,10 @@ def stack(images: Images) -> Iterator[dict[str, str]]:
 
 def _login(url: str, login: tuple[str, str] | None) -> str:
     """The CONNACK's reason for ``login`` (user name = client id), e.g. "Success"."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from edgefleet.mqtt import BrokerAddress
 
     address = BrokerAddress.from_url(url)
-    client_id = login[0] if login else f"anon-{secrets.token_hex(3)}"
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    if login is not None:
-        client.username_pw_set(*login)
-    outcome: list[str] = []
-    client.on_connect = lambda _c, _u, _f, reason, _p: outcome.append(str(reason))
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
-        wait_until(lambda: bool(outcome), 10, "a CONNACK", every=0.05)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return outcome[0]
+    return connack(address.host, address.port, login, client_id=login[0] if login else None)
 
 
 def _ready(url: str) -> bool:

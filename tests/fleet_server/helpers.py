@@ -263,3 +263,33 @@ def publish_telemetry(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def connack(
+    host: str,
+    port: int,
+    login: tuple[str, str] | None,
+    *,
+    client_id: str | None = None,
+    source: str = "127.0.0.1",
+    timeout: float = 5.0,
+) -> str:
+    """The broker's CONNACK reason ("Success" when admitted) for one MQTT login ``(user name,
+    password)`` or an anonymous one, from ``source``; then the connection is closed."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{secrets.token_hex(4)}"
+    )
+    if login is not None:
+        client.username_pw_set(*login)
+    codes: list[str] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: codes.append(str(reason))
+    client.connect(host, port, keepalive=10, bind_address=source)
+    deadline = time.monotonic() + timeout
+    while not codes and time.monotonic() < deadline:
+        client.loop(0.05)
+    client.disconnect()
+    assert codes, f"no CONNACK for {login[0] if login else 'an anonymous login'} from {source}"
+    return codes[0]

@@ -7,22 +7,25 @@ with device credentials) against real paho clients. Before, 100 wrong passwords 
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from fastapi.testclient import TestClient
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet_server.broker import EmbeddedBroker
 from fleet_server.broker.config import AuthThrottleConfig
 from fleet_server.broker.throttle import AuthThrottle
 from tests.fleet_server.broker.test_broker_auth import DictAuthenticator
-from tests.fleet_server.helpers import make_settings, operator, running_app, unique_id
+from tests.fleet_server.helpers import (
+    connack,
+    make_settings,
+    operator,
+    running_app,
+    unique_id,
+)
 
 WRONG = "Bad user name or password"  # CONNACK 0x04: checked
 LOCKED = "Server unavailable"  # CONNACK 0x03: refused unchecked while locked
@@ -115,19 +118,8 @@ def test_an_authenticator_that_fails_counts_against_nobody(
 
 def _login(port: int, username: str, password: str, *, source: str = "127.0.0.1") -> str:
     """The CONNACK's refusal ('' when admitted) for one login from ``source``."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{secrets.token_hex(4)}")
-    client.username_pw_set(username, password)
-    codes: list[str] = []
-    client.on_connect = lambda _c, _u, _f, reason, _p: codes.append(
-        str(reason) if reason.is_failure else ""
-    )
-    client.connect("127.0.0.1", port, keepalive=10, bind_address=source)
-    deadline = time.monotonic() + 5
-    while not codes and time.monotonic() < deadline:
-        client.loop(0.05)
-    client.disconnect()
-    assert codes, f"no CONNACK for {username} from {source}"
-    return codes[0]
+    reason = connack("127.0.0.1", port, (username, password), source=source)
+    return "" if reason == "Success" else reason
 
 
 def _metrics(client: TestClient) -> dict[str, float]:
