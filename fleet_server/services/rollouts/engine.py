@@ -23,11 +23,8 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from fleet_server.models import Device
-from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.rollouts import Rollout, RolloutDecision, RolloutDevice
 from fleet_server.models.types import utcnow
-from fleet_server.services.compat import can_run
 from fleet_server.services.desired import (
     DesiredPublisher,
     desired_states_of,
@@ -49,17 +46,15 @@ from fleet_server.services.rollouts.members import (
     Outbox,
     as_ref,
     assign_pending,
-    busy_devices,
     devices_by_id,
-    new_member,
+    join_late,
     previous_of,
     resync_desired,
     runs,
     sync_outcomes,
-    target_of,
 )
 from fleet_server.services.rollouts.shadow_stage import advance_shadow, take_shadows_off
-from fleet_server.services.rollouts.spec import GatePolicy, Selector, Strategy
+from fleet_server.services.rollouts.spec import GatePolicy, Strategy
 from fleet_server.services.rollouts.state import (
     DRIVEN_STATES,
     RolloutAction,
@@ -196,7 +191,7 @@ class RolloutEngine:
             # stage's next evaluation gives them the shadow too (and judges their reports).
             if shadow_evaluation_due(rollout, now, strategy):
                 known = len(members)
-                self._join_late(session, rollout, members, now)
+                join_late(session, rollout, members, now)
                 if len(members) > known:
                     devices = devices_by_id(session, [m.device_id for m in members])
             advance_shadow(session, rollout, members, devices, now, strategy, outbox, self.abort)
@@ -209,7 +204,7 @@ class RolloutEngine:
                 member.detail = f"pinned to {device.pinned_name}@{device.pinned_version}"
                 session.add(member)
         if evaluation_due(rollout, now, False, strategy):  # scanning every device costs
-            self._join_late(session, rollout, members, now)
+            join_late(session, rollout, members, now)
         resync_desired(rollout, members, devices, now, outbox)
 
         eligible = sorted((m for m in members if m.status != "skipped"), key=lambda m: m.position)
@@ -343,52 +338,6 @@ class RolloutEngine:
         transition(session, rollout, RolloutAction.STAGE_STARTED, reason=name, at=now, actor=actor)
 
     # -- devices ---------------------------------------------------------------------------------
-
-    def _join_late(
-        self, session: Session, rollout: Rollout, members: list[RolloutDevice], now: datetime
-    ) -> None:
-        """Devices that match the selector but are not in the rollout yet (enrolled since)."""
-        selector = Selector.model_validate(rollout.selector)
-        known = {m.device_id for m in members}
-        busy = busy_devices(session, exclude=rollout.id)
-        joined = []
-        position = max((m.position for m in members), default=-1)
-        model = session.get(ModelVersionRow, (rollout.model_name, rollout.model_version))
-        # Three columns of every device, not every Device object: this scan runs at each
-        # evaluation, and building 10,000 ORM rows was 40 % of a 10,000-device step.
-        in_fleet = (
-            select(Device.device_id, Device.tags, Device.device_class)
-            .where(col(Device.decommissioned_at).is_(None))
-            .order_by(col(Device.created_at))
-        )
-        candidates = []
-        for device_id, tags, device_class in session.connection().execute(in_fleet):
-            if device_id in known or device_id in busy:
-                continue
-            if not selector.matches(device_id=device_id, tags=tags, device_class=device_class):
-                continue
-            if model is not None and not can_run(device_class=device_class, fmt=model.format):
-                continue  # never sent an artifact its class cannot run (compat)
-            candidates.append(device_id)
-        facts = devices_by_id(session, candidates)
-        for device_id in candidates:
-            device = facts[device_id]
-            position += 1
-            member = new_member(
-                rollout, device, position, joined_late=True, model=target_of(rollout)
-            )
-            session.add(member)
-            members.append(member)
-            joined.append(device.device_id)
-        if joined:
-            transition(
-                session,
-                rollout,
-                RolloutAction.DEVICES_JOINED,
-                reason=f"{len(joined)} device(s) matched the selector after the start",
-                at=now,
-                evidence={"devices": joined[:100], "count": len(joined)},
-            )
 
     # -- abort -------------------------------------------------------------------------------------
     def abort(

@@ -9,12 +9,14 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from fleet_server.models import Device
+from fleet_server.models import ModelVersion as ModelVersionRow
 from fleet_server.models.rollouts import Rollout, RolloutDevice
 from fleet_server.models.telemetry import EventRow
+from fleet_server.services.compat import can_run
 from fleet_server.services.desired import Keep
 from fleet_server.services.devices import DeviceFacts, device_facts, is_pinned
-from fleet_server.services.rollouts.spec import Strategy
-from fleet_server.services.rollouts.state import ACTIVE_STATES
+from fleet_server.services.rollouts.spec import Selector, Strategy
+from fleet_server.services.rollouts.state import ACTIVE_STATES, RolloutAction, transition
 
 
 def new_member(
@@ -223,3 +225,48 @@ def resync_desired(
             stale.append(device)
     # Stamped at the write (desired.stamp_resent): retried at most every RESYNC_AFTER_S.
     outbox.republish.update(device.device_id for device in stale)
+
+
+def join_late(
+    session: Session, rollout: Rollout, members: list[RolloutDevice], now: datetime
+) -> None:
+    """Devices that match the selector but are not in the rollout yet (enrolled since)."""
+    selector = Selector.model_validate(rollout.selector)
+    known = {m.device_id for m in members}
+    busy = busy_devices(session, exclude=rollout.id)
+    joined = []
+    position = max((m.position for m in members), default=-1)
+    model = session.get(ModelVersionRow, (rollout.model_name, rollout.model_version))
+    # Three columns of every device, not every Device object: this scan runs at each
+    # evaluation, and building 10,000 ORM rows was 40 % of a 10,000-device step.
+    in_fleet = (
+        select(Device.device_id, Device.tags, Device.device_class)
+        .where(col(Device.decommissioned_at).is_(None))
+        .order_by(col(Device.created_at))
+    )
+    candidates = []
+    for device_id, tags, device_class in session.connection().execute(in_fleet):
+        if device_id in known or device_id in busy:
+            continue
+        if not selector.matches(device_id=device_id, tags=tags, device_class=device_class):
+            continue
+        if model is not None and not can_run(device_class=device_class, fmt=model.format):
+            continue  # never sent an artifact its class cannot run (compat)
+        candidates.append(device_id)
+    facts = devices_by_id(session, candidates)
+    for device_id in candidates:
+        device = facts[device_id]
+        position += 1
+        member = new_member(rollout, device, position, joined_late=True, model=target_of(rollout))
+        session.add(member)
+        members.append(member)
+        joined.append(device.device_id)
+    if joined:
+        transition(
+            session,
+            rollout,
+            RolloutAction.DEVICES_JOINED,
+            reason=f"{len(joined)} device(s) matched the selector after the start",
+            at=now,
+            evidence={"devices": joined[:100], "count": len(joined)},
+        )
