@@ -176,6 +176,32 @@ def test_too_little_latency_evidence_waits_and_says_what_it_needs() -> None:
     assert result.status == "wait" and "needs 3" in result.detail and "has 1" in result.detail
 
 
+def test_a_missing_baseline_of_a_replaced_version_waits_instead_of_passing() -> None:
+    # A canary judged before its old-version telemetry is ingested (a busy server): with the
+    # old version known to have run, "nothing to compare with" is not a pass (a 3x slower
+    # version once passed the canary that way); with no old version at all, the gate is skipped.
+    new = Cohort()
+    for i in range(6):
+        new.add(Row("d", 30.0 + i, [0, 0, 5, 5]), "rpi4")
+    thin = _evidence(new, Cohort(), "none")
+    latency = LatencyRatio(LatencyGate(min_samples=2))
+    confidence = ConfidenceShift(ConfidenceGate(min_samples=5))
+    assert latency.evaluate(thin, alpha=ALPHA).status == "skipped"
+    assert confidence.evaluate(thin, alpha=ALPHA).status == "skipped"
+    thin.replaced = True
+    waiting = latency.evaluate(thin, alpha=ALPHA)
+    assert waiting.status == "wait" and "replaced version" in waiting.detail, waiting
+    assert confidence.evaluate(thin, alpha=ALPHA).status == "wait"
+    # Another device class's baseline is no baseline for this one either.
+    other = Cohort()
+    for i in range(6):
+        other.add(Row("c", 10.0 + i), "rpi5")
+    assert latency.evaluate(_evidence(new, other, "control"), alpha=ALPHA).status == "skipped"
+    mismatched = _evidence(new, other, "control")
+    mismatched.replaced = True
+    assert latency.evaluate(mismatched, alpha=ALPHA).status == "wait"
+
+
 def test_hostile_latencies_are_ignored_not_raised() -> None:
     new, old = Cohort(), Cohort()
     for value in (0.0, -5.0, float("nan"), float("inf"), 10.0, 10.5, 11.0):

@@ -155,6 +155,10 @@ class ConfidenceShift(GateBase):
                 c.min_samples,
                 c.max_distance,
             )
+        if evidence.replaced and not sum(old):  # the old version ran: its histogram is on its way
+            return self._needs(
+                "inferences of the replaced version (none yet)", 0, c.min_samples, c.max_distance
+            )
         if not old or len(old) != len(new) or not sum(old):
             detail = "no comparable old-version histogram"
             return self._result("skipped", None, c.max_distance, samples, c.min_samples, detail)

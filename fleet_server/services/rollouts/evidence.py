@@ -140,6 +140,10 @@ class Evidence:
     #: of that comparison because they have no history in the window.
     paired: int = 0
     unpaired: int = 0
+    #: Whether updated devices ran another version of the model before: an old-version
+    #: baseline is then expected, and a gate without one waits for it (a canary judged before
+    #: the ingest of its baseline must not pass a regression as "nothing to compare with").
+    replaced: bool = False
     #: Shadow reports of the candidate beside the version it replaces (same inputs).
     shadow: ShadowPairs = field(default_factory=ShadowPairs, init=False)
 
@@ -154,6 +158,7 @@ class Evidence:
             "baseline": self.baseline,
             "paired": self.paired,
             "unpaired": self.unpaired,
+            "replaced": self.replaced,
             "new": self.new.summary(),
             "old": self.old.summary(),
             "shadow": self.shadow.summary(),
@@ -328,6 +333,16 @@ def assemble(
         baseline=baseline,
         paired=len(paired) if baseline == "pre-update" else 0,
         unpaired=len(set(new_rows) - set(paired)) if baseline == "pre-update" else 0,
+        replaced=any(_replaced(m, target) for m in members if m.device_id in assigned_at),
+    )
+
+
+def _replaced(member: RolloutDevice, target: tuple[str, str]) -> bool:
+    """Whether ``member`` ran another version of the target's model before the rollout."""
+    return (
+        member.previous_name == target[0]
+        and member.previous_version is not None
+        and member.previous_version != target[1]
     )
 
 

@@ -112,20 +112,26 @@ class LatencyRatio(GateBase):
             return shadow
         kind = evidence.baseline
         if not evidence.old.p95_by_class:
-            if evidence.new.intervals >= c.min_samples:
-                detail = "no old-version latency to compare with" + _thin(evidence)
-                return self._result(
-                    "skipped", None, threshold, 0, c.min_samples, detail, evidence=kind
+            if evidence.new.intervals < c.min_samples:
+                return self._needs(
+                    "intervals on the new version",
+                    evidence.new.intervals,
+                    c.min_samples,
+                    threshold,
+                    evidence=kind,
                 )
-            return self._needs(
-                "intervals on the new version",
-                evidence.new.intervals,
-                c.min_samples,
-                threshold,
-                evidence=kind,
-            )
+            if evidence.replaced:  # the old version ran: its latency is on its way
+                return self._needs(
+                    "intervals of the replaced version (none yet)",
+                    0,
+                    c.min_samples,
+                    threshold,
+                    evidence=kind,
+                )
+            detail = "no old-version latency to compare with" + _thin(evidence)
+            return self._result("skipped", None, threshold, 0, c.min_samples, detail, evidence=kind)
         classes = sorted(set(evidence.new.p95_by_class) & set(evidence.old.p95_by_class))
-        if not classes and evidence.new.intervals >= c.min_samples:
+        if not classes and evidence.new.intervals >= c.min_samples and not evidence.replaced:
             detail = "no old-version latency of the same device classes to compare with"
             return self._result(
                 "skipped",
