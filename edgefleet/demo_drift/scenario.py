@@ -3,10 +3,11 @@
 A fleet server (subprocess, SQLite, embedded broker) and real agent processes serve a digits
 classifier (1.0.0). Part way through, every camera drifts (lower contrast and noise,
 :mod:`.drift`); the input drift detectors see it; the agents capture samples; a **demo
-labeller — standing in for a person —** labels them from the dataset's true labels; the server's
-retraining pipeline snapshots them, runs the demo trainer (:mod:`.trainer`) on them plus the base
-digits, converts, compares with 1.0.0 on held-out drifted samples, pushes with lineage and rolls
-the candidate out (shadow, canary, then everyone); the candidate is promoted. Then the negative
+labeller — standing in for a person —** answers the drift alert by labelling them from the
+dataset's true labels; the server's retraining pipeline snapshots them, runs the demo trainer
+(:mod:`.trainer`) on them plus the base digits, converts, compares with 1.0.0 on held-out drifted
+samples, pushes with lineage and rolls the candidate out (shadow, canary, then everyone); the
+candidate is promoted. Then the negative
 cases (:mod:`.negative`): a training command broken to produce a worse model is stopped by the
 rollout's shadow stage (the fleet stays on the promoted version), and one that crashes fails its
 run with its log and an alert. Printed: a timeline of each step with its numbers, and old vs new
@@ -370,6 +371,8 @@ def _scenario(
                 tl.add(
                     "input drift detected", detectors=sorted({a["detector"] for a in alerts})[:4]
                 )
+        if "detected" not in marks:
+            continue  # the person who labels answers the drift alert: nothing to do before it
         try:
             labelled += _label_new(client, work, sources, seen)
         except FleetUnreachableError:
