@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.contract import DesiredState
+from edgefleet.contract import Channel, DesiredState, topic
 from edgefleet.mqtt import BrokerAddress
 from hil.device import Behaviour, DeviceLogic, SimDevice
 
@@ -48,7 +48,11 @@ class FleetSimulator:
         behaviour: Behaviour | None = None,
         telemetry_interval_s: float = 5.0,
         download_workers: int = 8,
+        clear_retained: bool = True,
     ) -> None:
+        """``clear_retained``: on stop, the devices empty their retained topics (a shared broker
+        is not left holding three retained messages per simulated device)."""
+        self.clear_retained = clear_retained
         self.broker = BrokerAddress.from_url(broker_url)
         self.server_url = server_url
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -95,7 +99,12 @@ class FleetSimulator:
 
         def disconnect() -> None:
             for device in self.devices:
+                if self.clear_retained and device.client.is_connected():
+                    for channel in (Channel.STATUS, Channel.STATE, Channel.DESIRED):
+                        device.client.publish(topic(device.device_id, channel), b"", 0, True)
                 device.client.disconnect()
+                with contextlib.suppress(OSError):
+                    device.client.loop_write()  # flush now: the network thread stops next
             done.set()
 
         if self._thread is not None and self._thread.is_alive():

@@ -4,7 +4,9 @@ real server, the external Mosquitto and PostgreSQL."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,12 +79,15 @@ def test_two_hundred_light_devices_take_a_staged_rollout(tmp_path: Path) -> None
                 }
             )
             rid = int(rollout["id"])
-            wait_until(
-                lambda: client.get_rollout(rid)["state"] in {"completed", "aborted", "failed"},
-                90,
-                "the rollout to finish",
-                every=0.3,
-            )
+            try:
+                wait_until(
+                    lambda: client.get_rollout(rid)["state"] in {"completed", "aborted", "failed"},
+                    90,
+                    "the rollout to finish",
+                    every=0.3,
+                )
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{_where(client, rid, swarm)}") from None
             report = client.rollout_report(rid)
             assert report["rollout"]["state"] == "completed", report["decisions"][-3:]
             stats = swarm.stats()
@@ -100,6 +105,24 @@ def test_two_hundred_light_devices_take_a_staged_rollout(tmp_path: Path) -> None
         # The devices emptied their retained topics on the way out: a shared broker is not left
         # holding three retained messages per simulated device.
         assert _retained(mqtt_url, [f"edgefleet/v1/{d}/+" for d, _t in devices[:20]]) == []
+
+
+def _where(client: Any, rid: int, swarm: Swarm) -> str:
+    """Where a stuck rollout is: its stage, last gates, member statuses and the devices' view."""
+    row = client.get_rollout(rid)
+    report = client.rollout_report(rid)
+    statuses = Counter(str(d["status"]) for d in report["devices"])
+    gates = [
+        (g.get("name"), g.get("status"), str(g.get("detail"))[:160])
+        for g in ((row.get("last_evaluation") or {}).get("gates") or [])
+    ]
+    stats = swarm.stats()
+    return (
+        f"state {row['state']} stage {row['stage']} reason {row.get('reason')!r}; "
+        f"members {dict(statuses)}; gates {gates}; decisions {report['decisions'][-3:]}; "
+        f"swarm running {stats.running} connected {stats.connected} "
+        f"committed {stats.updates_committed} failed {stats.updates_failed}"
+    )
 
 
 def _retained(url: str, filters: list[str]) -> list[str]:
