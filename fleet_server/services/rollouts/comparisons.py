@@ -155,7 +155,7 @@ class ConfidenceShift(GateBase):
                 c.min_samples,
                 c.max_distance,
             )
-        if evidence.replaced and not sum(old):  # the old version ran: its histogram is on its way
+        if evidence.awaits_baseline(self.name) and not sum(old):  # the old version ran
             return self._needs(
                 "inferences of the replaced version (none yet)", 0, c.min_samples, c.max_distance
             )

@@ -38,6 +38,7 @@ from fleet_server.services.rollouts.evaluation import (
     evaluation_due,
     evaluation_record,
     fmt_result,
+    judged_gates,
     shadow_evaluation_due,
 )
 from fleet_server.services.rollouts.evidence import counts_only, gather, offline_devices
@@ -250,6 +251,8 @@ class RolloutEngine:
                 # stage's, or an operator's shadow): same-input evidence the gates prefer.
                 shadow_since=rollout.created_at - timedelta(seconds=policy.baseline_window_s),
             )
+            if evidence.replaced and rollout.stage > 0:
+                evidence.judged = judged_gates(session, int(rollout.id or 0))
             results = evaluate_all(policy, evidence, soaked=soaked)
             evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())
             rollout.last_evaluation = evaluation

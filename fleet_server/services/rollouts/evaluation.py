@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet_server.models.rollouts import Rollout
+from sqlmodel import Session, select
+
+from fleet_server.models.rollouts import Rollout, RolloutDecision
 from fleet_server.services.rollouts.gates import GateResult
 from fleet_server.services.rollouts.spec import Strategy
+from fleet_server.services.rollouts.state import RolloutAction
 
 #: Telemetry gates are evaluated (and the fleet scanned for late joiners) at most this often,
 #: plus when a stage's last device finishes and when its soak ends: reading every device's
@@ -76,3 +79,26 @@ def evaluation_record(
         "gates": [r.as_dict() for r in results],
         "evidence": evidence,
     }
+
+
+def judged_gates(session: Session, rollout_id: int) -> frozenset[str]:
+    """Gates that passed an earlier stage of the rollout on an old-version baseline (read from
+    the recorded ``stage_passed`` decisions): later stages may skip them for want of one."""
+    rows = session.exec(
+        select(RolloutDecision.evidence).where(
+            RolloutDecision.rollout_id == rollout_id,
+            RolloutDecision.action == RolloutAction.STAGE_PASSED,
+        )
+    ).all()
+    return frozenset(
+        str(g["name"])
+        for evidence in rows
+        for g in (evidence or {}).get("gates") or []
+        if isinstance(g, dict)
+        and g.get("status") == "pass"
+        and g.get("evidence") not in NO_BASELINE
+    )
+
+
+#: Gate evidence kinds that are not a comparison with the old version.
+NO_BASELINE = (None, "", "none", "counts")

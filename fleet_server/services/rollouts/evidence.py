@@ -142,10 +142,17 @@ class Evidence:
     unpaired: int = 0
     #: Whether updated devices ran another version of the model before: an old-version
     #: baseline is then expected, and a gate without one waits for it (a canary judged before
-    #: the ingest of its baseline must not pass a regression as "nothing to compare with").
-    replaced: bool = False
+    #: the ingest of its baseline must not pass a regression as "nothing to compare with") —
+    #: unless an earlier stage of the rollout already passed that gate on a baseline
+    #: (``judged``; the last stage has no control group, and late joiners no history).
+    replaced: bool = field(default=False, init=False)
+    judged: frozenset[str] = field(default=frozenset(), init=False)
     #: Shadow reports of the candidate beside the version it replaces (same inputs).
     shadow: ShadowPairs = field(default_factory=ShadowPairs, init=False)
+
+    def awaits_baseline(self, gate: str) -> bool:
+        """Whether ``gate``, finding no old-version figures, must wait for them (not skip)."""
+        return self.replaced and gate not in self.judged
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -326,15 +333,16 @@ def assemble(
         for device_id, rows in new_rows.items():
             for row in rows:
                 new.add(row, classes.get(device_id))
-    return Evidence(
+    evidence = Evidence(
         **_counts(members, stage_ids, offline),
         new=new,
         old=old,
         baseline=baseline,
         paired=len(paired) if baseline == "pre-update" else 0,
         unpaired=len(set(new_rows) - set(paired)) if baseline == "pre-update" else 0,
-        replaced=any(_replaced(m, target) for m in members if m.device_id in assigned_at),
     )
+    evidence.replaced = any(_replaced(m, target) for m in members if m.device_id in assigned_at)
+    return evidence
 
 
 def _replaced(member: RolloutDevice, target: tuple[str, str]) -> bool:

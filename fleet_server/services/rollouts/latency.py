@@ -120,7 +120,7 @@ class LatencyRatio(GateBase):
                     threshold,
                     evidence=kind,
                 )
-            if evidence.replaced:  # the old version ran: its latency is on its way
+            if evidence.awaits_baseline(self.name):  # the old version ran: its figures come
                 return self._needs(
                     "intervals of the replaced version (none yet)",
                     0,
@@ -131,7 +131,11 @@ class LatencyRatio(GateBase):
             detail = "no old-version latency to compare with" + _thin(evidence)
             return self._result("skipped", None, threshold, 0, c.min_samples, detail, evidence=kind)
         classes = sorted(set(evidence.new.p95_by_class) & set(evidence.old.p95_by_class))
-        if not classes and evidence.new.intervals >= c.min_samples and not evidence.replaced:
+        if (
+            not classes
+            and evidence.new.intervals >= c.min_samples
+            and not evidence.awaits_baseline(self.name)
+        ):
             detail = "no old-version latency of the same device classes to compare with"
             return self._result(
                 "skipped",
