@@ -198,6 +198,12 @@ class MqttTransport:
                 # How many QoS 1 messages the broker may send before our PUBACKs: with manual
                 # acks this is the window between receiving and storing.
                 self._connect_properties.ReceiveMaximum = max(1, min(receive_maximum, 65535))
+        #: The Receive Maximum asked for in CONNECT (None: the broker's own window).
+        self.receive_maximum: int | None = (
+            self._connect_properties.ReceiveMaximum
+            if self._connect_properties is not None and receive_maximum is not None
+            else None
+        )
         self._clean_start = session_expiry_s is None
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)

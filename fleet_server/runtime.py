@@ -289,9 +289,11 @@ class Runtime:
         }
         external = self.broker is None
         expiry = settings.mqtt_session_expiry_s if external else 0
-        # MQTT v5 only for what needs it (a session that expires): a clean session stays on
-        # 3.1.1, which every broker speaks (amqtt does not speak 5).
-        v5 = expiry > 0 and settings.broker_mqtt_version == "5"
+        # MQTT v5 to an external broker unless told otherwise (amqtt does not speak 5), kept
+        # session or clean: on 3.1.1 Mosquitto sends a client 20 messages in flight and queues
+        # 1,000 more, then drops (seen: a burst of 200 devices' telemetry while the server
+        # process was busy); on 5 the window is our Receive Maximum (ingest_queue_size).
+        v5 = external and settings.broker_mqtt_version == "5"
         return FleetBus(
             broker_url=broker_url,
             username=self.mqtt_credential.username,

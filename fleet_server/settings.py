@@ -173,10 +173,12 @@ class ServerSettings(BaseSettings):
     )
     broker_mqtt_version: Literal["3.1.1", "5"] = Field(
         default="5",
-        description="MQTT version for a kept session on an external broker (a clean session, "
-        "and the embedded broker, use 3.1.1). With 5 the session expires after "
-        "mqtt_session_expiry_s; with 3.1.1 (brokers without MQTT 5, e.g. amqtt) the broker's "
-        "own policy decides (Mosquitto: persistent_client_expiration).",
+        description="MQTT version spoken to an external broker (the embedded broker uses "
+        "3.1.1). With 5 a kept session expires after mqtt_session_expiry_s, and the broker may "
+        "send up to ingest_queue_size unacknowledged messages (Receive Maximum); with 3.1.1 "
+        "(brokers without MQTT 5, e.g. amqtt) the broker's own policy decides both (Mosquitto: "
+        "persistent_client_expiration; 20 in flight and max_queued_messages 1,000 queued, then "
+        "it drops messages for a busy server).",
     )
     mqtt_session_expiry_s: int = Field(
         default=86_400,

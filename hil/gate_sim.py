@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from fleet_server.models.rollouts import RolloutDevice
 from fleet_server.services.quality.service import LabelCounts
+from fleet_server.services.rollouts.evaluation import passed_on_a_baseline
 from fleet_server.services.rollouts.evidence import assemble
 from fleet_server.services.rollouts.gates import GateResult, evaluate_all
 from fleet_server.services.rollouts.spec import GatePolicy, Strategy
@@ -158,6 +159,8 @@ class Simulation:
         #: Labelled samples (labelled, correct) per version and capturing device.
         self.labels: dict[tuple[str, str], dict[str, list[int]]] = {OLD: {}, NEW: {}}
         self.tick = 0
+        #: Gates an earlier stage passed on a baseline (as the engine reads them back).
+        self.judged: set[str] = set()
 
     def _now(self) -> datetime:
         return T0 + timedelta(seconds=self.tick * self.interval_s)
@@ -251,6 +254,7 @@ class Simulation:
                 sum(c.labelled for c in cohort.labels_by_device.values()),
                 sum(c.correct for c in cohort.labels_by_device.values()),
             )
+        evidence.judged = frozenset(self.judged)
         return evaluate_all(self.policy, evidence, soaked=soaked)
 
     def run(self) -> Outcome:
@@ -293,6 +297,7 @@ class Simulation:
                     )
                     return Outcome("aborted", self.tick - start, stage, failed, reason)
                 if soaked and not any(r.status == "wait" for r in results):
+                    self.judged |= passed_on_a_baseline(r.as_dict() for r in results)
                     break
                 if self.tick - stage_start > max_stage_ticks:
                     waiting = ", ".join(r.name for r in results if r.status == "wait")

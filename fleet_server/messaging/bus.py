@@ -88,7 +88,9 @@ class FleetBus:
             session_expiry_s=session_expiry_s,
             on_subscribed=on_subscribed,
             manual_ack=self.acks_after_commit,
-            receive_maximum=receive_maximum if self.acks_after_commit else None,
+            # On v5 the broker may send this many unacknowledged messages (its queue for a
+            # slow subscriber is small and drops beyond: Mosquitto's max_queued_messages).
+            receive_maximum=receive_maximum if speaks_v5 else None,
         )
         for channel in channels:
             topic_filter = ingest_filter(channel, shared_group)
@@ -100,6 +102,11 @@ class FleetBus:
     @property
     def connected(self) -> bool:
         return self._transport.connected
+
+    @property
+    def receive_maximum(self) -> int | None:
+        """The receive window asked of the broker (MQTT v5), or None (the broker's)."""
+        return self._transport.receive_maximum
 
     @property
     def protocol(self) -> int:

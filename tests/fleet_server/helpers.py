@@ -33,7 +33,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Server
         "operator_token": OPERATOR_TOKEN,
         "embedded_broker_port": free_port(),
         "mqtt_client_id": f"edgefleet.server-test-{secrets.token_hex(4)}",
-        # A random client id is never resumed: no kept session (MQTT 3.1.1, clean) unless a
+        # A random client id is never resumed: no kept session (a clean start) unless a
         # test asks for one, so none is left behind on a shared broker.
         "mqtt_session_expiry_s": 0,
         "public_url": "http://fleet.test:8080",

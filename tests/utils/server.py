@@ -51,7 +51,7 @@ def live_server(
         "port": port,
         "embedded_broker_port": free_port(),
         "mqtt_client_id": f"edgefleet.server-live-{secrets.token_hex(4)}",
-        # A random client id is never resumed: no kept session (MQTT 3.1.1, clean) unless a
+        # A random client id is never resumed: no kept session (a clean start) unless a
         # test asks for one, so none is left behind on a shared broker.
         "mqtt_session_expiry_s": 0,
         "ingest_batch_interval_s": 0.05,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -81,6 +81,18 @@ def evaluation_record(
     }
 
 
+def passed_on_a_baseline(gates: Iterable[Any]) -> set[str]:
+    """Names of the gates (recorded ``GateResult.as_dict()``s) that passed on a comparison
+    with the old version; one rule for the engine and the simulation (``hil/gate_sim.py``)."""
+    return {
+        str(g["name"])
+        for g in gates
+        if isinstance(g, dict)
+        and g.get("status") == "pass"
+        and g.get("evidence") not in NO_BASELINE
+    }
+
+
 def judged_gates(session: Session, rollout_id: int) -> frozenset[str]:
     """Gates that passed an earlier stage of the rollout on an old-version baseline (read from
     the recorded ``stage_passed`` decisions): later stages may skip them for want of one."""
@@ -91,12 +103,9 @@ def judged_gates(session: Session, rollout_id: int) -> frozenset[str]:
         )
     ).all()
     return frozenset(
-        str(g["name"])
+        name
         for evidence in rows
-        for g in (evidence or {}).get("gates") or []
-        if isinstance(g, dict)
-        and g.get("status") == "pass"
-        and g.get("evidence") not in NO_BASELINE
+        for name in passed_on_a_baseline((evidence or {}).get("gates") or [])
     )
 
 
