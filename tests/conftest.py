@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests.utils.brokers import AMQTT_URLS
 from tests.utils.net import free_port, wait_for_port
 from tests.utils.xdist import make_scheduler, once_per_run
 
@@ -45,9 +46,11 @@ def mqtt_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
     broker = EmbeddedBroker(host="127.0.0.1", port=free_port())
     broker.start(timeout=10.0)
+    AMQTT_URLS.add(broker.url)
     try:
         yield broker.url
     finally:
+        AMQTT_URLS.discard(broker.url)
         broker.stop()
 
 

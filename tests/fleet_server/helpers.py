@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from fleet_server.app import create_app
 from fleet_server.runtime import Runtime
 from fleet_server.settings import ServerSettings
+from tests.utils.brokers import mqtt_version_for
 from tests.utils.net import free_port
 
 OPERATOR_TOKEN = "operator-token-for-tests-0123456789"  # noqa: S105 - test-only token
@@ -39,6 +40,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Server
         "public_url": "http://fleet.test:8080",
         "ingest_batch_interval_s": 0.05,
     }
+    values.update(mqtt_version_for(overrides.get("broker_url")))
     values.update(overrides)
     return ServerSettings(**values)
 

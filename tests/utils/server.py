@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.utils.brokers import mqtt_version_for
 from tests.utils.net import free_port
 
 OPERATOR_TOKEN = "operator-token-for-live-tests-0123456789"  # noqa: S105 - test-only token
@@ -60,6 +61,7 @@ def live_server(
         values["database_url"] = database_url
     if broker_url is not None:
         values["broker_url"] = broker_url
+        values.update(mqtt_version_for(broker_url))
     values.update(settings)
     app = create_app(ServerSettings(**values))
     server = uvicorn.Server(
