@@ -49,8 +49,9 @@ def emulated(arch: str) -> bool:
 
 
 def run_options(arch: str) -> list[str]:
-    """What ``podman run`` needs for an ``arch`` container on this host (nothing when native)."""
-    return list(EMULATED_RUN_OPTIONS) if emulated(arch) else []
+    """What ``podman run`` needs for an ``arch`` container on this host (nothing when native);
+    ``--arch`` too, or podman warns that the image's platform is not the host's."""
+    return ["--arch", arch, *EMULATED_RUN_OPTIONS] if emulated(arch) else []
 
 
 def emulation_problem(arch: str) -> str | None:
