@@ -4,6 +4,7 @@
 #   make test   — set up .venv and run the whole test suite (ruff and mypy included); in
 #                 PYTEST_WORKERS parallel processes when set (pytest-xdist; default 0: serially)
 #   make images — the server and agent container images with podman (docs/containers.md)
+#   make images-arm64 — the same for arm64 (under qemu-user-static on an x86 host)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,7 +22,7 @@ endif
 # The images' base; where no registry answers, a local debootstrap base is used instead.
 IMAGE_BASE ?= docker.io/library/python:3.11-slim
 
-.PHONY: demo demo-drift test lint bench images clean
+.PHONY: demo demo-drift test lint bench images images-arm64 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,9 @@ bench: $(STAMP)
 
 images: $(STAMP)
 	$(BIN)/python -m containers.build --base $(IMAGE_BASE)
+
+images-arm64: $(STAMP)
+	$(BIN)/python -m containers.build --arch arm64 --base $(IMAGE_BASE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +29,10 @@ from containers.base import (
     BaseSpec,
     cache_dir,
     ensure_base,
+    image_arch,
     image_exists,
 )
+from containers.emulation import emulation_problem, host_arch
 from edgefleet import wheel
 from edgefleet.wheel import ROOT
 
@@ -60,16 +62,18 @@ class ImageBuildError(RuntimeError):
     """A build step failed; the message names the step."""
 
 
+#: The label holding an image's input key (:func:`image_inputs`).
+INPUTS_LABEL = "io.edgefleet.inputs"
+
+
 @dataclass(frozen=True)
 class Built:
     image: str
     tag: str
     seconds: float
     size_bytes: int
-
-
-def host_arch() -> str:
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    #: True when an image with the same input key was already there and nothing was built.
+    cached: bool = False
 
 
 def build_wheel(out: Path) -> Path:
@@ -129,7 +133,9 @@ def resolve_base(base: str, arch: str) -> str:
     """``base`` when present or pullable, else the local debootstrap base (built if missing)."""
     if base == "local":
         return ensure_base(BaseSpec(arch=arch))[0]
-    if image_exists(base):
+    # Of the right architecture: a python:3.11-slim pulled for the host must not become the
+    # base of an arm64 image (podman would run its x86 binaries under the arm64 tag).
+    if image_exists(base) and image_arch(base) == arch:
         return base
     pulled = subprocess.run(  # noqa: S603
         ["podman", "pull", "--quiet", "--platform", ARCHES[arch][0], base],  # noqa: S607
@@ -145,22 +151,61 @@ def resolve_base(base: str, arch: str) -> str:
     return tag
 
 
-def podman_build(name: str, *, context: Path, base: str, arch: str, tag: str) -> Built:
-    started = time.monotonic()
-    run_step(
-        ["podman", "build", "--network", "host", "--platform", ARCHES[arch][0]]
-        + ["--build-arg", f"BASE={base}", "-f", str(HERE / IMAGES[name][0]), "-t", tag]
-        + [str(context)],
-        step=f"podman build {tag}",
-    )
-    seconds = time.monotonic() - started
-    size = subprocess.run(
-        ["podman", "image", "inspect", "--format", "{{.Size}}", tag],  # noqa: S607
+def image_inputs(name: str, *, context: Path, base_id: str, arch: str) -> str:
+    """The key of everything an image is made of: its Containerfile and entrypoint, the base
+    image's id, the platform, the dependency wheels' names (name and version) and the content of
+    the edgefleet wheel (its RECORD: a sha256 per file, so a rebuilt but unchanged wheel has the
+    same key).
+
+    Why: a cross-architecture image is built under qemu, where even the last layer (installing
+    the edgefleet wheel) takes minutes; an image whose inputs have not changed is kept as it is.
+    """
+    wheels = sorted(path.name for path in (context / "wheels").glob("*.whl"))
+    (own,) = sorted((context / "dist").glob("edgefleet-*.whl"))
+    with zipfile.ZipFile(own) as archive:
+        record = next(n for n in archive.namelist() if n.endswith(".dist-info/RECORD"))
+        contents = archive.read(record).decode()
+    material = {
+        "containerfile": (HERE / IMAGES[name][0]).read_text(),
+        "entrypoint": (HERE / "agent-entrypoint.sh").read_text(),
+        "base": base_id,
+        "platform": ARCHES[arch][0],
+        "wheels": wheels,
+        "edgefleet": sorted(contents.splitlines()),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _inspect(tag: str, template: str) -> str | None:
+    done = subprocess.run(  # noqa: S603
+        ["podman", "image", "inspect", "--format", template, tag],  # noqa: S607
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout.strip()
-    return Built(image=name, tag=tag, seconds=seconds, size_bytes=int(size))
+        check=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def podman_build(name: str, *, context: Path, base: str, arch: str, tag: str) -> Built:
+    """Build ``tag`` unless an image under that tag already carries the same input key."""
+    started = time.monotonic()
+    base_id = _inspect(base, "{{.Id}}")
+    if base_id is None:
+        raise ImageBuildError(f"the base image {base} is not in podman's storage")
+    key = image_inputs(name, context=context, base_id=base_id, arch=arch)
+    cached = _inspect(tag, f'{{{{index .Labels "{INPUTS_LABEL}"}}}}') == key
+    if not cached:
+        run_step(
+            ["podman", "build", "--network", "host", "--platform", ARCHES[arch][0]]
+            + ["--build-arg", f"BASE={base}", "--label", f"{INPUTS_LABEL}={key}"]
+            + ["-f", str(HERE / IMAGES[name][0]), "-t", tag, str(context)],
+            step=f"podman build {tag}",
+        )
+    seconds = time.monotonic() - started
+    size = _inspect(tag, "{{.Size}}")
+    if size is None:
+        raise ImageBuildError(f"podman build {tag} left no image")
+    return Built(image=name, tag=tag, seconds=seconds, size_bytes=int(size), cached=cached)
 
 
 def build_images(
@@ -168,6 +213,9 @@ def build_images(
 ) -> list[Built]:
     if shutil.which("podman") is None:
         raise ImageBuildError("podman is not installed: apt-get install -y podman runc")
+    problem = emulation_problem(arch)
+    if problem is not None:
+        raise ImageBuildError(problem)
     work.mkdir(parents=True, exist_ok=True)
     resolved = resolve_base(base, arch)
     wheel = build_wheel(work)
@@ -217,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"images: {err}", file=sys.stderr)
         return 1
     for item in built:
-        print(f"images: {item.tag} {item.size_bytes / 1e6:.0f} MB built in {item.seconds:.0f} s")
+        how = "unchanged (same inputs), checked" if item.cached else "built"
+        print(f"images: {item.tag} {item.size_bytes / 1e6:.0f} MB {how} in {item.seconds:.0f} s")
     return 0
 
 

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from containers.base import BaseImageError, BaseSpec, cache_dir, ensure_base
-from containers.build import ARCHES, ImageBuildError, host_arch, platform_tags, run_step
+from containers.build import ARCHES, ImageBuildError, platform_tags, run_step
+from containers.emulation import host_arch
 
 HERE = Path(__file__).resolve().parent
 COMPOSE_FILE = HERE / "compose.yaml"

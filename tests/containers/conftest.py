@@ -56,8 +56,30 @@ def images() -> Images:
     return Images(tags["server"], tags["agent"], time.monotonic() - started)
 
 
+@pytest.fixture(scope="session")
+def arm64_images() -> Images:
+    """Both images for arm64 (tag ``:arm64``), built under qemu-user-static the first time and
+    kept while their inputs are unchanged (``containers.build.image_inputs``)."""
+    podman_ready()
+    from containers.build import build_images
+    from containers.emulation import emulation_problem
+
+    problem = emulation_problem("arm64")
+    if problem is not None:
+        missing(problem)
+    started = time.monotonic()
+    built = build_images(
+        names=["server", "agent"],
+        arch="arm64",
+        base="docker.io/library/python:3.11-slim",
+        work=cache_dir() / "build",
+    )
+    tags = {item.image: item.tag for item in built}
+    return Images(tags["server"], tags["agent"], time.monotonic() - started)
+
+
 def _host_arch() -> str:
-    from containers.build import host_arch
+    from containers.emulation import host_arch
 
     return host_arch()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,39 @@ def test_wheel_platforms_reach_every_manylinux_the_base_runs() -> None:
     assert {"manylinux_2_27_x86_64", "manylinux_2_34_x86_64", "manylinux2014_x86_64"} <= set(tags)
     assert "manylinux_2_37_x86_64" not in tags  # newer than bookworm's glibc 2.36
     assert all(tag.endswith("aarch64") for tag in build.platform_tags("arm64"))
+
+
+def _context(root: Path, *, record: str, deps: tuple[str, ...]) -> Path:
+    """A build context as :func:`build.context_for` lays it out, with a wheel holding
+    ``record`` as its RECORD (written at a fresh time: zip entries carry timestamps)."""
+    (root / "wheels").mkdir(parents=True, exist_ok=True)
+    (root / "dist").mkdir(exist_ok=True)
+    for name in deps:
+        (root / "wheels" / name).write_bytes(b"")
+    with zipfile.ZipFile(root / "dist" / "edgefleet-0.1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("edgefleet/__init__.py", "")
+        wheel.writestr("edgefleet-0.1.0.dist-info/RECORD", record)
+    return root
+
+
+def test_image_key_follows_the_content_not_the_rebuild(tmp_path: Path) -> None:
+    record = "edgefleet/__init__.py,sha256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU,0\n"
+    deps = ("numpy-2.4.6-cp311-cp311-manylinux_2_27_aarch64.whl",)
+
+    def key(context: Path, *, name: str = "agent", base_id: str = "b1", arch: str = "arm64") -> str:
+        return build.image_inputs(name, context=context, base_id=base_id, arch=arch)
+
+    first = key(_context(tmp_path / "a", record=record, deps=deps))
+    # The same sources wheeled again (new zip timestamps, same RECORD): the image is kept.
+    assert key(_context(tmp_path / "b", record=record, deps=deps)) == first
+    changed = record.replace("47DEQ", "58EFR")
+    assert key(_context(tmp_path / "c", record=changed, deps=deps)) != first
+    other_numpy = ("numpy-2.4.7-cp311-cp311-manylinux_2_27_aarch64.whl",)
+    assert key(_context(tmp_path / "d", record=record, deps=other_numpy)) != first
+    same = tmp_path / "b"
+    assert key(same, base_id="b2") != first
+    assert key(same, arch="amd64") != first
+    assert key(same, name="server") != first
 
 
 def test_build_cli_refuses_an_unknown_arch_and_image(capsys: pytest.CaptureFixture[str]) -> None:

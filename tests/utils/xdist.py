@@ -30,7 +30,11 @@ XDIST_GROUPS: dict[str, Group] = {
     "podman": Group(
         "one image build directory and wheel cache (~/.cache/edgefleet/images/build) and one "
         "podman store: the session-scoped images are built once, on one worker",
-        ("tests/containers/test_images.py", "tests/containers/test_stack.py"),
+        (
+            "tests/containers/test_images.py",
+            "tests/containers/test_stack.py",
+            "tests/containers/test_arm64.py",
+        ),
     ),
     "arm64-board": Group(
         "one cached board root (~/.cache/edgefleet/hil): the SSH tests glob its /tmp for run "
