@@ -121,8 +121,8 @@ try:  # as `edgefleet agent run` does first (agent.deferred; absent in older che
 except ImportError:
     deferred = []
 tag = lambda name: " (deferred: not loaded)" if name in deferred else ""
-import hashlib, secrets
-step("hashlib, secrets (libcrypto via _hashlib)")
+import hashlib
+step("hashlib (libcrypto via _hashlib)" + tag("hashlib"))
 import ssl
 step("ssl (+libssl, _ssl)" + tag("ssl"))
 import urllib.request, http.client, email.message
