@@ -153,6 +153,11 @@ configure_logging(config.log_level)
 step("contract, configs, profile, CLI (our code)")
 import agent.service, agent.faults
 step("agent modules (our code)")
+if config.trusted_keys:  # what load_model's signature check imports (edgefleet.signing)
+    import edgefleet.signing
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    step("cryptography (trusted_keys: signed models)")
 import threading
 service = agent.service.AgentService(config)
 step("AgentService built")
@@ -168,6 +173,7 @@ AGENT_CONFIG = """device_id = "membench"
 server_url = "http://127.0.0.1:9"
 token = "t"
 data_dir = "{data}"
+trusted_keys = {keys}
 log_level = "warning"
 [mqtt]
 url = "mqtt://127.0.0.1:9"
@@ -243,7 +249,13 @@ def bare(model: Path, tensor: Path, runs: int, env: dict[str, str]) -> list[dict
 
 
 def agent(
-    model: Path, payload: bytes, runs: int, env: dict[str, str], *, trace: bool = False
+    model: Path,
+    payload: bytes,
+    runs: int,
+    env: dict[str, str],
+    *,
+    trace: bool = False,
+    keys: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """Steps of a real agent process, then its RSS once serving, after 1 and after N requests."""
     from agent.store import DataDir
@@ -256,7 +268,8 @@ def agent(
         data.write_pointer(ref)
         port = _free_port()
         config = Path(tmp) / "agent.toml"
-        config.write_text(AGENT_CONFIG.format(data=Path(tmp) / "data", port=port))
+        trusted = json.dumps([str(k) for k in keys])
+        config.write_text(AGENT_CONFIG.format(data=Path(tmp) / "data", port=port, keys=trusted))
         argv = [sys.executable, "-c", PROBE, "agent", str(model), str(runs), str(int(trace))]
         proc = subprocess.Popen(
             [*argv, str(config)],
@@ -390,6 +403,11 @@ def main() -> int:
         help="run this bench inside the cached emulated arm64 board (hil.arm64; never builds it)",
     )
     parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="sign the model and give the agent its trusted key (as a fleet deploys)",
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="one more agent run with tracemalloc (Python heap)"
     )
     args = parser.parse_args()
@@ -411,10 +429,23 @@ def main() -> int:
         tensor = Path(tmp) / "x.npy"
         np.save(tensor, np.random.default_rng(0).random(shape).astype(spec["dtype"]))
         payload = tensor.read_bytes()
+        keys: tuple[Path, ...] = ()
+        if args.signed:  # as a fleet deploys: a signed manifest, the agent's trusted_keys set
+            from edgefleet.signing import generate_keypair
+            from tests.utils.artifacts import sign_artifact
+
+            model = Path(shutil.copytree(model, Path(tmp) / "signed"))
+            generate_keypair(Path(tmp) / "key.pem", Path(tmp) / "key.pub")
+            sign_artifact(model, (Path(tmp) / "key.pem").read_bytes())
+            keys = (Path(tmp) / "key.pub",)
         bare_rows = median_steps([bare(model, tensor, args.runs, env) for _ in range(args.repeat)])
-        agents = [agent(model, payload, args.runs, env) for _ in range(args.repeat)]
+        agents = [agent(model, payload, args.runs, env, keys=keys) for _ in range(args.repeat)]
         agent_rows = median_steps([a["steps"] for a in agents])
-        traced = agent(model, payload, args.runs, env, trace=True)["steps"] if args.trace else None
+        traced = (
+            agent(model, payload, args.runs, env, trace=True, keys=keys)["steps"]
+            if args.trace
+            else None
+        )
     show(bare_rows, "bare runtime + model (median of fresh processes)")
     show(agent_rows, "agent (median of fresh processes)")
     if traced is not None:
