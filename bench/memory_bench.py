@@ -153,11 +153,13 @@ configure_logging(config.log_level)
 step("contract, configs, profile, CLI (our code)")
 import agent.service, agent.faults
 step("agent modules (our code)")
-if config.trusted_keys:  # what load_model's signature check imports (edgefleet.signing)
-    import edgefleet.signing
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    step("cryptography (trusted_keys: signed models)")
+if config.trusted_keys:  # what the signature check imports here (older checkouts: at build)
+    import edgefleet.signing, subprocess
+    try:
+        import agent.signature  # cryptography in a child process
+    except ImportError:
+        pass
+    step("signature check (trusted_keys: signed models)")
 import threading
 service = agent.service.AgentService(config)
 step("AgentService built")
@@ -394,7 +396,8 @@ def main() -> int:
         action="append",
         default=[],
         metavar="K=V",
-        help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit); "
+        help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit; "
+        "K= unsets K); "
         "MEMBENCH_BLOCK=mod1,mod2 makes those modules unimportable (what removing them saves)",
     )
     parser.add_argument(
@@ -416,6 +419,7 @@ def main() -> int:
     if args.arm64:
         return on_arm64(args)
     env = {"MALLOC_ARENA_MAX": "2", **dict(kv.split("=", 1) for kv in args.env)}
+    env = {k: v for k, v in env.items() if v}  # K= unsets (e.g. glibc's default arenas)
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
