@@ -76,6 +76,12 @@ def step(name):
     if trace:
         rec["py_heap"] = tracemalloc.get_traced_memory()[0] / 2**20
     print(json.dumps(rec), flush=True)
+if mode == "agent":  # as `edgefleet agent run` does first (absent in older checkouts)
+    try:
+        from agent.memory import cap_malloc_arenas
+        cap_malloc_arenas()  # glibc arenas capped at 2 unless MALLOC_ARENA_MAX is set
+    except ImportError:
+        pass
 step("interpreter")
 import numpy as np
 step("numpy")
