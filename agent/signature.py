@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -53,7 +52,6 @@ def verify_isolated(
             capture_output=True,
             text=True,
             timeout=timeout_s,
-            env=os.environ.copy(),
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as err:
