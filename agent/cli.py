@@ -82,6 +82,9 @@ def _fail(err: Exception, code: int) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     from agent.deferred import defer_unused, load_for
+    from agent.memory import cap_malloc_arenas
+
+    cap_malloc_arenas()  # before any thread exists (the runtime's, paho's, the agent's)
 
     # Before the agent's modules pull in paho, http.server, ...: ssl and urllib.request are
     # imported when first used (an https download, an mqtts broker), not at start.

@@ -4,7 +4,9 @@ paho-mqtt imports ``ssl`` and ``urllib.request`` at module level (TLS and proxy 
 ``http.server`` and ``http.client`` import ``ssl`` too. An agent on ``mqtt://`` and
 ``http://`` never makes a TLS socket, and fetches nothing over HTTP until an update or a
 capture upload, yet pays for both at start: ``ssl`` with libssl (1.7 MB RSS on x86_64) and
-``urllib.request`` with its handlers (docs/memory.md). :func:`defer_unused` puts a stand-in
+``urllib.request`` with its handlers, ``hashlib`` with libcrypto (3.5 MB; paho imports it
+for its websocket handshake, the agent's SHA-256 is :mod:`edgefleet.digest`'s)
+(docs/memory.md). :func:`defer_unused` puts a stand-in
 in ``sys.modules`` for each: ``import ssl`` still succeeds, and the real module is imported on
 the first attribute anyone reads from it (``ssl.SSLContext``, ``urllib.request.urlopen``), once,
 under a lock, so every thread then sees the one real module.
@@ -24,8 +26,10 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-#: The modules deferred: TLS, and HTTP fetching (an update's download, a capture upload).
-DEFERRED = ("ssl", "urllib.request")
+#: The modules deferred: TLS, HTTP fetching (an update's download, a capture upload), and
+#: OpenSSL's hashes (paho's websocket handshake, urllib's digest auth; the agent's own SHA-256
+#: goes through :mod:`edgefleet.digest`, which does not load them).
+DEFERRED = ("ssl", "urllib.request", "hashlib")
 #: URL schemes that need ``ssl`` from the start.
 TLS_SCHEMES = frozenset({"mqtts", "https", "wss"})
 
@@ -75,8 +79,8 @@ def needs_tls(urls: Iterable[str | None]) -> bool:
 
 
 def defer_unused() -> list[str]:
-    """Defer ``ssl`` and ``urllib.request``; return the names deferred (a module already
-    imported stays as it is)."""
+    """Defer ``ssl``, ``urllib.request`` and ``hashlib``; return the names deferred (a module
+    already imported stays as it is)."""
     done = []
     with _LOCK:
         for name in DEFERRED:

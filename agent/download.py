@@ -18,7 +18,6 @@ part thrown away and fetched again from byte 0).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import io
 import logging
@@ -34,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.errors import UpdateError
+from edgefleet import digest
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +292,9 @@ def _copy(
 
 
 def _verify(part: Path, sha256: str) -> None:
-    digest = hashlib.sha256()
+    hashed = digest.sha256()
     with part.open("rb") as fh:
         while block := fh.read(CHUNK):
-            digest.update(block)
-    if digest.hexdigest() != sha256:
+            hashed.update(block)
+    if hashed.hexdigest() != sha256:
         raise _Corrupt("bundle sha256 does not match the desired state")

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
 from agent.errors import ModelLoadError
+from edgefleet.heap import cap_arenas, trim
 
 #: Resident MB a loaded model adds per MB of model file, at least, by backend (measured with
 #: ``bench/model_memory.py`` on x86_64, session + one run at one thread): onnxruntime
@@ -48,6 +47,12 @@ RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 BUDGET_HINT = "engine.memory_mb, the profile's budgets.memory_mb"
+
+#: glibc malloc arenas the agent allows itself, as the systemd unit's ``MALLOC_ARENA_MAX=2``
+#: (which wins when set): an agent started any other way (a container, by hand, the SSH
+#: runner) with glibc's default of 8 per core measured +1.4 MB over the same 200 requests
+#: (bench/memory_bench.py ``--env MALLOC_ARENA_MAX=``: +15.5 MB over bare against +14.1).
+MALLOC_ARENAS = 2
 
 
 def rss_mb() -> float | None:
@@ -104,18 +109,12 @@ def release_freed() -> None:
     ``malloc_trim``), after a model load or swap: building a runtime session frees megabytes of
     temporaries (the parsed model file, the self-test's arrays) that glibc would keep resident
     otherwise (measured: -0.8 MB after loading a 128x128 conv artifact, bench/memory_bench.py).
-    A no-op where the C library has no ``malloc_trim`` (musl)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    A no-op where the C library is not glibc (musl)."""
+    trim()
 
 
-@cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    import ctypes
-
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
+def cap_malloc_arenas() -> bool:
+    """At most :data:`MALLOC_ARENAS` glibc arenas, set by ``edgefleet agent run`` before any
+    thread exists; ``MALLOC_ARENA_MAX`` in the environment (the systemd unit's) wins. True if
+    the cap was set here."""
+    return cap_arenas(MALLOC_ARENAS)

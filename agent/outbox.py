@@ -22,7 +22,7 @@ last three kept), logged and counted, and an empty queue is created instead of f
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import sqlite3
 import threading
 import time
@@ -305,7 +305,8 @@ class Outbox:
             return self._recreate(err)
 
     def _recreate(self, err: Exception) -> sqlite3.Connection:
-        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+        # os.urandom, not secrets: secrets imports hmac, hmac OpenSSL (edgefleet.digest)
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(2).hex()}"
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         for suffix in ("", "-wal", "-shm", "-journal"):
             source = self.path.with_name(self.path.name + suffix)

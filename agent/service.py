@@ -459,13 +459,14 @@ def _read_keys(paths: list[Path]) -> list[bytes]:
     """Read and check the trusted public keys now, so a bad key fails at start-up."""
     if not paths:
         return []
-    from edgefleet.signing import SignatureError, load_public_key
+    # Their form only, without cryptography (agent.signature verifies in a child).
+    from edgefleet.signing import SignatureError, check_public_key_pem
 
     keys = []
     for path in paths:
         try:
             pem = path.read_bytes()[: 64 * 1024]
-            load_public_key(pem)
+            check_public_key_pem(pem)
         except OSError as err:
             raise AgentConfigError(f"trusted_keys: cannot read {path}: {err.strerror}") from err
         except SignatureError as err:

@@ -76,6 +76,12 @@ def step(name):
     if trace:
         rec["py_heap"] = tracemalloc.get_traced_memory()[0] / 2**20
     print(json.dumps(rec), flush=True)
+if mode == "agent":  # as `edgefleet agent run` does first (absent in older checkouts)
+    try:
+        from agent.memory import cap_malloc_arenas
+        cap_malloc_arenas()  # glibc arenas capped at 2 unless MALLOC_ARENA_MAX is set
+    except ImportError:
+        pass
 step("interpreter")
 import numpy as np
 step("numpy")
@@ -121,8 +127,8 @@ try:  # as `edgefleet agent run` does first (agent.deferred; absent in older che
 except ImportError:
     deferred = []
 tag = lambda name: " (deferred: not loaded)" if name in deferred else ""
-import hashlib, secrets
-step("hashlib, secrets (libcrypto via _hashlib)")
+import hashlib
+step("hashlib (libcrypto via _hashlib)" + tag("hashlib"))
 import ssl
 step("ssl (+libssl, _ssl)" + tag("ssl"))
 import urllib.request, http.client, email.message
@@ -153,6 +159,13 @@ configure_logging(config.log_level)
 step("contract, configs, profile, CLI (our code)")
 import agent.service, agent.faults
 step("agent modules (our code)")
+if config.trusted_keys:  # what the signature check imports here (older checkouts: at build)
+    import edgefleet.signing, subprocess
+    try:
+        import agent.signature  # cryptography in a child process
+    except ImportError:
+        pass
+    step("signature check (trusted_keys: signed models)")
 import threading
 service = agent.service.AgentService(config)
 step("AgentService built")
@@ -168,6 +181,7 @@ AGENT_CONFIG = """device_id = "membench"
 server_url = "http://127.0.0.1:9"
 token = "t"
 data_dir = "{data}"
+trusted_keys = {keys}
 log_level = "warning"
 [mqtt]
 url = "mqtt://127.0.0.1:9"
@@ -243,7 +257,13 @@ def bare(model: Path, tensor: Path, runs: int, env: dict[str, str]) -> list[dict
 
 
 def agent(
-    model: Path, payload: bytes, runs: int, env: dict[str, str], *, trace: bool = False
+    model: Path,
+    payload: bytes,
+    runs: int,
+    env: dict[str, str],
+    *,
+    trace: bool = False,
+    keys: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """Steps of a real agent process, then its RSS once serving, after 1 and after N requests."""
     from agent.store import DataDir
@@ -256,7 +276,8 @@ def agent(
         data.write_pointer(ref)
         port = _free_port()
         config = Path(tmp) / "agent.toml"
-        config.write_text(AGENT_CONFIG.format(data=Path(tmp) / "data", port=port))
+        trusted = json.dumps([str(k) for k in keys])
+        config.write_text(AGENT_CONFIG.format(data=Path(tmp) / "data", port=port, keys=trusted))
         argv = [sys.executable, "-c", PROBE, "agent", str(model), str(runs), str(int(trace))]
         proc = subprocess.Popen(
             [*argv, str(config)],
@@ -381,13 +402,19 @@ def main() -> int:
         action="append",
         default=[],
         metavar="K=V",
-        help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit); "
+        help="extra environment for both processes (default MALLOC_ARENA_MAX=2, as the unit; "
+        "K= unsets K); "
         "MEMBENCH_BLOCK=mod1,mod2 makes those modules unimportable (what removing them saves)",
     )
     parser.add_argument(
         "--arm64",
         action="store_true",
         help="run this bench inside the cached emulated arm64 board (hil.arm64; never builds it)",
+    )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="sign the model and give the agent its trusted key (as a fleet deploys)",
     )
     parser.add_argument(
         "--trace", action="store_true", help="one more agent run with tracemalloc (Python heap)"
@@ -398,6 +425,7 @@ def main() -> int:
     if args.arm64:
         return on_arm64(args)
     env = {"MALLOC_ARENA_MAX": "2", **dict(kv.split("=", 1) for kv in args.env)}
+    env = {k: v for k, v in env.items() if v}  # K= unsets (e.g. glibc's default arenas)
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -411,10 +439,23 @@ def main() -> int:
         tensor = Path(tmp) / "x.npy"
         np.save(tensor, np.random.default_rng(0).random(shape).astype(spec["dtype"]))
         payload = tensor.read_bytes()
+        keys: tuple[Path, ...] = ()
+        if args.signed:  # as a fleet deploys: a signed manifest, the agent's trusted_keys set
+            from edgefleet.signing import generate_keypair
+            from tests.utils.artifacts import sign_artifact
+
+            model = Path(shutil.copytree(model, Path(tmp) / "signed"))
+            generate_keypair(Path(tmp) / "key.pem", Path(tmp) / "key.pub")
+            sign_artifact(model, (Path(tmp) / "key.pem").read_bytes())
+            keys = (Path(tmp) / "key.pub",)
         bare_rows = median_steps([bare(model, tensor, args.runs, env) for _ in range(args.repeat)])
-        agents = [agent(model, payload, args.runs, env) for _ in range(args.repeat)]
+        agents = [agent(model, payload, args.runs, env, keys=keys) for _ in range(args.repeat)]
         agent_rows = median_steps([a["steps"] for a in agents])
-        traced = agent(model, payload, args.runs, env, trace=True)["steps"] if args.trace else None
+        traced = (
+            agent(model, payload, args.runs, env, trace=True, keys=keys)["steps"]
+            if args.trace
+            else None
+        )
     show(bare_rows, "bare runtime + model (median of fresh processes)")
     show(agent_rows, "agent (median of fresh processes)")
     if traced is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import BinaryIO, cast
 
 from edgefleet.contract import MANIFEST_FILE, ContractError, Manifest, parse_manifest
 from edgefleet.contract.manifest import MAX_MANIFEST_BYTES
+from edgefleet.digest import sha256
 from edgefleet.tar_stream import TarStream, TarStreamError
 
 #: Default ceiling for a bundle's unpacked size; devices pass their disk budget instead.
@@ -38,7 +38,7 @@ class ArtifactError(Exception):
 
 def hash_file(path: Path) -> tuple[str, int]:
     """SHA-256 (hex) and size of a file, read in chunks."""
-    digest = hashlib.sha256()
+    digest = sha256()  # OpenSSL's only where already loaded (edgefleet.digest)
     size = 0
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):

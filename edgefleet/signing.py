@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet.contract import Manifest, Signature, signing_bytes
+from edgefleet.digest import sha256
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -51,7 +51,7 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     from cryptography.hazmat.primitives import serialization
 
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return sha256(raw).hexdigest()[:16]
 
 
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
@@ -90,17 +90,45 @@ def sign_manifest(manifest: Manifest, private_pem: bytes) -> Manifest:
 
 def verify_manifest(manifest: Manifest, trusted_pems: Iterable[bytes]) -> str:
     """Check the manifest's signature against trusted keys; return the key id that signed."""
-    from cryptography.exceptions import InvalidSignature
-
     if manifest.signature is None:
         raise SignatureError("manifest is not signed")
+    return verify_bytes(signing_bytes(manifest), manifest.signature, trusted_pems)
+
+
+def verify_bytes(message: bytes, signature: Signature, trusted_pems: Iterable[bytes]) -> str:
+    """Check ``signature`` over ``message`` (a manifest's :func:`signing_bytes`) against trusted
+    keys; return the key id that signed. The agent runs it in a child (agent.signature)."""
+    from cryptography.exceptions import InvalidSignature
+
     keys = {key_id(k): k for k in (load_public_key(p) for p in trusted_pems)}
-    key = keys.get(manifest.signature.key_id)
+    key = keys.get(signature.key_id)
     if key is None:
-        raise SignatureError(f"manifest signed by untrusted key {manifest.signature.key_id}")
+        raise SignatureError(f"manifest signed by untrusted key {signature.key_id}")
     try:
-        raw = base64.b64decode(manifest.signature.value, validate=True)
-        key.verify(raw, signing_bytes(manifest))
+        raw = base64.b64decode(signature.value, validate=True)
+        key.verify(raw, message)
     except (binascii.Error, InvalidSignature) as err:
         raise SignatureError("manifest signature does not verify") from err
-    return manifest.signature.key_id
+    return signature.key_id
+
+
+#: DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
+#: 1.3.101.112 }, BIT STRING (33 bytes, no unused bits) }, then the 32-byte key.
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def check_public_key_pem(pem: bytes) -> None:
+    """The checks :func:`load_public_key` makes on a trusted key's form (one PEM public key,
+    Ed25519), with the standard library only: the agent checks its keys at start without
+    importing ``cryptography`` (7.6 MB it would hold for its life; it verifies in a child)."""
+    text = pem.decode("ascii", errors="replace").strip()
+    begin, end = "-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----"
+    if not (text.startswith(begin) and text.endswith(end)):
+        raise SignatureError("not a PEM public key")
+    body = "".join(text[len(begin) : -len(end)].split())
+    try:
+        der = base64.b64decode(body, validate=True)
+    except binascii.Error as err:
+        raise SignatureError(f"not a PEM public key: {err}") from err
+    if len(der) != len(_ED25519_SPKI_PREFIX) + 32 or not der.startswith(_ED25519_SPKI_PREFIX):
+        raise SignatureError("trusted keys must be Ed25519 keys")

@@ -13,49 +13,21 @@ stored, but glibc keeps the freed pages of every arena resident. Two remedies, b
   pages of every arena go back to the system (a few milliseconds; the next burst pays fresh
   page faults).
 
-Both are no-ops where the C library is not glibc (musl, macOS).
+Both are no-ops where the C library is not glibc (musl, macOS). ``cap_arenas`` and ``trim``
+live in :mod:`edgefleet.heap`, shared with the agent.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import threading
 from collections.abc import Callable
-from functools import cache
+
+from edgefleet.heap import cap_arenas, is_glibc, trim
+
+__all__ = ["HeapTrimmer", "cap_arenas", "trim"]
 
 log = logging.getLogger(__name__)
-
-#: glibc's ``mallopt`` parameter for the arena cap (malloc.h: ``#define M_ARENA_MAX -8``).
-M_ARENA_MAX = -8
-
-
-@cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(None)
-        if not (hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt")):
-            return None  # not glibc
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def cap_arenas(n: int, *, environ: dict[str, str] | None = None) -> bool:
-    """At most ``n`` malloc arenas; False (nothing done) if ``n`` is 0, the environment sets
-    ``MALLOC_ARENA_MAX`` itself, or this is not glibc."""
-    env = os.environ if environ is None else environ
-    libc = _libc()
-    if n <= 0 or "MALLOC_ARENA_MAX" in env or libc is None:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, n) == 1)
-
-
-def trim() -> bool:
-    """Hand the free pages of every arena back to the system; True if any were released."""
-    libc = _libc()
-    return libc is not None and bool(libc.malloc_trim(0))
 
 
 class HeapTrimmer:
@@ -69,7 +41,7 @@ class HeapTrimmer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.interval_s <= 0 or _libc() is None or self._thread is not None:
+        if self.interval_s <= 0 or not is_glibc() or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="heap-trim", daemon=True)
         self._thread.start()

@@ -27,11 +27,11 @@ of a capture run on a writer thread (``background=True``), never on the inferenc
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import logging
 import math
+import os
 import random
-import secrets
 import threading
 import time
 from collections import deque
@@ -52,6 +52,7 @@ from agent.capture.stats import InputStatsAccumulator, ReferenceBins, single_sta
 from agent.errors import InputError
 from agent.inputs import InputItem
 from agent.state import Serving
+from edgefleet import digest
 from edgefleet.contract import (
     DEFAULT_OUTSIDE_REFERENCE,
     CapturePolicy,
@@ -390,7 +391,7 @@ class Capturer:
             return
         try:
             meta = SampleMeta(
-                sample_id=secrets.token_urlsafe(12),
+                sample_id=base64.urlsafe_b64encode(os.urandom(12)).decode("ascii"),
                 device_id=self.device_id,
                 model=job.ref,
                 captured_at=datetime.fromtimestamp(job.at, UTC),
@@ -402,7 +403,7 @@ class Capturer:
                 input_score=job.score,
                 input_stats=job.stats,
                 content_type=content_type,
-                sha256=hashlib.sha256(content).hexdigest(),
+                sha256=digest.sha256(content).hexdigest(),
                 size=len(content),
             )
             self.queue.put(meta, content)

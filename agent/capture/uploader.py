@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import http.client
 import logging
-import secrets
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -32,7 +32,7 @@ Outcome = Literal["stored", "refused", "retry"]
 
 def multipart(meta: bytes, content: bytes, content_type: str) -> tuple[bytes, str]:
     """(body, Content-Type header) of a two-part form: ``meta`` (JSON) and ``file``."""
-    boundary = "edgefleet-" + secrets.token_hex(16)
+    boundary = "edgefleet-" + os.urandom(16).hex()
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="meta"\r\n'
         f"Content-Type: application/json\r\n\r\n"

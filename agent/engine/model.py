@@ -258,11 +258,11 @@ def load_model(
 
 
 def _verify_signature(manifest: Manifest, trusted_keys: Sequence[bytes]) -> None:
-    from edgefleet.signing import SignatureError, verify_manifest
+    from agent.signature import SignatureCheckError, verify_isolated
 
     try:
-        verify_manifest(manifest, trusted_keys)
-    except SignatureError as err:
+        verify_isolated(manifest, trusted_keys)  # in a child: cryptography stays out of here
+    except SignatureCheckError as err:
         raise ModelLoadError(f"{manifest.ref}: {err}") from err
 
 

@@ -1,4 +1,4 @@
-"""agent.deferred: ssl and urllib.request are imported when first used, not at start.
+"""agent.deferred: ssl, urllib.request and hashlib are imported when first used, not at start.
 
 Each test runs in a fresh interpreter: this pytest process imported ssl long ago.
 """
@@ -29,7 +29,7 @@ def run(code: str, *, timeout: float = 120) -> str:
     return done.stdout
 
 
-def test_the_agents_imports_do_not_load_ssl_or_urllib_request(tmp_path: Path) -> None:
+def test_the_agents_imports_load_no_ssl_urllib_request_or_openssl_hashes(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(
         f'device_id = "d"\nserver_url = "http://127.0.0.1:9"\ntoken = "t"\n'
@@ -40,7 +40,7 @@ def test_the_agents_imports_do_not_load_ssl_or_urllib_request(tmp_path: Path) ->
         import sys
         from pathlib import Path
         from agent.deferred import defer_unused, is_loaded, load_for
-        assert defer_unused() == ["ssl", "urllib.request"]
+        assert defer_unused() == ["ssl", "urllib.request", "hashlib"]
         from agent.config import load_config
         config = load_config(Path({str(config)!r}))
         load_for([config.server_url, config.mqtt.url])
@@ -48,6 +48,11 @@ def test_the_agents_imports_do_not_load_ssl_or_urllib_request(tmp_path: Path) ->
         agent.service.AgentService(config)
         assert not is_loaded("ssl") and "_ssl" not in sys.modules
         assert not is_loaded("urllib.request")
+        assert not is_loaded("hashlib") and "_hashlib" not in sys.modules
+        assert "libcrypto" not in open("/proc/self/maps").read()
+        # paho's websocket handshake still finds OpenSSL's hashes on first use
+        assert paho.mqtt.client.hashlib.sha1(b"x").hexdigest().startswith("11f6ad8e")
+        assert is_loaded("hashlib") and "_hashlib" in sys.modules
         # paho holds the stand-in; the first use imports the real module, once
         import ssl
         ctx = ssl.create_default_context()
@@ -134,7 +139,7 @@ def test_modules_already_imported_are_left_alone_and_probes_do_not_load() -> Non
     out = run("""
         import contextlib, sys, ssl
         from agent.deferred import DeferredModule, defer_unused, is_loaded
-        assert defer_unused() == ["urllib.request"]
+        assert defer_unused() == ["urllib.request", "hashlib"]
         assert sys.modules["ssl"] is ssl and is_loaded("ssl")
         stand_in = sys.modules["urllib.request"]
         assert isinstance(stand_in, DeferredModule)
@@ -148,3 +153,35 @@ def test_modules_already_imported_are_left_alone_and_probes_do_not_load() -> Non
         print("ok")
     """)
     assert out.strip() == "ok"
+
+
+def test_the_agents_sha256_needs_no_openssl_and_matches_it(tmp_path: Path) -> None:
+    """edgefleet.digest: the builtin SHA-256 while OpenSSL's hashes are not loaded, OpenSSL's
+    once they are; the same digests either way (a model verified before and after an HTTPS
+    download or a TLS websocket loaded libcrypto)."""
+    model = tmp_path / "model.bin"
+    model.write_bytes(bytes(range(256)) * 5000 + b"tail")
+    out = run(f"""
+        import sys
+        from pathlib import Path
+        from agent.deferred import defer_unused
+        defer_unused()
+        import agent.service
+        from edgefleet.artifact import hash_file
+        from edgefleet.digest import openssl_loaded, sha256
+        before = hash_file(Path({str(model)!r}))
+        small = sha256(b"abc").hexdigest()
+        builtin = type(sha256()).__module__
+        assert not openssl_loaded() and "libcrypto" not in open("/proc/self/maps").read()
+        import hashlib
+        hashlib.sha256  # the stand-in's first use loads OpenSSL's hashes
+        assert openssl_loaded()
+        after = hash_file(Path({str(model)!r}))
+        print(before[0], before[1], after[0], small, builtin, type(sha256()).__module__)
+    """)
+    import hashlib
+
+    data = model.read_bytes()
+    expected = hashlib.sha256(data).hexdigest()
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2
+    assert out.split() == [expected, str(len(data)), expected, abc, "_sha256", "_hashlib"]

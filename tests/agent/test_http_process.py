@@ -75,9 +75,11 @@ def test_agent_process_serves_http_and_writes_results_offline(
         assert re.search(r"^edgefleet_agent_outbox_bytes [1-9]\d*$", metrics, re.M)
         assert "edgefleet_agent_outbox_drained_total 0" in metrics
         # mqtt:// and http:// only: ssl is never imported (agent.deferred), so libssl is
-        # not mapped; nothing has been downloaded, so neither is urllib.request's code.
+        # not mapped; nothing has been downloaded, so neither is urllib.request's code; the
+        # committed model was verified by edgefleet.digest's SHA-256: no libcrypto either.
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libssl" not in maps and "_ssl." not in maps
+        assert "libcrypto" not in maps and "_hashlib." not in maps
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

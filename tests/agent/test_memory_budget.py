@@ -4,6 +4,8 @@ after (the RSS it added), with one line naming the figures; an update keeps the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from tests.agent.helpers import BundleServer, serve_bundles
 from tests.agent.onnx_models import mlp
 from tests.agent.test_config import BASE
 from tests.agent.test_updater import TOKEN, V1, bundle_bytes, make_harness
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -181,12 +185,13 @@ def test_freed_heap_goes_back_to_the_system_after_a_load() -> None:
     import platform
 
     from agent import memory
+    from edgefleet.heap import is_glibc
 
     if platform.libc_ver()[0] != "glibc":
-        assert memory._malloc_trim() is None  # musl: nothing to call, and nothing fails
+        assert not is_glibc()  # musl: nothing to call, and nothing fails
+        memory.release_freed()
         return
-    trim = memory._malloc_trim()
-    assert trim is not None
+    assert is_glibc()
     blocks = [bytearray(64 * 1024) for _ in range(800)]  # 50 MB in heap-sized blocks
     del blocks[:-1]  # all but the last: freed, but below it the heap cannot shrink
     before = _now()
@@ -224,3 +229,65 @@ def test_the_first_model_of_a_format_also_counts_its_runtime(
     monkeypatch.setattr(memory, "runtime_loaded", lambda fmt: False)  # a fresh agent
     with pytest.raises(ModelLoadError, match=r"\+ 31 MB for its runtime, not loaded yet\)"):
         check_estimate("m@1", "onnx", model, budget)
+
+
+ARENAS = """
+import ctypes, sys, tempfile, threading
+from agent.memory import cap_malloc_arenas
+capped = cap_malloc_arenas() if sys.argv[1] == "cap" else False
+held, ready, done = [], threading.Barrier(9), threading.Event()
+def work():
+    held.append(bytearray(100_000))  # under the mmap threshold: from this thread's arena
+    ready.wait()
+    done.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+ready.wait()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    f = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, f)
+    libc.fclose(f)
+    arenas = open(out.name).read().count("<heap nr=")
+done.set()
+print(capped, arenas)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "env", "capped", "most"),
+    [
+        ("cap", {}, True, 2),
+        ("none", {}, False, None),  # glibc's default, what the cap prevents: more than 2
+        ("cap", {"MALLOC_ARENA_MAX": "3"}, False, 3),  # the unit's environment wins
+    ],
+)
+def test_the_agent_caps_glibc_arenas_unless_the_environment_does(
+    mode: str, env: dict[str, str], capped: bool, most: int | None
+) -> None:
+    """``edgefleet agent run`` caps malloc arenas before its threads exist (agent.memory):
+    eight threads allocating at once share two arenas, not one each (glibc: 8 per core)."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc arenas are glibc's")
+    done = subprocess.run(
+        [sys.executable, "-c", ARENAS, mode],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    was_capped, arenas = done.stdout.split()
+    assert was_capped == str(capped)
+    if most is None:
+        assert int(arenas) > 2, done.stdout
+    else:
+        assert 1 <= int(arenas) <= most, done.stdout

@@ -49,3 +49,32 @@ def test_forgeries_are_refused(tmp_path: Path) -> None:
         verify_manifest(signed, [b"not a key"])
     with pytest.raises(SignatureError, match="PEM private key"):
         sign_manifest(manifest, b"garbage")
+
+
+def test_the_stdlib_key_check_accepts_what_cryptography_loads(tmp_path: Path) -> None:
+    """check_public_key_pem (the agent's start, no cryptography) against load_public_key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448
+
+    from edgefleet.signing import check_public_key_pem, load_public_key
+
+    priv, pub, _ = _keys(tmp_path, "k")
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = serialization.Encoding.PEM
+    others = {
+        "ec": ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(pem, spki),
+        "ed448": ed448.Ed448PrivateKey.generate().public_key().public_bytes(pem, spki),
+    }
+    check_public_key_pem(pub)
+    check_public_key_pem(b"\n" + pub.replace(b"\n", b"\r\n") + b"\n")  # line endings, padding
+    load_public_key(b"\n" + pub.replace(b"\n", b"\r\n") + b"\n")
+    for key in others.values():
+        for check in (check_public_key_pem, load_public_key):
+            with pytest.raises(SignatureError, match="must be Ed25519 keys"):
+                check(key)
+    body = pub.split(b"\n")[1]
+    for bad in (priv, b"not a key", pub.replace(body, body[:-4]), pub.replace(body, b"!!!!")):
+        with pytest.raises(SignatureError):
+            check_public_key_pem(bad)
+        with pytest.raises(SignatureError):
+            load_public_key(bad)
