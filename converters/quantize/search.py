@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 Config = StaticInt8 | DynamicInt8 | Fp16
 #: Input elements the ranking probe runs at most (rows x row size).
 MAX_RANKING_ELEMENTS = 3_000_000
+#: Input elements MinMax calibrates on at most unless --calibration-rows is given: onnxruntime
+#: runs the calibration graph unoptimised with a ReduceMin/Max on every tensor, and 64 rows of
+#: the 800x608 PicoDet (1.46 M elements a row) took 90 s at load 5 and 4 min at load 12 here,
+#: the largest single cost of its conversion. 16 rows of it; every row of a 320x320 input.
+MAX_CALIBRATION_ELEMENTS = 24_000_000
 
 
 @dataclass
@@ -64,7 +69,7 @@ class Search:
         self.fp32_size = fp32.path.stat().st_size
         self._activations: list[TensorRisk] | None = None
         self._ranking: dict[bool, list[TensorRisk]] = {}
-        self.calib_rows = q.options.calibration_rows
+        self.calib_rows = self._calibration_rows()
         self.started = time.perf_counter()
         self._batch = batch_of(tensor_specs(fp32.model)[0])
 
@@ -142,6 +147,17 @@ class Search:
                 self.fp32.model, self._activations, per_channel
             )
         return self._ranking[per_channel]
+
+    def _calibration_rows(self) -> int:
+        """Rows static int8 calibrates on: ``--calibration-rows`` when given, else the default
+        bounded by :data:`MAX_CALIBRATION_ELEMENTS` (at least 16 rows)."""
+        opts = self.q.options
+        rows = min(opts.calibration_rows, self.q.calibration.samples)
+        if "calibration_rows" in opts.model_fields_set:
+            return rows
+        first = next(self.q.calibration.batches(limit=1)).inputs
+        per_row = sum(int(v[0].size) for v in first.values()) or 1
+        return max(1, min(rows, max(16, MAX_CALIBRATION_ELEMENTS // per_row)))
 
     def histogram_rows(self) -> int:
         """Calibration rows for entropy/percentile: bounded like the ranking probe's."""
