@@ -15,7 +15,13 @@ from converters.evaldata import batch_of
 from converters.onnx_graph import tensor_specs
 from converters.quantize import metrics
 from converters.quantize.configs import DynamicInt8, Fp16, StaticInt8, config_name
-from converters.quantize.early_stop import BOUNDED, best_case, chunk_rows, loop_out_of_reach
+from converters.quantize.early_stop import (
+    BOUNDED,
+    best_case,
+    chunk_rows,
+    far_beyond,
+    loop_out_of_reach,
+)
 from converters.quantize.engines import INT8_OPS, QuantizeError, quantize
 from converters.quantize.probe import PROBE_ROWS
 from converters.quantize.ranking import TensorRisk, activation_risks, with_weights
@@ -198,7 +204,8 @@ class Search:
             return [self._built(first, [], started)]
         results: list[Built | CandidateReport] = []
         trials = [first]
-        if isinstance(config, StaticInt8) and not config.excluded_nodes:
+        far = far_beyond(self.baseline - first.metric, self.q.options.max_drop)
+        if isinstance(config, StaticInt8) and not config.excluded_nodes and far is None:
             for method in self.q.options.calibration_methods:
                 if method == config.method or self.out_of_time():
                     continue
@@ -227,6 +234,10 @@ class Search:
         note: str | None = None
         if isinstance(best.config, StaticInt8 | DynamicInt8):
             best, note = self._budget_loop(best, label, steps)
+        if far is not None and isinstance(config, StaticInt8):
+            methods = self.q.options.calibration_methods
+            if any(m != config.method for m in methods):  # said only when there were others
+                note = f"{far}; {note}" if note else far
         results.append(self._built(best, steps, started, note=note))
         return results
 

@@ -19,6 +19,7 @@ from converters.quantize.early_stop import (
     RUINOUS_ERROR,
     best_case,
     chunk_rows,
+    far_beyond,
     loop_out_of_reach,
 )
 from converters.quantize.engines import INT8_OPS
@@ -214,3 +215,39 @@ def test_budget_loop_spares_the_weight_culprit_first_and_stops_when_stalled(
     assert mended and all(c.drop is not None and c.drop <= report.max_drop for c in mended)
     # Some per-channel candidate stalled on this model (sparing h3 does nothing) and stopped.
     assert any("budget loop stopped" in c.reason for c in looped)
+
+
+def test_far_beyond_rule() -> None:
+    assert far_beyond(0.049, 0.01) is None
+    why = far_beyond(0.05, 0.01)
+    assert why is not None and "other range estimators not tried" in why and "5x" in why
+    assert far_beyond(0.5, 0.0) is None  # a zero budget: every drop is "far"; not a reason
+
+
+def test_a_candidate_far_beyond_the_budget_skips_the_other_estimators(
+    weight_outlier: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Per-tensor int8 zeroes W1 (drop ~0.6, far over 5x the budget): entropy and percentile
+    are not tried for those candidates, the report says why, and the budget loop still mends
+    them. Per-channel candidates (drop ~0.05-0.1 here) decide by their own numbers."""
+    source, calib = weight_outlier
+    options = ConvertOptions(
+        **{**QUICK, "calibration_methods": ["minmax", "entropy", "percentile"]},
+        calibration=calib,
+        max_exclusion_steps=4,
+    )
+    report = convert(source, tmp_path / "out", options).report.quantization
+    assert report is not None
+    names = [c.name for c in report.candidates]
+    per_tensor = [c for c in report.candidates if "-pt-" in c.name and c.name.startswith("int8")]
+    assert per_tensor
+    for c in per_tensor:
+        # The note stays in the reason unless the latency gate then rejected it (gate's words).
+        gated = c.reason.startswith("latency gate:")
+        assert gated or "other range estimators not tried" in c.reason, c.reason
+        assert c.drop is not None and c.drop <= report.max_drop  # the loop mended it
+        stem = c.name.split("-minmax")[0]
+        assert f"{stem}-entropy" not in names and f"{stem}-percentile" not in names
+    for c in report.candidates:
+        if "other range estimators not tried" in c.reason:
+            assert "-minmax" in c.name
