@@ -116,7 +116,7 @@ def far_beyond(drop: float, budget: float) -> str | None:
     if drop < FAR_FACTOR * budget or budget <= 0:
         return None
     return (
-        f"other range estimators not tried: drop {drop:.4f} is over {FAR_FACTOR:g}x "
+        f"other range estimators not tried: drop ≥ {drop:.4f} is over {FAR_FACTOR:g}x "
         f"the budget {budget}"
     )
 
