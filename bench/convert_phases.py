@@ -129,7 +129,13 @@ def run_one(model: Any, work: Path, *, rows: int) -> dict[str, Any]:
                 "seconds": round(c.seconds, 1),
                 "drop": c.drop,
                 "speedup": c.speedup,
-                "reason": c.reason[:120],
+                "probe_speedup": c.probe_speedup,
+                "eval_rows": c.eval_rows,
+                "steps": [
+                    (s.excluded_tensor, round(s.tensor_error, 3), s.drop, s.eval_rows)
+                    for s in c.budget_steps
+                ],
+                "reason": c.reason[:400],
             }
             for c in q.candidates
         ]

@@ -108,7 +108,10 @@ class FidelityValidator:
                 values[f"{name}.rows_within_tolerance"] = within
                 if within < opts.min_agreement:
                     problems.append(f"{name}: {within:.1%} of rows within tolerance")
-                if rows.shape[1] > 1:
+                # Argmax of a score row, not of a flattened map: a text-probability map has
+                # thousands of pixels tied near 1.0, and the fixed-shape model, within
+                # tolerance everywhere, broke the tie elsewhere on 16 % of PP-OCR det's rows.
+                if got.ndim == 2 and rows.shape[1] > 1:
                     agree = float(np.mean(np.argmax(rows, 1) == np.argmax(ref, 1)))
                     values[f"{name}.argmax_agreement"] = agree
                     if agree < opts.min_agreement:

@@ -236,6 +236,17 @@ def _search_stage(
     return built, reports
 
 
+def _calibration_note(q: QuantInput, search: Search) -> list[str]:
+    """Says so when static int8 calibrated on fewer rows than it was given (a large input)."""
+    given = min(q.calibration.samples, q.options.calibration_rows)
+    if search.calib_rows >= given:
+        return []
+    return [
+        f"static int8 calibrated on {search.calib_rows} of {given} rows (large input; "
+        "--calibration-rows N uses N)"
+    ]
+
+
 def _load_average() -> float | None:
     import os
 
@@ -416,12 +427,12 @@ def run_quantization(q: QuantInput) -> QuantOutcome:
         eval_source="eval" if q.eval_source == "eval" else "calibration",
         calibration_file=q.calibration.path.name,
         calibration_kind=q.calibration.kind,
-        calibration_samples=min(q.calibration.samples, q.options.calibration_rows),
+        calibration_samples=search.calib_rows,
         calibration_sha256=q.calibration.sha256,
         threads=q.options.gate_threads,
         host_load=_load_average(),
         normalisation=fp32.steps,
-        notes=fp32.notes,
+        notes=[*fp32.notes, *_calibration_note(q, search)],
         skipped=plan.skipped,
         candidates=[fp32_report, *reports],
         chosen=chosen_name,

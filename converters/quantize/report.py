@@ -19,7 +19,15 @@ class BudgetStep(_Model):
     excluded_tensor: str = Field(description="The tensor spared from int8 at this step.")
     tensor_error: float = Field(description="Its simulated relative int8 error.")
     excluded_nodes: list[str] = Field(description="All nodes excluded after this step.")
-    drop: float | None = Field(default=None, description="Metric drop after this step.")
+    drop: float | None = Field(
+        default=None,
+        description="Metric drop after this step (the least it can be when eval_rows is set).",
+    )
+    eval_rows: int | None = Field(
+        default=None,
+        description="Set when validation stopped early: the rows it was decided on (even "
+        "perfect remaining rows could not bring it within budget).",
+    )
     restored: bool = Field(
         default=False,
         description="This step put the tensor's nodes back to int8 (a pruning pass after the "
@@ -33,7 +41,16 @@ class CandidateReport(_Model):
     status: CandidateStatus = Field(description="Outcome.")
     reason: str = Field(description="Why accepted or rejected.")
     metric: float | None = Field(default=None, description="Budget metric on the eval rows.")
-    drop: float | None = Field(default=None, description="fp32 metric minus this metric.")
+    drop: float | None = Field(
+        default=None,
+        description="fp32 metric minus this metric (the least it can be when eval_rows is set).",
+    )
+    eval_rows: int | None = Field(
+        default=None,
+        description="Set when validation stopped early: the rows the rejection was decided on "
+        "(even if every other row agreed with fp32 it could not be within budget); metric is "
+        "then the best it could have reached.",
+    )
     fidelity: dict[str, float] = Field(
         default_factory=dict, description="max/mean abs error, cosine, argmax agreement vs fp32."
     )

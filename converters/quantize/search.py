@@ -15,9 +15,16 @@ from converters.evaldata import batch_of
 from converters.onnx_graph import tensor_specs
 from converters.quantize import metrics
 from converters.quantize.configs import DynamicInt8, Fp16, StaticInt8, config_name
+from converters.quantize.early_stop import (
+    BOUNDED,
+    best_case,
+    chunk_rows,
+    far_beyond,
+    loop_out_of_reach,
+)
 from converters.quantize.engines import INT8_OPS, QuantizeError, quantize
 from converters.quantize.probe import PROBE_ROWS
-from converters.quantize.ranking import TensorRisk, rank_tensors
+from converters.quantize.ranking import TensorRisk, activation_risks, with_weights
 from converters.quantize.report import BudgetStep, CandidateReport
 from converters.runtime import make_session, run_batched
 
@@ -28,6 +35,11 @@ if TYPE_CHECKING:
 Config = StaticInt8 | DynamicInt8 | Fp16
 #: Input elements the ranking probe runs at most (rows x row size).
 MAX_RANKING_ELEMENTS = 3_000_000
+#: Input elements MinMax calibrates on at most unless --calibration-rows is given: onnxruntime
+#: runs the calibration graph unoptimised with a ReduceMin/Max on every tensor, and 64 rows of
+#: the 800x608 PicoDet (1.46 M elements a row) took 90 s at load 5 and 4 min at load 12 here,
+#: the largest single cost of its conversion. 16 rows of it; every row of a 320x320 input.
+MAX_CALIBRATION_ELEMENTS = 24_000_000
 
 
 @dataclass
@@ -44,7 +56,10 @@ class _Trial:
     config: Config
     path: Path
     outputs: dict[str, Any]
+    #: The metric on every eval row, or (when ``rows`` is set) the best it could still reach.
     metric: float
+    #: Rows validated on when validation stopped early (the budget was out of reach).
+    rows: int | None = None
 
 
 class Search:
@@ -58,8 +73,9 @@ class Search:
         self.metric_name = metrics.metric_name(q.labels, fp32_out, q.task, q.decode)
         self.baseline = self.score(fp32_out)
         self.fp32_size = fp32.path.stat().st_size
-        self._ranking: list[TensorRisk] | None = None
-        self.calib_rows = q.options.calibration_rows
+        self._activations: list[TensorRisk] | None = None
+        self._ranking: dict[bool, list[TensorRisk]] = {}
+        self.calib_rows = self._calibration_rows()
         self.started = time.perf_counter()
         self._batch = batch_of(tensor_specs(fp32.model)[0])
 
@@ -73,9 +89,38 @@ class Search:
             decode=self.q.decode,
         )
 
-    def evaluate(self, path: Path) -> dict[str, Any]:
+    def validate(self, config: Config, path: Path, *, early: bool = True) -> _Trial:
+        """Score ``path`` on the eval rows chunk by chunk, stopping once even perfect remaining
+        rows could not bring it within budget (:mod:`converters.quantize.early_stop`); with
+        ``early=False`` on every row (the budget loop compares exact drops)."""
+        import numpy as np
+
         session = make_session(path.read_bytes(), what=path.name)
-        return run_batched(session, self.q.feeds, batch=self._batch, what=path.name)
+        feeds = self.q.feeds
+        total = len(next(iter(feeds.values())))
+        bounded = early and self.metric_name in BOUNDED
+        step = chunk_rows(total, self._batch) if bounded else total
+        parts: list[dict[str, Any]] = []
+        done = 0
+        while done < total:
+            chunk = {k: v[done : done + step] for k, v in feeds.items()}
+            parts.append(run_batched(session, chunk, batch=self._batch, what=path.name))
+            done = min(total, done + step)
+            if done == total:
+                break
+            got = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+            reach = best_case(
+                self.metric_name,
+                got,
+                self.fp32_out,
+                labels=self.q.labels,
+                class_values=self.q.class_values,
+                decode=self.q.decode,
+            )
+            if reach is not None and not self.within(reach):
+                return _Trial(config, path, got, reach, rows=done)
+        outputs = {n: np.concatenate([np.atleast_1d(p[n]) for p in parts]) for n in parts[0]}
+        return _Trial(config, path, outputs, self.score(outputs))
 
     def build(self, config: Config, label: str, *, probe: bool = False) -> Path:
         """Quantize into ``<label>.onnx``; a probe build calibrates on :data:`PROBE_ROWS`
@@ -95,16 +140,30 @@ class Search:
         )
         return target
 
-    def trial(self, config: Config, label: str) -> _Trial:
-        path = self.build(config, label)
-        outputs = self.evaluate(path)
-        return _Trial(config, path, outputs, self.score(outputs))
+    def trial(self, config: Config, label: str, *, early: bool = True) -> _Trial:
+        return self.validate(config, self.build(config, label), early=early)
 
-    def ranking(self) -> list[TensorRisk]:
-        if self._ranking is None:
+    def ranking(self, *, per_channel: bool) -> list[TensorRisk]:
+        """The budget loop's order for a per-channel (or per-tensor) candidate, made once."""
+        if self._activations is None:
             rows = next(self.q.calibration.batches(limit=self._ranking_rows())).inputs
-            self._ranking = rank_tensors(self.fp32.model, rows, op_types=INT8_OPS)
-        return self._ranking
+            self._activations = activation_risks(self.fp32.model, rows, op_types=INT8_OPS)
+        if per_channel not in self._ranking:
+            self._ranking[per_channel] = with_weights(
+                self.fp32.model, self._activations, per_channel
+            )
+        return self._ranking[per_channel]
+
+    def _calibration_rows(self) -> int:
+        """Rows static int8 calibrates on: ``--calibration-rows`` when given, else the default
+        bounded by :data:`MAX_CALIBRATION_ELEMENTS` (at least 16 rows)."""
+        opts = self.q.options
+        rows = min(opts.calibration_rows, self.q.calibration.samples)
+        if "calibration_rows" in opts.model_fields_set:
+            return rows
+        first = next(self.q.calibration.batches(limit=1)).inputs
+        per_row = sum(int(v[0].size) for v in first.values()) or 1
+        return max(1, min(rows, max(16, MAX_CALIBRATION_ELEMENTS // per_row)))
 
     def histogram_rows(self) -> int:
         """Calibration rows for entropy/percentile: bounded like the ranking probe's."""
@@ -136,8 +195,7 @@ class Search:
         self.q.progress(f"calibrating and quantizing {name}")
         try:
             if prebuilt is not None:  # fp16 / dynamic int8: the probe's build is the real one
-                outputs = self.evaluate(prebuilt)
-                first = _Trial(config, prebuilt, outputs, self.score(outputs))
+                first = self.validate(config, prebuilt)
             else:
                 first = self.trial(config, label)
         except (QuantizeError, ConvertError) as err:
@@ -146,7 +204,8 @@ class Search:
             return [self._built(first, [], started)]
         results: list[Built | CandidateReport] = []
         trials = [first]
-        if isinstance(config, StaticInt8) and not config.excluded_nodes:
+        far = far_beyond(self.baseline - first.metric, self.q.options.max_drop)
+        if isinstance(config, StaticInt8) and not config.excluded_nodes and far is None:
             for method in self.q.options.calibration_methods:
                 if method == config.method or self.out_of_time():
                     continue
@@ -172,9 +231,14 @@ class Search:
             if trial is not best:
                 results.append(self._built(trial, [], started))
         steps: list[BudgetStep] = []
+        note: str | None = None
         if isinstance(best.config, StaticInt8 | DynamicInt8):
-            best = self._budget_loop(best, label, steps)
-        results.append(self._built(best, steps, started))
+            best, note = self._budget_loop(best, label, steps)
+        if far is not None and isinstance(config, StaticInt8):
+            methods = self.q.options.calibration_methods
+            if any(m != config.method for m in methods):  # said only when there were others
+                note = f"{far}; {note}" if note else far
+        results.append(self._built(best, steps, started, note=note))
         return results
 
     def _failed(self, config: Config, err: Exception, started: float) -> CandidateReport:
@@ -186,23 +250,37 @@ class Search:
             seconds=time.perf_counter() - started,
         )
 
-    def _built(self, t: _Trial, steps: list[BudgetStep], started: float) -> Built:
+    def _built(
+        self, t: _Trial, steps: list[BudgetStep], started: float, *, note: str | None = None
+    ) -> Built:
         budget = self.q.options.max_drop
         drop = self.baseline - t.metric
         size = t.path.stat().st_size
+        total = len(next(iter(self.q.feeds.values())))
+        at_least = "≥ " if t.rows is not None else ""
+        reason = (
+            f"{self.metric_name} drop {drop:.4f} within budget {budget}"
+            if drop <= budget
+            else f"{self.metric_name} drop {at_least}{drop:.4f} exceeds budget {budget}"
+            + (f" even with {len(steps)} exclusion steps" if steps else "")
+        )
+        if t.rows is not None:
+            reason += (
+                f" (decided on {t.rows} of {total} eval rows: even if every other row "
+                "agreed with fp32 it could not be within budget)"
+            )
+        if note:
+            reason += f"; {note}"
+        fp32_rows = {k: v[: t.rows] for k, v in self.fp32_out.items()} if t.rows else self.fp32_out
         report = CandidateReport(
             name=config_name(t.config),
             config=t.config.model_dump(),
             status="accepted" if drop <= budget else "rejected",
-            reason=(
-                f"{self.metric_name} drop {drop:.4f} within budget {budget}"
-                if drop <= budget
-                else f"{self.metric_name} drop {drop:.4f} exceeds budget {budget}"
-                + (f" even with {len(steps)} exclusion steps" if steps else "")
-            ),
+            reason=reason,
             metric=t.metric,
             drop=drop,
-            fidelity=metrics.fidelity(t.outputs, self.fp32_out),
+            eval_rows=t.rows,
+            fidelity=metrics.fidelity(t.outputs, fp32_rows),
             size_bytes=size,
             size_ratio=self.fp32_size / max(size, 1),
             excluded_nodes=list(getattr(t.config, "excluded_nodes", ())),
@@ -211,18 +289,36 @@ class Search:
         )
         return Built(t.config, t.path, t.outputs, t.metric, report)
 
-    def _budget_loop(self, start: _Trial, label: str, steps: list[BudgetStep]) -> _Trial:
-        """Leave the worst tensors' nodes in float, one at a time, until within budget. Each
+    def _budget_loop(
+        self, start: _Trial, label: str, steps: list[BudgetStep]
+    ) -> tuple[_Trial, str | None]:
+        """Leave the worst tensors' nodes in float, one at a time, until within budget, or
+        until the pace of the steps so far cannot reach it (the reason is returned). Each
         step only re-runs the quantizer: the ranges come from the method's cache."""
         config = start.config
         assert isinstance(config, StaticInt8 | DynamicInt8)
         best = start
         excluded: set[str] = set(config.excluded_nodes)
-        for risk in self.ranking():
-            if len(steps) >= self.q.options.max_exclusion_steps or self.out_of_time():
+        most = self.q.options.max_exclusion_steps
+        drops: list[float] = []
+        for risk in self.ranking(per_channel=config.per_channel):
+            if len(steps) >= most or self.out_of_time():
                 break
             if not risk.nodes or set(risk.nodes) <= excluded:
                 continue
+            if drops and start.rows is not None:
+                # Its drop is a lower bound (validation stopped early): the pace needs the drop.
+                start = self.validate(config, start.path, early=False)
+                best = max(best, start, key=lambda t: t.metric if t.rows is None else -1.0)
+            why = loop_out_of_reach(
+                self.baseline - start.metric,
+                drops,
+                steps_left=most - len(steps),
+                budget=self.q.options.max_drop,
+                next_error=risk.error,
+            )
+            if why is not None:
+                return best, why
             excluded |= set(risk.nodes)
             trial_config = config.model_copy(update={"excluded_nodes": tuple(sorted(excluded))})
             self.q.detail(f"budget loop: sparing {risk.tensor} ({config_name(trial_config)})")
@@ -233,13 +329,15 @@ class Search:
             )
             steps.append(step)
             try:
-                trial = self.trial(trial_config, f"{label}-x{len(steps)}")
+                trial = self.trial(trial_config, f"{label}-x{len(steps)}", early=False)
             except (QuantizeError, ConvertError):
                 continue
             step.drop = self.baseline - trial.metric
+            step.eval_rows = trial.rows
+            drops.append(step.drop)
             if trial.metric > best.metric:
                 best = trial
             if self.within(trial.metric):
-                return trial
+                return trial, None
         # The untouched candidate stays the record when no step helped.
-        return best
+        return best, None

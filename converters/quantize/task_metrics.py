@@ -50,17 +50,29 @@ def matched(got: Boxes, want: Boxes, iou: float = MATCH_IOU) -> int:
     return count
 
 
-def box_f1(
+def box_counts(
     got: Mapping[str, Any], fp32: Mapping[str, Any], post: DetectorPost, size: Size
-) -> float:
-    """F1 of the boxes ``got`` decodes against fp32's, pooled over rows (1.0: both empty)."""
+) -> tuple[int, int, int]:
+    """Matched boxes, boxes ``got`` decodes and boxes fp32 decodes, summed over ``got``'s rows."""
     hits = n_got = n_want = 0
-    for r in range(_rows(fp32)):
+    for r in range(_rows(got)):
         mine, ref = detect(post, got, r, size), detect(post, fp32, r, size)
         hits += matched(mine, ref)
         n_got += len(mine)
         n_want += len(ref)
+    return hits, n_got, n_want
+
+
+def f1_of(hits: int, n_got: int, n_want: int) -> float:
+    """Pooled F1 from counts (1.0 when neither side has a box)."""
     return 1.0 if n_got + n_want == 0 else 2 * hits / (n_got + n_want)
+
+
+def box_f1(
+    got: Mapping[str, Any], fp32: Mapping[str, Any], post: DetectorPost, size: Size
+) -> float:
+    """F1 of the boxes ``got`` decodes against fp32's, pooled over rows (1.0: both empty)."""
+    return f1_of(*box_counts(got, fp32, post, size))
 
 
 def mask_iou(got: Mapping[str, Any], fp32: Mapping[str, Any], post: MaskPost) -> float:

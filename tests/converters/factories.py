@@ -252,3 +252,50 @@ def convert_without(
         str(tmp_path / "o"),
     ]
     return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def weight_outlier_onnx(*, seed: int = 0, features: int = 16, hidden: int = 32) -> Any:
+    """An MLP broken by per-tensor int8 *weights*, which the budget loop's activation ranking
+    does not see: ``W1[0, 0]`` is 1e4 but input feature 0 is always 0 (see
+    :func:`weight_outlier_rows`), so fp32 ignores it while a per-tensor weight scale set by it
+    rounds every other ``W1`` weight to zero. Per-channel weights survive. Activations are
+    benign except ``h3``, whose channel 0 is scaled 30x: the worst-ranked tensor (not ruinous),
+    and sparing it does not help."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((features, hidden)).astype(np.float32)
+    w1[0, 0] = 1e4
+    w2 = (rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    scale = np.ones(hidden, np.float32)
+    scale[0] = 30.0
+    w3 = rng.standard_normal((hidden, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["m1"], name="fc1"),
+            helper.make_node("Relu", ["m1"], ["h1"], name="relu1"),
+            helper.make_node("MatMul", ["h1", "W2"], ["m2"], name="fc2"),
+            helper.make_node("Relu", ["m2"], ["h2"], name="relu2"),
+            helper.make_node("Mul", ["h2", "S"], ["h3"], name="scale"),
+            helper.make_node("MatMul", ["h3", "W3"], ["scores"], name="fc3"),
+        ],
+        "weight_outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[
+            numpy_helper.from_array(w1, "W1"),
+            numpy_helper.from_array(w2, "W2"),
+            numpy_helper.from_array(scale, "S"),
+            numpy_helper.from_array(w3, "W3"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def weight_outlier_rows(rows: int, *, features: int = 16, seed: int = 2) -> np.ndarray:
+    """Inputs for :func:`weight_outlier_onnx`: uniform, feature 0 always 0."""
+    x = np.random.default_rng(seed).uniform(-1, 1, (rows, features)).astype(np.float32)
+    x[:, 0] = 0.0
+    return x

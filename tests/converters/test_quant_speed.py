@@ -141,3 +141,31 @@ def test_latency_figure_stops_on_its_time_budget() -> None:
     assert capped.runs == MIN_LATENCY_RUNS and capped.p50_ms > 0
     full = measure_latency(session, feed, warmup=2, runs=30, budget_s=None)
     assert full.runs == 30 and full.p95_ms >= full.p50_ms
+
+
+def test_minmax_rows_are_bounded_for_large_inputs_unless_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default static int8 calibrates on at most MAX_CALIBRATION_ELEMENTS input elements
+    (at least 16 rows), and the report says so; an explicit --calibration-rows is honoured."""
+    from converters.api import convert
+    from converters.options import ConvertOptions
+    from converters.quantize import search
+    from tests.converters.factories import fragile_onnx, write_npz
+
+    monkeypatch.setattr(search, "MAX_CALIBRATION_ELEMENTS", 16 * 20)  # 20 rows of 16 features
+    source = save_onnx(fragile_onnx(), tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    calib = write_npz(tmp_path / "c.npz", x=rng.standard_normal((64, 16)).astype(np.float32))
+    quick: dict[str, Any] = {"calibration": calib, "latency_probe": False, "gate_rounds": 2}
+    quick |= {"calibration_methods": ["minmax"], "max_exclusion_steps": 0, "latency_runs": 5}
+    bounded = convert(source, tmp_path / "a", ConvertOptions(**quick)).report.quantization
+    assert bounded is not None and bounded.calibration_samples == 20
+    assert "static int8 calibrated on 20 of 64 rows" in " ".join(bounded.notes)
+    given = ConvertOptions(**quick, calibration_rows=48)
+    explicit = convert(source, tmp_path / "b", given).report.quantization
+    assert explicit is not None and explicit.calibration_samples == 48
+    assert not any("calibrated on" in n for n in explicit.notes)
+    monkeypatch.setattr(search, "MAX_CALIBRATION_ELEMENTS", 16 * 4)  # below the 16-row floor
+    floor = convert(source, tmp_path / "c", ConvertOptions(**quick)).report.quantization
+    assert floor is not None and floor.calibration_samples == 16

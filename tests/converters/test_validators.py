@@ -72,6 +72,22 @@ def test_fidelity_failures() -> None:
     assert loose.passed and loose.values["probabilities.argmax_agreement"] == 0.75
 
 
+def test_fidelity_of_a_map_is_its_tolerance_not_the_argmax_of_its_pixels() -> None:
+    """A probability map saturated at 1.0 in many pixels: a difference far inside tolerance
+    moves the flattened argmax on every row, and that is no fidelity problem."""
+    want = np.zeros((4, 1, 8, 8), np.float32)
+    want[:, 0, 2:6, 2:6] = 0.999
+    got = want.copy()
+    got[:, 0, 5, 5] += 1e-6  # the argmax moves from (2, 2) to (5, 5)
+    result = FidelityValidator().check(_ctx({"map": got}, {"map": want}))
+    assert result.passed, result.message
+    assert "map.argmax_agreement" not in result.values
+    far = got.copy()
+    far[0, 0, 0, 0] = 0.5  # outside tolerance on one row in four
+    broken = FidelityValidator().check(_ctx({"map": far}, {"map": want}))
+    assert not broken.passed and "75.0% of rows within tolerance" in broken.message
+
+
 def test_accuracy_against_labels_and_source() -> None:
     truth = np.array([0, 1, 2, 1])
     same = AccuracyValidator().check(_ctx({"label": LABEL}, {"label": LABEL}, labels=truth))
