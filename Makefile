@@ -12,7 +12,8 @@ STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`; 0 (the default) runs the suite in one process. Tests that
 # must not overlap are pinned to one worker each (tests/utils/xdist.py, docs/testing.md). Not yet
-# the default: the first full 3-worker run broke one worker's output capture (docs/testing.md).
+# the default: the closed capture file of the first 3-worker run is fixed, but one e2e test
+# still fails under parallel load (docs/testing.md, "Full 3-worker runs").
 PYTEST_WORKERS ?= 0
 ifeq ($(PYTEST_WORKERS),0)
 PYTEST_PARALLEL :=

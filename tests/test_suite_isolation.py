@@ -3,6 +3,8 @@ however many worker processes ask at once, and the pinned groups name files that
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +99,76 @@ def test_a_worker_takes_whole_files_and_whole_groups() -> None:
     assert scope_of("tests/edgefleet/test_signing.py::test_a[x::y]") == (
         "tests/edgefleet/test_signing.py"
     )
+
+
+class _Watched(logging.Handler):
+    """A handler that only remembers being closed (as absl's, made at its import, would close
+    its stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.was_closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        self.was_closed = True
+        super().close()
+
+
+@pytest.mark.integration
+def test_the_live_server_leaves_the_process_logging_alone(tmp_path: Path) -> None:
+    """uvicorn's default logging config runs dictConfig, which closes every handler the process
+    made: tests share one process per worker, so a test's server must not touch the others'."""
+    from tests.utils.server import live_server
+
+    watched = _Watched()
+    root = logging.getLogger()
+    before = list(root.handlers)
+    with live_server(tmp_path):
+        pass
+    assert not watched.was_closed
+    assert root.handlers == before
+
+
+#: Three tests in the order a worker once ran them: TensorFlow (here absl alone) imported under
+#: pytest's global capture, then a live server under capsys, then anything that prints.
+ABSL_THEN_LIVE_SERVER = """
+from pathlib import Path
+
+import pytest
+
+
+def test_imports_absl() -> None:
+    import absl.logging  # its handler takes the sys.stderr of this moment: pytest's capture file
+
+
+def test_live_server_under_capsys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.utils.server import live_server
+
+    with live_server(tmp_path):
+        pass
+
+
+def test_prints() -> None:
+    print("still captured")
+"""
+
+
+@pytest.mark.integration
+def test_a_live_server_after_absl_keeps_pytest_capture_working(tmp_path: Path) -> None:
+    """The 893 errors of the first 3-worker run ("I/O operation on closed file" in pytest's
+    capture on every test after tests/agent/test_enroll.py on one worker)."""
+    pytest.importorskip("absl.logging", reason="absl comes with TensorFlow (the convert-tf extra)")
+    (tmp_path / "test_order.py").write_text(ABSL_THEN_LIVE_SERVER)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+        + ["--rootdir", str(tmp_path), str(tmp_path / "test_order.py")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0 and "3 passed" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]

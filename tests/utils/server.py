@@ -64,8 +64,20 @@ def live_server(
         values.update(mqtt_version_for(broker_url))
     values.update(settings)
     app = create_app(ServerSettings(**values))
+    # log_config=None, as fleet_server/serve.py does: uvicorn's default runs
+    # logging.config.dictConfig, which closes every handler the process ever made. absl's handler
+    # (made when TensorFlow is first imported, bound to the sys.stderr of that moment: pytest's
+    # capture file) closes its stream when it is no longer sys.stderr, e.g. under capsys; every
+    # later test in that process then failed in pytest's capture ("I/O operation on closed file").
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            log_level="warning",
+            lifespan="on",
+        )
     )
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
