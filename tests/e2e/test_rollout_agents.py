@@ -153,7 +153,9 @@ def test_real_agents_take_a_good_version_and_refuse_a_slow_one(
     passed = next(d for d in report["decisions"] if d["action"] == "stage_passed")
     gates = {g["name"]: g["status"] for g in passed["evidence"]["gates"]}
     assert gates["success_rate"] == "pass" and gates["latency_p95_ratio"] == "pass", gates
-    assert passed["evidence"]["evidence"]["baseline"] == "control"
+    # A real baseline either way: the control group, or (when the canary had served 1.0.0 long
+    # enough before its update, as on a loaded machine) its own pre-update telemetry.
+    assert passed["evidence"]["evidence"]["baseline"] in ("control", "pre-update"), passed
     # Committed (the event) comes just before the state message that says so.
     wait_until(
         lambda: _running(client, tag) == {"2.0.0": 3}, 15, "every agent reporting 2.0.0", every=0.25
