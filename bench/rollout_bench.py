@@ -128,7 +128,7 @@ def main() -> int:
         "--session-expiry",
         type=int,
         default=120,
-        help="the server's MQTT session expiry (0: a clean 3.1.1 session)",
+        help="the server's MQTT session expiry (0: a clean session)",
     )
     parser.add_argument("--rollout-tick", type=float, default=1.0)
     args = parser.parse_args()
