@@ -1,4 +1,6 @@
-"""Build, cache and enter the emulated arm64 board's root filesystem.
+"""Build, cache and enter an emulated board's root filesystem: arm64, or armhf (the 32-bit
+Raspberry Pi OS class: ``RootfsSpec.for_arch("armhf")``, Debian's numpy 1 and opencv, some
+packages compiled from their sdists inside the board).
 
 The board is a Debian ``minbase`` root (debootstrap, second stage run under qemu-user-static
 through binfmt_misc) with the agent's pinned third-party wheels installed into its system

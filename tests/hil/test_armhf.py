@@ -4,8 +4,8 @@ server on the host.
 The board is ``hil.arm64``'s cached Debian bookworm armhf root (``python -m hil.arm64 --arch armhf
 build``): Debian's numpy 1.24 and opencv 4.6, tflite-runtime 2.14.0 and cryptography wheels,
 msgspec and cffi built from their sdists. Each run installs this tree's wheel into a fresh venv
-there with ``--no-deps`` (opencv is Debian's ``python3-opencv``, which pip does not know as
-``opencv-python-headless``; the test checks the extra's imports instead) and runs
+there without its ``[agent-armv7]`` extra (opencv is Debian's ``python3-opencv``, which pip does
+not know as ``opencv-python-headless``; the test imports the extra's modules instead) and runs
 ``edgefleet agent`` with ``profile = "rpi-armv7"`` under qemu-arm: enrolment, a signed TFLite
 model through ``tflite_runtime`` with its self-test, a video served, telemetry stored by the
 server; and an ONNX artifact refused, by the server for the rpi-armv7 class and by the device
@@ -119,6 +119,7 @@ def test_the_board_is_32_bit_arm_with_the_armv7_stack(site: Site) -> None:
             "print(json.dumps({'machine': platform.machine(), 'bits': struct.calcsize('P') * 8, "
             "'numpy': numpy.__version__, 'tflite': m.version('tflite-runtime'), "
             "'onnxruntime': importlib.util.find_spec('onnxruntime') is not None, "
+            "'litert': importlib.util.find_spec('ai_edge_litert') is not None, "
             "'edgefleet': str(m.distribution('edgefleet').locate_file('')), "
             "'agent': agent.__file__}))",
         ],
@@ -129,7 +130,9 @@ def test_the_board_is_32_bit_arm_with_the_armv7_stack(site: Site) -> None:
     assert seen["machine"] == "armv7l" and seen["bits"] == 32, seen
     # tflite-runtime 2.14 is built against numpy 1 (docs/hil.md).
     assert seen["numpy"].startswith("1.") and seen["tflite"] == "2.14.0", seen
-    assert seen["onnxruntime"] is False  # PyPI has no armv7l onnxruntime
+    # PyPI has no armv7l onnxruntime or ai-edge-litert: the LiteRT backend below runs through
+    # its tflite_runtime fallback.
+    assert seen["onnxruntime"] is False and seen["litert"] is False, seen
     assert seen["edgefleet"].startswith(f"{VENV}/") and seen["agent"].startswith(f"{VENV}/lib/")
 
 
