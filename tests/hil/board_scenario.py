@@ -35,7 +35,8 @@ def board_for(arch: str) -> Board:
     if problem is None and board is None:
         problem = (
             f"the {arch} board ({board_key(spec)}) is not built: run "
-            f"`python -m hil.arm64 --arch {arch} build` (tens of minutes)"
+            f"`python -m hil.arm64 --arch {arch} build` (a debootstrap under emulation: "
+            "minutes)"
         )
     if board is None:
         missing(str(problem))
