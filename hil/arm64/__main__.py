@@ -1,4 +1,4 @@
-"""``python -m hil.arm64 build|shell|info``: the emulated arm64 board's root filesystem."""
+"""``python -m hil.arm64 [--arch armhf] build|shell|info``: an emulated board's root filesystem."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from hil.arm64.rootfs import (
+    BINFMT_NAMES,
     Board,
     BuildError,
     RootfsSpec,
@@ -24,6 +25,12 @@ from hil.arm64.rootfs import (
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hil.arm64", description=__doc__)
+    parser.add_argument(
+        "--arch",
+        choices=sorted(BINFMT_NAMES),
+        default="arm64",
+        help="the board's Debian architecture (armhf: the 32-bit Raspberry Pi OS class)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build the root filesystem unless it is cached")
     sub.add_parser("shell", help="an interactive shell in the board (builds it first)")
@@ -38,7 +45,7 @@ def _freeze(board: Board) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    spec = RootfsSpec()
+    spec = RootfsSpec.for_arch(args.arch)
     try:
         if args.command == "info":
             board = find_board(spec)
@@ -48,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "key": board_key(spec),
                         "cache": str(cache_root()),
                         "built": board is not None,
-                        "emulation_problem": emulation_problem(),
+                        "emulation_problem": emulation_problem(spec.arch),
                         **({"board": board.info()} if board is not None else {}),
                         # What the pins pulled in, resolved at build time (not in the key).
                         **({"pip_freeze": _freeze(board)} if board is not None else {}),

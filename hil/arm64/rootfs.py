@@ -1,4 +1,6 @@
-"""Build, cache and enter the emulated arm64 board's root filesystem.
+"""Build, cache and enter an emulated board's root filesystem: arm64, or armhf (the 32-bit
+Raspberry Pi OS class: ``RootfsSpec.for_arch("armhf")``, Debian's numpy 1 and opencv, some
+packages compiled from their sdists inside the board).
 
 The board is a Debian ``minbase`` root (debootstrap, second stage run under qemu-user-static
 through binfmt_misc) with the agent's pinned third-party wheels installed into its system
@@ -28,9 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REQUIREMENTS = Path(__file__).with_name("requirements-agent.txt")
-#: Debian's arm64 interpreter for binfmt_misc (qemu-user-static registers it with flag F, so
+#: The armhf board's pins (32-bit Raspberry Pi OS's class, profile rpi-armv7).
+REQUIREMENTS_ARMHF = Path(__file__).with_name("requirements-agent-armhf.txt")
+#: Debian architecture -> qemu-user-static's binfmt_misc entry (registered with flag F, so
 #: the host binary is used inside a chroot without copying it in).
-BINFMT_ENTRY = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+BINFMT_NAMES = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+BINFMT_ENTRY = BINFMT_DIR / BINFMT_NAMES["arm64"]
 #: Where the board sees the per-run work folder (a bind mount of a host folder).
 WORK = "/work"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -63,6 +69,22 @@ class RootfsSpec:
     #: python3-pip: the board installs the agent's wheels with Debian's pip (system site).
     packages: tuple[str, ...] = ("python3", "python3-venv", "python3-pip", "ca-certificates")
     requirements: str = field(default_factory=lambda: REQUIREMENTS.read_text())
+    #: Pinned packages pip may build from their sdist (everything else: wheels only).
+    from_source: tuple[str, ...] = ()
+
+    @classmethod
+    def for_arch(cls, arch: str) -> RootfsSpec:
+        """The spec of a known board: ``arm64`` (the default) or ``armhf``."""
+        if arch == "arm64":
+            return cls()
+        if arch == "armhf":
+            return cls(
+                arch="armhf",
+                packages=ARMHF_PACKAGES,
+                requirements=REQUIREMENTS_ARMHF.read_text(),
+                from_source=("msgspec", "cffi"),
+            )
+        raise ValueError(f"no board for architecture {arch!r}: one of {sorted(BINFMT_NAMES)}")
 
     def pins(self) -> list[str]:
         """The requirement lines without comments and blanks (a reworded comment is the same
@@ -75,16 +97,37 @@ class RootfsSpec:
 
         The mirror is left out: the same suite from another mirror is the same root.
         """
-        material = json.dumps(
-            {
-                "suite": self.suite,
-                "arch": self.arch,
-                "packages": sorted(self.packages),
-                "requirements": self.pins(),
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(material.encode()).hexdigest()[:16]
+        material: dict[str, object] = {
+            "suite": self.suite,
+            "arch": self.arch,
+            "packages": sorted(self.packages),
+            "requirements": self.pins(),
+        }
+        if self.from_source:  # absent when empty: the arm64 key (and its cache) is unchanged
+            material["from_source"] = sorted(self.from_source)
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+    def pip_formats(self) -> list[str]:
+        """pip's format options: wheels only, except the packages named in ``from_source``."""
+        only = ["--only-binary=:all:"]
+        return only + ([f"--no-binary={','.join(self.from_source)}"] if self.from_source else [])
+
+
+#: Debian bookworm armhf packages for the armhf board. PyPI has no armv7l wheel of numpy,
+#: opencv, msgspec or cffi (docs/hil.md): numpy 1.24 and opencv 4.6 come from Debian (numpy 1 is
+#: what tflite-runtime 2.14 needs); msgspec and cffi (cryptography 51 needs cffi>=2, Debian has
+#: 1.15) build from their sdists, hence the compiler, headers and libffi.
+ARMHF_PACKAGES: tuple[str, ...] = (
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    "ca-certificates",
+    "python3-numpy",
+    "python3-opencv",
+    "build-essential",
+    "python3-dev",
+    "libffi-dev",
+)
 
 
 def cache_root() -> Path:
@@ -97,26 +140,26 @@ def board_key(spec: RootfsSpec | None = None) -> str:
     return f"{(spec or RootfsSpec()).arch}-{(spec or RootfsSpec()).key()}"
 
 
-def emulation_problem() -> str | None:
-    """Why this host cannot run the board, or None when it can."""
+def emulation_problem(arch: str = "arm64") -> str | None:
+    """Why this host cannot run the ``arch`` board, or None when it can."""
     if os.geteuid() != 0:
-        return "the emulated arm64 board needs root (chroot, mount namespaces)"
+        return f"the emulated {arch} board needs root (chroot, mount namespaces)"
     for tool in ("unshare", "chroot", "mount"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
-    if not BINFMT_ENTRY.exists():
+    name = BINFMT_NAMES[arch]
+    path = BINFMT_DIR / name
+    if not path.exists():
         return (
-            "no qemu-aarch64 binfmt_misc entry: apt-get install -y qemu-user-static "
+            f"no {name} binfmt_misc entry: apt-get install -y qemu-user-static "
             "binfmt-support, then `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc` "
-            "if it is not mounted and `update-binfmts --enable qemu-aarch64`"
+            f"if it is not mounted and `update-binfmts --enable {name}`"
         )
-    entry = BINFMT_ENTRY.read_text()
+    entry = path.read_text()
     if not entry.startswith("enabled"):
-        return (
-            "the qemu-aarch64 binfmt_misc entry is disabled: update-binfmts --enable qemu-aarch64"
-        )
+        return f"the {name} binfmt_misc entry is disabled: update-binfmts --enable {name}"
     if "F" not in _binfmt_flags(entry):
-        return "the qemu-aarch64 binfmt_misc entry lacks flag F (fix-binary): chroot cannot use it"
+        return f"the {name} binfmt_misc entry lacks flag F (fix-binary): chroot cannot use it"
     return None
 
 
@@ -188,7 +231,8 @@ class Board:
         )
         if check and proc.returncode != 0:
             raise BuildError(
-                f"`{' '.join(argv)}` failed in the arm64 board (exit {proc.returncode}): "
+                f"`{' '.join(argv)}` failed in the {self.key.split('-', 1)[0]} board "
+                f"(exit {proc.returncode}): "
                 f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
             )
         return proc
@@ -227,7 +271,7 @@ def ensure_board(spec: RootfsSpec | None = None, *, log: Path | None = None) -> 
     found = find_board(spec)
     if found is not None:
         return found
-    problem = emulation_problem()
+    problem = emulation_problem(spec.arch)
     if problem is None and shutil.which("debootstrap") is None:
         problem = "debootstrap is not installed: apt-get install -y debootstrap"
     if problem is not None:
@@ -276,7 +320,7 @@ def _build(spec: RootfsSpec, *, log: Path | None) -> Board:
                 "install",
                 "--break-system-packages",
                 "--no-cache-dir",
-                "--only-binary=:all:",
+                *spec.pip_formats(),
                 "-r",
                 "/opt/edgefleet/requirements.txt",
             ]
@@ -292,6 +336,7 @@ def _build(spec: RootfsSpec, *, log: Path | None) -> Board:
         "arch": spec.arch,
         "packages": list(spec.packages),
         "requirements": spec.requirements,
+        "from_source": list(spec.from_source),
         "uname_m": uname,
         "debootstrap_s": round(debootstrap_s, 1),
         "pip_s": round(pip_s, 1),

@@ -67,3 +67,28 @@ def test_info_on_an_empty_cache(
     assert shown["built"] is False and shown["key"] == board_key()
     with pytest.raises(SystemExit):
         cli.parse(["destroy"])
+
+
+def test_the_armhf_board_is_its_own_root_with_numpy_1_from_debian() -> None:
+    arm64, armhf = RootfsSpec.for_arch("arm64"), RootfsSpec.for_arch("armhf")
+    assert arm64 == RootfsSpec() and armhf.arch == "armhf"
+    assert board_key(armhf).startswith("armhf-") and armhf.key() != arm64.key()
+    # numpy 1 and opencv come from Debian (no armv7l wheels); tflite-runtime 2.14 needs numpy 1.
+    assert {"python3-numpy", "python3-opencv", "build-essential"} <= set(armhf.packages)
+    assert "tflite-runtime==2.14.0" in armhf.pins()
+    assert not any(p.startswith(("numpy", "onnxruntime", "ai-edge-litert")) for p in armhf.pins())
+    # Wheels only, except what has no armv7l wheel and builds from its sdist.
+    assert arm64.pip_formats() == ["--only-binary=:all:"]
+    assert armhf.pip_formats() == ["--only-binary=:all:", "--no-binary=msgspec,cffi"]
+    assert replace(armhf, from_source=("msgspec",)).key() != armhf.key()
+    with pytest.raises(ValueError, match="armel"):
+        RootfsSpec.for_arch("armel")
+
+
+def test_info_names_the_armhf_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EDGEFLEET_HIL_CACHE", str(tmp_path))
+    assert cli.main(["--arch", "armhf", "info"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["key"] == board_key(RootfsSpec.for_arch("armhf")) != board_key()

@@ -38,8 +38,9 @@ XDIST_GROUPS: dict[str, Group] = {
     ),
     "arm64-board": Group(
         "one cached board root (~/.cache/edgefleet/hil): the SSH tests glob its /tmp for run "
-        "folders another run on the board would leave; emulation takes a whole core each",
-        ("tests/hil/test_arm64.py", "tests/hil/test_ssh_arm64.py"),
+        "folders another run on the board would leave; emulation takes a whole core each "
+        "(the armhf board's too)",
+        ("tests/hil/test_arm64.py", "tests/hil/test_ssh_arm64.py", "tests/hil/test_armhf.py"),
     ),
     "cpu-timing": Group(
         "real-model conversions whose quantization choice and assertions rest on latencies "
