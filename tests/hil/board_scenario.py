@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -231,3 +233,53 @@ def assign(site: Site, device_id: str, ref: str) -> dict[str, Any]:
     name, version = ref.split("@")
     result: dict[str, Any] = site.client.assign(name, version, device_ids=[device_id])
     return result
+
+
+#: Makes the signed bundles a site serves, by ref, and the public key that verifies them:
+#: ``(work, tflite factory) -> (key, bundles)``.
+BundleMaker = Callable[[Path, "subprocess.Popen[bytes]"], tuple[Path, dict[str, Path]]]
+
+
+def signing_key(work: Path) -> tuple[Path, bytes]:
+    """A new Ed25519 key pair under ``work/keys``: the public key's path, the private PEM."""
+    from edgefleet.signing import generate_keypair
+
+    keys = work / "keys"
+    keys.mkdir()
+    generate_keypair(keys / "signing.pem", keys / "signing.pub.pem")
+    return keys / "signing.pub.pem", (keys / "signing.pem").read_bytes()
+
+
+@contextmanager
+def serving_site(
+    arch: str, work: Path, *, requirement: str, bundles: BundleMaker
+) -> Iterator[Site]:
+    """The board of ``arch`` with this tree's wheel installed (``requirement``, ``{wheel}`` in
+    it), a server on the host trusting the bundles' key and holding them; the agents the tests
+    start on the board are killed on the way out."""
+    from fleet_server.client.api import FleetClient
+    from tests.utils.server import live_server
+
+    board = board_for(arch)
+    factory = start_tflite_factory(work / "tflite")
+    install = None
+    try:
+        install = start_install(board, work, requirement=requirement)
+        key, made = bundles(work, factory)
+        with live_server(work / "server", trusted_keys=[key]) as server:
+            client = FleetClient(server.url, server.token)
+            for bundle in made.values():
+                client.push_model(bundle)
+            finish_install(install, work)
+            state = Site(board, work, server, client, key, made)
+            try:
+                yield state
+            finally:
+                for agent in state.agents:
+                    agent.kill()
+                client.close()
+    finally:
+        if factory.poll() is None:
+            factory.kill()
+            factory.wait(10)
+        stop_install(install)

@@ -35,18 +35,14 @@ from tests.hil.board_scenario import (
     Site,
     agent_config,
     assign,
-    board_for,
     enroll,
-    finish_install,
     running,
     served,
-    start_install,
-    start_tflite_factory,
-    stop_install,
+    serving_site,
+    signing_key,
     tflite_digits,
 )
 from tests.utils.artifacts import bundle_of, digits_images, sign_artifact
-from tests.utils.server import live_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,13 +50,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def _signed_bundles(work: Path, factory: subprocess.Popen[bytes]) -> tuple[Path, dict[str, Path]]:
     """Signed bundles by ref (digits 1.0.0, 2.0.0, the NaN 3.0.0, digits-tfl 1.0.0 when
     TensorFlow is there) and the public key that verifies them."""
-    from edgefleet.signing import generate_keypair
     from tests.utils.artifacts import build_digits_artifact
 
-    keys = work / "keys"
-    keys.mkdir()
-    generate_keypair(keys / "signing.pem", keys / "signing.pub.pem")
-    private = (keys / "signing.pem").read_bytes()
+    key, private = signing_key(work)
     artifacts = work / "artifacts"
     bundles: dict[str, Path] = {}
     for version in ("1.0.0", "2.0.0"):
@@ -75,37 +67,16 @@ def _signed_bundles(work: Path, factory: subprocess.Popen[bytes]) -> tuple[Path,
         bundles["digits-tfl@1.0.0"] = bundle_of(
             sign_artifact(tflite, private), artifacts / "digits-tfl-1.0.0.tar.gz"
         )
-    return keys / "signing.pub.pem", bundles
+    return key, bundles
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    from fleet_server.client.api import FleetClient
-
-    board = board_for("arm64")
     work = tmp_path_factory.mktemp("arm64")
-    factory = start_tflite_factory(work / "tflite")
-    install = None
-    try:
-        install = start_install(board, work, requirement="edgefleet[agent] @ {wheel}")
-        keys, bundles = _signed_bundles(work, factory)
-        with live_server(work / "server", trusted_keys=[keys]) as server:
-            client = FleetClient(server.url, server.token)
-            for bundle in bundles.values():
-                client.push_model(bundle)
-            finish_install(install, work)
-            state = Site(board, work, server, client, keys, bundles)
-            try:
-                yield state
-            finally:
-                for agent in state.agents:
-                    agent.kill()
-                client.close()
-    finally:
-        if factory.poll() is None:
-            factory.kill()
-            factory.wait(10)
-        stop_install(install)
+    with serving_site(
+        "arm64", work, requirement="edgefleet[agent] @ {wheel}", bundles=_signed_bundles
+    ) as state:
+        yield state
 
 
 def test_the_board_is_arm64_and_runs_the_agent_wheel(site: Site) -> None:

@@ -34,14 +34,11 @@ from tests.hil.board_scenario import (
     Site,
     agent_config,
     assign,
-    board_for,
     enroll,
-    finish_install,
     running,
     served,
-    start_install,
-    start_tflite_factory,
-    stop_install,
+    serving_site,
+    signing_key,
     tflite_digits,
 )
 from tests.utils.artifacts import bundle_of, digits_images, sign_artifact
@@ -53,13 +50,9 @@ PROFILE = 'profile = "rpi-armv7"\n'
 
 def _signed_bundles(work: Path, factory: subprocess.Popen[bytes]) -> tuple[Path, dict[str, Path]]:
     """digits-tfl@1.0.0 (TFLite) and digits@1.0.0 (ONNX), signed, and the key that verifies."""
-    from edgefleet.signing import generate_keypair
     from tests.utils.artifacts import build_digits_artifact
 
-    keys = work / "keys"
-    keys.mkdir()
-    generate_keypair(keys / "signing.pem", keys / "signing.pub.pem")
-    private = (keys / "signing.pem").read_bytes()
+    key, private = signing_key(work)
     artifacts = work / "artifacts"
     onnx = build_digits_artifact(artifacts / "digits-1.0.0", version="1.0.0")
     bundles = {
@@ -73,38 +66,14 @@ def _signed_bundles(work: Path, factory: subprocess.Popen[bytes]) -> tuple[Path,
     bundles["digits-tfl@1.0.0"] = bundle_of(
         sign_artifact(tflite, private), artifacts / "digits-tfl-1.0.0.tar.gz"
     )
-    return keys / "signing.pub.pem", bundles
+    return key, bundles
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    from fleet_server.client.api import FleetClient
-    from tests.utils.server import live_server
-
-    board = board_for("armhf")
     work = tmp_path_factory.mktemp("armhf")
-    factory = start_tflite_factory(work / "tflite")
-    install = None
-    try:
-        install = start_install(board, work, requirement="{wheel}")
-        keys, bundles = _signed_bundles(work, factory)
-        with live_server(work / "server", trusted_keys=[keys]) as server:
-            client = FleetClient(server.url, server.token)
-            for bundle in bundles.values():
-                client.push_model(bundle)
-            finish_install(install, work)
-            state = Site(board, work, server, client, keys, bundles)
-            try:
-                yield state
-            finally:
-                for agent in state.agents:
-                    agent.kill()
-                client.close()
-    finally:
-        if factory.poll() is None:
-            factory.kill()
-            factory.wait(10)
-        stop_install(install)
+    with serving_site("armhf", work, requirement="{wheel}", bundles=_signed_bundles) as state:
+        yield state
 
 
 def test_the_board_is_32_bit_arm_with_the_armv7_stack(site: Site) -> None:
