@@ -26,12 +26,11 @@ there would only cost onnxruntime its CPU feature detection.
 from __future__ import annotations
 
 import platform
-from pathlib import Path
+
+from edgefleet import binfmt
 
 #: Debian architecture → the CPU name of ``uname -m`` and of qemu's binfmt_misc entry.
 CPUS: dict[str, str] = {"amd64": "x86_64", "arm64": "aarch64"}
-#: Where binfmt_misc registers the interpreter of a foreign architecture.
-BINFMT = Path("/proc/sys/fs/binfmt_misc")
 #: ``podman run`` options for a container emulated by qemu-user (see the module docstring).
 EMULATED_RUN_OPTIONS: tuple[str, ...] = (
     "--init",
@@ -59,14 +58,4 @@ def emulation_problem(arch: str) -> str | None:
     or qemu-user-static registered with flag F)."""
     if not emulated(arch):
         return None
-    entry = BINFMT / f"qemu-{CPUS[arch]}"
-    if not entry.exists():
-        return (
-            f"no qemu-{CPUS[arch]} binfmt_misc entry to run {arch} images: apt-get install "
-            "-y qemu-user-static binfmt-support (docs/containers.md)"
-        )
-    lines = entry.read_text().splitlines()
-    flags = next((line.split(":", 1)[1] for line in lines if line.startswith("flags:")), "")
-    if not lines or lines[0] != "enabled" or "F" not in flags:
-        return f"the {entry.name} binfmt_misc entry is disabled or lacks flag F (fix-binary)"
-    return None
+    return binfmt.problem(arch, what=f"{arch} images (docs/containers.md)")

@@ -9,8 +9,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from edgefleet import binfmt
 from hil.arm64.rootfs import (
-    BINFMT_NAMES,
     Board,
     BuildError,
     RootfsSpec,
@@ -27,7 +27,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hil.arm64", description=__doc__)
     parser.add_argument(
         "--arch",
-        choices=sorted(BINFMT_NAMES),
+        choices=sorted(binfmt.ENTRIES),
         default="arm64",
         help="the board's Debian architecture (armhf: the 32-bit Raspberry Pi OS class)",
     )

@@ -29,14 +29,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefleet import binfmt
+
 REQUIREMENTS = Path(__file__).with_name("requirements-agent.txt")
 #: The armhf board's pins (32-bit Raspberry Pi OS's class, profile rpi-armv7).
 REQUIREMENTS_ARMHF = Path(__file__).with_name("requirements-agent-armhf.txt")
-#: Debian architecture -> qemu-user-static's binfmt_misc entry (registered with flag F, so
-#: the host binary is used inside a chroot without copying it in).
-BINFMT_NAMES = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}
-BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-BINFMT_ENTRY = BINFMT_DIR / BINFMT_NAMES["arm64"]
 #: Where the board sees the per-run work folder (a bind mount of a host folder).
 WORK = "/work"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -84,7 +81,7 @@ class RootfsSpec:
                 requirements=REQUIREMENTS_ARMHF.read_text(),
                 from_source=("msgspec", "cffi"),
             )
-        raise ValueError(f"no board for architecture {arch!r}: one of {sorted(BINFMT_NAMES)}")
+        raise ValueError(f"no board for architecture {arch!r}: one of {sorted(binfmt.ENTRIES)}")
 
     def pins(self) -> list[str]:
         """The requirement lines without comments and blanks (a reworded comment is the same
@@ -147,27 +144,7 @@ def emulation_problem(arch: str = "arm64") -> str | None:
     for tool in ("unshare", "chroot", "mount"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
-    name = BINFMT_NAMES[arch]
-    path = BINFMT_DIR / name
-    if not path.exists():
-        return (
-            f"no {name} binfmt_misc entry: apt-get install -y qemu-user-static "
-            "binfmt-support, then `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc` "
-            f"if it is not mounted and `update-binfmts --enable {name}`"
-        )
-    entry = path.read_text()
-    if not entry.startswith("enabled"):
-        return f"the {name} binfmt_misc entry is disabled: update-binfmts --enable {name}"
-    if "F" not in _binfmt_flags(entry):
-        return f"the {name} binfmt_misc entry lacks flag F (fix-binary): chroot cannot use it"
-    return None
-
-
-def _binfmt_flags(entry: str) -> str:
-    for line in entry.splitlines():
-        if line.startswith("flags:"):
-            return line.split(":", 1)[1].strip()
-    return ""
+    return binfmt.problem(arch, what=f"the {arch} board")
 
 
 @dataclass(frozen=True)
