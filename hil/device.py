@@ -176,6 +176,12 @@ class DeviceLogic:
         self.publish_state()
         self.wire.subscribe(topic(self.device_id, Channel.DESIRED), qos=1)
 
+    def clear_retained(self, qos: int = 1) -> None:
+        """Empty this device's retained topics (status, state, desired): a simulator stopping
+        on a shared broker leaves nothing retained for the servers that subscribe later."""
+        for channel in (Channel.STATUS, Channel.STATE, Channel.DESIRED):
+            self.wire.publish(topic(self.device_id, channel), b"", qos=qos, retain=True)
+
     def handle_desired(self, data: bytes) -> None:
         try:
             payload = decode(Channel.DESIRED, data, device_id=self.device_id)

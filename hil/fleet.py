@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.contract import Channel, DesiredState, topic
+from edgefleet.contract import DesiredState
 from edgefleet.mqtt import BrokerAddress
 from hil.device import Behaviour, DeviceLogic, SimDevice
 
@@ -100,8 +100,7 @@ class FleetSimulator:
         def disconnect() -> None:
             for device in self.devices:
                 if self.clear_retained and device.client.is_connected():
-                    for channel in (Channel.STATUS, Channel.STATE, Channel.DESIRED):
-                        device.client.publish(topic(device.device_id, channel), b"", 0, True)
+                    device.clear_retained(qos=0)  # no PUBACK to wait for: flushed below
                 device.client.disconnect()
                 with contextlib.suppress(OSError):
                     device.client.loop_write()  # flush now: the network thread stops next

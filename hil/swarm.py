@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from edgefleet.contract import Channel, DesiredState, topic
+from edgefleet.contract import DesiredState
 from edgefleet.mqtt import BrokerAddress
 from hil.device import Behaviour, DeviceLogic, will_of
 from hil.fleet import FleetStats
@@ -135,8 +135,7 @@ class _Shard:
         shared broker otherwise keeps 30,000 retained messages per 10,000-device run, and every
         server that subscribes later is flooded with them (Mosquitto then drops its queue)."""
         for device in self.devices:
-            for channel in (Channel.STATUS, Channel.STATE, Channel.DESIRED):
-                device.client.publish(topic(device.logic.device_id, channel), b"", 1, True)
+            device.logic.clear_retained()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
         while loop.time() < deadline and any(
