@@ -187,23 +187,23 @@ class MqttTransport:
         self._connect_properties: Any = None
         if session_expiry_s is not None and not 0 <= session_expiry_s <= 0xFFFFFFFF:
             raise MqttError(f"session_expiry_s must be 0..4294967295, got {session_expiry_s}")
-        if protocol == 5 and (session_expiry_s is not None or receive_maximum is not None):
+        #: The Receive Maximum asked for in CONNECT (None: the broker's own window): how many
+        #: QoS 1 messages the broker may send before our PUBACKs (with manual acks, the window
+        #: between receiving and storing).
+        self.receive_maximum = (
+            max(1, min(receive_maximum, 65535))
+            if protocol == 5 and receive_maximum is not None
+            else None
+        )
+        if protocol == 5 and (session_expiry_s is not None or self.receive_maximum is not None):
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
             self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if session_expiry_s is not None:
                 self._connect_properties.SessionExpiryInterval = session_expiry_s
-            if receive_maximum is not None:
-                # How many QoS 1 messages the broker may send before our PUBACKs: with manual
-                # acks this is the window between receiving and storing.
-                self._connect_properties.ReceiveMaximum = max(1, min(receive_maximum, 65535))
-        #: The Receive Maximum asked for in CONNECT (None: the broker's own window).
-        self.receive_maximum: int | None = (
-            self._connect_properties.ReceiveMaximum
-            if self._connect_properties is not None and receive_maximum is not None
-            else None
-        )
+            if self.receive_maximum is not None:
+                self._connect_properties.ReceiveMaximum = self.receive_maximum
         self._clean_start = session_expiry_s is None
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
