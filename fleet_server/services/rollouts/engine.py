@@ -252,7 +252,7 @@ class RolloutEngine:
                 shadow_since=rollout.created_at - timedelta(seconds=policy.baseline_window_s),
             )
             if evidence.replaced and rollout.stage > 0:
-                evidence.judged = judged_gates(session, int(rollout.id or 0))
+                evidence.judged = judged_gates(session, rollout)
             results = evaluate_all(policy, evidence, soaked=soaked)
             evaluation = evaluation_record(rollout, strategy, now, results, evidence.summary())
             rollout.last_evaluation = evaluation

@@ -19,6 +19,9 @@ from fleet_server.services.rollouts.state import RolloutAction
 EVALUATE_EVERY_S = 5.0
 
 
+#: Gate evidence kinds that are not a comparison with the old version.
+NO_BASELINE = (None, "", "none", "counts")
+
 #: ``stage`` of a shadow evaluation record: the shadow stage comes before the canary (stage 0).
 SHADOW_STAGE = -1
 
@@ -93,12 +96,12 @@ def passed_on_a_baseline(gates: Iterable[Any]) -> set[str]:
     }
 
 
-def judged_gates(session: Session, rollout_id: int) -> frozenset[str]:
+def judged_gates(session: Session, rollout: Rollout) -> frozenset[str]:
     """Gates that passed an earlier stage of the rollout on an old-version baseline (read from
     the recorded ``stage_passed`` decisions): later stages may skip them for want of one."""
     rows = session.exec(
         select(RolloutDecision.evidence).where(
-            RolloutDecision.rollout_id == rollout_id,
+            RolloutDecision.rollout_id == rollout.id,
             RolloutDecision.action == RolloutAction.STAGE_PASSED,
         )
     ).all()
@@ -107,7 +110,3 @@ def judged_gates(session: Session, rollout_id: int) -> frozenset[str]:
         for evidence in rows
         for name in passed_on_a_baseline((evidence or {}).get("gates") or [])
     )
-
-
-#: Gate evidence kinds that are not a comparison with the old version.
-NO_BASELINE = (None, "", "none", "counts")
