@@ -44,6 +44,10 @@ DROP_ORDER: tuple[Kind, ...] = ("telemetry", "event", "state")
 ROW_OVERHEAD = 64
 MAX_TOPIC_BYTES = 65_535
 KEEP_CORRUPT_COPIES = 3
+#: SQLite's page cache for the outbox, KiB. The default (2 MiB per connection) fills the first
+#: time a broker outage queues rows and stays: a 1.9 MB RSS step on the device (the short soak,
+#: tests/hil/test_soak.py). A queue reads and writes its tail; 256 KiB holds it.
+PAGE_CACHE_KIB = 256
 _SCHEMA_VERSION = 1
 _COUNTERS = ("dropped_telemetry", "dropped_events", "dropped_state", "corrupt_recoveries")
 
@@ -332,6 +336,7 @@ def _open(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")

@@ -10,7 +10,7 @@ each agent's and the server's RSS, descriptors and threads, the agents' outbox r
 database's size; after the warm-up each series gets a least-squares slope per hour. Target:
 flat — agent RSS slope < 1 MB/h, no descriptor or thread growth.
 
-Used by ``bench/soak.py`` (1 h by default) and ``tests/hil/test_soak.py`` (~75 s).
+Used by ``bench/soak.py`` (1 h by default) and ``tests/hil/test_soak.py`` (~80 s).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from agent.outbox import (
+    PAGE_CACHE_KIB,
     ROW_OVERHEAD,
     Outbox,
     OutboxError,
@@ -70,6 +71,20 @@ def test_fifo_round_trip_and_persistence(tmp_path: Path) -> None:
         assert stats.bytes == sum(message_size(m.topic, m.payload) for m in messages)
         new = box.put(TEL, b"t3", kind="telemetry")
         assert new > ids[-1], "ids are never reused, so order survives deletes"
+
+
+def test_the_page_cache_is_capped_on_every_connection_it_opens(tmp_path: Path) -> None:
+    # SQLite's default 2 MiB cache filled at the first outage's backlog and stayed in the
+    # agent's RSS (the short soak); the cap holds for a recovered (recreated) file too.
+    path = tmp_path / "outbox.db"
+    with Outbox(path, max_bytes=10_000_000) as box:
+        for i in range(2_000):
+            box.put(TEL, os.urandom(1_000) + str(i).encode(), kind="telemetry")
+        assert box._conn.execute("PRAGMA cache_size").fetchone()[0] == -PAGE_CACHE_KIB
+        assert len(box.peek(10_000)) == 2_000
+    path.write_bytes(b"not a database" * 100)
+    with Outbox(path, max_bytes=1_000_000) as box:
+        assert box._conn.execute("PRAGMA cache_size").fetchone()[0] == -PAGE_CACHE_KIB
 
 
 def test_over_budget_drops_oldest_telemetry_first_and_counts_it(tmp_path: Path) -> None:
