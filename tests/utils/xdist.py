@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,10 +85,27 @@ def make_scheduler(config: pytest.Config, log: object) -> object:
     from xdist.scheduler import LoadScopeScheduling
 
     class FileAndGroupScheduling(LoadScopeScheduling):
+        def __init__(self, config: pytest.Config, log: object) -> None:
+            super().__init__(config, log)  # type: ignore[arg-type]
+            self.workqueue = _PinnedFirst()
+
         def _split_scope(self, nodeid: str) -> str:
             return scope_of(nodeid)
 
-    return FileAndGroupScheduling(config, log)  # type: ignore[arg-type]
+    return FileAndGroupScheduling(config, log)
+
+
+class _PinnedFirst(OrderedDict[str, Any]):
+    """The scheduler's work queue with the pinned groups at its head, in ``XDIST_GROUPS``'
+    order: each is a chain only one worker can run (images, emulated boards, timed
+    conversions: minutes each), so started last they were the run's tail (docs/testing.md).
+    The rest keeps the scheduler's order (most tests first)."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        if key in XDIST_GROUPS:
+            for name in reversed([g for g in XDIST_GROUPS if g in self]):
+                self.move_to_end(name, last=False)
 
 
 @contextmanager
