@@ -40,6 +40,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = [sys.executable, "-m", "edgefleet", "agent"]
 TOKEN = secrets.token_hex(8)
+#: How long an agent process may take to start (imports, outbox, broker): ~2 s when quiet; 30 s
+#: was once not enough with three test workers on two cores (load ~10).
+STARTUP_S = 90.0
 
 
 def _env() -> dict[str, str]:
@@ -73,7 +76,7 @@ class AgentProcess:
         for line in self.proc.stderr:
             self.stderr.append(line)
 
-    def first_line(self, timeout: float = 30.0) -> str:
+    def first_line(self, timeout: float = STARTUP_S) -> str:
         assert self.proc.stdout is not None
         result: list[str] = []
         reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()))  # type: ignore[union-attr]
@@ -82,7 +85,7 @@ class AgentProcess:
         assert result, f"agent printed nothing within {timeout} s: {self.stderr[-5:]}"
         return result[0]
 
-    def served_first(self, timeout: float = 30.0) -> str:
+    def served_first(self, timeout: float = STARTUP_S) -> str:
         """The model the agent served at start (its "serving committed model" log line).
 
         ``first_line`` is printed once the broker connection is up and names the model serving

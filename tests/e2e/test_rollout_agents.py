@@ -63,7 +63,7 @@ rate_hz = 40.0
 [probation]
 inferences = 40
 max_s = 30
-latency_floor_ms = 0.2
+latency_floor_ms = 4.0
 """
     )
     return path
@@ -75,7 +75,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Any, Any, list[str], str]]:
 
     bundles, key = signed_digits_bundles(tmp_path / "bundles", ["1.0.0", "2.0.0"])
     slow_artifact = sign_artifact(
-        slow(tmp_path / "slow", version="3.0.0"),
+        slow(tmp_path / "slow", version="3.0.0", depth=120),
         (tmp_path / "bundles" / "signing.pem").read_bytes(),
     )
     bundles.append(bundle_of(slow_artifact, tmp_path / "bundles" / "digits-3.0.0.tar.gz"))
