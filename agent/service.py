@@ -310,7 +310,7 @@ class AgentService:
             threading.Thread(target=self.telemetry.run, args=(stop,), name="telemetry"),
             threading.Thread(target=self.pipeline.run, args=(stop,), name="inference"),
             threading.Thread(target=self.uploader.run, args=(stop,), name="uploader"),
-            threading.Thread(target=self.capturer.run_writer, args=(stop,), name="capture"),
+            threading.Thread(target=self.capturer.writer.run, args=(stop,), name="capture"),
             threading.Thread(target=self.shadow.run, args=(stop,), name="shadow"),
         ]
         if self.source is not None:
