@@ -1,11 +1,12 @@
 """The running agent: the input pipeline, plus telemetry and updates.
 
 Threads: ``input`` (reads the source and preprocesses), ``inference`` (infer + postprocess +
-sink), ``telemetry`` (one summary per interval), ``updater`` (applies desired states),
-``outbox`` (drains queued telemetry/events/state to the broker). MQTT callbacks only decode and
-hand work over. :meth:`AgentService.run` returns when ``stop`` is set, after queueing
-``agent.stopping``, draining the outbox (bounded, only while connected), publishing
-``status=offline`` and waiting (bounded) for its acknowledgement.
+sink), ``telemetry`` (one summary per interval, :mod:`agent.telemetry_report`), ``updater``
+(applies desired states), ``outbox`` (drains queued telemetry/events/state to the broker). MQTT
+callbacks only decode and hand work over (the connection: :mod:`agent.link`).
+:meth:`AgentService.run` returns when ``stop`` is set, after queueing ``agent.stopping``,
+draining the outbox (bounded, only while connected), publishing ``status=offline`` and waiting
+(bounded) for its acknowledgement.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +27,33 @@ from agent.engine import BackendOptions, LoadedModel, load_model
 from agent.errors import AgentConfigError, AgentError
 from agent.forwarder import Forwarder
 from agent.inputs import InputSource, SourceContext, create_source
+from agent.link import make_transport
 from agent.memory import rss_mb
 from agent.metrics import MetricsView, render
 from agent.outbox import Outbox, OutboxError, OutboxStats
 from agent.pipeline import Pipeline
 from agent.probation import HealthMonitor
-from agent.publisher import Publisher, status_payload
+from agent.publisher import Publisher
 from agent.sdnotify import SystemdNotifier
 from agent.seq import SequenceCounter
 from agent.shadow import ShadowRunner
+from agent.signature import read_trusted_keys
 from agent.sinks import ResultSink, SinkContext, create_sink
 from agent.state import AgentState, ModelSlot, Snapshot
 from agent.store import DataDir
 from agent.telemetry import TelemetryCollector
+from agent.telemetry_report import TelemetryReporter
 from agent.updater import Updater
 from edgefleet.contract import (
-    MAX_PAYLOAD_BYTES,
     Channel,
     ContractError,
     DesiredState,
     ModelRef,
-    Telemetry,
     decode,
-    encode,
     topic,
 )
 from edgefleet.contract.payloads import EventKind
-from edgefleet.mqtt import BrokerAddress, MqttError, MqttTransport
+from edgefleet.mqtt import MqttError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class AgentService:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.device_id = config.device_id
-        self.trusted_keys = _read_keys(config.trusted_keys)
+        self.trusted_keys = read_trusted_keys(config.trusted_keys)
         # First: nothing in the data directory is touched while another agent owns it.
         self.lock = DataDirLock.acquire(config.data_dir)
         try:
@@ -82,19 +82,7 @@ class AgentService:
         self.collector = TelemetryCollector(device_id=self.device_id, data_dir=config.data_dir)
         self.slot = ModelSlot()
         self.monitor = HealthMonitor(config.probation)
-        try:
-            self.transport = MqttTransport(
-                _broker(config),
-                client_id=f"edgefleet-agent-{self.device_id}",
-                will=(
-                    topic(self.device_id, Channel.STATUS),
-                    status_payload(self.device_id, "offline"),
-                ),
-                on_connect=self._on_connect,
-                keepalive=config.mqtt.keepalive,
-            )
-        except MqttError as err:  # TLS files that changed since the config was read
-            raise AgentConfigError(f"mqtt: {err}") from err
+        self.transport = make_transport(config, on_connect=self._on_connect)
         sink_context = SinkContext(
             device_id=self.device_id,
             transport=self.transport,
@@ -189,6 +177,19 @@ class AgentService:
             load_shadow=self._load_shadow,
         )
         self._logged_kinds: set[str] = set()
+        self.telemetry = TelemetryReporter(
+            interval_s=config.telemetry.interval_s,
+            slot=self.slot,
+            collector=self.collector,
+            capturer=self.capturer,
+            shadow=self.shadow,
+            forwarder=self.forwarder,
+            publisher=self.publisher,
+            capture_counters=self.capture_counters,
+            download_counters=self.download_counters,
+            sample_queue=self.sample_queue,
+            on_interval=self._logged_kinds.clear,
+        )
         self.notifier = SystemdNotifier()
 
     def _load(self, path: Path, *, threads: int | None = None) -> LoadedModel:
@@ -306,10 +307,10 @@ class AgentService:
         drain.start()
         threads = [
             threading.Thread(target=self.updater.run, args=(stop,), name="updater"),
-            threading.Thread(target=self._telemetry_loop, args=(stop,), name="telemetry"),
+            threading.Thread(target=self.telemetry.run, args=(stop,), name="telemetry"),
             threading.Thread(target=self.pipeline.run, args=(stop,), name="inference"),
             threading.Thread(target=self.uploader.run, args=(stop,), name="uploader"),
-            threading.Thread(target=self.capturer.run_writer, args=(stop,), name="capture"),
+            threading.Thread(target=self.capturer.writer.run, args=(stop,), name="capture"),
             threading.Thread(target=self.shadow.run, args=(stop,), name="shadow"),
         ]
         if self.source is not None:
@@ -381,47 +382,6 @@ class AgentService:
             self._logged_kinds.add(kind)
             log.warning("input error", extra={"kind": kind, "detail": detail[:300]})
 
-    def _telemetry_loop(self, stop: threading.Event) -> None:
-        interval = self.config.telemetry.interval_s
-        next_at = time.monotonic() + interval
-        while not stop.wait(max(0.0, next_at - time.monotonic())):
-            next_at += interval
-            self.publish_telemetry()
-
-    def publish_telemetry(self) -> None:
-        serving = self.slot.current
-        self._logged_kinds.clear()
-
-        def build(seq: int) -> Telemetry:
-            payload = self.collector.flush(
-                seq=seq,
-                model=serving.model.ref if serving else None,
-                classifier=serving is not None and serving.model.scores_output is not None,
-                inputs=self.capturer.inputs.flush(),
-                labels=serving.model.manifest.labels if serving is not None else (),
-                shadow=self.shadow.flush(),
-            )
-            backlog = self.forwarder.stats()
-            dropped = backlog.dropped_telemetry + backlog.dropped_events + backlog.dropped_state
-            system = {
-                **payload.system,
-                "outbox_messages": float(backlog.messages),
-                "outbox_dropped": float(dropped),
-                **self.capture_counters.flush(),
-                **self.download_counters.flush(),
-                "capture.every": float(self.capturer.every),
-                "capture.queued": float(len(self.sample_queue)),
-                "capture.queued_bytes": float(self.sample_queue.total_bytes),
-            }
-            update: dict[str, Any] = {}
-            if payload.inputs is not None and len(encode(payload)) > MAX_PAYLOAD_BYTES:
-                # 64 channels x 256 bins can outgrow a payload: send the rest, say why.
-                update["inputs"] = None
-                system["capture.input_stats_too_big"] = 1.0
-            return payload.model_copy(update={**update, "system": system})
-
-        self.publisher.telemetry(build)
-
     def _token(self) -> str | None:
         try:
             return self.config.bearer_token()
@@ -431,45 +391,3 @@ class AgentService:
     @property
     def snapshot(self) -> Snapshot:
         return self.state.snapshot
-
-
-def _broker(config: AgentConfig) -> BrokerAddress:
-    m = config.mqtt
-    try:
-        address = BrokerAddress.from_url(
-            m.url,
-            ca_file=str(m.ca_file) if m.ca_file else None,
-            cert_file=str(m.cert_file) if m.cert_file else None,
-            key_file=str(m.key_file) if m.key_file else None,
-        )
-    except MqttError as err:
-        raise AgentConfigError(f"mqtt.url: {err}") from err
-    if m.username is not None:
-        # The server's broker checks the device token as the password: a config need not
-        # repeat that secret (the token file is read here, so a rotated token is picked up).
-        # An explicit empty password sends none.
-        password: str | None = config.bearer_token()
-        if m.password is not None:
-            password = m.password.get_secret_value() or None
-        address = replace(address, username=m.username, password=password)
-    return address
-
-
-def _read_keys(paths: list[Path]) -> list[bytes]:
-    """Read and check the trusted public keys now, so a bad key fails at start-up."""
-    if not paths:
-        return []
-    # Their form only, without cryptography (agent.signature verifies in a child).
-    from edgefleet.signing import SignatureError, check_public_key_pem
-
-    keys = []
-    for path in paths:
-        try:
-            pem = path.read_bytes()[: 64 * 1024]
-            check_public_key_pem(pem)
-        except OSError as err:
-            raise AgentConfigError(f"trusted_keys: cannot read {path}: {err.strerror}") from err
-        except SignatureError as err:
-            raise AgentConfigError(f"trusted_keys: {path}: {err}") from err
-        keys.append(pem)
-    return keys

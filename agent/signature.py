@@ -21,7 +21,9 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from agent.errors import AgentConfigError
 from edgefleet.contract import Manifest, Signature, signing_bytes
 
 #: Ceiling for one check (an interpreter start and one Ed25519 verification: ~0.1-0.3 s on
@@ -31,6 +33,26 @@ TIMEOUT_S = 120.0
 
 class SignatureCheckError(Exception):
     """The signature does not verify, or could not be checked (one line, for the caller)."""
+
+
+def read_trusted_keys(paths: Sequence[Path]) -> list[bytes]:
+    """Read and check the trusted public keys now, so a bad key fails at start-up."""
+    if not paths:
+        return []
+    # Their form only, without cryptography (verified in a child: verify_isolated).
+    from edgefleet.signing import SignatureError, check_public_key_pem
+
+    keys = []
+    for path in paths:
+        try:
+            pem = path.read_bytes()[: 64 * 1024]
+            check_public_key_pem(pem)
+        except OSError as err:
+            raise AgentConfigError(f"trusted_keys: cannot read {path}: {err.strerror}") from err
+        except SignatureError as err:
+            raise AgentConfigError(f"trusted_keys: {path}: {err}") from err
+        keys.append(pem)
+    return keys
 
 
 def verify_isolated(

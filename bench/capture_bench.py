@@ -161,7 +161,7 @@ def measure(
         )
         observed: list[float] = []  # observe calls that captured nothing
         capturing_calls: list[float] = []  # ... and those that handed a capture to the writer
-        observe, hand_off = capturer.observe, capturer._hand_off
+        observe, hand_off = capturer.observe, capturer.writer.hand_off
         handed: list[bool] = []
 
         def timed_hand_off(job: Any) -> None:
@@ -174,20 +174,20 @@ def measure(
             observe(*args, **kwargs)
             (capturing_calls if handed else observed).append(time.perf_counter() - t0)
 
-        capturer._hand_off = timed_hand_off  # type: ignore[method-assign]
+        capturer.writer.hand_off = timed_hand_off  # type: ignore[method-assign]
 
         capturer.observe = timed_observe  # type: ignore[method-assign]
         writer_cpu: list[float] = []
-        write = capturer.write
+        write = capturer.writer.write
 
         def timed_write(job: Any) -> None:
             t0 = time.thread_time()
             write(job)
             writer_cpu.append(time.thread_time() - t0)
 
-        capturer.write = timed_write  # type: ignore[method-assign]
+        capturer.writer.write = timed_write  # type: ignore[method-assign]
         stop = threading.Event()
-        writer = threading.Thread(target=capturer.run_writer, args=(stop,), daemon=True)
+        writer = threading.Thread(target=capturer.writer.run, args=(stop,), daemon=True)
         writer.start()
 
         def pipeline(with_capture: bool) -> Pipeline:

@@ -97,7 +97,7 @@ def main() -> int:
 
     import httpx
 
-    from fleet_server.settings import S3StoreConfig
+    from fleet_server.storage.config import S3StoreConfig
     from fleet_server.storage.local import LocalArtifactStore
 
     size = args.mib * 1024 * 1024

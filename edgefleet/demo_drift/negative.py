@@ -19,17 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from edgefleet.demo import MODEL_NAME
+from edgefleet.demo_drift.timeline import Timeline
 
 #: What the demo trainer reads its mode from (see ``trainer --mode-from``).
 MODE_FILE = "trainer-mode"
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-class Timeline(Protocol):
-    def add(self, what: str, **numbers: Any) -> None: ...
 
 
 def run_negative(

@@ -13,6 +13,9 @@ rollout's shadow stage (the fleet stays on the promoted version), and one that c
 run with its log and an alert. Printed: a timeline of each step with its numbers, and old vs new
 accuracy on drifted digits the models never saw. Exits 0 only if the loop closed with a measured
 improvement and both negative cases were stopped.
+
+This module runs the fleet and follows the loop; the frames and models are :mod:`.digits`, the
+labeller :mod:`.labeller`, the printed steps :mod:`.timeline`.
 """
 
 from __future__ import annotations
@@ -23,25 +26,23 @@ import secrets
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from edgefleet.demo import (
     MODEL_NAME,
     OLD_VERSION,
-    PIXEL_SCALE,
     DemoError,
     _agent_config,
     _free_port,
     _Processes,
     _wait_http,
 )
+from edgefleet.demo_drift.digits import EVAL_FROM, IMAGES, accuracy, camera_frames, parent_model
+from edgefleet.demo_drift.labeller import label_new
 from edgefleet.demo_drift.negative import MODE_FILE, run_negative, step_seconds
+from edgefleet.demo_drift.timeline import Timeline
 
-#: Images each agent loops over (digits 0..IMAGES-1); held-out eval: digits 1400.. (drifted).
-IMAGES = 600
-EVAL_FROM = 1400
 MIN_LABELLED = 80
 DRIFT: dict[str, Any] = {
     "interval_s": 0.5,
@@ -60,141 +61,6 @@ POLICY: dict[str, Any] = {
     "max_per_day": 2000,
     "max_bytes_per_day": 2_000_000,
 }
-
-
-@dataclass
-class Timeline:
-    #: Progress lines go here (stderr with --json: stdout is the JSON alone).
-    out: IO[str] = field(default_factory=lambda: sys.stdout)
-    started: float = field(default_factory=time.monotonic)
-    drift_at: float | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, what: str, **numbers: Any) -> None:
-        now = time.monotonic()
-        since = None if self.drift_at is None else round(now - self.drift_at, 1)
-        self.events.append(
-            {"t_s": round(now - self.started, 1), "since_drift_s": since, "event": what, **numbers}
-        )
-        print(
-            f"[demo] t+{now - self.started:6.1f} s  {what}  {numbers or ''}",
-            file=self.out,
-            flush=True,
-        )
-
-
-def _images(folder: Path, start: int, count: int, *, drifted: bool) -> dict[str, Any]:
-    """Write digits as 8-bit PNGs (clean or drifted); their pixels and true labels by name."""
-    import cv2
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    from edgefleet.demo_drift.drift import drift_image
-
-    data = load_digits()
-    folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {}
-    order = np.random.default_rng(start).permutation(count)
-    for rank, i in zip(order, range(start, start + count), strict=True):
-        img = np.clip(np.rint(data.data[i].reshape(8, 8) / PIXEL_SCALE), 0, 255).astype(np.uint8)
-        if drifted:
-            img = drift_image(img, seed=i)
-        name = f"{rank:04d}.png"
-        tmp = folder / f".{name}"
-        cv2.imwrite(str(tmp), img)
-        os.replace(tmp, folder / name)  # the agent never reads a half-written frame
-        out[name] = (img, int(data.target[i]))
-    return out
-
-
-def _parent(root: Path, signing_key: bytes) -> Path:
-    """1.0.0: trained on clean digits, converted, with reference statistics of the frames the
-    cameras deliver before the drift (8-bit pixels times the scale), signed."""
-    import joblib
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-
-    from converters.api import ConvertOptions, convert
-    from converters.stats import reference_stats
-    from edgefleet.contract import Preprocessing
-    from edgefleet.contract.manifest import ResizeSpec
-    from edgefleet.signing import sign_manifest
-
-    data = load_digits()
-    x, y = data.data.astype(np.float32), data.target.astype(np.int64)
-    source = root / "digits-1.0.0.pkl"
-    joblib.dump(LogisticRegression(max_iter=500).fit(x[:EVAL_FROM], y[:EVAL_FROM]), source)
-    np.savez(root / "eval.npz", x=x[EVAL_FROM:], y=y[EVAL_FROM:])
-    np.savez(root / "base.npz", x=x[:EVAL_FROM], y=y[:EVAL_FROM])
-    pre = Preprocessing(
-        color="gray",
-        resize=ResizeSpec(width=8, height=8, interpolation="area"),
-        scale=PIXEL_SCALE,
-        layout="flat",
-    )
-    result = convert(
-        source,
-        root / "artifact-1.0.0",
-        ConvertOptions(
-            name=MODEL_NAME,
-            version=OLD_VERSION,
-            task="classification",
-            preprocessing=pre,
-            eval_data=root / "eval.npz",
-        ),
-    )
-    pixels = np.clip(np.rint(x[:IMAGES] / PIXEL_SCALE), 0, 255).astype(np.float32) * PIXEL_SCALE
-    ref = reference_stats(pixels.astype(np.float32), layout="flat", predicted=None, n_classes=None)
-    manifest = result.manifest.model_copy(update={"reference_stats": ref})
-    (result.artifact_dir / "manifest.json").write_text(
-        sign_manifest(manifest, signing_key).to_json()
-    )
-    return result.artifact_dir
-
-
-def _accuracy(artifact: Path, pixels: Any, labels: Any) -> float:
-    import numpy as np
-
-    from converters.runtime import make_session, run_batched
-    from converters.stats import class_index
-
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    session = make_session((artifact / manifest["model_file"]).read_bytes())
-    x = (pixels.reshape(len(pixels), 64).astype(np.float32) * np.float32(PIXEL_SCALE)).astype(
-        np.float32
-    )
-    predicted = class_index(run_batched(session, {manifest["inputs"][0]["name"]: x}, batch=None))
-    return float((np.asarray(predicted) == labels).mean())
-
-
-def _label_new(client: Any, work: Path, sources: dict[str, Any], done: set[int]) -> int:
-    """The demo labeller: each new sample gets the true label of the source frame it is (the
-    nearest by pixels: a JPEG of an 8×8 frame is close, not exact). A person would do this."""
-    import cv2
-    import numpy as np
-
-    page = client.list_samples(model=MODEL_NAME, labelled=False, limit=500)
-    labels = []
-    names = list(sources)
-    stack = np.stack([sources[n][0] for n in names]).astype(np.int32)
-    for sample in page["items"]:
-        if sample["id"] in done:
-            continue
-        dest = work / f"sample-{sample['id']}.jpg"
-        client.sample_content(sample["id"], dest)
-        image = cv2.imread(str(dest), cv2.IMREAD_GRAYSCALE)
-        done.add(sample["id"])
-        if image is None or image.shape != (8, 8):
-            continue
-        errors = np.abs(stack - image.astype(np.int32)).mean(axis=(1, 2))
-        if errors.min() < 20:
-            labels.append(
-                {"id": sample["id"], "label": str(sources[names[int(errors.argmin())]][1])}
-            )
-    if labels:
-        client.label_samples(labels)
-    return len(labels)
 
 
 def run_drift(*, devices: int, duration_s: float, as_json: bool, data_dir: str | None) -> int:
@@ -237,7 +103,7 @@ def _scenario(
     keys = root / "keys"
     keys.mkdir(exist_ok=True)
     generate_keypair(keys / "signing.pem", keys / "signing.pub.pem")
-    parent = _parent(root, (keys / "signing.pem").read_bytes())
+    parent = parent_model(root, (keys / "signing.pem").read_bytes())
     tl.add("trained and converted digits 1.0.0 on clean digits")
     trainer = [
         sys.executable,
@@ -318,7 +184,7 @@ def _scenario(
     client.push_model(pack_bundle(parent, root / "digits-1.0.0.tar.gz"))
     client.set_capture(MODEL_NAME, None, POLICY)
     folder = root / "camera"
-    sources = _images(folder, 0, IMAGES, drifted=False)
+    sources = camera_frames(folder, 0, IMAGES, drifted=False)
     ids = []
     for i in range(devices):
         created = client.add_device(
@@ -351,7 +217,7 @@ def _scenario(
         _tick(procs, deadline, "every camera serving 1.0.0")
     tl.add(f"{devices} cameras serving 1.0.0 on clean frames")
     time.sleep(3)  # a few telemetry intervals of clean frames: no drift to see yet
-    sources.update(_images(folder, 0, IMAGES, drifted=True))  # replaced in place
+    sources.update(camera_frames(folder, 0, IMAGES, drifted=True))  # replaced in place
     tl.drift_at = time.monotonic()
     tl.add("DRIFT: every camera now sees low contrast and noise")
     deadline = tl.drift_at + duration_s
@@ -374,7 +240,7 @@ def _scenario(
         if "detected" not in marks:
             continue  # the person who labels answers the drift alert: nothing to do before it
         try:
-            labelled += _label_new(client, work, sources, seen)
+            labelled += label_new(client, work, sources, seen)
         except FleetUnreachableError:
             continue  # a busy server (2 cores, every process of the fleet): next round
         if "labelled" not in marks and labelled >= MIN_LABELLED:
@@ -422,13 +288,13 @@ def _scenario(
         "steps_s": step_seconds(run),
     }
     eval_dir = root / "eval"
-    held = _images(eval_dir, EVAL_FROM, 1797 - EVAL_FROM, drifted=True)
+    held = camera_frames(eval_dir, EVAL_FROM, 1797 - EVAL_FROM, drifted=True)
     pixels = np.stack([v[0] for v in held.values()])
     truths = np.asarray([v[1] for v in held.values()])
-    summary["accuracy_on_drifted"] = {"old": round(_accuracy(parent, pixels, truths), 4)}
+    summary["accuracy_on_drifted"] = {"old": round(accuracy(parent, pixels, truths), 4)}
     candidate = root / "server" / "pipelines" / f"run-{run.get('id')}" / "artifact"
     if candidate.is_dir():
-        summary["accuracy_on_drifted"]["new"] = round(_accuracy(candidate, pixels, truths), 4)
+        summary["accuracy_on_drifted"]["new"] = round(accuracy(candidate, pixels, truths), 4)
     acc = summary["accuracy_on_drifted"]
     better = "new" in acc and acc["new"] > acc["old"]
     tl.add("accuracy on drifted held-out digits", **acc, samples=len(truths))

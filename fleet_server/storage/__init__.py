@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from fleet_server.settings import LocalStoreConfig, S3StoreConfig, ServerSettings, StoreConfig
+from fleet_server.storage.config import LocalStoreConfig, S3StoreConfig, StoreConfig
+
+if TYPE_CHECKING:
+    # Annotations only: the settings import this package's config.
+    from fleet_server.settings import ServerSettings
 
 #: ``<name>/<version>.tar.gz`` with the contract's name and version patterns, or a captured
 #: sample's content ``samples/<sha256>`` (one object per distinct content: deduplicated).

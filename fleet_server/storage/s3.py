@@ -20,8 +20,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fleet_server.settings import S3StoreConfig
 from fleet_server.storage import CHUNK, MissingBundle, StoreError, check_key
+from fleet_server.storage.config import S3StoreConfig
 
 log = logging.getLogger(__name__)
 

@@ -379,9 +379,9 @@ def test_mqtt_tls_files_are_validated_at_load(tmp_path: Path) -> None:
             with_files(ca_file=pki.ca.cert, cert_file=device.cert, key_file=device.key)
         )
         assert config.mqtt.cert_file == device.cert and config.mqtt.key_file == device.key
-        from agent.service import _broker
+        from agent.link import broker_address
 
-        address = _broker(config)
+        address = broker_address(config)
         assert (address.tls, address.cert_file, address.username) == (
             True,
             str(device.cert),
@@ -413,10 +413,10 @@ def test_mqtt_tls_files_are_validated_at_load(tmp_path: Path) -> None:
 
 
 def test_broker_password_defaults_to_the_device_token(tmp_path: Path) -> None:
-    from agent.service import _broker
+    from agent.link import broker_address
 
     def password(text: str) -> str | None:
-        return _broker(parse_config(text)).password
+        return broker_address(parse_config(text)).password
 
     without = VALID.replace('password = "pw"\n', "")
     assert password(without) == parse_config(without).bearer_token()
@@ -427,8 +427,8 @@ def test_broker_password_defaults_to_the_device_token(tmp_path: Path) -> None:
     assert password(VALID) == "pw"  # noqa: S105 - an explicit one wins
     assert password(VALID.replace('"pw"', '""')) is None  # an explicit empty one sends none
     anonymous = without.replace('username = "dev-1"\n', "")
-    assert _broker(parse_config(anonymous)).username is None
-    assert _broker(parse_config(anonymous)).password is None
+    assert broker_address(parse_config(anonymous)).username is None
+    assert broker_address(parse_config(anonymous)).password is None
 
 
 def test_profile_budgets_set_the_artifact_store() -> None:

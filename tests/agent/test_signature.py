@@ -56,8 +56,8 @@ def test_loading_a_signed_model_keeps_cryptography_out_of_the_agent(
         import sys
         from pathlib import Path
         from agent.engine import BackendOptions, load_model
-        from agent.service import _read_keys
-        keys = _read_keys([Path({str(tmp_path / "k.pub")!r})])
+        from agent.signature import read_trusted_keys
+        keys = read_trusted_keys([Path({str(tmp_path / "k.pub")!r})])
         model = load_model(Path({str(artifact_copy)!r}), options=BackendOptions(threads=1),
                            trusted_keys=keys)
         maps = open("/proc/self/maps").read()

@@ -20,7 +20,8 @@ from fleet_server.acl import export_mosquitto
 from fleet_server.broker import Identity
 from fleet_server.db import make_engine, migrate
 from fleet_server.models import Device
-from fleet_server.runtime import Runtime, without_credentials
+from fleet_server.runtime import Runtime
+from fleet_server.runtime.mqtt import without_credentials
 from fleet_server.services.mosquitto import verify_mosquitto_hash
 from fleet_server.services.mqtt_auth import (
     MQTT_PASSWORD_FILE,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fleet_server.settings import LocalStoreConfig, S3StoreConfig, ServerSettings
+from fleet_server.settings import ServerSettings
+from fleet_server.storage.config import LocalStoreConfig, S3StoreConfig
 
 
 def test_defaults_do_no_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fleet_server.settings import S3StoreConfig, ServerSettings
+from fleet_server.settings import ServerSettings
 from fleet_server.storage import (
     STORES,
     ArtifactStore,
@@ -20,6 +20,7 @@ from fleet_server.storage import (
     bundle_key,
     create_store,
 )
+from fleet_server.storage.config import S3StoreConfig
 from fleet_server.storage.local import LocalArtifactStore
 from fleet_server.storage.s3 import S3ArtifactStore
 from tests.utils.net import free_port

@@ -241,7 +241,7 @@ def test_pacing_leaves_the_per_input_part_its_share_on_a_tiny_model(
 ) -> None:
     """On an 8 µs model the countdown and class count on every input (PER_INPUT_MS) are
     ~1.9 % of inference: the paced part gets the floor, not the whole 2 %."""
-    from agent.capture.capturer import MIN_SHARE, PER_INPUT_MS
+    from agent.capture.pacing import MIN_SHARE, PER_INPUT_MS
 
     capturer, _, _ = _capturer(tmp_path, FakeClock())
     capturer._model_for(model)
@@ -303,7 +303,7 @@ def test_pacing_still_considers_an_input_every_half_second_at_a_cameras_rate(
     """The 8 µs model at 40 inputs a second: the share alone would consider one input in
     12,500 (statistics every 5 minutes); the MAX_GAP_S floor keeps it at twice a second. Flat
     out (a million a second) the share decides, as in the bench."""
-    from agent.capture.capturer import MAX_GAP_S, MIN_SHARE
+    from agent.capture.pacing import MAX_GAP_S, MIN_SHARE
 
     capturer, _, _ = _capturer(tmp_path, FakeClock())
     capturer._model_for(model)

@@ -2,145 +2,29 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from fleet_server.broker.config import AuthThrottleConfig
 from fleet_server.messaging.sanity import DeviceClock
 from fleet_server.messaging.statements import StatementsName
 from fleet_server.services.drift.detectors import DriftConfig
 from fleet_server.services.drift.retrain import RetrainConfig
+from fleet_server.settings.mqtt import MqttSettings
+from fleet_server.storage.config import LocalStoreConfig, StoreConfig
 
 MIB = 1024 * 1024
-#: The contract's device id (one topic level), and what an MQTT user name may look like (no
-#: ':' for Mosquitto's password file, no '+', '#' or '/' for its %u ACL patterns).
-_DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_MQTT_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-class LocalStoreConfig(BaseModel):
-    """Bundles in a local directory as ``<name>/<version>.tar.gz``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["local"] = Field(default="local", description="Store type key.")
-    root: Path | None = Field(
-        default=None, description="Directory for bundles; default <data_dir>/artifacts."
-    )
-
-
-#: S3 bucket names: 3-63 lower-case letters, digits, '.' and '-', starting and ending with a
-#: letter or digit, no '..', not an IP address.
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
-_PREFIX = re.compile(r"[A-Za-z0-9._/-]{0,200}")
-
-
-class S3StoreConfig(BaseModel):
-    """Bundles in an S3-compatible bucket as ``<prefix><name>/<version>.tar.gz`` (needs the
-    ``s3`` extra: boto3). Without access_key_id/secret_access_key, boto3's standard chain is
-    used: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["s3"] = Field(description="Store type key.")
-    bucket: str = Field(description="Bucket name (must exist; the server does not create it).")
-    prefix: str = Field(
-        default="",
-        description="Key prefix inside the bucket, e.g. 'edgefleet/' (letters, digits, . _ - /; "
-        "a trailing '/' is added).",
-    )
-    endpoint_url: str | None = Field(
-        default=None,
-        description="http(s)://host[:port] of an S3-compatible server (MinIO, Ceph, ...); "
-        "None: AWS S3.",
-    )
-    region: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9-]{1,40}$",
-        description="Region; None: AWS_DEFAULT_REGION or boto3's default.",
-    )
-    access_key_id: SecretStr | None = Field(
-        default=None, description="Access key id; None: the standard AWS environment variables."
-    )
-    secret_access_key: SecretStr | None = Field(
-        default=None, description="Secret access key; set together with access_key_id."
-    )
-    addressing_style: Literal["auto", "path", "virtual"] = Field(
-        default="auto",
-        description="'path' for most self-hosted servers (http://host/bucket/key); 'virtual' "
-        "for bucket.host.",
-    )
-    multipart_threshold_bytes: int = Field(
-        default=64 * MIB,
-        ge=5 * MIB,
-        le=5 * 1024 * MIB,
-        description="Bundles at least this large are uploaded in parts of this size "
-        "(S3's minimum part is 5 MiB).",
-    )
-    timeout_s: float = Field(
-        default=30.0, gt=0, le=600, description="Connect and read timeout of each S3 request."
-    )
-
-    @field_validator("bucket")
-    @classmethod
-    def _check_bucket(cls, value: str) -> str:
-        if not _BUCKET.fullmatch(value) or ".." in value or _IPV4.fullmatch(value):
-            raise ValueError(
-                "bucket must be 3-63 lower-case letters, digits, '.' or '-', start and end "
-                "with a letter or digit, with no '..' and not an IP address"
-            )
-        return value
-
-    @field_validator("prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not _PREFIX.fullmatch(value):
-            raise ValueError("prefix may use only letters, digits and . _ - / (at most 200)")
-        if value.startswith("/") or "//" in value:
-            raise ValueError("prefix must not start with '/' or contain '//'")
-        if any(part in (".", "..") for part in value.split("/")):
-            raise ValueError("prefix must not contain '.' or '..' segments")
-        return value if not value or value.endswith("/") else value + "/"
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("endpoint_url must be http(s)://host[:port]")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(
-                "endpoint_url must not carry credentials; use access_key_id/secret_access_key"
-            )
-        if parts.query or parts.fragment:
-            raise ValueError("endpoint_url must not have a query or fragment")
-        return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _check_keys(self) -> S3StoreConfig:
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("set access_key_id and secret_access_key together (or neither)")
-        return self
-
-
-#: Where bundles live: a discriminated union on ``kind``.
-StoreConfig = Annotated[LocalStoreConfig | S3StoreConfig, Field(discriminator="kind")]
-
-
-class ServerSettings(BaseSettings):
-    """Everything the fleet server needs to start; no I/O happens when this is built."""
+class ServerSettings(BaseSettings, MqttSettings):
+    """Everything the fleet server needs to start; no I/O happens when this is built. The MQTT
+    fields and their rules are a section of their own (:class:`.mqtt.MqttSettings`)."""
 
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid")
 
@@ -152,56 +36,6 @@ class ServerSettings(BaseSettings):
         default=None,
         description="SQLAlchemy URL; default sqlite:///<data_dir>/edgefleet.db. "
         "PostgreSQL: postgresql+psycopg://user:pass@host/db.",
-    )
-    broker_url: str | None = Field(
-        default=None,
-        description="mqtt://[user:password@]host:port of an external broker (without "
-        "user:password the server logs in as mqtt_username); None starts the embedded broker.",
-    )
-    broker_ca_file: Path | None = Field(
-        default=None,
-        description="CA bundle that signed an mqtts:// broker's certificate (default: the "
-        "system's trust store). The certificate and host name are always verified.",
-    )
-    broker_cert_file: Path | None = Field(
-        default=None,
-        description="Client certificate (PEM) for an mqtts:// broker that requires one; "
-        "needs broker_key_file.",
-    )
-    broker_key_file: Path | None = Field(
-        default=None, description="Private key (PEM) of broker_cert_file."
-    )
-    broker_mqtt_version: Literal["3.1.1", "5"] = Field(
-        default="5",
-        description="MQTT version spoken to an external broker (the embedded broker uses "
-        "3.1.1). With 5 a kept session expires after mqtt_session_expiry_s, and the broker may "
-        "send up to ingest_queue_size unacknowledged messages (Receive Maximum); with 3.1.1 "
-        "(brokers without MQTT 5, e.g. amqtt) the broker's own policy decides both (Mosquitto: "
-        "persistent_client_expiration; 20 in flight and max_queued_messages 1,000 queued, then "
-        "it drops messages for a busy server).",
-    )
-    mqtt_session_expiry_s: int = Field(
-        default=86_400,
-        ge=0,
-        le=0xFFFFFFFF,
-        description="How long an external broker keeps the server's session (its "
-        "subscriptions and the device messages queued for it) while the server is away or "
-        "the broker restarts (with broker persistence). 0: a clean session on every connect "
-        "(device messages sent while the server is not subscribed are lost).",
-    )
-    broker_connect_timeout_s: float = Field(
-        default=10.0, gt=0, le=300, description="How long startup waits for the broker."
-    )
-    embedded_broker_host: str = Field(
-        default="127.0.0.1", description="Interface the embedded broker listens on."
-    )
-    embedded_broker_port: int = Field(
-        default=1884, ge=0, le=65535, description="Port of the embedded broker."
-    )
-    mqtt_auth_throttle: AuthThrottleConfig = Field(
-        default_factory=AuthThrottleConfig,
-        description="How the embedded broker locks a user name or source address after "
-        'repeated failed logins (JSON, e.g. {"max_lockout_s": 10}).',
     )
     host: str = Field(default="127.0.0.1", description="HTTP listen address.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port.")
@@ -338,57 +172,6 @@ class ServerSettings(BaseSettings):
         description="How often the rollout engine steps active rollouts (it also steps one at "
         "once after an operator action).",
     )
-    mqtt_client_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=60,
-        description="Client id of the server's MQTT connection, and so of its broker session "
-        "(ingest workers add -w<i>); default edgefleet.server.<host>.<port>: stable across "
-        "restarts (the broker hands the restarted server what was queued for it) and unique per "
-        "host and HTTP port, so two servers on one broker never evict each other. Letters, "
-        "digits and . _ -, never a valid device id (a device's client id is its device id, so "
-        "a device with the server's would take over its session): include a '.' or an "
-        "upper-case letter. Set it where host names change (containers).",
-    )
-    broker_dynsec: bool = Field(
-        default=False,
-        description="Manage device logins on an external Mosquitto through its dynamic-security "
-        "plugin (enrolment, rotation and removal apply at once, no files, no reload); the "
-        "server is the plugin's admin as mqtt_username/mqtt_password. `edgefleet server acl "
-        "--dynsec` prints the broker's config. Needs broker_url.",
-    )
-    broker_dynsec_timeout_s: float = Field(
-        default=5.0, gt=0, le=60, description="How long a dynamic-security command may take."
-    )
-    broker_http_auth: bool = Field(
-        default=False,
-        description="Answer brokers that call out to authenticate and authorise MQTT clients "
-        "(EMQX HTTP authn/authz, mosquitto-go-auth's HTTP backend) under /broker/v1/; the "
-        "same rule as the embedded broker. Off: those routes answer 404.",
-    )
-    broker_http_auth_sources: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
-        description="Addresses (CIDR, comma-separated) the broker calls from; any other caller "
-        "is refused (403): these routes see plaintext device passwords.",
-    )
-    mqtt_auth: bool = Field(
-        default=True,
-        description="The embedded broker admits only the server and registered devices "
-        "(user name = device id, password = device token) and confines each device to its "
-        "own topics; false admits anonymous clients to every topic (closed lab networks only).",
-    )
-    mqtt_username: str = Field(
-        default="edgefleet.server",
-        min_length=1,
-        max_length=64,
-        description="The server's MQTT user name; never a valid device id (it must contain a "
-        "character device ids cannot, e.g. '.'), so no device can be registered under it.",
-    )
-    mqtt_password: SecretStr | None = Field(
-        default=None,
-        description="The server's MQTT password; unset: generated once into "
-        "<data_dir>/mqtt_password. Ignored when broker_url carries user:password.",
-    )
     replica_id: str | None = Field(
         default=None,
         min_length=1,
@@ -483,52 +266,12 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("broker_http_auth_sources", mode="before")
-    @classmethod
-    def _split_sources(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("broker_http_auth_sources")
-    @classmethod
-    def _check_sources(cls, value: list[str]) -> list[str]:
-        for source in value:
-            try:
-                ipaddress.ip_network(source, strict=False)
-            except ValueError as err:
-                raise ValueError(f"not an address or network: {source[:80]!r}") from err
-        return value
-
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
         if self.require_signed and not self.trusted_keys:
             raise ValueError("require_signed needs at least one trusted key")
         if self.operator_token is not None and len(self.operator_token.get_secret_value()) < 16:
             raise ValueError("operator_token must be at least 16 characters")
-        if _DEVICE_ID.fullmatch(self.mqtt_username):
-            raise ValueError(
-                "mqtt_username must not be a valid device id (add a '.' or an upper-case letter)"
-            )
-        if not _MQTT_USER.fullmatch(self.mqtt_username):
-            raise ValueError("mqtt_username may use only letters, digits and . _ -")
-        if self.mqtt_client_id is not None:
-            if not _MQTT_USER.fullmatch(self.mqtt_client_id):
-                raise ValueError("mqtt_client_id may use only letters, digits and . _ -")
-            if _DEVICE_ID.fullmatch(self.mqtt_client_id):
-                raise ValueError(
-                    "mqtt_client_id must not be a valid device id (add a '.' or an upper-case "
-                    "letter): a device registered under it would take over the server's session"
-                )
-        if self.broker_dynsec and not self.broker_url:
-            raise ValueError("broker_dynsec needs an external Mosquitto (broker_url)")
-        if self.mqtt_password is not None and len(self.mqtt_password.get_secret_value()) < 16:
-            raise ValueError("mqtt_password must be at least 16 characters")
-        tls_files = (self.broker_ca_file, self.broker_cert_file, self.broker_key_file)
-        if any(tls_files) and not (self.broker_url or "").startswith("mqtts://"):
-            raise ValueError("broker_ca_file/cert_file/key_file need an mqtts:// broker_url")
-        if (self.broker_cert_file is None) != (self.broker_key_file is None):
-            raise ValueError("broker_cert_file and broker_key_file go together")
         if self.lease_renew_s * 2 > self.lease_ttl_s:
             raise ValueError("lease_renew_s must be at most half of lease_ttl_s")
         for name, value in (

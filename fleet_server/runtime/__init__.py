@@ -1,6 +1,10 @@
 """Everything the running server owns, started and stopped in order by the app lifespan:
 database (migrated) → embedded broker (if no broker URL) → ingest writer → MQTT bus → leader
-loop (periodic jobs while this replica holds the ``driver`` lease)."""
+loop (periodic jobs while this replica holds the ``driver`` lease).
+
+How each part is built from the settings lives beside this: :mod:`.mqtt` (the broker, the bus,
+ingest workers, broker credentials), :mod:`.jobs` (the driver's periodic jobs). This module
+orders them, owns them, and turns their errors into a StartupError."""
 
 from __future__ import annotations
 
@@ -9,14 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from edgefleet.contract import Channel, DesiredState
 from edgefleet.mqtt import MqttError
-from edgefleet.mqtt_tls import TlsFiles
 from edgefleet.signing import SignatureError, load_public_key
 from fleet_server.broker.throttle import AuthThrottleCollector
 from fleet_server.db import DatabaseError, make_engine, migrate, safe_url
@@ -24,36 +26,31 @@ from fleet_server.heap import HeapTrimmer
 from fleet_server.messaging.bus import INGEST_CHANNELS, FleetBus
 from fleet_server.messaging.ingest import IngestWriter
 from fleet_server.messaging.stats import IngestStats, make_registry
-from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers, WorkerConfig
+from fleet_server.messaging.workers import WORKER_CHANNELS, IngestWorkers
+from fleet_server.runtime.jobs import add_driver_jobs
+from fleet_server.runtime.mqtt import (
+    broker_credentials,
+    make_bus,
+    start_embedded_broker,
+    without_credentials,
+    worker_configs,
+)
 from fleet_server.services.auth import resolve_operator_token
 from fleet_server.services.broker_credentials import (
     BrokerCredentials,
     CredentialsError,
     StaticFileCredentials,
 )
-from fleet_server.services.broker_credentials.registry import (
-    CredentialsContext,
-    create_credentials,
-    credentials_kind,
-)
 from fleet_server.services.desired import current_desired_states
 from fleet_server.services.device_lifecycle import sync_broker
-from fleet_server.services.drift import DriftJob, backend_for
-from fleet_server.services.drift.retrain import WebhookRetrainConfig
 from fleet_server.services.fleet_metrics import FleetCollector
 from fleet_server.services.leader import LeaderCollector, LeaderLoop
 from fleet_server.services.mqtt_auth import (
-    DatabaseAuthenticator,
     MqttCredential,
     resolve_server_credential,
 )
-from fleet_server.services.pipelines.config import PipelineRetrainConfig
 from fleet_server.services.pipelines.driver import PipelineDriver
-from fleet_server.services.pipelines.webhook_watch import WebhookRunWatch
-from fleet_server.services.retention import RetentionJob
 from fleet_server.services.rollouts.engine import RolloutEngine
-from fleet_server.services.rollouts.job import RolloutJob
-from fleet_server.services.rollup import RollupJob
 from fleet_server.services.samples import SampleStats
 from fleet_server.services.throttle import AuthThrottle, ThrottleCollector
 from fleet_server.settings import ServerSettings
@@ -174,61 +171,15 @@ class Runtime:
         self.rollouts = RolloutEngine(
             engine=self.engine, publisher=self.bus, public_url=settings.resolved_public_url
         )
-        self.leader.add_job(RolloutJob(self.rollouts, interval_s=settings.rollout_tick_s))
-        self.leader.add_job(
-            RetentionJob(
-                engine=self.engine,
-                raw_days=settings.telemetry_raw_days,
-                hourly_days=settings.telemetry_hourly_days,
-                audit_days=settings.audit_retention_days,
-                sample_days=settings.sample_retention_days,
-                store=self.store,
-                interval_s=settings.retention_interval_s,
-                budget_s=settings.lease_ttl_s / 3,
-            )
+        assert self.store is not None  # created above, before the jobs
+        self.pipelines = add_driver_jobs(
+            self.leader,
+            settings=settings,
+            engine=self.engine,
+            store=self.store,
+            rollouts=self.rollouts,
+            trusted_keys=self.trusted_keys,
         )
-        self.leader.add_job(
-            RollupJob(
-                engine=self.engine,
-                interval_s=settings.telemetry_rollup_interval_s,
-                keep_days=settings.telemetry_hourly_days,
-                budget_s=settings.lease_ttl_s / 3,
-            )
-        )
-        if settings.drift.enabled:
-            retrain = settings.retrain
-            self.leader.add_job(
-                DriftJob(
-                    engine=self.engine,
-                    config=settings.drift,
-                    retrain=backend_for(retrain, engine=self.engine) if retrain else None,
-                    cooldown_s=settings.retrain_cooldown_s,
-                )
-            )
-        if isinstance(settings.retrain, PipelineRetrainConfig):
-            leader = self.leader
-            assert self.store is not None  # created above, before the jobs
-            self.pipelines = PipelineDriver(
-                engine=self.engine,
-                config=settings.retrain,
-                store=self.store,
-                rollouts=self.rollouts,
-                trusted_keys=self.trusted_keys,
-                require_signed=settings.require_signed,
-                work_dir=settings.retrain.work_dir or settings.data_dir / "pipelines",
-                holds_lease=lambda epoch: leader.epoch == epoch,
-                background=True,
-            )
-            self.leader.add_job(self.pipelines)
-        if isinstance(settings.retrain, WebhookRetrainConfig):
-            hook = settings.retrain
-            self.leader.add_job(
-                WebhookRunWatch(
-                    engine=self.engine,
-                    timeout_for=hook.report_timeout_for,
-                    shortest_s=min([hook.report_timeout_s, *hook.report_timeouts_s.values()]),
-                )
-            )
         self.leader.start(self.engine)
         self.heap_trimmer = HeapTrimmer(settings.heap_trim_interval_s)
         self.heap_trimmer.start()
@@ -242,28 +193,13 @@ class Runtime:
         )
 
     def _start_credentials(self) -> None:
-        """The one place that picks how device logins reach the broker (settings)."""
-        settings = self.settings
         assert self.mqtt_credential is not None
         try:
-            kind = credentials_kind(
-                dynsec=settings.broker_dynsec, external=settings.broker_url is not None
-            )
-            self.credentials = create_credentials(
-                kind,
-                CredentialsContext(
-                    broker_url=self.broker_url,
-                    username=self.mqtt_credential.username,
-                    password=self.mqtt_credential.password,
-                    client_id=f"{settings.resolved_mqtt_client_id}-dynsec",
-                    timeout_s=settings.broker_dynsec_timeout_s,
-                    tls=TlsFiles(
-                        ca_file=_path(settings.broker_ca_file),
-                        cert_file=_path(settings.broker_cert_file),
-                        key_file=_path(settings.broker_key_file),
-                    ),
-                    embedded=self.broker,
-                ),
+            self.credentials = broker_credentials(
+                self.settings,
+                broker_url=self.broker_url,
+                credential=self.mqtt_credential,
+                embedded=self.broker,
             )
         except CredentialsError as err:
             raise StartupError(str(err)) from err
@@ -274,43 +210,15 @@ class Runtime:
             log.warning("broker credentials not synchronised", extra={"error": str(err)})
 
     def _make_bus(self, broker_url: str, channels: tuple[Channel, ...]) -> FleetBus:
-        """The bus: an external broker keeps the server's session (settings); the embedded
-        one lives and dies with this process, so a clean session, and it admits devices once
-        the bus has subscribed (after every broker start)."""
-        settings = self.settings
         assert self.writer is not None and self.mqtt_credential is not None
-        tls = {
-            name: str(path) if path is not None else None
-            for name, path in (
-                ("ca_file", settings.broker_ca_file),
-                ("cert_file", settings.broker_cert_file),
-                ("key_file", settings.broker_key_file),
-            )
-        }
-        external = self.broker is None
-        expiry = settings.mqtt_session_expiry_s if external else 0
-        # MQTT v5 to an external broker unless told otherwise (amqtt does not speak 5), kept
-        # session or clean: on 3.1.1 Mosquitto sends a client 20 messages in flight and queues
-        # 1,000 more, then drops (seen: a burst of 200 devices' telemetry while the server
-        # process was busy); on 5 the window is our Receive Maximum (ingest_queue_size).
-        v5 = external and settings.broker_mqtt_version == "5"
-        return FleetBus(
+        return make_bus(
+            self.settings,
             broker_url=broker_url,
-            username=self.mqtt_credential.username,
-            password=self.mqtt_credential.password,
-            client_id=settings.resolved_mqtt_client_id,
+            credential=self.mqtt_credential,
             writer=self.writer,
             desired_source=self._desired_states,
-            protocol=5 if v5 else 3,
-            session_expiry_s=expiry if expiry > 0 else None,
-            on_subscribed=None if external else self._admit_devices,
-            shared_group=settings.resolved_ingest_group,
             channels=channels,
-            receive_maximum=min(settings.ingest_queue_size, 65_535),
-            # The embedded broker acknowledges a device's message once the bus has: only
-            # after ingest stored it, so a SIGKILL of this process loses nothing acknowledged.
-            acks_after_store=not external,
-            **tls,
+            admit_devices=None if self.broker is None else self._admit_devices,
         )
 
     def _admit_devices(self) -> None:
@@ -320,52 +228,24 @@ class Runtime:
     def _start_workers(self, broker_url: str) -> None:
         settings = self.settings
         assert self.mqtt_credential is not None
-        group = settings.resolved_ingest_group
-        assert group is not None
-        configs = [
-            WorkerConfig(
-                name=f"worker-{i}",
-                database_url=settings.resolved_database_url,
-                broker_url=broker_url,
-                username=self.mqtt_credential.username,
-                password=self.mqtt_credential.password,
-                client_id=f"{settings.resolved_mqtt_client_id}-w{i}",
-                group=group,
-                batch_size=settings.ingest_batch_size,
-                clock=settings.device_clock,
-                statements=settings.ingest_pg_statements,
-                connect_timeout_s=settings.broker_connect_timeout_s,
-                log_level=settings.log_level,
-            )
-            for i in range(settings.ingest_workers)
-        ]
+        configs = worker_configs(settings, broker_url=broker_url, credential=self.mqtt_credential)
         self.workers = IngestWorkers(configs, self.stats)
         self.workers.start()
         if not self.workers.wait_reporting(timeout=settings.broker_connect_timeout_s + 30):
             raise StartupError("ingest workers did not start (see their log lines)")
 
     def _start_embedded_broker(self) -> str:
-        from fleet_server.broker import BrokerError, EmbeddedBroker
+        from fleet_server.broker import BrokerError
 
         assert self.engine is not None and self.mqtt_credential is not None
-        authenticator = None
-        if self.settings.mqtt_auth:
-            authenticator = DatabaseAuthenticator(engine=self.engine, server=self.mqtt_credential)
-        else:
-            log.warning("the embedded MQTT broker admits anonymous clients to every topic")
-        broker = EmbeddedBroker(
-            host=self.settings.embedded_broker_host,
-            port=self.settings.embedded_broker_port,
-            authenticator=authenticator,
-            gate_devices=True,
-            auth_throttle=self.settings.mqtt_auth_throttle,
-        )
         try:
-            broker.start(timeout=10.0)
+            broker = start_embedded_broker(
+                self.settings, engine=self.engine, server=self.mqtt_credential
+            )
         except BrokerError as err:
             raise StartupError(f"embedded broker did not start: {err}") from err
         self.broker = broker
-        if authenticator is not None:
+        if self.settings.mqtt_auth:
             self.metrics.register(AuthThrottleCollector(broker.auth_throttle))
         return broker.url
 
@@ -427,14 +307,6 @@ class Runtime:
         return checks
 
 
-def without_credentials(url: str) -> str:
-    """``url`` without ``user:password@`` (safe for logs and the startup line)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -463,7 +335,3 @@ def _trusted_keys(paths: list[Path]) -> list[bytes]:
             raise SignatureError(f"trusted key {path}: {err}") from err
         keys.append(pem)
     return keys
-
-
-def _path(path: Path | None) -> str | None:
-    return str(path) if path is not None else None
