@@ -32,7 +32,7 @@ from converters.quantize import metrics
 from converters.quantize.candidates import Target, op_mix, plan_candidates
 from converters.quantize.configs import DynamicInt8, Fp16, StaticInt8, config_name
 from converters.quantize.engines import QuantizeError, fp16_available
-from converters.quantize.gate import benchmark, choose_confirmed, gate
+from converters.quantize.gate import benchmark, choose_confirmed, gate, interval_rank
 from converters.quantize.normalise import normalise
 from converters.quantize.probe import (
     GATE_ROUND_S,
@@ -294,6 +294,8 @@ def _gate_stage(
         rounds=opts.gate_rounds,
         runs_per_round=runs,
         progress=q.progress,
+        baseline=FP32,
+        settle_rank=interval_rank(opts.gate_rounds),
     )
     latencies = {k: t.p50_ms for k, t in timings.items()}
     fp32_report.latency_ms_p50 = latencies[FP32]
