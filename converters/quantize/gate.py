@@ -81,7 +81,7 @@ def benchmark(
                 start = time.perf_counter_ns()
                 session.run(None, inputs)
                 times[name].append((time.perf_counter_ns() - start) / 1e6)
-        if baseline is not None and settle_rank is not None:
+        if baseline is not None and settle_rank is not None and r + 1 < rounds:
             settled.update(_settled(times, live, baseline, per=per, rank=settle_rank))
         if progress is not None and (r + 1) % max(1, rounds // 4) == 0:
             progress(f"benchmark round {r + 1}/{rounds}")

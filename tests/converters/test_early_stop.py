@@ -316,6 +316,17 @@ def test_benchmark_stops_timing_a_settled_candidate_and_the_gate_rejects_it(
     verdict = gate(timings["fp32"], timings["slow"])
     assert not verdict.accepted and "timing stopped" in verdict.reason
     assert gate(timings["fp32"], timings["fast"]).accepted
+    # Settled only at the last round: nothing was stopped, the ordinary verdict stands.
+    late = benchmark(
+        {"fp32": sessions["fp32"], "slow": sessions["slow"]},
+        {"x": 1},
+        warmup=1,
+        rounds=4,
+        runs_per_round=1,
+        baseline="fp32",
+        settle_rank=4,
+    )
+    assert late["slow"].settled is None and late["slow"].runs == 4
     # Without a rank every session runs every round (the default).
     full = benchmark(sessions, {"x": 1}, warmup=1, rounds=15, runs_per_round=2)
     assert all(t.runs == 30 and t.settled is None for t in full.values())
