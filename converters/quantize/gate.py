@@ -153,13 +153,16 @@ def gate(fp32: Timing, candidate: Timing, *, min_speedup: float = 1.0) -> Verdic
     """Accept only a candidate faster than fp32 beyond noise (by at least ``min_speedup``)."""
     fp32_ms, candidate_ms = fp32.p50_ms, candidate.p50_ms
     speedup = fp32_ms / candidate_ms if candidate_ms > 0 else float("inf")
+    stopped = f"; {candidate.settled}" if candidate.settled is not None else ""
+    if candidate_ms >= fp32_ms:
+        return Verdict(
+            False,
+            f"slower than fp32 ({candidate_ms:.4f} ms vs {fp32_ms:.4f} ms{stopped})",
+            speedup,
+        )
     if candidate.settled is not None:
         return Verdict(
             False, f"not faster beyond noise: {speedup:.2f}x ({candidate.settled})", speedup
-        )
-    if candidate_ms >= fp32_ms:
-        return Verdict(
-            False, f"slower than fp32 ({candidate_ms:.4f} ms vs {fp32_ms:.4f} ms)", speedup
         )
     if speedup < min_speedup:
         return Verdict(
