@@ -43,6 +43,9 @@ class ValidationContext:
     task: ConvertTask
     synthetic: bool
     options: ConvertOptions
+    #: The source ran on the first this many rows only (a big input, no labels: see
+    #: :func:`converters.evaldata.check_rows`); None when it ran on every row.
+    reference_rows: int | None = None
 
 
 class Validator(Protocol):
@@ -89,10 +92,15 @@ class FidelityValidator:
                 passed=False,
                 message="the source's predictions share no output name with the ONNX model",
             )
-        values: dict[str, float | int | str] = {"rows": len(next(iter(ctx.inputs.values())))}
+        rows_run = ctx.reference_rows
+        if rows_run is None:
+            rows_run = len(next(iter(ctx.inputs.values())))
+        values: dict[str, float | int | str] = {"rows": rows_run}
         problems: list[str] = []
         for name in shared:
             got = np.asarray(ctx.onnx_outputs[name])
+            if ctx.reference_rows is not None:
+                got = got[: ctx.reference_rows]
             want = np.asarray(ctx.reference_outputs[name])
             if got.size != want.size:
                 problems.append(f"{name} has shape {list(got.shape)}, source {list(want.shape)}")

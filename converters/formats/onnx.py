@@ -18,9 +18,11 @@ from converters.evaldata import (
     EvalSet,
     batch_of,
     check_overrides,
+    check_rows,
     deploy_batch,
     load_eval,
     synthetic_inputs,
+    take_rows,
 )
 from converters.inputs import check_preprocessing, source_sha256
 from converters.onnx_graph import check_opset, name_dynamic_dims, tensor_specs
@@ -184,10 +186,16 @@ class OnnxRun:
         self.feeds, self.eval_set, self.eval_sha = _feeds(self.options, self.inputs)
         self.session = make_session(self.model_bytes)
         self.onnx_out = run_batched(self.session, self.feeds, batch=self.batch)
+        labelled = self.eval_set is not None and self.eval_set.labels is not None
+        # The top-1 check compares the source's predictions on every labelled row.
+        rows = None if labelled else check_rows(self.feeds, batch=self.batch, outputs=self.onnx_out)
+        total = len(next(iter(self.feeds.values())))
+        ref_feeds = self.feeds if rows is None or rows >= total else take_rows(self.feeds, 0, rows)
         return ValidationContext(
             inputs=self.feeds,
             onnx_outputs=self.onnx_out,
-            reference_outputs=_reference(self.loaded, self.feeds),
+            reference_outputs=_reference(self.loaded, ref_feeds),
+            reference_rows=rows if rows is not None and rows < total else None,
             output_specs=self.outputs,
             labels=self.eval_set.labels if self.eval_set is not None else None,
             class_values=self.loaded.class_values,

@@ -27,6 +27,14 @@
    (:func:`far_beyond`, at :data:`FAR_FACTOR` x the budget): entropy and percentile clip a few
    ranges; they do not recover a drop that size, and their histogram calibration was the
    costliest step left on PicoDet. The budget loop still runs on it.
+4. **Latency timing stops for a candidate whose rejection is already settled**
+   (:func:`timing_settled`). The gate rejects a candidate unless the low end of its paired
+   speed-up interval is above 1x, and that low end is the k-th smallest paired round; the
+   probe drops one whose median paired round is at most 1x. Once k rounds (the median's rank
+   in the probe) were at most 1x, no later round can lift that order statistic above 1x: the
+   candidate is rejected whatever its remaining rounds show, and its calls are not made. Exact,
+   like rule 1; fp32 and the undecided candidates keep every round. PicoDet's fp16 (0.88x at
+   400 ms a call) was timed for all 15 gate rounds to be rejected.
 """
 
 from __future__ import annotations
@@ -150,3 +158,23 @@ def loop_out_of_reach(
         f"step{'s' if steps_left != 1 else ''} at that pace reach {max(reach, 0.0):.4f}, "
         f"not the budget {budget}"
     )
+
+
+def timing_settled(ratios: Sequence[float], *, rank: int | None) -> str | None:
+    """Why a candidate whose paired speed-ups over fp32 so far are ``ratios`` needs no more
+    rounds (None: it does). ``rank``: the verdict's order statistic (the k-th smallest paired
+    round must be above 1x for the candidate to pass; None when there is no such rule)."""
+    if rank is None or rank < 1:
+        return None
+    slower = sum(1 for r in ratios if r <= 1.0)
+    if slower < rank:
+        return None
+    return (
+        f"{slower} of its first {len(ratios)} paired rounds at or below 1.00x: the "
+        f"{_ordinal(rank)} smallest cannot be above 1x (timing stopped)"
+    )
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -35,6 +35,8 @@ class Timing:
     runs: int
     #: Median of each round's calls, in round order (empty when measured as one block).
     round_ms: tuple[float, ...] = ()
+    #: Why its timing stopped before the last round (its rejection was settled), else None.
+    settled: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,14 @@ def benchmark(
     rounds: int,
     runs_per_round: int,
     progress: Callable[[str], None] | None = None,
+    baseline: str | None = None,
+    settle_rank: int | None = None,
 ) -> dict[str, Timing]:
-    """Median single-call latency of each session, measured interleaved."""
+    """Median single-call latency of each session, measured interleaved.
+
+    With ``baseline`` and ``settle_rank``, a session whose paired rounds against the baseline
+    already settle its rejection (:func:`converters.quantize.early_stop.timing_settled`) leaves
+    the rotation; its :class:`Timing` covers the rounds it ran and says why it stopped."""
     import numpy as np
 
     names = list(sessions)
@@ -62,28 +70,69 @@ def benchmark(
         for _ in range(warmup):
             sessions[name].run(None, inputs)
     times: dict[str, list[float]] = {name: [] for name in names}
+    per = max(1, runs_per_round)
+    settled: dict[str, str] = {}
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        live = [n for n in names if n not in settled]
+        shift = r % len(live)
+        for name in live[shift:] + live[:shift]:
             session = sessions[name]
             for _ in range(runs_per_round):
                 start = time.perf_counter_ns()
                 session.run(None, inputs)
                 times[name].append((time.perf_counter_ns() - start) / 1e6)
+        if baseline is not None and settle_rank is not None and r + 1 < rounds:
+            settled.update(_settled(times, live, baseline, per=per, rank=settle_rank))
         if progress is not None and (r + 1) % max(1, rounds // 4) == 0:
             progress(f"benchmark round {r + 1}/{rounds}")
-    per = max(1, runs_per_round)
     return {
         name: Timing(
             p50_ms=float(np.median(values)),
             p95_ms=float(np.percentile(values, 95)),
             runs=len(values),
-            round_ms=tuple(
-                float(np.median(values[i : i + per])) for i in range(0, len(values), per)
-            ),
+            round_ms=_round_medians(values, per),
+            settled=settled.get(name),
         )
         for name, values in times.items()
     }
+
+
+def _round_medians(values: Sequence[float], per: int) -> tuple[float, ...]:
+    import numpy as np
+
+    return tuple(float(np.median(values[i : i + per])) for i in range(0, len(values), per))
+
+
+def _settled(
+    times: Mapping[str, Sequence[float]], live: Sequence[str], baseline: str, *, per: int, rank: int
+) -> dict[str, str]:
+    """The live sessions whose rejection the rounds so far settle, and why."""
+    from converters.quantize.early_stop import timing_settled
+
+    base = _round_medians(times[baseline], per)
+    out: dict[str, str] = {}
+    for name in live:
+        if name == baseline:
+            continue
+        mine = _round_medians(times[name], per)
+        ratios = [f / c for f, c in zip(base, mine, strict=False) if c > 0]
+        why = timing_settled(ratios, rank=rank)
+        if why is not None:
+            out[name] = why
+    return out
+
+
+def interval_rank(n: int, *, confidence: float = CONFIDENCE) -> int | None:
+    """The order statistic :func:`median_interval` takes as its low end for ``n`` samples (the
+    k-th smallest), or None when no interval exists (n < 6 at 95 %)."""
+    alpha = (1.0 - confidence) / 2
+    k, tail = 0, 0.0
+    while k < n:
+        nxt = tail + math.comb(n, k) / 2**n
+        if nxt > alpha:
+            break
+        tail, k = nxt, k + 1
+    return k or None
 
 
 def median_interval(
@@ -93,14 +142,8 @@ def median_interval(
     coverage: the k-th smallest and k-th largest, k the largest with P(Bin(n, 1/2) < k) <=
     (1 - confidence) / 2. None when n is too small for any such interval (n < 6 at 95 %)."""
     n = len(samples)
-    alpha = (1.0 - confidence) / 2
-    k, tail = 0, 0.0
-    while k < n:
-        nxt = tail + math.comb(n, k) / 2**n
-        if nxt > alpha:
-            break
-        tail, k = nxt, k + 1
-    if k == 0:
+    k = interval_rank(n, confidence=confidence)
+    if k is None:
         return None
     ordered = sorted(samples)
     return ordered[k - 1], ordered[n - k]
@@ -110,9 +153,16 @@ def gate(fp32: Timing, candidate: Timing, *, min_speedup: float = 1.0) -> Verdic
     """Accept only a candidate faster than fp32 beyond noise (by at least ``min_speedup``)."""
     fp32_ms, candidate_ms = fp32.p50_ms, candidate.p50_ms
     speedup = fp32_ms / candidate_ms if candidate_ms > 0 else float("inf")
+    stopped = f"; {candidate.settled}" if candidate.settled is not None else ""
     if candidate_ms >= fp32_ms:
         return Verdict(
-            False, f"slower than fp32 ({candidate_ms:.4f} ms vs {fp32_ms:.4f} ms)", speedup
+            False,
+            f"slower than fp32 ({candidate_ms:.4f} ms vs {fp32_ms:.4f} ms{stopped})",
+            speedup,
+        )
+    if candidate.settled is not None:
+        return Verdict(
+            False, f"not faster beyond noise: {speedup:.2f}x ({candidate.settled})", speedup
         )
     if speedup < min_speedup:
         return Verdict(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from converters.quantize.gate import benchmark
@@ -46,6 +46,8 @@ class ProbeResult:
     runs_per_round: int
     #: Dropped on their first calls (paired with fp32's), without rounds.
     screened: frozenset[str] = frozenset()
+    #: Timed for fewer rounds: their drop was settled (name → why).
+    settled: Mapping[str, str] = field(default_factory=dict)
 
     def why_dropped(self, name: str) -> str | None:
         """None when ``name`` was faster than fp32 in the probe, else the reason it is not."""
@@ -56,6 +58,11 @@ class ProbeResult:
             return (
                 f"latency probe: {ratio:.2f}x fp32 (fastest of 3 calls each, alternating with "
                 f"fp32's): over {SCREEN_SLOWER:g}x slower on this host"
+            )
+        if name in self.settled:
+            return (
+                f"latency probe: {ratio:.2f}x fp32 ({self.ms[name]:.3f} vs {self.fp32_ms:.3f} "
+                f"ms; {self.settled[name]}): not faster on this host"
             )
         return (
             f"latency probe: {ratio:.2f}x fp32 ({self.ms[name]:.3f} vs {self.fp32_ms:.3f} ms, "
@@ -106,12 +113,24 @@ def probe(
         else:
             timed[name] = session
     runs = round_runs(fp32_ms, round_s=PROBE_ROUND_S, most=10)
-    timings = benchmark(timed, feed, warmup=2, rounds=PROBE_ROUNDS, runs_per_round=runs)
+    timings = benchmark(
+        timed,
+        feed,
+        # No warm-up: every session ran 4 calls in the screen above (fp32 more, in call_ms),
+        # and 2 more each were 10 calls, 4 s, of an 800x608 detector here.
+        warmup=0,
+        rounds=PROBE_ROUNDS,
+        runs_per_round=runs,
+        baseline=baseline,
+        # Dropped unless the median paired round is above 1x: its rank among the rounds.
+        settle_rank=PROBE_ROUNDS // 2 + 1,
+    )
     base = timings[baseline]
     for name, timing in timings.items():
         if name == baseline:
             continue
-        pairs = [f / c for f, c in zip(base.round_ms, timing.round_ms, strict=True) if c > 0]
+        # A settled session ran fewer rounds: its pairs are the rounds both ran.
+        pairs = [f / c for f, c in zip(base.round_ms, timing.round_ms, strict=False) if c > 0]
         ms[name] = timing.p50_ms
         speedup[name] = float(np.median(pairs)) if pairs else 0.0
     return ProbeResult(
@@ -121,6 +140,7 @@ def probe(
         rounds=PROBE_ROUNDS,
         runs_per_round=runs,
         screened=frozenset(screened),
+        settled={n: t.settled for n, t in timings.items() if t.settled is not None},
     )
 
 

@@ -21,8 +21,10 @@ from converters.quantize.early_stop import (
     chunk_rows,
     far_beyond,
     loop_out_of_reach,
+    timing_settled,
 )
 from converters.quantize.engines import INT8_OPS
+from converters.quantize.gate import benchmark, gate, interval_rank, median_interval
 from converters.quantize.ranking import rank_tensors, weight_error
 from converters.quantize.task_metrics import TaskDecode
 from edgefleet.contract.postprocess import MaskPost, YoloV8Post
@@ -251,3 +253,80 @@ def test_a_candidate_far_beyond_the_budget_skips_the_other_estimators(
     for c in report.candidates:
         if "other range estimators not tried" in c.reason:
             assert "-minmax" in c.name
+
+
+# -- rule 4: latency timing stops once a rejection is settled ---------------------------------
+
+
+def test_timing_settled_needs_rank_rounds_at_or_below_one() -> None:
+    assert timing_settled([0.9, 1.2, 0.95], rank=4) is None
+    why = timing_settled([0.9, 1.2, 0.95, 1.0, 0.8], rank=4)
+    assert why is not None and "4 of its first 5 paired rounds" in why and "4th smallest" in why
+    assert timing_settled([0.5] * 10, rank=None) is None  # no interval: never settled early
+    assert interval_rank(15) == 4 and interval_rank(5) is None
+    # The rank is the interval's low end: 4 slow rounds of 15 put it at or below 1x.
+    rounds = [0.9, 0.95, 1.0, 0.99] + [2.0] * 11
+    interval = median_interval(rounds)
+    assert interval is not None and interval[0] <= 1.0
+
+
+class _Clock:
+    """perf_counter_ns for the benchmark: a session's call advances it by its own ms."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+class _Timed:
+    def __init__(self, clock: _Clock, ms: float, calls: list[str], name: str) -> None:
+        self.clock, self.ms, self.calls, self.name = clock, ms, calls, name
+
+    def run(self, _outputs: object, _feed: object) -> None:
+        self.calls.append(self.name)
+        self.clock.ns += int(self.ms * 1e6)
+
+
+def test_benchmark_stops_timing_a_settled_candidate_and_the_gate_rejects_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from converters.quantize import gate as gate_module
+
+    clock = _Clock()
+    monkeypatch.setattr(gate_module.time, "perf_counter_ns", clock)
+    calls: list[str] = []
+    sessions = {
+        name: _Timed(clock, ms, calls, name)
+        for name, ms in (("fp32", 10.0), ("slow", 12.0), ("fast", 5.0))
+    }
+    timings = benchmark(
+        sessions,
+        {"x": 1},
+        warmup=1,
+        rounds=15,
+        runs_per_round=2,
+        baseline="fp32",
+        settle_rank=interval_rank(15),
+    )
+    assert timings["fp32"].runs == 30 and timings["fast"].runs == 30
+    assert timings["slow"].runs == 8 and len(timings["slow"].round_ms) == 4
+    assert timings["fast"].settled is None and timings["slow"].settled is not None
+    verdict = gate(timings["fp32"], timings["slow"])
+    assert not verdict.accepted and "timing stopped" in verdict.reason
+    assert gate(timings["fp32"], timings["fast"]).accepted
+    # Settled only at the last round: nothing was stopped, the ordinary verdict stands.
+    late = benchmark(
+        {"fp32": sessions["fp32"], "slow": sessions["slow"]},
+        {"x": 1},
+        warmup=1,
+        rounds=4,
+        runs_per_round=1,
+        baseline="fp32",
+        settle_rank=4,
+    )
+    assert late["slow"].settled is None and late["slow"].runs == 4
+    # Without a rank every session runs every round (the default).
+    full = benchmark(sessions, {"x": 1}, warmup=1, rounds=15, runs_per_round=2)
+    assert all(t.runs == 30 and t.settled is None for t in full.values())

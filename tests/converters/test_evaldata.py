@@ -10,7 +10,15 @@ import pytest
 
 from converters.api import convert
 from converters.errors import InputError
-from converters.evaldata import deploy_batch, load_eval, row_shape, synthetic_inputs
+from converters.evaldata import (
+    MAX_CHECK_ELEMENTS,
+    MIN_CHECK_ROWS,
+    check_rows,
+    deploy_batch,
+    load_eval,
+    row_shape,
+    synthetic_inputs,
+)
 from converters.options import ConvertOptions
 from edgefleet.contract import TensorSpec
 from tests.converters.conftest import DigitsSetup
@@ -128,3 +136,16 @@ def test_shapes_and_deploy_batch() -> None:
         row_shape(spec, {"img": [1, 3, 32]})
     with pytest.raises(InputError, match="is a scalar"):
         row_shape(TensorSpec(name="s", shape=[], dtype="float32"), {})
+
+
+def test_check_rows_are_capped_by_elements_for_big_inputs_only() -> None:
+    small = {"x": np.zeros((32, 64), np.float32)}
+    assert check_rows(small, batch=None, outputs={"y": np.zeros(32)}) == 32
+    wide = MAX_CHECK_ELEMENTS // 4  # 4 rows fit: the floor applies
+    big = {"x": np.broadcast_to(np.float32(0), (32, wide))}  # no memory behind it
+    assert check_rows(big, batch=None, outputs={"y": np.zeros(32)}) == MIN_CHECK_ROWS
+    assert check_rows(big, batch=3, outputs={"y": np.zeros(32)}) == 9  # a whole batch
+    mid = {"x": np.broadcast_to(np.float32(0), (32, MAX_CHECK_ELEMENTS // 20))}
+    assert check_rows(mid, batch=None, outputs={"y": np.zeros(32)}) == 20
+    # An output that is not one row per input row (boxes after NMS): every row is checked.
+    assert check_rows(big, batch=None, outputs={"boxes": np.zeros((7, 6))}) == 32

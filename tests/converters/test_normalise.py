@@ -109,3 +109,40 @@ def test_outputs_match() -> None:
     assert "differs by up to" in str(norm.outputs_match({**a, "s": a["s"] + 0.01}, a))
     assert "missing" in str(norm.outputs_match({"s": a["s"]}, a))
     assert "differs" in str(norm.outputs_match({**a, "l": np.array([2])}, a))
+
+
+def test_pre_processing_does_not_import_torch(tmp_path: Path) -> None:
+    """onnxruntime.tools' __init__ imports torch when it is installed; quant_pre_process needs
+    only its shape inference (a fresh interpreter: the test process may hold torch already)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")  # without torch there is nothing to avoid
+    onnx.save(conv_onnx(opset=13), str(tmp_path / "m.onnx"))
+    script = (
+        "import sys, onnx, numpy as np\n"
+        "from pathlib import Path\n"
+        "from converters.quantize import normalise as norm\n"
+        "from converters.runtime import make_session, run\n"
+        f"work = Path({str(tmp_path)!r})\n"
+        "model = onnx.load(str(work / 'm.onnx'))\n"
+        "feeds = {'x': np.ones((2, 3, 16, 16), np.float32)}\n"
+        "ref = run(make_session(model.SerializeToString()), feeds)\n"
+        "out = norm.normalise(model, shapes={}, rows={'x': [3, 16, 16]}, check_feeds=feeds,\n"
+        "                     reference=ref, work=work)\n"
+        "assert any('quant_pre_process' in s for s in out.steps), out.notes\n"
+        "print('torch' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

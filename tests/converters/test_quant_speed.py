@@ -169,3 +169,35 @@ def test_minmax_rows_are_bounded_for_large_inputs_unless_given(
     monkeypatch.setattr(search, "MAX_CALIBRATION_ELEMENTS", 16 * 4)  # below the 16-row floor
     floor = convert(source, tmp_path / "c", ConvertOptions(**quick)).report.quantization
     assert floor is not None and floor.calibration_samples == 16
+
+
+def test_probe_stops_timing_a_candidate_once_its_median_is_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A candidate slower than fp32 in 3 of the 5 rounds is dropped whatever the last two show:
+    it leaves the rotation (fp32 and a faster one keep every round)."""
+    from converters.quantize import gate as gate_module
+    from converters.quantize import probe as probe_module
+
+    clock = [0]
+    monkeypatch.setattr(gate_module.time, "perf_counter_ns", lambda: clock[0])
+    monkeypatch.setattr(probe_module.time, "perf_counter_ns", lambda: clock[0])
+    calls: dict[str, int] = {}
+
+    class Timed:
+        def __init__(self, name: str, ms: float) -> None:
+            self.name, self.ms = name, ms
+
+        def run(self, _outputs: object, _feed: object) -> None:
+            calls[self.name] = calls.get(self.name, 0) + 1
+            clock[0] += int(self.ms * 1e6)
+
+    sessions = {"fp32": Timed("fp32", 10.0), "slow": Timed("slow", 12.0), "fast": Timed("fast", 5)}
+    result = probe(sessions, {"x": 1}, baseline="fp32", fp32_ms=10.0)
+    assert result.speedup["slow"] < 1.0 < result.speedup["fast"]
+    assert set(result.settled) == {"slow"} and result.why_dropped("fast") is None
+    why = result.why_dropped("slow")
+    assert why is not None and "timing stopped" in why
+    runs = result.runs_per_round
+    # 4 screen calls each; then 5 rounds for fp32 and fast, 3 for slow.
+    assert calls["fast"] == 4 + 5 * runs and calls["slow"] == 4 + 3 * runs

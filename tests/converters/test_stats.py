@@ -64,3 +64,40 @@ def test_streaming_gives_the_same_edges_and_counts_as_in_memory() -> None:
     streamed = streaming_reference_stats(batches, layout="nchw", predict=None, n_classes=None)
     assert streamed.histogram_edges == whole.histogram_edges
     assert streamed.channel_histograms == whole.channel_histograms
+
+
+def test_discrete_data_is_read_once_and_continuous_twice_with_the_same_figures() -> None:
+    """Pixels get their histograms from the first pass's value counts (one read of the
+    calibration set); continuous data needs a second pass over the final edges."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (64, 3, 5, 5)).astype(np.float32) / 255.0
+    smooth = rng.standard_normal((64, 3, 5, 5)).astype(np.float32)
+    for data, passes in ((pixels, 1), (smooth, 2)):
+        reads = 0
+
+        def batches(data: Any = data) -> Iterator[dict[str, Any]]:
+            nonlocal reads
+            reads += 1
+            for i in range(0, 64, 24):
+                yield {"x": data[i : i + 24]}
+
+        whole = reference_stats(data, layout="nchw", predicted=None, n_classes=None)
+        streamed = streaming_reference_stats(batches, layout="nchw", predict=None, n_classes=None)
+        assert reads == passes
+        assert streamed.samples == whole.samples == 64
+        assert streamed.histogram_edges == whole.histogram_edges
+        assert streamed.channel_histograms == whole.channel_histograms
+        assert np.allclose(streamed.channel_mean, whole.channel_mean, rtol=1e-12, atol=1e-15)
+        assert np.allclose(streamed.channel_std, whole.channel_std, rtol=1e-9, atol=1e-12)
+    # Predicted classes still need the second pass (the model runs on every row).
+    reads = 0
+
+    def again() -> Iterator[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        yield {"x": pixels}
+
+    counted = streaming_reference_stats(
+        again, layout="nchw", predict=lambda _f: np.zeros(64, np.int64), n_classes=2
+    )
+    assert reads == 2 and counted.output_distribution == [1.0, 0.0]

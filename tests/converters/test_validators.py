@@ -26,6 +26,7 @@ def _ctx(
     *,
     labels: Any = None,
     task: Any = "classification",
+    reference_rows: int | None = None,
     **options: Any,
 ) -> ValidationContext:
     return ValidationContext(
@@ -38,6 +39,7 @@ def _ctx(
         task=task,
         synthetic=labels is None,
         options=ConvertOptions(**options),
+        reference_rows=reference_rows,
     )
 
 
@@ -70,6 +72,23 @@ def test_fidelity_failures() -> None:
         _ctx({"probabilities": PROBS}, {"probabilities": shifted}, min_agreement=0.7)
     )
     assert loose.passed and loose.values["probabilities.argmax_agreement"] == 0.75
+
+
+def test_fidelity_on_the_first_rows_when_the_source_ran_on_those_only() -> None:
+    """A big input's source runs on the first rows (converters.evaldata.check_rows): those
+    rows are compared, and a difference there still fails."""
+    first = FidelityValidator().check(
+        _ctx({"probabilities": PROBS}, {"probabilities": PROBS[:2]}, reference_rows=2)
+    )
+    assert first.passed and first.values["rows"] == 2, first.message
+    shifted = PROBS[:2].copy()
+    shifted[1] = [0.8, 0.1, 0.1]
+    broken = FidelityValidator().check(
+        _ctx({"probabilities": PROBS}, {"probabilities": shifted}, reference_rows=2)
+    )
+    assert not broken.passed and "50.0% of rows within tolerance" in broken.message
+    whole = FidelityValidator().check(_ctx({"probabilities": PROBS}, {"probabilities": PROBS[:2]}))
+    assert not whole.passed and "source [2, 3]" in whole.message
 
 
 def test_fidelity_of_a_map_is_its_tolerance_not_the_argmax_of_its_pixels() -> None:
