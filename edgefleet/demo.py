@@ -27,6 +27,13 @@ from edgefleet.contract.manifest import ResizeSpec
 
 #: Digits features are 0..16; the demo's images store them as 0..255.
 PIXEL_SCALE = 16 / 255
+#: How a camera frame becomes the digits model's input (both demos' models).
+DIGITS_PREPROCESSING = Preprocessing(
+    color="gray",
+    resize=ResizeSpec(width=8, height=8, interpolation="area"),
+    scale=PIXEL_SCALE,
+    layout="flat",
+)
 MODEL_NAME = "digits"
 OLD_VERSION = "1.0.0"
 MODEL_VERSION = "2.0.0"  # the new version the rollout ships
@@ -133,12 +140,7 @@ def _train_and_convert(work: Path, version: str, signing_key: bytes) -> Path:
     joblib.dump(model, source)
     eval_path = work / "digits-eval.npz"
     np.savez(eval_path, x=x[1400:], y=y[1400:])
-    preprocessing = Preprocessing(
-        color="gray",
-        resize=ResizeSpec(width=8, height=8, interpolation="area"),
-        scale=PIXEL_SCALE,
-        layout="flat",
-    )
+    preprocessing = DIGITS_PREPROCESSING
     result = convert(
         source,
         work / f"artifact-{version}",

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgefleet.demo import MODEL_NAME, OLD_VERSION, PIXEL_SCALE
+from edgefleet.demo import DIGITS_PREPROCESSING, MODEL_NAME, OLD_VERSION, PIXEL_SCALE
 
 #: Images each agent loops over (digits 0..IMAGES-1); held-out eval: digits 1400.. (drifted).
 IMAGES = 600
@@ -50,8 +50,6 @@ def parent_model(root: Path, signing_key: bytes) -> Path:
 
     from converters.api import ConvertOptions, convert
     from converters.stats import reference_stats
-    from edgefleet.contract import Preprocessing
-    from edgefleet.contract.manifest import ResizeSpec
     from edgefleet.signing import sign_manifest
 
     data = load_digits()
@@ -60,12 +58,7 @@ def parent_model(root: Path, signing_key: bytes) -> Path:
     joblib.dump(LogisticRegression(max_iter=500).fit(x[:EVAL_FROM], y[:EVAL_FROM]), source)
     np.savez(root / "eval.npz", x=x[EVAL_FROM:], y=y[EVAL_FROM:])
     np.savez(root / "base.npz", x=x[:EVAL_FROM], y=y[:EVAL_FROM])
-    pre = Preprocessing(
-        color="gray",
-        resize=ResizeSpec(width=8, height=8, interpolation="area"),
-        scale=PIXEL_SCALE,
-        layout="flat",
-    )
+    pre = DIGITS_PREPROCESSING
     result = convert(
         source,
         root / "artifact-1.0.0",
