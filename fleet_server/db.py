@@ -64,13 +64,6 @@ def _utf8_only(dbapi_conn: Any, _record: Any) -> None:
         )
 
 
-#: SQLite's page cache per pooled connection, KiB (SQLite's default is 2 MiB, kept per connection
-#: for its life and filled as the telemetry tables grow). Paired hour-long soaks (docs/hil.md):
-#: server RSS slope +0.90 MB/h with the default, +0.38 MB/h with this. Reads of recent pages
-#: come from the OS page cache.
-SQLITE_PAGE_CACHE_KIB = 512
-
-
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     try:
@@ -78,7 +71,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute(f"PRAGMA cache_size=-{SQLITE_PAGE_CACHE_KIB}")
     finally:
         cursor.close()
 

@@ -1,5 +1,5 @@
-"""The engine a SQLite URL gets: WAL, foreign keys, a busy timeout and a bounded page cache on
-every pooled connection (the hour-long soak's server RSS: docs/hil.md)."""
+"""The engine a SQLite URL gets: WAL, foreign keys and a busy timeout on every pooled
+connection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from fleet_server.db import SQLITE_PAGE_CACHE_KIB, make_engine
+from fleet_server.db import make_engine
 
 
 def test_every_sqlite_connection_gets_the_pragmas(tmp_path: Path) -> None:
@@ -16,7 +16,6 @@ def test_every_sqlite_connection_gets_the_pragmas(tmp_path: Path) -> None:
         # Two at once: the second is a new pooled connection, which gets them too.
         with engine.connect() as first, engine.connect() as second:
             for conn in (first, second):
-                assert conn.execute(text("PRAGMA cache_size")).scalar() == -SQLITE_PAGE_CACHE_KIB
                 assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
                 assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
                 assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
