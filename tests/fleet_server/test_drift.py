@@ -306,3 +306,42 @@ def test_api_and_metrics_show_verdicts_and_alerts(app: Any) -> None:
         'edgefleet_drift{detector="confidence_shift",model="digits@1.0.0",status="drift"} 1.0'
         in metrics
     )
+
+
+@pytest.mark.integration
+def test_the_detectors_compute_without_holding_the_write_lock(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """On SQLite one writer at a time: the drift job's buckets used to stay uncommitted while
+    the detectors computed (seconds for input null thresholds), and ingest, uploads, labels and
+    the audit log waited on the lock — a label request timed out at 30 s in the capture e2e.
+    Here another writer with a 0.5 s lock timeout writes while a detector runs."""
+    import sqlite3
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has row locks: a bucket write does not block other writers")
+    assert engine.url.database is not None
+    fleet = Fleet(engine)
+    fleet.serve(T0, 6 * 60, CONFIDENT)
+    job = DriftJob(engine=engine, config=CONFIG)
+    wrote: list[str] = []
+    real = job.detectors[0]
+
+    class WritesMeanwhile:
+        name = real.name
+
+        def evaluate(self, window: Aggregate, reference: Aggregate) -> Any:
+            other = sqlite3.connect(engine.url.database, timeout=0.5, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # the write lock, as any writer takes it
+                other.execute("ROLLBACK")
+                wrote.append("ok")
+            except sqlite3.OperationalError as err:
+                wrote.append(str(err))
+            finally:
+                other.close()
+            return real.evaluate(window, reference)
+
+    job.detectors[0] = WritesMeanwhile()  # type: ignore[call-overload]
+    run = job.run_once(now=T0 + timedelta(hours=3))
+    assert run.rows > 0 and wrote and set(wrote) == {"ok"}, wrote

@@ -95,7 +95,12 @@ class DriftJob:
         run = DriftRun()
         with Session(self.engine) as session:
             run.rows = self._summarise(session, now)
-            self._judge(session, now, run)
+            # The buckets are their own transaction, and the detectors only read: on SQLite a
+            # write lock held while they compute (null thresholds take seconds) kept ingest,
+            # uploads, labels and the audit log waiting — a label request timed out at 30 s.
+            session.commit()
+            for name, version, result in self._judge(session, now, run):
+                self._record(session, now, name, version, result, run)
             for event in judge_triggers(
                 session,
                 now,
@@ -165,7 +170,11 @@ class DriftJob:
         return len(rows)
 
     # -- buckets → verdicts and alerts ---------------------------------------------------------
-    def _judge(self, session: Session, now: datetime, run: DriftRun) -> None:
+    def _judge(
+        self, session: Session, now: datetime, run: DriftRun
+    ) -> list[tuple[str, str, DriftResult]]:
+        """Every detector's verdict per active version (reads only; the caller records them)."""
+        verdicts: list[tuple[str, str, DriftResult]] = []
         window_start = now - timedelta(seconds=self.config.window_s)
         active = session.exec(
             select(DriftBucket.model_name, DriftBucket.model_version)
@@ -191,8 +200,9 @@ class DriftJob:
                 result = detector.evaluate(window, reference)
                 if now < reference_end:
                     result = replace(result, status="insufficient", value=None, detail=forming)
-                self._record(session, now, name, version, result, run)
-            self._judge_inputs(session, now, name, version, window_start, run)
+                verdicts.append((name, version, result))
+            verdicts.extend(self._judge_inputs(session, now, name, version, window_start))
+        return verdicts
 
     def _judge_inputs(
         self,
@@ -201,14 +211,14 @@ class DriftJob:
         name: str,
         version: str,
         window_start: datetime,
-        run: DriftRun,
-    ) -> None:
+    ) -> list[tuple[str, str, DriftResult]]:
         """The ``input_*`` detectors per segment: the window is the last ``window_s`` (the
         manifest's reference exists from the first minute); the class shift without a manifest
         distribution compares with the segment's own first ``reference_s``, and waits for it."""
         detectors = [d for d in self.detectors if d.name.startswith(INPUT_PREFIX)]
+        verdicts: list[tuple[str, str, DriftResult]] = []
         if not detectors:
-            return
+            return verdicts
         manifest, labels = manifest_reference(session, name, version)
         for segment in input_segments(session, name, version, window_start):
             window = summed(session, name, version, segment, window_start, None, labels)
@@ -231,7 +241,8 @@ class DriftJob:
                     result = replace(result, status="insufficient", value=None, detail=forming)
                 if segment:
                     result = replace(result, detector=f"{result.detector}[{segment}]")
-                self._record(session, now, name, version, result, run)
+                verdicts.append((name, version, result))
+        return verdicts
 
     @staticmethod
     def _sum(
