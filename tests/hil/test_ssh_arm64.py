@@ -119,8 +119,11 @@ def test_update_scenario_on_the_arm64_board_reports_and_cleans_up(
 
 
 def test_interrupted_run_cleans_the_board(board: Board, server: Sshd, tmp_path: Path) -> None:
+    # `env --default-signal=INT`: a test run started from a script in the background (`cmd &`
+    # without job control) has SIGINT ignored, the child inherits that, and Python then leaves
+    # it ignored — Ctrl-C must reach the runner here as it does from a terminal.
     runner = subprocess.Popen(
-        _hil(server, tmp_path, "--scenario", "update", "--json"),
+        ["env", "--default-signal=INT", *_hil(server, tmp_path, "--scenario", "update", "--json")],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
